@@ -19,5 +19,9 @@ lint: bootstrap
 bench: bootstrap
 	$(PY) -m bench $(BENCH_ARGS)
 
+# Compiles ledger_bridge/contracts with the pinned solc (npm) into the committed ledger_bridge/artifacts.
+contracts: bootstrap
+	cd ledger_bridge && node build_contracts.mjs artifacts
+
 clean:
 	rm -rf $(VENV) ledger_bridge/node_modules .pytest_cache .hypothesis

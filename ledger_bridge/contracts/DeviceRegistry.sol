@@ -1,0 +1,372 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.37;
+
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+
+/// @title DIAMS device identity registry (one deployment per channel)
+/// @notice Identities, lifecycle, gateways, per-device gateway keys (sealed) and access policies.
+/// Strategy: the lifecycle is one table (`_FROM_*` masks: which states an operation may start from),
+/// checked by `_transition`; every refusal is a custom error, every state change an event.
+/// No secret is ever stored or logged here: characteristics and claim codes are salted hashes,
+/// gateway verification keys are sealed to the gateway's X25519 key off chain.
+contract DeviceRegistry is AccessControl {
+    bytes32 public constant MANUFACTURER_ROLE = keccak256("MANUFACTURER_ROLE");
+    bytes32 public constant MAINTAINER_ROLE = keccak256("MAINTAINER_ROLE");
+    bytes32 public constant OPERATOR_ROLE = keccak256("OPERATOR_ROLE");
+
+    /// Unregistered is the zero value of an unknown device id; it is never a target.
+    enum State { Unregistered, Manufactured, Claimed, Active, Suspended, Transferred, Revoked, Decommissioned }
+
+    struct Device {
+        address manufacturer;
+        State state;
+        uint32 epoch;
+        address owner;
+        address pendingOwner;
+        bytes32 model;
+        bytes32 firmwareHash;
+        bytes32 characteristics;
+        bytes32 claimHash;
+        bytes32 policyId;
+    }
+
+    struct Registration {
+        bytes8 id;
+        bytes32 model;
+        bytes32 firmwareHash;
+        bytes32 characteristics;
+        bytes32 claimHash;
+    }
+
+    struct Gateway {
+        bytes32 x25519PublicKey;
+        address account;
+        address operator;
+    }
+
+    struct Grant {
+        uint32 epoch;
+        bytes32 keyCommitment;
+        bytes sealedKey;
+    }
+
+    struct Policy {
+        address author;
+        string publishStreams;
+        string subscribeStreams;
+    }
+
+    // ---- the lifecycle table: allowed source states per operation (bit i = State(i)) ----
+    uint256 private constant _M = 1 << uint256(State.Manufactured);
+    uint256 private constant _C = 1 << uint256(State.Claimed);
+    uint256 private constant _A = 1 << uint256(State.Active);
+    uint256 private constant _S = 1 << uint256(State.Suspended);
+    uint256 private constant _T = 1 << uint256(State.Transferred);
+    uint256 private constant _FROM_CLAIM = _M;
+    uint256 private constant _FROM_ACTIVATE = _C | _S;
+    uint256 private constant _FROM_SUSPEND = _A;
+    uint256 private constant _FROM_TRANSFER = _C | _A | _S;
+    uint256 private constant _FROM_ACCEPT = _T;
+    uint256 private constant _FROM_REVOKE = _M | _C | _A | _S | _T;
+    uint256 private constant _FROM_DECOMMISSION = _C | _A | _S;
+    /// Operations that keep the state (firmware, gateways, policy, maintainers) need an owned, live device.
+    uint256 private constant _LIVE = _C | _A | _S;
+
+    uint256 public constant MAX_SEALED_KEY = 256;
+    uint256 public constant MAX_STREAMS = 512;
+
+    mapping(bytes8 => Device) private _devices;
+    mapping(bytes32 => Gateway) private _gateways;
+    mapping(bytes8 => mapping(bytes32 => Grant)) private _grants;
+    mapping(bytes32 => Policy) private _policies;
+    /// maintainer approvals are bound to the owner who gave them: a new owner starts with none.
+    mapping(bytes8 => mapping(address => address)) private _maintainerApprovedBy;
+
+    // ---- errors ----
+    error DeviceExists(bytes8 id);
+    error UnknownDevice(bytes8 id);
+    error IllegalTransition(bytes8 id, State current, bytes4 operation);
+    error NotOwner(bytes8 id, address account);
+    error NotOwnerOrAdmin(bytes8 id, address account);
+    error NotPendingOwner(bytes8 id, address account);
+    error BadClaimCode(bytes8 id);
+    error InvalidAddress(address account);
+    error EmptyValue(bytes32 field);
+    error MaintainerNotApproved(bytes8 id, address maintainer);
+    error GatewayExists(bytes32 gatewayId);
+    error UnknownGateway(bytes32 gatewayId);
+    error GatewayNotAuthorized(bytes8 id, bytes32 gatewayId);
+    error BadSealedKey(uint256 length);
+    error LengthMismatch(uint256 expected, uint256 actual);
+    error UnknownPolicy(bytes32 policyId);
+    error NotPolicyAuthor(bytes32 policyId, address account);
+    error StreamsTooLong(uint256 length);
+
+    // ---- events (one per state change) ----
+    event DeviceRegistered(bytes8 indexed id, address indexed manufacturer, bytes32 model, bytes32 firmwareHash,
+        bytes32 characteristics);
+    event DeviceClaimed(bytes8 indexed id, address indexed owner);
+    event DeviceActivated(bytes8 indexed id, address indexed by);
+    event DeviceSuspended(bytes8 indexed id, address indexed by);
+    event TransferStarted(bytes8 indexed id, address indexed from, address indexed to, uint32 epoch);
+    event TransferAccepted(bytes8 indexed id, address indexed newOwner);
+    event DeviceRevoked(bytes8 indexed id, address indexed by, uint32 epoch);
+    event DeviceDecommissioned(bytes8 indexed id, address indexed by, uint32 epoch);
+    event MaintainerApproved(bytes8 indexed id, address indexed maintainer, address indexed owner);
+    event FirmwareRecorded(bytes8 indexed id, address indexed maintainer, bytes32 firmwareHash, uint32 epoch);
+    event GatewayRegistered(bytes32 indexed gatewayId, address indexed account, address indexed operator,
+        bytes32 x25519PublicKey);
+    event GatewayAuthorized(bytes8 indexed id, bytes32 indexed gatewayId, uint32 epoch, bytes32 keyCommitment,
+        bytes sealedKey);
+    event GatewayDeauthorized(bytes8 indexed id, bytes32 indexed gatewayId, uint32 epoch);
+    event PolicyDefined(bytes32 indexed policyId, address indexed author, string publishStreams,
+        string subscribeStreams);
+    event PolicySet(bytes8 indexed id, bytes32 indexed policyId);
+
+    constructor(address admin) {
+        if (admin == address(0)) revert InvalidAddress(admin);
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+    }
+
+    // ---- manufacturer ----
+    function registerDevice(Registration calldata r) external onlyRole(MANUFACTURER_ROLE) {
+        _register(r);
+    }
+
+    function registerMany(Registration[] calldata rs) external onlyRole(MANUFACTURER_ROLE) {
+        for (uint256 i = 0; i < rs.length; ++i) _register(rs[i]);
+    }
+
+    function _register(Registration calldata r) private {
+        if (r.id == bytes8(0)) revert EmptyValue("id");
+        if (r.claimHash == bytes32(0)) revert EmptyValue("claimHash");
+        Device storage d = _devices[r.id];
+        if (d.state != State.Unregistered) revert DeviceExists(r.id);
+        d.manufacturer = msg.sender;
+        d.state = State.Manufactured;
+        d.model = r.model;
+        d.firmwareHash = r.firmwareHash;
+        d.characteristics = r.characteristics;
+        d.claimHash = r.claimHash;
+        emit DeviceRegistered(r.id, msg.sender, r.model, r.firmwareHash, r.characteristics);
+    }
+
+    // ---- lifecycle ----
+    /// Revealing the claim code in a public mempool lets an observer front-run it: see docs/LEDGER.md.
+    function claim(bytes8 id, bytes calldata claimCode) external {
+        Device storage d = _transition(id, _FROM_CLAIM);
+        if (sha256(abi.encodePacked("diams/v1/claim", id, claimCode)) != d.claimHash) revert BadClaimCode(id);
+        d.owner = msg.sender;
+        d.state = State.Claimed;
+        emit DeviceClaimed(id, msg.sender);
+    }
+
+    function activate(bytes8 id) external {
+        Device storage d = _transition(id, _FROM_ACTIVATE);
+        _onlyOwner(id, d);
+        d.state = State.Active;
+        emit DeviceActivated(id, msg.sender);
+    }
+
+    function suspend(bytes8 id) external {
+        Device storage d = _transition(id, _FROM_SUSPEND);
+        _onlyOwnerOrAdmin(id, d);
+        d.state = State.Suspended;
+        emit DeviceSuspended(id, msg.sender);
+    }
+
+    function transfer(bytes8 id, address newOwner) external {
+        Device storage d = _transition(id, _FROM_TRANSFER);
+        _onlyOwner(id, d);
+        if (newOwner == address(0) || newOwner == d.owner) revert InvalidAddress(newOwner);
+        d.pendingOwner = newOwner;
+        d.state = State.Transferred;
+        uint32 epoch = ++d.epoch;
+        emit TransferStarted(id, msg.sender, newOwner, epoch);
+    }
+
+    function acceptTransfer(bytes8 id) external {
+        Device storage d = _transition(id, _FROM_ACCEPT);
+        if (msg.sender != d.pendingOwner) revert NotPendingOwner(id, msg.sender);
+        d.owner = msg.sender;
+        d.pendingOwner = address(0);
+        d.state = State.Claimed;
+        emit TransferAccepted(id, msg.sender);
+    }
+
+    function revoke(bytes8 id) external {
+        Device storage d = _transition(id, _FROM_REVOKE);
+        _onlyOwnerOrAdmin(id, d);
+        d.state = State.Revoked;
+        d.pendingOwner = address(0);
+        uint32 epoch = ++d.epoch;
+        emit DeviceRevoked(id, msg.sender, epoch);
+    }
+
+    function decommission(bytes8 id) external {
+        Device storage d = _transition(id, _FROM_DECOMMISSION);
+        _onlyOwner(id, d);
+        d.state = State.Decommissioned;
+        uint32 epoch = ++d.epoch;
+        emit DeviceDecommissioned(id, msg.sender, epoch);
+    }
+
+    // ---- maintainers ----
+    function approveMaintainer(bytes8 id, address maintainer) external {
+        Device storage d = _transition(id, _LIVE);
+        _onlyOwner(id, d);
+        if (maintainer == address(0)) revert InvalidAddress(maintainer);
+        _maintainerApprovedBy[id][maintainer] = msg.sender;
+        emit MaintainerApproved(id, maintainer, msg.sender);
+    }
+
+    function recordFirmware(bytes8 id, bytes32 newHash) external onlyRole(MAINTAINER_ROLE) {
+        Device storage d = _transition(id, _LIVE);
+        if (_maintainerApprovedBy[id][msg.sender] != d.owner) revert MaintainerNotApproved(id, msg.sender);
+        if (newHash == bytes32(0)) revert EmptyValue("firmwareHash");
+        d.firmwareHash = newHash;
+        uint32 epoch = ++d.epoch;
+        emit FirmwareRecorded(id, msg.sender, newHash, epoch);
+    }
+
+    // ---- gateways ----
+    function registerGateway(bytes32 gatewayId, bytes32 x25519PublicKey, address account)
+        external onlyRole(OPERATOR_ROLE)
+    {
+        if (gatewayId == bytes32(0)) revert EmptyValue("gatewayId");
+        if (x25519PublicKey == bytes32(0)) revert EmptyValue("x25519PublicKey");
+        if (account == address(0)) revert InvalidAddress(account);
+        if (_gateways[gatewayId].account != address(0)) revert GatewayExists(gatewayId);
+        _gateways[gatewayId] = Gateway(x25519PublicKey, account, msg.sender);
+        emit GatewayRegistered(gatewayId, account, msg.sender, x25519PublicKey);
+    }
+
+    function authorizeGateway(bytes8 id, bytes32 gatewayId, bytes calldata sealedKey, bytes32 keyCommitment)
+        external
+    {
+        _authorize(id, gatewayId, sealedKey, keyCommitment);
+    }
+
+    /// The group variant: one gateway, many devices (e.g. every device of one policy group).
+    function authorizeGatewayMany(
+        bytes8[] calldata ids,
+        bytes32 gatewayId,
+        bytes[] calldata sealedKeys,
+        bytes32[] calldata keyCommitments
+    ) external {
+        if (sealedKeys.length != ids.length) revert LengthMismatch(ids.length, sealedKeys.length);
+        if (keyCommitments.length != ids.length) revert LengthMismatch(ids.length, keyCommitments.length);
+        for (uint256 i = 0; i < ids.length; ++i) _authorize(ids[i], gatewayId, sealedKeys[i], keyCommitments[i]);
+    }
+
+    function _authorize(bytes8 id, bytes32 gatewayId, bytes calldata sealedKey, bytes32 keyCommitment) private {
+        Device storage d = _transition(id, _LIVE);
+        _onlyOwner(id, d);
+        if (_gateways[gatewayId].account == address(0)) revert UnknownGateway(gatewayId);
+        if (sealedKey.length == 0 || sealedKey.length > MAX_SEALED_KEY) revert BadSealedKey(sealedKey.length);
+        if (keyCommitment == bytes32(0)) revert EmptyValue("keyCommitment");
+        _grants[id][gatewayId] = Grant(d.epoch, keyCommitment, sealedKey);
+        emit GatewayAuthorized(id, gatewayId, d.epoch, keyCommitment, sealedKey);
+    }
+
+    /// Bumps the epoch: every gateway's key for this device is invalid until the owner re-publishes.
+    function deauthorizeGateway(bytes8 id, bytes32 gatewayId) external {
+        Device storage d = _transition(id, _LIVE);
+        _onlyOwner(id, d);
+        if (!_isAuthorized(d, _grants[id][gatewayId])) revert GatewayNotAuthorized(id, gatewayId);
+        delete _grants[id][gatewayId];
+        uint32 epoch = ++d.epoch;
+        emit GatewayDeauthorized(id, gatewayId, epoch);
+    }
+
+    // ---- policies ----
+    function definePolicy(bytes32 policyId, string calldata publishStreams, string calldata subscribeStreams)
+        external
+    {
+        if (policyId == bytes32(0)) revert EmptyValue("policyId");
+        uint256 len = bytes(publishStreams).length + bytes(subscribeStreams).length;
+        if (len > MAX_STREAMS) revert StreamsTooLong(len);
+        Policy storage p = _policies[policyId];
+        if (p.author != address(0) && p.author != msg.sender) revert NotPolicyAuthor(policyId, msg.sender);
+        p.author = msg.sender;
+        p.publishStreams = publishStreams;
+        p.subscribeStreams = subscribeStreams;
+        emit PolicyDefined(policyId, msg.sender, publishStreams, subscribeStreams);
+    }
+
+    function setPolicy(bytes8 id, bytes32 policyId) external {
+        Device storage d = _transition(id, _LIVE);
+        _onlyOwner(id, d);
+        if (_policies[policyId].author == address(0)) revert UnknownPolicy(policyId);
+        d.policyId = policyId;
+        emit PolicySet(id, policyId);
+    }
+
+    // ---- views ----
+    function device(bytes8 id) external view returns (Device memory) {
+        Device memory d = _devices[id];
+        if (d.state == State.Unregistered) revert UnknownDevice(id);
+        return d;
+    }
+
+    function deviceState(bytes8 id) external view returns (State state, uint32 epoch) {
+        Device storage d = _devices[id];
+        return (d.state, d.epoch);
+    }
+
+    function gateway(bytes32 gatewayId) external view returns (Gateway memory) {
+        Gateway memory g = _gateways[gatewayId];
+        if (g.account == address(0)) revert UnknownGateway(gatewayId);
+        return g;
+    }
+
+    /// The gateway's account, or address(0) when unknown (used by the audit contract).
+    function gatewayAccount(bytes32 gatewayId) external view returns (address) {
+        return _gateways[gatewayId].account;
+    }
+
+    function grant(bytes8 id, bytes32 gatewayId) external view returns (Grant memory g, bool current) {
+        g = _grants[id][gatewayId];
+        current = _isAuthorized(_devices[id], g);
+    }
+
+    function isAuthorized(bytes8 id, bytes32 gatewayId) external view returns (bool) {
+        return _isAuthorized(_devices[id], _grants[id][gatewayId]);
+    }
+
+    function policy(bytes32 policyId) external view returns (Policy memory) {
+        Policy memory p = _policies[policyId];
+        if (p.author == address(0)) revert UnknownPolicy(policyId);
+        return p;
+    }
+
+    function maintainerApproved(bytes8 id, address maintainer) external view returns (bool) {
+        Device storage d = _devices[id];
+        return d.owner != address(0) && _maintainerApprovedBy[id][maintainer] == d.owner;
+    }
+
+    // ---- internals ----
+    function _transition(bytes8 id, uint256 allowedFrom) private view returns (Device storage d) {
+        d = _devices[id];
+        if (d.state == State.Unregistered) revert UnknownDevice(id);
+        if (allowedFrom & (1 << uint256(d.state)) == 0) revert IllegalTransition(id, d.state, msg.sig);
+    }
+
+    function _onlyOwner(bytes8 id, Device storage d) private view {
+        if (msg.sender != d.owner) revert NotOwner(id, msg.sender);
+    }
+
+    function _onlyOwnerOrAdmin(bytes8 id, Device storage d) private view {
+        if (msg.sender != d.owner && !hasRole(DEFAULT_ADMIN_ROLE, msg.sender)) {
+            revert NotOwnerOrAdmin(id, msg.sender);
+        }
+    }
+
+    function _isAuthorized(Device storage d, Grant memory g) private view returns (bool) {
+        return g.keyCommitment != bytes32(0) && g.epoch == d.epoch && _isLive(d.state);
+    }
+
+    function _isLive(State s) private pure returns (bool) {
+        return s == State.Claimed || s == State.Active || s == State.Suspended;
+    }
+}
