@@ -1,0 +1,64 @@
+# Events the roles hand back to their adapters. An authentication outcome is an event, not an
+# exception. Reprs never show key material.
+
+
+class Authenticated:
+    """Both sides proved knowledge of K_dg in this run; ``session`` protects the data after it."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def __repr__(self):
+        return "Authenticated(%r)" % (self.session,)
+
+
+class Rejected:
+    """A handshake or message was refused. ``epoch`` is the peer's unauthenticated epoch hint."""
+
+    def __init__(self, device_id, reason, counter=None, epoch=0):
+        self.device_id = device_id
+        self.reason = reason
+        self.counter = counter
+        self.epoch = epoch
+
+    def __repr__(self):
+        return "Rejected(%s, %s, counter=%r)" % (_hex(self.device_id), self.reason, self.counter)
+
+
+class Ignored:
+    """A message that changes nothing (duplicate, unexpected in this state, stray)."""
+
+    def __init__(self, reason):
+        self.reason = reason
+
+    def __repr__(self):
+        return "Ignored(%s)" % self.reason
+
+
+class CounterAccepted:
+    """Gateway: the adapter must make this counter durable BEFORE it sends the reply."""
+
+    def __init__(self, device_id, counter):
+        self.device_id = device_id
+        self.counter = counter
+
+    def __repr__(self):
+        return "CounterAccepted(%s, %d)" % (_hex(self.device_id), self.counter)
+
+
+class CloneDetected:
+    """Gateway: a live proof came with an already-used counter: two devices hold one key."""
+
+    def __init__(self, device_id, counter):
+        self.device_id = device_id
+        self.counter = counter
+
+    def __repr__(self):
+        return "CloneDetected(%s, %d)" % (_hex(self.device_id), self.counter)
+
+
+def _hex(b):
+    try:
+        return b.hex()
+    except AttributeError:
+        return repr(b)

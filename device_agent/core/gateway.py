@@ -1,0 +1,154 @@
+# The gateway role: sans-IO, one object serving every device of one gateway.
+#
+# Strategy: reject as much as possible before doing any work. A HELLO costs at most one HMAC
+# before a challenge is committed to: unknown device, inactive device, wrong epoch, counter beyond
+# the window and malformed bytes are refused on table look-ups alone, and a bad HOTP value after
+# one HMAC. A counter at or below the last accepted one is a replay, unless it carries a valid
+# HOTP value and no handshake is pending for the device: then the gateway issues a challenge it
+# will never grant (a "clone probe"); a valid PROOF to it can only come from a live holder of the
+# device's key using a counter already spent: a cloned device. A replayed HELLO never gets that far.
+#
+# The adapter supplies ``lookup(device_id) -> DeviceEntry | None`` from its identity index, a
+# CSPRNG ``random(n)``, and ``now`` (seconds, monotonic) on every call; it must make each
+# CounterAccepted durable before sending the reply that comes with it.
+from . import states, wire
+from .crypto import ct_equal, hmac_sha256
+from .errors import LocalProtocolError, RemoteProtocolError, reason_code
+from .events import Authenticated, CloneDetected, CounterAccepted, Ignored, Rejected
+from .keys import pair_keys, proof_tag, session_keys, transcript
+from .otp import hotp_value
+from .session import Session
+
+
+class DeviceEntry:
+    """What one gateway knows of one device: from the identity index, plus the counter floor."""
+
+    __slots__ = ("device_id", "epoch", "active", "counter", "k_otp", "k_mac", "lifetime")
+
+    def __init__(self, device_id, gateway_key, epoch, active=True, counter=-1, lifetime=3600):
+        self.device_id = device_id
+        self.epoch = epoch
+        self.active = active
+        self.counter = counter  # highest counter ever accepted (durable), -1 for none
+        self.k_otp, self.k_mac = pair_keys(gateway_key)
+        self.lifetime = lifetime
+
+    def __repr__(self):
+        return "DeviceEntry(%s, epoch=%d, active=%s, counter=%d)" % (
+            self.device_id.hex(), self.epoch, self.active, self.counter)
+
+
+class _Pending:
+    __slots__ = ("entry", "counter", "t", "deadline", "probe")
+
+    def __init__(self, entry, counter, t, deadline, probe):
+        self.entry = entry
+        self.counter = counter
+        self.t = t
+        self.deadline = deadline
+        self.probe = probe
+
+
+class GatewayRole:
+    def __init__(self, gateway_id, lookup, random, *, window=100, proof_timeout=10.0, max_pending=65536):
+        if not gateway_id or window < 1 or proof_timeout <= 0 or max_pending < 1:
+            raise LocalProtocolError("bad gateway role settings")
+        self.gateway_id = gateway_id
+        self._lookup = lookup
+        self._random = random
+        self.window = window
+        self.proof_timeout = proof_timeout
+        self.max_pending = max_pending
+        self._pending = {}  # device_id -> _Pending, in deadline order (insertion order)
+
+    def __repr__(self):
+        return "GatewayRole(%s, pending=%d)" % (self.gateway_id.decode(), len(self._pending))
+
+    @property
+    def pending(self):
+        return len(self._pending)
+
+    def state_of(self, device_id):
+        return states.AWAIT_PROOF if device_id in self._pending else states.NONE
+
+    def receive(self, device_id, payload, now):
+        """One message from ``device_id``'s handshake-up topic -> (reply bytes or None, [events])."""
+        try:
+            mtype = wire.message_type(payload)
+            if mtype == wire.HELLO:
+                return self._on_hello(device_id, payload, now)
+            if mtype == wire.PROOF:
+                return self._on_proof(device_id, payload, now)
+            return None, [Ignored("unexpected")]
+        except RemoteProtocolError as exc:
+            return self._reject(device_id, exc.reason)
+
+    def _reject(self, device_id, reason, counter=None, epoch=0):
+        return wire.encode_reject(reason_code(reason), epoch), [Rejected(device_id, reason, counter)]
+
+    def _on_hello(self, device_id, payload, now):
+        epoch, counter, d_nonce, otp = wire.decode_hello(payload)
+        entry = self._lookup(device_id)
+        if entry is None:
+            return self._reject(device_id, "unknown_device", counter)
+        if not entry.active:
+            return self._reject(device_id, "not_active", counter)
+        if epoch != entry.epoch:
+            return self._reject(device_id, "stale_epoch", counter, entry.epoch)
+        if counter > entry.counter + self.window:
+            return self._reject(device_id, "counter_window", counter)
+        stale = counter <= entry.counter
+        pending = self._pending.get(device_id)
+        if stale and pending is not None:
+            return None, [Rejected(device_id, "replay", counter)]
+        if pending is None and len(self._pending) >= self.max_pending:
+            self.expire(now)
+            if len(self._pending) >= self.max_pending:
+                return self._reject(device_id, "busy", counter)
+        if not ct_equal(hotp_value(entry.k_otp, counter).to_bytes(4, "big"), otp):
+            return self._reject(device_id, "bad_otp", counter)
+        events = []
+        if not stale:
+            entry.counter = counter
+            events.append(CounterAccepted(device_id, counter))
+        g_nonce = self._random(wire.NONCE_LEN)
+        t = transcript(device_id, self.gateway_id, epoch, counter, d_nonce, g_nonce)
+        if pending is not None:
+            del self._pending[device_id]  # re-insert at the end: keeps deadline order
+        self._pending[device_id] = _Pending(entry, counter, t, now + self.proof_timeout, stale)
+        return wire.encode_challenge(g_nonce, proof_tag(entry.k_mac, wire.CHALLENGE, t)), events
+
+    def _on_proof(self, device_id, payload, now):
+        tag = wire.decode_proof(payload)
+        p = self._pending.get(device_id)
+        if p is None:
+            return None, [Rejected(device_id, "unexpected")]
+        if now > p.deadline:
+            del self._pending[device_id]
+            return self._reject(device_id, "timeout", p.counter)
+        entry = p.entry
+        if not ct_equal(proof_tag(entry.k_mac, wire.PROOF, p.t), tag):
+            # No reply, and the pending handshake stays: a forged PROOF must not cancel the real one.
+            return None, [Rejected(device_id, "bad_proof", p.counter)]
+        del self._pending[device_id]
+        if p.probe:
+            return (wire.encode_reject(reason_code("clone"), 0),
+                    [CloneDetected(device_id, p.counter), Rejected(device_id, "clone", p.counter)])
+        k_up, k_down = session_keys(entry.k_mac, p.t)
+        body = wire.result_body(0, entry.lifetime)
+        tag = hmac_sha256(k_down, body + p.t)[:wire.TAG_LEN]
+        session = Session(device_id, self.gateway_id, k_down, k_up, wire.COMMAND, wire.DATA, now + entry.lifetime)
+        return body + tag, [Authenticated(session)]
+
+    def expire(self, now):
+        """Drop handshakes whose PROOF did not come in time -> [Rejected] (``replay`` for probes)."""
+        out = []
+        pending = self._pending
+        while pending:
+            device_id = next(iter(pending))
+            p = pending[device_id]
+            if p.deadline >= now:
+                break
+            del pending[device_id]
+            out.append(Rejected(device_id, "replay" if p.probe else "timeout", p.counter))
+        return out
