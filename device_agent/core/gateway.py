@@ -137,7 +137,8 @@ class GatewayRole:
         k_up, k_down = session_keys(entry.k_mac, p.t)
         body = wire.result_body(0, entry.lifetime)
         tag = hmac_sha256(k_down, body + p.t)[:wire.TAG_LEN]
-        session = Session(device_id, self.gateway_id, k_down, k_up, wire.COMMAND, wire.DATA, now + entry.lifetime)
+        session = Session(device_id, self.gateway_id, k_down, k_up, wire.COMMAND, wire.DATA,
+                          now + entry.lifetime)
         return body + tag, [Authenticated(session)]
 
     def expire(self, now):
