@@ -8,6 +8,9 @@
     ...
     chain.close()
 
+For the :class:`ledger_bridge.Ledger`, ``EmbeddedBackend(path, funded=[...])`` is the
+``LedgerBackend`` (``open() -> Web3``, ``close()``, ``fund()`` from a faucet kept in the file).
+
 What it guarantees:
 
 * **Durable per block.** Every transaction is mined into its own block (automine); the block's
@@ -19,7 +22,9 @@ What it guarantees:
   milliseconds whatever the history length.
 * **Fast lookups.** Receipts and transactions by hash go through py-evm's transaction index, and
   ``eth_getLogs`` / log filters through the log index, not by scanning blocks.
-* **Wall-clock timestamps** (``max(now, parent + 1)``), a chain id and funded accounts fixed at
+* **Wall-clock timestamps**: a block's timestamp is ``max(now, parent + 1)`` (py-evm requires
+  strictly increasing seconds), so a burst of N transactions within one second runs ahead of the
+  clock by up to N seconds and falls back in step when traffic pauses. A chain id and funded accounts fixed at
   genesis and stored with it. Transactions are signed by their senders (``eth_sendRawTransaction``);
   the chain holds no keys. History is append-only: snapshots and reverts are refused.
 
@@ -38,11 +43,13 @@ from __future__ import annotations
 
 from ._chain import DEFAULT_BALANCE_WEI, DEFAULT_CHAIN_ID, DEFAULT_GAS_LIMIT, EmbeddedChain
 from ._errors import EmbeddedChainError
+from ._ledger_backend import EmbeddedBackend
 
 __all__ = [
     "DEFAULT_BALANCE_WEI",
     "DEFAULT_CHAIN_ID",
     "DEFAULT_GAS_LIMIT",
+    "EmbeddedBackend",
     "EmbeddedChain",
     "EmbeddedChainError",
 ]

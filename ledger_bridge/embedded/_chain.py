@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -13,9 +14,10 @@ from typing import Any, Final
 
 from eth.db.atomic import AtomicDB
 from eth.exceptions import PyEVMError
+from eth_account import Account
 from eth_tester.backends.pyevm.main import get_default_genesis_params
 from eth_typing import Address
-from eth_utils.address import to_canonical_address
+from eth_utils.address import to_canonical_address, to_checksum_address
 from web3.providers.async_base import AsyncBaseProvider
 from web3.providers.eth_tester import AsyncEthereumTesterProvider, EthereumTesterProvider
 from web3.providers.eth_tester.defaults import API_ENDPOINTS
@@ -37,8 +39,11 @@ class EmbeddedChain:
     transaction is mined into its own block, committed to disk before its hash is returned.
     """
 
-    def __init__(self, path: Path, tester: IndexedEthereumTester, chain_id: int) -> None:
+    def __init__(
+        self, path: Path, tester: IndexedEthereumTester, chain_id: int, faucet_key: bytes | None
+    ) -> None:
         self._path = path
+        self._faucet = Account.from_key(faucet_key) if faucet_key is not None else None
         self._tester = tester
         self._backend: DurablePyEVMBackend = tester.backend
         self._chain_id = chain_id
@@ -56,6 +61,7 @@ class EmbeddedChain:
         funded: Iterable[str | bytes] = (),
         balance_wei: int = DEFAULT_BALANCE_WEI,
         gas_limit: int = DEFAULT_GAS_LIMIT,
+        faucet: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> EmbeddedChain:
         """Open the chain stored at ``path``, creating it (genesis) if the file has none.
@@ -63,7 +69,10 @@ class EmbeddedChain:
         ``chain_id`` (default 1337 for a new chain), ``funded`` (addresses given ``balance_wei``
         at genesis) and ``gas_limit`` define the genesis and are stored with it; reopening with
         different values raises :class:`EmbeddedChainError`, leaving them out accepts what is
-        stored. ``clock`` gives block timestamps (seconds since the epoch).
+        stored. ``faucet=True`` on a new chain also funds a faucet account whose random key is
+        kept in the file, so :meth:`fund` can give ether to actors created later (the chain is
+        private to this process: its ether pays for gas only). ``clock`` gives block timestamps
+        (seconds since the epoch).
         """
         path = Path(path)
         funded_addresses = sorted({to_canonical_address(a).hex() for a in funded})
@@ -81,16 +90,20 @@ class EmbeddedChain:
                     funded=funded_addresses,
                     balance_wei=balance_wei,
                     gas_limit=gas_limit,
+                    faucet=faucet,
                     clock=clock,
                 )
             elif funded_addresses and json.loads(meta.get("funded", "[]")) != funded_addresses:
                 raise EmbeddedChainError(f"{path} was created with other funded accounts")
+            elif faucet and "faucet_key" not in meta:
+                raise EmbeddedChainError(f"{path} was created without a faucet")
             chain = _resume(store, meta, path, expected_chain_id=chain_id)
         except BaseException:
             store.close()
             raise
         backend = DurablePyEVMBackend(chain, store, clock=clock)
-        return cls(path, IndexedEthereumTester(backend=backend), int(meta["chain_id"]))
+        faucet_key = bytes.fromhex(meta["faucet_key"]) if "faucet_key" in meta else None
+        return cls(path, IndexedEthereumTester(backend=backend), int(meta["chain_id"]), faucet_key)
 
     @property
     def path(self) -> Path:
@@ -117,6 +130,31 @@ class EmbeddedChain:
     def async_provider(self) -> AsyncBaseProvider:
         """An asyncio web3 provider (``AsyncWeb3(chain.async_provider)``) running each call in a thread."""
         return self._async_provider
+
+    def fund(self, address: str | bytes, wei: int) -> bytes:
+        """Send ``wei`` from the faucet to ``address``; returns the (committed) transaction hash."""
+        if self._faucet is None:
+            raise EmbeddedChainError("this chain has no faucet (create it with faucet=True)")
+        if wei <= 0:
+            raise ValueError("wei must be positive")
+        with self._lock:
+            self._check_open()
+            sender = self._faucet.address
+            nonce = self._backend.get_nonce(to_canonical_address(sender))
+            base_fee = self._backend.chain.get_block().header.base_fee_per_gas or 0
+            transfer = {
+                "type": 2,
+                "chainId": self._chain_id,
+                "nonce": nonce,
+                "to": to_checksum_address(address),
+                "value": wei,
+                "gas": 21_000,
+                "maxPriorityFeePerGas": 1,
+                "maxFeePerGas": 2 * base_fee + 1,
+            }
+            raw = self._faucet.sign_transaction(transfer).raw_transaction
+            tx_hash: str = self._tester.send_raw_transaction("0x" + bytes(raw).hex())
+            return bytes.fromhex(tx_hash.removeprefix("0x"))
 
     def close(self) -> None:
         """Close the file; idempotent. Everything mined is already committed."""
@@ -157,8 +195,13 @@ def _create_genesis(
     funded: list[str],
     balance_wei: int,
     gas_limit: int,
+    faucet: bool,
     clock: Callable[[], float],
 ) -> dict[str, str]:
+    faucet_key = secrets.token_bytes(32) if faucet else None
+    if faucet_key is not None:
+        faucet_address = Account.from_key(faucet_key).address
+        funded = sorted({*funded, to_canonical_address(faucet_address).hex()})
     params = get_default_genesis_params({"gas_limit": gas_limit, "timestamp": int(clock())})
     state: dict[Address, Any] = {
         Address(bytes.fromhex(address)): {"balance": balance_wei, "nonce": 0, "code": b"", "storage": {}}
@@ -179,6 +222,8 @@ def _create_genesis(
         "head_number": "0",
         "head_hash": genesis.hash.hex(),
     }
+    if faucet_key is not None:
+        meta["faucet_key"] = faucet_key.hex()
     store.commit_block(meta=meta)
     return meta
 

@@ -1,4 +1,4 @@
-"""The embedded chain's exception.
+"""The embedded chain's exception: a :class:`ledger_bridge.errors.LedgerUnavailable`.
 
 Errors of sqlite3 and py-evm that concern the chain's storage are turned into
 :class:`EmbeddedChainError` where they leave this package. EVM outcomes (a revert, a bad nonce)
@@ -8,8 +8,10 @@ them like on any other backend.
 
 from __future__ import annotations
 
+from ..errors import LedgerUnavailable
 
-class EmbeddedChainError(Exception):
+
+class EmbeddedChainError(LedgerUnavailable):
     """The embedded chain's file cannot be opened, read or committed, or is inconsistent.
 
     After a failed commit the in-memory chain is ahead of the file: the chain refuses further

@@ -109,7 +109,7 @@ def test_pending_handshakes_time_out_and_are_bounded():
     devs = [f.device(d, b"gw-a") for d in f.device_ids]
     r0, _ = gw.receive(devs[0].device_id, devs[0].hello(1, os.urandom(8)), 0.0)
     gw.receive(devs[1].device_id, devs[1].hello(1, os.urandom(8)), 1.0)
-    reply, ev = gw.receive(devs[2].device_id, devs[2].hello(1, os.urandom(8)), 1.5)
+    _, ev = gw.receive(devs[2].device_id, devs[2].hello(1, os.urandom(8)), 1.5)
     assert ev[0].reason == "busy" and gw.pending == 2
     late_proof, _ = devs[0].receive(r0, 0.0)
     _, ev = gw.receive(devs[0].device_id, late_proof, 2.5)
