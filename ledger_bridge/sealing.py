@@ -1,0 +1,102 @@
+"""Sealing a per-gateway verification key K_dg to one gateway's X25519 public key.
+
+Strategy: the ledger must carry K_dg to the gateway without anyone else learning it, so the owner
+seals it: an ephemeral X25519 key agreement with the gateway's registered public key, HKDF-SHA256
+over the shared secret bound to both public keys and to (device, gateway, epoch), and
+ChaCha20-Poly1305 under that one-time key (so a fixed nonce is safe). The associated data binds
+the box to (device, gateway, epoch): a box moved to another device, gateway or epoch fails to open.
+
+    sealed = ephemeral_public (32) | ciphertext of K_dg (32) | Poly1305 tag (16)     = 80 bytes
+
+The ledger also stores ``key_commitment(K_dg)``; a gateway checks what it unsealed against it.
+docs/PROTOCOL.md section 3.4 is the specification.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from device_agent.core.crypto import ct_equal
+from device_agent.core.keys import key_commitment, lp
+
+SEALED_LEN = 80
+_RAW = serialization.Encoding.Raw
+
+
+class SealError(Exception):
+    """A sealed key did not open or did not match its commitment. Carries no key material."""
+
+
+def _context(device_id: bytes, gateway_id: bytes, epoch: int) -> bytes:
+    return device_id + lp(gateway_id) + epoch.to_bytes(4, "big")
+
+
+def _box_key(shared: bytes, eph_pub: bytes, gw_pub: bytes, context: bytes) -> bytes:
+    return HKDF(hashes.SHA256(), 32, eph_pub + gw_pub, b"diams/v1/seal" + context).derive(shared)
+
+
+def public_bytes(key: X25519PublicKey) -> bytes:
+    return key.public_bytes(_RAW, serialization.PublicFormat.Raw)
+
+
+def seal(k_dg: bytes, gateway_public: bytes, device_id: bytes, gateway_id: bytes, epoch: int) -> bytes:
+    """Seal K_dg to the gateway's 32-byte X25519 public key; -> 80 bytes for the ledger."""
+    if len(k_dg) != 32 or len(gateway_public) != 32:
+        raise ValueError("K_dg and the gateway public key must be 32 bytes")
+    eph = X25519PrivateKey.generate()
+    eph_pub = public_bytes(eph.public_key())
+    try:
+        shared = eph.exchange(X25519PublicKey.from_public_bytes(gateway_public))
+    except ValueError as exc:  # a low-order point gives an all-zero secret
+        raise SealError("gateway public key is not usable for X25519") from exc
+    context = _context(device_id, gateway_id, epoch)
+    box = ChaCha20Poly1305(_box_key(shared, eph_pub, gateway_public, context))
+    return eph_pub + box.encrypt(bytes(12), k_dg, context)
+
+
+def unseal(sealed: bytes, gateway_private: X25519PrivateKey, device_id: bytes, gateway_id: bytes,
+           epoch: int, commitment: bytes | None = None) -> bytes:
+    """Open a sealed K_dg with the gateway's private key; -> K_dg, or raise SealError."""
+    if len(sealed) != SEALED_LEN:
+        raise SealError(f"sealed key must be {SEALED_LEN} bytes, got {len(sealed)}")
+    eph_pub, ciphertext = sealed[:32], sealed[32:]
+    gw_pub = public_bytes(gateway_private.public_key())
+    context = _context(device_id, gateway_id, epoch)
+    try:
+        shared = gateway_private.exchange(X25519PublicKey.from_public_bytes(eph_pub))
+        box = ChaCha20Poly1305(_box_key(shared, eph_pub, gw_pub, context))
+        k_dg = box.decrypt(bytes(12), ciphertext, context)
+    except (InvalidTag, ValueError):
+        raise SealError(f"sealed key for device {device_id.hex()} does not open with this key") from None
+    if commitment is not None and not ct_equal(key_commitment(k_dg), commitment):
+        raise SealError(f"sealed key for device {device_id.hex()} does not match its ledger commitment")
+    return k_dg
+
+
+def generate_gateway_key(path: Path) -> bytes:
+    """Create the gateway's X25519 private key in a new 0600 file; -> the public key to register."""
+    key = X25519PrivateKey.generate()
+    raw = key.private_bytes(_RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(raw)
+    return public_bytes(key.public_key())
+
+
+def load_gateway_key(path: Path) -> X25519PrivateKey:
+    """Load the gateway's private key; refuse a file that group or others can read."""
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SealError(f"{path} must not be readable by group or others (chmod 600)")
+    raw = path.read_bytes()
+    if len(raw) != 32:
+        raise SealError(f"{path} does not hold a 32-byte X25519 private key")
+    return X25519PrivateKey.from_private_bytes(raw)
