@@ -1,0 +1,1 @@
+"""DIAMS gateway: authenticates devices over MQTT and enforces their rights at the broker."""

@@ -1,0 +1,280 @@
+"""``MosquittoEnforcer``: access control with mosquitto's password_file + acl_file and SIGHUP.
+
+Strategy: ``apply()`` validates a batch, updates an in-memory table and waits for the next
+*publication*: a background task renders both files whole from a snapshot of the table, replaces them
+atomically and signals the broker to reload (SIGHUP). Publications are spaced by at least
+``min_reload_interval`` (1 s: a reload with 10,000 connected devices stalls the broker's traffic for
+~50-150 ms), so every change made meanwhile is coalesced into one reload. A batch containing a CutOff
+(or a credential change) only waits ``urgent_reload_interval`` (0.5 s) after the previous reload, which
+keeps a cut-off within 1 s of the call (wait ≤ 0.5 s + write + reload) at the price of at most two
+reloads per second while cut-offs are happening.
+
+What the broker does on reload (mosquitto 2.0.11, measured in tests/broker/ and bench/):
+- a client whose password line disappeared or changed is disconnected (socket closed, no DISCONNECT);
+- an ACL-only change keeps the connection: later refused publishes are dropped silently (v5 QoS 1
+  gets PUBACK 0x87) and the connection stays up; deliveries to subscriptions the ACL no longer allows
+  stop. Subscribing outside the ACL is acknowledged but nothing is delivered.
+
+The broker config must contain the lines from ``mosquitto_config_lines()``: ``use_username_as_clientid``
+stops a device from kicking another by reusing its client id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from ._errors import ReloadFailed, UnknownDevice
+from ._interface import AuthorizeGateway, BrokerEnforcer, Change, CutOff, Demote, Enroll, Grant, RemoveGateway
+from ._mosquitto_files import (
+    DeviceRecord,
+    GatewayRecord,
+    render_acl_file,
+    render_password_file,
+    write_atomically,
+)
+from ._secret import mosquitto_sha512_hash
+
+log = logging.getLogger(__name__)
+
+Reloader = Callable[[], None]
+
+
+def mosquitto_config_lines(password_file: Path, acl_file: Path) -> list[str]:
+    """The mosquitto.conf lines this enforcer relies on."""
+    return [
+        "allow_anonymous false",
+        f"password_file {password_file}",
+        f"acl_file {acl_file}",
+        "use_username_as_clientid true",
+        "set_tcp_nodelay true",
+    ]
+
+
+def sighup_reloader(pid: int | Path | Callable[[], int]) -> Reloader:
+    """A reloader sending SIGHUP to a pid, to the pid in a pid file, or to what a callable returns.
+
+    The sender must be allowed to signal the broker (same user, or root). Under systemd, with the broker
+    and the gateway as different users, use a reloader that runs ``systemctl reload mosquitto`` instead.
+    """
+
+    def resolve() -> int:
+        if isinstance(pid, int):
+            return pid
+        if isinstance(pid, Path):
+            return int(pid.read_text().strip())
+        return pid()
+
+    def reload() -> None:
+        os.kill(resolve(), signal.SIGHUP)
+
+    return reload
+
+
+class MosquittoEnforcer(BrokerEnforcer):
+    """Use as ``async with MosquittoEnforcer(...) as enforcer:`` (the reload task lives inside)."""
+
+    def __init__(
+        self,
+        *,
+        password_file: Path,
+        acl_file: Path,
+        reload: Reloader,
+        min_reload_interval: float = 1.0,
+        urgent_reload_interval: float = 0.5,
+        file_mode: int = 0o640,
+        file_group: str | None = None,
+    ) -> None:
+        if min_reload_interval < 0 or urgent_reload_interval < 0:
+            raise ValueError("reload intervals must be >= 0")
+        if urgent_reload_interval > min_reload_interval:
+            raise ValueError("urgent_reload_interval must not exceed min_reload_interval")
+        if file_mode & 0o002:
+            raise ValueError("the password file must not be world-writable")
+        self.password_file = Path(password_file)
+        self.acl_file = Path(acl_file)
+        self._reload = reload
+        self.min_reload_interval = min_reload_interval
+        self.urgent_reload_interval = urgent_reload_interval
+        self._file_mode = file_mode
+        self._file_group = file_group
+        self._devices: dict[str, DeviceRecord] = {}
+        self._gateways: dict[str, GatewayRecord] = {}
+        self._generation = 0  # bumped by every apply()
+        self._published = 0  # the generation the broker has been told to load
+        self._urgent = False
+        self._wakeup = asyncio.Event()
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._last_reload = -float("inf")
+        self.reload_count = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"MosquittoEnforcer(password_file={str(self.password_file)!r}, acl_file={str(self.acl_file)!r}, "
+            f"devices={len(self._devices)}, gateways={len(self._gateways)})"
+        )
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def stage(self, changes: Iterable[Change]) -> bool:
+        """Apply ``changes`` to the table only (no files, no reload); all or nothing.
+
+        Returns whether the batch is urgent (it drops connections). Use it with ``write_files()`` to
+        load the initial state before the broker starts.
+        """
+        batch = list(changes)
+        enrolled = set(self._devices)
+        for change in batch:  # validate against the state the batch will build, before mutating
+            if isinstance(change, Enroll):
+                enrolled.add(change.device_id)
+            elif isinstance(change, CutOff):
+                enrolled.discard(change.device_id)
+            elif isinstance(change, Grant) and change.device_id not in enrolled:
+                raise UnknownDevice(f"cannot grant rights to device {change.device_id}: it is not enrolled")
+            elif not isinstance(change, Demote | AuthorizeGateway | RemoveGateway | Grant):
+                raise TypeError(f"not a broker change: {type(change).__name__}")
+        urgent = False
+        for change in batch:
+            if isinstance(change, Enroll):
+                urgent |= change.device_id in self._devices  # a new password drops the live session
+                self._devices[change.device_id] = DeviceRecord(mosquitto_sha512_hash(change.secret), None)
+            elif isinstance(change, Grant):
+                old = self._devices[change.device_id]
+                streams = tuple(sorted(change.streams))
+                self._devices[change.device_id] = DeviceRecord(old.password_hash, streams)
+            elif isinstance(change, Demote):
+                old_or_none = self._devices.get(change.device_id)
+                if old_or_none is not None:
+                    self._devices[change.device_id] = DeviceRecord(old_or_none.password_hash, None)
+            elif isinstance(change, CutOff):
+                urgent |= self._devices.pop(change.device_id, None) is not None
+            elif isinstance(change, AuthorizeGateway):
+                urgent |= change.gateway_id in self._gateways
+                self._gateways[change.gateway_id] = GatewayRecord(
+                    mosquitto_sha512_hash(change.secret), change.connections
+                )
+            else:
+                urgent |= self._gateways.pop(change.gateway_id, None) is not None
+        self._generation += 1
+        self._urgent |= urgent
+        return urgent
+
+    def state_of(self, device_id: str) -> str:
+        """``"absent"``, ``"enrolled"`` or ``"granted"`` (what the table says, live or pending)."""
+        record = self._devices.get(device_id)
+        return "absent" if record is None else "enrolled" if record.streams is None else "granted"
+
+    @property
+    def device_count(self) -> int:
+        return len(self._devices)
+
+    def write_files(self) -> None:
+        """Render and atomically replace both files from the current table, without a reload.
+
+        For the initial state, before the broker starts: what is staged counts as published.
+        """
+        gateways, devices = list(self._gateways.items()), list(self._devices.items())
+        self._write(gateways, devices)
+        self._published = self._generation
+
+    def _write(
+        self, gateways: list[tuple[str, GatewayRecord]], devices: list[tuple[str, DeviceRecord]]
+    ) -> None:
+        # The password file first: a device cut off must lose its credential even if the ACL write fails.
+        write_atomically(self.password_file, render_password_file(gateways, devices),
+                         mode=self._file_mode, group=self._file_group)
+        write_atomically(self.acl_file, render_acl_file(gateways, devices),
+                         mode=self._file_mode, group=self._file_group)
+
+    # -- publication ---------------------------------------------------------------------------------
+
+    async def apply(self, changes: Iterable[Change]) -> None:
+        self.stage(changes)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Wait until everything staged so far has been written and the broker told to reload."""
+        if self._published >= self._generation:
+            return
+        if self._task is None:
+            raise RuntimeError("MosquittoEnforcer must be used inside 'async with' to publish changes")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._generation, future))
+        self._wakeup.set()
+        await future
+
+    async def __aenter__(self) -> MosquittoEnforcer:
+        if self._task is None:
+            self._task = asyncio.create_task(self._publisher(), name="mosquitto-enforcer")
+        return self
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for _, future in self._waiters:
+            future.cancel()
+        self._waiters.clear()
+
+    async def _publisher(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            interval = self.urgent_reload_interval if self._urgent else self.min_reload_interval
+            delay = self._last_reload + interval - time.monotonic()
+            if delay > 0:
+                # Sleep, but an urgent batch arriving meanwhile may shorten the wait: recompute then.
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), delay)
+                self._wakeup.set()
+                continue
+            self._wakeup.clear()
+            generation, self._urgent = self._generation, False
+            gateways, devices = list(self._gateways.items()), list(self._devices.items())
+            started = time.perf_counter()
+            try:
+                await asyncio.to_thread(self._write_and_reload, gateways, devices)
+            except ReloadFailed as exc:
+                self._settle(generation, exc)
+                continue
+            self._last_reload = time.monotonic()
+            self._published = generation
+            self.reload_count += 1
+            log.debug("broker reload %d: %d devices, %.1f ms", self.reload_count, len(devices),
+                      (time.perf_counter() - started) * 1000)
+            self._settle(generation, None)
+            if self._generation > self._published and self._waiters:
+                self._wakeup.set()
+
+    def _write_and_reload(
+        self, gateways: list[tuple[str, GatewayRecord]], devices: list[tuple[str, DeviceRecord]]
+    ) -> None:
+        try:
+            self._write(gateways, devices)
+        except OSError as exc:
+            raise ReloadFailed(f"could not write the broker access files: {exc.strerror or exc}") from exc
+        try:
+            self._reload()
+        except (OSError, ValueError) as exc:
+            raise ReloadFailed(f"could not make the broker reload: {exc}") from exc
+
+    def _settle(self, generation: int, error: ReloadFailed | None) -> None:
+        remaining = []
+        for wanted, future in self._waiters:
+            if wanted > generation:
+                remaining.append((wanted, future))
+            elif not future.done():
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(ReloadFailed(str(error)))
+        self._waiters = remaining

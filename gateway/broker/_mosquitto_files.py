@@ -1,0 +1,102 @@
+"""Mosquitto's password and ACL files: rendering from a snapshot, and atomic replacement.
+
+Strategy: the files are always rendered whole from the enforcer's in-memory table, never edited in
+place, so a failed write or a lost reload is repaired by the next one. Pre-authentication rights are
+two ``pattern`` lines (``%u`` is substituted in acl_file patterns, unlike in dynamic security), so an
+enrolled device costs one password line and no ACL line; only GRANTED devices get a ``user`` block
+listing exactly their data and command topics. Gateways get ``user`` blocks too. Usernames are
+validated identifiers, so no line can be injected.
+
+The broker must be able to read the files after it dropped root (user ``mosquitto``): each file is
+created with ``file_mode`` and, when given, ``file_group``, before it is renamed over the old one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._names import PREFIX, gateway_username
+
+# Applies to every user: a device's own handshake topics, with any gateway (fail-over needs that).
+PRE_AUTH_PATTERNS = (
+    f"pattern write {PREFIX}/hs/+/%u/up",
+    f"pattern read {PREFIX}/hs/+/%u/down",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    password_hash: str
+    streams: tuple[str, ...] | None  # None: ENROLLED only; a tuple: GRANTED with these streams
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRecord:
+    password_hash: str
+    connections: int
+
+
+def render_password_file(
+    gateways: Iterable[tuple[str, GatewayRecord]], devices: Iterable[tuple[str, DeviceRecord]]
+) -> str:
+    lines: list[str] = []
+    for gateway_id, gw in gateways:
+        lines.extend(f"{gateway_username(gateway_id, n)}:{gw.password_hash}" for n in range(gw.connections))
+    lines.extend(f"{device_id}:{record.password_hash}" for device_id, record in devices)
+    lines.append("")
+    return "\n".join(lines)
+
+
+def render_acl_file(
+    gateways: Iterable[tuple[str, GatewayRecord]], devices: Iterable[tuple[str, DeviceRecord]]
+) -> str:
+    lines = ["# Written by diams gateway.broker: do not edit, it is rewritten whole.", *PRE_AUTH_PATTERNS, ""]
+    for gateway_id, gw in gateways:
+        for n in range(gw.connections):
+            lines += [
+                f"user {gateway_username(gateway_id, n)}",
+                f"topic read {PREFIX}/hs/{gateway_id}/+/up",
+                f"topic write {PREFIX}/hs/{gateway_id}/+/down",
+                f"topic read {PREFIX}/d/#",
+                f"topic write {PREFIX}/v/#",
+                f"topic write {PREFIX}/c/#",
+                "",
+            ]
+    for device_id, record in devices:
+        if record.streams is None:
+            continue
+        lines.append(f"user {device_id}")
+        lines.extend(f"topic write {PREFIX}/d/{device_id}/{stream}" for stream in record.streams)
+        lines.append(f"topic read {PREFIX}/c/{device_id}/+")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_atomically(path: Path, text: str, *, mode: int, group: str | None) -> None:
+    """Replace ``path`` with ``text`` so that a reader sees the old or the new file, never a mix."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as tmp:
+            os.fchmod(tmp.fileno(), mode)
+            if group is not None:
+                shutil.chown(tmp_name, group=group)
+            tmp.write(text)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

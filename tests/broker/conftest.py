@@ -1,0 +1,65 @@
+"""Fixtures: a private Mosquitto broker, and one wired to a MosquittoEnforcer.
+
+Other test packages can build the same from ``tests.mosquitto.MosquittoBroker`` and
+``gateway.broker.MosquittoEnforcer``; see ``enforced_broker`` below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+import pytest_asyncio
+
+from gateway.broker import AuthorizeGateway, BrokerSecret, MosquittoEnforcer, mosquitto_config_lines
+from tests.conftest import require
+from tests.mosquitto import MosquittoBroker, mosquitto_binary
+
+GATEWAY_ID = "gw-test"
+
+
+@pytest.fixture
+def broker() -> Iterator[MosquittoBroker]:
+    """A plain broker (anonymous access allowed), stopped and removed afterwards."""
+    require(mosquitto_binary() is not None, "mosquitto")
+    with MosquittoBroker(extra_config=["allow_anonymous true"]) as running:
+        yield running
+
+
+@dataclass
+class EnforcedBroker:
+    broker: MosquittoBroker
+    enforcer: MosquittoEnforcer
+    gateway_id: str
+    gateway_secret: BrokerSecret
+
+
+def make_enforced_broker(min_reload_interval: float = 0.2,
+                         urgent_reload_interval: float = 0.1) -> tuple[MosquittoBroker, MosquittoEnforcer]:
+    """A broker (not started) whose password and ACL files belong to a new enforcer."""
+    broker = MosquittoBroker()
+    password_file, acl_file = broker.directory / "passwords", broker.directory / "acl"
+    broker.extra_config = mosquitto_config_lines(password_file, acl_file)
+    enforcer = MosquittoEnforcer(
+        password_file=password_file,
+        acl_file=acl_file,
+        reload=broker.reload,
+        min_reload_interval=min_reload_interval,
+        urgent_reload_interval=urgent_reload_interval,
+        file_group=broker.file_group,
+    )
+    return broker, enforcer
+
+
+@pytest_asyncio.fixture
+async def enforced() -> AsyncIterator[EnforcedBroker]:
+    """A running broker enforced by a MosquittoEnforcer, with one gateway account (short intervals)."""
+    require(mosquitto_binary() is not None, "mosquitto")
+    broker, enforcer = make_enforced_broker()
+    secret = BrokerSecret.generate()
+    enforcer.stage([AuthorizeGateway(gateway_id=GATEWAY_ID, secret=secret)])
+    enforcer.write_files()
+    with broker:
+        async with enforcer:
+            yield EnforcedBroker(broker, enforcer, GATEWAY_ID, secret)
