@@ -199,13 +199,13 @@ def _create_genesis(
     clock: Callable[[], float],
 ) -> dict[str, str]:
     faucet_key = secrets.token_bytes(32) if faucet else None
+    accounts = list(funded)
     if faucet_key is not None:
-        faucet_address = Account.from_key(faucet_key).address
-        funded = sorted({*funded, to_canonical_address(faucet_address).hex()})
+        accounts.append(to_canonical_address(Account.from_key(faucet_key).address).hex())
     params = get_default_genesis_params({"gas_limit": gas_limit, "timestamp": int(clock())})
     state: dict[Address, Any] = {
         Address(bytes.fromhex(address)): {"balance": balance_wei, "nonce": 0, "code": b"", "storage": {}}
-        for address in funded
+        for address in accounts
     }
     try:
         chain = chain_class(chain_id).from_genesis(AtomicDB(store), params, state)
