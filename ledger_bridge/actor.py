@@ -1,0 +1,194 @@
+"""What one actor (manufacturer, owner, maintainer, operator, gateway, admin) may ask of a channel.
+
+Each method is one contract function, signed with the actor's own key; the chain decides whether the
+actor may do it, and a refusal comes back as `LedgerRevert` in words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from eth_utils.address import to_checksum_address
+
+from .keystore import Signer
+from .model import DeviceRegistration, Role, TxOutcome, check_device_id
+
+if TYPE_CHECKING:
+    from .ledger import Ledger
+
+
+class ActorHandle:
+    """Signs this channel's transactions as one actor. Get one from `Ledger.actor(signer)`."""
+
+    def __init__(self, ledger: Ledger, signer: Signer) -> None:
+        self._ledger = ledger
+        self._signer = signer
+
+    def __repr__(self) -> str:
+        return f"ActorHandle({self._signer!r})"
+
+    @property
+    def address(self) -> str:
+        return self._signer.address
+
+    async def _tx(self, name: str, *args: object, gas: int | None = None, on_log: bool = False) -> TxOutcome:
+        from .ledger import GAS_BUDGETS
+
+        contract = self._ledger.auth_log if on_log else self._ledger.registry
+        fn = contract.functions[name](*args)
+        return await self._ledger.transact(self._signer, fn, gas=gas or GAS_BUDGETS[name])
+
+    # ---- channel admin ----
+    async def grant_role(self, role: Role, account: str) -> TxOutcome:
+        return await self._tx("grantRole", role.role_id, to_checksum_address(account))
+
+    async def revoke_role(self, role: Role, account: str) -> TxOutcome:
+        return await self._tx("revokeRole", role.role_id, to_checksum_address(account))
+
+    # ---- manufacturer ----
+    async def register_device(self, registration: DeviceRegistration) -> TxOutcome:
+        return await self._tx("registerDevice", _registration_tuple(registration))
+
+    async def register_many(
+        self,
+        registrations: Sequence[DeviceRegistration],
+        *,
+        batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[TxOutcome]:
+        """Register devices in batches of `batch_size` (fitting the block gas limit); one tx per batch.
+
+        A refused batch raises `LedgerRevert` with the earlier batches already on chain (their outcomes
+        are on the exception as `.completed`)."""
+        from .errors import LedgerRevert
+        from .ledger import BATCH_GAS, MAX_BATCH, chunks
+
+        base, per_item = BATCH_GAS["registerMany"]
+        fits = (await self._ledger.block_gas_limit() * 9 // 10 - base) // per_item
+        size = max(1, min(batch_size or MAX_BATCH, fits))
+        outcomes: list[TxOutcome] = []
+        done = 0
+        for batch in chunks(registrations, size):
+            try:
+                outcomes.append(
+                    await self._tx(
+                        "registerMany",
+                        [_registration_tuple(r) for r in batch],
+                        gas=base + per_item * len(batch),
+                    )
+                )
+            except LedgerRevert as exc:
+                exc.completed = outcomes  # type: ignore[attr-defined]
+                raise
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(registrations))
+        return outcomes
+
+    # ---- lifecycle (owner, claimant, admin) ----
+    async def claim(self, device_id: bytes, claim_code: bytes) -> TxOutcome:
+        return await self._tx("claim", check_device_id(device_id), claim_code)
+
+    async def activate(self, device_id: bytes) -> TxOutcome:
+        return await self._tx("activate", check_device_id(device_id))
+
+    async def suspend(self, device_id: bytes) -> TxOutcome:
+        return await self._tx("suspend", check_device_id(device_id))
+
+    async def transfer(self, device_id: bytes, new_owner: str) -> TxOutcome:
+        return await self._tx("transfer", check_device_id(device_id), to_checksum_address(new_owner))
+
+    async def accept_transfer(self, device_id: bytes) -> TxOutcome:
+        return await self._tx("acceptTransfer", check_device_id(device_id))
+
+    async def revoke(self, device_id: bytes) -> TxOutcome:
+        return await self._tx("revoke", check_device_id(device_id))
+
+    async def decommission(self, device_id: bytes) -> TxOutcome:
+        return await self._tx("decommission", check_device_id(device_id))
+
+    async def approve_maintainer(self, device_id: bytes, maintainer: str) -> TxOutcome:
+        return await self._tx(
+            "approveMaintainer", check_device_id(device_id), to_checksum_address(maintainer)
+        )
+
+    async def set_policy(self, device_id: bytes, policy_id: bytes) -> TxOutcome:
+        return await self._tx("setPolicy", check_device_id(device_id), _b32(policy_id))
+
+    async def define_policy(
+        self, policy_id: bytes, *, publish: Sequence[str], subscribe: Sequence[str]
+    ) -> TxOutcome:
+        return await self._tx("definePolicy", _b32(policy_id), _streams(publish), _streams(subscribe))
+
+    # ---- gateways ----
+    async def register_gateway(
+        self, gateway_id: bytes, *, x25519_public_key: bytes, account: str
+    ) -> TxOutcome:
+        return await self._tx(
+            "registerGateway", _b32(gateway_id), _b32(x25519_public_key), to_checksum_address(account)
+        )
+
+    async def authorize_gateway(
+        self, device_id: bytes, gateway_id: bytes, *, sealed_key: bytes, key_commitment: bytes
+    ) -> TxOutcome:
+        return await self._tx(
+            "authorizeGateway", check_device_id(device_id), _b32(gateway_id), sealed_key, _b32(key_commitment)
+        )
+
+    async def authorize_gateway_many(
+        self,
+        gateway_id: bytes,
+        *,
+        device_ids: Sequence[bytes],
+        sealed_keys: Sequence[bytes],
+        key_commitments: Sequence[bytes],
+    ) -> TxOutcome:
+        from .ledger import BATCH_GAS
+
+        base, per_item = BATCH_GAS["authorizeGatewayMany"]
+        return await self._tx(
+            "authorizeGatewayMany",
+            [check_device_id(d) for d in device_ids],
+            _b32(gateway_id),
+            list(sealed_keys),
+            [_b32(c) for c in key_commitments],
+            gas=base + per_item * len(device_ids),
+        )
+
+    async def deauthorize_gateway(self, device_id: bytes, gateway_id: bytes) -> TxOutcome:
+        return await self._tx("deauthorizeGateway", check_device_id(device_id), _b32(gateway_id))
+
+    # ---- maintainer ----
+    async def record_firmware(self, device_id: bytes, firmware_hash: bytes) -> TxOutcome:
+        return await self._tx("recordFirmware", check_device_id(device_id), _b32(firmware_hash))
+
+    # ---- gateway account (authentication log) ----
+    async def anchor(
+        self, gateway_id: bytes, *, merkle_root: bytes, count: int, first_seq: int, last_seq: int
+    ) -> TxOutcome:
+        return await self._tx(
+            "anchor", _b32(gateway_id), _b32(merkle_root), count, first_seq, last_seq, on_log=True
+        )
+
+    async def clone_alert(self, device_id: bytes, gateway_id: bytes, *, counter: int) -> TxOutcome:
+        return await self._tx(
+            "cloneAlert", check_device_id(device_id), _b32(gateway_id), counter, on_log=True
+        )
+
+
+def _b32(value: bytes) -> bytes:
+    if len(value) != 32:
+        raise ValueError("expected 32 bytes")
+    return value
+
+
+def _streams(names: Sequence[str]) -> str:
+    for name in names:
+        if not name or any(c in name for c in ",/+#") or name != name.strip():
+            raise ValueError(f"invalid stream name {name!r}")
+    return ",".join(names)
+
+
+def _registration_tuple(r: DeviceRegistration) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    return (r.device_id, r.model, r.firmware_hash, r.characteristics, r.claim_hash)

@@ -1,0 +1,95 @@
+"""Actor keys: one Ethereum account per actor, stored as an encrypted keystore file (scrypt, EIP-2335 style
+JSON from eth_account). The private key lives only inside a `Signer` and never shows in its repr."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils.address import to_checksum_address
+
+from .errors import KeystoreError
+
+#: scrypt cost of new keystores; eth_account's default. Tests may lower it, never below MIN_SCRYPT_N.
+DEFAULT_SCRYPT_N = 2**18
+MIN_SCRYPT_N = 2**10
+
+
+class Signer:
+    """Signs transactions for one actor. Build with `load_signer` or `create_keystore`."""
+
+    __slots__ = ("_account", "label")
+
+    def __init__(self, account: LocalAccount, *, label: str = "") -> None:
+        self._account = account
+        self.label = label
+
+    @property
+    def address(self) -> str:
+        return str(self._account.address)
+
+    def sign_transaction(self, tx: dict[str, Any]) -> bytes:
+        return bytes(self._account.sign_transaction(tx).raw_transaction)
+
+    def __repr__(self) -> str:
+        return f"Signer(label={self.label!r}, address={self.address})"
+
+    @classmethod
+    def generate(cls, *, label: str = "") -> Signer:
+        """A fresh key held in memory only (tests, throwaway dev chains)."""
+        return cls(Account.create(), label=label)
+
+
+def create_keystore(
+    path: Path, passphrase: str, *, label: str = "", scrypt_n: int = DEFAULT_SCRYPT_N, overwrite: bool = False
+) -> Signer:
+    """Create a new key and write it encrypted to `path` (mode 0600); returns its signer."""
+    if not passphrase:
+        raise KeystoreError("refusing an empty passphrase")
+    if scrypt_n < MIN_SCRYPT_N:
+        raise KeystoreError(f"scrypt cost {scrypt_n} is below the minimum {MIN_SCRYPT_N}")
+    account = Account.create()
+    blob = Account.encrypt(account.key, passphrase, kdf="scrypt", iterations=scrypt_n)
+    if label:
+        blob["diams_label"] = label
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError as exc:
+        raise KeystoreError(f"keystore {path} already exists") from exc
+    except OSError as exc:
+        raise KeystoreError(f"cannot create keystore {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(blob, fh)
+    return Signer(account, label=label)
+
+
+def load_signer(path: Path, passphrase: str) -> Signer:
+    """Decrypt the keystore at `path`. A wrong passphrase is a KeystoreError naming only the file."""
+    try:
+        blob = json.loads(Path(path).read_text("utf-8"))
+    except OSError as exc:
+        raise KeystoreError(f"cannot read keystore {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise KeystoreError(f"keystore {path} is not JSON") from exc
+    try:
+        key = Account.decrypt(blob, passphrase)
+    except ValueError:
+        raise KeystoreError(f"wrong passphrase for keystore {path}") from None
+    except (KeyError, TypeError) as exc:
+        raise KeystoreError(f"keystore {path} is malformed") from exc
+    label = blob.get("diams_label", "") if isinstance(blob, dict) else ""
+    return Signer(Account.from_key(key), label=str(label))
+
+
+def keystore_address(path: Path) -> str:
+    """The address recorded in a keystore file, without decrypting it."""
+    try:
+        blob = json.loads(Path(path).read_text("utf-8"))
+        return str(to_checksum_address("0x" + str(blob["address"]).removeprefix("0x")))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KeystoreError(f"cannot read the address of keystore {path}") from exc
