@@ -20,13 +20,13 @@ from eth_utils.abi import event_abi_to_log_topic
 from eth_utils.address import to_checksum_address
 from web3 import Web3
 from web3.contract import Contract
-from web3.types import Wei
 
 from .artifacts import load_artifact
 from .backends import LedgerBackend
 from .errors import ChannelError, LedgerError, LedgerRevert, LedgerUnavailable
 from .keystore import Signer
 from .model import (
+    ZERO_ADDRESS,
     AnchorRecord,
     Channel,
     DeviceRecord,
@@ -36,7 +36,6 @@ from .model import (
     LedgerEvent,
     PolicyRecord,
     Role,
-    ZERO_ADDRESS,
     TxOutcome,
     check_device_id,
     split_streams,

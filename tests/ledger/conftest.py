@@ -57,7 +57,8 @@ def anvil_url() -> Iterator[str]:
     while True:
         with contextlib.suppress(OSError):
             req = urllib.request.Request(
-                url, data=b'{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}',
+                url,
+                data=b'{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}',
                 headers={"content-type": "application/json"},
             )
             with urllib.request.urlopen(req, timeout=1):
@@ -106,7 +107,9 @@ class Actors:
 async def channel(backend: LedgerBackend) -> AsyncIterator[Actors]:
     """A freshly deployed channel with one actor per role."""
     async with Ledger(backend=backend) as ledger:
-        signers = {name: Signer.generate(label=name) for name in Actors.__dataclass_fields__ if name != "ledger"}
+        signers = {
+            name: Signer.generate(label=name) for name in Actors.__dataclass_fields__ if name != "ledger"
+        }
         for signer in signers.values():
             await ledger.fund(signer.address, 100 * ETH)
         await ledger.deploy(admin=signers["admin"])
