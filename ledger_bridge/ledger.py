@@ -398,7 +398,7 @@ class Ledger:
             self._nonces.pop(sender, None)  # resynchronise from the node next time
             raise
         self._nonces[sender] = nonce + 1
-        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self._timeout_s)
+        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self._timeout_s, poll_latency=0.005)
         if receipt["status"] != 1:
             raise self._replay_revert(tx, receipt, context)
         return receipt
