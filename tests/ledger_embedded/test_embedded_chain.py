@@ -155,7 +155,7 @@ def test_faucet_and_ledger_backend(tmp_path: Path) -> None:
     backend.fund(w3, OTHER.address, 10**18)
     assert w3.eth.get_balance(OTHER.address) == 10**18
     assert backend.chain is not None and backend.chain._faucet is not None
-    assert backend.chain._faucet.key.hex()[2:] not in repr(backend.chain) + repr(backend)
+    assert bytes(backend.chain._faucet.key).hex() not in repr(backend.chain) + repr(backend)
     backend.close()
     w3 = backend.open()  # the faucet key is kept in the file
     backend.fund(w3, OTHER.address, 1)
