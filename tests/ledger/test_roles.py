@@ -203,7 +203,8 @@ async def test_role_grants_are_visible_and_revocable(channel: Actors) -> None:
     with pytest.raises(LedgerRevert) as exc:
         await ch.manufacturer.register_device(registration(device_id(1, tag=0xF3)))
     assert str(exc.value) == (
-        f"registerDevice: AccessControlUnauthorizedAccount: {ch.manufacturer.address} lacks the role MANUFACTURER_ROLE"
+        f"registerDevice: AccessControlUnauthorizedAccount: {ch.manufacturer.address} "
+        "lacks the role MANUFACTURER_ROLE"
     )
 
 
