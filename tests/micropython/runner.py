@@ -128,3 +128,11 @@ class DeviceProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def heap_args() -> list[str]:
+    """scripts/heap_handshake.py's arguments, from the pinned handshake transcript."""
+    v = json.loads((VECTORS / "handshake_transcript.json").read_text())
+    i = v["inputs"]
+    return [v["device_id"], i["gateway_id"], v["gateway_key"], str(i["epoch"]), str(i["counter"]),
+            i["device_nonce"], v["challenge"], v["result"], v["command_config"]]
