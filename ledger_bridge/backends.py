@@ -22,7 +22,8 @@ from .errors import LedgerUnavailable
 class LedgerBackend(Protocol):
     """Opens a Web3 on a chain. Called on the ledger's worker thread; `close` likewise."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def open(self) -> Web3: ...
 

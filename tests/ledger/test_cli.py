@@ -1,0 +1,153 @@
+"""`diams-ledger` end to end against anvil: keys, deploy, roles, a CSV with bad rows, lifecycle, show."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ledger_bridge import cli
+
+from .helpers import claim_code, device_id
+
+PASS = "cli test passphrase"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def actors(
+    tmp_path: Path, anvil_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> dict[str, tuple[Path, str]]:
+    monkeypatch.setenv(cli.PASSPHRASE_ENV, PASS)
+    made = {}
+    for name in ("admin", "manufacturer", "owner"):
+        path = tmp_path / f"{name}.json"
+        code, out, _ = run(
+            capsys, "keys", "create", "--out", str(path), "--label", name, "--scrypt-n", "1024"
+        )
+        assert code == 0
+        address = out.strip()
+        assert run(capsys, "--rpc", anvil_url, "fund", address, "--ether", "50")[0] == 0
+        made[name] = (path, address)
+    return made
+
+
+def test_cli_full_flow_with_bad_csv_rows(
+    tmp_path: Path, anvil_url: str, actors: dict[str, tuple[Path, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rpc = ("--rpc", anvil_url)
+    channel = tmp_path / "channel.json"
+    admin, mfr, owner = actors["admin"], actors["manufacturer"], actors["owner"]
+    code, out, _ = run(capsys, *rpc, "--keystore", str(admin[0]), "deploy", "--out", str(channel))
+    assert code == 0 and json.loads(channel.read_text())["registry"].startswith("0x")
+    ch = (*rpc, "--channel", str(channel))
+
+    # the manufacturer has no role yet: a clear refusal, then the admin grants it
+    csv_path = tmp_path / "devices.csv"
+    fw, chars = "0x" + hashlib.sha256(b"fw").hexdigest(), "0x" + hashlib.sha256(b"c").hexdigest()
+    good = [device_id(n, tag=0xCC) for n in range(1, 8)]
+    lines = ["device_id,model,firmware_hash,characteristics,claim_code"]
+    lines += [f"{d.hex()},sensor-v1,{fw},{chars},{claim_code(d).decode()}" for d in good[:3]]
+    lines.append(f"zz-not-hex,sensor-v1,{fw},{chars},x")  # line 5: malformed id
+    lines.append(f"{good[3].hex()},sensor-v1,0x1234,{chars},x")  # line 6: short firmware hash
+    lines.append(f"{good[0].hex()},sensor-v1,{fw},{chars},y")  # line 7: duplicate in the file
+    lines += [f"{d.hex()},sensor-v1,{fw},{chars},{claim_code(d).decode()}" for d in good[4:]]
+    csv_path.write_text("\n".join(lines) + "\n")
+
+    code, out, err = run(capsys, *ch, "--keystore", str(mfr[0]), "register", "--csv", str(csv_path))
+    assert code == 1
+    assert "lacks the role MANUFACTURER_ROLE" in out
+    assert run(capsys, *ch, "--keystore", str(admin[0]), "grant-role", "manufacturer", mfr[1])[0] == 0
+
+    # one device already on chain: the chain refuses it, the other rows still land
+    code, out, _ = run(
+        capsys,
+        *ch,
+        "--keystore",
+        str(mfr[0]),
+        "register",
+        "--id",
+        good[5].hex(),
+        "--model",
+        "m",
+        "--firmware-hash",
+        fw,
+        "--characteristics",
+        chars,
+        "--claim-hash",
+        "0x" + hashlib.sha256(b"whatever").hexdigest(),
+    )
+    assert code == 0 and out.startswith("ok: tx 0x")
+    code, out, _ = run(
+        capsys, *ch, "--keystore", str(mfr[0]), "register", "--csv", str(csv_path), "--batch-size", "2"
+    )
+    assert code == 1
+    report = out.splitlines()
+    assert report[0].startswith("line 5: zz-not-hex: device_id must be 16 hex digits")
+    assert report[1].startswith(f"line 6: {good[3].hex()}: firmware_hash must be 32 bytes")
+    assert report[2].startswith(f"line 7: {good[0].hex()}: duplicate of line 2")
+    assert report[3] == (
+        f"line 9: {good[5].hex()}: registerMany: DeviceExists: device 0x{good[5].hex()} is already registered"
+    )
+    assert report[4] == "registered 5 devices in 3 transactions; 4 rows failed"
+    for secret in (claim_code(d).decode() for d in good):
+        assert secret not in out
+
+    dev = good[0].hex()
+    steps = [
+        ("claim", dev, claim_code(good[0]).decode()),
+        ("activate", dev),
+        ("suspend", dev),
+        ("activate", dev),
+    ]
+    for step in steps:
+        code, out, err = run(capsys, *ch, "--keystore", str(owner[0]), *step)
+        assert code == 0, (step, err)
+    code, out, err = run(capsys, *ch, "--keystore", str(owner[0]), "claim", good[1].hex(), "wrong code")
+    assert (
+        code == 1
+        and err.strip()
+        == f"error: claim: BadClaimCode: the claim code does not match the claim hash "
+        f"of device 0x{good[1].hex()}"
+    )
+    code, out, err = run(capsys, *ch, "--keystore", str(owner[0]), "decommission", good[2].hex())
+    assert code == 1 and "is Manufactured, cannot decommission" in err
+
+    code, out, _ = run(capsys, *ch, "show", "device", dev)
+    assert code == 0
+    assert "state         Active (epoch 0)" in out
+    assert f"owner         {owner[1]}" in out
+    assert [line.split()[2] for line in out.splitlines() if line.startswith("  block")] == [
+        "DeviceRegistered",
+        "DeviceClaimed",
+        "DeviceActivated",
+        "DeviceSuspended",
+        "DeviceActivated",
+    ]
+    code, out, _ = run(capsys, *ch, "show", "device", dev, "--json")
+    assert json.loads(out)["device"]["state"] == "Active"
+
+    code, out, err = run(capsys, *ch, "verify-anchor", "0x" + os.urandom(32).hex())
+    assert code == 1 and "UnknownAnchor" in err
+
+
+def test_cli_wrong_passphrase_and_missing_backend(
+    tmp_path: Path,
+    actors: dict[str, tuple[Path, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    anvil_url: str,
+) -> None:
+    monkeypatch.setenv(cli.PASSPHRASE_ENV, "not it")
+    code, _, err = run(capsys, "--rpc", anvil_url, "--keystore", str(actors["admin"][0]), "deploy")
+    assert code == 1 and "wrong passphrase for keystore" in err and "not it" not in err
+    code, _, err = run(capsys, "show", "device", "0x" + "01" * 8)
+    assert code == 1 and "choose a backend" in err
