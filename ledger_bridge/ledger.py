@@ -310,6 +310,19 @@ class Ledger:
     async def block_number(self) -> int:
         return await self._run(lambda: int(self.w3.eth.block_number))
 
+    async def block_hash(self, number: int) -> bytes | None:
+        """The hash of block ``number`` on the chain as it is now, or None past the head (reorg checks)."""
+
+        def work() -> bytes | None:
+            from web3.exceptions import BlockNotFound
+
+            try:
+                return bytes(self.w3.eth.get_block(number)["hash"])
+            except BlockNotFound:
+                return None
+
+        return await self._run(work)
+
     async def history(self, device_id: bytes) -> list[LedgerEvent]:
         """Every event about one device (both contracts), oldest first."""
         topic = "0x" + check_device_id(device_id).ljust(32, b"\0").hex()

@@ -1,0 +1,421 @@
+"""The local identity index: what a gateway knows of the ledger, in SQLite, without calling the chain.
+
+Strategy: the contracts emit an event for every state change, so the index is a fold of the
+channel's events. ``IdentityIndex.sync()`` reads the events of the blocks between its watermark and
+the chain head minus ``confirmations``, keeps them in a journal, applies them to the derived tables
+(devices, grants, gateways, policies) and moves the watermark, all in one SQLite transaction: a
+restart resumes from the watermark and catches up on what happened while the gateway was down.
+
+Reorgs: the index keeps the hashes of the blocks it synced. Before each sync it checks that the
+chain still has the block at its watermark; if not, it walks back to the last common block, drops
+the journal's events after it, rebuilds the rows those events touched from the journal, and syncs
+forward again. A reorg deeper than the kept hashes rebuilds everything from the deployment block.
+
+Subscribers get the ids of the devices that changed after every sync, those that *lost* rights
+(suspended, revoked, decommissioned, transferred, new epoch, gateway deauthorized) first.
+
+The hot path (``device()``) is one indexed SQLite read; the gateway caches on top of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .model import DeviceState, LedgerEvent, split_streams
+
+log = logging.getLogger("diams.ledger.index")
+
+KEPT_BLOCK_HASHES = 512
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (number INTEGER PRIMARY KEY, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS journal (block INTEGER NOT NULL, log_index INTEGER NOT NULL, name TEXT NOT NULL,
+    device BLOB, gateway BLOB, policy BLOB, args TEXT NOT NULL, PRIMARY KEY (block, log_index));
+CREATE INDEX IF NOT EXISTS journal_device ON journal (device);
+CREATE TABLE IF NOT EXISTS devices (id BLOB PRIMARY KEY, state INTEGER NOT NULL, epoch INTEGER NOT NULL,
+    firmware BLOB NOT NULL, policy BLOB, owner TEXT, manufacturer TEXT, block INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS grants (device BLOB NOT NULL, gateway BLOB NOT NULL, epoch INTEGER NOT NULL,
+    commitment BLOB NOT NULL, sealed BLOB NOT NULL, PRIMARY KEY (device, gateway)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gateways (id BLOB PRIMARY KEY, x25519 BLOB NOT NULL, account TEXT NOT NULL,
+    operator TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS policies (id BLOB PRIMARY KEY, publish TEXT NOT NULL, subscribe TEXT NOT NULL,
+    author TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+# Events after which a device may have lost rights: pushed to subscribers before the others.
+_LOSSES = frozenset(
+    {
+        "DeviceSuspended",
+        "DeviceRevoked",
+        "DeviceDecommissioned",
+        "TransferStarted",
+        "FirmwareRecorded",
+        "GatewayDeauthorized",
+    }
+)
+
+
+def onchain_gateway_id(gateway_id: bytes) -> bytes:
+    """The protocol's gateway id (ASCII, up to 32 bytes) as the contracts' bytes32: zero-padded."""
+    if not 0 < len(gateway_id) <= 32 or b"\0" in gateway_id:
+        raise ValueError("gateway id must be 1..32 bytes without NUL")
+    return gateway_id.ljust(32, b"\0")
+
+
+class IndexError_(Exception):
+    """The index database is unusable (the message says why)."""
+
+
+class ChainSource(Protocol):
+    """What the index needs of a chain; `LedgerSource` adapts a `Ledger`."""
+
+    async def head(self) -> int: ...
+    async def block_hash(self, number: int) -> bytes | None: ...
+    async def events(self, from_block: int, to_block: int) -> Sequence[LedgerEvent]: ...
+
+
+class LedgerSource:
+    """A `ChainSource` over `ledger_bridge.Ledger` (any backend)."""
+
+    def __init__(self, ledger: Any) -> None:
+        self.ledger = ledger
+
+    async def head(self) -> int:
+        return int(await self.ledger.block_number())
+
+    async def block_hash(self, number: int) -> bytes | None:
+        return await self.ledger.block_hash(number)  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"LedgerSource({self.ledger!r})"
+
+    async def events(self, from_block: int, to_block: int) -> Sequence[LedgerEvent]:
+        return await self.ledger.events(from_block=from_block, to_block=to_block)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Grant:
+    epoch: int
+    key_commitment: bytes
+    sealed_key: bytes
+
+    def __repr__(self) -> str:  # sealed keys are not secret, but long and useless in logs
+        return f"Grant(epoch={self.epoch}, commitment={self.key_commitment.hex()[:12]}...)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceView:
+    """One device as the index sees it, with this gateway's grant if any."""
+
+    device_id: bytes
+    state: DeviceState
+    epoch: int
+    firmware_hash: bytes
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    grant: Grant | None
+
+    @property
+    def servable(self) -> bool:
+        """Active, and this gateway holds a key for the current epoch."""
+        return self.state is DeviceState.ACTIVE and self.grant is not None and self.grant.epoch == self.epoch
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyncReport:
+    from_block: int
+    to_block: int
+    events: int
+    changed: tuple[bytes, ...]  # device ids, losses of rights first
+    reorg_depth: int = 0
+
+
+class IdentityIndex:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        gateway_id: bytes | None = None,
+        confirmations: int = 0,
+        start_block: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.gateway_id = None if gateway_id is None else onchain_gateway_id(gateway_id)
+        self.confirmations = confirmations
+        self._clock = clock
+        self._subscribers: list[Callable[[SyncReport], Any]] = []
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise IndexError_(f"cannot open identity index {path}: {exc}") from None
+        if self._meta("watermark") is None:
+            self._set_meta("watermark", str(start_block - 1))
+            self._set_meta("start_block", str(start_block))
+        self.last_sync_wall = float(self._meta("last_sync_wall") or 0.0)
+
+    def __repr__(self) -> str:
+        return f"IdentityIndex({self.path}, watermark={self.watermark})"
+
+    # ---- reads (hot path) ----
+    @property
+    def watermark(self) -> int:
+        return int(self._meta("watermark") or -1)
+
+    def staleness(self) -> float:
+        """Seconds since the index last completed a sync with the chain."""
+        return self._clock() - self.last_sync_wall if self.last_sync_wall else float("inf")
+
+    def device(self, device_id: bytes) -> DeviceView | None:
+        row = self._db.execute(
+            "SELECT d.state, d.epoch, d.firmware, p.publish, p.subscribe, g.epoch, g.commitment, g.sealed"
+            " FROM devices d LEFT JOIN policies p ON p.id = d.policy"
+            " LEFT JOIN grants g ON g.device = d.id AND g.gateway = ?"
+            " WHERE d.id = ?",
+            (self.gateway_id or b"", device_id),
+        ).fetchone()
+        if row is None:
+            return None
+        state, epoch, fw, pub, sub, g_epoch, commit, sealed = row
+        grant = None if g_epoch is None else Grant(epoch=g_epoch, key_commitment=commit, sealed_key=sealed)
+        return DeviceView(
+            device_id=device_id,
+            state=DeviceState(state),
+            epoch=epoch,
+            firmware_hash=fw,
+            publish=split_streams(pub or ""),
+            subscribe=split_streams(sub or ""),
+            grant=grant,
+        )
+
+    def device_ids(self) -> list[bytes]:
+        return [bytes(r[0]) for r in self._db.execute("SELECT id FROM devices")]
+
+    def servable_ids(self) -> list[bytes]:
+        """Devices this gateway may serve now (Active, with a grant for the current epoch)."""
+        return [
+            bytes(r[0])
+            for r in self._db.execute(
+                "SELECT d.id FROM devices d JOIN grants g ON g.device = d.id AND g.gateway = ?"
+                " WHERE d.state = ? AND g.epoch = d.epoch",
+                (self.gateway_id or b"", int(DeviceState.ACTIVE)),
+            )
+        ]
+
+    def gateway(self, gateway_id: bytes) -> tuple[bytes, str, str] | None:
+        row = self._db.execute(
+            "SELECT x25519, account, operator FROM gateways WHERE id = ?", (gateway_id,)
+        ).fetchone()
+        return None if row is None else (bytes(row[0]), row[1], row[2])
+
+    def subscribe(self, callback: Callable[[SyncReport], Any]) -> None:
+        """Call ``callback(report)`` after every sync that changed something."""
+        self._subscribers.append(callback)
+
+    # ---- sync ----
+    async def sync(self, source: ChainSource, *, max_blocks: int = 5000) -> SyncReport:
+        """Bring the index up to the chain head minus confirmations; -> what changed."""
+        depth = await self._handle_reorg(source)
+        head = await source.head()
+        target = min(head - self.confirmations, self.watermark + max_blocks)
+        start = self.watermark + 1
+        if target < start:
+            self._mark_synced()
+            return SyncReport(from_block=start, to_block=start - 1, events=0, changed=(), reorg_depth=depth)
+        events = await source.events(start, target)
+        target_hash = await source.block_hash(target)
+        changed = self._apply_batch(events, target, target_hash)
+        report = SyncReport(
+            from_block=start, to_block=target, events=len(events), changed=changed, reorg_depth=depth
+        )
+        self._mark_synced()
+        if changed:
+            for cb in list(self._subscribers):
+                cb(report)
+        return report
+
+    def _mark_synced(self) -> None:
+        self.last_sync_wall = self._clock()
+        self._set_meta("last_sync_wall", repr(self.last_sync_wall))
+
+    async def _handle_reorg(self, source: ChainSource) -> int:
+        wm = self.watermark
+        if wm < int(self._meta("start_block") or 0):
+            return 0
+        kept = self._db.execute("SELECT number, hash FROM blocks ORDER BY number DESC").fetchall()
+        for i, (number, stored) in enumerate(kept):
+            if await source.block_hash(number) == bytes(stored):
+                if i:
+                    log.warning("reorg: blocks after %d replaced; rebuilding from the journal", number)
+                    self._rollback_to(number)
+                return i
+        if kept:
+            log.warning("reorg deeper than %d kept blocks: rebuilding the index", len(kept))
+            self._rollback_to(int(self._meta("start_block") or 0) - 1)
+            return len(kept)
+        return 0
+
+    def _rollback_to(self, ancestor: int) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            gone = db.execute(
+                "SELECT device, gateway, policy FROM journal WHERE block > ?", (ancestor,)
+            ).fetchall()
+            db.execute("DELETE FROM journal WHERE block > ?", (ancestor,))
+            db.execute("DELETE FROM blocks WHERE number > ?", (ancestor,))
+            devices = {bytes(d) for d, _, _ in gone if d is not None}
+            gateways = {bytes(g) for _, g, p in gone if g is not None and p is None}
+            policies = {bytes(p) for _, _, p in gone if p is not None}
+            for d in devices:
+                db.execute("DELETE FROM devices WHERE id = ?", (d,))
+                db.execute("DELETE FROM grants WHERE device = ?", (d,))
+            for g in gateways:
+                db.execute("DELETE FROM gateways WHERE id = ?", (g,))
+            for p in policies:
+                db.execute("DELETE FROM policies WHERE id = ?", (p,))
+            rows = db.execute("SELECT name, args, block FROM journal ORDER BY block, log_index").fetchall()
+            for name, args, block in rows:
+                a = _load_args(args)
+                if _touches(name, a, devices, gateways, policies):
+                    _apply(db, name, a, block)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('watermark', ?)", (str(ancestor),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _apply_batch(
+        self, events: Iterable[LedgerEvent], target: int, target_hash: bytes | None
+    ) -> tuple[bytes, ...]:
+        db = self._db
+        losses: dict[bytes, None] = {}
+        others: dict[bytes, None] = {}
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for ev in events:
+                args = dict(ev.args)
+                device = _b(args.get("id"))
+                gateway = _b(args.get("gatewayId"))
+                policy = _b(args.get("policyId"))
+                db.execute(
+                    "INSERT OR REPLACE INTO journal VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (ev.block_number, ev.log_index, ev.name, device, gateway, policy, _dump_args(args)),
+                )
+                _apply(db, ev.name, args, ev.block_number)
+                if device is not None:
+                    (losses if ev.name in _LOSSES else others)[device] = None
+            if target_hash is not None:
+                db.execute("INSERT OR REPLACE INTO blocks VALUES (?, ?)", (target, target_hash))
+                db.execute("DELETE FROM blocks WHERE number < ?", (target - KEPT_BLOCK_HASHES,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('watermark', ?)", (str(target),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return tuple(losses) + tuple(d for d in others if d not in losses)
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _b(value: object) -> bytes | None:
+    return bytes(value) if isinstance(value, (bytes, bytearray)) else None
+
+
+def _dump_args(args: Mapping[str, object]) -> str:
+    return json.dumps(
+        {k: ({"hex": bytes(v).hex()} if isinstance(v, (bytes, bytearray)) else v) for k, v in args.items()},
+        sort_keys=True,
+    )
+
+
+def _load_args(text: str) -> dict[str, Any]:
+    return {k: (bytes.fromhex(v["hex"]) if isinstance(v, dict) else v) for k, v in json.loads(text).items()}
+
+
+def _touches(
+    name: str, a: Mapping[str, Any], devices: set[bytes], gateways: set[bytes], policies: set[bytes]
+) -> bool:
+    if name == "GatewayRegistered":
+        return a["gatewayId"] in gateways
+    if name == "PolicyDefined":
+        return a["policyId"] in policies
+    return a.get("id") in devices
+
+
+def _apply(db: sqlite3.Connection, name: str, a: Mapping[str, Any], block: int) -> None:
+    """Fold one event into the derived tables. Unknown events (the audit log's) change nothing here."""
+    S = DeviceState
+    d = a.get("id")
+    if name == "DeviceRegistered":
+        db.execute(
+            "INSERT OR REPLACE INTO devices VALUES (?, ?, 0, ?, NULL, NULL, ?, ?)",
+            (d, int(S.MANUFACTURED), a["firmwareHash"], a["manufacturer"], block),
+        )
+    elif name == "DeviceClaimed":
+        db.execute(
+            "UPDATE devices SET state=?, owner=?, block=? WHERE id=?", (int(S.CLAIMED), a["owner"], block, d)
+        )
+    elif name == "DeviceActivated":
+        db.execute("UPDATE devices SET state=?, block=? WHERE id=?", (int(S.ACTIVE), block, d))
+    elif name == "DeviceSuspended":
+        db.execute("UPDATE devices SET state=?, block=? WHERE id=?", (int(S.SUSPENDED), block, d))
+    elif name == "TransferStarted":
+        db.execute(
+            "UPDATE devices SET state=?, epoch=?, block=? WHERE id=?",
+            (int(S.TRANSFERRED), a["epoch"], block, d),
+        )
+    elif name == "TransferAccepted":
+        db.execute(
+            "UPDATE devices SET state=?, owner=?, block=? WHERE id=?",
+            (int(S.CLAIMED), a["newOwner"], block, d),
+        )
+    elif name in ("DeviceRevoked", "DeviceDecommissioned"):
+        state = S.REVOKED if name == "DeviceRevoked" else S.DECOMMISSIONED
+        db.execute(
+            "UPDATE devices SET state=?, epoch=?, block=? WHERE id=?", (int(state), a["epoch"], block, d)
+        )
+    elif name == "FirmwareRecorded":
+        db.execute(
+            "UPDATE devices SET firmware=?, epoch=?, block=? WHERE id=?",
+            (a["firmwareHash"], a["epoch"], block, d),
+        )
+    elif name == "GatewayAuthorized":
+        db.execute(
+            "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?, ?)",
+            (d, a["gatewayId"], a["epoch"], a["keyCommitment"], a["sealedKey"]),
+        )
+    elif name == "GatewayDeauthorized":
+        db.execute("DELETE FROM grants WHERE device=? AND gateway=?", (d, a["gatewayId"]))
+        db.execute("UPDATE devices SET epoch=?, block=? WHERE id=?", (a["epoch"], block, d))
+    elif name == "PolicyDefined":
+        db.execute(
+            "INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?)",
+            (a["policyId"], a["publishStreams"], a["subscribeStreams"], a["author"]),
+        )
+    elif name == "PolicySet":
+        db.execute("UPDATE devices SET policy=?, block=? WHERE id=?", (a["policyId"], block, d))
+    elif name == "GatewayRegistered":
+        db.execute(
+            "INSERT OR REPLACE INTO gateways VALUES (?, ?, ?, ?)",
+            (a["gatewayId"], a["x25519PublicKey"], a["account"], a["operator"]),
+        )

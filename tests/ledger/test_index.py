@@ -1,0 +1,121 @@
+"""The local identity index on both backends: fold of events, restart and catch-up, pushes, reorgs."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from ledger_bridge import DeviceState
+from ledger_bridge.index import IdentityIndex, LedgerSource, onchain_gateway_id
+from tests.ledger.conftest import Actors
+from tests.ledger.helpers import claim_code, commitment, device_id, registration, sealed_key
+
+GW = b"gw-index"
+GW32 = onchain_gateway_id(GW)
+POLICY = hashlib.sha256(b"policy sensors").digest()
+
+
+async def _enroll(ch: Actors, n: int) -> list[bytes]:
+    ids = [device_id(i, tag=0xE1) for i in range(n)]
+    await ch.manufacturer.register_many([registration(d) for d in ids])
+    await ch.operator.register_gateway(GW32, x25519_public_key=bytes(range(32)), account=ch.gateway.address)
+    await ch.owner.define_policy(POLICY, publish=["telemetry", "status"], subscribe=["config"])
+    for d in ids:
+        await ch.owner.claim(d, claim_code(d))
+        await ch.owner.activate(d)
+        await ch.owner.set_policy(d, POLICY)
+    await ch.owner.authorize_gateway_many(GW32, device_ids=ids, sealed_keys=[sealed_key() for _ in ids],
+                                          key_commitments=[commitment(d) for d in ids])
+    return ids
+
+
+@pytest.mark.asyncio
+async def test_index_folds_events_and_resumes_after_restart(channel: Actors, tmp_path):
+    ch = channel
+    source = LedgerSource(ch.ledger)
+    path = tmp_path / "index.sqlite"
+    index = IdentityIndex(path, gateway_id=GW, start_block=ch.ledger.channel.deployed_block)
+    ids = await _enroll(ch, 3)
+    report = await index.sync(source)
+    assert set(report.changed) == set(ids)
+    view = index.device(ids[0])
+    assert view is not None and view.state is DeviceState.ACTIVE and view.servable
+    assert view.publish == ("telemetry", "status") and view.subscribe == ("config",)
+    assert sorted(index.servable_ids()) == sorted(ids)
+    assert index.gateway(GW32) == (bytes(range(32)), ch.gateway.address, ch.operator.address)
+    assert index.device(device_id(99, tag=0xE1)) is None
+    index.close()
+
+    # While the gateway is down: one suspended, one transferred (epoch bump: its grant goes stale).
+    await ch.owner.suspend(ids[0])
+    await ch.owner.transfer(ids[1], ch.new_owner.address)
+    index = IdentityIndex(path, gateway_id=GW)
+    seen = []
+    index.subscribe(lambda r: seen.append(r.changed))
+    report = await index.sync(source)
+    assert set(report.changed) == {ids[0], ids[1]} and seen == [report.changed]
+    assert index.device(ids[0]).state is DeviceState.SUSPENDED and not index.device(ids[0]).servable
+    moved = index.device(ids[1])
+    assert moved.state is DeviceState.TRANSFERRED and moved.epoch == 1 and moved.grant.epoch == 0
+    assert index.servable_ids() == [ids[2]]
+    assert (await index.sync(source)).changed == ()  # nothing new: no push
+    assert len(seen) == 1
+    index.close()
+
+
+@pytest.mark.asyncio
+async def test_losses_of_rights_are_pushed_first(channel: Actors, tmp_path):
+    ch = channel
+    ids = await _enroll(ch, 3)
+    index = IdentityIndex(tmp_path / "i.sqlite", gateway_id=GW, start_block=ch.ledger.channel.deployed_block)
+    await index.sync(LedgerSource(ch.ledger))
+    await ch.owner.define_policy(hashlib.sha256(b"p2").digest(), publish=["t"], subscribe=[])
+    await ch.owner.set_policy(ids[2], hashlib.sha256(b"p2").digest())  # a gain, first on chain
+    await ch.owner.revoke(ids[1])                                      # a loss, later on chain
+    report = await index.sync(LedgerSource(ch.ledger))
+    assert report.changed == (ids[1], ids[2])
+    assert index.device(ids[1]).state is DeviceState.REVOKED
+    assert index.device(ids[2]).publish == ("t",)
+
+
+@pytest.mark.asyncio
+async def test_confirmations_hold_back_recent_blocks(channel: Actors, tmp_path):
+    ch = channel
+    index = IdentityIndex(tmp_path / "i.sqlite", gateway_id=GW, confirmations=3,
+                          start_block=ch.ledger.channel.deployed_block)
+    await ch.manufacturer.register_device(registration(device_id(1, tag=0xE2)))
+    await index.sync(LedgerSource(ch.ledger))
+    assert index.device(device_id(1, tag=0xE2)) is None  # not yet 3 blocks deep
+    for i in range(3):
+        await ch.manufacturer.register_device(registration(device_id(10 + i, tag=0xE2)))
+    await index.sync(LedgerSource(ch.ledger))
+    assert index.device(device_id(1, tag=0xE2)) is not None
+    assert index.device(device_id(12, tag=0xE2)) is None
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", ["anvil"], indirect=True)  # reorgs made with evm_snapshot / evm_revert
+async def test_reorg_on_anvil_rolls_back_orphaned_events(channel: Actors, tmp_path):
+    from ledger_bridge import Role, Signer
+
+    ch = channel
+    w3 = ch.ledger.w3
+    fresh = ch.ledger.actor(Signer.generate(label="manufacturer-2"))
+    await ch.ledger.fund(fresh.address, 10**18)
+    await ch.admin.grant_role(Role.MANUFACTURER, fresh.address)
+    index = IdentityIndex(tmp_path / "i.sqlite", gateway_id=GW, start_block=ch.ledger.channel.deployed_block)
+    source = LedgerSource(ch.ledger)
+    await index.sync(source)
+    snap = w3.provider.make_request("evm_snapshot", [])["result"]
+    orphan, survivor = device_id(1, tag=0xE3), device_id(2, tag=0xE3)
+    await ch.manufacturer.register_device(registration(orphan))
+    await index.sync(source)
+    assert index.device(orphan) is not None
+    assert w3.provider.make_request("evm_revert", [snap])["result"] is True
+    await fresh.register_device(registration(survivor))
+    await fresh.register_device(registration(device_id(3, tag=0xE3)))  # the new branch is longer
+    report = await index.sync(source)
+    assert report.reorg_depth >= 1
+    assert index.device(orphan) is None
+    assert index.device(survivor) is not None and index.device(device_id(3, tag=0xE3)) is not None
