@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ._errors import BrokerError, InvalidIdentifier, ReloadFailed, UnknownDevice
 from ._interface import AuthorizeGateway, BrokerEnforcer, Change, CutOff, Demote, Enroll, Grant, RemoveGateway
-from ._mosquitto import MosquittoEnforcer, Reloader, mosquitto_config_lines, sighup_reloader
+from ._mosquitto import MosquittoEnforcer, Reloader, RightsMode, mosquitto_config_lines, sighup_reloader
 from ._names import (
     PREFIX,
     check_command,
@@ -42,6 +42,7 @@ __all__ = [
     "ReloadFailed",
     "Reloader",
     "RemoveGateway",
+    "RightsMode",
     "UnknownDevice",
     "check_command",
     "check_device_id",

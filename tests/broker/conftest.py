@@ -7,12 +7,21 @@ Other test packages can build the same from ``tests.mosquitto.MosquittoBroker`` 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from gateway.broker import AuthorizeGateway, BrokerSecret, MosquittoEnforcer, mosquitto_config_lines
+from gateway.broker import (
+    AuthorizeGateway,
+    BrokerSecret,
+    MosquittoEnforcer,
+    Reloader,
+    RightsMode,
+    mosquitto_config_lines,
+)
 from tests.conftest import require
 from tests.mosquitto import MosquittoBroker, mosquitto_binary
 
@@ -35,8 +44,13 @@ class EnforcedBroker:
     gateway_secret: BrokerSecret
 
 
-def make_enforced_broker(min_reload_interval: float = 0.2,
-                         urgent_reload_interval: float = 0.1) -> tuple[MosquittoBroker, MosquittoEnforcer]:
+def make_enforced_broker(
+    *,
+    rights: RightsMode = "per_device",
+    min_reload_interval: float = 0.2,
+    urgent_reload_interval: float = 0.1,
+    reload: Reloader | None = None,
+) -> tuple[MosquittoBroker, MosquittoEnforcer]:
     """A broker (not started) whose password and ACL files belong to a new enforcer."""
     broker = MosquittoBroker()
     password_file, acl_file = broker.directory / "passwords", broker.directory / "acl"
@@ -44,7 +58,9 @@ def make_enforced_broker(min_reload_interval: float = 0.2,
     enforcer = MosquittoEnforcer(
         password_file=password_file,
         acl_file=acl_file,
-        reload=broker.reload,
+        reload=reload or broker.reload,
+        broker_address=(broker.host, broker.port),
+        rights=rights,
         min_reload_interval=min_reload_interval,
         urgent_reload_interval=urgent_reload_interval,
         file_group=broker.file_group,
@@ -52,14 +68,29 @@ def make_enforced_broker(min_reload_interval: float = 0.2,
     return broker, enforcer
 
 
-@pytest_asyncio.fixture
-async def enforced() -> AsyncIterator[EnforcedBroker]:
+@asynccontextmanager
+async def running_enforced_broker(**kwargs: Any) -> AsyncIterator[EnforcedBroker]:
     """A running broker enforced by a MosquittoEnforcer, with one gateway account (short intervals)."""
-    require(mosquitto_binary() is not None, "mosquitto")
-    broker, enforcer = make_enforced_broker()
+    broker, enforcer = make_enforced_broker(**kwargs)
     secret = BrokerSecret.generate()
     enforcer.stage([AuthorizeGateway(gateway_id=GATEWAY_ID, secret=secret)])
     enforcer.write_files()
     with broker:
         async with enforcer:
             yield EnforcedBroker(broker, enforcer, GATEWAY_ID, secret)
+
+
+@pytest_asyncio.fixture
+async def enforced() -> AsyncIterator[EnforcedBroker]:
+    """Rights mode ``per_device``: the broker enforces authentication state and streams."""
+    require(mosquitto_binary() is not None, "mosquitto")
+    async with running_enforced_broker(rights="per_device") as env:
+        yield env
+
+
+@pytest_asyncio.fixture
+async def enforced_patterns() -> AsyncIterator[EnforcedBroker]:
+    """Rights mode ``patterns`` (the default): the broker enforces isolation between devices."""
+    require(mosquitto_binary() is not None, "mosquitto")
+    async with running_enforced_broker(rights="patterns") as env:
+        yield env

@@ -25,7 +25,7 @@ from gateway.broker import (
     verified_topic,
 )
 from tests.broker.clients import Probe
-from tests.broker.conftest import EnforcedBroker
+from tests.broker.conftest import EnforcedBroker, running_enforced_broker
 
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio]
 
@@ -176,7 +176,8 @@ async def test_a_batch_of_changes_costs_one_reload(enforced: EnforcedBroker) -> 
                            for d in [f"{i:016x}" for i in range(0x2000, 0x2014)]))
     assert enforcer.reload_count == before_reloads + 1
     broker.wait_for_log("Reloading config", occurrences=before_log + 1)
-    assert enforcer.password_file.read_text().count("\n") == 1 + 1 + 60 + 20  # gateway, D1, devices
+    # the reload canary, the gateway, D1, the batch
+    assert enforcer.password_file.read_text().count("\n") == 1 + 1 + 1 + 60 + 20
 
 
 async def test_reloads_are_spaced_by_the_interval_and_cut_offs_wait_less(enforced: EnforcedBroker) -> None:
@@ -190,3 +191,54 @@ async def test_reloads_are_spaced_by_the_interval_and_cut_offs_wait_less(enforce
     urgent = time.monotonic() - t1
     assert 0.15 <= ordinary < 0.5
     assert 0.05 <= urgent < 0.2
+
+
+async def test_patterns_mode_isolates_devices_and_needs_no_reload_for_grants(
+    enforced_patterns: EnforcedBroker,
+) -> None:
+    env = enforced_patterns
+    secrets = await enroll(env, D1, D2)
+    reloads = env.enforcer.reload_count
+    await env.enforcer.grant(D1, ["temp"])
+    await env.enforcer.demote(D1)
+    assert env.enforcer.reload_count == reloads, "grant and demote cost no reload in patterns mode"
+    gw = gateway_probe(env)
+    gw.subscribe("diams/v1/d/#", f"diams/v1/hs/{env.gateway_id}/+/up")
+    d1 = device_probe(env, D1, secrets[D1])
+    d1.subscribe(f"diams/v1/c/{D1}/+", f"diams/v1/c/{D2}/+", handshake_down(env.gateway_id, D2))
+    assert d1.publish(data_topic(D1, "any")) == 0  # own topics: the gateway checks session MAC and policy
+    assert d1.publish(data_topic(D2, "temp")).value == NOT_AUTHORIZED
+    assert d1.publish(handshake_up(env.gateway_id, D2)).value == NOT_AUTHORIZED
+    assert d1.publish(verified_topic(D1, "any")).value == NOT_AUTHORIZED
+    assert [m.topic for m in gw.drain()] == [data_topic(D1, "any")]
+    gw.publish(command_topic(D1, "reboot"), b"mine")
+    gw.publish(command_topic(D2, "reboot"), b"not mine")
+    gw.publish(handshake_down(env.gateway_id, D2), b"not mine either")
+    assert [m.payload for m in d1.drain()] == [b"mine"]
+    started = time.monotonic()
+    await env.enforcer.cut_off(D1)
+    assert await asyncio.to_thread(d1.disconnected.wait, 3.0)
+    assert time.monotonic() - started < 2.0
+    d1.client.loop_stop()
+    assert Probe(env.broker, D1, secrets[D1].reveal()).connect().value == NOT_AUTHORIZED
+    gw.close()
+
+
+async def test_a_lost_sighup_is_detected_and_sent_again() -> None:
+    from tests.conftest import require
+    from tests.mosquitto import mosquitto_binary
+
+    require(mosquitto_binary() is not None, "mosquitto")
+    calls = []
+    holder: list[EnforcedBroker] = []
+
+    def lossy_reload() -> None:  # the first signal of each publication is lost, as during a reload
+        calls.append(time.monotonic())
+        if len(calls) % 2 == 0:
+            holder[0].broker.reload()
+
+    async with running_enforced_broker(reload=lossy_reload) as env:
+        holder.append(env)
+        secrets = await enroll(env, D1)
+        device_probe(env, D1, secrets[D1]).close()  # the enrolment is live although one SIGHUP was lost
+        assert env.enforcer.signal_count == 2

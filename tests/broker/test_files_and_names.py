@@ -158,7 +158,7 @@ def test_files_are_replaced_atomically_with_the_right_mode(tmp_path: Path) -> No
 
 
 def test_acl_lists_exactly_the_granted_topics(tmp_path: Path) -> None:
-    enforcer = make_enforcer(tmp_path)
+    enforcer = make_enforcer(tmp_path, rights="per_device")
     enforcer.stage([AuthorizeGateway(gateway_id="gw", secret=BrokerSecret.generate()),
                     Enroll(device_id=DEV, secret=BrokerSecret.generate()),
                     Enroll(device_id="fedcba9876543210", secret=BrokerSecret.generate()),
@@ -167,7 +167,19 @@ def test_acl_lists_exactly_the_granted_topics(tmp_path: Path) -> None:
     acl = enforcer.acl_file.read_text()
     assert f"user {DEV}\ntopic write diams/v1/d/{DEV}/hum\ntopic write diams/v1/d/{DEV}/temp\n" in acl
     assert "fedcba9876543210" not in acl  # enrolled only: covered by the two %u patterns
-    assert "pattern write diams/v1/hs/+/%u/up\npattern read diams/v1/hs/+/%u/down\n" in acl
+    assert "pattern write diams/v1/hs/+/%u/up\npattern read diams/v1/hs/+/%u/down\n\n" in acl
+
+
+def test_patterns_mode_has_no_device_blocks(tmp_path: Path) -> None:
+    enforcer = make_enforcer(tmp_path)
+    assert enforcer.rights == "patterns"
+    enforcer.stage([Enroll(device_id=DEV, secret=BrokerSecret.generate()),
+                    Grant(device_id=DEV, streams=frozenset({"temp"}))])
+    enforcer.write_files()
+    acl = enforcer.acl_file.read_text()
+    assert DEV not in acl
+    assert "pattern write diams/v1/d/%u/+\npattern read diams/v1/c/%u/+\n" in acl
+    assert enforcer.streams_of(DEV) == {"temp"}
 
 
 @pytest.mark.asyncio
@@ -199,4 +211,6 @@ def test_settings_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         make_enforcer(tmp_path, min_reload_interval=0.1, urgent_reload_interval=0.5)
     with pytest.raises(ValueError):
-        make_enforcer(tmp_path, file_mode=0o666)
+        make_enforcer(tmp_path, file_mode=0o644)
+    with pytest.raises(ValueError):
+        make_enforcer(tmp_path, rights="strict")
