@@ -143,18 +143,28 @@ class ActorHandle:
         device_ids: Sequence[bytes],
         sealed_keys: Sequence[bytes],
         key_commitments: Sequence[bytes],
-    ) -> TxOutcome:
-        from .ledger import BATCH_GAS
+    ) -> list[TxOutcome]:
+        """Publish one gateway's sealed keys for many devices (a group), in as few transactions as fit."""
+        from .ledger import BATCH_GAS, MAX_BATCH
 
+        if not len(device_ids) == len(sealed_keys) == len(key_commitments):
+            raise ValueError("device_ids, sealed_keys and key_commitments differ in length")
         base, per_item = BATCH_GAS["authorizeGatewayMany"]
-        return await self._tx(
-            "authorizeGatewayMany",
-            [check_device_id(d) for d in device_ids],
-            _b32(gateway_id),
-            list(sealed_keys),
-            [_b32(c) for c in key_commitments],
-            gas=base + per_item * len(device_ids),
-        )
+        size = max(1, min(MAX_BATCH, (await self._ledger.block_gas_limit() * 9 // 10 - base) // per_item))
+        outcomes = []
+        for start in range(0, len(device_ids), size):
+            ids = [check_device_id(d) for d in device_ids[start : start + size]]
+            outcomes.append(
+                await self._tx(
+                    "authorizeGatewayMany",
+                    ids,
+                    _b32(gateway_id),
+                    list(sealed_keys[start : start + size]),
+                    [_b32(c) for c in key_commitments[start : start + size]],
+                    gas=base + per_item * len(ids),
+                )
+            )
+        return outcomes
 
     async def deauthorize_gateway(self, device_id: bytes, gateway_id: bytes) -> TxOutcome:
         return await self._tx("deauthorizeGateway", check_device_id(device_id), _b32(gateway_id))

@@ -81,10 +81,14 @@ def anvil_url() -> Iterator[str]:
             proc.stderr.close()
 
 
-@pytest.fixture(params=["eth-tester", "anvil"])
-def backend(request: pytest.FixtureRequest) -> LedgerBackend:
+@pytest.fixture(params=["eth-tester", "anvil", "embedded"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> LedgerBackend:
     if request.param == "anvil":
         return RpcBackend(url=request.getfixturevalue("anvil_url"), name="anvil")
+    if request.param == "embedded":
+        from ledger_bridge.embedded import EmbeddedBackend
+
+        return EmbeddedBackend(tmp_path / "chain.sqlite")
     return EthereumTesterBackend()
 
 

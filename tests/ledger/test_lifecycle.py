@@ -136,10 +136,16 @@ async def test_group_authorization_in_one_transaction(channel: Actors) -> None:
     )
     assert all([await channel.ledger.is_authorized(d, gw) for d in devs])
     assert (await channel.ledger.grant(devs[7], gw)).sealed_key == keys[7]
-    with pytest.raises(LedgerRevert, match="LengthMismatch"):
+    with pytest.raises(ValueError, match="differ in length"):
         await channel.owner.authorize_gateway_many(
             gw, device_ids=devs, sealed_keys=keys[:3], key_commitments=[commitment(k) for k in keys]
         )
+    # the contract refuses it on its own as well
+    fn = channel.ledger.registry.functions.authorizeGatewayMany(
+        devs, gw, keys[:3], [commitment(k) for k in keys]
+    )
+    with pytest.raises(LedgerRevert, match="LengthMismatch: expected=20, actual=3"):
+        await channel.ledger.transact(channel.owner._signer, fn, gas=2_000_000)
 
 
 @pytest.mark.asyncio
