@@ -85,3 +85,8 @@ def proof_tag(k_mac, label, t):
 def session_keys(k_mac, t):
     """-> (K_up, K_down): device-to-gateway and gateway-to-device MAC keys for one session."""
     return hkdf_expand(k_mac, b"diams/v1/up" + t), hkdf_expand(k_mac, b"diams/v1/down" + t)
+
+
+def broker_password(secret, device_id):
+    """The device's MQTT password (username = device id hex): 32 hex chars, one-way from S."""
+    return hmac_sha256(secret, b"diams/v1/broker-password" + device_id)[:16].hex()
