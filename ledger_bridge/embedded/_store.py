@@ -17,6 +17,8 @@ about a millisecond per block, small next to executing the transaction.)
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -59,23 +61,27 @@ TopicFilter = bytes | Sequence[bytes] | None
 class ChainStore(BaseDB):
     """py-evm's base database over one SQLite file, written once per block."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, lock_fd: int) -> None:
         self._db = connection
+        self._lock_fd = lock_fd
         self._buffer: dict[bytes, object] = {}
 
     @classmethod
     def open(cls, path: Path) -> ChainStore:
-        """Open (creating if needed) the file at ``path``."""
+        """Open (creating if needed) the file at ``path``, exclusively.
+
+        Two writers would each mine from their own in-memory head and fork the file, so a
+        ``<file>.lock`` sidecar is ``flock``ed for as long as the store is open (the kernel drops
+        it if the process dies). A sidecar, not the database file: closing any descriptor of the
+        database would release SQLite's own POSIX locks.
+        """
+        lock_fd = _lock(path)
         try:
-            connection = sqlite3.connect(
-                str(path), isolation_level=None, check_same_thread=False, cached_statements=64
-            )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
-            connection.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise EmbeddedChainError(f"cannot open the chain file {path}: {exc}") from exc
-        return cls(connection)
+            return cls(_connect(path), lock_fd)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
 
     # py-evm's database interface -------------------------------------------------------
 
@@ -181,3 +187,35 @@ class ChainStore(BaseDB):
             self._db.close()
         except sqlite3.Error as exc:
             raise EmbeddedChainError(f"cannot close the chain file: {exc}") from exc
+        finally:
+            os.close(self._lock_fd)
+
+
+def _lock(path: Path) -> int:
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise EmbeddedChainError(f"cannot open the chain file {path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise EmbeddedChainError(f"the chain file {path} is in use by another EmbeddedChain") from exc
+    return fd
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = None
+    try:
+        connection = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, cached_statements=64
+        )
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.executescript(_SCHEMA)
+    except sqlite3.Error as exc:
+        if connection is not None:
+            connection.close()
+        raise EmbeddedChainError(f"cannot open the chain file {path}: {exc}") from exc
+    return connection

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 from eth_account import Account
+from eth_tester.exceptions import TransactionFailed
 from web3 import AsyncWeb3, Web3
 
 from ledger_bridge.backends import LedgerBackend
@@ -221,3 +223,63 @@ def test_history_is_append_only(tmp_path: Path) -> None:
     with pytest.raises(EmbeddedChainError, match="refused"):
         session.w3.provider.make_request("evm_snapshot", [])  # type: ignore[arg-type]
     session.chain.close()
+
+
+def test_a_second_opener_is_refused_while_the_chain_is_open(tmp_path: Path) -> None:
+    path = tmp_path / "chain.sqlite"
+    chain = EmbeddedChain.open(path)
+    with pytest.raises(EmbeddedChainError, match="in use"):
+        EmbeddedChain.open(path)
+    chain.close()
+    EmbeddedChain.open(path).close()
+
+
+REVERTER = bytes([0x60, 5, 0x60, 12, 0x60, 0, 0x39, 0x60, 5, 0x60, 0, 0xF3]) + bytes([0x60, 0, 0x60, 0, 0xFD])
+
+
+def test_reverts_and_refused_transactions_leave_the_chain_usable(tmp_path: Path) -> None:
+    session = Session(tmp_path / "chain.sqlite")
+    contract = session.deploy()
+    reverter = session.send(to=None, data=REVERTER, gas=DEPLOY_GAS)["contractAddress"]
+    assert session.send(to=reverter, data=b"")["status"] == 0  # mined, reverted
+    with pytest.raises(TransactionFailed):  # as on stock eth-tester: raw revert data, no decoding
+        session.w3.eth.call({"to": reverter, "from": ACTOR.address})
+    stale = signed(ACTOR, 0, session.chain.chain_id, to=contract, data=word(5), gas=STORE_GAS)
+    with pytest.raises(Exception, match=r"[Nn]once"):
+        session.w3.eth.send_raw_transaction(stale)
+    assert session.send(to=contract, data=word(6))["status"] == 1
+    assert session.stored(contract) == 6 and session.w3.eth.block_number == 4
+    session.chain.close()
+
+
+FUNDED = [Account.from_key(bytes([0x50 + i]) * 32) for i in range(4)]
+
+
+async def _concurrent_senders(path: Path) -> None:
+    chain = EmbeddedChain.open(path, funded=[account.address for account in FUNDED])
+    try:
+        w3 = AsyncWeb3(chain.async_provider)
+
+        async def sender(account: Account) -> list[int]:
+            blocks = []
+            for nonce in range(3):
+                raw = signed(account, nonce, chain.chain_id, to=OTHER.address, data=b"", gas=21_000)
+                receipt = await w3.eth.wait_for_transaction_receipt(await w3.eth.send_raw_transaction(raw))
+                blocks.append(receipt["blockNumber"])
+            return blocks
+
+        async def reader() -> None:
+            for _ in range(20):
+                await w3.eth.get_logs({"fromBlock": 0})
+                await w3.eth.get_block("latest")
+
+        results = await asyncio.gather(*(sender(account) for account in FUNDED), reader())
+        blocks = sorted(b for result in results[:-1] for b in result)  # type: ignore[union-attr]
+        assert blocks == list(range(1, 13))  # one block each, none lost or shared
+    finally:
+        chain.close()
+
+
+@pytest.mark.asyncio
+async def test_concurrent_async_calls_are_serialised(tmp_path: Path) -> None:
+    await _concurrent_senders(tmp_path / "chain.sqlite")
