@@ -22,9 +22,17 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.fixture(params=["anvil", "embedded"])
+def rpc(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """The backend options: a node over JSON-RPC, or the durable embedded chain reopened by each command."""
+    if request.param == "anvil":
+        return ("--rpc", request.getfixturevalue("anvil_url"))
+    return ("--embedded", str(tmp_path / "chain.sqlite"))
+
+
 @pytest.fixture
 def actors(
-    tmp_path: Path, anvil_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, rpc: tuple[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> dict[str, tuple[Path, str]]:
     monkeypatch.setenv(cli.PASSPHRASE_ENV, PASS)
     made = {}
@@ -35,15 +43,17 @@ def actors(
         )
         assert code == 0
         address = out.strip()
-        assert run(capsys, "--rpc", anvil_url, "fund", address, "--ether", "50")[0] == 0
+        assert run(capsys, *rpc, "fund", address, "--ether", "50")[0] == 0
         made[name] = (path, address)
     return made
 
 
 def test_cli_full_flow_with_bad_csv_rows(
-    tmp_path: Path, anvil_url: str, actors: dict[str, tuple[Path, str]], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    rpc: tuple[str, str],
+    actors: dict[str, tuple[Path, str]],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    rpc = ("--rpc", anvil_url)
     channel = tmp_path / "channel.json"
     admin, mfr, owner = actors["admin"], actors["manufacturer"], actors["owner"]
     code, out, _ = run(capsys, *rpc, "--keystore", str(admin[0]), "deploy", "--out", str(channel))
@@ -144,10 +154,10 @@ def test_cli_wrong_passphrase_and_missing_backend(
     actors: dict[str, tuple[Path, str]],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-    anvil_url: str,
+    rpc: tuple[str, str],
 ) -> None:
     monkeypatch.setenv(cli.PASSPHRASE_ENV, "not it")
-    code, _, err = run(capsys, "--rpc", anvil_url, "--keystore", str(actors["admin"][0]), "deploy")
+    code, _, err = run(capsys, *rpc, "--keystore", str(actors["admin"][0]), "deploy")
     assert code == 1 and "wrong passphrase for keystore" in err and "not it" not in err
     code, _, err = run(capsys, "show", "device", "0x" + "01" * 8)
     assert code == 1 and "choose a backend" in err
