@@ -1,0 +1,13 @@
+"""A lean MQTT 3.1.1 client for asyncio (the gateway's hot path and the fleet simulator)."""
+
+from .client import MqttClient, MqttConnectError, MqttConnectionLost, MqttError, MqttTimeout
+from .codec import MqttProtocolError
+
+__all__ = [
+    "MqttClient",
+    "MqttConnectError",
+    "MqttConnectionLost",
+    "MqttError",
+    "MqttProtocolError",
+    "MqttTimeout",
+]
