@@ -1,4 +1,4 @@
-"""Sealing a per-gateway verification key K_dg to one gateway's X25519 public key.
+"""Sealing a gateway's device keys (K_dg and the broker password) to the gateway's X25519 public key.
 
 Strategy: the ledger must carry K_dg to the gateway without anyone else learning it, so the owner
 seals it: an ephemeral X25519 key agreement with the gateway's registered public key, HKDF-SHA256
@@ -6,7 +6,11 @@ over the shared secret bound to both public keys and to (device, gateway, epoch)
 ChaCha20-Poly1305 under that one-time key (so a fixed nonce is safe). The associated data binds
 the box to (device, gateway, epoch): a box moved to another device, gateway or epoch fails to open.
 
-    sealed = ephemeral_public (32) | ciphertext of K_dg (32) | Poly1305 tag (16)     = 80 bytes
+    sealed = ephemeral_public (32) | ciphertext of K_dg (32) | broker password (16) | Poly1305 tag (16)
+           = 96 bytes
+
+The broker password (derived by the device from S, see ``keys.broker_password``) travels with K_dg
+so that whichever gateway manages the site's broker can enroll the device there.
 
 The ledger also stores ``key_commitment(K_dg)``; a gateway checks what it unsealed against it.
 docs/PROTOCOL.md section 3.4 is the specification.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -27,7 +32,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from device_agent.core.crypto import ct_equal
 from device_agent.core.keys import key_commitment, lp
 
-SEALED_LEN = 80
+SEALED_LEN = 96
+BROKER_PASSWORD_LEN = 16
 _RAW = serialization.Encoding.Raw
 
 
@@ -47,10 +53,18 @@ def public_bytes(key: X25519PublicKey) -> bytes:
     return key.public_bytes(_RAW, serialization.PublicFormat.Raw)
 
 
-def seal(k_dg: bytes, gateway_public: bytes, device_id: bytes, gateway_id: bytes, epoch: int) -> bytes:
-    """Seal K_dg to the gateway's 32-byte X25519 public key; -> 80 bytes for the ledger."""
-    if len(k_dg) != 32 or len(gateway_public) != 32:
-        raise ValueError("K_dg and the gateway public key must be 32 bytes")
+@dataclass(frozen=True)
+class GatewayKeys:
+    """What one gateway learns of one device from the ledger. Never shown in reprs."""
+
+    k_dg: bytes = field(repr=False)
+    broker_password: bytes = field(repr=False)
+
+
+def seal(keys: GatewayKeys, gateway_public: bytes, device_id: bytes, gateway_id: bytes, epoch: int) -> bytes:
+    """Seal the keys to the gateway's 32-byte X25519 public key; -> 96 bytes for the ledger."""
+    if len(keys.k_dg) != 32 or len(gateway_public) != 32 or len(keys.broker_password) != BROKER_PASSWORD_LEN:
+        raise ValueError("K_dg and the gateway public key must be 32 bytes, the broker password 16")
     eph = X25519PrivateKey.generate()
     eph_pub = public_bytes(eph.public_key())
     try:
@@ -59,12 +73,12 @@ def seal(k_dg: bytes, gateway_public: bytes, device_id: bytes, gateway_id: bytes
         raise SealError("gateway public key is not usable for X25519") from exc
     context = _context(device_id, gateway_id, epoch)
     box = ChaCha20Poly1305(_box_key(shared, eph_pub, gateway_public, context))
-    return eph_pub + box.encrypt(bytes(12), k_dg, context)
+    return eph_pub + box.encrypt(bytes(12), keys.k_dg + keys.broker_password, context)
 
 
 def unseal(sealed: bytes, gateway_private: X25519PrivateKey, device_id: bytes, gateway_id: bytes,
-           epoch: int, commitment: bytes | None = None) -> bytes:
-    """Open a sealed K_dg with the gateway's private key; -> K_dg, or raise SealError."""
+           epoch: int, commitment: bytes | None = None) -> GatewayKeys:
+    """Open a sealed box with the gateway's private key; -> its keys, or raise SealError."""
     if len(sealed) != SEALED_LEN:
         raise SealError(f"sealed key must be {SEALED_LEN} bytes, got {len(sealed)}")
     eph_pub, ciphertext = sealed[:32], sealed[32:]
@@ -73,12 +87,13 @@ def unseal(sealed: bytes, gateway_private: X25519PrivateKey, device_id: bytes, g
     try:
         shared = gateway_private.exchange(X25519PublicKey.from_public_bytes(eph_pub))
         box = ChaCha20Poly1305(_box_key(shared, eph_pub, gw_pub, context))
-        k_dg = box.decrypt(bytes(12), ciphertext, context)
+        plain = box.decrypt(bytes(12), ciphertext, context)
     except (InvalidTag, ValueError):
         raise SealError(f"sealed key for device {device_id.hex()} does not open with this key") from None
-    if commitment is not None and not ct_equal(key_commitment(k_dg), commitment):
+    keys = GatewayKeys(k_dg=plain[:32], broker_password=plain[32:])
+    if commitment is not None and not ct_equal(key_commitment(keys.k_dg), commitment):
         raise SealError(f"sealed key for device {device_id.hex()} does not match its ledger commitment")
-    return k_dg
+    return keys
 
 
 def generate_gateway_key(path: Path) -> bytes:
