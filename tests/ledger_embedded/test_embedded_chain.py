@@ -283,3 +283,10 @@ async def _concurrent_senders(path: Path) -> None:
 @pytest.mark.asyncio
 async def test_concurrent_async_calls_are_serialised(tmp_path: Path) -> None:
     await _concurrent_senders(tmp_path / "chain.sqlite")
+
+
+def test_public_names_match_all() -> None:
+    import ledger_bridge.embedded as package
+
+    public = {name for name in vars(package) if not name.startswith("_")} - {"annotations"}
+    assert public == set(package.__all__)
