@@ -102,6 +102,9 @@ class ActorHandle:
     async def accept_transfer(self, device_id: bytes) -> TxOutcome:
         return await self._tx("acceptTransfer", check_device_id(device_id))
 
+    async def cancel_transfer(self, device_id: bytes) -> TxOutcome:
+        return await self._tx("cancelTransfer", check_device_id(device_id))
+
     async def revoke(self, device_id: bytes) -> TxOutcome:
         return await self._tx("revoke", check_device_id(device_id))
 

@@ -353,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("suspend", "suspend", (), "owner or admin: Active -> Suspended"),
         ("transfer", "transfer", ("new_owner",), "owner: offer the device to a new owner (epoch + 1)"),
         ("accept-transfer", "accept_transfer", (), "new owner: accept a transfer"),
+        ("cancel-transfer", "cancel_transfer", (), "owner: withdraw a transfer offer"),
         ("revoke", "revoke", (), "owner or admin: revoke for good"),
         ("decommission", "decommission", (), "owner: retire for good"),
         (

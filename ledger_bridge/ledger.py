@@ -59,6 +59,7 @@ GAS_BUDGETS: Mapping[str, int] = {
     "suspend": 80_000,
     "transfer": 120_000,
     "acceptTransfer": 80_000,
+    "cancelTransfer": 80_000,
     "revoke": 80_000,
     "decommission": 80_000,
     "approveMaintainer": 100_000,

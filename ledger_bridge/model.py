@@ -64,6 +64,7 @@ TRANSITIONS: Mapping[str, tuple[frozenset[DeviceState], DeviceState | None]] = {
     "suspend": (frozenset({_S.ACTIVE}), _S.SUSPENDED),
     "transfer": (_LIVE, _S.TRANSFERRED),
     "acceptTransfer": (frozenset({_S.TRANSFERRED}), _S.CLAIMED),
+    "cancelTransfer": (frozenset({_S.TRANSFERRED}), _S.CLAIMED),
     "revoke": (frozenset({_S.MANUFACTURED, *_LIVE, _S.TRANSFERRED}), _S.REVOKED),
     "decommission": (_LIVE, _S.DECOMMISSIONED),
     "approveMaintainer": (_LIVE, None),

@@ -67,6 +67,7 @@ contract DeviceRegistry is AccessControl {
     uint256 private constant _FROM_SUSPEND = _A;
     uint256 private constant _FROM_TRANSFER = _C | _A | _S;
     uint256 private constant _FROM_ACCEPT = _T;
+    uint256 private constant _FROM_CANCEL = _T;
     uint256 private constant _FROM_REVOKE = _M | _C | _A | _S | _T;
     uint256 private constant _FROM_DECOMMISSION = _C | _A | _S;
     /// Operations that keep the state (firmware, gateways, policy, maintainers) need an owned, live device.
@@ -110,6 +111,7 @@ contract DeviceRegistry is AccessControl {
     event DeviceSuspended(bytes8 indexed id, address indexed by);
     event TransferStarted(bytes8 indexed id, address indexed from, address indexed to, uint32 epoch);
     event TransferAccepted(bytes8 indexed id, address indexed newOwner);
+    event TransferCancelled(bytes8 indexed id, address indexed owner);
     event DeviceRevoked(bytes8 indexed id, address indexed by, uint32 epoch);
     event DeviceDecommissioned(bytes8 indexed id, address indexed by, uint32 epoch);
     event MaintainerApproved(bytes8 indexed id, address indexed maintainer, address indexed owner);
@@ -192,6 +194,16 @@ contract DeviceRegistry is AccessControl {
         d.pendingOwner = address(0);
         d.state = State.Claimed;
         emit TransferAccepted(id, msg.sender);
+    }
+
+    /// The owner withdraws an offer (e.g. to a mistyped address); the epoch stays bumped, so the owner
+    /// re-publishes gateway keys as after any transfer.
+    function cancelTransfer(bytes8 id) external {
+        Device storage d = _transition(id, _FROM_CANCEL);
+        _onlyOwner(id, d);
+        d.pendingOwner = address(0);
+        d.state = State.Claimed;
+        emit TransferCancelled(id, msg.sender);
     }
 
     function revoke(bytes8 id) external {

@@ -99,6 +99,9 @@ CASES: dict[str, Case] = {
         "NotPendingOwner",
         ("claim", "transfer"),
     ),
+    "cancelTransfer is the owner's": Case(
+        lambda ch, who, dev: who.cancel_transfer(dev), "new_owner", "owner", "NotOwner", ("claim", "transfer")
+    ),
     "revoke: owner": Case(lambda ch, who, dev: who.revoke(dev), "stranger", "owner", "NotOwnerOrAdmin"),
     "revoke: admin": Case(lambda ch, who, dev: who.revoke(dev), "operator", "admin", "NotOwnerOrAdmin"),
     "decommission is the owner's": Case(

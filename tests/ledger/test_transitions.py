@@ -31,6 +31,7 @@ def operation(ch: Actors, op: str, dev: bytes) -> Awaitable[TxOutcome]:
         "suspend": lambda: ch.owner.suspend(dev),
         "transfer": lambda: ch.owner.transfer(dev, ch.new_owner.address),
         "acceptTransfer": lambda: ch.new_owner.accept_transfer(dev),
+        "cancelTransfer": lambda: ch.owner.cancel_transfer(dev),
         "revoke": lambda: ch.admin.revoke(dev),
         "decommission": lambda: ch.owner.decommission(dev),
         "approveMaintainer": lambda: ch.owner.approve_maintainer(dev, ch.maintainer.address),
