@@ -1,0 +1,24 @@
+"""diams-agent: the CPython (Raspberry Pi) device agent, a thin paho-mqtt adapter around the protocol core.
+
+Modules, one job each: ``config`` (TOML settings as frozen values), ``keystore`` (the device secret in a
+0600 file), ``counters`` (write-ahead OTP counter reservation and the committed epoch), ``backoff``
+(full-jitter reconnect delays), ``failover`` (which gateway to try next, and when), ``driver`` (the
+sans-IO agent logic: handshakes, epoch hints, re-authentication, data and commands), ``mqtt`` (the
+paho adapter that moves bytes between the broker and the driver), ``provision`` (manufacture-time
+secret and registration record) and ``cli`` (``diams-agent``).
+"""
+
+from __future__ import annotations
+
+from .config import AgentConfig, ConfigError, StreamConfig, load_config
+from .keystore import DeviceSecret, KeyStoreError, load_secret
+
+__all__ = [
+    "AgentConfig",
+    "ConfigError",
+    "DeviceSecret",
+    "KeyStoreError",
+    "StreamConfig",
+    "load_config",
+    "load_secret",
+]

@@ -1,0 +1,94 @@
+"""``diams-agent``: run the device agent, or provision a device at manufacture.
+
+    diams-agent run --config /etc/diams-agent/agent.toml
+    diams-agent provision --model M --serial S --mac AA:BB:CC:DD:EE:FF --firmware FILE --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from .config import ConfigError, load_config
+from .keystore import KeyStoreError, load_secret
+from .provision import provision
+
+__all__ = ["main"]
+
+log = logging.getLogger("diams.agent")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .mqtt import MqttAgent  # paho is only needed to run
+
+    try:
+        config = load_config(Path(args.config))
+        secret = load_secret(config.key_file)
+    except (ConfigError, KeyStoreError) as exc:
+        print(f"diams-agent: {exc}", file=sys.stderr)
+        return 2
+
+    def on_command(name: str, payload: bytes) -> None:
+        log.info("command %s (%d bytes)", name, len(payload))
+
+    agent = MqttAgent(config, secret, on_command=on_command)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("diams-agent %s starting: broker %s:%d, gateways %s", config.device_id, config.broker_host,
+             config.broker_port, ", ".join(config.gateways))
+    agent.run()
+    log.info("stopped: %s", agent.snapshot().stats)
+    return 0
+
+
+def _cmd_provision(args: argparse.Namespace) -> int:
+    try:
+        done = provision(model=args.model, serial=args.serial, mac=args.mac, firmware=Path(args.firmware),
+                         out=Path(args.out), gateways=tuple(args.gateway or ("gw-1",)))
+    except (ValueError, OSError) as exc:
+        print(f"diams-agent provision: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(done.record.__dict__, indent=2))
+    print(f"secret (flash into the device, 0600): {done.key_file}", file=sys.stderr)
+    print(f"owner bundle (hand over, 0600):       {done.owner_file}", file=sys.stderr)
+    print(f"registration CSV row appended:        {done.csv_file}", file=sys.stderr)
+    print(f"agent configuration:                  {done.config_file}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diams-agent", description="DIAMS device agent")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="authenticate with the gateways and serve data and commands")
+    run.add_argument("--config", required=True, help="TOML configuration file")
+    run.set_defaults(func=_cmd_run)
+    prov = sub.add_parser("provision", help="create a device secret and its registration record")
+    prov.add_argument("--model", required=True)
+    prov.add_argument("--serial", required=True)
+    prov.add_argument("--mac", required=True, help="AA:BB:CC:DD:EE:FF")
+    prov.add_argument("--firmware", required=True, help="the firmware image (hashed with SHA-256)")
+    prov.add_argument("--out", required=True, help="directory for the key, record, CSV and owner bundle")
+    prov.add_argument("--gateway", action="append", help="gateway id for the generated config (repeatable)")
+    prov.set_defaults(func=_cmd_provision)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
