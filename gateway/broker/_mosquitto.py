@@ -294,9 +294,13 @@ class MosquittoEnforcer(BrokerEnforcer):
             gateways, devices = list(self._gateways.items()), list(self._devices.items())
             try:
                 await asyncio.to_thread(self._write_and_reload, gateways, devices)
-            except ReloadFailed as exc:
+            except Exception as exc:  # waiters must never hang: every failure reaches them
+                failure = exc if isinstance(exc, ReloadFailed) else ReloadFailed(
+                    f"unexpected error while publishing access files: {type(exc).__name__}"
+                )
+                log.warning("broker access files not published: %s", failure)
                 self._last_reload = time.monotonic()
-                self._settle(generation, exc)
+                self._settle(generation, failure)
                 continue
             self._last_reload = time.monotonic()
             self._published = generation

@@ -131,7 +131,8 @@ def test_files_are_replaced_atomically_with_the_right_mode(tmp_path: Path) -> No
     enforcer.stage([Enroll(device_id=DEV, secret=BrokerSecret.generate()),
                     Grant(device_id=DEV, streams=frozenset({"temp"}))])
     enforcer.write_files()
-    inode = os.stat(enforcer.acl_file).st_ino
+    original = enforcer.acl_file.read_text()
+    old_file = enforcer.acl_file.open()  # still the old inode after a rename; rewritten if edited in place
     stop, seen_bad = threading.Event(), []
 
     def reader() -> None:
@@ -151,7 +152,8 @@ def test_files_are_replaced_atomically_with_the_right_mode(tmp_path: Path) -> No
         stop.set()
         thread.join()
     assert not seen_bad, "a reader saw a partly written file"
-    assert os.stat(enforcer.acl_file).st_ino != inode, "replaced by rename, not rewritten in place"
+    with old_file:
+        assert old_file.read() == original, "replaced by rename, not rewritten in place"
     assert stat.S_IMODE(os.stat(enforcer.password_file).st_mode) == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acl", "pw"], "no temporary file left behind"
     assert enforcer.password_file.read_text().count("\n") == 201
