@@ -20,14 +20,15 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+from .actor import ActorHandle
 from .backends import EthereumTesterBackend, LedgerBackend, RpcBackend
 from .csv_import import parse_bytes32, parse_device_id, read_rows, register_rows
 from .errors import LedgerError
 from .keystore import DEFAULT_SCRYPT_N, Signer, create_keystore, load_signer
 from .ledger import Ledger
-from .model import Channel, DeviceRegistration, Role
+from .model import Channel, DeviceRegistration, Role, TxOutcome
 
 PASSPHRASE_ENV = "DIAMS_PASSPHRASE"  # noqa: S105 - the name of the variable, not a secret
 
@@ -84,10 +85,6 @@ def _signer(args: argparse.Namespace) -> Signer:
     return load_signer(Path(args.keystore), _passphrase(args))
 
 
-def _out(args: argparse.Namespace) -> TextIO:
-    return sys.stdout
-
-
 # ---- commands ----
 def cmd_keys_create(args: argparse.Namespace) -> int:
     signer = create_keystore(
@@ -122,18 +119,15 @@ async def cmd_fund(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_actor(args: argparse.Namespace, action: Callable[[Any, Ledger], Awaitable[object]]) -> int:
+async def _with_actor(
+    args: argparse.Namespace, action: Callable[[ActorHandle, Ledger], Awaitable[TxOutcome]]
+) -> int:
+    """Run one transaction as the keystore's actor and print its outcome."""
     signer = _signer(args)
     async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
         outcome = await action(ledger.actor(signer), ledger)
-    if outcome is not None:
-        print(_describe(outcome))
+    print(f"ok: tx {outcome.transaction_hash} in block {outcome.block_number}, gas {outcome.gas_used}")
     return 0
-
-
-def _describe(outcome: object) -> str:
-    tx = getattr(outcome, "transaction_hash", None)
-    return f"ok: tx {tx} in block {outcome.block_number}, gas {outcome.gas_used}" if tx else str(outcome)  # type: ignore[attr-defined]
 
 
 async def cmd_register(args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils.address import to_checksum_address
 
 from .errors import KeystoreError
 
@@ -84,12 +83,3 @@ def load_signer(path: Path, passphrase: str) -> Signer:
         raise KeystoreError(f"keystore {path} is malformed") from exc
     label = blob.get("diams_label", "") if isinstance(blob, dict) else ""
     return Signer(Account.from_key(key), label=str(label))
-
-
-def keystore_address(path: Path) -> str:
-    """The address recorded in a keystore file, without decrypting it."""
-    try:
-        blob = json.loads(Path(path).read_text("utf-8"))
-        return str(to_checksum_address("0x" + str(blob["address"]).removeprefix("0x")))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise KeystoreError(f"cannot read the address of keystore {path}") from exc

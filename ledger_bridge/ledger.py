@@ -6,6 +6,10 @@ which also keeps each signer's nonce in order. Transactions carry explicit gas f
 (estimation costs 3-4x the time and can time out). A transaction mined with status 0 is replayed as a call
 on its parent block to recover the revert data; reverts become `LedgerRevert` in words (reverts.py), and
 every other foreign error becomes a `LedgerError` at this boundary.
+
+Every await is bounded by `timeout_s`: a backend that does not answer raises `LedgerUnavailable`; the
+abandoned call may still finish on the worker thread, so after a timeout treat the transaction's fate as
+unknown (look the device up again) rather than resending blindly.
 """
 
 from __future__ import annotations
