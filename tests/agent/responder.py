@@ -1,0 +1,107 @@
+"""A stand-in gateway for agent tests: the core's GatewayRole behind paho, on the protocol topics.
+
+It is what the gateway daemon will do on the wire (answer handshakes on ``diams/v1/hs/<G>/+/up``,
+verify DATA on ``diams/v1/d/+/+`` with the session's MAC, send sealed COMMANDs) and nothing else: no
+ledger, no broker enforcement. Tests that use it can later take the real daemon instead.
+``silent=True`` makes a gateway that listens and never answers (for failover tests).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from device_agent.core import keys
+from device_agent.core.events import Authenticated
+from device_agent.core.gateway import DeviceEntry, GatewayRole
+
+
+def entry_for(secret: bytes, device_id: bytes, gateway_id: str, fw: bytes, *, epoch: int = 0,
+              lifetime: int = 3600) -> DeviceEntry:
+    k_dg = keys.gateway_key(secret, device_id, gateway_id.encode(), epoch, fw)
+    return DeviceEntry(device_id, k_dg, epoch, lifetime=lifetime)
+
+
+class Responder:
+    def __init__(self, host: str, port: int, gateway_id: str, entries: dict[bytes, DeviceEntry] | None = None,
+                 *, silent: bool = False) -> None:
+        self.gateway_id = gateway_id
+        self.entries = dict(entries or {})
+        self.silent = silent
+        self.role = GatewayRole(gateway_id.encode(), self.entries.get, os.urandom, proof_timeout=5.0)
+        self.sessions: dict[bytes, Any] = {}
+        self.verified: queue.Queue[tuple[str, str, bytes]] = queue.Queue()
+        self.data_refused: list[str] = []
+        self.hellos = 0
+        self.authentications = 0
+        self.events: list[Any] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._host, self._port = host, port
+        self.client = paho.Client(CallbackAPIVersion.VERSION2,
+                                  client_id=f"responder-{gateway_id}-{os.getpid()}")
+        self.client.username_pw_set(f"responder-{gateway_id}")
+        self.client.on_socket_open = lambda c, u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_message = self._on_message
+
+    def __enter__(self) -> Responder:
+        self.client.connect(self._host, self._port)
+        self.client.loop_start()
+        if not self._subscribed.wait(5):
+            raise TimeoutError("responder did not subscribe")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        client.subscribe([(f"diams/v1/hs/{self.gateway_id}/+/up", 1), ("diams/v1/d/+/+", 1)])
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        parts = msg.topic.split("/")
+        now = time.monotonic()
+        with self._lock:
+            if parts[2] == "hs":
+                did = bytes.fromhex(parts[4])
+                if msg.payload[:1] == b"\x11":
+                    self.hellos += 1
+                if self.silent:
+                    return
+                reply, events = self.role.receive(did, bytes(msg.payload), now)
+                self.events.extend(events)
+                for ev in events:
+                    if isinstance(ev, Authenticated):
+                        self.sessions[did] = ev.session
+                        self.authentications += 1
+                if reply is not None:
+                    client.publish(f"diams/v1/hs/{self.gateway_id}/{parts[4]}/down", reply, qos=1)
+            elif parts[2] == "d":
+                session = self.sessions.get(bytes.fromhex(parts[3]))
+                if session is None:
+                    return
+                payload, reason = session.open(parts[4].encode(), bytes(msg.payload), now)
+                if payload is None:
+                    self.data_refused.append(str(reason))
+                else:
+                    self.verified.put((parts[3], parts[4], bytes(payload)))
+
+    def send_command(self, device_hex: str, name: str, payload: bytes) -> None:
+        with self._lock:
+            message = self.sessions[bytes.fromhex(device_hex)].seal(name.encode(), payload)
+        self.client.publish(f"diams/v1/c/{device_hex}/{name}", message, qos=1).wait_for_publish(5)
+
+    def send_raw_command(self, device_hex: str, name: str, message: bytes) -> None:
+        self.client.publish(f"diams/v1/c/{device_hex}/{name}", message, qos=1).wait_for_publish(5)
+
+    def next_verified(self, timeout: float = 5.0) -> tuple[str, str, bytes]:
+        return self.verified.get(timeout=timeout)

@@ -1,0 +1,250 @@
+"""Agent logic without a broker: key store, counters, backoff, failover, driver, config, provisioning."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from device_agent.agent import cli
+from device_agent.agent.backoff import Backoff
+from device_agent.agent.config import ConfigError
+from device_agent.agent.counters import CounterStore
+from device_agent.agent.driver import AgentDriver
+from device_agent.agent.failover import GatewayRotation
+from device_agent.agent.keystore import DeviceSecret, KeyStoreError, load_secret
+from device_agent.agent.provision import CSV_COLUMNS
+from device_agent.core import keys
+from device_agent.core.gateway import GatewayRole
+
+from .helpers import Device
+from .responder import entry_for
+
+# -- key store ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o620, 0o602, 0o610])
+def test_key_file_readable_by_others_is_refused(tmp_path, mode):
+    dev = Device(tmp_path)
+    os.chmod(dev.prov.key_file, mode)
+    with pytest.raises(KeyStoreError, match="chmod 600") as info:
+        load_secret(dev.prov.key_file)
+    assert dev.secret.hex() not in str(info.value)
+
+
+def test_cli_run_refuses_a_world_readable_key(tmp_path, capsys):
+    dev = Device(tmp_path)
+    os.chmod(dev.prov.key_file, 0o644)
+    assert cli.main(["run", "--config", str(dev.prov.config_file)]) == 2
+    assert "chmod 600" in capsys.readouterr().err
+
+
+def test_secret_never_shows_in_repr_or_str(tmp_path):
+    dev = Device(tmp_path)
+    s = load_secret(dev.prov.key_file)
+    assert s.reveal() == dev.secret
+    for text in (repr(s), str(s), f"{s}", repr([s])):
+        assert dev.secret.hex() not in text and "hidden" in text
+    with pytest.raises(TypeError):
+        import pickle
+        pickle.dumps(s)
+    with pytest.raises(KeyStoreError):
+        DeviceSecret(b"short")
+
+
+# -- provisioning --------------------------------------------------------------------------------
+
+
+def test_provision_files_modes_and_record(tmp_path):
+    dev = Device(tmp_path)
+    p = dev.prov
+    assert stat.S_IMODE(p.key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(p.owner_file.stat().st_mode) == 0o600
+    owner = json.loads(p.owner_file.read_text())
+    mac = bytes.fromhex(owner["mac"].replace(":", ""))
+    assert keys.derive_device_id(dev.secret, owner["model"], owner["serial"], mac) == dev.device_id
+    salt = bytes.fromhex(owner["salt"])
+    commitment = keys.characteristics_commitment(salt, owner["model"], owner["serial"], mac, dev.fw)
+    assert p.record.characteristics == "0x" + commitment.hex()
+    assert p.record.claim_hash == "0x" + keys.claim_hash(dev.device_id, owner["claim_code"].encode()).hex()
+    public = p.record_file.read_text() + p.csv_file.read_text()
+    for secret_value in (dev.secret.hex(), owner["claim_code"], owner["salt"]):
+        assert secret_value not in public
+
+
+def test_provision_csv_is_what_the_ledger_imports(tmp_path):
+    csv_import = pytest.importorskip("ledger_bridge.csv_import")
+    devs = [Device(tmp_path, serial=f"SN-{i}") for i in range(3)]
+    header = devs[0].prov.csv_file.read_text().splitlines()[0]
+    assert header.split(",") == list(CSV_COLUMNS)
+    good, bad = csv_import.read_rows(devs[0].prov.csv_file)
+    assert bad == [] and [r.device_id for _, r in good] == [d.device_id for d in devs]
+    assert good[0][1].characteristics.hex() == devs[0].prov.record.characteristics[2:]
+
+
+def test_cli_provision_prints_the_public_record_only(tmp_path, capsys):
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(b"image")
+    rc = cli.main(["provision", "--model", "m1", "--serial", "S1", "--mac", "AA:BB:CC:DD:EE:FF",
+                   "--firmware", str(fw), "--out", str(tmp_path / "out")])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    owner = json.loads((tmp_path / "out" / f"{out['device_id']}.owner.json").read_text())
+    assert owner["secret"] not in json.dumps(out) and set(out) == set(CSV_COLUMNS)
+
+
+def test_provision_refuses_bad_inputs(tmp_path):
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(b"x")
+    for args in (["--mac", "AA:BB"], ["--model", "m" * 33]):
+        base = {"--model": "m", "--serial": "s", "--mac": "AA:BB:CC:DD:EE:FF"}
+        base.update(dict([args]))
+        flags = [x for kv in base.items() for x in kv]
+        argv = ["provision", *flags, "--firmware", str(fw), "--out", str(tmp_path)]
+        assert cli.main(argv) == 2
+
+
+def test_config_is_checked_when_loaded(tmp_path):
+    dev = Device(tmp_path)
+    text = dev.prov.config_file.read_text()
+    bad = tmp_path / "bad.toml"
+    for old, new in (('ids = ["gw-a"]', 'ids = ["GW A"]'), ('ids = ["gw-a"]', "ids = []"),
+                     ("epoch = 0", "epoch = -1"), (f'id = "{dev.device_hex}"', 'id = "xyz"')):
+        bad.write_text(text.replace(old, new))
+        with pytest.raises(ConfigError):
+            from device_agent.agent.config import load_config
+            load_config(bad, environ={})
+
+
+# -- counters ------------------------------------------------------------------------------------
+
+
+def test_counters_are_written_ahead_in_blocks_and_skip_after_restart(tmp_path):
+    path = tmp_path / "state.json"
+    store = CounterStore(path, block=16)
+    assert [store.next_counter("gw-a", 0) for _ in range(16)] == list(range(16))
+    assert store.writes == 1
+    assert json.loads(path.read_text())["reserved"] == {"gw-a/0": 15}
+    assert store.next_counter("gw-a", 0) == 16 and store.writes == 2
+    # A crash right after reserving: the next process starts past the block, never reusing one.
+    again = CounterStore(path, block=16)
+    assert again.next_counter("gw-a", 0) == 32
+    assert again.next_counter("gw-b", 0) == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_epoch_commit_is_monotonic_and_drops_old_counters(tmp_path):
+    path = tmp_path / "state.json"
+    store = CounterStore(path, initial_epoch=1)
+    store.next_counter("gw-a", 1)
+    store.next_counter("gw-a", 2)
+    store.commit_epoch(2)
+    store.commit_epoch(1)
+    assert CounterStore(path).epoch == 2
+    assert set(json.loads(path.read_text())["reserved"]) == {"gw-a/2"}
+
+
+@given(st.lists(st.sampled_from(["next", "restart"]), max_size=60), st.integers(1, 20))
+def test_counters_never_repeat_across_restarts(tmp_path_factory, ops, block):
+    path = tmp_path_factory.mktemp("c") / "state.json"
+    store = CounterStore(path, block=block)
+    seen: list[int] = []
+    for op in ops:
+        if op == "restart":
+            store = CounterStore(path, block=block)
+        else:
+            seen.append(store.next_counter("gw", 0))
+    assert seen == sorted(set(seen))
+
+
+# -- backoff and failover ------------------------------------------------------------------------
+
+
+@given(st.floats(0.01, 5), st.floats(1, 300), st.integers(0, 200), st.randoms(use_true_random=False))
+def test_backoff_full_jitter_within_capped_exponential_ceiling(base, cap, attempts, rnd):
+    cap = max(cap, base)
+    b = Backoff(base=base, cap=cap, uniform=rnd.uniform)
+    ceilings = [b.ceiling(i) for i in range(attempts + 1)]
+    assert ceilings == sorted(ceilings) and max(ceilings) <= cap
+    for i in range(attempts):
+        d = b.next_delay()
+        assert 0 <= d <= min(cap, base * 2**i) + 1e-9
+    b.reset()
+    assert b.attempt == 0
+
+
+def test_backoff_spreads_a_fleet():
+    # After a broker restart, 2,000 agents' first retries are uniform over [0, base]: no wave.
+    sample = [Backoff(base=1, cap=30).next_delay() for _ in range(2000)]
+    assert all(0 <= d <= 1 for d in sample)
+    quarters = [sum(1 for d in sample if q / 4 <= d < (q + 1) / 4) for q in range(4)]
+    assert min(quarters) > 380  # ~500 each
+
+
+def test_rotation_tries_each_gateway_then_backs_off():
+    rot = GatewayRotation(("a", "b", "c"), Backoff(base=1, cap=8, uniform=lambda lo, hi: hi))
+    assert rot.current == "a"
+    assert [rot.failed(), rot.current] == [0.0, "b"]
+    assert [rot.failed(), rot.current] == [0.0, "c"]
+    assert [rot.failed(), rot.current] == [1.0, "a"]  # a full round failed: wait
+    assert [rot.failed(), rot.failed(), rot.failed()] == [0.0, 0.0, 2.0]
+    rot.succeeded()
+    assert rot.backoff.attempt == 0 and rot.current == "a"
+
+
+# -- driver with an in-memory gateway --------------------------------------------------------------
+
+
+def _driver(tmp_path, dev, gateways=("gw-a",)):
+    return AgentDriver(device_id=dev.device_id, secret=DeviceSecret(dev.secret), firmware_hash=dev.fw,
+                       counters=CounterStore(tmp_path / "st.json"),
+                       rotation=GatewayRotation(gateways, Backoff(base=1, cap=1, uniform=lambda a, b: b)),
+                       answer_timeout=1.0, reauth_margin=10)
+
+
+def _pump(driver, gw_role, outs, now):
+    """Deliver the driver's publishes to an in-memory gateway role and the replies back."""
+    while outs:
+        p = outs.pop(0)
+        parts = p.topic.split("/")
+        if parts[2] != "hs":
+            continue
+        reply, _ = gw_role.receive(bytes.fromhex(parts[4]), p.payload, now)
+        if reply is not None:
+            outs += driver.message(p.topic.replace("/up", "/down"), reply, now)
+
+
+def test_forged_epoch_hint_costs_one_attempt_and_commits_nothing(tmp_path):
+    dev = Device(tmp_path)
+    driver = _driver(tmp_path, dev)
+    entry = entry_for(dev.secret, dev.device_id, "gw-a", dev.fw, epoch=0, lifetime=100)
+    role = GatewayRole(b"gw-a", {dev.device_id: entry}.get, os.urandom)
+    hello = driver.connected(0.0)
+    # An attacker answers first with a REJECT stale_epoch hinting a huge epoch.
+    down = hello[0].topic.replace("/up", "/down")
+    outs = driver.message(down, b"\x17\x04" + (0xFFFFFF).to_bytes(4, "big"), 0.0)
+    assert driver.stats["epoch_hints"] == 1
+    _pump(driver, role, outs, 0.0)  # the hinted epoch fails at the real gateway (stale_epoch, lower hint)
+    assert driver.stats["failed_stale_epoch"] == 1 and driver.counters.epoch == 0
+    _pump(driver, role, driver.tick(1.0), 1.0)  # retried under the committed epoch
+    assert driver.authenticated and driver.counters.epoch == 0
+
+
+def test_reauth_before_expiry_keeps_old_session_until_new_one(tmp_path):
+    dev = Device(tmp_path)
+    driver = _driver(tmp_path, dev)
+    entry = entry_for(dev.secret, dev.device_id, "gw-a", dev.fw, lifetime=100)
+    role = GatewayRole(b"gw-a", {dev.device_id: entry}.get, os.urandom)
+    _pump(driver, role, driver.connected(0.0), 0.0)
+    first = driver.session
+    assert driver.next_deadline() == 90.0  # lifetime 100, margin 10
+    hello = driver.tick(90.0)
+    assert len(hello) == 1 and driver.session is first  # data still flows under the old session
+    assert driver.seal("t", b"x", 90.0) is not None
+    _pump(driver, role, hello, 90.0)
+    assert driver.session is not first and driver.stats["authenticated"] == 2
+    assert driver.seal("t", b"x", 500.0) is None  # expired sessions send nothing
