@@ -179,6 +179,8 @@ async def cmd_show_device(args: argparse.Namespace) -> int:
     async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
         record = await ledger.device(dev)
         history = await ledger.history(dev)
+        gateway_ids = dict.fromkeys(e.args["gatewayId"] for e in history if e.name == "GatewayAuthorized")
+        grants = [await ledger.grant(dev, gw) for gw in gateway_ids if isinstance(gw, bytes)]
     if args.json:
         print(
             json.dumps(
@@ -208,6 +210,9 @@ async def cmd_show_device(args: argparse.Namespace) -> int:
     print(f"model         {model}")
     print(f"firmware      0x{record.firmware_hash.hex()}")
     print(f"policy        0x{record.policy_id.hex()}")
+    for g in grants:
+        status = "current" if g.current else "stale or withdrawn"
+        print(f"gateway       0x{g.gateway_id.hex()}: sealed key for epoch {g.epoch}, {status}")
     print("history:")
     for e in history:
         details = ", ".join(f"{k}={_short(v)}" for k, v in e.args.items() if k != "id")

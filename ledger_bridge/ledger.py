@@ -335,7 +335,8 @@ class Ledger:
     async def history(self, device_id: bytes) -> list[LedgerEvent]:
         """Every event about one device (both contracts), oldest first."""
         topic = "0x" + check_device_id(device_id).ljust(32, b"\0").hex()
-        return await self.events(device_topic=topic)
+        # the first indexed topic is also a gateway or policy id in some events: keep only this device's
+        return [e for e in await self.events(device_topic=topic) if e.args.get("id") == device_id]
 
     async def events(
         self,

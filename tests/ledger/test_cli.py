@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger_bridge import cli
+from ledger_bridge import Ledger, cli, load_signer
 
 from .helpers import claim_code, device_id
 
@@ -36,7 +37,7 @@ def actors(
 ) -> dict[str, tuple[Path, str]]:
     monkeypatch.setenv(cli.PASSPHRASE_ENV, PASS)
     made = {}
-    for name in ("admin", "manufacturer", "owner"):
+    for name in ("admin", "manufacturer", "owner", "operator", "gateway"):
         path = tmp_path / f"{name}.json"
         code, out, _ = run(
             capsys, "keys", "create", "--out", str(path), "--label", name, "--scrypt-n", "1024"
@@ -131,19 +132,79 @@ def test_cli_full_flow_with_bad_csv_rows(
     code, out, err = run(capsys, *ch, "--keystore", str(owner[0]), "decommission", good[2].hex())
     assert code == 1 and "is Manufactured, cannot decommission" in err
 
+    # gateways: the operator registers one, the owner publishes its sealed key, then withdraws it
+    operator, gateway = actors["operator"], actors["gateway"]
+    assert run(capsys, *ch, "--keystore", str(admin[0]), "grant-role", "operator", operator[1])[0] == 0
+    x25519 = "0x" + os.urandom(32).hex()
+    code, _, err = run(
+        capsys,
+        *ch,
+        "--keystore",
+        str(operator[0]),
+        "register-gateway",
+        "gw-1",
+        "--x25519",
+        x25519,
+        "--account",
+        gateway[1],
+    )
+    assert code == 0, err
+    code, _, err = run(
+        capsys,
+        *ch,
+        "--keystore",
+        str(owner[0]),
+        "authorize-gateway",
+        dev,
+        "gw-1",
+        "--sealed-key",
+        os.urandom(80).hex(),
+        "--commitment",
+        "0x" + hashlib.sha256(b"k").hexdigest(),
+    )
+    assert code == 0, err
+    gw_hex = b"gw-1".ljust(32, b"\0").hex()
+    code, out, _ = run(capsys, *ch, "show", "device", dev)
+    assert f"gateway       0x{gw_hex}: sealed key for epoch 0, current" in out
+    assert run(capsys, *ch, "--keystore", str(owner[0]), "deauthorize-gateway", dev, "gw-1")[0] == 0
+
     code, out, _ = run(capsys, *ch, "show", "device", dev)
     assert code == 0
-    assert "state         Active (epoch 0)" in out
+    assert "state         Active (epoch 1)" in out
     assert f"owner         {owner[1]}" in out
+    assert f"gateway       0x{gw_hex}: sealed key for epoch 0, stale or withdrawn" in out
     assert [line.split()[2] for line in out.splitlines() if line.startswith("  block")] == [
         "DeviceRegistered",
         "DeviceClaimed",
         "DeviceActivated",
         "DeviceSuspended",
         "DeviceActivated",
+        "GatewayAuthorized",
+        "GatewayDeauthorized",
     ]
     code, out, _ = run(capsys, *ch, "show", "device", dev, "--json")
     assert json.loads(out)["device"]["state"] == "Active"
+
+    # an anchor made by the gateway's own key verifies; a wrong expectation does not
+    root = os.urandom(32)
+
+    async def anchor() -> None:
+        backend = cli._backend(cli.build_parser().parse_args([*ch, "show", "device", dev]))
+        async with Ledger(
+            backend=backend, channel=cli._channel(cli.build_parser().parse_args([*ch, "show", "device", dev]))
+        ) as led:
+            signer = load_signer(gateway[0], PASS)
+            await led.actor(signer).anchor(
+                b"gw-1".ljust(32, b"\0"), merkle_root=root, count=4, first_seq=1, last_seq=4
+            )
+
+    asyncio.run(anchor())
+    code, out, _ = run(
+        capsys, *ch, "verify-anchor", "0x" + root.hex(), "--gateway-id", "gw-1", "--count", "4"
+    )
+    assert code == 0 and out.strip().endswith("verified") and "4 records, sequence 1..4" in out
+    code, out, _ = run(capsys, *ch, "verify-anchor", "0x" + root.hex(), "--count", "5")
+    assert code == 1 and "MISMATCH: count differs (expected 5)" in out
 
     code, out, err = run(capsys, *ch, "verify-anchor", "0x" + os.urandom(32).hex())
     assert code == 1 and "UnknownAnchor" in err
