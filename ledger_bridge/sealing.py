@@ -42,7 +42,7 @@ class SealError(Exception):
 
 
 def _context(device_id: bytes, gateway_id: bytes, epoch: int) -> bytes:
-    return device_id + lp(gateway_id) + epoch.to_bytes(4, "big")
+    return bytes(device_id + lp(gateway_id) + epoch.to_bytes(4, "big"))
 
 
 def _box_key(shared: bytes, eph_pub: bytes, gw_pub: bytes, context: bytes) -> bytes:

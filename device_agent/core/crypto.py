@@ -45,7 +45,7 @@ try:
         return _c_hmac(key, msg, name)
 
 except ImportError:  # MicroPython
-    hmac_digest = _pure_hmac
+    hmac_digest = _pure_hmac  # type: ignore[assignment]
     ct_equal = _pure_equal
 
 

@@ -1,0 +1,159 @@
+"""The devices one gateway serves: protocol entries built from the identity index and its sealed keys.
+
+A device is servable when the index says it is Active and holds a grant for this gateway at the
+device's current epoch; its K_dg and broker password are unsealed with the gateway's X25519 key and
+checked against the ledger's key commitment; its counter floor comes from the durable counter store.
+``refresh`` turns the index's pushed changes into two lists: devices to cut off at the broker, and
+enrolments (new devices, and devices whose epoch moved: their live connection is replaced).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from device_agent.core.gateway import DeviceEntry, GatewayRole
+from ledger_bridge.index import DeviceView, IdentityIndex
+from ledger_bridge.sealing import SealError, unseal
+
+from .broker import BrokerSecret, Enroll
+from .counters import CounterStore
+from .settings import ProtocolSettings
+
+log = logging.getLogger("diams.gateway.devices")
+
+
+class BufferedRandom:
+    """os.urandom read in 4 KiB blocks: the same CSPRNG, one syscall per 512 nonces."""
+
+    def __init__(self, block: int = 4096) -> None:
+        self._block = block
+        self._buf = b""
+        self._pos = 0
+
+    def __call__(self, n: int) -> bytes:
+        if self._pos + n > len(self._buf):
+            self._buf, self._pos = os.urandom(max(self._block, n)), 0
+        out = self._buf[self._pos : self._pos + n]
+        self._pos += n
+        return out
+
+    def __repr__(self) -> str:
+        return "BufferedRandom()"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Served:
+    """What the gateway holds for one device besides the protocol entry."""
+
+    epoch: int
+    commitment: bytes
+    broker_secret: BrokerSecret
+    publish: frozenset[str]
+
+
+class DeviceTable:
+    def __init__(
+        self,
+        *,
+        gateway_id: bytes,
+        index: IdentityIndex,
+        counters: CounterStore,
+        private_key: X25519PrivateKey,
+        protocol: ProtocolSettings,
+    ) -> None:
+        self.gateway_id = gateway_id
+        self.index = index
+        self.counters = counters
+        self._key = private_key
+        self._lifetime = protocol.session_lifetime
+        self.entries: dict[bytes, DeviceEntry] = {}
+        self.served: dict[bytes, Served] = {}
+        self.unseal_errors = 0
+        self.role = GatewayRole(
+            gateway_id,
+            self.entries.get,
+            BufferedRandom(),
+            window=protocol.window,
+            proof_timeout=protocol.proof_timeout,
+            max_pending=protocol.max_pending,
+        )
+
+    def __repr__(self) -> str:
+        return f"DeviceTable({self.gateway_id.decode()}, {len(self.entries)} devices)"
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def load_all(self) -> None:
+        for did in self.index.servable_ids():
+            view = self.index.device(did)
+            if view is not None:
+                self._load(view)
+
+    def _load(self, view: DeviceView) -> bool:
+        grant = view.grant
+        assert grant is not None
+        did = view.device_id
+        try:
+            keys = unseal(grant.sealed_key, self._key, did, self.gateway_id, view.epoch, grant.key_commitment)
+        except SealError as exc:
+            self.unseal_errors += 1
+            log.error("device %s: %s; not served", did.hex(), exc)
+            self._forget(did)
+            return False
+        floor = self.counters.floor(did, view.epoch)
+        self.entries[did] = DeviceEntry(did, keys.k_dg, view.epoch, True, floor, self._lifetime)
+        self.served[did] = Served(
+            epoch=view.epoch,
+            commitment=grant.key_commitment,
+            broker_secret=BrokerSecret(keys.broker_password.hex()),
+            publish=frozenset(view.publish),
+        )
+        return True
+
+    def _forget(self, did: bytes) -> None:
+        self.entries.pop(did, None)
+        self.served.pop(did, None)
+
+    def enrollments(self) -> list[Enroll]:
+        return [Enroll(device_id=d.hex(), secret=s.broker_secret) for d, s in self.served.items()]
+
+    def quarantine(self, did: bytes) -> None:
+        """Stop serving a device locally (clone detected) until the ledger says otherwise."""
+        entry = self.entries.get(did)
+        if entry is not None:
+            entry.active = False
+
+    def refresh(self, changed: Iterable[bytes]) -> tuple[list[bytes], list[Enroll]]:
+        """Apply the index's changes -> (devices to cut off, enrolments to apply)."""
+        cut: list[bytes] = []
+        enroll: list[Enroll] = []
+        for did in changed:
+            old = self.served.get(did)
+            view = self.index.device(did)
+            if view is None or not view.servable:
+                if old is not None:
+                    self._forget(did)
+                    cut.append(did)
+                continue
+            assert view.grant is not None
+            if old is not None and old.epoch == view.epoch and old.commitment == view.grant.key_commitment:
+                self.served[did] = Served(
+                    epoch=old.epoch,
+                    commitment=old.commitment,
+                    broker_secret=old.broker_secret,
+                    publish=frozenset(view.publish),
+                )
+                continue
+            if self._load(view):
+                if old is not None:
+                    cut.append(did)  # new epoch or key: end the session, the device re-authenticates
+                enroll.append(Enroll(device_id=did.hex(), secret=self.served[did].broker_secret))
+            elif old is not None:
+                cut.append(did)
+        return cut, enroll

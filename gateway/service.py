@@ -1,0 +1,399 @@
+"""The gateway daemon: ``async with Gateway(settings) as gw: await gw.serve()``.
+
+Strategy: one asyncio process. Inbound MQTT messages are handled synchronously in the client's
+callback (``traffic.Traffic``): defence checks, the sans-IO gateway role, and replies; the only
+waits are group commits of OTP counters, which delay the challenge of their loop turn. Everything
+slow runs in background tasks under one TaskGroup: MQTT (re)connection, the identity index sync
+(which pushes ledger changes, losses of rights first, into the device table and the broker), expiry
+sweeps, audit anchoring on chain, the HTTP health endpoints and the systemd watchdog.
+The chain is never called on the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ledger_bridge.index import IdentityIndex, LedgerSource, SyncReport
+from ledger_bridge.sealing import load_gateway_key
+
+from .audit import AuditLog
+from .broker import (
+    AuthorizeGateway,
+    BrokerEnforcer,
+    BrokerSecret,
+    MosquittoEnforcer,
+    gateway_username,
+    sighup_reloader,
+)
+from .counters import CounterStore
+from .devices import DeviceTable
+from .mqtt import MqttClient, MqttError
+from .ops import HealthServer, Metrics, sd_notify, watchdog_interval
+from .settings import GatewaySettings
+from .traffic import Traffic
+
+log = logging.getLogger("diams.gateway")
+
+
+class GatewayError(Exception):
+    """The gateway cannot start or run (the message says why)."""
+
+
+def _read_secret_file(path: Path) -> str:
+    if path.stat().st_mode & 0o077:
+        raise GatewayError(f"{path} must not be readable by group or others (chmod 600)")
+    return path.read_text().strip()
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        ledger: Any = None,
+        actor: Any = None,
+        enforcer: BrokerEnforcer | None = None,
+        broker_password: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        """``ledger``: an open ``ledger_bridge.Ledger`` (else built from settings); ``actor``: the
+        gateway account's ActorHandle for anchors and clone alerts (else from the keystore)."""
+        self.settings = settings
+        self.metrics = Metrics()
+        self._ledger = ledger
+        self._actor = actor
+        self._enforcer = enforcer
+        self._broker_password = broker_password
+        self._clock = clock
+        self._random = random_bytes
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._stopping = asyncio.Event()
+        self.mqtt: MqttClient | None = None
+        self.mqtt_connected = asyncio.Event()
+        self.ledger_ok = False
+        self.health: HealthServer | None = None
+
+    def __repr__(self) -> str:
+        return f"Gateway({self.settings.gateway_id!r})"
+
+    # ---- lifecycle ----
+    async def __aenter__(self) -> Gateway:
+        s = self.settings
+        try:
+            s.state_dir.mkdir(parents=True, exist_ok=True)
+            self.counters = CounterStore(s.state_dir / "counters.sqlite")
+            self._stack.callback(self.counters.close)
+            self.audit = AuditLog(s.state_dir / "audit.log", fsync_interval=s.audit_fsync_interval)
+            self._stack.callback(self.audit.close)
+            self.index = IdentityIndex(
+                s.state_dir / "index.sqlite",
+                gateway_id=s.gateway_id_bytes,
+                confirmations=s.ledger.confirmations,
+                start_block=s.ledger.deployed_block,
+            )
+            self._stack.callback(self.index.close)
+            private_key = load_gateway_key(s.key_file)
+            if self._ledger is None:
+                self._ledger = await self._stack.enter_async_context(self._build_ledger())
+            if self._actor is None and s.ledger.keystore is not None:
+                from ledger_bridge import load_signer
+
+                assert s.ledger.passphrase_file is not None, (
+                    "ledger.passphrase_file is required with a keystore"
+                )
+                signer = load_signer(s.ledger.keystore, _read_secret_file(s.ledger.passphrase_file))
+                self._actor = self._ledger.actor(signer)
+            self._source = LedgerSource(self._ledger)
+            if self._enforcer is None and s.enforcement.mode == "mosquitto":
+                self._enforcer = self._build_enforcer()
+            if self._enforcer is not None:
+                await self._stack.enter_async_context(self._enforcer)
+            if self._broker_password is None and s.broker.password_file is not None:
+                self._broker_password = _read_secret_file(s.broker.password_file)
+            self.devices = DeviceTable(
+                gateway_id=s.gateway_id_bytes,
+                index=self.index,
+                counters=self.counters,
+                private_key=private_key,
+                protocol=s.protocol,
+            )
+            self.traffic = Traffic(self)
+            self.index.subscribe(self._on_ledger_changes)
+            await self._initial_sync()
+            await self._enroll_everyone()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stopping.set()
+        sd_notify("STOPPING=1")
+        if self.mqtt is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.mqtt.close(), 2)
+        await self._stack.aclose()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def serve(self, *, ready: Callable[[], None] | None = None) -> None:
+        """Run until ``stop()`` or cancellation. ``ready`` is called once connected and subscribed."""
+        s = self.settings
+        if s.http.port or s.http.port == 0:
+            self.health = HealthServer(s.http.host, s.http.port, self.metrics, self.readiness)
+            await self.health.start()
+            self._stack.push_async_callback(self.health.stop)
+        self.metrics.gauge("sessions", lambda: len(self.traffic.sessions), "authenticated sessions")
+        self.metrics.gauge(
+            "pending_handshakes", lambda: self.devices.role.pending, "handshakes awaiting PROOF"
+        )
+        self.metrics.gauge("devices_servable", lambda: len(self.devices), "devices this gateway may serve")
+        self.metrics.gauge("index_staleness_seconds", self.index.staleness, "since the last ledger sync")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tasks = tg
+                tg.create_task(self._mqtt_loop(ready))
+                tg.create_task(self._sync_loop())
+                tg.create_task(self._sweep_loop())
+                tg.create_task(self._anchor_loop())
+                tg.create_task(self._watchdog_loop())
+                await self._stopping.wait()
+                raise _Stop
+        except* _Stop:
+            pass
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.mqtt_connected.is_set():
+            return False, "broker: not connected"
+        staleness = self.index.staleness()
+        if staleness > self.settings.offline.max_staleness:
+            return (
+                False,
+                f"ledger: index {staleness:.0f}s stale (bound {self.settings.offline.max_staleness:.0f}s)",
+            )
+        return True, "ready" if self.ledger_ok else "ready (ledger unreachable: serving from the index)"
+
+    # ---- builders ----
+    def _build_ledger(self) -> Any:
+        from ledger_bridge import Channel, Ledger, RpcBackend
+
+        s = self.settings.ledger
+        if s.mode == "rpc":
+            backend: Any = RpcBackend(url=s.url, name="rpc")
+        else:
+            from ledger_bridge.embedded import EmbeddedBackend
+
+            assert s.path is not None
+            backend = EmbeddedBackend(s.path)
+        channel = Channel(registry=s.registry, auth_log=s.auth_log, deployed_block=s.deployed_block)
+        return Ledger(backend=backend, channel=channel)
+
+    def _build_enforcer(self) -> MosquittoEnforcer:
+        e = self.settings.enforcement
+        assert e.password_file is not None and e.acl_file is not None
+        if e.pid_file is None:
+            raise GatewayError("enforcement.pid_file is required to signal mosquitto")
+        return MosquittoEnforcer(
+            password_file=e.password_file,
+            acl_file=e.acl_file,
+            reload=sighup_reloader(e.pid_file),
+            broker_address=(self.settings.broker.host, self.settings.broker.port),
+            rights=e.rights,  # type: ignore[arg-type]
+            file_group=e.file_group,
+        )
+
+    # ---- ledger ----
+    async def _initial_sync(self) -> None:
+        try:
+            await asyncio.wait_for(self.index.sync(self._source), 30)
+            self.ledger_ok = True
+        except Exception as exc:  # offline start: serve from the index as it is
+            log.warning(
+                "ledger unreachable at start (%s); serving %d devices from the index",
+                type(exc).__name__,
+                len(self.index.servable_ids()),
+            )
+        self.devices.load_all()
+
+    async def _enroll_everyone(self) -> None:
+        if self._enforcer is None:
+            return
+        changes: list[Any] = []
+        if self._broker_password is not None:
+            changes.append(
+                AuthorizeGateway(
+                    gateway_id=self.settings.gateway_id, secret=BrokerSecret(self._broker_password)
+                )
+            )
+        changes += self.devices.enrollments()
+        await self._enforcer.apply(changes)
+
+    def _on_ledger_changes(self, report: SyncReport) -> None:
+        cut, enroll = self.devices.refresh(report.changed)
+        for did in cut:
+            self.traffic.drop_session(did, "ledger")
+            self.audit.append("cut_off", device=did.hex(), block=report.to_block)
+            self.metrics.inc("cut_off")
+        if self._enforcer is not None and (cut or enroll) and self._tasks is not None:
+            self._tasks.create_task(self._apply_changes(cut, enroll))
+
+    def cut_off(self, device_ids: list[bytes]) -> None:
+        """Cut devices off at the broker now (in the background)."""
+        if self._enforcer is not None and self._tasks is not None and device_ids:
+            self._tasks.create_task(self._apply_changes(device_ids, []))
+
+    async def _apply_changes(self, cut: list[bytes], enroll: list[Any]) -> None:
+        from .broker import CutOff
+
+        assert self._enforcer is not None
+        try:
+            await self._enforcer.apply([CutOff(device_id=d.hex()) for d in cut] + enroll)
+        except Exception:
+            log.exception("broker enforcement failed; retried at the next ledger change")
+            self.metrics.inc("enforcement_errors")
+
+    async def _sync_loop(self) -> None:
+        interval = self.settings.ledger.poll_interval
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self.index.sync(self._source), 30)
+                if not self.ledger_ok:
+                    log.info("ledger reachable again; index at block %d", self.index.watermark)
+                self.ledger_ok = True
+            except Exception as exc:
+                if self.ledger_ok:
+                    log.warning(
+                        "ledger unreachable (%s: %s); serving from the index", type(exc).__name__, exc
+                    )
+                self.ledger_ok = False
+                self.metrics.inc("ledger_sync_errors")
+                await asyncio.sleep(min(5.0, interval * 10))
+            await asyncio.sleep(interval)
+
+    async def _anchor_loop(self) -> None:
+        while not self._stopping.is_set():
+            await asyncio.sleep(self.settings.ledger.anchor_interval)
+            await self.anchor_now()
+
+    async def anchor_now(self) -> str | None:
+        """Anchor the audit records not yet on chain; -> transaction hash, or None."""
+        anchor = self.audit.next_anchor()
+        if anchor is None or self._actor is None:
+            return None
+        from ledger_bridge.index import onchain_gateway_id
+
+        try:
+            tx = await self._actor.anchor(
+                onchain_gateway_id(self.settings.gateway_id_bytes),
+                merkle_root=anchor.root,
+                count=anchor.count,
+                first_seq=anchor.first_seq,
+                last_seq=anchor.last_seq,
+            )
+        except Exception as exc:
+            log.warning("audit anchor failed (%s); retried next interval", exc)
+            self.metrics.inc("anchor_errors")
+            return None
+        self.audit.mark_anchored(anchor, tx.transaction_hash)
+        self.metrics.inc("anchors")
+        return str(tx.transaction_hash)
+
+    async def report_clone(self, device_id: bytes, counter: int) -> None:
+        if self._actor is None:
+            return
+        from ledger_bridge.index import onchain_gateway_id
+
+        try:
+            await self._actor.clone_alert(
+                device_id, onchain_gateway_id(self.settings.gateway_id_bytes), counter=counter
+            )
+        except Exception as exc:
+            log.warning("clone alert for %s not recorded on chain: %s", device_id.hex(), exc)
+            self.metrics.inc("clone_alert_errors")
+
+    def background(self, coro: Any) -> None:
+        if self._tasks is not None:
+            self._tasks.create_task(coro)
+        else:
+            coro.close()
+
+    # ---- MQTT ----
+    async def _mqtt_loop(self, ready: Callable[[], None] | None) -> None:
+        b = self.settings.broker
+        username = b.username or gateway_username(self.settings.gateway_id)
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                client = await MqttClient.connect(
+                    b.host,
+                    b.port,
+                    client_id=username,
+                    username=username,
+                    password=self._broker_password,
+                    on_message=self.traffic.on_message,
+                    keepalive=b.keepalive,
+                    timeout=b.connect_timeout,
+                )
+                await client.subscribe(self.traffic.subscriptions())
+            except MqttError as exc:
+                attempt += 1
+                delay = random.uniform(0, min(10.0, 0.2 * 2 ** min(attempt, 6)))
+                log.warning("broker: %s; retrying in %.1fs", exc, delay)
+                self.metrics.inc("mqtt_connect_errors")
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            self.mqtt = client
+            self.mqtt_connected.set()
+            self.metrics.inc("mqtt_connects")
+            log.info("broker connected as %s; serving %d devices", username, len(self.devices))
+            if ready is not None:
+                sd_notify("READY=1")
+                ready()
+                ready = None
+            await asyncio.shield(client.closed)
+            self.mqtt_connected.clear()
+            if not self._stopping.is_set():
+                log.warning("broker connection lost; reconnecting")
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+        client = self.mqtt
+        if client is None or not client.is_open:
+            self.metrics.inc("publish_dropped", "disconnected")
+            return False
+        try:
+            client.publish(topic, payload, qos=qos)
+        except MqttError:
+            self.metrics.inc("publish_dropped", "disconnected")
+            return False
+        return True
+
+    # ---- housekeeping ----
+    async def _sweep_loop(self) -> None:
+        while not self._stopping.is_set():
+            await asyncio.sleep(1.0)
+            self.traffic.sweep(self._clock())
+            self.audit.sync()
+
+    async def _watchdog_loop(self) -> None:
+        interval = watchdog_interval()
+        if interval is None:
+            return
+        while not self._stopping.is_set():
+            sd_notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+
+class _Stop(Exception):
+    pass

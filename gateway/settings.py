@@ -1,0 +1,242 @@
+"""Gateway configuration: frozen keyword-only values, loaded once from TOML plus environment.
+
+Environment overrides use ``DIAMS_GATEWAY_<SECTION>_<KEY>`` (e.g. ``DIAMS_GATEWAY_BROKER_PORT=1884``).
+Every value is checked when built; a bad one raises ``SettingsError`` naming the key and the rule.
+Secrets are never values here, only paths to 0600 files (or systemd credentials).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "DIAMS_GATEWAY_"
+_GATEWAY_ID = re.compile(r"[a-z0-9-]{1,32}")
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or invalid (the message names it)."""
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise SettingsError(f"{name} must be positive, got {value}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrokerSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = ""
+    password_file: Path | None = None  # 0600 file holding the gateway's broker password
+    keepalive: int = 30
+    connect_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"broker.port must be 1..65535, got {self.port}")
+        _positive("broker.connect_timeout", self.connect_timeout)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnforcementSettings:
+    mode: str = "mosquitto"  # "mosquitto" (password + ACL files, SIGHUP) or "none" (another party enforces)
+    password_file: Path | None = None
+    acl_file: Path | None = None
+    pid_file: Path | None = None  # the broker's pid file, for SIGHUP
+    file_group: str | None = None
+    rights: str = "patterns"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("mosquitto", "none"):
+            raise SettingsError(f"enforcement.mode must be 'mosquitto' or 'none', got {self.mode!r}")
+        if self.mode == "mosquitto" and (self.password_file is None or self.acl_file is None):
+            raise SettingsError("enforcement.mode = 'mosquitto' needs enforcement.password_file and acl_file")
+        if self.rights not in ("patterns", "per_device"):
+            raise SettingsError(f"enforcement.rights must be 'patterns' or 'per_device', got {self.rights!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerSettings:
+    mode: str = "embedded"  # "embedded" (a local py-evm chain file) or "rpc" (any EVM JSON-RPC node)
+    path: Path | None = None  # embedded chain file
+    url: str = ""  # rpc
+    registry: str = ""  # channel contract addresses
+    auth_log: str = ""
+    deployed_block: int = 0
+    keystore: Path | None = None  # the gateway account's keystore (anchors, clone alerts)
+    passphrase_file: Path | None = None
+    confirmations: int = 0
+    poll_interval: float = 0.2
+    anchor_interval: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("embedded", "rpc"):
+            raise SettingsError(f"ledger.mode must be 'embedded' or 'rpc', got {self.mode!r}")
+        if self.mode == "rpc" and not self.url:
+            raise SettingsError("ledger.mode = 'rpc' needs ledger.url")
+        if self.mode == "embedded" and self.path is None:
+            raise SettingsError("ledger.mode = 'embedded' needs ledger.path")
+        if self.confirmations < 0:
+            raise SettingsError("ledger.confirmations must be >= 0")
+        _positive("ledger.poll_interval", self.poll_interval)
+        _positive("ledger.anchor_interval", self.anchor_interval)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProtocolSettings:
+    window: int = 100
+    proof_timeout: float = 10.0
+    session_lifetime: int = 3600
+    max_pending: int = 65536
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.window <= 100_000:
+            raise SettingsError(f"protocol.window must be 1..100000, got {self.window}")
+        _positive("protocol.proof_timeout", self.proof_timeout)
+        if not 10 <= self.session_lifetime <= 7 * 86400:
+            raise SettingsError("protocol.session_lifetime must be 10 s .. 7 days")
+        if self.max_pending < 1:
+            raise SettingsError("protocol.max_pending must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DefenceSettings:
+    device_rate: float = 2.0  # handshake messages per second per device (sustained)
+    device_burst: int = 6
+    global_rate: float = 20_000.0  # handshake messages per second, all devices
+    global_burst: int = 40_000
+    lockout_after: int = 5  # consecutive failed handshakes before a lockout
+    lockout_base: float = 1.0  # seconds, doubled per further failure
+    lockout_max: float = 300.0
+    clone_quarantine: bool = True  # cut a device off locally when a clone is detected
+    max_tracked_devices: int = 200_000
+
+    def __post_init__(self) -> None:
+        for name in ("device_rate", "global_rate", "lockout_base", "lockout_max"):
+            _positive(f"defence.{name}", getattr(self, name))
+        if self.device_burst < 1 or self.global_burst < 1 or self.lockout_after < 1:
+            raise SettingsError("defence bursts and lockout_after must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OfflineSettings:
+    max_staleness: float = 3600.0  # seconds a known device may authenticate from an index not synced
+
+    def __post_init__(self) -> None:
+        _positive("offline.max_staleness", self.max_staleness)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 9464  # 0 disables /healthz, /readyz and /metrics
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise SettingsError(f"http.port must be 0..65535, got {self.port}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewaySettings:
+    gateway_id: str
+    state_dir: Path
+    key_file: Path  # the gateway's X25519 private key (0600)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    enforcement: EnforcementSettings = field(default_factory=lambda: EnforcementSettings(mode="none"))
+    ledger: LedgerSettings = field(
+        default_factory=lambda: LedgerSettings(mode="rpc", url="http://127.0.0.1:8545")
+    )
+    protocol: ProtocolSettings = field(default_factory=ProtocolSettings)
+    defence: DefenceSettings = field(default_factory=DefenceSettings)
+    offline: OfflineSettings = field(default_factory=OfflineSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    audit_fsync_interval: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not _GATEWAY_ID.fullmatch(self.gateway_id):
+            raise SettingsError(f"gateway_id must be 1-32 characters of [a-z0-9-], got {self.gateway_id!r}")
+
+    @property
+    def gateway_id_bytes(self) -> bytes:
+        return self.gateway_id.encode()
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "broker": BrokerSettings,
+    "enforcement": EnforcementSettings,
+    "ledger": LedgerSettings,
+    "protocol": ProtocolSettings,
+    "defence": DefenceSettings,
+    "offline": OfflineSettings,
+    "http": HttpSettings,
+}
+
+
+def _coerce(cls: type[Any], key: str, value: Any, where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if key not in fields:
+        raise SettingsError(f"unknown setting {where}{key}")
+    kind = str(fields[key].type)
+    try:
+        if "Path" in kind:
+            return None if value in ("", None) else Path(value)
+        if kind.startswith("bool"):
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+        if kind.startswith("int"):
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        if kind.startswith("str | None"):
+            return None if value in ("", None) else str(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{where}{key}: cannot use {value!r} as {kind}") from None
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> GatewaySettings:
+    """Read the TOML file (if any), apply environment overrides, and validate everything."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise SettingsError(f"cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: {exc}") from None
+    sections: dict[str, dict[str, Any]] = {name: dict(raw.pop(name, {}) or {}) for name in _SECTIONS}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        rest = key[len(ENV_PREFIX) :].lower()
+        section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            raw[rest] = value
+        else:
+            sections[section][rest[len(section) + 1 :]] = value
+    top = {f.name: f for f in dataclasses.fields(GatewaySettings)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in top or key in _SECTIONS:
+            raise SettingsError(f"unknown setting {key}")
+        kwargs[key] = _coerce(GatewaySettings, key, value, "")
+    for name, cls in _SECTIONS.items():
+        if sections[name]:
+            values = {k: _coerce(cls, k, v, f"{name}.") for k, v in sections[name].items()}
+            kwargs[name] = cls(**values)
+    for required in ("gateway_id", "state_dir", "key_file"):
+        if required not in kwargs:
+            raise SettingsError(
+                f"missing setting {required} (in the TOML file or {ENV_PREFIX}{required.upper()})"
+            )
+    try:
+        return GatewaySettings(**kwargs)
+    except TypeError as exc:
+        raise SettingsError(str(exc)) from None
