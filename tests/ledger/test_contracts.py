@@ -111,3 +111,18 @@ def test_keystore_round_trip_and_secrets_stay_out(tmp_path: Path) -> None:
         create_keystore(tmp_path / "weak.json", "x", scrypt_n=2)
     with pytest.raises(KeystoreError, match="empty passphrase"):
         create_keystore(tmp_path / "empty.json", "")
+
+
+def test_public_names_match_all() -> None:
+    import ledger_bridge
+
+    exported = set(ledger_bridge.__all__)
+    assert all(hasattr(ledger_bridge, name) for name in exported)
+    for module in ("errors", "model", "keystore", "backends", "ledger", "actor"):
+        mod = getattr(ledger_bridge, module)
+        public = {
+            n
+            for n, v in vars(mod).items()
+            if isinstance(v, type) and v.__module__ == mod.__name__ and not n.startswith("_")
+        }
+        assert public <= exported | {"Artifact"}, (module, public - exported)

@@ -189,3 +189,15 @@ async def test_anchor_rules(channel: Actors) -> None:
         await g.anchor(gw, merkle_root=root, count=1, first_seq=10, last_seq=10)
     with pytest.raises(LedgerRevert, match="UnknownAnchor"):
         await channel.ledger.anchor(os.urandom(32))
+
+
+@pytest.mark.asyncio
+async def test_history_ignores_other_ids_that_share_the_topic(channel: Actors) -> None:
+    dev = device_id(1, tag=0xAB)
+    await channel.manufacturer.register_device(registration(dev))
+    lookalike = dev.ljust(32, b"\0")  # a gateway id whose topic equals the device's
+    await channel.operator.register_gateway(
+        lookalike, x25519_public_key=os.urandom(32), account=channel.gateway.address
+    )
+    await channel.gateway.anchor(lookalike, merkle_root=os.urandom(32), count=1, first_seq=1, last_seq=1)
+    assert [e.name for e in await channel.ledger.history(dev)] == ["DeviceRegistered"]
