@@ -32,8 +32,8 @@ PRE_AUTH_PATTERNS = (
 )
 # rights="patterns": every enrolled device may also use its own data and command topics.
 DATA_PATTERNS = (
-    f"pattern write {PREFIX}/d/%u/+",
-    f"pattern read {PREFIX}/c/%u/+",
+    f"pattern write {PREFIX}/d/+/%u/+",
+    f"pattern read {PREFIX}/c/+/%u/+",
 )
 
 
@@ -78,17 +78,17 @@ def render_acl_file(
                 f"user {gateway_username(gateway_id, n)}",
                 f"topic read {PREFIX}/hs/{gateway_id}/+/up",
                 f"topic write {PREFIX}/hs/{gateway_id}/+/down",
-                f"topic read {PREFIX}/d/#",
+                f"topic read {PREFIX}/d/{gateway_id}/#",
                 f"topic write {PREFIX}/v/#",
-                f"topic write {PREFIX}/c/#",
+                f"topic write {PREFIX}/c/{gateway_id}/#",
                 "",
             ]
     for device_id, record in devices:
         if not per_device or record.streams is None:
             continue
         lines.append(f"user {device_id}")
-        lines.extend(f"topic write {PREFIX}/d/{device_id}/{stream}" for stream in record.streams)
-        lines.append(f"topic read {PREFIX}/c/{device_id}/+")
+        lines.extend(f"topic write {PREFIX}/d/+/{device_id}/{stream}" for stream in record.streams)
+        lines.append(f"topic read {PREFIX}/c/+/{device_id}/+")
         lines.append("")
     return "\n".join(lines)
 

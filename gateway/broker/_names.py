@@ -2,8 +2,8 @@
 
     diams/v1/hs/<gateway_id>/<device_id>/up     device publishes handshake messages
     diams/v1/hs/<gateway_id>/<device_id>/down   device subscribes to the gateway's answers
-    diams/v1/d/<device_id>/<stream>             device publishes data (after authentication)
-    diams/v1/c/<device_id>/<name>               device subscribes to commands (after authentication)
+    diams/v1/d/<gateway_id>/<device_id>/<stream>  device publishes data (after authentication)
+    diams/v1/c/<gateway_id>/<device_id>/<name>    device subscribes to commands (after authentication)
     diams/v1/v/<device_id>/<stream>             the gateway republishes verified data
 
 Every identifier is checked against a strict pattern before it reaches a topic, a password-file line
@@ -65,12 +65,13 @@ def handshake_down(gateway_id: str, device_id: str) -> str:
     return f"{PREFIX}/hs/{check_gateway_id(gateway_id)}/{check_device_id(device_id)}/down"
 
 
-def data_topic(device_id: str, stream: str) -> str:
-    return f"{PREFIX}/d/{check_device_id(device_id)}/{check_stream(stream)}"
+def data_topic(gateway_id: str, device_id: str, stream: str) -> str:
+    """Data travel to the gateway holding the session: several gateways may share one broker."""
+    return f"{PREFIX}/d/{check_gateway_id(gateway_id)}/{check_device_id(device_id)}/{check_stream(stream)}"
 
 
-def command_topic(device_id: str, name: str) -> str:
-    return f"{PREFIX}/c/{check_device_id(device_id)}/{check_command(name)}"
+def command_topic(gateway_id: str, device_id: str, name: str) -> str:
+    return f"{PREFIX}/c/{check_gateway_id(gateway_id)}/{check_device_id(device_id)}/{check_command(name)}"
 
 
 def verified_topic(device_id: str, stream: str) -> str:

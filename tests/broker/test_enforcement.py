@@ -27,6 +27,7 @@ from gateway.broker import (
     verified_topic,
 )
 from tests.broker.clients import Probe
+from tests.broker.conftest import GATEWAY_ID as GW
 from tests.broker.conftest import EnforcedBroker, running_enforced_broker
 from tests.conftest import require
 from tests.mosquitto import mosquitto_binary
@@ -60,19 +61,19 @@ async def test_before_auth_a_device_reaches_only_its_own_handshake_topics(enforc
     gw_id = enforced.gateway_id
     secrets = await enroll(enforced, D1, D2)
     gw = gateway_probe(enforced)
-    gw.subscribe(f"diams/v1/hs/{gw_id}/+/up", "diams/v1/d/#")
+    gw.subscribe(f"diams/v1/hs/{gw_id}/+/up", f"diams/v1/d/{GW}/#")
     d1 = device_probe(enforced, D1, secrets[D1])
     d2 = device_probe(enforced, D2, secrets[D2])
-    d1.subscribe(handshake_down(gw_id, D1), handshake_down(gw_id, D2), command_topic(D1, "reboot"))
+    d1.subscribe(handshake_down(gw_id, D1), handshake_down(gw_id, D2), command_topic(GW, D1, "reboot"))
 
     assert d1.publish(handshake_up(gw_id, D1), b"hello") == 0
     assert d1.publish(handshake_up(gw_id, D2), b"spoof").value == NOT_AUTHORIZED
-    assert d1.publish(data_topic(D1, "temp"), b"early").value == NOT_AUTHORIZED
+    assert d1.publish(data_topic(GW, D1, "temp"), b"early").value == NOT_AUTHORIZED
     assert [m.topic for m in gw.drain()] == [handshake_up(gw_id, D1)]
 
     gw.publish(handshake_down(gw_id, D1), b"for d1")
     gw.publish(handshake_down(gw_id, D2), b"for d2")
-    gw.publish(command_topic(D1, "reboot"), b"not yet")
+    gw.publish(command_topic(GW, D1, "reboot"), b"not yet")
     assert [m.payload for m in d1.drain()] == [b"for d1"]
     assert not d1.disconnected.is_set(), "a refused publish does not drop the connection (acl_file)"
     for p in (gw, d1, d2):
@@ -83,19 +84,19 @@ async def test_after_grant_a_device_publishes_only_its_policy_streams(enforced: 
     secrets = await enroll(enforced, D1, D2)
     await enforced.enforcer.grant(D1, ["temp", "hum"])
     gw = gateway_probe(enforced)
-    gw.subscribe("diams/v1/d/#")
+    gw.subscribe(f"diams/v1/d/{GW}/#")
     d1 = device_probe(enforced, D1, secrets[D1])
-    d1.subscribe(f"diams/v1/c/{D1}/+", f"diams/v1/c/{D2}/+", verified_topic(D1, "temp"))
+    d1.subscribe(f"diams/v1/c/{GW}/{D1}/+", f"diams/v1/c/{GW}/{D2}/+", verified_topic(D1, "temp"))
 
-    assert d1.publish(data_topic(D1, "temp")) == 0
-    assert d1.publish(data_topic(D1, "hum")) == 0
-    assert d1.publish(data_topic(D1, "gps")).value == NOT_AUTHORIZED  # stream not in its policy
-    assert d1.publish(data_topic(D2, "temp")).value == NOT_AUTHORIZED  # another device's topic
+    assert d1.publish(data_topic(GW, D1, "temp")) == 0
+    assert d1.publish(data_topic(GW, D1, "hum")) == 0
+    assert d1.publish(data_topic(GW, D1, "gps")).value == NOT_AUTHORIZED  # stream not in its policy
+    assert d1.publish(data_topic(GW, D2, "temp")).value == NOT_AUTHORIZED  # another device's topic
     assert d1.publish(verified_topic(D1, "temp")).value == NOT_AUTHORIZED  # only gateways vouch
-    assert sorted(m.topic for m in gw.drain()) == [data_topic(D1, "hum"), data_topic(D1, "temp")]
+    assert sorted(m.topic for m in gw.drain()) == [data_topic(GW, D1, "hum"), data_topic(GW, D1, "temp")]
 
-    gw.publish(command_topic(D1, "reboot"), b"mine")
-    gw.publish(command_topic(D2, "reboot"), b"not mine")
+    gw.publish(command_topic(GW, D1, "reboot"), b"mine")
+    gw.publish(command_topic(GW, D2, "reboot"), b"not mine")
     assert [m.payload for m in d1.drain()] == [b"mine"]
     assert not d1.disconnected.is_set()
     gw.close()
@@ -106,10 +107,10 @@ async def test_demote_keeps_the_connection_but_refuses_data(enforced: EnforcedBr
     secrets = await enroll(enforced, D1)
     await enforced.enforcer.grant(D1, ["temp"])
     d1 = device_probe(enforced, D1, secrets[D1])
-    assert d1.publish(data_topic(D1, "temp")).value == NO_SUBSCRIBERS  # allowed, nobody listening
+    assert d1.publish(data_topic(GW, D1, "temp")).value == NO_SUBSCRIBERS  # allowed, nobody listening
     await enforced.enforcer.demote(D1)
     await asyncio.sleep(0.1)  # the broker reloads on its next loop iteration after SIGHUP
-    assert d1.publish(data_topic(D1, "temp")).value == NOT_AUTHORIZED
+    assert d1.publish(data_topic(GW, D1, "temp")).value == NOT_AUTHORIZED
     assert d1.publish(handshake_up(enforced.gateway_id, D1)).value == NO_SUBSCRIBERS
     assert not d1.disconnected.is_set()
     d1.close()
@@ -159,11 +160,11 @@ async def test_mqtt311_devices_are_enforced_too(enforced: EnforcedBroker) -> Non
     secrets = await enroll(enforced, D1)
     await enforced.enforcer.grant(D1, ["temp"])
     gw = gateway_probe(enforced)
-    gw.subscribe("diams/v1/d/#")
+    gw.subscribe(f"diams/v1/d/{GW}/#")
     d1 = device_probe(enforced, D1, secrets[D1], v5=False)
-    d1.publish(data_topic(D1, "other"))  # v3.1.1 has no reason code: PUBACK, then nothing delivered
-    d1.publish(data_topic(D1, "temp"))
-    assert [m.topic for m in gw.drain()] == [data_topic(D1, "temp")]
+    d1.publish(data_topic(GW, D1, "other"))  # v3.1.1 has no reason code: PUBACK, then nothing delivered
+    d1.publish(data_topic(GW, D1, "temp"))
+    assert [m.topic for m in gw.drain()] == [data_topic(GW, D1, "temp")]
     assert not d1.disconnected.is_set()
     gw.close()
     d1.close()
@@ -237,16 +238,16 @@ async def test_patterns_mode_isolates_devices_and_needs_no_reload_for_grants(
     await env.enforcer.demote(D1)
     assert env.enforcer.reload_count == reloads, "grant and demote cost no reload in patterns mode"
     gw = gateway_probe(env)
-    gw.subscribe("diams/v1/d/#", f"diams/v1/hs/{env.gateway_id}/+/up")
+    gw.subscribe(f"diams/v1/d/{GW}/#", f"diams/v1/hs/{env.gateway_id}/+/up")
     d1 = device_probe(env, D1, secrets[D1])
-    d1.subscribe(f"diams/v1/c/{D1}/+", f"diams/v1/c/{D2}/+", handshake_down(env.gateway_id, D2))
-    assert d1.publish(data_topic(D1, "any")) == 0  # own topics: the gateway checks session MAC and policy
-    assert d1.publish(data_topic(D2, "temp")).value == NOT_AUTHORIZED
+    d1.subscribe(f"diams/v1/c/{GW}/{D1}/+", f"diams/v1/c/{GW}/{D2}/+", handshake_down(env.gateway_id, D2))
+    assert d1.publish(data_topic(GW, D1, "any")) == 0  # own topics: the gateway checks session MAC and policy
+    assert d1.publish(data_topic(GW, D2, "temp")).value == NOT_AUTHORIZED
     assert d1.publish(handshake_up(env.gateway_id, D2)).value == NOT_AUTHORIZED
     assert d1.publish(verified_topic(D1, "any")).value == NOT_AUTHORIZED
-    assert [m.topic for m in gw.drain()] == [data_topic(D1, "any")]
-    gw.publish(command_topic(D1, "reboot"), b"mine")
-    gw.publish(command_topic(D2, "reboot"), b"not mine")
+    assert [m.topic for m in gw.drain()] == [data_topic(GW, D1, "any")]
+    gw.publish(command_topic(GW, D1, "reboot"), b"mine")
+    gw.publish(command_topic(GW, D2, "reboot"), b"not mine")
     gw.publish(handshake_down(env.gateway_id, D2), b"not mine either")
     assert [m.payload for m in d1.drain()] == [b"mine"]
     started = time.monotonic()

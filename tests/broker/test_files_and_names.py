@@ -61,7 +61,7 @@ def test_bad_stream_names_are_refused(bad: str) -> None:
     with pytest.raises(InvalidIdentifier, match="invalid stream name"):
         Grant(device_id=DEV, streams=frozenset({"ok", bad}))
     with pytest.raises(InvalidIdentifier):
-        data_topic(DEV, bad)
+        data_topic("gw-1", DEV, bad)
 
 
 def test_a_stream_set_must_not_be_a_bare_string() -> None:
@@ -71,7 +71,7 @@ def test_a_stream_set_must_not_be_a_bare_string() -> None:
 
 def test_topics_and_usernames() -> None:
     assert handshake_up("gw-1", DEV) == f"diams/v1/hs/gw-1/{DEV}/up"
-    assert data_topic(DEV, "temp") == f"diams/v1/d/{DEV}/temp"
+    assert data_topic("gw-1", DEV, "temp") == f"diams/v1/d/gw-1/{DEV}/temp"
     assert gateway_username("gw-1") == "gateway-gw-1"
     assert gateway_username("gw-1", 2) == "gateway-gw-1.2"
 
@@ -167,7 +167,7 @@ def test_acl_lists_exactly_the_granted_topics(tmp_path: Path) -> None:
                     Grant(device_id=DEV, streams=frozenset({"temp", "hum"}))])
     enforcer.write_files()
     acl = enforcer.acl_file.read_text()
-    assert f"user {DEV}\ntopic write diams/v1/d/{DEV}/hum\ntopic write diams/v1/d/{DEV}/temp\n" in acl
+    assert f"user {DEV}\ntopic write diams/v1/d/+/{DEV}/hum\ntopic write diams/v1/d/+/{DEV}/temp\n" in acl
     assert "fedcba9876543210" not in acl  # enrolled only: covered by the two %u patterns
     assert "pattern write diams/v1/hs/+/%u/up\npattern read diams/v1/hs/+/%u/down\n\n" in acl
 
@@ -180,7 +180,7 @@ def test_patterns_mode_has_no_device_blocks(tmp_path: Path) -> None:
     enforcer.write_files()
     acl = enforcer.acl_file.read_text()
     assert DEV not in acl
-    assert "pattern write diams/v1/d/%u/+\npattern read diams/v1/c/%u/+\n" in acl
+    assert "pattern write diams/v1/d/+/%u/+\npattern read diams/v1/c/+/%u/+\n" in acl
     assert enforcer.streams_of(DEV) == {"temp"}
 
 
