@@ -63,6 +63,9 @@ RightsMode = Literal["patterns", "per_device"]
 
 def mosquitto_config_lines(password_file: Path, acl_file: Path) -> list[str]:
     """The mosquitto.conf lines this enforcer relies on."""
+    for path in (password_file, acl_file):
+        if any(c.isspace() for c in str(path)):
+            raise ValueError(f"mosquitto.conf cannot hold a path with whitespace: {str(path)!r}")
     return [
         "allow_anonymous false",
         f"password_file {password_file}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 from collections.abc import Callable
 
@@ -45,9 +46,9 @@ class BrokerSecret:
     __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, BrokerSecret) and hashlib.sha256(self._value.encode()).digest() == (
-            hashlib.sha256(other._value.encode()).digest()
-        )
+        if not isinstance(other, BrokerSecret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
 
     def __hash__(self) -> int:
         return hash(hashlib.sha256(self._value.encode()).digest())
