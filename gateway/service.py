@@ -233,7 +233,9 @@ class Gateway:
         if self._broker_password is not None:
             changes.append(
                 AuthorizeGateway(
-                    gateway_id=self.settings.gateway_id, secret=BrokerSecret(self._broker_password)
+                    gateway_id=self.settings.gateway_id,
+                    secret=BrokerSecret(self._broker_password),
+                    connections=self.settings.broker.accounts,
                 )
             )
         changes += self.devices.enrollments()

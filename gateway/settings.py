@@ -37,6 +37,7 @@ class BrokerSettings:
     password_file: Path | None = None  # 0600 file holding the gateway's broker password
     keepalive: int = 30
     connect_timeout: float = 10.0
+    accounts: int = 1  # broker usernames for this gateway: gateway-<id>, gateway-<id>.1, ... (local tools)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

@@ -79,7 +79,7 @@ def render_acl_file(
                 f"topic read {PREFIX}/hs/{gateway_id}/+/up",
                 f"topic write {PREFIX}/hs/{gateway_id}/+/down",
                 f"topic read {PREFIX}/d/{gateway_id}/#",
-                f"topic write {PREFIX}/v/#",
+                f"topic readwrite {PREFIX}/v/#",
                 f"topic write {PREFIX}/c/{gateway_id}/#",
                 "",
             ]

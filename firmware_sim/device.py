@@ -1,0 +1,162 @@
+"""One simulated device: the real protocol core (device role) over the lean asyncio MQTT client.
+
+It behaves as the firmware would: its counter only grows, it authenticates with one gateway at a
+time, sends MAC'd data, and verifies commands. Misbehaviours for attack scenarios are explicit
+methods (replaying a captured message, using a cloned identity, lying about its firmware).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from device_agent.core import events
+from device_agent.core.device import DeviceRole
+from device_agent.core.keys import gateway_key
+from gateway.mqtt import MqttClient
+from ledger_bridge.enrollment import ProvisionedDevice
+
+
+@dataclass
+class DeviceStats:
+    handshakes: int = 0
+    authenticated: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    commands: list[bytes] = field(default_factory=list)
+    commands_refused: int = 0
+
+
+class SimDevice:
+    def __init__(
+        self,
+        identity: ProvisionedDevice,
+        *,
+        gateway_id: str,
+        host: str,
+        port: int,
+        epoch: int = 0,
+        counter: int = 0,
+        firmware_hash: bytes | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.identity = identity
+        self.device_id = identity.device_id
+        self.hex = self.device_id.hex()
+        self.gateway_id = gateway_id
+        self.host, self.port = host, port
+        self.epoch = epoch
+        self.counter = counter
+        self.firmware_hash = firmware_hash or identity.firmware_hash
+        self._clock = clock
+        self.client: MqttClient | None = None
+        self.role: DeviceRole | None = None
+        self.session = None
+        self.stats = DeviceStats()
+        self.sent_messages: list[bytes] = []  # what an eavesdropper on the up topic would capture
+        self._outcome: asyncio.Future[object] | None = None
+        self._started = 0.0
+
+    def __repr__(self) -> str:
+        return f"SimDevice({self.hex} -> {self.gateway_id})"
+
+    @property
+    def up(self) -> str:
+        return f"diams/v1/hs/{self.gateway_id}/{self.hex}/up"
+
+    @property
+    def down(self) -> str:
+        return f"diams/v1/hs/{self.gateway_id}/{self.hex}/down"
+
+    async def connect(self, *, timeout: float = 10.0) -> None:
+        self.client = await MqttClient.connect(
+            self.host,
+            self.port,
+            client_id=self.hex,
+            username=self.hex,
+            password=self.identity.broker_password(),
+            on_message=self._on_message,
+            keepalive=120,
+            timeout=timeout,
+        )
+        await self.client.subscribe([(self.down, 1), (f"diams/v1/c/{self.gateway_id}/{self.hex}/+", 1)])
+
+    def _key(self) -> bytes:
+        return bytes(
+            gateway_key(
+                self.identity.secret, self.device_id, self.gateway_id.encode(), self.epoch, self.firmware_hash
+            )
+        )
+
+    async def authenticate(self, *, timeout: float = 5.0) -> object:
+        """One handshake; -> the final event (Authenticated, or Rejected with a reason)."""
+        assert self.client is not None
+        self.counter += 1
+        self.role = DeviceRole(self.device_id, self.gateway_id.encode(), self._key(), self.epoch)
+        hello = self.role.hello(self.counter, os.urandom(8))
+        loop = asyncio.get_running_loop()
+        self._outcome = loop.create_future()
+        self._started = self._clock()
+        self.stats.handshakes += 1
+        self._send(self.up, hello)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(self._outcome), timeout)
+        except TimeoutError:
+            result = self.role.timeout()
+        self._outcome = None
+        if isinstance(result, events.Authenticated):
+            self.session = result.session
+            self.stats.authenticated += 1
+            self.stats.latencies_ms.append((self._clock() - self._started) * 1000)
+        else:
+            reason = getattr(result, "reason", "unexpected")
+            self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
+        return result
+
+    def _send(self, topic: str, payload: bytes) -> None:
+        assert self.client is not None
+        self.sent_messages.append(payload)
+        self.client.publish(topic, payload, qos=1)
+
+    def _on_message(self, topic: bytes, payload: bytes) -> None:
+        t = topic.decode()
+        if t == self.down:
+            if self.role is None:
+                return
+            reply, event = self.role.receive(payload, self._clock())
+            if reply is not None:
+                self._send(self.up, reply)
+            if (
+                not isinstance(event, events.Ignored)
+                and self._outcome is not None
+                and not self._outcome.done()
+            ):
+                self._outcome.set_result(event)
+        elif self.session is not None:
+            data, reason = self.session.open(t.rsplit("/", 1)[1].encode(), payload, self._clock())
+            if reason is None:
+                assert data is not None
+                self.stats.commands.append(data)
+            else:
+                self.stats.commands_refused += 1
+
+    def send_data(self, stream: str, payload: bytes) -> None:
+        """Publish MAC'd data on the device's own data topic (needs a session)."""
+        assert self.session is not None and self.client is not None
+        self.client.publish(
+            f"diams/v1/d/{self.gateway_id}/{self.hex}/{stream}",
+            self.session.seal(stream.encode(), payload),
+            qos=1,
+        )
+
+    def replay(self, topic: str, payload: bytes) -> None:
+        """Attack helper: publish captured bytes as they were."""
+        assert self.client is not None
+        self.client.publish(topic, payload, qos=1)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()

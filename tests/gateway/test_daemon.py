@@ -1,0 +1,137 @@
+"""The gateway daemon against real Mosquitto and a real EVM: handshakes, data, policy, cut-off."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from device_agent.core import events
+from gateway.mqtt import MqttClient, MqttConnectError
+from tests.gateway.stack import site, start_gateway, stop_gateway
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _verified_listener(port: int, gw) -> tuple[MqttClient, list]:
+    """Applications read verified data; the test listens with the gateway's own account."""
+    got: list = []
+    c = await MqttClient.connect(
+        "127.0.0.1",
+        port,
+        client_id="gateway-gw-a.1",
+        username="gateway-gw-a.1",
+        password=gw._broker_password,
+        on_message=lambda t, p: got.append((t, p)),
+    )
+    await c.subscribe([("diams/v1/v/#", 1)])
+    return c, got
+
+
+async def _eventually(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return predicate()
+
+
+async def test_handshake_data_and_policy(tmp_path):
+    async with site(tmp_path, n_devices=2) as s:
+        gw = s.gateways["gw-a"]
+        dev = s.sim(0)
+        await dev.connect()
+        result = await dev.authenticate()
+        assert isinstance(result, events.Authenticated), result
+        listener, got = await _verified_listener(s.broker.port, gw)
+        dev.send_data("telemetry", b'{"t": 21.5}')
+        dev.send_data("telemetry", b'{"t": 21.6}')
+        ok = await _eventually(lambda: len(got) == 2)
+        assert ok, (dict(gw.metrics.counters), got)
+        assert got[0] == (f"diams/v1/v/{dev.hex}/telemetry".encode(), b'{"t": 21.5}')
+        # forged, replayed and out-of-policy data are dropped and counted, never republished
+        dev.client.publish(f"diams/v1/d/gw-a/{dev.hex}/telemetry", b"\x15" + os.urandom(20), qos=1)
+        dev.replay(f"diams/v1/d/gw-a/{dev.hex}/telemetry", dev.session.seal(b"telemetry", b"x"))
+        again = dev.session.seal(b"telemetry", b"y")
+        dev.replay(f"diams/v1/d/gw-a/{dev.hex}/telemetry", again)
+        dev.replay(f"diams/v1/d/gw-a/{dev.hex}/telemetry", again)
+        dev.send_data("gps", b"not in policy")
+        assert await _eventually(lambda: gw.metrics.get("data_dropped", "not_in_policy") == 1)
+        assert await _eventually(lambda: gw.metrics.get("data_dropped", "replay") == 1)
+        assert gw.metrics.get("data_dropped", "forged") == 1
+        assert [p for _, p in got] == [b'{"t": 21.5}', b'{"t": 21.6}', b"x", b"y"]
+        # a command from the gateway reaches the device, verified under the session
+        assert gw.traffic.send_command(dev.device_id, "config", b"interval=60")
+        assert await _eventually(lambda: dev.stats.commands == [b"interval=60"])
+        # another device cannot publish into this device's topics: the broker refuses (dropped)
+        other = s.sim(1)
+        await other.connect()
+        assert isinstance(await other.authenticate(), events.Authenticated)
+        other.client.publish(
+            f"diams/v1/d/gw-a/{dev.hex}/telemetry", dev.session.seal(b"telemetry", b"spoof"), qos=1
+        )
+        await asyncio.sleep(0.3)
+        assert b"spoof" not in [p for _, p in got]
+        audit = (gw.settings.state_dir / "audit.log").read_text()
+        assert '"event":"authenticated"' in audit and dev.hex in audit
+        await listener.close()
+        await dev.close()
+        await other.close()
+
+
+async def test_revocation_cuts_the_device_off(tmp_path):
+    async with site(tmp_path, n_devices=1) as s:
+        gw = s.gateways["gw-a"]
+        dev = s.sim(0)
+        await dev.connect()
+        assert isinstance(await dev.authenticate(), events.Authenticated)
+        t0 = time.monotonic()
+        await s.actors["owner"].revoke(dev.device_id)
+        await asyncio.wait_for(asyncio.shield(dev.client.closed), 5)
+        elapsed = time.monotonic() - t0
+        assert elapsed < 5  # the figure itself is measured in bench/, not asserted here
+        assert dev.device_id not in gw.traffic.sessions and dev.device_id not in gw.devices.entries
+        with pytest.raises(MqttConnectError):
+            await dev.connect(timeout=3)
+        assert '"event":"cut_off"' in (gw.settings.state_dir / "audit.log").read_text()
+
+
+async def test_malformed_and_oversize_payloads_are_refused_and_the_gateway_lives(tmp_path):
+    async with site(tmp_path, n_devices=1) as s:
+        gw = s.gateways["gw-a"]
+        dev = s.sim(0)
+        await dev.connect()
+        replies = []
+        dev.client.on_message = lambda t, p: replies.append(p)
+        for junk in (b"", b"\x11", b"\xff" * 21, os.urandom(5000), b"\x13" + bytes(8)):
+            dev.client.publish(dev.up, junk, qos=1)
+        assert await _eventually(lambda: gw.metrics.get("rejected", "bad_message") >= 3)
+        assert all(r[0] == 0x17 for r in replies)  # REJECTs only
+        dev.client.on_message = dev._on_message
+        dev.stats.rejected.clear()
+        # the device is locked out briefly after repeated failures, then succeeds
+        await asyncio.sleep(0.1)
+        result = await dev.authenticate()
+        assert isinstance(result, events.Authenticated) or result.reason in ("timeout",)
+        await dev.close()
+
+
+async def test_counters_survive_a_gateway_restart_and_replays_never_authenticate(tmp_path):
+    async with site(tmp_path, n_devices=1) as s:
+        dev = s.sim(0)
+        await dev.connect()
+        assert isinstance(await dev.authenticate(), events.Authenticated)
+        captured_hello = dev.sent_messages[-2]
+        enforcer = s.gateways["gw-a"]._enforcer
+        await stop_gateway(s, "gw-a")
+        gw = await start_gateway(s, "gw-a", tmp_path, enforcer=enforcer)
+        assert gw.devices.entries[dev.device_id].counter == dev.counter  # floor restored from disk
+        dev.replay(dev.up, captured_hello)  # an attacker's replay: a probe challenge, never a session
+        await asyncio.sleep(0.3)
+        assert dev.device_id not in gw.traffic.sessions
+        assert isinstance(await dev.authenticate(), events.Authenticated)
+        assert gw.metrics.get("authenticated") == 1
+        await dev.close()
