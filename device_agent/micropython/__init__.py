@@ -1,0 +1,1 @@
+# The MicroPython agent (umqtt.simple adapter around the protocol core): see agent.py.

@@ -1,0 +1,75 @@
+"""The MicroPython agent under the real unix port, against a real Mosquitto and a gateway responder."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.agent.helpers import Device
+from tests.agent.responder import Responder, entry_for
+
+from . import mpyagent
+
+pytestmark = [pytest.mark.micropython, pytest.mark.broker]
+
+HEAP_TARGET = 16 * 1024
+
+
+def _results(proc) -> dict:
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    merged: dict = {}
+    for line in out.splitlines():
+        if line.startswith("{"):
+            merged.update(json.loads(line))
+    return merged
+
+
+def test_handshake_data_and_commands_under_micropython(broker, tmp_path):
+    dev = Device(tmp_path, serial="MPY-1")
+    entries = {dev.device_id: entry_for(dev.secret, dev.device_id, "gw-a", dev.fw)}
+    with Responder(broker.host, broker.port, "gw-a", entries) as gw:
+        proc = mpyagent.start(host=broker.host, port=broker.port, device_hex=dev.device_hex,
+                              secret=dev.secret, fw=dev.fw, gateways=["gw-a"], state=tmp_path / "mpy.state")
+        try:
+            for i in range(3):
+                assert gw.next_verified(timeout=20) == (dev.device_hex, "telemetry", b'{"n":%d}' % i)
+            forged = b"\x16" + (1).to_bytes(4, "big") + b"x" + os.urandom(8)
+            gw.send_raw_command(dev.device_hex, "config", forged)
+            gw.send_command(dev.device_hex, "config", b"interval=5")
+            r = _results(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert r["authenticated"] and r["reauthenticated"] and r["gateway"] == "gw-a"
+    assert gw.authentications == 2 and gw.data_refused == []
+    assert r["commands"] == [["config", b"interval=5".hex()]]
+    assert r["commands_dropped"] == 1 and r["commands_ok"] == 1
+    assert r["heap_alloc_total"] <= HEAP_TARGET, r
+    # Write-ahead: the state file reserved a block before the first HELLO.
+    # Write-ahead: a block reserved before the first HELLO (0-15), a new one (1-16) before the measured
+    # one, whose script marked the first block used up.
+    assert (tmp_path / "mpy.state").read_text().split("\n")[1].split() == ["gw-a", "0", "16"]
+
+
+def test_failover_and_epoch_hint_under_micropython(broker, tmp_path):
+    dev = Device(tmp_path, serial="MPY-2")
+    entries = {dev.device_id: entry_for(dev.secret, dev.device_id, "gw-b", dev.fw, epoch=2)}
+    with Responder(broker.host, broker.port, "gw-a", silent=True) as silent, \
+            Responder(broker.host, broker.port, "gw-b", entries) as gw_b:
+        proc = mpyagent.start(host=broker.host, port=broker.port, device_hex=dev.device_hex,
+                              secret=dev.secret, fw=dev.fw, gateways=["gw-a", "gw-b"],
+                              state=tmp_path / "mpy.state", answer_ms=500, n_data=1)
+        try:
+            assert gw_b.next_verified(timeout=20)[1:] == ("telemetry", b'{"n":0}')
+            gw_b.send_command(dev.device_hex, "config", b"x")
+            r = _results(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert r["gateway"] == "gw-b" and r["epoch"] == 2 and silent.hellos == 1
+    assert (tmp_path / "mpy.state").read_text().split("\n")[0] == "2"
