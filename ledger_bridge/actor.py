@@ -50,6 +50,13 @@ class ActorHandle:
     async def register_device(self, registration: DeviceRegistration) -> TxOutcome:
         return await self._tx("registerDevice", _registration_tuple(registration))
 
+    async def batch_limit(self, operation: str = "registerMany") -> int:
+        """How many items one batch transaction of `operation` may carry on this chain (at most MAX_BATCH)."""
+        from .ledger import BATCH_GAS, MAX_BATCH
+
+        base, per_item = BATCH_GAS[operation]
+        return max(1, min(MAX_BATCH, (await self._ledger.block_gas_limit() * 9 // 10 - base) // per_item))
+
     async def register_many(
         self,
         registrations: Sequence[DeviceRegistration],
@@ -57,30 +64,22 @@ class ActorHandle:
         batch_size: int | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> list[TxOutcome]:
-        """Register devices in batches of `batch_size` (fitting the block gas limit); one tx per batch.
+        """Register devices in batches of `batch_size` (capped by `batch_limit`); one transaction per batch.
 
-        A refused batch raises `LedgerRevert` with the earlier batches already on chain (their outcomes
-        are on the exception as `.completed`)."""
-        from .errors import LedgerRevert
-        from .ledger import BATCH_GAS, MAX_BATCH, chunks
+        A refused batch raises `LedgerRevert`, and changes nothing; the batches before it are on chain
+        (call with one batch at a time, as csv_import does, to know exactly which rows landed)."""
+        from .ledger import BATCH_GAS, chunks
 
         base, per_item = BATCH_GAS["registerMany"]
-        fits = (await self._ledger.block_gas_limit() * 9 // 10 - base) // per_item
-        size = max(1, min(batch_size or MAX_BATCH, fits))
+        size = max(1, min(batch_size or 10**9, await self.batch_limit()))
         outcomes: list[TxOutcome] = []
         done = 0
         for batch in chunks(registrations, size):
-            try:
-                outcomes.append(
-                    await self._tx(
-                        "registerMany",
-                        [_registration_tuple(r) for r in batch],
-                        gas=base + per_item * len(batch),
-                    )
+            outcomes.append(
+                await self._tx(
+                    "registerMany", [_registration_tuple(r) for r in batch], gas=base + per_item * len(batch)
                 )
-            except LedgerRevert as exc:
-                exc.completed = outcomes  # type: ignore[attr-defined]
-                raise
+            )
             done += len(batch)
             if progress is not None:
                 progress(done, len(registrations))
@@ -148,12 +147,12 @@ class ActorHandle:
         key_commitments: Sequence[bytes],
     ) -> list[TxOutcome]:
         """Publish one gateway's sealed keys for many devices (a group), in as few transactions as fit."""
-        from .ledger import BATCH_GAS, MAX_BATCH
+        from .ledger import BATCH_GAS
 
         if not len(device_ids) == len(sealed_keys) == len(key_commitments):
             raise ValueError("device_ids, sealed_keys and key_commitments differ in length")
         base, per_item = BATCH_GAS["authorizeGatewayMany"]
-        size = max(1, min(MAX_BATCH, (await self._ledger.block_gas_limit() * 9 // 10 - base) // per_item))
+        size = await self.batch_limit("authorizeGatewayMany")
         outcomes = []
         for start in range(0, len(device_ids), size):
             ids = [check_device_id(d) for d in device_ids[start : start + size]]

@@ -118,6 +118,8 @@ async def register_rows(
     """Register `rows` in batches; a row the chain refuses is reported and dropped, the rest go on."""
     report = ImportReport()
     done = 0
+    # one transaction per batch, so a refusal is exactly about the rows of that batch
+    batch_size = max(1, min(batch_size, await actor.batch_limit()))
     for batch in _batches(rows, batch_size):
         pending = list(batch)
         while pending:
