@@ -1,0 +1,153 @@
+"""``diams-gateway``: run the daemon, make its keys, check its configuration, verify its audit log.
+
+    diams-gateway run --config /etc/diams/gateway.toml
+    diams-gateway keys --out /var/lib/diams-gateway     # X25519 key + broker password (0600 files)
+    diams-gateway check-config --config gateway.toml
+    diams-gateway audit verify /var/lib/diams-gateway/audit.log [--anchors]
+
+Exit status: 0 ok, 1 runtime failure, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+from .settings import SettingsError, load_settings
+
+log = logging.getLogger("diams.gateway")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def _setup_logging(level: str, json_logs: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonFormatter() if json_logs else logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+async def _run(config: Path | None) -> int:
+    from .service import Gateway
+
+    settings = load_settings(config)
+    loop = asyncio.get_running_loop()
+    async with Gateway(settings) as gw:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, gw.stop)
+        await gw.serve(ready=lambda: log.info("gateway %s ready", settings.gateway_id))
+    log.info("gateway %s stopped", settings.gateway_id)
+    return 0
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _keys(out: Path) -> int:
+    from ledger_bridge.sealing import generate_gateway_key
+
+    out.mkdir(parents=True, exist_ok=True)
+    pub = generate_gateway_key(out / "gateway.key")
+    _write_secret(out / "broker.password", secrets.token_urlsafe(24).encode())
+    print(
+        json.dumps(
+            {
+                "x25519_public_key": pub.hex(),
+                "key_file": str(out / "gateway.key"),
+                "broker_password_file": str(out / "broker.password"),
+            },
+            indent=1,
+        )
+    )
+    return 0
+
+
+def _audit_verify(path: Path, anchors: bool) -> int:
+    from .audit import AuditError, batch_root, verify_file
+
+    try:
+        count, head = verify_file(path)
+    except (AuditError, OSError) as exc:
+        print(f"audit log NOT valid: {exc}", file=sys.stderr)
+        return 1
+    print(f"audit log valid: {count} records, head {head}")
+    if anchors:
+        anchors_path = path.with_name(path.name + ".anchors")
+        lines = anchors_path.read_text().splitlines() if anchors_path.exists() else []
+        for raw in lines:
+            a = json.loads(raw)
+            n, root = batch_root(path, a["first_seq"], a["last_seq"])
+            ok = n == a["count"] and root.hex() == a["root"]
+            print(f"anchor {a['first_seq']}..{a['last_seq']} tx {a['tx']}: {'ok' if ok else 'MISMATCH'}")
+            if not ok:
+                return 1
+        print(f"{len(lines)} anchors match the log (check them on chain with `diams-ledger verify-anchor`)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="diams-gateway", description=__doc__.split("\n")[0])
+    parser.add_argument("--log-level", default=os.environ.get("DIAMS_LOG_LEVEL", "info"))
+    parser.add_argument("--json-logs", action="store_true", help="structured logs (one JSON object a line)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", type=Path)
+    check = sub.add_parser("check-config", help="load and validate the configuration")
+    check.add_argument("--config", type=Path)
+    keys = sub.add_parser("keys", help="create the gateway's X25519 key and broker password")
+    keys.add_argument("--out", type=Path, required=True)
+    audit = sub.add_parser("audit", help="audit log tools")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check the hash chain (and the local anchor records)")
+    verify.add_argument("path", type=Path)
+    verify.add_argument("--anchors", action="store_true")
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level, args.json_logs)
+    try:
+        if args.command == "run":
+            return asyncio.run(_run(args.config))
+        if args.command == "check-config":
+            settings = load_settings(args.config)
+            print(
+                f"configuration ok: gateway {settings.gateway_id}, broker {settings.broker.host}:"
+                f"{settings.broker.port}, ledger {settings.ledger.mode}"
+            )
+            return 0
+        if args.command == "keys":
+            return _keys(args.out)
+        return _audit_verify(args.path, args.anchors)
+    except SettingsError as exc:
+        print(f"diams-gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except FileExistsError as exc:
+        print(f"diams-gateway: refusing to overwrite {exc.filename}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        log.error("diams-gateway: %s: %s", type(exc).__name__, exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
