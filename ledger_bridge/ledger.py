@@ -385,7 +385,7 @@ class Ledger:
         return await self._run(lambda: fn.call({"from": who, "gas": CALL_GAS}), context=fn.fn_name)
 
     async def transact(self, signer: Signer, fn: Any, *, gas: int) -> TxOutcome:
-        receipt = await self._run(lambda: self._send(signer, fn, gas, fn.fn_name))
+        receipt = await self._run(lambda: self._send(signer, fn, gas, fn.fn_name), context=fn.fn_name)
         if self._reader == ZERO_ADDRESS:
             self._reader = signer.address  # funded, so in-process EVMs accept it as the caller of views
         return TxOutcome(

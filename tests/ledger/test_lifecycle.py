@@ -201,3 +201,15 @@ async def test_history_ignores_other_ids_that_share_the_topic(channel: Actors) -
     )
     await channel.gateway.anchor(lookalike, merkle_root=os.urandom(32), count=1, first_seq=1, last_seq=1)
     assert [e.name for e in await channel.ledger.history(dev)] == ["DeviceRegistered"]
+
+
+@pytest.mark.asyncio
+async def test_too_little_gas_is_reported_as_such(channel: Actors) -> None:
+    dev = device_id(1, tag=0xAC)
+    await channel.manufacturer.register_device(registration(dev))
+    fn = channel.ledger.registry.functions.claim(dev, claim_code(dev))
+    with pytest.raises(LedgerRevert) as exc:
+        await channel.ledger.transact(channel.owner._signer, fn, gas=25_000)
+    assert exc.value.error == "OutOfGas"
+    assert str(exc.value) == "claim: ran out of gas (25000)"
+    await channel.owner.claim(dev, claim_code(dev))  # the nonce was consumed and is tracked: next one works
