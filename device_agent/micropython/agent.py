@@ -1,3 +1,7 @@
+# mypy: ignore-errors
+# (MicroPython code: time.ticks_*, select.poll on a umqtt socket and untyped signatures; it is
+# checked by mpy-cross and run under the real unix port in tests/micropython_agent/ instead.)
+#
 # The MicroPython device agent: umqtt.simple moves bytes between the broker and the protocol core.
 #
 # Strategy: the same core as every other component (DeviceRole, Session); this file only does I/O,

@@ -1,0 +1,29 @@
+# ruff: noqa: F821
+# mypy: ignore-errors
+# Freeze the DIAMS device agent into a MicroPython firmware build (bytecode stays in flash, which
+# is what keeps the agent's RAM to the heap of a handshake):
+#   make -C ports/esp32 BOARD=... FROZEN_MANIFEST=/path/to/diams/device_agent/micropython/manifest.py
+# The device side of the core only: gateway.py is not installed on boards.
+metadata(description="DIAMS device agent: protocol core + umqtt.simple adapter", version="0.1.0")
+
+require("umqtt.simple")
+
+package(
+    "device_agent",
+    files=(
+        "__init__.py",
+        "core/__init__.py",
+        "core/crypto.py",
+        "core/otp.py",
+        "core/wire.py",
+        "core/keys.py",
+        "core/states.py",
+        "core/events.py",
+        "core/session.py",
+        "core/device.py",
+        "core/errors.py",
+        "micropython/__init__.py",
+        "micropython/agent.py",
+    ),
+    base_path="../..",
+)
