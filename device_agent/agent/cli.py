@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from types import FrameType
@@ -21,6 +23,21 @@ from .provision import provision
 __all__ = ["main"]
 
 log = logging.getLogger("diams.agent")
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError:
+        return False
+    return True
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -39,12 +56,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     agent = MqttAgent(config, secret, on_command=on_command)
 
     def stop(signum: int, frame: FrameType | None) -> None:
+        sd_notify("STOPPING=1")
         agent.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("diams-agent %s starting: broker %s:%d, gateways %s", config.device_id, config.broker_host,
              config.broker_port, ", ".join(config.gateways))
+    sd_notify("READY=1")
     agent.run()
     log.info("stopped: %s", agent.snapshot().stats)
     return 0

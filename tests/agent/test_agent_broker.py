@@ -107,3 +107,27 @@ def test_reconnects_after_broker_restart_and_keeps_the_session(broker, tmp_path)
         else:
             raise AssertionError("no verified data after the broker restart")
         assert agent.snapshot().stats["authenticated"] == 1 and gw.authentications == 1
+
+
+def test_cli_runs_as_a_service_and_never_logs_the_secret(broker, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    dev = Device(tmp_path, serial="SN-6")
+    entries = {dev.device_id: entry_for(dev.secret, dev.device_id, "gw-a", dev.fw)}
+    env = {**os.environ, "DIAMS_BROKER_HOST": broker.host, "DIAMS_BROKER_PORT": str(broker.port)}
+    with Responder(broker.host, broker.port, "gw-a", entries) as gw:
+        proc = subprocess.Popen([sys.executable, "-m", "device_agent.agent.cli", "-v", "run", "--config",
+                                 str(dev.prov.config_file)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_until(lambda: gw.authentications == 1, timeout=10, what="CLI agent authentication")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0, out
+    assert "authenticated with gw-a" in out
+    from device_agent.core import keys
+    for secret_text in (dev.secret.hex(), keys.broker_password(dev.secret, dev.device_id)):
+        assert secret_text not in out

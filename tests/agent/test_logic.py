@@ -248,3 +248,16 @@ def test_reauth_before_expiry_keeps_old_session_until_new_one(tmp_path):
     _pump(driver, role, hello, 90.0)
     assert driver.session is not first and driver.stats["authenticated"] == 2
     assert driver.seal("t", b"x", 500.0) is None  # expired sessions send nothing
+
+
+def test_sd_notify_reaches_a_notify_socket(tmp_path, monkeypatch):
+    import socket
+
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        assert cli.sd_notify("READY=1")
+        assert server.recv(64) == b"READY=1"
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert not cli.sd_notify("READY=1")
