@@ -106,7 +106,10 @@ async def site(
     n_devices: int = 3,
     gateway_ids: tuple[str, ...] = ("gw-a",),
     policy_streams: tuple[str, ...] = ("telemetry", "status"),
+    gateway_settings: dict[str, Any] | None = None,
 ) -> AsyncIterator[Site]:
+    """``gateway_settings``: keyword overrides for every gateway (``protocol=``, ``defence=``,
+    ``offline=``), as ``start_gateway`` takes them."""
     require(mosquitto_binary() is not None, "mosquitto")
     broker = MosquittoBroker()
     password_file, acl_file = broker.directory / "passwords", broker.directory / "acl"
@@ -170,7 +173,13 @@ async def site(
             try:
                 for gid in gateway_ids:
                     # One enforcer per broker: the first gateway manages it; the others only serve.
-                    await start_gateway(the_site, gid, tmp, enforcer=enforcer if first else None)
+                    await start_gateway(
+                        the_site,
+                        gid,
+                        tmp,
+                        enforcer=enforcer if first else None,
+                        **dict(gateway_settings or {}),
+                    )
                     first = False
                 yield the_site
             finally:
