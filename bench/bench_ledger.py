@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ledger_bridge import EthereumTesterBackend, Ledger, RpcBackend, Role, Signer
+from ledger_bridge import EthereumTesterBackend, Ledger, Role, RpcBackend, Signer
 from ledger_bridge.anvil import AnvilNode
 from ledger_bridge.embedded import EmbeddedBackend
 from ledger_bridge.enrollment import ProvisionedDevice
