@@ -7,6 +7,7 @@ import os
 
 from device_agent.core.keys import claim_hash
 from ledger_bridge import DeviceRegistration
+from ledger_bridge.sealing import SEALED_LEN
 
 MODEL = b"diams-sensor-v1".ljust(32, b"\0")
 FIRMWARE = hashlib.sha256(b"firmware 1.0.0").digest()
@@ -35,8 +36,8 @@ def gateway_id(n: int) -> bytes:
 
 
 def sealed_key() -> bytes:
-    """Stand-in for an X25519 + ChaCha20-Poly1305 sealed key: opaque 80 bytes."""
-    return os.urandom(80)
+    """Stand-in for a sealed key (ledger_bridge.sealing): opaque bytes of the real length."""
+    return os.urandom(SEALED_LEN)
 
 
 def commitment(data: bytes) -> bytes:
