@@ -7,7 +7,8 @@ TCP_NODELAY is on for every client socket.
 Receive rate (``recv_<lib>_qos<q>_per_s``): one subscriber of the library under test, subscribed to
 ``bench/rx/#``; a raw-socket publisher thread in this process writes pre-encoded 100-byte PUBLISH packets
 as fast as the kernel takes them. Rate = messages received / time from the first to the last message.
-paho runs its loop thread (``loop_start``); aiomqtt iterates ``client.messages``; gmqtt uses its callback.
+paho runs its loop thread (``loop_start``); aiomqtt iterates ``client.messages``; gmqtt uses its callback;
+``lean`` is the gateway's own client (``gateway.mqtt.MqttClient``, an ``asyncio.Protocol``, callback).
 
 Request/response ceiling (``mqtt_rr_ceiling_per_s``, QoS 0; ``mqtt_rr_ceiling_qos1_per_s``): one
 responder doing no work (a gmqtt client in its own process, subscribed to ``bench/rr/req/#``, echoing
@@ -222,12 +223,26 @@ async def _recv_gmqtt(broker: MosquittoBroker, qos: int) -> float:
     return counter.rate()
 
 
+async def _recv_lean(broker: MosquittoBroker, qos: int) -> float:
+    from gateway.mqtt import MqttClient
+
+    counter = _Counter(RECV_COUNT[qos])
+    client = await MqttClient.connect(broker.host, broker.port, client_id=f"lean-rx-{qos}",
+                                      on_message=lambda _t, _p: counter.hit())
+    await client.subscribe([("bench/rx/#", qos)])
+    _blast(broker.host, broker.port, counter.expected, qos)
+    await asyncio.to_thread(counter.done.wait, 60)
+    await client.close()
+    return counter.rate()
+
+
 def receive_rates(broker: MosquittoBroker) -> dict[str, float]:
     out: dict[str, float] = {}
     for qos in (0, 1):
         out[f"recv_paho_qos{qos}_per_s"] = recv_paho(broker, qos)
         out[f"recv_aiomqtt_qos{qos}_per_s"] = asyncio.run(_recv_aiomqtt(broker, qos))
         out[f"recv_gmqtt_qos{qos}_per_s"] = asyncio.run(_recv_gmqtt(broker, qos))
+        out[f"recv_lean_qos{qos}_per_s"] = asyncio.run(_recv_lean(broker, qos))
     return out
 
 
