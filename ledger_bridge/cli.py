@@ -305,6 +305,18 @@ async def cmd_grant_role(args: argparse.Namespace) -> int:
     return await _with_actor(args, lambda a, _: a.grant_role(role, args.account))
 
 
+async def cmd_node(args: argparse.Namespace) -> int:
+    from .node import serve
+
+    return await serve(args)
+
+
+def _add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    from .node import add_arguments
+
+    add_arguments(parser)
+
+
 # ---- parser ----
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diams-ledger", description="DIAMS identities on an EVM ledger")
@@ -323,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--label", default="")
     create.add_argument("--scrypt-n", type=int, default=DEFAULT_SCRYPT_N, help=argparse.SUPPRESS)
     create.set_defaults(handler=cmd_keys_create)
+
+    node = sub.add_parser("node", help="serve an embedded chain file over JSON-RPC (one process owns it)")
+    _add_node_arguments(node)
+    node.set_defaults(handler=cmd_node)
 
     deploy = sub.add_parser("deploy", help="deploy a new channel; the keystore's account becomes its admin")
     deploy.add_argument("--out", help="write the channel file here")
