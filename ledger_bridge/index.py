@@ -389,6 +389,8 @@ def _apply(db: sqlite3.Connection, name: str, a: Mapping[str, Any], block: int) 
             "UPDATE devices SET state=?, owner=?, block=? WHERE id=?",
             (int(S.CLAIMED), a["newOwner"], block, d),
         )
+    elif name == "TransferCancelled":
+        db.execute("UPDATE devices SET state=?, block=? WHERE id=?", (int(S.CLAIMED), block, d))
     elif name in ("DeviceRevoked", "DeviceDecommissioned"):
         state = S.REVOKED if name == "DeviceRevoked" else S.DECOMMISSIONED
         db.execute(

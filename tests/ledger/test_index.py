@@ -25,8 +25,12 @@ async def _enroll(ch: Actors, n: int) -> list[bytes]:
         await ch.owner.claim(d, claim_code(d))
         await ch.owner.activate(d)
         await ch.owner.set_policy(d, POLICY)
-    await ch.owner.authorize_gateway_many(GW32, device_ids=ids, sealed_keys=[sealed_key() for _ in ids],
-                                          key_commitments=[commitment(d) for d in ids])
+    await ch.owner.authorize_gateway_many(
+        GW32,
+        device_ids=ids,
+        sealed_keys=[sealed_key() for _ in ids],
+        key_commitments=[commitment(d) for d in ids],
+    )
     return ids
 
 
@@ -72,7 +76,7 @@ async def test_losses_of_rights_are_pushed_first(channel: Actors, tmp_path):
     await index.sync(LedgerSource(ch.ledger))
     await ch.owner.define_policy(hashlib.sha256(b"p2").digest(), publish=["t"], subscribe=[])
     await ch.owner.set_policy(ids[2], hashlib.sha256(b"p2").digest())  # a gain, first on chain
-    await ch.owner.revoke(ids[1])                                      # a loss, later on chain
+    await ch.owner.revoke(ids[1])  # a loss, later on chain
     report = await index.sync(LedgerSource(ch.ledger))
     assert report.changed == (ids[1], ids[2])
     assert index.device(ids[1]).state is DeviceState.REVOKED
@@ -82,8 +86,9 @@ async def test_losses_of_rights_are_pushed_first(channel: Actors, tmp_path):
 @pytest.mark.asyncio
 async def test_confirmations_hold_back_recent_blocks(channel: Actors, tmp_path):
     ch = channel
-    index = IdentityIndex(tmp_path / "i.sqlite", gateway_id=GW, confirmations=3,
-                          start_block=ch.ledger.channel.deployed_block)
+    index = IdentityIndex(
+        tmp_path / "i.sqlite", gateway_id=GW, confirmations=3, start_block=ch.ledger.channel.deployed_block
+    )
     await ch.manufacturer.register_device(registration(device_id(1, tag=0xE2)))
     await index.sync(LedgerSource(ch.ledger))
     assert index.device(device_id(1, tag=0xE2)) is None  # not yet 3 blocks deep
@@ -119,3 +124,33 @@ async def test_reorg_on_anvil_rolls_back_orphaned_events(channel: Actors, tmp_pa
     assert report.reorg_depth >= 1
     assert index.device(orphan) is None
     assert index.device(survivor) is not None and index.device(device_id(3, tag=0xE3)) is not None
+
+
+@pytest.mark.asyncio
+async def test_index_agrees_with_the_contract_after_every_kind_of_event(channel: Actors, tmp_path):
+    """A fold that missed an event kind would disagree with the contract's own view of some device."""
+    ch = channel
+    ids = await _enroll(ch, 8)
+    await ch.owner.suspend(ids[0])
+    await ch.owner.transfer(ids[1], ch.new_owner.address)
+    await ch.new_owner.accept_transfer(ids[1])
+    await ch.owner.transfer(ids[2], ch.new_owner.address)
+    await ch.owner.cancel_transfer(ids[2])
+    await ch.owner.revoke(ids[3])
+    await ch.owner.decommission(ids[4])
+    await ch.owner.approve_maintainer(ids[5], ch.maintainer.address)
+    await ch.maintainer.record_firmware(ids[5], hashlib.sha256(b"fw 2").digest())
+    await ch.owner.deauthorize_gateway(ids[6], GW32)
+    await ch.manufacturer.register_device(registration(device_id(50, tag=0xE1)))
+    index = IdentityIndex(tmp_path / "i.sqlite", gateway_id=GW, start_block=ch.ledger.channel.deployed_block)
+    await index.sync(LedgerSource(ch.ledger))
+    for did in [*ids, device_id(50, tag=0xE1)]:
+        on_chain = await ch.ledger.device(did)
+        view = index.device(did)
+        assert (view.state, view.epoch, view.firmware_hash) == (
+            on_chain.state,
+            on_chain.epoch,
+            on_chain.firmware_hash,
+        ), did.hex()
+        grant_current = (await ch.ledger.grant(did, GW32)).current if view.grant else False
+        assert view.servable == (on_chain.state is DeviceState.ACTIVE and grant_current), did.hex()
