@@ -16,6 +16,8 @@ import contextlib
 import logging
 import os
 import random
+import shlex
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +32,8 @@ from .broker import (
     BrokerEnforcer,
     BrokerSecret,
     MosquittoEnforcer,
+    Reloader,
+    ReloadFailed,
     gateway_username,
     sighup_reloader,
 )
@@ -51,6 +55,26 @@ def _read_secret_file(path: Path) -> str:
     if path.stat().st_mode & 0o077:
         raise GatewayError(f"{path} must not be readable by group or others (chmod 600)")
     return path.read_text().strip()
+
+
+def command_reloader(argv: list[str], timeout: float = 10.0) -> Reloader:
+    """A reloader running a command (``systemctl reload mosquitto`` when the broker is another user).
+
+    The enforcer calls it from a worker thread, so the wait does not block the event loop."""
+
+    def reload() -> None:
+        try:
+            # argv comes from the operator's configuration, never from the network
+            subprocess.run(  # noqa: S603
+                argv, check=True, timeout=timeout, stdin=subprocess.DEVNULL, capture_output=True
+            )
+        except subprocess.CalledProcessError as exc:
+            why = exc.stderr.decode(errors="replace").strip()[:200]
+            raise ReloadFailed(f"{argv[0]} exited {exc.returncode}: {why}") from None
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ReloadFailed(f"reload command {argv[0]} failed: {exc}") from None
+
+    return reload
 
 
 class Gateway:
@@ -202,12 +226,16 @@ class Gateway:
     def _build_enforcer(self) -> MosquittoEnforcer:
         e = self.settings.enforcement
         assert e.password_file is not None and e.acl_file is not None
-        if e.pid_file is None:
-            raise GatewayError("enforcement.pid_file is required to signal mosquitto")
+        if e.reload_command:
+            reload = command_reloader(shlex.split(e.reload_command))
+        elif e.pid_file is not None:
+            reload = sighup_reloader(e.pid_file)
+        else:
+            raise GatewayError("enforcement.pid_file or reload_command is required to reload mosquitto")
         return MosquittoEnforcer(
             password_file=e.password_file,
             acl_file=e.acl_file,
-            reload=sighup_reloader(e.pid_file),
+            reload=reload,
             broker_address=(self.settings.broker.host, self.settings.broker.port),
             rights=e.rights,  # type: ignore[arg-type]
             file_group=e.file_group,

@@ -3,6 +3,11 @@
 Environment overrides use ``DIAMS_GATEWAY_<SECTION>_<KEY>`` (e.g. ``DIAMS_GATEWAY_BROKER_PORT=1884``).
 Every value is checked when built; a bad one raises ``SettingsError`` naming the key and the rule.
 Secrets are never values here, only paths to 0600 files (or systemd credentials).
+
+Systemd credentials: a path setting written ``credential:NAME`` (e.g. ``key_file =
+"credential:gateway.key"``) resolves to ``$CREDENTIALS_DIRECTORY/NAME``, the directory systemd fills
+from the unit's ``LoadCredential=NAME:/path`` lines (readable only by the service, never on disk
+under the service's own state). It is an error when ``$CREDENTIALS_DIRECTORY`` is not set.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "DIAMS_GATEWAY_"
+CREDENTIAL_PREFIX = "credential:"
 _GATEWAY_ID = re.compile(r"[a-z0-9-]{1,32}")
+_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 class SettingsError(ValueError):
@@ -47,10 +55,11 @@ class BrokerSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class EnforcementSettings:
-    mode: str = "mosquitto"  # "mosquitto" (password + ACL files, SIGHUP) or "none" (another party enforces)
+    mode: str = "none"  # "mosquitto" (password + ACL files, reloads) or "none" (another party enforces)
     password_file: Path | None = None
     acl_file: Path | None = None
-    pid_file: Path | None = None  # the broker's pid file, for SIGHUP
+    pid_file: Path | None = None  # the broker's pid file, for SIGHUP (same user as the broker)
+    reload_command: str = ""  # else a command, e.g. "systemctl --no-ask-password reload mosquitto"
     file_group: str | None = None
     rights: str = "patterns"
 
@@ -59,15 +68,17 @@ class EnforcementSettings:
             raise SettingsError(f"enforcement.mode must be 'mosquitto' or 'none', got {self.mode!r}")
         if self.mode == "mosquitto" and (self.password_file is None or self.acl_file is None):
             raise SettingsError("enforcement.mode = 'mosquitto' needs enforcement.password_file and acl_file")
+        if self.mode == "mosquitto" and self.pid_file is None and not self.reload_command:
+            raise SettingsError("enforcement.mode = 'mosquitto' needs enforcement.pid_file or reload_command")
         if self.rights not in ("patterns", "per_device"):
             raise SettingsError(f"enforcement.rights must be 'patterns' or 'per_device', got {self.rights!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
 class LedgerSettings:
-    mode: str = "embedded"  # "embedded" (a local py-evm chain file) or "rpc" (any EVM JSON-RPC node)
+    mode: str = "rpc"  # "rpc" (any EVM JSON-RPC node) or "embedded" (a local py-evm chain file)
     path: Path | None = None  # embedded chain file
-    url: str = ""  # rpc
+    url: str = "http://127.0.0.1:8545"  # rpc
     registry: str = ""  # channel contract addresses
     auth_log: str = ""
     deployed_block: int = 0
@@ -137,7 +148,7 @@ class OfflineSettings:
 @dataclass(frozen=True, kw_only=True)
 class HttpSettings:
     host: str = "127.0.0.1"
-    port: int = 9464  # 0 disables /healthz, /readyz and /metrics
+    port: int = 9464  # /healthz, /readyz and /metrics; 0 picks a free port (tests)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -150,10 +161,8 @@ class GatewaySettings:
     state_dir: Path
     key_file: Path  # the gateway's X25519 private key (0600)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
-    enforcement: EnforcementSettings = field(default_factory=lambda: EnforcementSettings(mode="none"))
-    ledger: LedgerSettings = field(
-        default_factory=lambda: LedgerSettings(mode="rpc", url="http://127.0.0.1:8545")
-    )
+    enforcement: EnforcementSettings = field(default_factory=EnforcementSettings)
+    ledger: LedgerSettings = field(default_factory=LedgerSettings)
     protocol: ProtocolSettings = field(default_factory=ProtocolSettings)
     defence: DefenceSettings = field(default_factory=DefenceSettings)
     offline: OfflineSettings = field(default_factory=OfflineSettings)
@@ -180,16 +189,39 @@ _SECTIONS: dict[str, type[Any]] = {
 }
 
 
-def _coerce(cls: type[Any], key: str, value: Any, where: str) -> Any:
+def resolve_credential(value: str, env: Mapping[str, str], where: str = "") -> Path:
+    """``credential:NAME`` -> ``$CREDENTIALS_DIRECTORY/NAME`` (systemd's LoadCredential=)."""
+    name = value[len(CREDENTIAL_PREFIX) :]
+    if not _CREDENTIAL_NAME.fullmatch(name) or name in (".", ".."):
+        raise SettingsError(f"{where}: {value!r} is not a valid credential name ([A-Za-z0-9_.-])")
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise SettingsError(
+            f"{where} = {value!r} needs $CREDENTIALS_DIRECTORY (set by systemd's LoadCredential=)"
+        )
+    return Path(directory) / name
+
+
+def _coerce(cls: type[Any], key: str, value: Any, where: str, env: Mapping[str, str]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     if key not in fields:
         raise SettingsError(f"unknown setting {where}{key}")
     kind = str(fields[key].type)
     try:
         if "Path" in kind:
-            return None if value in ("", None) else Path(value)
+            if value in ("", None):
+                return None
+            if isinstance(value, str) and value.startswith(CREDENTIAL_PREFIX):
+                return resolve_credential(value, env, f"{where}{key}")
+            return Path(value)
         if kind.startswith("bool"):
-            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in _TRUE + _FALSE:
+                return str(value).lower() in _TRUE
+            raise ValueError(value)
+        if kind.startswith("int") and isinstance(value, float | bool):
+            raise ValueError(value)
         if kind.startswith("int"):
             return int(value)
         if kind.startswith("float"):
@@ -197,6 +229,8 @@ def _coerce(cls: type[Any], key: str, value: Any, where: str) -> Any:
         if kind.startswith("str | None"):
             return None if value in ("", None) else str(value)
         return str(value)
+    except SettingsError:
+        raise
     except (TypeError, ValueError):
         raise SettingsError(f"{where}{key}: cannot use {value!r} as {kind}") from None
 
@@ -212,7 +246,12 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
             raise SettingsError(f"cannot read {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{path}: {exc}") from None
-    sections: dict[str, dict[str, Any]] = {name: dict(raw.pop(name, {}) or {}) for name in _SECTIONS}
+    sections: dict[str, dict[str, Any]] = {}
+    for name in _SECTIONS:
+        table = raw.pop(name, {})
+        if not isinstance(table, dict):
+            raise SettingsError(f"[{name}] must be a table, got {table!r}")
+        sections[name] = dict(table)
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX):
             continue
@@ -227,10 +266,10 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     for key, value in raw.items():
         if key not in top or key in _SECTIONS:
             raise SettingsError(f"unknown setting {key}")
-        kwargs[key] = _coerce(GatewaySettings, key, value, "")
+        kwargs[key] = _coerce(GatewaySettings, key, value, "", env)
     for name, cls in _SECTIONS.items():
         if sections[name]:
-            values = {k: _coerce(cls, k, v, f"{name}.") for k, v in sections[name].items()}
+            values = {k: _coerce(cls, k, v, f"{name}.", env) for k, v in sections[name].items()}
             kwargs[name] = cls(**values)
     for required in ("gateway_id", "state_dir", "key_file"):
         if required not in kwargs:
