@@ -26,6 +26,7 @@ log = logging.getLogger("diams.gateway.traffic")
 
 _FAILURES = frozenset({"bad_otp", "bad_proof", "counter_window", "timeout", "stale_epoch", "clone"})
 _PREFIX = b"diams/v1/"
+_MAX_STREAM = 255
 AUDIT_EVERY = 10.0  # seconds between audit records of repeated rejections for one device
 
 
@@ -80,6 +81,9 @@ class Traffic:
         if kind == b"hs" and parts[5] == b"up":
             self.on_handshake(did, payload)
         elif kind == b"d":
+            if not 0 < len(parts[5]) <= _MAX_STREAM:  # the MAC frames the stream with one length byte
+                self.metrics.inc("dropped", "bad_topic")
+                return
             self.on_data(did, parts[5], payload)
         else:
             self.metrics.inc("dropped", "bad_topic")

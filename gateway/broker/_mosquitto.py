@@ -61,8 +61,16 @@ Reloader = Callable[[], None]
 RightsMode = Literal["patterns", "per_device"]
 
 
-def mosquitto_config_lines(password_file: Path, acl_file: Path) -> list[str]:
-    """The mosquitto.conf lines this enforcer relies on."""
+# Largest MQTT packet the broker takes from any client. DIAMS messages are at most a DATA message
+# (13 + 16,384 bytes) plus its topic; the gateway's own client refuses packets over 1 MiB by closing
+# its connection, so without this limit one device could disconnect its gateway with a 2 MiB publish.
+MAX_PACKET_SIZE = 65_536
+
+
+def mosquitto_config_lines(
+    password_file: Path, acl_file: Path, *, max_packet_size: int = MAX_PACKET_SIZE
+) -> list[str]:
+    """The mosquitto.conf lines this enforcer relies on (``max_packet_size``: see MAX_PACKET_SIZE)."""
     for path in (password_file, acl_file):
         if any(c.isspace() for c in str(path)):
             raise ValueError(f"mosquitto.conf cannot hold a path with whitespace: {str(path)!r}")
@@ -72,6 +80,7 @@ def mosquitto_config_lines(password_file: Path, acl_file: Path) -> list[str]:
         f"acl_file {acl_file}",
         "use_username_as_clientid true",
         "set_tcp_nodelay true",
+        f"max_packet_size {int(max_packet_size)}",
     ]
 
 

@@ -1,0 +1,45 @@
+"""Small helpers shared by the gateway's integration tests (waiting, listening, raw connections)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.mqtt import MqttClient
+from ledger_bridge.enrollment import ProvisionedDevice
+
+
+async def eventually(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` passes; -> its last value as a bool."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return bool(predicate())
+
+
+async def verified_listener(port: int, gw: Any, topic: str = "diams/v1/v/#") -> tuple[MqttClient, list[Any]]:
+    """Applications read verified data; tests listen with the gateway's second broker account."""
+    got: list[Any] = []
+    user = f"gateway-{gw.settings.gateway_id}.1"
+    c = await MqttClient.connect(
+        "127.0.0.1",
+        port,
+        client_id=user,
+        username=user,
+        password=gw._broker_password,
+        on_message=lambda t, p: got.append((t, p)),
+    )
+    await c.subscribe([(topic, 1)])
+    return c, got
+
+
+async def raw_device_client(port: int, device: ProvisionedDevice, **kw: Any) -> MqttClient:
+    """A bare MQTT connection under an enrolled device's broker account (an attacker holding it)."""
+    hex_id = device.device_id.hex()
+    return await MqttClient.connect(
+        "127.0.0.1", port, client_id=hex_id, username=hex_id, password=device.broker_password(), **kw
+    )
