@@ -96,6 +96,7 @@ class Net:
         self.issued = {}  # transcript -> probe? (a challenge a gateway issued)
         self.granted = set()  # transcripts a gateway granted
         self.gw_auth = set()  # transcripts a gateway emitted Authenticated for
+        self.gw_counters = set()  # (gateway, device id, counter) a gateway emitted Authenticated for
         self.dev_auth = set()  # transcripts a device emitted Authenticated for
         self.accepted = {}  # (gateway, device id) -> counters accepted, in order
         self.keys = {}  # session key -> transcript it belongs to
@@ -150,7 +151,10 @@ class Net:
         check(isinstance(evs, list), "gateway events must be a list")
         after = gw._pending.get(device_id)
         if after is not None and after is not before:
+            # A challenge is a clone probe exactly when its HELLO did not raise the counter floor.
+            fresh = any(isinstance(e, events.CounterAccepted) and e.counter == after.counter for e in evs)
             check(after.t not in self.issued, "a gateway issued two challenges for one transcript")
+            check(after.probe != fresh, "a challenge for a spent counter that is not a clone probe")
             self.issued[after.t] = after.probe
         for ev in evs:
             self._gateway_event(g, ev, (device_id, payload, before))
@@ -196,6 +200,18 @@ class Net:
                 self.deliver(i)
                 return
 
+    def reflect(self, i, payload=None):
+        """Send ``payload`` (default: wire message ``i`` itself) back to whoever sent message ``i``."""
+        if not self.wire:
+            return
+        m = self.wire[i % len(self.wire)]
+        payload = m.payload if payload is None else payload
+        if m.direction == "down":
+            self.to_gateway(m.gw, m.device_id, payload)
+        else:
+            holders = [k for k, inst in enumerate(self.instances) if inst.device_id == m.device_id]
+            self.to_device(holders[i % len(holders)], m.gw, payload)
+
     def deliver_anywhere(self, payload, target, sub):
         """Deliver ``payload`` to any party: a gateway on any device's topic, or any device role."""
         n_gw = len(self.gateway_ids)
@@ -231,6 +247,11 @@ class Net:
             check(t[8:16] == device_id == ev.session.device_id, "authenticated the wrong device")
             check(ev.session.gateway_id == g and keys.lp(g) == t[16:17 + len(g)], "wrong gateway in run")
             check(t not in self.gw_auth, "gateway authenticated one device run twice")
+            at = 17 + len(g) + 4  # the counter, after the gateway id and the epoch
+            counter = int.from_bytes(t[at:at + 4], "big")
+            check(counter in self.accepted.get((g, device_id), ()), "authenticated a counter never accepted")
+            check((g, device_id, counter) not in self.gw_counters, "authenticated one counter twice")
+            self.gw_counters.add((g, device_id, counter))
             self.gw_auth.add(t)
             self.stats["gw_auth"] += 1
             self._session(ev.session, t)

@@ -21,8 +21,9 @@ from tests.core.pair import Fleet, authenticated, handshake
 SIM = settings(max_examples=1000, derandomize=True, database=None, deadline=None,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-KINDS = ("start", "start", "next", "next", "next", "next", "deliver", "anywhere", "mutate", "inject",
-         "tick", "seal", "seal", "open", "open", "open_mutated", "pump")
+# Repeated kinds are drawn more often: enough honest progress for sessions to be established.
+KINDS = ("start", "start", "next", "next", "next", "next", "deliver", "anywhere", "mutate", "craft", "craft",
+         "reflect", "inject", "tick", "seal", "seal", "open", "open", "open_mutated", "pump")
 ACTION = st.tuples(st.sampled_from(KINDS), st.integers(0, 1 << 16), st.integers(0, 1 << 16),
                    st.integers(0, 255))
 STREAMS = (b"telemetry", b"config", b"t")
@@ -46,7 +47,7 @@ def mutate(payload, op, pos, val):
 def run(net, actions, clones):
     for kind, a, b, c in actions:
         if kind == "start":
-            if clones and c >= 245:
+            if clones and c >= 235:
                 net.clone(a)
             else:
                 net.start(a, b, skip=(c % 10) if c >= 240 else 0)
@@ -58,7 +59,23 @@ def run(net, actions, clones):
             net.deliver_anywhere(net.wire[a % len(net.wire)].payload, b, c)
         elif kind == "mutate" and net.wire:
             m = net.wire[a % len(net.wire)]
-            net.deliver_anywhere(mutate(m.payload, c, b, a), b if c & 16 else 1, c)
+            if c & 32:
+                net.reflect(a, mutate(m.payload, c, b, a))
+            else:
+                net.deliver_anywhere(mutate(m.payload, c, b, a), b if c & 16 else 1, c)
+        elif kind == "craft" and net.wire:
+            # Type confusion: a tag lifted into a PROOF, or a message relabelled as another type.
+            m = net.wire[a % len(net.wire)]
+            if c & 1:
+                payload = wire.encode_proof(m.payload[-8:].rjust(8, b"\0"))
+            else:
+                payload = bytes((wire.header(1 + c % 7),)) + m.payload[1:]
+            if c & 2:
+                net.reflect(a, payload)
+            else:
+                net.deliver_anywhere(payload, b, c >> 2)
+        elif kind == "reflect":
+            net.reflect(a)
         elif kind == "inject":
             rnd = a.to_bytes(3, "big") * (1 + c % 8)
             payload = bytes((wire.header(1 + c % 7),)) + rnd[:b % 24] if c & 1 else rnd[:b % 40]
