@@ -10,6 +10,11 @@ fsync policy: a record is written to the OS at once and fsync'd within ``fsync_i
 (default 0.2 s), immediately for the events in ``URGENT`` (clone alerts, cut-offs), and always before
 it is anchored and on close. A crash loses at most the last interval's records; a torn last line is
 detected and dropped when the log is reopened, and the chain stays verifiable.
+
+Verifying (``diams-gateway audit verify [--anchors [--config]]``): ``verify_file`` checks the chain;
+``check_anchors`` recomputes each anchored batch's Merkle root *from the log* and, given a ledger,
+asks the chain for that root: someone who rewrites the log and its hash chain and the ``.anchors``
+sidecar still cannot make the recomputed roots appear on chain.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ledger_bridge.merkle import leaf_hash, merkle_root
 
@@ -161,3 +166,63 @@ def batch_root(path: Path, first_seq: int, last_seq: int) -> tuple[int, bytes]:
     """Recompute an anchor from the log: -> (count, root) over records first_seq..last_seq."""
     hashes = [bytes.fromhex(r["hash"]) for r in records(path) if first_seq <= r["seq"] <= last_seq]
     return len(hashes), merkle_root([leaf_hash(h) for h in hashes])
+
+
+class _AnchorReader(Protocol):
+    async def anchor(self, merkle_root: bytes) -> Any: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnchorCheck:
+    """One anchored batch as checked: ``problem`` is empty when it holds."""
+
+    first_seq: int
+    last_seq: int
+    count: int
+    root: str  # recomputed from the log, hex
+    tx: str
+    on_chain: bool
+    problem: str = ""
+
+
+def anchor_records(path: Path) -> list[dict[str, Any]]:
+    """The ``.anchors`` sidecar's records (empty when there is none)."""
+    sidecar = path.with_name(path.name + ".anchors")
+    if not sidecar.exists():
+        return []
+    return [json.loads(raw) for raw in sidecar.read_text().splitlines() if raw.strip()]
+
+
+async def check_anchors(
+    path: Path, ledger: _AnchorReader | None = None, *, gateway_id: bytes | None = None
+) -> list[AnchorCheck]:
+    """Recompute every anchored batch from the log; with ``ledger``, find each recomputed root on chain
+    (same count and sequence range, anchored by ``gateway_id``, the 32-byte on-chain id, when given)."""
+    out = []
+    for a in anchor_records(path):
+        first, last = int(a["first_seq"]), int(a["last_seq"])
+        count, root = batch_root(path, first, last)
+        problem = ""
+        if count != a["count"] or root.hex() != a["root"]:
+            problem = "the log no longer matches the local anchor record"
+        on_chain = False
+        if ledger is not None:
+            try:
+                record = await ledger.anchor(root)
+            except Exception as exc:  # an unknown root reverts (UnknownAnchor); an outage is reported
+                chain_problem = f"root not found on chain ({type(exc).__name__}: {exc})"
+            else:
+                on_chain = True
+                if (record.count, record.first_seq, record.last_seq) != (count, first, last):
+                    chain_problem = (
+                        f"on-chain record covers {record.first_seq}..{record.last_seq} "
+                        f"({record.count} records)"
+                    )
+                elif gateway_id is not None and bytes(record.gateway_id) != gateway_id:
+                    chain_problem = f"anchored by another gateway (0x{bytes(record.gateway_id).hex()})"
+                else:
+                    chain_problem = ""
+            problem = "; ".join(p for p in (problem, chain_problem) if p)
+        out.append(AnchorCheck(first_seq=first, last_seq=last, count=count, root=root.hex(),
+                               tx=str(a.get("tx", "")), on_chain=on_chain, problem=problem))
+    return out

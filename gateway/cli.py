@@ -3,7 +3,7 @@
     diams-gateway run --config /etc/diams/gateway.toml
     diams-gateway keys --out /var/lib/diams-gateway     # X25519 key + broker password (0600 files)
     diams-gateway check-config --config gateway.toml
-    diams-gateway audit verify /var/lib/diams-gateway/audit.log [--anchors]
+    diams-gateway audit verify /var/lib/diams-gateway/audit.log [--anchors [--config gateway.toml]]
 
 Exit status: 0 ok, 1 runtime failure, 2 bad configuration or usage.
 """
@@ -19,6 +19,7 @@ import secrets
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from .settings import SettingsError, load_settings
 
@@ -84,8 +85,8 @@ def _keys(out: Path) -> int:
     return 0
 
 
-def _audit_verify(path: Path, anchors: bool) -> int:
-    from .audit import AuditError, batch_root, verify_file
+def _audit_verify(path: Path, anchors: bool, config: Path | None) -> int:
+    from .audit import AuditError, verify_file
 
     try:
         count, head = verify_file(path)
@@ -93,18 +94,34 @@ def _audit_verify(path: Path, anchors: bool) -> int:
         print(f"audit log NOT valid: {exc}", file=sys.stderr)
         return 1
     print(f"audit log valid: {count} records, head {head}")
-    if anchors:
-        anchors_path = path.with_name(path.name + ".anchors")
-        lines = anchors_path.read_text().splitlines() if anchors_path.exists() else []
-        for raw in lines:
-            a = json.loads(raw)
-            n, root = batch_root(path, a["first_seq"], a["last_seq"])
-            ok = n == a["count"] and root.hex() == a["root"]
-            print(f"anchor {a['first_seq']}..{a['last_seq']} tx {a['tx']}: {'ok' if ok else 'MISMATCH'}")
-            if not ok:
-                return 1
-        print(f"{len(lines)} anchors match the log (check them on chain with `diams-ledger verify-anchor`)")
-    return 0
+    if not anchors:
+        return 0
+    checks = asyncio.run(_check_anchors(path, config))
+    last = 0
+    for c in checks:
+        where = " on chain" if c.on_chain else ""
+        verdict = f"MISMATCH: {c.problem}" if c.problem else f"ok{where}"
+        print(f"anchor {c.first_seq}..{c.last_seq} root {c.root} tx {c.tx}: {verdict}")
+        last = max(last, c.last_seq)
+    bad = sum(1 for c in checks if c.problem)
+    scope = "on chain" if config is not None else "the local anchor records (add --config to check the chain)"
+    print(f"{len(checks) - bad} of {len(checks)} anchors match {scope}")
+    print(f"{count - last} records not anchored yet")
+    return 1 if bad else 0
+
+
+async def _check_anchors(path: Path, config: Path | None) -> list[Any]:
+    from .audit import check_anchors
+
+    if config is None:
+        return await check_anchors(path)
+    from ledger_bridge.index import onchain_gateway_id
+
+    from .service import build_ledger
+
+    settings = load_settings(config)
+    async with build_ledger(settings.ledger) as ledger:
+        return await check_anchors(path, ledger, gateway_id=onchain_gateway_id(settings.gateway_id_bytes))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="check the hash chain (and the local anchor records)")
     verify.add_argument("path", type=Path)
-    verify.add_argument("--anchors", action="store_true")
+    verify.add_argument("--anchors", action="store_true", help="recompute every anchored Merkle root")
+    verify.add_argument("--config", type=Path, help="with --anchors: find the roots on this gateway's ledger")
     args = parser.parse_args(argv)
     _setup_logging(args.log_level, args.json_logs)
     try:
@@ -137,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "keys":
             return _keys(args.out)
-        return _audit_verify(args.path, args.anchors)
+        return _audit_verify(args.path, args.anchors, args.config)
     except SettingsError as exc:
         print(f"diams-gateway: configuration error: {exc}", file=sys.stderr)
         return 2

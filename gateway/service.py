@@ -41,7 +41,7 @@ from .counters import CounterStore
 from .devices import DeviceTable
 from .mqtt import MqttClient, MqttError
 from .ops import HealthServer, Metrics, sd_notify, watchdog_interval
-from .settings import GatewaySettings
+from .settings import GatewaySettings, LedgerSettings
 from .traffic import Traffic
 
 log = logging.getLogger("diams.gateway")
@@ -55,6 +55,21 @@ def _read_secret_file(path: Path) -> str:
     if path.stat().st_mode & 0o077:
         raise GatewayError(f"{path} must not be readable by group or others (chmod 600)")
     return path.read_text().strip()
+
+
+def build_ledger(s: LedgerSettings) -> Any:
+    """An unopened ``ledger_bridge.Ledger`` for these settings (``async with`` it)."""
+    from ledger_bridge import Channel, Ledger, RpcBackend
+
+    if s.mode == "rpc":
+        backend: Any = RpcBackend(url=s.url, name="rpc")
+    else:
+        from ledger_bridge.embedded import EmbeddedBackend
+
+        assert s.path is not None
+        backend = EmbeddedBackend(s.path)
+    channel = Channel(registry=s.registry, auth_log=s.auth_log, deployed_block=s.deployed_block)
+    return Ledger(backend=backend, channel=channel)
 
 
 def command_reloader(argv: list[str], timeout: float = 10.0) -> Reloader:
@@ -210,18 +225,7 @@ class Gateway:
 
     # ---- builders ----
     def _build_ledger(self) -> Any:
-        from ledger_bridge import Channel, Ledger, RpcBackend
-
-        s = self.settings.ledger
-        if s.mode == "rpc":
-            backend: Any = RpcBackend(url=s.url, name="rpc")
-        else:
-            from ledger_bridge.embedded import EmbeddedBackend
-
-            assert s.path is not None
-            backend = EmbeddedBackend(s.path)
-        channel = Channel(registry=s.registry, auth_log=s.auth_log, deployed_block=s.deployed_block)
-        return Ledger(backend=backend, channel=channel)
+        return build_ledger(self.settings.ledger)
 
     def _build_enforcer(self) -> MosquittoEnforcer:
         e = self.settings.enforcement
