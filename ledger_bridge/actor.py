@@ -92,6 +92,23 @@ class ActorHandle:
     async def activate(self, device_id: bytes) -> TxOutcome:
         return await self._tx("activate", check_device_id(device_id))
 
+    async def onboard_many(
+        self, device_ids: Sequence[bytes], claim_codes: Sequence[bytes], policy_id: bytes
+    ) -> TxOutcome:
+        """Claim, set the policy of and activate a batch of devices in one transaction (all or nothing)."""
+        from .ledger import BATCH_GAS
+
+        if len(device_ids) != len(claim_codes):
+            raise ValueError("one claim code per device")
+        base, per_item = BATCH_GAS["onboardMany"]
+        return await self._tx(
+            "onboardMany",
+            [check_device_id(d) for d in device_ids],
+            list(claim_codes),
+            _b32(policy_id),
+            gas=base + per_item * len(device_ids),
+        )
+
     async def suspend(self, device_id: bytes) -> TxOutcome:
         return await self._tx("suspend", check_device_id(device_id))
 

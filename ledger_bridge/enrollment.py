@@ -117,12 +117,11 @@ async def onboard(
         await m.register_many([d.registration() for d in chunk])
         if progress:
             progress("registered", i + len(chunk))
-    for n, d in enumerate(devices, 1):
-        await o.claim(d.device_id, d.claim_code)
-        await o.set_policy(d.device_id, policy_id)
-        await o.activate(d.device_id)
-        if progress and (n % batch == 0 or n == len(devices)):
-            progress("activated", n)
+    for i in range(0, len(devices), batch):
+        chunk = devices[i:i + batch]
+        await o.onboard_many([d.device_id for d in chunk], [d.claim_code for d in chunk], policy_id)
+        if progress:
+            progress("activated", i + len(chunk))
     for gw in gateways:
         for i in range(0, len(devices), batch):
             chunk = devices[i : i + batch]

@@ -79,6 +79,7 @@ GAS_BUDGETS: Mapping[str, int] = {
 BATCH_GAS: Mapping[str, tuple[int, int]] = {
     "registerMany": (60_000, 130_000),
     "authorizeGatewayMany": (60_000, 150_000),
+    "onboardMany": (60_000, 110_000),
 }
 #: Gas of a view call: generous for every view here, small enough that an in-process EVM (which checks
 #: that the caller could pay for it) accepts a modestly funded caller.

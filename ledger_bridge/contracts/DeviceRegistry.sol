@@ -156,6 +156,25 @@ contract DeviceRegistry is AccessControl {
     // ---- lifecycle ----
     /// Revealing the claim code in a public mempool lets an observer front-run it: see docs/LEDGER.md.
     function claim(bytes8 id, bytes calldata claimCode) external {
+        _claim(id, claimCode);
+    }
+
+    function activate(bytes8 id) external {
+        _activate(id);
+    }
+
+    /// An owner takes a batch of new devices into service in one transaction: claim each with its
+    /// code, give it `policyId`, activate it. All or nothing; the same events as one by one.
+    function onboardMany(bytes8[] calldata ids, bytes[] calldata claimCodes, bytes32 policyId) external {
+        if (claimCodes.length != ids.length) revert LengthMismatch(ids.length, claimCodes.length);
+        for (uint256 i = 0; i < ids.length; ++i) {
+            _claim(ids[i], claimCodes[i]);
+            _setPolicy(ids[i], policyId);
+            _activate(ids[i]);
+        }
+    }
+
+    function _claim(bytes8 id, bytes calldata claimCode) private {
         Device storage d = _transition(id, _FROM_CLAIM);
         if (sha256(abi.encodePacked("diams/v1/claim", id, claimCode)) != d.claimHash) revert BadClaimCode(id);
         d.owner = msg.sender;
@@ -163,7 +182,7 @@ contract DeviceRegistry is AccessControl {
         emit DeviceClaimed(id, msg.sender);
     }
 
-    function activate(bytes8 id) external {
+    function _activate(bytes8 id) private {
         Device storage d = _transition(id, _FROM_ACTIVATE);
         _onlyOwner(id, d);
         d.state = State.Active;
@@ -307,6 +326,10 @@ contract DeviceRegistry is AccessControl {
     }
 
     function setPolicy(bytes8 id, bytes32 policyId) external {
+        _setPolicy(id, policyId);
+    }
+
+    function _setPolicy(bytes8 id, bytes32 policyId) private {
         Device storage d = _transition(id, _LIVE);
         _onlyOwner(id, d);
         if (_policies[policyId].author == address(0)) revert UnknownPolicy(policyId);

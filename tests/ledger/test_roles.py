@@ -77,6 +77,15 @@ CASES: dict[str, Case] = {
         "BadClaimCode",
         (),
     ),
+    "onboardMany needs each claim code": Case(
+        lambda ch, who, dev: who.onboard_many(
+            [dev], [claim_code(dev) if who is ch.owner else b"guess"], POLICY
+        ),
+        "stranger",
+        "owner",
+        "BadClaimCode",
+        (),
+    ),
     "activate is the owner's": Case(lambda ch, who, dev: who.activate(dev), "stranger", "owner", "NotOwner"),
     "an admin cannot activate": Case(lambda ch, who, dev: who.activate(dev), "admin", "owner", "NotOwner"),
     "suspend: owner": Case(
@@ -231,3 +240,25 @@ async def test_previous_owner_loses_every_right_after_transfer(channel: Actors) 
     with pytest.raises(LedgerRevert, match="has not approved maintainer"):
         await ch.maintainer.record_firmware(dev, hashlib.sha256(b"fw").digest())
     assert (await ch.ledger.device_state(dev))[0] is DeviceState.CLAIMED
+
+
+@pytest.mark.asyncio
+async def test_onboard_many_is_all_or_nothing(channel: Actors) -> None:
+    ch = channel
+    devs = [device_id(i, tag=0xF5) for i in range(3)]
+    await ch.manufacturer.register_many([registration(d) for d in devs])
+    await ch.owner.define_policy(POLICY, publish=["telemetry"], subscribe=["config"])
+    codes = [claim_code(d) for d in devs]
+    with pytest.raises(LedgerRevert) as exc:
+        await ch.owner.onboard_many(devs, [*codes[:2], b"wrong"], POLICY)
+    assert exc.value.error == "BadClaimCode"
+    for d in devs:
+        assert (await ch.ledger.device_state(d))[0] is DeviceState.MANUFACTURED
+    await ch.owner.onboard_many(devs, codes, POLICY)
+    for d in devs:
+        record = await ch.ledger.device(d)
+        assert (record.state, record.owner, record.policy_id) == (
+            DeviceState.ACTIVE,
+            ch.owner.address,
+            POLICY,
+        )
