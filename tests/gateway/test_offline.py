@@ -1,0 +1,117 @@
+"""Offline operation: with the ledger unreachable the gateway serves known devices from its identity
+index for ``offline.max_staleness``, refuses unknown ones, says so on /readyz, and catches up (cut-offs
+included) when the ledger returns. The index's clock is skewed to cross the bound without sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+import pytest
+
+from device_agent.core import events
+from device_agent.core.device import DeviceRole
+from device_agent.core.keys import gateway_key
+from firmware_sim.device import SimDevice
+from gateway.mqtt import MqttConnectError
+from gateway.settings import OfflineSettings
+from ledger_bridge.enrollment import ProvisionedDevice, onboard
+from ledger_bridge.errors import LedgerUnavailable
+from ledger_bridge.model import LedgerEvent
+from tests.gateway.helpers import eventually
+from tests.gateway.stack import FIRMWARE, POLICY, site
+
+pytestmark = pytest.mark.asyncio
+
+
+class UnreachableLedger:
+    """A ledger source whose node is down."""
+
+    async def head(self) -> int:
+        raise LedgerUnavailable("node down (test)")
+
+    async def block_hash(self, number: int) -> bytes | None:
+        raise LedgerUnavailable("node down (test)")
+
+    async def events(self, from_block: int, to_block: int) -> Sequence[LedgerEvent]:
+        raise LedgerUnavailable("node down (test)")
+
+
+def _readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, e.read().decode()
+
+
+async def test_offline_serving_bound_and_catch_up(tmp_path):
+    async with site(
+        tmp_path, n_devices=2, gateway_settings={"offline": OfflineSettings(max_staleness=30)}
+    ) as s:
+        gw = s.gateways["gw-a"]
+        assert gw.health is not None
+        port = gw.health.port
+        skew = [0.0]
+        gw.index._clock = lambda: time.time() + skew[0]
+        kept, revoked = s.sim(0), s.sim(1)
+        for d in (kept, revoked):
+            await d.connect()
+        assert (await asyncio.to_thread(_readyz, port)) == (200, "ready\n")
+
+        source, gw._source = gw._source, UnreachableLedger()
+        assert await eventually(lambda: not gw.ledger_ok and gw.metrics.get("ledger_sync_errors") > 0)
+        status, why = await asyncio.to_thread(_readyz, port)
+        assert status == 200 and "ledger unreachable" in why
+        # meanwhile on the ledger: one device is revoked and a new one onboarded; the gateway can't know
+        await s.actors["owner"].revoke(revoked.device_id)
+        newcomer = ProvisionedDevice.generate(model="diams-sensor", serial="SN-NEW", firmware_hash=FIRMWARE)
+        await onboard(
+            manufacturer=s.actors["manufacturer"],
+            owner=s.actors["owner"],
+            devices=[newcomer],
+            gateways=[s.keys["gw-a"]],
+            policy_id=POLICY,
+        )
+        # known devices keep authenticating from the index (the revoked one too: the bound is the price)
+        for d in (kept, revoked):
+            assert isinstance(await d.authenticate(), events.Authenticated)
+        # unknown ones are refused: the broker has no account for it, and the gateway does not know it
+        fresh = SimDevice(newcomer, gateway_id="gw-a", host="127.0.0.1", port=s.broker.port)
+        with pytest.raises(MqttConnectError):
+            await fresh.connect(timeout=3)
+        key = gateway_key(newcomer.secret, newcomer.device_id, b"gw-a", 0, FIRMWARE)
+        hello = DeviceRole(newcomer.device_id, b"gw-a", bytes(key), 0).hello(1, bytes(8))
+        gw.traffic.on_message(f"diams/v1/hs/gw-a/{newcomer.device_id.hex()}/up".encode(), hello)
+        assert gw.metrics.get("rejected", "unknown_device") == 1
+
+        # past the staleness bound: every handshake is refused, and the gateway is not ready
+        skew[0] = 31.0
+        result = await kept.authenticate(timeout=1)
+        assert isinstance(result, events.Rejected) and result.reason == "timeout"
+        assert gw.metrics.get("handshake_refused", "index_stale") == 1
+        status, why = await asyncio.to_thread(_readyz, port)
+        assert status == 503 and "stale" in why
+        assert kept.device_id in gw.traffic.sessions  # live sessions are not cut for staleness alone
+
+        # the ledger returns: the index catches up, the revoked device is cut off, the newcomer served
+        gw._source = source
+        assert await eventually(lambda: gw.ledger_ok, 5)
+        await asyncio.wait_for(asyncio.shield(revoked.client.closed), 5)
+        assert revoked.device_id not in gw.devices.entries and revoked.device_id not in gw.traffic.sessions
+        assert (await asyncio.to_thread(_readyz, port)) == (200, "ready\n")
+        assert isinstance(await kept.authenticate(), events.Authenticated)
+        assert await eventually(lambda: newcomer.device_id in gw.devices.entries)
+        for _ in range(50):  # enrolment at the broker follows the index (a batched reload)
+            try:
+                await fresh.connect(timeout=3)
+                break
+            except MqttConnectError:
+                await asyncio.sleep(0.1)
+        assert isinstance(await fresh.authenticate(), events.Authenticated)
+        for d in (kept, fresh):
+            await d.close()
