@@ -1,0 +1,349 @@
+"""The gateway daemon end to end: handshake throughput and latency against the plain MQTT ceiling,
+revocation cut-off, and legitimate success under a flood. One run, one broker.
+
+Setup (``bench._site``): a private mosquitto 2.0.11 (``set_tcp_nodelay true``, password + ACL files of
+the gateway's ``MosquittoEnforcer``, ``%u`` patterns), an anvil node on loopback, ``BENCH_GATEWAY_DEVICES``
+(default 1,030) devices onboarded for gateway ``gw-a`` with ``ledger_bridge.enrollment.onboard``, and
+broker-only accounts padding the password file to 10,000 device lines (ids the ledger does not know;
+some of them flood). The gateway (``gateway.service.Gateway``, ledger over JSON-RPC to anvil, its own
+enforcer signalling the broker) runs in its OWN process, as does the plain responder; the load
+generator (devices on ``gateway.mqtt.MqttClient``, the same client the gateway and simulator use) runs in
+this process. The machine has 2 cores shared by mosquitto, the gateway, anvil and the load generator:
+``gw_cpu_*``/``broker_cpu_*``/``loadgen_cpu_*`` give each process's CPU (fraction of one core) during
+the e2e window, which says who is the bottleneck.
+
+Bench-only gateway settings: ``defence.device_rate`` = 50/s (burst 100) instead of 2/s (burst 6),
+because the throughput run re-authenticates 1,000 devices in a tight loop (each device ~6 handshake
+messages/s); everything else is the default (``ledger.poll_interval`` 0.2 s, global rate 20,000/s).
+
+``mqtt_rr_ceiling_per_s`` / ``mqtt_rr_p50_ms``: plain request/response through the same broker, same
+client library, same concurrency and QoS as the e2e run: a responder process doing no work (broker
+account of a second gateway ``rr``, subscribed to ``diams/v1/hs/rr/+/up``, echoing each message to
+``.../down`` at QoS 1), and 1,000 requesters in this process, each its own connection with a device's
+credentials, publishing a 21-byte message at QoS 1 on its ``up`` topic and awaiting the echo, in a loop.
+Counted over ``WINDOW_S`` after a 1 s warm-up.
+
+``e2e_handshakes_per_s``, ``e2e_handshake_p50_ms``, ``e2e_handshake_p99_ms``: 1,000 ``SimDevice``s
+(the real device role), each its own connection, each authenticating in a loop (HELLO → CHALLENGE →
+PROOF → RESULT, two round trips; the gateway commits each accepted counter to SQLite before its
+CHALLENGE leaves). Completed handshakes over ``WINDOW_S`` after a 1 s warm-up; latency is HELLO sent →
+RESULT verified, over every handshake completed in the window. ``e2e_rejected`` counts the others.
+Targets: e2e ≥ 0.5 x ceiling / 2 and ≥ 2,000/s; p99 ≤ 50 ms.
+
+``flood_legit_success_ratio``: a flooder process sends ``FLOOD_RATE`` (10,000) bogus messages/s at
+QoS 0 from raw sockets: well-formed HELLOs with random fields from 30 broker accounts the ledger does
+not know, and random bytes of random length on the handshake and data topics of 20 enrolled devices
+that never authenticate. (A device can publish only on its own topics: the broker's ACL refuses the
+rest, so bogus ids must hold a broker account to reach the gateway at all.) Meanwhile the 1,000
+legitimate devices each authenticate about once per second for ``WINDOW_S``; ratio = handshakes
+authenticated / handshakes started (each with a 5 s timeout). ``flood_sent_per_s`` is what the
+flooder achieved.
+
+``revocation_cutoff_ms``: five connected, authenticated devices are revoked one after another (≥ 1.1 s
+apart, so no broker reload is recent): time from submitting the owner's ``revoke`` transaction on anvil
+to the device's MQTT connection being closed by the broker; median (``revocation_cutoff_max_ms`` the
+worst). The path: anvil block → gateway index poll (0.2 s) → session dropped, ``CutOff`` → password
+file rewritten → SIGHUP → mosquitto drops the socket, with 10,000 device lines in the password file.
+
+``enroll_*``: the cost of onboarding: ``registerMany``/``authorizeGatewayMany`` are batched (100 per
+tx), but claim, setPolicy and activate are one transaction each per device (~85 tx/s on anvil here),
+which is why this bench enrolls ~1,000 devices on the ledger rather than 10,000 (extrapolated:
+``enroll_10k_extrapolated_s``). Contract batch functions (claimMany/activateMany/setPolicyMany) would
+remove that cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import random
+import statistics
+import time
+from typing import Any
+
+from bench._gateway_proc import run_flooder, run_gateway, run_responder
+from bench._site import GATEWAY_ID, RR_GATEWAY_ID, BenchSite, build_site
+from device_agent.core import events
+from firmware_sim.device import SimDevice
+from gateway.broker import gateway_username
+from gateway.mqtt import MqttClient
+from gateway.settings import DefenceSettings
+
+LEGIT = int(os.environ.get("BENCH_GATEWAY_LEGIT", "1000"))
+FLOOD_GARBAGE_DEVICES = 20
+REVOKED = 5
+FLOOD_HELLO_ACCOUNTS = 30
+BROKER_DEVICE_LINES = 10_000
+N_DEVICES = int(os.environ.get("BENCH_GATEWAY_DEVICES", "10000"))
+WINDOW_S = float(os.environ.get("BENCH_GATEWAY_WINDOW_S", "5"))
+FLOOD_RATE = 10_000.0
+PAYLOAD = b"\x11" + b"r" * 20  # HELLO-sized
+BENCH_DEFENCE = DefenceSettings(device_rate=50.0, device_burst=100)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start = {n: _cpu_seconds(p) for n, p in pids.items()}
+        self.t0 = time.perf_counter()
+
+    def shares(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.t0
+        return {n: (_cpu_seconds(p) - self.start[n]) / elapsed for n, p in self.pids.items()}
+
+
+async def _gather_in_batches(coros: list[Any], size: int = 100) -> list[Any]:
+    out = []
+    for i in range(0, len(coros), size):
+        out += await asyncio.gather(*coros[i : i + size])
+    return out
+
+
+# -- the ceiling ----------------------------------------------------------------------------------------
+
+
+async def _ceiling(site: BenchSite) -> tuple[float, float]:
+    loop = asyncio.get_running_loop()
+    devices = site.devices[:LEGIT]
+    waiting: dict[bytes, asyncio.Future[None]] = {}
+
+    def on_message(topic: bytes, _payload: bytes) -> None:
+        fut = waiting.pop(topic, None)
+        if fut is not None:
+            fut.set_result(None)
+
+    async def connect(d: Any) -> MqttClient:
+        hexid = d.device_id.hex()
+        c = await MqttClient.connect(
+            "127.0.0.1",
+            site.port,
+            client_id=hexid,
+            username=hexid,
+            password=d.broker_password(),
+            on_message=on_message,
+            keepalive=120,
+        )
+        await c.subscribe([(f"diams/v1/hs/{RR_GATEWAY_ID}/{hexid}/down", 1)])
+        return c
+
+    clients = await _gather_in_batches([connect(d) for d in devices])
+    counting = stopping = False
+    done, rtts = 0, []
+
+    async def requester(client: MqttClient, hexid: str) -> None:
+        nonlocal done
+        up = f"diams/v1/hs/{RR_GATEWAY_ID}/{hexid}/up".encode()
+        down = f"diams/v1/hs/{RR_GATEWAY_ID}/{hexid}/down".encode()
+        while not stopping:
+            fut = loop.create_future()
+            waiting[down] = fut
+            t0 = time.perf_counter()
+            client.publish(up, PAYLOAD, qos=1)
+            await asyncio.wait_for(fut, 10)
+            if counting:
+                done += 1
+                rtts.append(time.perf_counter() - t0)
+
+    tasks = [
+        asyncio.create_task(requester(c, d.device_id.hex())) for c, d in zip(clients, devices, strict=True)
+    ]
+    await asyncio.sleep(1.0)
+    counting, t0 = True, time.perf_counter()
+    await asyncio.sleep(WINDOW_S)
+    counting, elapsed = False, time.perf_counter() - t0
+    stopping = True
+    await asyncio.gather(*tasks)
+    await asyncio.gather(*(c.close() for c in clients))
+    return done / elapsed, statistics.median(rtts) * 1000
+
+
+# -- devices --------------------------------------------------------------------------------------------
+
+
+async def _connect_sims(site: BenchSite, devices: list[Any]) -> list[SimDevice]:
+    sims = [SimDevice(d, gateway_id=GATEWAY_ID, host="127.0.0.1", port=site.port) for d in devices]
+    await _gather_in_batches([s.connect() for s in sims])
+    return sims
+
+
+async def _e2e(sims: list[SimDevice], pids: dict[str, int]) -> dict[str, float]:
+    counting = stopping = False
+    done, rejected, lat = 0, 0, []
+
+    async def loop(dev: SimDevice) -> None:
+        nonlocal done, rejected
+        while not stopping:
+            t0 = time.perf_counter()
+            result = await dev.authenticate(timeout=5.0)
+            if counting:
+                if isinstance(result, events.Authenticated):
+                    done += 1
+                    lat.append(time.perf_counter() - t0)
+                else:
+                    rejected += 1
+
+    tasks = [asyncio.create_task(loop(s)) for s in sims]
+    await asyncio.sleep(1.0)
+    meter = CpuMeter(pids)
+    counting, t0 = True, time.perf_counter()
+    await asyncio.sleep(WINDOW_S)
+    counting, elapsed = False, time.perf_counter() - t0
+    cpu = meter.shares()
+    stopping = True
+    await asyncio.gather(*tasks)
+    lat.sort()
+    out = {
+        "e2e_handshakes_per_s": done / elapsed,
+        "e2e_handshake_p50_ms": lat[len(lat) // 2] * 1000 if lat else float("nan"),
+        "e2e_handshake_p99_ms": lat[int(len(lat) * 0.99)] * 1000 if lat else float("nan"),
+        "e2e_rejected": float(rejected),
+    }
+    out.update({f"{name}_cpu_e2e": share for name, share in cpu.items()})
+    return out
+
+
+async def _paced_legit(sims: list[SimDevice], seconds: float) -> tuple[int, int]:
+    attempted = completed = 0
+    deadline = time.perf_counter() + seconds
+
+    async def loop(dev: SimDevice) -> None:
+        nonlocal attempted, completed
+        await asyncio.sleep(random.uniform(0, 1.0))
+        while time.perf_counter() < deadline:
+            attempted += 1
+            if isinstance(await dev.authenticate(timeout=5.0), events.Authenticated):
+                completed += 1
+            await asyncio.sleep(random.uniform(0.5, 1.5))
+
+    await asyncio.gather(*(loop(s) for s in sims))
+    return attempted, completed
+
+
+async def _revocations(site: BenchSite, sims: list[SimDevice]) -> list[float]:
+    owner = site.actors["owner"]
+    out = []
+    for dev in sims:
+        result = await dev.authenticate(timeout=5.0)
+        if not isinstance(result, events.Authenticated):
+            raise RuntimeError(f"revocation target did not authenticate: {result}")
+        await asyncio.sleep(1.1)
+        assert dev.client is not None
+        t0 = time.perf_counter()
+        await owner.revoke(dev.device_id)
+        await asyncio.wait_for(asyncio.shield(dev.client.closed), 10)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+# -- the run ------------------------------------------------------------------------------------------
+
+
+def _process(ctx: Any, target: Any, *args: Any) -> Any:
+    p = ctx.Process(target=target, args=args, daemon=True)
+    p.start()
+    return p
+
+
+async def _wait_event(event: Any, what: str, timeout: float = 60) -> None:
+    if not await asyncio.to_thread(event.wait, timeout):
+        raise RuntimeError(f"{what} did not become ready within {timeout} s")
+
+
+async def _run() -> dict[str, float]:
+    results: dict[str, float] = {}
+    t0 = time.perf_counter()
+    n_unknown = max(FLOOD_HELLO_ACCOUNTS, BROKER_DEVICE_LINES - N_DEVICES)
+    site = await build_site(n_devices=N_DEVICES, n_unknown=n_unknown)
+    enrolled = site.enroll_seconds
+    per_device = sum(enrolled.values()) / N_DEVICES
+    results.update(
+        {
+            "enroll_devices": float(N_DEVICES),
+            "enroll_devices_per_s": 1 / per_device,
+            "enroll_seconds": sum(enrolled.values()),
+            "broker_device_lines": float(N_DEVICES + n_unknown),
+        }
+    )
+    print(f"   site ready in {time.perf_counter() - t0:.1f} s ({N_DEVICES} devices onboarded)", flush=True)
+    ctx = multiprocessing.get_context("spawn")
+    stops: list[Any] = []
+    procs: list[Any] = []
+    try:
+        gw_ready, gw_stop = ctx.Event(), ctx.Event()
+        stops.append(gw_stop)
+        spec = site.gateway_spec(
+            defence=BENCH_DEFENCE, poll_interval=0.2, profile=os.environ.get("BENCH_GATEWAY_PROFILE", "")
+        )
+        gw = _process(ctx, run_gateway, spec, gw_ready, gw_stop)
+        procs.append(gw)
+        rr_ready, rr_stop = ctx.Event(), ctx.Event()
+        stops.append(rr_stop)
+        rr_user = gateway_username(RR_GATEWAY_ID)
+        procs.append(
+            _process(
+                ctx, run_responder, site.port, rr_user, site.secrets["rr"], RR_GATEWAY_ID, rr_ready, rr_stop
+            )
+        )
+        await _wait_event(gw_ready, "the gateway")
+        await _wait_event(rr_ready, "the responder")
+        await asyncio.sleep(1.5)  # the gateway's enforcer reloads the broker once at start
+
+        rate, p50 = await _ceiling(site)
+        results["mqtt_rr_ceiling_per_s"], results["mqtt_rr_p50_ms"] = rate, p50
+        rr_stop.set()
+        print(f"   ceiling {rate:,.0f}/s p50 {p50:.1f} ms", flush=True)
+
+        sims = await _connect_sims(site, site.devices[:LEGIT])
+        pids = {"gw": gw.pid, "broker": site.broker.pid, "loadgen": os.getpid()}
+        results.update(await _e2e(sims, pids))
+        print(f"   e2e {results['e2e_handshakes_per_s']:,.0f}/s", flush=True)
+
+        fl_ready, fl_stop, sent = ctx.Event(), ctx.Event(), ctx.Value("q", 0)
+        stops.append(fl_stop)
+        garbage = site.devices[LEGIT : LEGIT + FLOOD_GARBAGE_DEVICES]
+        accounts = [(u, site.secrets["flood"], "hello") for u in site.unknown_ids[:FLOOD_HELLO_ACCOUNTS]]
+        accounts += [(d.device_id.hex(), d.broker_password(), "garbage") for d in garbage]
+        procs.append(
+            _process(ctx, run_flooder, site.port, GATEWAY_ID, accounts, FLOOD_RATE, fl_ready, fl_stop, sent)
+        )
+        await _wait_event(fl_ready, "the flooder")
+        await asyncio.sleep(0.5)
+        sent0, f0 = sent.value, time.perf_counter()
+        attempted, completed = await _paced_legit(sims, WINDOW_S)
+        results["flood_sent_per_s"] = (sent.value - sent0) / (time.perf_counter() - f0)
+        fl_stop.set()
+        results["flood_legit_attempted"] = float(attempted)
+        results["flood_legit_success_ratio"] = completed / max(1, attempted)
+        print(f"   flood ratio {results['flood_legit_success_ratio']:.4f}", flush=True)
+
+        targets = site.devices[LEGIT + FLOOD_GARBAGE_DEVICES : LEGIT + FLOOD_GARBAGE_DEVICES + REVOKED]
+        revoked = await _connect_sims(site, targets)
+        cutoffs = await _revocations(site, revoked)
+        results["revocation_cutoff_ms"] = statistics.median(cutoffs)
+        results["revocation_cutoff_max_ms"] = max(cutoffs)
+        await asyncio.gather(*(s.close() for s in sims))
+    finally:
+        for ev in stops:
+            ev.set()
+        for p in procs:
+            p.join(15)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        await site.close()
+    return results
+
+
+def run() -> dict[str, float]:
+    return asyncio.run(_run())
+
+
+if __name__ == "__main__":
+    for key, value in run().items():
+        print(f"{key:<44} {value:>14,.3f}")
