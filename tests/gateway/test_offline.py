@@ -20,9 +20,10 @@ from gateway.mqtt import MqttConnectError
 from gateway.settings import OfflineSettings
 from ledger_bridge.enrollment import ProvisionedDevice, onboard
 from ledger_bridge.errors import LedgerUnavailable
+from ledger_bridge.index import LedgerSource
 from ledger_bridge.model import LedgerEvent
 from tests.gateway.helpers import eventually
-from tests.gateway.stack import FIRMWARE, POLICY, site
+from tests.gateway.stack import FIRMWARE, POLICY, site, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.asyncio
 
@@ -115,3 +116,23 @@ async def test_offline_serving_bound_and_catch_up(tmp_path):
         assert isinstance(await fresh.authenticate(), events.Authenticated)
         for d in (kept, fresh):
             await d.close()
+
+
+async def test_gateway_starting_without_a_ledger_serves_known_devices_from_its_index(tmp_path, monkeypatch):
+    async with site(tmp_path, n_devices=1) as s:
+        dev = s.sim(0)
+        await dev.connect()
+        assert isinstance(await dev.authenticate(), events.Authenticated)
+        enforcer = s.gateways["gw-a"]._enforcer
+        await stop_gateway(s, "gw-a")
+        # the gateway reboots while the node is down: it serves from the index it kept on disk
+        monkeypatch.setattr("gateway.service.LedgerSource", lambda ledger: UnreachableLedger())
+        gw = await start_gateway(s, "gw-a", tmp_path, enforcer=enforcer)
+        assert not gw.ledger_ok and dev.device_id in gw.devices.entries
+        assert isinstance(await dev.authenticate(), events.Authenticated)
+        assert gw.devices.entries[dev.device_id].counter == 2
+        # the node comes back: the gateway catches up by itself
+        await s.actors["owner"].suspend(dev.device_id)
+        gw._source = LedgerSource(s.ledger)
+        await asyncio.wait_for(asyncio.shield(dev.client.closed), 5)
+        assert gw.ledger_ok and dev.device_id not in gw.devices.entries

@@ -42,9 +42,12 @@ async def test_broker_restart_gateway_resubscribes_and_devices_reauthenticate(tm
         assert await eventually(lambda: len(got) == 2), dict(gw.metrics.counters)
         assert sorted(p for _, p in got) == sorted(d.hex.encode() for d in devs)
         assert gw.metrics.get("authenticated") == 4
+        # enforcement still works against the restarted broker: a revoked device is cut off
+        await s.actors["owner"].revoke(devs[1].device_id)
+        await asyncio.wait_for(asyncio.shield(devs[1].client.closed), 5)
+        assert devs[0].client.is_open
         await listener.close()
-        for d in devs:
-            await d.close()
+        await devs[0].close()
 
 
 async def test_gateway_restart_mid_handshake(tmp_path):
