@@ -1,0 +1,442 @@
+"""Operating the gateway: the CLI, health endpoints over HTTP, sd_notify on a real socket, audit anchoring
+on a real EVM, secrets kept out of logs, and the systemd unit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from device_agent.core import events
+from gateway.audit import AuditLog, anchor_records, check_anchors, verify_file
+from gateway.cli import main
+from ledger_bridge import LedgerError
+from ledger_bridge.index import onchain_gateway_id
+from ledger_bridge.sealing import load_gateway_key, public_bytes
+from tests.conftest import require
+from tests.gateway.stack import site
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = ROOT / "systemd" / "diams-gateway.service"
+EXAMPLE = ROOT / "systemd" / "gateway.example.toml"
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """``main()`` installs its own root handler on the (captured) stderr; later tests must not log to it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+# ---- diams-gateway keys / check-config -----------------------------------------------------------------
+
+
+def test_keys_writes_0600_files_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "keys"
+    assert main(["keys", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    key, password = out / "gateway.key", out / "broker.password"
+    for path in (key, password):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert printed["x25519_public_key"] == public_bytes(load_gateway_key(key).public_key()).hex()
+    assert len(password.read_text()) >= 32
+    before = key.read_bytes(), password.read_bytes()
+    assert main(["keys", "--out", str(out)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert (key.read_bytes(), password.read_bytes()) == before
+
+
+def test_check_config_exit_codes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert main(["check-config", "--config", str(EXAMPLE)]) == 0
+    assert "configuration ok: gateway gw-site-1" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text(EXAMPLE.read_text().replace("port = 1883", "port = 99999"))
+    assert main(["check-config", "--config", str(bad)]) == 2
+    assert "configuration error: broker.port must be 1..65535, got 99999" in capsys.readouterr().err
+    assert main(["check-config", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    monkeypatch.setenv("DIAMS_GATEWAY_GATEWAY_ID", "Not Valid")
+    assert main(["check-config", "--config", str(EXAMPLE)]) == 2
+    assert "gateway_id must be" in capsys.readouterr().err
+    monkeypatch.delenv("DIAMS_GATEWAY_GATEWAY_ID")
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    assert main(["check-config", "--config", str(EXAMPLE)]) == 2
+    assert "needs $CREDENTIALS_DIRECTORY" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["check-config", "--bogus"])
+    assert info.value.code == 2
+
+
+# ---- diams-gateway audit verify -------------------------------------------------------------------------
+
+
+def _log_with_anchor(tmp_path: Path) -> Path:
+    log = AuditLog(tmp_path / "audit.log")
+    for i in range(5):
+        log.append("authenticated", device=f"{i:016x}", counter=i)
+    anchor = log.next_anchor()
+    assert anchor is not None
+    log.mark_anchored(anchor, "0x" + "ab" * 32)
+    log.append("cut_off", device="0000000000000001")
+    log.close()
+    return tmp_path / "audit.log"
+
+
+def _rewrite_chain(path: Path, edit: dict[str, object]) -> None:
+    """What an attacker with write access does: change record 2 and recompute every hash after it."""
+    from gateway.audit import GENESIS, _digest
+
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    prev = GENESIS
+    for rec in lines:
+        rec.pop("hash")
+        if rec["seq"] == 2:
+            rec.update(edit)
+        rec["prev"] = prev
+        rec["hash"] = prev = _digest(prev, rec)
+    path.write_text("".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in lines))
+
+
+def test_audit_verify_good_and_tampered_logs(tmp_path, capsys):
+    path = _log_with_anchor(tmp_path)
+    assert main(["audit", "verify", str(path)]) == 0
+    assert "audit log valid: 6 records" in capsys.readouterr().out
+    assert main(["audit", "verify", str(path), "--anchors"]) == 0
+    out = capsys.readouterr().out
+    assert "anchor 1..5" in out and ": ok" in out and "1 records not anchored yet" in out
+
+    # an edit in place breaks the chain at that line
+    altered = tmp_path / "altered"
+    altered.mkdir()
+    shutil.copy(path, altered / "audit.log")
+    text = (altered / "audit.log").read_text()
+    (altered / "audit.log").write_text(text.replace('"counter":2', '"counter":7'))
+    assert main(["audit", "verify", str(altered / "audit.log")]) == 1
+    assert "record 3 was altered" in capsys.readouterr().err
+
+    # a removed record breaks the chain at the next one
+    removed = tmp_path / "removed"
+    removed.mkdir()
+    lines = path.read_text().splitlines(keepends=True)
+    (removed / "audit.log").write_text("".join(lines[:1] + lines[2:]))
+    assert main(["audit", "verify", str(removed / "audit.log")]) == 1
+    assert "chain broken" in capsys.readouterr().err
+
+    # a consistently rewritten chain verifies, but no longer matches its anchor
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    shutil.copy(path, forged / "audit.log")
+    shutil.copy(path.with_name("audit.log.anchors"), forged / "audit.log.anchors")
+    _rewrite_chain(forged / "audit.log", {"device": "ffffffffffffffff"})
+    assert main(["audit", "verify", str(forged / "audit.log")]) == 0
+    capsys.readouterr()
+    assert main(["audit", "verify", str(forged / "audit.log"), "--anchors"]) == 1
+    assert "MISMATCH: the log no longer matches the local anchor record" in capsys.readouterr().out
+
+
+def test_audit_verify_of_a_missing_file_fails(tmp_path, capsys):
+    assert main(["audit", "verify", str(tmp_path / "none.log")]) == 1
+    assert "NOT valid" in capsys.readouterr().err
+
+
+# ---- a running gateway: HTTP endpoints, sd_notify, anchoring, logs ---------------------------------------
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode()
+        exc.close()
+        return exc.code, body
+
+
+async def _until(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+@pytest.mark.asyncio
+async def test_health_ready_and_metrics_over_http(tmp_path):
+    async with site(tmp_path, n_devices=1) as s:
+        gw = s.gateways["gw-a"]
+        assert gw.health is not None and gw.health.port > 0
+        port = gw.health.port
+        assert await asyncio.to_thread(_get, port, "/healthz") == (200, "ok\n")
+        assert await asyncio.to_thread(_get, port, "/readyz") == (200, "ready\n")
+        dev = s.sim(0)
+        await dev.connect()
+        assert isinstance(await dev.authenticate(), events.Authenticated)
+        status, text = await asyncio.to_thread(_get, port, "/metrics")
+        assert status == 200
+        assert "# TYPE diams_authenticated_total counter\ndiams_authenticated_total 1\n" in text
+        assert "# TYPE diams_sessions gauge\ndiams_sessions 1.0\n" in text
+        for gauge in ("pending_handshakes", "devices_servable", "index_staleness_seconds"):
+            assert re.search(rf"^diams_{gauge} [0-9.e+-]+$", text, re.M), gauge
+        assert "diams_mqtt_connects_total 1" in text
+        await dev.close()
+
+        # the broker goes away: not ready (503, with the reason), still alive; back when it returns
+        s.broker.stop()
+
+        async def not_ready() -> bool:
+            return (await asyncio.to_thread(_get, port, "/readyz"))[0] == 503
+
+        assert await _until(not_ready)
+        assert await asyncio.to_thread(_get, port, "/readyz") == (503, "broker: not connected\n")
+        assert (await asyncio.to_thread(_get, port, "/healthz"))[0] == 200
+        s.broker.start()
+
+        async def ready() -> bool:
+            return (await asyncio.to_thread(_get, port, "/readyz"))[0] == 200
+
+        assert await _until(ready, 20)
+        assert await asyncio.to_thread(_get, port, "/nowhere") == (404, "404: Not Found")
+
+
+@pytest.mark.asyncio
+async def test_sd_notify_ready_watchdog_and_stopping_on_a_real_socket(tmp_path, monkeypatch):
+    with tempfile.TemporaryDirectory(prefix="sd", dir="/tmp") as d:  # AF_UNIX paths are short
+        address = os.path.join(d, "notify")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(address)
+        sock.setblocking(False)
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        monkeypatch.setenv("WATCHDOG_USEC", "200000")  # WatchdogSec=0.2s: a ping every 0.1 s
+        monkeypatch.delenv("WATCHDOG_PID", raising=False)
+        got: list[str] = []
+
+        def drain() -> list[str]:
+            while True:
+                try:
+                    got.append(sock.recv(4096).decode())
+                except BlockingIOError:
+                    return got
+
+        try:
+            async with site(tmp_path, n_devices=1):
+                # READY=1 once connected and subscribed (watchdog pings may precede it)
+                assert [m for m in drain() if m != "WATCHDOG=1"] == ["READY=1"], got
+                await asyncio.sleep(0.55)
+                pings = drain().count("WATCHDOG=1")
+                assert pings >= 3, got
+                assert "STOPPING=1" not in got
+            assert drain()[-1] == "STOPPING=1"
+            assert got.count("READY=1") == 1
+        finally:
+            sock.close()
+
+
+@pytest.mark.asyncio
+async def test_anchor_puts_the_merkle_root_on_chain_and_a_tampered_log_no_longer_matches(tmp_path, capsys):
+    async with site(tmp_path, n_devices=2) as s:
+        gw = s.gateways["gw-a"]
+        for i in range(2):
+            dev = s.sim(i)
+            await dev.connect()
+            assert isinstance(await dev.authenticate(), events.Authenticated)
+            await dev.close()
+        log = gw.settings.state_dir / "audit.log"
+        count = gw.audit.seq
+        assert count >= 2
+        tx = await gw.anchor_now()
+        assert tx is not None and tx.startswith("0x")
+        [record] = anchor_records(log)
+        root = bytes.fromhex(record["root"])
+        on_chain = await s.ledger.anchor(root)
+        assert (on_chain.count, on_chain.first_seq, on_chain.last_seq) == (count, 1, count)
+        assert on_chain.gateway_id == onchain_gateway_id(b"gw-a") and on_chain.block_number > 0
+        assert gw.metrics.get("anchors") == 1
+        assert await gw.anchor_now() is None  # nothing new: no transaction
+
+        gw.audit.append("operator_note", note="second batch")
+        assert await gw.anchor_now() is not None
+        second = anchor_records(log)[1]
+        assert (second["first_seq"], second["last_seq"], second["count"]) == (count + 1, count + 1, 1)
+
+        gid = onchain_gateway_id(b"gw-a")
+        checks = await check_anchors(log, s.ledger, gateway_id=gid)
+        assert [(c.on_chain, c.problem) for c in checks] == [(True, ""), (True, "")]
+        assert [c.root for c in checks] == [record["root"], second["root"]]
+
+        # an attacker rewrites the log *and* its hash chain and sidecar: the chain refuses the new root
+        forged = tmp_path / "forged"
+        forged.mkdir()
+        shutil.copy(log, forged / "audit.log")
+        _rewrite_chain(forged / "audit.log", {"event": "rejected"})
+        count_, _ = verify_file(forged / "audit.log")  # the hash chain alone is consistent again
+        assert count_ == count + 1
+        lines = [json.loads(x) for x in log.with_name("audit.log.anchors").read_text().splitlines()]
+        from gateway.audit import batch_root
+
+        _, new_root = batch_root(forged / "audit.log", 1, count)
+        lines[0]["root"] = new_root.hex()
+        (forged / "audit.log.anchors").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        with pytest.raises(LedgerError):
+            await s.ledger.anchor(new_root)
+        checks = await check_anchors(forged / "audit.log", s.ledger, gateway_id=gid)
+        assert not checks[0].on_chain and "root not found on chain" in checks[0].problem
+        # every later record's hash changed with it, so every later anchor fails too
+        assert not checks[1].on_chain and "root not found on chain" in checks[1].problem
+        # and the records anchored by another gateway are not taken for this one's
+        checks = await check_anchors(log, s.ledger, gateway_id=onchain_gateway_id(b"gw-other"))
+        assert all("anchored by another gateway" in c.problem for c in checks)
+
+
+@pytest.mark.asyncio
+async def test_no_secret_reaches_the_logs_of_a_full_run(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    async with site(tmp_path, n_devices=2) as s:
+        gw = s.gateways["gw-a"]
+        dev, other = s.sim(0), s.sim(1)
+        for d in (dev, other):
+            await d.connect()
+            assert isinstance(await d.authenticate(), events.Authenticated)
+        dev.send_data("telemetry", b"21.5")
+        dev.client.publish(dev.up, b"\x11garbage", qos=1)  # a refused message is logged too
+        assert gw.traffic.send_command(dev.device_id, "config", b"interval=60")
+        await asyncio.sleep(0.3)
+        await s.actors["owner"].revoke(other.device_id)
+        await asyncio.wait_for(asyncio.shield(other.client.closed), 5)
+        await gw.anchor_now()
+        await dev.close()
+        secrets = {
+            "gateway broker password": s.actors["broker-gw-a"],
+            "gateway private key": (tmp_path / "gw-a.key").read_bytes().hex(),
+        }
+        for name, d in (("dev", dev), ("other", other)):
+            secrets[f"{name} secret"] = d.identity.secret.hex()
+            secrets[f"{name} broker password"] = d.identity.broker_password()
+            secrets[f"{name} gateway key"] = d._key().hex()
+        audit = (gw.settings.state_dir / "audit.log").read_text()
+    logged = "\n".join(
+        r.getMessage() + (logging.Formatter().formatException(r.exc_info) if r.exc_info else "")
+        for r in caplog.records
+    )
+    assert len(caplog.records) >= 3, logged  # the run did log (at DEBUG and up: every level captured)
+    for name, value in secrets.items():
+        assert value, name
+        for text, where in ((logged, "logs"), (audit, "audit log")):
+            assert value not in text and value.upper() not in text, f"{name} appears in the {where}"
+            assert repr(value)[1:-1] not in text
+
+
+# ---- the systemd unit ------------------------------------------------------------------------------------
+
+
+def _unit() -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for raw in UNIT.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            values.setdefault(key.strip(), []).append(value.strip())
+    return values
+
+
+def test_unit_declares_notify_watchdog_user_credentials_and_hardening():
+    u = _unit()
+    expected = {
+        "Type": "notify", "NotifyAccess": "main", "User": "diams-gateway", "DynamicUser": "no",
+        "StateDirectory": "diams-gateway", "ConfigurationDirectory": "diams-gateway", "UMask": "0077",
+        "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes", "PrivateDevices": "yes",
+        "NoNewPrivileges": "yes", "CapabilityBoundingSet": "", "MemoryDenyWriteExecute": "yes",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX", "LockPersonality": "yes",
+        "RestrictRealtime": "yes", "RestrictNamespaces": "yes", "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes", "ProtectControlGroups": "yes",
+        "ProtectClock": "yes", "ProtectHostname": "yes", "RemoveIPC": "yes", "RestrictSUIDSGID": "yes",
+    }
+    for key, value in expected.items():
+        assert u.get(key) == [value], (key, u.get(key))
+    assert "@system-service" in u["SystemCallFilter"]
+    assert re.fullmatch(r"\d+s", u["WatchdogSec"][0])
+    creds = dict(c.split(":", 1) for c in u["LoadCredential"])
+    assert {"gateway.key", "broker.password"} <= set(creds)
+    # the example config reads exactly those credentials
+    example = EXAMPLE.read_text()
+    for name in creds:
+        assert f'"credential:{name}"' in example, name
+
+
+def _systemd_analyze() -> str | None:
+    return shutil.which("systemd-analyze")
+
+
+def test_unit_passes_systemd_analyze_verify(tmp_path):
+    tool = _systemd_analyze()
+    require(tool is not None, "systemd-analyze")
+    assert tool is not None
+    # verify checks that ExecStart exists: point it at this checkout's entry point
+    exe = Path(sys.executable).with_name("diams-gateway")
+    require(exe.exists(), "the diams-gateway entry point (pip install -e .)")
+    unit = tmp_path / "diams-gateway.service"
+    unit.write_text(UNIT.read_text().replace("/opt/diams/.venv/bin/diams-gateway", str(exe)))
+    done = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "diams-gateway.service" not in done.stderr, done.stderr
+
+
+def test_unit_exposure_score_stays_low(tmp_path):
+    tool = _systemd_analyze()
+    require(tool is not None, "systemd-analyze")
+    assert tool is not None
+    unit = tmp_path / "diams-gateway.service"
+    shutil.copy(UNIT, unit)
+    done = subprocess.run(
+        [tool, "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True, text=True, timeout=60,
+    )
+    found = re.search(r"Overall exposure level for diams-gateway\.service: (\d+\.\d)", done.stdout)
+    require(found is not None, "systemd-analyze security --offline (systemd >= 252)")
+    assert found is not None
+    assert float(found.group(1)) <= 2.0, done.stdout[-3000:]  # docs/GATEWAY.md records 1.5
+
+
+MDWE = """
+import ctypes, mmap, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN (Linux >= 6.3)
+    sys.exit(77)
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    sys.exit("W+X memory was still allowed")
+except PermissionError:
+    pass
+import pytest
+sys.exit(pytest.main(sys.argv[1:]))
+"""
+
+
+def test_a_full_handshake_runs_without_writable_executable_memory():
+    """MemoryDenyWriteExecute=yes: the kernel's PR_SET_MDWE refuses W+X mappings the same way; the
+    daemon test (cryptography, coincurve, pycryptodome, py-evm, aiohttp) must pass under it."""
+    done = subprocess.run(
+        [sys.executable, "-c", MDWE, "-q", "-p", "no:cacheprovider",
+         "tests/gateway/test_daemon.py::test_handshake_data_and_policy"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    require(done.returncode != 77, "PR_SET_MDWE (Linux >= 6.3)")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
