@@ -28,6 +28,9 @@ class CounterStore:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS counters (device BLOB NOT NULL, epoch INTEGER NOT NULL,"
                 " counter INTEGER NOT NULL, PRIMARY KEY (device, epoch)) WITHOUT ROWID")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS quarantine (device BLOB NOT NULL, epoch INTEGER NOT NULL,"
+                " PRIMARY KEY (device, epoch)) WITHOUT ROWID")
         except sqlite3.Error as exc:
             raise CounterStoreError(f"cannot open counter store {path}: {exc}") from None
         self._batch: dict[tuple[bytes, int], int] = {}
@@ -98,6 +101,22 @@ class CounterStore:
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
+
+    # ---- quarantine: devices a clone was detected for, kept across restarts ----
+    def quarantined(self) -> set[tuple[bytes, int]]:
+        return {(bytes(d), e) for d, e in self._db.execute("SELECT device, epoch FROM quarantine")}
+
+    def set_quarantine(self, device_id: bytes, epoch: int) -> None:
+        self._write("INSERT OR IGNORE INTO quarantine VALUES (?, ?)", (device_id, epoch))
+
+    def lift_quarantine(self, device_id: bytes) -> None:
+        self._write("DELETE FROM quarantine WHERE device = ?", (device_id,))
+
+    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+        try:
+            self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise CounterStoreError(f"quarantine update failed: {exc}") from None
 
     def close(self) -> None:
         self._flush()

@@ -5,6 +5,8 @@ device's current epoch; its K_dg and broker password are unsealed with the gatew
 checked against the ledger's key commitment; its counter floor comes from the durable counter store.
 ``refresh`` turns the index's pushed changes into two lists: devices to cut off at the broker, and
 enrolments (new devices, and devices whose epoch moved: their live connection is replaced).
+A device quarantined after a clone alert stays quarantined across restarts (recorded with the
+counters) until the ledger stops it being servable (the owner suspends or revokes it) or moves its epoch.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class DeviceTable:
         self.entries: dict[bytes, DeviceEntry] = {}
         self.served: dict[bytes, Served] = {}
         self.unseal_errors = 0
+        self._quarantined = counters.quarantined()
         self.role = GatewayRole(
             gateway_id,
             self.entries.get,
@@ -107,7 +110,8 @@ class DeviceTable:
             self._forget(did)
             return False
         floor = self.counters.floor(did, view.epoch)
-        self.entries[did] = DeviceEntry(did, keys.k_dg, view.epoch, True, floor, self._lifetime)
+        active = (did, view.epoch) not in self._quarantined
+        self.entries[did] = DeviceEntry(did, keys.k_dg, view.epoch, active, floor, self._lifetime)
         self.served[did] = Served(
             epoch=view.epoch,
             commitment=grant.key_commitment,
@@ -121,13 +125,24 @@ class DeviceTable:
         self.served.pop(did, None)
 
     def enrollments(self) -> list[Enroll]:
-        return [Enroll(device_id=d.hex(), secret=s.broker_secret) for d, s in self.served.items()]
+        return [
+            Enroll(device_id=d.hex(), secret=s.broker_secret)
+            for d, s in self.served.items()
+            if self.entries[d].active
+        ]
 
     def quarantine(self, did: bytes) -> None:
         """Stop serving a device locally (clone detected) until the ledger says otherwise."""
         entry = self.entries.get(did)
         if entry is not None:
             entry.active = False
+            self._quarantined.add((did, entry.epoch))
+            self.counters.set_quarantine(did, entry.epoch)
+
+    def _lift_quarantine(self, did: bytes) -> None:
+        if any(d == did for d, _ in self._quarantined):
+            self._quarantined = {(d, e) for d, e in self._quarantined if d != did}
+            self.counters.lift_quarantine(did)
 
     def refresh(self, changed: Iterable[bytes]) -> tuple[list[bytes], list[Enroll]]:
         """Apply the index's changes -> (devices to cut off, enrolments to apply)."""
@@ -140,6 +155,7 @@ class DeviceTable:
                 if old is not None:
                     self._forget(did)
                     cut.append(did)
+                self._lift_quarantine(did)  # the owner acted on the ledger
                 continue
             assert view.grant is not None
             if old is not None and old.epoch == view.epoch and old.commitment == view.grant.key_commitment:
@@ -153,7 +169,8 @@ class DeviceTable:
             if self._load(view):
                 if old is not None:
                     cut.append(did)  # new epoch or key: end the session, the device re-authenticates
-                enroll.append(Enroll(device_id=did.hex(), secret=self.served[did].broker_secret))
+                if self.entries[did].active:
+                    enroll.append(Enroll(device_id=did.hex(), secret=self.served[did].broker_secret))
             elif old is not None:
                 cut.append(did)
         return cut, enroll

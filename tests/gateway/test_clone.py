@@ -11,7 +11,7 @@ from device_agent.core import events
 from gateway.mqtt import MqttConnectError
 from gateway.settings import ProtocolSettings
 from tests.gateway.helpers import eventually
-from tests.gateway.stack import site
+from tests.gateway.stack import site, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.asyncio
 
@@ -68,3 +68,38 @@ async def test_clone_that_is_behind_is_detected_reported_and_cut_off(tmp_path):
             await original.connect(timeout=3)
         # locally too: a HELLO under a fresh counter is refused while the device is quarantined
         assert gw.devices.role.receive(did, original.sent_messages[0], 0.0)[1][0].reason == "not_active"
+
+
+async def test_quarantine_survives_a_gateway_restart_until_the_owner_acts(tmp_path):
+    async with site(tmp_path, n_devices=1, gateway_settings=FAST_PROBES) as s:
+        gw = s.gateways["gw-a"]
+        original, clone = s.sim(0), s.sim(0)
+        did = original.device_id
+        await original.connect()
+        for _ in range(2):
+            assert isinstance(await original.authenticate(), events.Authenticated)
+        await original.close()
+        await clone.connect()
+        assert getattr(await clone.authenticate(), "reason", None) == "clone"
+        await asyncio.wait_for(asyncio.shield(clone.client.closed), 5)
+        enforcer = gw._enforcer
+        await stop_gateway(s, "gw-a")
+        gw = await start_gateway(s, "gw-a", tmp_path, enforcer=enforcer, **dict(FAST_PROBES))
+        # a restart is not the owner's word: the device stays quarantined, at the broker and locally
+        assert not gw.devices.entries[did].active
+        assert did.hex() not in {e.device_id for e in gw.devices.enrollments()}
+        with pytest.raises(MqttConnectError):
+            await original.connect(timeout=3)
+        # the owner suspends the device (and, having dealt with the copy, reactivates it): served again
+        await s.actors["owner"].suspend(did)
+        assert await eventually(lambda: did not in gw.devices.entries)
+        await s.actors["owner"].activate(did)
+        assert await eventually(lambda: did in gw.devices.entries and gw.devices.entries[did].active)
+        for _ in range(50):
+            try:
+                await original.connect(timeout=3)
+                break
+            except MqttConnectError:
+                await asyncio.sleep(0.1)
+        assert isinstance(await original.authenticate(), events.Authenticated)
+        await original.close()
