@@ -10,6 +10,10 @@ as fast as the kernel takes them. Rate = messages received / time from the first
 paho runs its loop thread (``loop_start``); aiomqtt iterates ``client.messages``; gmqtt uses its callback;
 ``lean`` is the gateway's own client (``gateway.mqtt.MqttClient``, an ``asyncio.Protocol``, callback).
 
+Memory per connection (``conn_kib_<lib>``): a fresh process (spawn) opens ``CONN_COUNT`` idle
+connections of the library under test to the broker (keepalive 60 s, one subscription each, as a
+device or the simulator holds them) and reports the growth of its resident set divided by the count.
+
 Request/response ceiling (``mqtt_rr_ceiling_per_s``, QoS 0; ``mqtt_rr_ceiling_qos1_per_s``): one
 responder doing no work (a gmqtt client in its own process, subscribed to ``bench/rr/req/#``, echoing
 each request to ``bench/rr/resp/<conn>/<requester>``) and 1,000 requesters in this process, multiplexed
@@ -52,6 +56,7 @@ from tests.mosquitto import MosquittoBroker
 
 PAYLOAD = b"x" * 100
 RECV_COUNT = {0: 50_000, 1: 20_000}
+CONN_COUNT = int(os.environ.get("BENCH_CONN_COUNT", "2000"))
 RR_REQUESTERS, RR_CONNECTIONS, RR_WARMUP_S, RR_MEASURE_S = 1_000, 10, 1.0, 5.0
 ENFORCER_DEVICES = int(os.environ.get("BENCH_ENFORCER_DEVICES", "10000"))
 ENFORCER_CONNECTED = int(os.environ.get("BENCH_ENFORCER_CONNECTED", "10000"))
@@ -236,6 +241,69 @@ async def _recv_lean(broker: MosquittoBroker, qos: int) -> float:
     return counter.rate()
 
 
+# -- memory per held connection -----------------------------------------------------------------------
+
+
+def _rss_kib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024
+
+
+async def _hold_connections(lib: str, port: int, count: int) -> float:
+    import gc
+
+    held: list[Any] = []
+    if lib == "gmqtt":  # import (and warm up) the library before the baseline
+        import gmqtt  # noqa: F401
+    elif lib == "aiomqtt":
+        import aiomqtt
+    from gateway.mqtt import MqttClient
+
+    gc.collect()
+    before = _rss_kib()
+    broker = MosquittoBroker.__new__(MosquittoBroker)
+    broker.host, broker.port = "127.0.0.1", port
+    for i in range(count):
+        if lib == "lean":
+            c = await MqttClient.connect("127.0.0.1", port, client_id=f"mem-lean-{i}", keepalive=60)
+            await c.subscribe([(f"bench/mem/{i}", 1)])
+        elif lib == "gmqtt":
+            c = await _gmqtt_client(broker, f"mem-gmqtt-{i}")
+            c.subscribe(f"bench/mem/{i}", qos=1)
+        else:
+            c = aiomqtt.Client("127.0.0.1", port, identifier=f"mem-aiomqtt-{i}", keepalive=60)
+            await c.__aenter__()
+            await c.subscribe(f"bench/mem/{i}", qos=1)
+        held.append(c)
+    await asyncio.sleep(1.0)
+    gc.collect()
+    per_conn = (_rss_kib() - before) / count
+    for c in held:
+        if lib == "lean":
+            await c.close()
+        elif lib == "gmqtt":
+            await c.disconnect()
+        else:
+            await c.__aexit__(None, None, None)
+    return per_conn
+
+
+def _memory_main(lib: str, port: int, count: int, out: Any) -> None:
+    out.put(asyncio.run(_hold_connections(lib, port, count)))
+
+
+def connection_memory(broker: MosquittoBroker) -> dict[str, float]:
+    ctx = multiprocessing.get_context("spawn")
+    out: dict[str, float] = {}
+    for lib in ("lean", "gmqtt", "aiomqtt"):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_memory_main, args=(lib, broker.port, CONN_COUNT, queue), daemon=True)
+        proc.start()
+        out[f"conn_kib_{lib}"] = queue.get(timeout=180)
+        proc.join(30)
+    return out
+
+
 def receive_rates(broker: MosquittoBroker) -> dict[str, float]:
     out: dict[str, float] = {}
     for qos in (0, 1):
@@ -410,6 +478,7 @@ def run() -> dict[str, float]:
     results: dict[str, float] = {}
     with MosquittoBroker(extra_config=["allow_anonymous true"]) as broker:
         results.update(receive_rates(broker))
+        results.update(connection_memory(broker))
         results.update(rr_ceiling(broker))
     results.update(asyncio.run(_enforcer_figures("patterns")))
     results.update(asyncio.run(_enforcer_figures("per_device")))
