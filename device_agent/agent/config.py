@@ -77,6 +77,7 @@ class AgentConfig:
     reauth_margin_s: float = 60.0
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 60.0
+    reconnect_base_s: float = 5.0
     counter_block: int = 16
     streams: tuple[StreamConfig, ...] = field(default_factory=tuple)
 
@@ -100,6 +101,8 @@ class AgentConfig:
             raise ConfigError("timeouts must be positive (keepalive >= 5 s)")
         if self.backoff_base_s <= 0 or self.backoff_cap_s < self.backoff_base_s:
             raise ConfigError("backoff needs 0 < base_s <= cap_s")
+        if not 0 < self.reconnect_base_s <= self.backoff_cap_s:
+            raise ConfigError("backoff needs 0 < reconnect_base_s <= cap_s")
         if self.counter_block < 1:
             raise ConfigError("counter block must be >= 1")
 
@@ -156,6 +159,7 @@ def config_from_mapping(data: Mapping[str, Any], *, base: Path = Path("."),
             reauth_margin_s=float(session.get("reauth_margin_s", 60.0)),
             backoff_base_s=float(backoff.get("base_s", 0.5)),
             backoff_cap_s=float(backoff.get("cap_s", 60.0)),
+            reconnect_base_s=float(backoff.get("reconnect_base_s", 5.0)),
             counter_block=int(counters.get("block", 16)),
             streams=streams,
         )

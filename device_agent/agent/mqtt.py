@@ -6,7 +6,8 @@ same thread, with no locks around the protocol state. Reconnection is ours, not 
 drop the agent waits a full-jitter backoff (``Backoff``) before dialling again, so a fleet does not
 reconnect in waves after a broker restart. TCP_NODELAY is set on every socket paho opens (paho
 never does; without it a request/response over QoS 1 costs ~44 ms to Nagle + delayed ACK).
-Other threads talk to the agent through ``publish()`` and ``snapshot()``, both thread-safe.
+Other threads talk to the agent through ``publish()``, ``snapshot()`` and ``stop()``, all thread-safe
+(the driver is only touched under one lock; paho's publish wakes its own loop).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from .failover import GatewayRotation
 from .keystore import DeviceSecret
 
 __all__ = ["AgentError", "AgentStatus", "MqttAgent"]
+
+_IDLE_WAKE_S = 1.0
 
 log = logging.getLogger("diams.agent")
 
@@ -69,9 +72,10 @@ class MqttAgent:
             counters=self.counters, rotation=rotation, answer_timeout=config.answer_timeout_s,
             reauth_margin=config.reauth_margin_s, on_command=on_command,
         )
-        self.reconnect_backoff = Backoff(base=config.backoff_base_s, cap=config.backoff_cap_s)
+        # Reconnects start from a wider window than handshake retries: after a broker restart the whole
+        # fleet loses its connection at the same instant, and U(0, reconnect_base_s) spreads it out.
+        self.reconnect_backoff = Backoff(base=config.reconnect_base_s, cap=config.backoff_cap_s)
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._outbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._connected = False
@@ -90,12 +94,25 @@ class MqttAgent:
 
     # -- thread-safe API -------------------------------------------------------------------------
 
-    def publish(self, stream: str, payload: bytes) -> None:
-        """Queue authenticated DATA on ``stream`` (dropped, and counted, while unauthenticated)."""
-        self._outbox.put((stream, bytes(payload)))
+    def publish(self, stream: str, payload: bytes) -> bool:
+        """Send authenticated DATA on ``stream``; False (and counted) while there is no live session.
+
+        paho's publish is thread-safe and wakes its loop, so this goes out at once from any thread."""
+        with self._lock:
+            sealed = self.driver.seal(stream, bytes(payload), self._clock())
+        if sealed is None:
+            return False
+        self._send([sealed])
+        return True
 
     def stop(self) -> None:
+        """Ask ``run()`` to return (within a loop turn; a DISCONNECT wakes it at once when connected)."""
         self._stop.set()
+        if self._connected:
+            try:
+                self._client.disconnect()
+            except (OSError, ValueError):
+                pass
 
     def snapshot(self) -> AgentStatus:
         with self._lock:
@@ -154,7 +171,9 @@ class MqttAgent:
             self.reconnect_backoff.reset()
             for topic in self.driver.subscriptions():
                 self._client.subscribe(topic, qos=1)
-            self._send(self.driver.connected(now))
+            with self._lock:
+                out = self.driver.connected(now)
+            self._send(out)
         elif kind == "disconnect":
             with self._lock:
                 self._connected = False
@@ -166,6 +185,9 @@ class MqttAgent:
             self._send(out)
 
     def _streams_due(self, now: float, due: dict[str, float]) -> None:
+        """Publish the streams whose time has come; ``due`` is updated with their next times."""
+        if not self.driver.authenticated:
+            return
         for s in self.config.streams:
             if s.source is None or now < due.get(s.name, 0.0):
                 continue
@@ -189,8 +211,12 @@ class MqttAgent:
                         self._wait(self.reconnect_backoff.next_delay())
                         continue
                 now = self._clock()
-                deadline = self.driver.next_deadline()
-                timeout = 0.05 if deadline is None else min(0.05, max(0.0, deadline - now))
+                with self._lock:
+                    deadline = self.driver.next_deadline()
+                times = [t for t in [deadline, *due.values()] if t is not None]
+                # Idle agents wake at most once a second: a fleet of them in one process must not
+                # spin (publishes from other threads wake paho's loop by themselves).
+                timeout = min(_IDLE_WAKE_S, max(0.0, min(times) - now)) if times else _IDLE_WAKE_S
                 rc = self._client.loop(timeout=timeout)
                 while True:
                     try:
@@ -203,23 +229,17 @@ class MqttAgent:
                         self._connected = False
                         self.driver.disconnected()
                     linked = False
+                    if self._stop.is_set():
+                        break
                     delay = self.reconnect_backoff.next_delay()
-                    log.info("connection lost; reconnecting in %.2f s", delay)
+                    log.info("connection lost (%s); reconnecting in %.2f s", paho.error_string(rc), delay)
                     self._wait(delay)
                     continue
                 now = self._clock()
                 with self._lock:
                     out = self.driver.tick(now)
-                    self._streams_due(now, due)
-                    while True:
-                        try:
-                            stream, payload = self._outbox.get_nowait()
-                        except queue.Empty:
-                            break
-                        sealed = self.driver.seal(stream, payload, now)
-                        if sealed is not None:
-                            out.append(sealed)
                 self._send(out)
+                self._streams_due(now, due)
         finally:
             try:
                 self._client.disconnect()

@@ -34,7 +34,8 @@ class Device:
     def config(self, broker: Any, **changes: Any) -> AgentConfig:
         base = load_config(self.prov.config_file, environ={})
         defaults: dict[str, Any] = {"broker_host": broker.host, "broker_port": broker.port,
-                                    "answer_timeout_s": 2.0, "backoff_base_s": 0.05, "backoff_cap_s": 0.5}
+                                    "answer_timeout_s": 2.0, "backoff_base_s": 0.05, "backoff_cap_s": 0.5,
+                                    "reconnect_base_s": 0.2}
         return dataclasses.replace(base, **{**defaults, **changes})
 
     def agent(self, config: AgentConfig, **kwargs: Any) -> MqttAgent:

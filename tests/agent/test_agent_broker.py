@@ -131,3 +131,24 @@ def test_cli_runs_as_a_service_and_never_logs_the_secret(broker, tmp_path):
     from device_agent.core import keys
     for secret_text in (dev.secret.hex(), keys.broker_password(dev.secret, dev.device_id)):
         assert secret_text not in out
+
+
+def test_streams_publish_their_source_file_once_authenticated(broker, tmp_path):
+    import dataclasses
+
+    from device_agent.agent.config import StreamConfig
+
+    dev = Device(tmp_path, serial="SN-7")
+    source = tmp_path / "temp"
+    source.write_text("42123\n")
+    config = dataclasses.replace(dev.config(broker), streams=(
+        StreamConfig(name="temperature", source=source, interval_s=0.2),))
+    agent = dev.agent(config)
+    entries = {dev.device_id: entry_for(dev.secret, dev.device_id, "gw-a", dev.fw)}
+    with Responder(broker.host, broker.port, "gw-a", entries) as gw, running(agent):
+        assert gw.next_verified() == (dev.device_hex, "temperature", b"42123")
+        source.write_text("43000\n")
+        while (got := gw.next_verified())[2] == b"42123":
+            pass
+        assert got == (dev.device_hex, "temperature", b"43000")
+    assert agent.snapshot().stats.get("data_unsent", 0) == 0
