@@ -7,7 +7,7 @@ import os
 import stat
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from device_agent.agent import cli
@@ -148,6 +148,7 @@ def test_epoch_commit_is_monotonic_and_drops_old_counters(tmp_path):
     assert set(json.loads(path.read_text())["reserved"]) == {"gw-a/2"}
 
 
+@settings(deadline=None, max_examples=40)  # every reservation is an fsync'd file write
 @given(st.lists(st.sampled_from(["next", "restart"]), max_size=60), st.integers(1, 20))
 def test_counters_never_repeat_across_restarts(tmp_path_factory, ops, block):
     path = tmp_path_factory.mktemp("c") / "state.json"
