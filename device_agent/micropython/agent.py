@@ -257,7 +257,7 @@ class Agent:
                     continue
                 attempt = 0
                 self.publish(stream, read())
-                until = time.ticks_add(time.ticks_ms(), interval_s * 1000)
+                until = time.ticks_add(time.ticks_ms(), int(interval_s * 1000))
                 while time.ticks_diff(until, time.ticks_ms()) > 0 and not self.reauth:
                     self.poll(time.ticks_diff(until, time.ticks_ms()))
             except OSError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 
 import pytest
 
@@ -23,6 +24,8 @@ def test_handshake_data_commands_and_reauth(broker, tmp_path):
     with Responder(broker.host, broker.port, "gw-a", entries) as gw, running(agent):
         wait_until(lambda: agent.snapshot().gateway == "gw-a", what="authentication")
         assert gw.authentications == 1
+        sock = agent._client.socket()
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
 
         agent.publish("telemetry", b'{"t": 21.5}')
         assert gw.next_verified() == (dev.device_hex, "telemetry", b'{"t": 21.5}')

@@ -262,3 +262,17 @@ def test_sd_notify_reaches_a_notify_socket(tmp_path, monkeypatch):
         assert server.recv(64) == b"READY=1"
     monkeypatch.delenv("NOTIFY_SOCKET")
     assert not cli.sd_notify("READY=1")
+
+
+def test_hello_counter_is_on_disk_before_the_hello_is_returned(tmp_path):
+    dev = Device(tmp_path)
+    driver = _driver(tmp_path, dev, gateways=("gw-a", "gw-b"))
+    for now in range(40):
+        out = driver.tick(float(now)) if now else driver.connected(0.0)
+        hellos = [p for p in out if p.topic.endswith("/up")]
+        for p in hellos:
+            gateway = p.topic.split("/")[3]
+            counter = int.from_bytes(p.payload[5:9], "big")
+            on_disk = json.loads((tmp_path / "st.json").read_text())["reserved"][f"{gateway}/0"]
+            assert counter <= on_disk
+    assert driver.stats["hellos"] >= 20  # every attempt timed out (1 s): fresh counters each time

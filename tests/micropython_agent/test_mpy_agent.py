@@ -73,3 +73,29 @@ def test_failover_and_epoch_hint_under_micropython(broker, tmp_path):
                 proc.communicate()
     assert r["gateway"] == "gw-b" and r["epoch"] == 2 and silent.hellos == 1
     assert (tmp_path / "mpy.state").read_text().split("\n")[0] == "2"
+
+
+def test_run_loop_reauthenticates_on_command_under_micropython(broker, tmp_path):
+    """Agent.run() (what examples/main.py calls): readings flow, a reauth COMMAND starts a new session."""
+    import subprocess
+
+    dev = Device(tmp_path, serial="MPY-3")
+    entries = {dev.device_id: entry_for(dev.secret, dev.device_id, "gw-a", dev.fw)}
+    env = {**os.environ, "MICROPYPATH": ":".join([str(mpyagent.REPO), str(mpyagent.VENDOR), ".frozen"])}
+    script = mpyagent.SCRIPT.parent / "run_loop.py"
+    with Responder(broker.host, broker.port, "gw-a", entries) as gw:
+        proc = subprocess.Popen(
+            [mpyagent.runner.MICROPYTHON, "-X", "heapsize=64K", str(script), broker.host, str(broker.port),
+             dev.device_hex, dev.secret.hex(), dev.fw.hex(), "gw-a", str(tmp_path / "st"), "200", "6"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert gw.next_verified(timeout=20)[2] == b"r1"
+            gw.send_command(dev.device_hex, "reauth", b"")
+            readings = [gw.next_verified(timeout=10)[2] for _ in range(5)]
+            r = _results(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert readings == [b"r2", b"r3", b"r4", b"r5", b"r6"]
+    assert r == {"authenticated": 2, "hellos": 2, "commands_ok": 1} and gw.authentications == 2
