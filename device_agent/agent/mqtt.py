@@ -32,15 +32,11 @@ from .driver import AgentDriver, Publish
 from .failover import GatewayRotation
 from .keystore import DeviceSecret
 
-__all__ = ["AgentError", "AgentStatus", "MqttAgent"]
+__all__ = ["AgentStatus", "MqttAgent"]
 
 _IDLE_WAKE_S = 1.0
 
 log = logging.getLogger("diams.agent")
-
-
-class AgentError(Exception):
-    """The agent cannot run (broker refused our credentials for good, bad state)."""
 
 
 @dataclass(frozen=True, kw_only=True)

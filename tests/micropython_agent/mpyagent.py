@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.micropython import runner
@@ -16,8 +17,13 @@ VENDOR = REPO / ".vendor" / "micropython"
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "run_agent.py"
 
 
-def umqtt_available() -> bool:
-    return (VENDOR / "umqtt" / "simple.py").exists()
+def umqtt_available(fetch: bool = True) -> bool:
+    """umqtt.simple in .vendor/micropython; fetched (scripts/fetch_umqtt.py, SHA-256 pinned) if missing."""
+    target = VENDOR / "umqtt" / "simple.py"
+    if not target.exists() and fetch:
+        subprocess.run([sys.executable, str(REPO / "scripts" / "fetch_umqtt.py"), str(VENDOR)], check=False,
+                       timeout=120, capture_output=True)
+    return target.exists()
 
 
 def start(*, host: str, port: int, device_hex: str, secret: bytes, fw: bytes, gateways: list[str],
