@@ -108,7 +108,7 @@ async def _gather_in_batches(coros: list[Any], size: int = 100) -> list[Any]:
 # -- the ceiling ----------------------------------------------------------------------------------------
 
 
-async def _ceiling(site: BenchSite) -> tuple[float, float]:
+async def _ceiling(site: BenchSite, pids: dict[str, int]) -> dict[str, float]:
     loop = asyncio.get_running_loop()
     devices = site.devices[:LEGIT]
     waiting: dict[bytes, asyncio.Future[None]] = {}
@@ -154,13 +154,18 @@ async def _ceiling(site: BenchSite) -> tuple[float, float]:
         asyncio.create_task(requester(c, d.device_id.hex())) for c, d in zip(clients, devices, strict=True)
     ]
     await asyncio.sleep(1.0)
+    meter = CpuMeter(pids)
     counting, t0 = True, time.perf_counter()
     await asyncio.sleep(WINDOW_S)
     counting, elapsed = False, time.perf_counter() - t0
+    cpu = meter.shares()
     stopping = True
     await asyncio.gather(*tasks)
     await asyncio.gather(*(c.close() for c in clients))
-    return done / elapsed, statistics.median(rtts) * 1000
+    rate = done / elapsed
+    out = {"mqtt_rr_ceiling_per_s": rate, "mqtt_rr_p50_ms": statistics.median(rtts) * 1000}
+    out.update({f"{name}_cpu_us_per_rr": share / rate * 1e6 for name, share in cpu.items()})
+    return out
 
 
 # -- devices --------------------------------------------------------------------------------------------
@@ -190,11 +195,20 @@ async def _e2e(sims: list[SimDevice], pids: dict[str, int]) -> dict[str, float]:
 
     tasks = [asyncio.create_task(loop(s)) for s in sims]
     await asyncio.sleep(1.0)
+    profile = os.environ.get("BENCH_LOADGEN_PROFILE", "")
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     meter = CpuMeter(pids)
     counting, t0 = True, time.perf_counter()
     await asyncio.sleep(WINDOW_S)
     counting, elapsed = False, time.perf_counter() - t0
     cpu = meter.shares()
+    if profile:
+        profiler.disable()
+        profiler.dump_stats(profile)
     stopping = True
     await asyncio.gather(*tasks)
     lat.sort()
@@ -205,6 +219,12 @@ async def _e2e(sims: list[SimDevice], pids: dict[str, int]) -> dict[str, float]:
         "e2e_rejected": float(rejected),
     }
     out.update({f"{name}_cpu_e2e": share for name, share in cpu.items()})
+    out.update(
+        {
+            f"{name}_cpu_us_per_handshake": share / max(1e-9, out["e2e_handshakes_per_s"]) * 1e6
+            for name, share in cpu.items()
+        }
+    )
     return out
 
 
@@ -294,10 +314,12 @@ async def _run() -> dict[str, float]:
         await _wait_event(rr_ready, "the responder")
         await asyncio.sleep(1.5)  # the gateway's enforcer reloads the broker once at start
 
-        rate, p50 = await _ceiling(site)
-        results["mqtt_rr_ceiling_per_s"], results["mqtt_rr_p50_ms"] = rate, p50
+        rr = procs[-1]
+        results.update(
+            await _ceiling(site, {"responder": rr.pid, "broker": site.broker.pid, "loadgen": os.getpid()})
+        )
         rr_stop.set()
-        print(f"   ceiling {rate:,.0f}/s p50 {p50:.1f} ms", flush=True)
+        print(f"   ceiling {results['mqtt_rr_ceiling_per_s']:,.0f}/s", flush=True)
 
         sims = await _connect_sims(site, site.devices[:LEGIT])
         pids = {"gw": gw.pid, "broker": site.broker.pid, "loadgen": os.getpid()}

@@ -57,6 +57,7 @@ class MqttClient(asyncio.Protocol):
         self._ids = itertools.cycle(range(1, 65536))
         self._ping: asyncio.TimerHandle | None = None
         self._pong_due = False
+        self._out: list[bytes] | None = None  # packets written this loop turn, sent together
         self.closed: asyncio.Future[Exception | None] = self._loop.create_future()
         self.sent = self.received = 0
 
@@ -193,9 +194,21 @@ class MqttClient(asyncio.Protocol):
         return self._transport is not None and not self.closed.done()
 
     def _write(self, data: bytes) -> None:
+        # Corking: every packet written during one event-loop turn (the PUBACKs of a read batch, the
+        # replies a handler publishes, a commit's CHALLENGEs) leaves in one send() at the end of the
+        # turn. One syscall per packet was the largest cost of the gateway's hot path.
         if self._transport is None or self._transport.is_closing():
             raise MqttConnectionLost(f"{self.client_id}: not connected")
-        self._transport.write(data)
+        if self._out is None:
+            self._out = [data]
+            self._loop.call_soon(self._send_out)
+        else:
+            self._out.append(data)
+
+    def _send_out(self) -> None:
+        out, self._out = self._out, None
+        if out and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def publish(self, topic: str | bytes, payload: bytes, *, qos: int = 0, retain: bool = False) -> None:
         """Send without waiting (QoS 1: the broker's PUBACK is not awaited; see ``publish_acked``)."""
@@ -241,6 +254,7 @@ class MqttClient(asyncio.Protocol):
         """Send DISCONNECT and close; idempotent."""
         if self.is_open:
             assert self._transport is not None
+            self._send_out()
             self._transport.write(codec.DISCONNECT_BYTES)
             self._transport.close()
         await asyncio.shield(self.closed)
