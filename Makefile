@@ -19,6 +19,11 @@ lint: bootstrap
 bench: bootstrap
 	$(PY) -m bench $(BENCH_ARGS)
 
+# A whole site on this machine (broker, embedded ledger node, gateway, simulated fleet and attacks);
+# DEMO_SECONDS=N stops it by itself, DEMO_DEVICES=N sizes the fleet. Logs under run/demo-<timestamp>/.
+demo: bootstrap
+	$(PY) -m firmware_sim.demo
+
 # Compiles ledger_bridge/contracts with the pinned solc (npm) into the committed ledger_bridge/artifacts.
 contracts: bootstrap
 	cd ledger_bridge && node build_contracts.mjs artifacts

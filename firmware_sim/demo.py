@@ -1,0 +1,486 @@
+"""``make demo``: a whole DIAMS site on this machine, a simulated fleet, a few attacks, and a verdict.
+
+    make demo                      # or: python -m firmware_sim.demo
+    DEMO_SECONDS=90 make demo      # stop by itself after 90 s (exit 0 when every check held)
+    DEMO_DEVICES=50 make demo      # a smaller honest fleet (default 200)
+
+Strategy: everything a real site has, each in its own process, all under one run directory
+``run/demo-<timestamp>/`` (logs, keystores, configs, the chain file, the report):
+
+1. a private Mosquitto with the gateway's password/ACL enforcement (``firmware_sim.broker``);
+2. the embedded ledger served over JSON-RPC (``python -m ledger_bridge.node``), since the chain file
+   has one owner process and every actor, the gateway and the simulator need it;
+3. the actors, each with its own encrypted keystore: the admin deploys the contracts and grants
+   roles, the manufacturer registers the fleet, the owner claims, sets a policy, activates and
+   authorizes the gateway with sealed keys, the operator registers the gateway;
+4. ``diams-gateway run`` as a subprocess from a TOML file (ledger over RPC, enforcement through
+   the broker's pid file);
+5. the simulator in this process: a steady fleet, then attacks (replay, clone, revocation
+   mid-session, firmware mismatch, counter past the window), each checked against the outcome the
+   protocol requires, plus the gateway's own counters read from its /metrics endpoint.
+
+Without ``DEMO_SECONDS`` the site stays up after the summary (``site.json`` says how to reach it,
+e.g. with ``diams-sim --site``) until Ctrl-C. Everything is stopped on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from gateway.broker import AuthorizeGateway, BrokerSecret, MosquittoEnforcer, mosquitto_config_lines
+from ledger_bridge import Ledger, Role, RpcBackend
+from ledger_bridge.enrollment import GatewayPublicKey, ProvisionedDevice, onboard
+from ledger_bridge.index import onchain_gateway_id
+from ledger_bridge.keystore import create_keystore
+from ledger_bridge.sealing import generate_gateway_key
+
+from .broker import MosquittoBroker, free_port
+from .fleet import Observer, Pacer, Progress, SiteAccess
+from .identities import save_identities
+from .report import FleetReport
+from .scenarios import ScenarioParams, identities_needed, run_scenario
+
+__all__ = ["main"]
+
+GATEWAY_ID = "gw-demo"
+FIRMWARE = hashlib.sha256(b"diams demo firmware 1.0").digest()
+POLICY = hashlib.sha256(b"policy: demo sensors").digest()
+ATTACKS = ("replay", "clone", "revoked", "firmware_mismatch", "counter_window")
+SPARE_IDENTITIES = 40  # enrolled for later `diams-sim --site` runs
+KEYSTORE_SCRYPT_N = 2**14  # lighter than the default 2**18 (256 MB per decryption) for a demo's five keys
+ETH = 10**18
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def say(text: str) -> None:
+    print(f"[demo] {text}", flush=True)
+
+
+def _write_secret(path: Path, text: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
+def _http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - our loopback URL
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), ""
+
+
+def parse_metrics(text: str) -> dict[tuple[str, str], int]:
+    """Prometheus text from the gateway -> {(name, reason): value} for its ``diams_*_total`` counters."""
+    out: dict[tuple[str, str], int] = {}
+    for line in text.splitlines():
+        if not line.startswith("diams_") or "_total" not in line:
+            continue
+        key, _, value = line.rpartition(" ")
+        name, _, rest = key.partition("{")
+        label = rest.partition('reason="')[2].partition('"')[0] if rest else ""
+        out[(name.removeprefix("diams_").removesuffix("_total"), label)] = int(float(value))
+    return out
+
+
+class Process:
+    """A child process with its output in a log file; stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log = log
+        self._out = log.open("ab")
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
+            argv, stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT, env=env
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        self._out.close()
+        return self.proc.returncode
+
+    def tail(self, n: int = 20) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+class Demo:
+    def __init__(self, *, devices: int, attackers: int, steady_seconds: float, run_dir: Path) -> None:
+        self.devices = devices
+        self.attackers = attackers
+        self.steady_seconds = steady_seconds
+        self.dir = run_dir
+        self.broker: MosquittoBroker | None = None
+        self.children: list[Process] = []
+        self.report = FleetReport()
+        self.gateway_checks: dict[str, bool] = {}
+
+    # ---- the site ----
+    def start_broker(self) -> MosquittoBroker:
+        broker = MosquittoBroker(self.dir / "broker")
+        self.broker = broker
+        passwords, acl = broker.directory / "passwords", broker.directory / "acl"
+        broker.extra_config = mosquitto_config_lines(passwords, acl)
+        self.gateway_password = BrokerSecret.generate().reveal()
+        seed = MosquittoEnforcer(
+            password_file=passwords, acl_file=acl, reload=lambda: None, file_group=broker.file_group
+        )
+        # the gateway's own accounts exist before it starts (it rewrites both files once running)
+        seed.stage(
+            [
+                AuthorizeGateway(
+                    gateway_id=GATEWAY_ID, secret=BrokerSecret(self.gateway_password), connections=2
+                )
+            ]
+        )
+        seed.write_files()
+        broker.start()
+        say(f"mosquitto on {broker.host}:{broker.port} (pid {broker.pid}), log {broker.log_path}")
+        return broker
+
+    async def start_ledger_node(self) -> str:
+        ready = self.dir / "ledger" / "node.url"
+        ready.parent.mkdir(exist_ok=True)
+        port = free_port()
+        node = Process(
+            "ledger-node",
+            [
+                sys.executable, "-m", "ledger_bridge.node",
+                "--path", str(self.dir / "ledger" / "chain.sqlite"),
+                "--port", str(port), "--ready-file", str(ready),
+            ],
+            self.dir / "ledger" / "node.log",
+        )  # fmt: skip
+        self.children.append(node)
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if not node.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the ledger node did not start:\n{node.tail()}")
+            await asyncio.sleep(0.05)
+        url = ready.read_text().strip()
+        say(f"embedded ledger node on {url}, chain file {self.dir / 'ledger' / 'chain.sqlite'}")
+        return url
+
+    async def enroll(self, url: str) -> tuple[Any, list[ProvisionedDevice], dict[str, Any]]:
+        keys = self.dir / "keys"
+        keys.mkdir(mode=0o700)
+        names = ["admin", "manufacturer", "owner", "operator", "gateway-account"]
+        signers, files = {}, {}
+        for name in names:
+            passphrase = secrets.token_urlsafe(18)
+            pass_file = _write_secret(keys / f"{name}.passphrase", passphrase)
+            signers[name] = await asyncio.to_thread(
+                create_keystore, keys / f"{name}.json", passphrase, label=name, scrypt_n=KEYSTORE_SCRYPT_N
+            )
+            files[name] = (keys / f"{name}.json", pass_file)
+        say(f"actor keystores in {keys}: {', '.join(names)}")
+        ledger = Ledger(backend=RpcBackend(url=url, name="demo-node"))
+        await ledger.__aenter__()
+        for s in signers.values():
+            await ledger.fund(s.address, 100 * ETH)
+        channel = await ledger.deploy(admin=signers["admin"])
+        say(f"contracts deployed: registry {channel.registry}, auth log {channel.auth_log}")
+        actors = {n: ledger.actor(s) for n, s in signers.items()}
+        await actors["admin"].grant_role(Role.MANUFACTURER, signers["manufacturer"].address)
+        await actors["admin"].grant_role(Role.OPERATOR, signers["operator"].address)
+        await actors["owner"].define_policy(POLICY, publish=["telemetry", "status"], subscribe=["config"])
+        gw_dir = self.dir / "gateway"
+        gw_dir.mkdir()
+        pub = generate_gateway_key(gw_dir / "gateway.key")
+        await actors["operator"].register_gateway(
+            onchain_gateway_id(GATEWAY_ID.encode()),
+            x25519_public_key=pub,
+            account=signers["gateway-account"].address,
+        )
+        n_fleet = identities_needed("steady", self._params()) + sum(
+            identities_needed(a, self._params()) for a in ATTACKS
+        )
+        fleet = [
+            ProvisionedDevice.generate(model="diams-sensor", serial=f"SN{i:06d}", firmware_hash=FIRMWARE)
+            for i in range(n_fleet + SPARE_IDENTITIES)
+        ]
+        t0 = time.monotonic()
+        last = [0.0]
+
+        def progress(step: str, n: int) -> None:
+            if time.monotonic() - last[0] > 2 or n == len(fleet):
+                last[0] = time.monotonic()
+                say(f"  {step}: {n}/{len(fleet)}")
+
+        await onboard(
+            manufacturer=actors["manufacturer"],
+            owner=actors["owner"],
+            devices=fleet,
+            gateways=[GatewayPublicKey(gateway_id=GATEWAY_ID.encode(), x25519_public_key=pub)],
+            policy_id=POLICY,
+            progress=progress,
+        )
+        say(
+            f"{len(fleet)} devices enrolled in {time.monotonic() - t0:.1f} s (manufacturer registered, owner "
+            f"claimed, set the policy, activated and sealed keys for {GATEWAY_ID})"
+        )
+        save_identities(self.dir / "fleet-spare.json", fleet[n_fleet:])
+        (self.dir / "channel.json").write_text(
+            json.dumps(
+                {
+                    "registry": channel.registry,
+                    "auth_log": channel.auth_log,
+                    "deployed_block": channel.deployed_block,
+                }
+            )
+            + "\n"
+        )
+        self._ledger = ledger
+        return channel, fleet[:n_fleet], {"actors": actors, "files": files}
+
+    def write_gateway_config(self, url: str, channel: Any, files: dict[str, Any]) -> tuple[Path, int]:
+        assert self.broker is not None
+        gw_dir = self.dir / "gateway"
+        password_file = _write_secret(gw_dir / "broker.password", self.gateway_password)
+        http_port = free_port()
+        keystore, pass_file = files["gateway-account"]
+        group = f'file_group = "{self.broker.file_group}"\n' if self.broker.file_group else ""
+        text = f"""# written by firmware_sim.demo
+gateway_id = "{GATEWAY_ID}"
+state_dir = "{gw_dir / "state"}"
+key_file = "{gw_dir / "gateway.key"}"
+
+[broker]
+host = "{self.broker.host}"
+port = {self.broker.port}
+password_file = "{password_file}"
+accounts = 2
+
+[enforcement]
+mode = "mosquitto"
+password_file = "{self.broker.directory / "passwords"}"
+acl_file = "{self.broker.directory / "acl"}"
+pid_file = "{self.broker.pid_path}"
+{group}
+[ledger]
+mode = "rpc"
+url = "{url}"
+registry = "{channel.registry}"
+auth_log = "{channel.auth_log}"
+deployed_block = {channel.deployed_block}
+keystore = "{keystore}"
+passphrase_file = "{pass_file}"
+poll_interval = 0.2
+anchor_interval = 20.0
+
+[protocol]
+proof_timeout = 3.0
+
+[http]
+port = {http_port}
+"""
+        path = gw_dir / "gateway.toml"
+        path.write_text(text)
+        return path, http_port
+
+    async def start_gateway(self, config: Path, http_port: int) -> None:
+        gw = Process(
+            "gateway",
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+            self.dir / "gateway" / "gateway.log",
+        )
+        self.children.append(gw)
+        self.gateway = gw
+        deadline = time.monotonic() + 60
+        while True:
+            if not gw.alive():
+                raise RuntimeError(f"the gateway exited:\n{gw.tail()}")
+            with contextlib.suppress(OSError):
+                status, _ = await asyncio.to_thread(_http_get, f"http://127.0.0.1:{http_port}/readyz")
+                if status == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway was not ready within 60 s:\n{gw.tail()}")
+            await asyncio.sleep(0.1)
+        say(f"diams-gateway run --config {config} (pid {gw.proc.pid}) is ready; metrics on :{http_port}")
+
+    def _params(self) -> ScenarioParams:
+        return ScenarioParams(
+            devices=self.devices, attackers=self.attackers, seconds=self.steady_seconds, data_interval=2.0
+        )
+
+    # ---- the fleet ----
+    async def simulate(self, fleet: list[ProvisionedDevice], owner: Any, http_port: int) -> None:
+        assert self.broker is not None
+        metrics_url = f"http://127.0.0.1:{http_port}/metrics"
+
+        async def metric(name: str, label: str) -> int | None:
+            status, text = await asyncio.to_thread(_http_get, metrics_url)
+            return parse_metrics(text).get((name, label), 0) if status == 200 else None
+
+        observer = await Observer().start(
+            self.broker.host,
+            self.broker.port,
+            username=f"gateway-{GATEWAY_ID}.1",
+            password=self.gateway_password,
+        )
+        site = SiteAccess(
+            host=self.broker.host,
+            port=self.broker.port,
+            gateway_id=GATEWAY_ID,
+            identities=iter(fleet),
+            owner=owner,
+            observer=observer,
+            gateway_metric=metric,
+            pacer=Pacer(500.0),
+        )
+        t0 = time.monotonic()
+        with Progress(site.stats) as progress:
+            for name in ("steady", *ATTACKS):
+                progress.label = name
+                self.report.scenarios.append(await run_scenario(site, name, self._params()))
+        self.report.seconds = time.monotonic() - t0
+        await observer.close()
+        counters = parse_metrics((await asyncio.to_thread(_http_get, metrics_url))[1])
+        self.gateway_counters = {f"{n}{'{' + r + '}' if r else ''}": v for (n, r), v in counters.items()}
+
+    async def run(self, deadline: float | None) -> int:
+        self.start_broker()
+        url = await self.start_ledger_node()
+        channel, fleet, extra = await self.enroll(url)
+        config, http_port = self.write_gateway_config(url, channel, extra["files"])
+        await self.start_gateway(config, http_port)
+        self.write_site_file(url, http_port)
+        await self.simulate(fleet, extra["actors"]["owner"], http_port)
+        ok = self.summarize()
+        if deadline is None:
+            say("the site stays up: Ctrl-C stops everything (site.json says how to reach it)")
+            await asyncio.Event().wait()
+        else:
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        return 0 if ok else 1
+
+    def write_site_file(self, url: str, http_port: int) -> None:
+        assert self.broker is not None
+        keys = self.dir / "keys"
+        site = {
+            "broker": {"host": self.broker.host, "port": self.broker.port},
+            "gateway_id": GATEWAY_ID,
+            "observer": {
+                "username": f"gateway-{GATEWAY_ID}.1",
+                "password_file": str(self.dir / "gateway" / "broker.password"),
+            },
+            "metrics_url": f"http://127.0.0.1:{http_port}/metrics",
+            "ledger": {"url": url, "channel_file": str(self.dir / "channel.json")},
+            "owner": {
+                "keystore": str(keys / "owner.json"),
+                "passphrase_file": str(keys / "owner.passphrase"),
+            },
+            "identities": str(self.dir / "fleet-spare.json"),
+        }
+        (self.dir / "site.json").write_text(json.dumps(site, indent=2) + "\n")
+
+    def summarize(self) -> bool:
+        json_path, svg_path = self.report.write(self.dir)
+        print("\n=== DIAMS demo summary ===", flush=True)
+        print(self.report.render(), flush=True)
+        shown = ("authenticated", "rejected", "clone_detected", "cut_off", "data_verified", "data_dropped")
+        counters = ", ".join(
+            f"{k} {v}" for k, v in sorted(self.gateway_counters.items()) if k.startswith(shown)
+        )
+        print(f"  gateway counters: {counters}", flush=True)
+        print(f"  report {json_path}, histogram {svg_path}, logs under {self.dir}", flush=True)
+        print(f"DEMO {'PASSED' if self.report.ok else 'FAILED'}", flush=True)
+        return self.report.ok
+
+    async def shutdown(self) -> None:
+        ledger = getattr(self, "_ledger", None)
+        if ledger is not None:
+            with contextlib.suppress(Exception):
+                await ledger.__aexit__(None, None, None)
+        for child in reversed(self.children):
+            rc = await asyncio.to_thread(child.stop)
+            say(f"{child.name} stopped (exit {rc})")
+        if self.broker is not None:
+            self.broker.stop()
+            say("mosquitto stopped")
+
+
+def _env_number(name: str, default: float | None) -> float | None:
+    raw = os.environ.get(name, "").strip()
+    return float(raw) if raw else default
+
+
+async def _main() -> int:
+    seconds = _env_number("DEMO_SECONDS", None)
+    devices = int(_env_number("DEMO_DEVICES", 200) or 200)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(os.environ.get("DEMO_RUN_ROOT", ROOT / "run")) / f"demo-{stamp}-{os.getpid()}"
+    run_dir.mkdir(parents=True)
+    say(f"run directory {run_dir}")
+    started = time.monotonic()
+    deadline = None if seconds is None else started + seconds
+    demo = Demo(
+        devices=devices,
+        attackers=int(_env_number("DEMO_ATTACKERS", 2) or 2),
+        steady_seconds=float(_env_number("DEMO_STEADY_SECONDS", 10.0) or 10.0),
+        run_dir=run_dir,
+    )
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    interrupted = False
+
+    def interrupt() -> None:
+        nonlocal interrupted
+        interrupted = True
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupt)
+    timer = loop.call_at(loop.time() + seconds, task.cancel) if seconds is not None else None
+    rc = 1
+    try:
+        rc = await demo.run(deadline)
+    except asyncio.CancelledError:
+        if interrupted:
+            say("interrupted")
+        rc = 0 if demo.report.scenarios and demo.report.ok else 1
+        if not demo.report.scenarios:
+            say("stopped before the checks ran" + ("" if interrupted else f" (DEMO_SECONDS={seconds})"))
+    except Exception as exc:
+        say(f"failed: {type(exc).__name__}: {exc}")
+        rc = 1
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await demo.shutdown()
+    say(f"done in {time.monotonic() - started:.1f} s, exit {rc}")
+    return rc
+
+
+def main() -> int:
+    return asyncio.run(_main())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
