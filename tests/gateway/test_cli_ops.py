@@ -440,3 +440,16 @@ def test_a_full_handshake_runs_without_writable_executable_memory():
     )
     require(done.returncode != 77, "PR_SET_MDWE (Linux >= 6.3)")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_command_reloader_runs_the_command_and_reports_failures_in_words(tmp_path):
+    from gateway.broker import ReloadFailed
+    from gateway.service import command_reloader
+
+    marker = tmp_path / "reloaded"
+    command_reloader(["touch", str(marker)])()
+    assert marker.exists()
+    with pytest.raises(ReloadFailed, match=r"exited 1"):
+        command_reloader([sys.executable, "-c", "import sys; sys.exit('polkit said no')"])()
+    with pytest.raises(ReloadFailed, match=r"reload command /nonexistent/systemctl failed"):
+        command_reloader(["/nonexistent/systemctl"])()
