@@ -453,3 +453,57 @@ def test_command_reloader_runs_the_command_and_reports_failures_in_words(tmp_pat
         command_reloader([sys.executable, "-c", "import sys; sys.exit('polkit said no')"])()
     with pytest.raises(ReloadFailed, match=r"reload command /nonexistent/systemctl failed"):
         command_reloader(["/nonexistent/systemctl"])()
+
+
+def test_audit_verify_with_config_finds_the_anchors_on_the_ledger(tmp_path, capsys):
+    """End to end through the CLI: a log anchored on an embedded chain, then checked against that chain."""
+    from ledger_bridge import Ledger, Role, Signer
+    from ledger_bridge.embedded import EmbeddedBackend
+    from ledger_bridge.sealing import generate_gateway_key
+
+    chain, state = tmp_path / "chain.sqlite", tmp_path / "state"
+    state.mkdir()
+    key = generate_gateway_key(tmp_path / "gw.key")
+
+    async def anchor_on_chain():
+        admin, operator, account = (Signer.generate(label=n) for n in ("admin", "operator", "gw"))
+        async with Ledger(backend=EmbeddedBackend(chain)) as ledger:
+            for s in (admin, operator, account):
+                await ledger.fund(s.address, 10**18)
+            channel = await ledger.deploy(admin=admin)
+            await ledger.actor(admin).grant_role(Role.OPERATOR, operator.address)
+            gid = onchain_gateway_id(b"gw-e2e")
+            await ledger.actor(operator).register_gateway(gid, x25519_public_key=key, account=account.address)
+            log = AuditLog(state / "audit.log")
+            for batch in range(2):
+                for i in range(3):
+                    log.append("authenticated", device=f"{batch:08x}{i:08x}")
+                a = log.next_anchor()
+                assert a is not None
+                tx = await ledger.actor(account).anchor(
+                    gid, merkle_root=a.root, count=a.count, first_seq=a.first_seq, last_seq=a.last_seq
+                )
+                log.mark_anchored(a, tx.transaction_hash)
+            log.append("cut_off", device="0000000000000001", block=1)
+            log.close()
+            return channel
+
+    channel = asyncio.run(anchor_on_chain())
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'gateway_id = "gw-e2e"\nstate_dir = "{state}"\nkey_file = "{tmp_path / "gw.key"}"\n'
+        f'[ledger]\nmode = "embedded"\npath = "{chain}"\nregistry = "{channel.registry}"\n'
+        f'auth_log = "{channel.auth_log}"\ndeployed_block = {channel.deployed_block}\n'
+    )
+    path = state / "audit.log"
+    assert main(["audit", "verify", str(path), "--anchors", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": ok on chain") == 2 and "2 of 2 anchors match on chain" in out
+    assert "1 records not anchored yet" in out
+
+    _rewrite_chain(path, {"device": "ffffffffffffffff"})  # consistent chain, sidecar untouched
+    assert main(["audit", "verify", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["audit", "verify", str(path), "--anchors", "--config", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert out.count("root not found on chain") == 2 and "0 of 2 anchors match on chain" in out
