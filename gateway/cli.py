@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .settings import SettingsError, load_settings
+from .settings import GatewaySettings, SettingsError, load_settings
 
 log = logging.getLogger("diams.gateway")
 
@@ -124,6 +124,30 @@ async def _check_anchors(path: Path, config: Path | None) -> list[Any]:
         return await check_anchors(path, ledger, gateway_id=onchain_gateway_id(settings.gateway_id_bytes))
 
 
+def _secret_file_problems(settings: GatewaySettings) -> list[str]:
+    """The secret files named by the settings that are missing, unreadable, or readable by others."""
+    named = {
+        "key_file": settings.key_file,
+        "broker.password_file": settings.broker.password_file,
+        "ledger.keystore": settings.ledger.keystore,
+        "ledger.passphrase_file": settings.ledger.passphrase_file,
+    }
+    problems = []
+    for name, path in named.items():
+        if path is None:
+            continue
+        try:
+            mode = path.stat().st_mode
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            problems.append(f"{name}: cannot read {path} ({exc.strerror})")
+            continue
+        if mode & 0o077:
+            problems.append(f"{name}: {path} must not be readable by group or others (chmod 600)")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="diams-gateway", description=__doc__.split("\n")[0])
     parser.add_argument("--log-level", default=os.environ.get("DIAMS_LOG_LEVEL", "info"))
@@ -131,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", type=Path)
-    check = sub.add_parser("check-config", help="load and validate the configuration")
+    check = sub.add_parser("check-config", help="validate the configuration and its secret files")
     check.add_argument("--config", type=Path)
     keys = sub.add_parser("keys", help="create the gateway's X25519 key and broker password")
     keys.add_argument("--out", type=Path, required=True)
@@ -148,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_run(args.config))
         if args.command == "check-config":
             settings = load_settings(args.config)
+            problems = _secret_file_problems(settings)
+            for problem in problems:
+                print(f"diams-gateway: configuration error: {problem}", file=sys.stderr)
+            if problems:
+                return 2
             print(
                 f"configuration ok: gateway {settings.gateway_id}, broker {settings.broker.host}:"
                 f"{settings.broker.port}, ledger {settings.ledger.mode}"

@@ -65,8 +65,21 @@ def test_keys_writes_0600_files_and_refuses_to_overwrite(tmp_path, capsys):
 
 def test_check_config_exit_codes(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    for name in ("gateway.key", "broker.password", "ledger.keystore", "ledger.passphrase"):
+        (tmp_path / name).write_bytes(b"x")
+        (tmp_path / name).chmod(0o600)
     assert main(["check-config", "--config", str(EXAMPLE)]) == 0
     assert "configuration ok: gateway gw-site-1" in capsys.readouterr().out
+    # the secret files are checked too: readable, and by nobody else
+    (tmp_path / "broker.password").chmod(0o644)
+    assert main(["check-config", "--config", str(EXAMPLE)]) == 2
+    assert "broker.password_file: " in (err := capsys.readouterr().err) and "chmod 600" in err
+    (tmp_path / "broker.password").chmod(0o600)
+    (tmp_path / "ledger.keystore").unlink()
+    assert main(["check-config", "--config", str(EXAMPLE)]) == 2
+    assert "ledger.keystore: cannot read" in capsys.readouterr().err
+    (tmp_path / "ledger.keystore").write_bytes(b"x")
+    (tmp_path / "ledger.keystore").chmod(0o600)
     bad = tmp_path / "bad.toml"
     bad.write_text(EXAMPLE.read_text().replace("port = 1883", "port = 99999"))
     assert main(["check-config", "--config", str(bad)]) == 2
