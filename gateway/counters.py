@@ -5,11 +5,17 @@ gateway role accepts must be on disk before the CHALLENGE leaves. An fsync per h
 here, which would cap the gateway near 1,000 handshakes/s; instead every counter accepted during one
 event-loop turn joins one SQLite transaction (WAL, synchronous=FULL), and the challenges of that turn
 are sent when it commits. Throughput then grows with load while each handshake waits one commit.
+
+The commit runs on a worker thread with its own connection (sqlite releases the GIL while it syncs),
+one at a time: while a batch is being made durable the event loop keeps serving and the counters it
+accepts meanwhile form the next batch, which starts as soon as the previous one is done (pipelined
+group commit). Committed inline, each ~4 ms commit stalled every connection of the gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sqlite3
 from pathlib import Path
 
@@ -36,6 +42,9 @@ class CounterStore:
         self._batch: dict[tuple[bytes, int], int] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
+        self._committing = False
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._writer: sqlite3.Connection | None = None  # the commit thread's own connection
         self.commits = 0
 
     def __repr__(self) -> str:
@@ -64,43 +73,55 @@ class CounterStore:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._waiters.append(fut)
-        if not self._scheduled:
+        if not self._scheduled and not self._committing:
             self._scheduled = True
-            loop.call_soon(self._flush_and_wake)
+            loop.call_soon(self._start_commit)
         return fut
 
-    def _flush(self) -> None:
-        if not self._batch:
-            return
+    def _take_rows(self) -> list[tuple[bytes, int, int]]:
         rows = [(d, e, c) for (d, e), c in self._batch.items()]
         self._batch = {}
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT(device, epoch)"
-                " DO UPDATE SET counter = MAX(counter, excluded.counter)", rows)
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            try:
-                self._db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise CounterStoreError(f"counter commit failed: {exc}") from None
-        self.commits += 1
+        return rows
 
-    def _flush_and_wake(self) -> None:
+    def _flush(self) -> None:
+        """Commit the pending batch now, on this thread (tests, tools, close)."""
+        if self._batch:
+            _commit(self._db, self._take_rows())
+            self.commits += 1
+
+    def _start_commit(self) -> None:
         self._scheduled = False
-        waiters, self._waiters = self._waiters, []
-        try:
-            self._flush()
-        except CounterStoreError as exc:
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_exception(exc)
+        if self._committing or not self._batch:
             return
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="counters")
+        rows, waiters, self._waiters = self._take_rows(), self._waiters, []
+        self._committing = True
+        done = asyncio.get_running_loop().run_in_executor(self._executor, self._commit_on_thread, rows)
+        done.add_done_callback(lambda f: self._committed(f, waiters))
+
+    def _commit_on_thread(self, rows: list[tuple[bytes, int, int]]) -> None:
+        if self._writer is None:
+            try:
+                self._writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._writer.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as exc:
+                raise CounterStoreError(f"cannot open counter store {self.path}: {exc}") from None
+        _commit(self._writer, rows)
+
+    def _committed(self, done: asyncio.Future[None], waiters: list[asyncio.Future[None]]) -> None:
+        self._committing = False
+        exc = CounterStoreError("counter commit cancelled") if done.cancelled() else done.exception()
+        if exc is None:
+            self.commits += 1
         for fut in waiters:
             if not fut.done():
-                fut.set_result(None)
+                if exc is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(exc)
+        if self._batch:  # accepted while that batch was committing: the next batch, at once
+            self._start_commit()
 
     # ---- quarantine: devices a clone was detected for, kept across restarts ----
     def quarantined(self) -> set[tuple[bytes, int]]:
@@ -119,5 +140,24 @@ class CounterStore:
             raise CounterStoreError(f"quarantine update failed: {exc}") from None
 
     def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)  # a batch in flight completes first
+        if self._writer is not None:
+            self._writer.close()
         self._flush()
         self._db.close()
+
+
+def _commit(db: sqlite3.Connection, rows: list[tuple[bytes, int, int]]) -> None:
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany(
+            "INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT(device, epoch)"
+            " DO UPDATE SET counter = MAX(counter, excluded.counter)", rows)
+        db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        raise CounterStoreError(f"counter commit failed: {exc}") from None
