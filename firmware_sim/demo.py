@@ -48,7 +48,7 @@ from ledger_bridge.keystore import create_keystore
 from ledger_bridge.sealing import generate_gateway_key
 
 from .broker import MosquittoBroker, free_port
-from .fleet import Observer, Pacer, Progress, SiteAccess
+from .fleet import Observer, Pacer, Progress, SiteAccess, metrics_reader, parse_metrics
 from .identities import save_identities
 from .report import FleetReport
 from .scenarios import ScenarioParams, identities_needed, run_scenario
@@ -82,19 +82,6 @@ def _http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
             return int(resp.status), resp.read().decode()
     except urllib.error.HTTPError as exc:
         return int(exc.code), ""
-
-
-def parse_metrics(text: str) -> dict[tuple[str, str], int]:
-    """Prometheus text from the gateway -> {(name, reason): value} for its ``diams_*_total`` counters."""
-    out: dict[tuple[str, str], int] = {}
-    for line in text.splitlines():
-        if not line.startswith("diams_") or "_total" not in line:
-            continue
-        key, _, value = line.rpartition(" ")
-        name, _, rest = key.partition("{")
-        label = rest.partition('reason="')[2].partition('"')[0] if rest else ""
-        out[(name.removeprefix("diams_").removesuffix("_total"), label)] = int(float(value))
-    return out
 
 
 class Process:
@@ -331,10 +318,6 @@ port = {http_port}
         assert self.broker is not None
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
 
-        async def metric(name: str, label: str) -> int | None:
-            status, text = await asyncio.to_thread(_http_get, metrics_url)
-            return parse_metrics(text).get((name, label), 0) if status == 200 else None
-
         observer = await Observer().start(
             self.broker.host,
             self.broker.port,
@@ -348,7 +331,7 @@ port = {http_port}
             identities=iter(fleet),
             owner=owner,
             observer=observer,
-            gateway_metric=metric,
+            gateway_metric=metrics_reader(metrics_url),
             pacer=Pacer(500.0),
         )
         t0 = time.monotonic()

@@ -17,6 +17,7 @@ import contextlib
 import random
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,7 +28,17 @@ from ledger_bridge.enrollment import ProvisionedDevice
 
 from .device import SimDevice
 
-__all__ = ["Backoff", "FleetStats", "Observer", "Pacer", "Progress", "SiteAccess", "gather_limited"]
+__all__ = [
+    "Backoff",
+    "FleetStats",
+    "Observer",
+    "Pacer",
+    "Progress",
+    "SiteAccess",
+    "gather_limited",
+    "metrics_reader",
+    "parse_metrics",
+]
 
 
 class Pacer:
@@ -204,6 +215,36 @@ class SiteAccess:
         if self.gateway_metric is None:
             return None
         return await self.gateway_metric(name, label)
+
+
+def parse_metrics(text: str) -> dict[tuple[str, str], int]:
+    """Prometheus text from the gateway -> {(name, reason): value} for its ``diams_*_total`` counters."""
+    out: dict[tuple[str, str], int] = {}
+    for line in text.splitlines():
+        if not line.startswith("diams_") or "_total" not in line:
+            continue
+        key, _, value = line.rpartition(" ")
+        name, _, rest = key.partition("{")
+        label = rest.partition('reason="')[2].partition('"')[0] if rest else ""
+        out[(name.removeprefix("diams_").removesuffix("_total"), label)] = int(float(value))
+    return out
+
+
+def metrics_reader(url: str) -> Callable[[str, str], Awaitable[int | None]]:
+    """``gateway_metric`` for a gateway in another process: reads its Prometheus ``/metrics``."""
+
+    def fetch() -> str:
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - the site's loopback URL
+            return str(resp.read().decode())
+
+    async def metric(name: str, label: str) -> int | None:
+        try:
+            text = await asyncio.to_thread(fetch)
+        except OSError:
+            return None
+        return parse_metrics(text).get((name, label), 0)
+
+    return metric
 
 
 async def gather_limited(coros: Iterable[Awaitable[Any]], limit: int = 2000) -> list[Any]:
