@@ -26,6 +26,8 @@ if [ ! -f .venv/.stamp ] || [ pyproject.toml -nt .venv/.stamp ]; then
   .venv/bin/pip install -q -e '.[dev]'
   touch .venv/.stamp
 fi
+# umqtt.simple for the MicroPython agent (SHA-256 pinned, into the git-ignored .vendor/)
+.venv/bin/python scripts/fetch_umqtt.py
 
 if [ -f ledger_bridge/package.json ]; then
   if [ ! -f ledger_bridge/node_modules/.stamp ] || [ ledger_bridge/package-lock.json -nt ledger_bridge/node_modules/.stamp ]; then
