@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from firmware_sim.broker import MosquittoBroker, free_port
 from gateway.broker import AuthorizeGateway, BrokerSecret, Enroll, MosquittoEnforcer, mosquitto_config_lines
 from gateway.settings import (
     BrokerSettings,
@@ -31,7 +32,6 @@ from ledger_bridge import Ledger, Role, RpcBackend, Signer
 from ledger_bridge.enrollment import GatewayPublicKey, ProvisionedDevice, onboard
 from ledger_bridge.index import onchain_gateway_id
 from ledger_bridge.sealing import generate_gateway_key
-from tests.mosquitto import MosquittoBroker, free_port
 
 ETH = 10**18
 POLICY = hashlib.sha256(b"policy: sensors").digest()

@@ -1,55 +1,70 @@
 """The gateway daemon end to end: handshake throughput and latency against the plain MQTT ceiling,
-revocation cut-off, and legitimate success under a flood. One run, one broker.
+revocation cut-off, and legitimate success under a flood. One run, one broker, ~2-3 minutes.
 
-Setup (``bench._site``): a private mosquitto 2.0.11 (``set_tcp_nodelay true``, password + ACL files of
-the gateway's ``MosquittoEnforcer``, ``%u`` patterns), an anvil node on loopback, ``BENCH_GATEWAY_DEVICES``
-(default 1,030) devices onboarded for gateway ``gw-a`` with ``ledger_bridge.enrollment.onboard``, and
-broker-only accounts padding the password file to 10,000 device lines (ids the ledger does not know;
-some of them flood). The gateway (``gateway.service.Gateway``, ledger over JSON-RPC to anvil, its own
-enforcer signalling the broker) runs in its OWN process, as does the plain responder; the load
-generator (devices on ``gateway.mqtt.MqttClient``, the same client the gateway and simulator use) runs in
-this process. The machine has 2 cores shared by mosquitto, the gateway, anvil and the load generator:
-``gw_cpu_*``/``broker_cpu_*``/``loadgen_cpu_*`` give each process's CPU (fraction of one core) during
-the e2e window, which says who is the bottleneck.
+Setup (``bench._site``): a private mosquitto 2.0.11 (``set_tcp_nodelay true``, the password + ACL files
+of the gateway's ``MosquittoEnforcer``, ``%u`` patterns), an anvil node on loopback, and
+``BENCH_GATEWAY_DEVICES`` (default 10,000) devices onboarded for gateway ``gw-a`` with
+``ledger_bridge.enrollment.onboard``, plus 30 broker accounts the ledger does not know (flooders) and
+one for a second, broker-only gateway ``rr`` (the plain responder). The gateway
+(``gateway.service.Gateway``: ledger over JSON-RPC to anvil, its own enforcer signalling the broker,
+counters and audit on disk) runs in its OWN process, as do the responder and the flooder; the load
+generator (devices on ``gateway.mqtt.MqttClient``, the client the gateway itself uses) runs in this
+process. Every process is stopped in ``finally``.
 
-Bench-only gateway settings: ``defence.device_rate`` = 50/s (burst 100) instead of 2/s (burst 6),
-because the throughput run re-authenticates 1,000 devices in a tight loop (each device ~6 handshake
-messages/s); everything else is the default (``ledger.poll_interval`` 0.2 s, global rate 20,000/s).
+The machine has 2 cores shared by mosquitto, the gateway, anvil, the load generator and whatever else
+runs (CI neighbours): throughputs move by 2x between runs. ``<proc>_cpu_e2e`` / ``<proc>_cpu_paced``
+are each process's CPU (fraction of one core) in a window, and ``<proc>_cpu_us_per_handshake`` /
+``<proc>_cpu_us_per_rr`` the CPU each one spends per handshake or per plain round trip: those move
+much less with the neighbours and say where the cost is.
 
-``mqtt_rr_ceiling_per_s`` / ``mqtt_rr_p50_ms``: plain request/response through the same broker, same
-client library, same concurrency and QoS as the e2e run: a responder process doing no work (broker
-account of a second gateway ``rr``, subscribed to ``diams/v1/hs/rr/+/up``, echoing each message to
-``.../down`` at QoS 1), and 1,000 requesters in this process, each its own connection with a device's
-credentials, publishing a 21-byte message at QoS 1 on its ``up`` topic and awaiting the echo, in a loop.
-Counted over ``WINDOW_S`` after a 1 s warm-up.
+Bench-only gateway setting: ``defence.device_rate`` = 50/s (burst 100) instead of 2/s (burst 6),
+because the saturated run re-authenticates each of 1,000 devices in a tight loop (~3 handshakes/s,
+~6 handshake messages/s per device); everything else is the default (``ledger.poll_interval`` 0.2 s,
+global rate 20,000 messages/s, ``proof_timeout`` 5 s).
 
-``e2e_handshakes_per_s``, ``e2e_handshake_p50_ms``, ``e2e_handshake_p99_ms``: 1,000 ``SimDevice``s
-(the real device role), each its own connection, each authenticating in a loop (HELLO → CHALLENGE →
-PROOF → RESULT, two round trips; the gateway commits each accepted counter to SQLite before its
+``mqtt_rr_ceiling_per_s`` / ``mqtt_rr_p50_ms``: plain request/response through the same broker, with
+the same client library, concurrency and QoS as the e2e run: the responder process does no work
+(subscribed to ``diams/v1/hs/rr/+/up``, it echoes each message to ``.../down`` at QoS 1), and 1,000
+requesters in this process, each its own connection with a device's credentials, publish a 21-byte
+message at QoS 1 on their ``up`` topic and await the echo, in a closed loop. Counted over ``WINDOW_S``
+(5 s) after a 1 s warm-up; p50 over every round trip of the window (closed loop at saturation, so by
+Little's law ~1,000 / rate).
+
+``e2e_handshakes_per_s``, ``e2e_saturated_p50_ms`` / ``_p99_ms``: 1,000 ``SimDevice``s (the real
+device role), each its own connection, each authenticating in a closed loop (HELLO → CHALLENGE → PROOF
+→ RESULT, two round trips; the gateway makes each accepted counter durable in SQLite before its
 CHALLENGE leaves). Completed handshakes over ``WINDOW_S`` after a 1 s warm-up; latency is HELLO sent →
-RESULT verified, over every handshake completed in the window. ``e2e_rejected`` counts the others.
-Targets: e2e ≥ 0.5 x ceiling / 2 and ≥ 2,000/s; p99 ≤ 50 ms.
+RESULT verified. With 1,000 handshakes always outstanding, the saturated latency is ~1,000 / rate by
+construction (Little's law), so it cannot meet a 50 ms target below 20,000 handshakes/s: it measures
+queueing, not the gateway. ``e2e_rejected`` counts handshakes that did not authenticate.
 
-``flood_legit_success_ratio``: a flooder process sends ``FLOOD_RATE`` (10,000) bogus messages/s at
-QoS 0 from raw sockets: well-formed HELLOs with random fields from 30 broker accounts the ledger does
-not know, and random bytes of random length on the handshake and data topics of 20 enrolled devices
-that never authenticate. (A device can publish only on its own topics: the broker's ACL refuses the
-rest, so bogus ids must hold a broker account to reach the gateway at all.) Meanwhile the 1,000
-legitimate devices each authenticate about once per second for ``WINDOW_S``; ratio = handshakes
-authenticated / handshakes started (each with a 5 s timeout). ``flood_sent_per_s`` is what the
+``e2e_handshake_p50_ms`` / ``_p99_ms``: the same 1,000 connected devices, open load: each device
+authenticates, pauses 0.5-1.5 s (uniform), and again, for ``WINDOW_S`` (``e2e_paced_handshakes_per_s``
+is the rate achieved, ~800/s). Targets: e2e ≥ 0.5 x ceiling / 2 and ≥ 2,000/s; p99 ≤ 50 ms.
+
+``flood_legit_success_ratio`` (and ``flood_legit_p50_ms`` / ``_p99_ms``): a flooder process sends
+``FLOOD_RATE`` (10,000) bogus messages/s at QoS 0 from raw sockets: well-formed HELLOs with random
+fields from the 30 broker accounts the ledger does not know, and random bytes of random length on the
+handshake and data topics of 20 enrolled devices that never authenticate. (A device can publish only
+on its own topics: the broker's ACL silently drops the rest, so a bogus id must hold a broker account to
+reach the gateway at all.) Meanwhile the 1,000 legitimate devices run the open load above; ratio =
+handshakes authenticated / handshakes started (5 s timeout each). ``flood_sent_per_s`` is the rate the
 flooder achieved.
 
 ``revocation_cutoff_ms``: five connected, authenticated devices are revoked one after another (≥ 1.1 s
 apart, so no broker reload is recent): time from submitting the owner's ``revoke`` transaction on anvil
 to the device's MQTT connection being closed by the broker; median (``revocation_cutoff_max_ms`` the
-worst). The path: anvil block → gateway index poll (0.2 s) → session dropped, ``CutOff`` → password
-file rewritten → SIGHUP → mosquitto drops the socket, with 10,000 device lines in the password file.
+worst). The path: anvil block → gateway index poll (every 0.2 s) → session dropped, ``CutOff`` →
+password file rewritten (10,000+ device lines) → SIGHUP → mosquitto drops the socket → the enforcer
+proves the reload with a canary login.
 
-``enroll_*``: the cost of onboarding: ``registerMany``/``authorizeGatewayMany`` are batched (100 per
-tx), but claim, setPolicy and activate are one transaction each per device (~85 tx/s on anvil here),
-which is why this bench enrolls ~1,000 devices on the ledger rather than 10,000 (extrapolated:
-``enroll_10k_extrapolated_s``). Contract batch functions (claimMany/activateMany/setPolicyMany) would
-remove that cost.
+``enroll_*``: what onboarding the 10,000 devices cost: ``registerMany``, ``onboardMany`` (claim +
+policy + activate) and ``authorizeGatewayMany``, 100 devices per transaction. (With one transaction per
+device for claim, setPolicy and activate, as before ``onboardMany``, anvil managed ~85 tx/s here:
+~6 minutes for 10,000 devices.)
+
+Profiling: ``BENCH_GATEWAY_PROFILE=<file>`` runs the gateway process under cProfile,
+``BENCH_LOADGEN_PROFILE=<file>`` the load generator during the saturated window.
 """
 
 from __future__ import annotations
