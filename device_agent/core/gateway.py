@@ -6,7 +6,9 @@
 # one HMAC. A counter at or below the last accepted one is a replay, unless it carries a valid
 # HOTP value and no handshake is pending for the device: then the gateway issues a challenge it
 # will never grant (a "clone probe"); a valid PROOF to it can only come from a live holder of the
-# device's key using a counter already spent: a cloned device. A replayed HELLO never gets that far.
+# device's key using a counter already spent: a cloned device. A replayed HELLO never gets that far,
+# and a copy of the very HELLO that set the floor (same counter, same device nonce) is refused as a
+# replay without a probe: its sender may still be waiting for the answer, and would answer the probe.
 #
 # The adapter supplies ``lookup(device_id) -> DeviceEntry | None`` from its identity index, a
 # CSPRNG ``random(n)``, and ``now`` (seconds, monotonic) on every call; it must make each
@@ -23,13 +25,14 @@ from .session import Session
 class DeviceEntry:
     """What one gateway knows of one device: from the identity index, plus the counter floor."""
 
-    __slots__ = ("device_id", "epoch", "active", "counter", "k_otp", "k_mac", "lifetime")
+    __slots__ = ("device_id", "epoch", "active", "counter", "nonce", "k_otp", "k_mac", "lifetime")
 
     def __init__(self, device_id, gateway_key, epoch, active=True, counter=-1, lifetime=3600):
         self.device_id = device_id
         self.epoch = epoch
         self.active = active
         self.counter = counter  # highest counter ever accepted (durable), -1 for none
+        self.nonce = None  # the device nonce of the HELLO that set ``counter`` (in memory)
         self.k_otp, self.k_mac = pair_keys(gateway_key)
         self.lifetime = lifetime
 
@@ -99,7 +102,9 @@ class GatewayRole:
             return self._reject(device_id, "counter_window", counter)
         stale = counter <= entry.counter
         pending = self._pending.get(device_id)
-        if stale and pending is not None:
+        if stale and (pending is not None or (counter == entry.counter and d_nonce == entry.nonce)):
+            # A copy of the accepted HELLO itself is a replay, never a clone: the device that sent it
+            # may still be waiting for its answer, and would answer a probe.
             return None, [Rejected(device_id, "replay", counter)]
         if pending is None and len(self._pending) >= self.max_pending:
             self.expire(now)
@@ -110,6 +115,7 @@ class GatewayRole:
         events = []
         if not stale:
             entry.counter = counter
+            entry.nonce = d_nonce
             events.append(CounterAccepted(device_id, counter))
         g_nonce = self._random(wire.NONCE_LEN)
         t = transcript(device_id, self.gateway_id, epoch, counter, d_nonce, g_nonce)

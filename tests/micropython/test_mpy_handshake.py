@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from device_agent.core import gateway, keys, wire
+from device_agent.core import device, gateway, keys, wire
 from device_agent.core.events import Authenticated, CounterAccepted
 from tests.conftest import require
 from tests.micropython import runner
@@ -93,9 +93,13 @@ def test_replayed_hello_and_forged_messages(device_process):
     did, kdg, gw = _pair()
     dev.request("init", did.hex(), GW.decode(), kdg.hex(), str(EPOCH))
     hello, _ = _handshake(dev, gw, did, counter=5)
-    # The same HELLO again: no counter is accepted; the gateway's answer is a clone probe it never
-    # grants, and the device, no longer waiting for a challenge, ignores it.
-    probe, events = gw.receive(did, hello, time.monotonic())
+    # The same HELLO again is a replay: refused without an answer.
+    reply, events = gw.receive(did, hello, time.monotonic())
+    assert reply is None and [e.reason for e in events] == ["replay"]
+    # A HELLO for the used counter with another nonce gets a clone probe the gateway never grants; the
+    # device, no longer waiting for a challenge, ignores it.
+    other = device.DeviceRole(did, GW, kdg, EPOCH).hello(5, os.urandom(8))
+    probe, events = gw.receive(did, other, time.monotonic())
     assert events == [] and wire.message_type(probe) == wire.CHALLENGE
     answer = dev.request("recv", probe.hex())
     assert (answer["send"], answer["reason"], answer["state"]) == (None, "unexpected", "authenticated")
