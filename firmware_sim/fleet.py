@@ -62,10 +62,13 @@ class Pacer:
 
 @dataclass(frozen=True, kw_only=True)
 class Backoff:
-    """Full-jitter exponential backoff: attempt n waits uniform(0, min(cap, base * 2**n))."""
+    """Full-jitter exponential backoff: attempt n waits uniform(0, min(cap, base * 2**n)).
 
-    base: float = 1.0
-    cap: float = 30.0
+    The defaults are the agents' reconnect policy (``device_agent.agent.config``: 5 s window, 60 s cap).
+    """
+
+    base: float = 5.0
+    cap: float = 60.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         return rng.uniform(0, min(self.cap, self.base * 2 ** min(attempt, 16)))
@@ -159,6 +162,7 @@ class SiteAccess:
     gateway_id: str
     identities: Iterator[ProvisionedDevice]
     window: int = 100
+    initial_counter: int = 0  # the counter identities start from (> 0 when they authenticated before)
     owner: Any = None
     restart_broker: Callable[[], Awaitable[None]] | None = None
     observer: Observer | None = None
@@ -178,6 +182,7 @@ class SiteAccess:
         return out
 
     def device(self, identity: ProvisionedDevice, **kw: Any) -> SimDevice:
+        kw.setdefault("counter", self.initial_counter)
         return SimDevice(identity, gateway_id=self.gateway_id, host=self.host, port=self.port, **kw)
 
     async def connect(self, dev: SimDevice, *, attempts: int = 8, paced: bool = True) -> bool:
