@@ -117,6 +117,7 @@ class Gateway:
         self._stack = contextlib.AsyncExitStack()
         self._tasks: asyncio.TaskGroup | None = None
         self._stopping = asyncio.Event()
+        self._new_head = asyncio.Event()
         self.mqtt: MqttClient | None = None
         self.mqtt_connected = asyncio.Event()
         self.ledger_ok = False
@@ -204,6 +205,11 @@ class Gateway:
                 self._tasks = tg
                 tg.create_task(self._mqtt_loop(ready))
                 tg.create_task(self._sync_loop())
+                if self.settings.ledger.ws_url:
+                    from ledger_bridge.heads import HeadWatcher
+
+                    watcher = HeadWatcher(self.settings.ledger.ws_url, lambda _: self._new_head.set())
+                    tg.create_task(watcher.run())
                 tg.create_task(self._sweep_loop())
                 tg.create_task(self._anchor_loop())
                 tg.create_task(self._watchdog_loop())
@@ -313,7 +319,10 @@ class Gateway:
                 self.ledger_ok = False
                 self.metrics.inc("ledger_sync_errors")
                 await asyncio.sleep(min(5.0, interval * 10))
-            await asyncio.sleep(interval)
+            # the next sync: at the next announced block (ledger.ws_url), or after the poll interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new_head.wait(), interval)
+            self._new_head.clear()
 
     async def _anchor_loop(self) -> None:
         while not self._stopping.is_set():

@@ -79,6 +79,7 @@ class LedgerSettings:
     mode: str = "rpc"  # "rpc" (any EVM JSON-RPC node) or "embedded" (a local py-evm chain file)
     path: Path | None = None  # embedded chain file
     url: str = "http://127.0.0.1:8545"  # rpc
+    ws_url: str = ""  # optional ws:// endpoint of the same node: new blocks wake the index sync at once
     registry: str = ""  # channel contract addresses
     auth_log: str = ""
     deployed_block: int = 0
@@ -98,6 +99,8 @@ class LedgerSettings:
         if self.confirmations < 0:
             raise SettingsError("ledger.confirmations must be >= 0")
         _positive("ledger.poll_interval", self.poll_interval)
+        if self.ws_url and not self.ws_url.startswith(("ws://", "wss://")):
+            raise SettingsError(f"ledger.ws_url must be a ws:// or wss:// URL, got {self.ws_url!r}")
         _positive("ledger.anchor_interval", self.anchor_interval)
 
 
