@@ -58,12 +58,15 @@ async def start_gateway(
         state_dir=tmp / gateway_id,
         key_file=tmp / f"{gateway_id}.key",
         broker=_broker_settings(site),
-        ledger=LedgerSettings(
-            mode="rpc",
-            url="http://unused",
-            poll_interval=0.05,
-            anchor_interval=3600,
-            deployed_block=site.ledger.channel.deployed_block,
+        ledger=overrides.pop(
+            "ledger",
+            LedgerSettings(
+                mode="rpc",
+                url="http://unused",
+                poll_interval=0.05,
+                anchor_interval=3600,
+                deployed_block=site.ledger.channel.deployed_block,
+            ),
         ),
         protocol=overrides.pop("protocol", ProtocolSettings(proof_timeout=3.0, session_lifetime=600)),
         defence=overrides.pop("defence", DefenceSettings()),
@@ -107,9 +110,10 @@ async def site(
     gateway_ids: tuple[str, ...] = ("gw-a",),
     policy_streams: tuple[str, ...] = ("telemetry", "status"),
     gateway_settings: dict[str, Any] | None = None,
+    ledger_backend: Any = None,
 ) -> AsyncIterator[Site]:
     """``gateway_settings``: keyword overrides for every gateway (``protocol=``, ``defence=``,
-    ``offline=``), as ``start_gateway`` takes them."""
+    ``offline=``, ``ledger=``), as ``start_gateway`` takes them. ``ledger_backend``: eth-tester when None."""
     require(mosquitto_binary() is not None, "mosquitto")
     broker = MosquittoBroker()
     password_file, acl_file = broker.directory / "passwords", broker.directory / "acl"
@@ -136,7 +140,7 @@ async def site(
     )
     enforcer.write_files()
     with broker:
-        async with Ledger(backend=EthereumTesterBackend()) as ledger:
+        async with Ledger(backend=ledger_backend or EthereumTesterBackend()) as ledger:
             names = ["admin", "manufacturer", "owner", "operator", *[f"account-{g}" for g in gateway_ids]]
             signers = {n: Signer.generate(label=n) for n in names}
             for s in signers.values():
