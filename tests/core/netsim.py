@@ -212,6 +212,13 @@ class Net:
             holders = [k for k, inst in enumerate(self.instances) if inst.device_id == m.device_id]
             self.to_device(holders[i % len(holders)], m.gw, payload)
 
+    def drop_next(self):
+        """The oldest message not yet delivered is lost (it stays on record for replays)."""
+        for m in self.wire:
+            if not m.delivered:
+                m.delivered = True
+                return
+
     def deliver_anywhere(self, payload, target, sub):
         """Deliver ``payload`` to any party: a gateway on any device's topic, or any device role."""
         n_gw = len(self.gateway_ids)
