@@ -12,7 +12,7 @@ generator (devices on ``gateway.mqtt.MqttClient``, the client the gateway itself
 process. Every process is stopped in ``finally``.
 
 The machine has 2 cores shared by mosquitto, the gateway, anvil, the load generator and whatever else
-runs (CI neighbours): throughputs move by 2x between runs. ``<proc>_cpu_e2e`` / ``<proc>_cpu_paced``
+runs (CI neighbours): throughputs move by 2x between runs. ``<proc>_cpu_e2e`` / ``_paced`` / ``_flood``
 are each process's CPU (fraction of one core) in a window, and ``<proc>_cpu_us_per_handshake`` /
 ``<proc>_cpu_us_per_rr`` the CPU each one spends per handshake or per plain round trip: those move
 much less with the neighbours and say where the cost is.
@@ -369,8 +369,10 @@ async def _run() -> dict[str, float]:
         await _wait_event(fl_ready, "the flooder")
         await asyncio.sleep(0.5)
         sent0, f0 = sent.value, time.perf_counter()
+        meter = CpuMeter(pids)
         attempted, completed, lat = await _paced(sims, WINDOW_S)
         results["flood_sent_per_s"] = (sent.value - sent0) / (time.perf_counter() - f0)
+        results.update({f"{name}_cpu_flood": share for name, share in meter.shares().items()})
         fl_stop.set()
         results["flood_legit_attempted"] = float(attempted)
         results["flood_legit_success_ratio"] = completed / max(1, attempted)
