@@ -25,7 +25,8 @@ SIM = settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=
 
 # Repeated kinds are drawn more often: enough honest progress for sessions to be established.
 KINDS = ("start", "start", "next", "next", "next", "next", "drop", "deliver", "anywhere", "mutate", "craft",
-         "craft", "reflect", "inject", "tick", "seal", "seal", "open", "open", "open_mutated", "pump")
+         "craft", "reflect", "inject", "tick", "seal", "seal", "open", "open", "open_mutated", "pump",
+         "restart")
 ACTION = st.tuples(st.sampled_from(KINDS), st.integers(0, 1 << 16), st.integers(0, 1 << 16),
                    st.integers(0, 255))
 # Handshakes only: drops, replays and delays, densely.
@@ -58,6 +59,8 @@ def run(net, actions, clones):
                 net.start(a, b, skip=(c % 10) if c >= 240 else 0)
         elif kind == "next":
             net.deliver_next()
+        elif kind == "restart" and c < 64:
+            net.restart_gateway(a)
         elif kind == "drop":
             net.drop_next()
         elif kind == "deliver":
@@ -338,20 +341,40 @@ def test_data_attacks_are_refused_and_honest_data_flows(attack):
 # -- a flaw the simulator found, and its regression tests ---------------------------------------
 
 
+def _drain(net):
+    """The network delivers everything still in flight, in order, until nothing is left."""
+    while any(not m.delivered for m in net.wire):
+        net.deliver_next()
+
+
 def test_no_false_clone_alert_when_the_device_waits_longer_than_the_gateway():
     """A device still waiting on HELLO(c) after the gateway dropped that handshake must not be
     probed by a replay of that HELLO: it would answer, and the gateway would report a clone."""
     net = Net(4, n_devices=1, n_gateways=1, proof_timeout=5.0, device_timeout=30.0)
     net.start(0, 0)
-    net.deliver(0)  # HELLO(0) reaches the gateway; its CHALLENGE is held back by the attacker
+    net.deliver_next()  # HELLO(0) reaches the gateway
+    net.drop_next()  # its CHALLENGE is lost
     net.tick(6.0)  # the gateway gives up; the device is still waiting
     net.deliver(0)  # the attacker replays HELLO(0)
-    for i in range(2, len(net.wire)):  # and delivers whatever came of it
-        net.deliver(i)
-    assert net.stats["clone"] == 0
-    net.deliver(1)  # the held-back CHALLENGE, late: answered, but the gateway has given up
-    net.deliver(len(net.wire) - 1)
+    _drain(net)
     assert net.stats["clone"] == net.stats["gw_auth"] == 0
+    net.deliver(1)  # the lost CHALLENGE, late: answered, but the gateway has given up
+    _drain(net)
+    assert net.stats["clone"] == net.stats["gw_auth"] == 0
+
+
+@pytest.mark.xfail(strict=True, raises=Violation, reason=(
+    "residual of the false clone alert: DeviceEntry.nonce lives in memory only, so after a gateway "
+    "restart (or gateway/devices.py rebuilding the entry on a ledger refresh) a copy of the HELLO "
+    "that set the floor is probed again, and a device still waiting on it answers"))
+def test_no_false_clone_alert_across_a_gateway_restart():
+    net = Net(4, n_devices=1, n_gateways=1, proof_timeout=5.0, device_timeout=30.0)
+    net.start(0, 0)
+    net.deliver_next()  # HELLO(0) accepted, floor 0 durable
+    net.drop_next()  # its CHALLENGE is lost
+    net.restart_gateway(0)
+    net.deliver(0)  # the replayed HELLO: a used counter, valid OTP, nothing pending, nonce forgotten
+    _drain(net)
 
 
 @settings(SIM, max_examples=2 * EXAMPLES)
@@ -364,11 +387,11 @@ def test_interleavings_devices_wait_longer_than_gateways(seed, actions):
 def test_no_false_clone_alert_when_the_device_gives_up_first():
     net = Net(4, n_devices=1, n_gateways=1, proof_timeout=5.0, device_timeout=5.0)
     net.start(0, 0)
-    net.deliver(0)
+    net.deliver_next()
+    net.drop_next()
     net.tick(6.0)
     net.deliver(0)
-    for i in range(2, len(net.wire)):
-        net.deliver(i)
+    _drain(net)
     assert net.instances[0].roles[b"gw-0"].state == states.FAILED and net.stats["clone"] == 0
 
 
