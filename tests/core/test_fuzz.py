@@ -320,3 +320,14 @@ def test_atheris_bounded_run(tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Done 20000 runs" in proc.stderr
+
+
+@settings(FUZZ, max_examples=200)
+@given(data=NOT_BYTES)
+def test_what_is_not_bytes_is_refused_at_every_entry_point(data):
+    """An adapter bug handing over a str or None still yields a defined event, never an exception."""
+    _, ev = HS.device_in(states.HELLO_SENT).receive(data, 1.0)
+    assert isinstance(ev, events.Ignored) and ev.reason == "bad_message"
+    _, evs = HS.gateway_in("await_proof").receive(DID, data, 1.0)
+    assert [e.reason for e in evs] == ["bad_message"]
+    assert HS.up.open(b"config", data, 1.0) == (None, "bad_message")
