@@ -120,6 +120,7 @@ class BenchSite:
     devices: list[ProvisionedDevice] = field(default_factory=list)
     secrets: dict[str, str] = field(default_factory=dict)
     unknown_ids: list[str] = field(default_factory=list)  # broker accounts unknown to the ledger
+    requester_ids: list[str] = field(default_factory=list)  # broker-only accounts of the plain requesters
     enroll_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -131,6 +132,7 @@ class BenchSite:
             AuthorizeGateway(gateway_id=RR_GATEWAY_ID, secret=BrokerSecret(self.secrets["rr"]), connections=1)
         ]
         changes += [Enroll(device_id=d, secret=BrokerSecret(self.secrets["flood"])) for d in self.unknown_ids]
+        changes += [Enroll(device_id=d, secret=BrokerSecret(self.secrets["rr"])) for d in self.requester_ids]
         return changes
 
     def gateway_spec(
@@ -189,7 +191,9 @@ def new_enforcer(
     )
 
 
-async def build_site(*, n_devices: int, n_unknown: int, progress: Any = None) -> BenchSite:
+async def build_site(
+    *, n_devices: int, n_unknown: int, n_requesters: int = 0, progress: Any = None
+) -> BenchSite:
     """Start anvil and Mosquitto, deploy, onboard ``n_devices`` for ``gw-a``; times each step."""
     tmp = Path(tempfile.mkdtemp(prefix="diams-bench-gw-"))
     broker = MosquittoBroker()
@@ -202,6 +206,7 @@ async def build_site(*, n_devices: int, n_unknown: int, progress: Any = None) ->
             "flood": BrokerSecret.generate().reveal(),
         }
         site.unknown_ids = [f"f{i:015x}" for i in range(n_unknown)]
+        site.requester_ids = [f"e{i:015x}" for i in range(n_requesters)]
         password_file, acl_file = broker.directory / "passwords", broker.directory / "acl"
         broker.extra_config = [*mosquitto_config_lines(password_file, acl_file), "max_connections -1"]
         enforcer = new_enforcer(
