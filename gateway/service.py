@@ -187,6 +187,13 @@ class Gateway:
     def stop(self) -> None:
         self._stopping.set()
 
+    def _serving(self) -> bool:
+        """Should a background loop take another turn? Not once stopping, nor once its task was
+        cancelled: on 3.11 a ``wait_for`` deeper down (the ledger's) can swallow the CancelledError
+        when its future completes at the same moment, and the loop would outlive a crashed gateway."""
+        task = asyncio.current_task()
+        return not self._stopping.is_set() and not (task is not None and task.cancelling())
+
     async def serve(self, *, ready: Callable[[], None] | None = None) -> None:
         """Run until ``stop()`` or cancellation. ``ready`` is called once connected and subscribed."""
         s = self.settings
@@ -305,9 +312,12 @@ class Gateway:
 
     async def _sync_loop(self) -> None:
         interval = self.settings.ledger.poll_interval
-        while not self._stopping.is_set():
+        # asyncio.timeout, not wait_for, in this loop: on Python 3.11 wait_for can lose a cancellation
+        # that coincides with its future's completion or its timeout (see ``_serving``).
+        while self._serving():
             try:
-                await asyncio.wait_for(self.index.sync(self._source), 30)
+                async with asyncio.timeout(30):
+                    await self.index.sync(self._source)
                 if not self.ledger_ok:
                     log.info("ledger reachable again; index at block %d", self.index.watermark)
                 self.ledger_ok = True
@@ -321,11 +331,12 @@ class Gateway:
                 await asyncio.sleep(min(5.0, interval * 10))
             # the next sync: at the next announced block (ledger.ws_url), or after the poll interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._new_head.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._new_head.wait()
             self._new_head.clear()
 
     async def _anchor_loop(self) -> None:
-        while not self._stopping.is_set():
+        while self._serving():
             await asyncio.sleep(self.settings.ledger.anchor_interval)
             await self.anchor_now()
 
@@ -376,7 +387,7 @@ class Gateway:
         b = self.settings.broker
         username = b.username or gateway_username(self.settings.gateway_id)
         attempt = 0
-        while not self._stopping.is_set():
+        while self._serving():
             try:
                 client = await MqttClient.connect(
                     b.host,
@@ -424,7 +435,7 @@ class Gateway:
 
     # ---- housekeeping ----
     async def _sweep_loop(self) -> None:
-        while not self._stopping.is_set():
+        while self._serving():
             await asyncio.sleep(1.0)
             self.traffic.sweep(self._clock())
             self.audit.sync()
@@ -433,7 +444,7 @@ class Gateway:
         interval = watchdog_interval()
         if interval is None:
             return
-        while not self._stopping.is_set():
+        while self._serving():
             sd_notify("WATCHDOG=1")
             await asyncio.sleep(interval)
 

@@ -297,8 +297,11 @@ class MosquittoEnforcer(BrokerEnforcer):
             if delay > 0:
                 # Sleep, but an urgent batch arriving meanwhile may shorten the wait: recompute then.
                 self._wakeup.clear()
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation that coincides
+                # with its timeout, and this loop would then never end
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wakeup.wait()
                 self._wakeup.set()
                 continue
             self._wakeup.clear()
