@@ -33,13 +33,13 @@ class CounterStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS counters (device BLOB NOT NULL, epoch INTEGER NOT NULL,"
-                " counter INTEGER NOT NULL, PRIMARY KEY (device, epoch)) WITHOUT ROWID")
+                " counter INTEGER NOT NULL, nonce BLOB, PRIMARY KEY (device, epoch)) WITHOUT ROWID")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS quarantine (device BLOB NOT NULL, epoch INTEGER NOT NULL,"
                 " PRIMARY KEY (device, epoch)) WITHOUT ROWID")
         except sqlite3.Error as exc:
             raise CounterStoreError(f"cannot open counter store {path}: {exc}") from None
-        self._batch: dict[tuple[bytes, int], int] = {}
+        self._batch: dict[tuple[bytes, int], tuple[int, bytes | None]] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
         self._committing = False
@@ -52,24 +52,32 @@ class CounterStore:
 
     def floor(self, device_id: bytes, epoch: int) -> int:
         """The highest counter ever accepted for (device, epoch), or -1."""
-        row = self._db.execute("SELECT counter FROM counters WHERE device=? AND epoch=?",
+        return self.floor_and_nonce(device_id, epoch)[0]
+
+    def floor_and_nonce(self, device_id: bytes, epoch: int) -> tuple[int, bytes | None]:
+        """(highest accepted counter, the device nonce of the HELLO that set it), or (-1, None)."""
+        row = self._db.execute("SELECT counter, nonce FROM counters WHERE device=? AND epoch=?",
                                (device_id, epoch)).fetchone()
-        return -1 if row is None else int(row[0])
+        return (-1, None) if row is None else (int(row[0]), None if row[1] is None else bytes(row[1]))
 
     def floors(self) -> dict[tuple[bytes, int], int]:
         rows = self._db.execute("SELECT device, epoch, counter FROM counters")
         return {(bytes(d), e): c for d, e, c in rows}
 
-    def commit_now(self, device_id: bytes, epoch: int, counter: int) -> None:
+    def commit_now(self, device_id: bytes, epoch: int, counter: int, nonce: bytes | None = None) -> None:
         """Make one counter durable synchronously (tests, tools)."""
-        self._batch[(device_id, epoch)] = max(counter, self._batch.get((device_id, epoch), -1))
+        self._queue(device_id, epoch, counter, nonce)
         self._flush()
 
-    def accept(self, device_id: bytes, epoch: int, counter: int) -> asyncio.Future[None]:
-        """Queue a counter; the future completes once it is durable (end of this loop turn)."""
+    def _queue(self, device_id: bytes, epoch: int, counter: int, nonce: bytes | None) -> None:
         key = (device_id, epoch)
-        if counter > self._batch.get(key, -1):
-            self._batch[key] = counter
+        if counter > self._batch.get(key, (-1, None))[0]:
+            self._batch[key] = (counter, nonce)
+
+    def accept(self, device_id: bytes, epoch: int, counter: int,
+               nonce: bytes | None = None) -> asyncio.Future[None]:
+        """Queue a counter (and the nonce of its HELLO); the future completes once they are durable."""
+        self._queue(device_id, epoch, counter, nonce)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._waiters.append(fut)
@@ -78,8 +86,8 @@ class CounterStore:
             loop.call_soon(self._start_commit)
         return fut
 
-    def _take_rows(self) -> list[tuple[bytes, int, int]]:
-        rows = [(d, e, c) for (d, e), c in self._batch.items()]
+    def _take_rows(self) -> list[tuple[bytes, int, int, bytes | None]]:
+        rows = [(d, e, c, n) for (d, e), (c, n) in self._batch.items()]
         self._batch = {}
         return rows
 
@@ -100,7 +108,7 @@ class CounterStore:
         done = asyncio.get_running_loop().run_in_executor(self._executor, self._commit_on_thread, rows)
         done.add_done_callback(lambda f: self._committed(f, waiters))
 
-    def _commit_on_thread(self, rows: list[tuple[bytes, int, int]]) -> None:
+    def _commit_on_thread(self, rows: list[tuple[bytes, int, int, bytes | None]]) -> None:
         if self._writer is None:
             try:
                 self._writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -148,12 +156,13 @@ class CounterStore:
         self._db.close()
 
 
-def _commit(db: sqlite3.Connection, rows: list[tuple[bytes, int, int]]) -> None:
+def _commit(db: sqlite3.Connection, rows: list[tuple[bytes, int, int, bytes | None]]) -> None:
     try:
         db.execute("BEGIN IMMEDIATE")
         db.executemany(
-            "INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT(device, epoch)"
-            " DO UPDATE SET counter = MAX(counter, excluded.counter)", rows)
+            "INSERT INTO counters VALUES (?, ?, ?, ?) ON CONFLICT(device, epoch)"
+            " DO UPDATE SET counter = excluded.counter, nonce = excluded.nonce"
+            " WHERE excluded.counter > counters.counter", rows)
         db.execute("COMMIT")
     except sqlite3.Error as exc:
         try:

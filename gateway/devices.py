@@ -109,9 +109,9 @@ class DeviceTable:
             log.error("device %s: %s; not served", did.hex(), exc)
             self._forget(did)
             return False
-        floor = self.counters.floor(did, view.epoch)
+        floor, nonce = self.counters.floor_and_nonce(did, view.epoch)
         active = (did, view.epoch) not in self._quarantined
-        self.entries[did] = DeviceEntry(did, keys.k_dg, view.epoch, active, floor, self._lifetime)
+        self.entries[did] = DeviceEntry(did, keys.k_dg, view.epoch, active, floor, self._lifetime, nonce)
         self.served[did] = Served(
             epoch=view.epoch,
             commitment=grant.key_commitment,

@@ -106,7 +106,7 @@ class Traffic:
             t = type(e)
             if t is ev.CounterAccepted:
                 entry = gw.devices.entries[did]
-                durable = gw.counters.accept(did, entry.epoch, e.counter)
+                durable = gw.counters.accept(did, entry.epoch, e.counter, e.nonce)
             elif t is ev.Authenticated:
                 self._authenticated(did, e.session, now)
             elif t is ev.Rejected:

@@ -36,11 +36,12 @@ class Ignored:
 
 
 class CounterAccepted:
-    """Gateway: the adapter must make this counter durable BEFORE it sends the reply."""
+    """Gateway: the adapter must make this counter and nonce durable BEFORE it sends the reply."""
 
-    def __init__(self, device_id, counter):
+    def __init__(self, device_id, counter, nonce=None):
         self.device_id = device_id
         self.counter = counter
+        self.nonce = nonce
 
     def __repr__(self):
         return "CounterAccepted(%s, %d)" % (_hex(self.device_id), self.counter)

@@ -12,7 +12,8 @@
 #
 # The adapter supplies ``lookup(device_id) -> DeviceEntry | None`` from its identity index, a
 # CSPRNG ``random(n)``, and ``now`` (seconds, monotonic) on every call; it must make each
-# CounterAccepted durable before sending the reply that comes with it.
+# CounterAccepted (counter and device nonce) durable before sending the reply that comes with it,
+# and give both back to DeviceEntry when it rebuilds an entry.
 from . import states, wire
 from .crypto import ct_equal, hmac_sha256
 from .errors import LocalProtocolError, RemoteProtocolError, reason_code
@@ -27,12 +28,12 @@ class DeviceEntry:
 
     __slots__ = ("device_id", "epoch", "active", "counter", "nonce", "k_otp", "k_mac", "lifetime")
 
-    def __init__(self, device_id, gateway_key, epoch, active=True, counter=-1, lifetime=3600):
+    def __init__(self, device_id, gateway_key, epoch, active=True, counter=-1, lifetime=3600, nonce=None):
         self.device_id = device_id
         self.epoch = epoch
         self.active = active
         self.counter = counter  # highest counter ever accepted (durable), -1 for none
-        self.nonce = None  # the device nonce of the HELLO that set ``counter`` (in memory)
+        self.nonce = nonce  # the device nonce of the HELLO that set ``counter`` (durable with it)
         self.k_otp, self.k_mac = pair_keys(gateway_key)
         self.lifetime = lifetime
 
@@ -106,17 +107,19 @@ class GatewayRole:
             # A copy of the accepted HELLO itself is a replay, never a clone: the device that sent it
             # may still be waiting for its answer, and would answer a probe.
             return None, [Rejected(device_id, "replay", counter)]
-        if pending is None and len(self._pending) >= self.max_pending:
-            self.expire(now)
-            if len(self._pending) >= self.max_pending:
-                return self._reject(device_id, "busy", counter)
-        if not ct_equal(hotp_value(entry.k_otp, counter).to_bytes(4, "big"), otp):
-            return self._reject(device_id, "bad_otp", counter)
         events = []
+        if pending is None and len(self._pending) >= self.max_pending:
+            events = self.expire(now)  # handshakes that timed out: reported, not lost
+            if len(self._pending) >= self.max_pending:
+                reply, rejected = self._reject(device_id, "busy", counter)
+                return reply, events + rejected
+        if not ct_equal(hotp_value(entry.k_otp, counter).to_bytes(4, "big"), otp):
+            reply, rejected = self._reject(device_id, "bad_otp", counter)
+            return reply, events + rejected
         if not stale:
             entry.counter = counter
             entry.nonce = d_nonce
-            events.append(CounterAccepted(device_id, counter))
+            events.append(CounterAccepted(device_id, counter, d_nonce))
         g_nonce = self._random(wire.NONCE_LEN)
         t = transcript(device_id, self.gateway_id, epoch, counter, d_nonce, g_nonce)
         if pending is not None:

@@ -45,3 +45,12 @@ def test_acknowledged_counters_survive_kill_9(tmp_path):
         # every counter acknowledged before the kill is durable (the floor may be one ahead: committed,
         # not yet printed)
         assert floor >= acked[-1]
+
+
+def test_the_nonce_of_the_floor_is_kept_with_it(tmp_path):
+    store = CounterStore(tmp_path / "c.db")
+    store.commit_now(b"dev00001", 0, 4, b"n" * 8)
+    store.commit_now(b"dev00001", 0, 3, b"x" * 8)  # lower: neither counter nor nonce change
+    store.close()
+    assert CounterStore(tmp_path / "c.db").floor_and_nonce(b"dev00001", 0) == (4, b"n" * 8)
+    assert CounterStore(tmp_path / "c.db").floor_and_nonce(b"dev00002", 0) == (-1, None)
