@@ -12,6 +12,7 @@ import pytest
 from device_agent.core import events
 from device_agent.core.device import DeviceRole
 from device_agent.core.keys import gateway_key
+from gateway.mqtt import MqttConnectError
 from gateway.settings import DefenceSettings
 from tests.gateway.helpers import eventually, raw_device_client, verified_listener
 from tests.gateway.stack import site, start_gateway, stop_gateway
@@ -180,3 +181,25 @@ async def test_flood_of_bogus_handshakes(tmp_path):
             await c.close()
         for d in legit:
             await d.close()
+
+
+async def test_revocation_during_a_broker_outage_is_enforced_when_it_returns(tmp_path):
+    async with site(tmp_path, n_devices=2) as s:
+        gw = s.gateways["gw-a"]
+        kept, revoked = s.sim(0), s.sim(1)
+        for d in (kept, revoked):
+            await d.connect()
+            assert isinstance(await d.authenticate(), events.Authenticated)
+        s.broker.stop()
+        await s.actors["owner"].revoke(revoked.device_id)
+        # the gateway learns it from the ledger while the broker is away; the reload cannot be sent
+        assert await eventually(lambda: revoked.device_id not in gw.devices.entries)
+        assert await eventually(lambda: gw.metrics.get("mqtt_connect_errors") >= 1)
+        s.broker.start()
+        assert await eventually(lambda: gw.mqtt_connected.is_set(), 15)
+        with pytest.raises(MqttConnectError):
+            await revoked.connect(timeout=3)
+        await kept.connect()
+        assert isinstance(await kept.authenticate(), events.Authenticated)
+        assert revoked.device_id not in gw.traffic.sessions
+        await kept.close()
