@@ -39,7 +39,7 @@ async def test_three_gateways_one_crashes_and_its_devices_fail_over(tmp_path):
             assert s.gateways[gid].metrics.get("authenticated") == 3
         # the fleet re-authenticates, and gw-b crashes in the middle of it: its socket drops as a dead
         # process's would (no DISCONNECT) and its tasks die without a graceful close
-        round2 = asyncio.gather(*(d.authenticate(timeout=1.0) for d in devs))
+        round2 = asyncio.gather(*(d.authenticate(timeout=2.0) for d in devs))
         await asyncio.sleep(0.005)
         crashed, task = s.gateways.pop("gw-b"), s.tasks.pop("gw-b")
         assert crashed.mqtt is not None
