@@ -27,7 +27,8 @@ What the broker does on reload (mosquitto 2.0.11, measured in tests/broker/ and 
   stop. Subscribing outside the ACL is acknowledged but nothing is delivered.
 
 The broker config must contain the lines from ``mosquitto_config_lines()``: ``use_username_as_clientid``
-stops a device from kicking another by reusing its client id.
+stops a device from kicking another by reusing its client id; ``max_packet_size`` stops a device from
+disconnecting its gateway with a packet larger than the gateway's client accepts.
 """
 
 from __future__ import annotations
