@@ -7,7 +7,8 @@ of the records since the last anchor as one Merkle root on chain (`ledger_bridge
 is tamper-evident without a transaction per authentication.
 
 fsync policy: a record is written to the OS at once and fsync'd within ``fsync_interval`` seconds
-(default 0.2 s), immediately for the events in ``URGENT`` (clone alerts, cut-offs), and always before
+(default 0.2 s; the gateway does it on a worker thread so the event loop never waits on the disk),
+immediately for the events in ``URGENT`` (clone alerts, cut-offs), and always before
 it is anchored and on close. A crash loses at most the last interval's records; a torn last line is
 detected and dropped when the log is reopened, and the chain stays verifiable.
 
@@ -58,6 +59,7 @@ class AuditLog:
     def __init__(self, path: Path, *, fsync_interval: float = 0.2, clock: Any = time.time) -> None:
         self.path = path
         self.fsync_interval = fsync_interval
+        self.deferred_sync = False  # True: the owner calls sync() every fsync_interval (off the event loop)
         self._clock = clock
         self.seq, self.head = 0, GENESIS
         self.anchors_path = path.with_name(path.name + ".anchors")
@@ -102,14 +104,16 @@ class AuditLog:
         self._f.write(json.dumps(body, sort_keys=True, separators=(",", ":")).encode() + b"\n")
         self._since.append(bytes.fromhex(self.head))
         self._unsynced += 1
-        if event in URGENT or time.monotonic() - self._last_sync >= self.fsync_interval:
+        if event in URGENT or (not self.deferred_sync
+                               and time.monotonic() - self._last_sync >= self.fsync_interval):
             self.sync()
         return self.seq
 
     def sync(self) -> None:
+        """fsync what was appended. Safe to call from a worker thread (``deferred_sync``)."""
         if self._unsynced:
+            self._unsynced = 0  # appends racing with this fsync are synced now or at the next call
             os.fsync(self._f.fileno())
-            self._unsynced = 0
         self._last_sync = time.monotonic()
 
     def next_anchor(self) -> Anchor | None:

@@ -218,6 +218,7 @@ class Gateway:
                     watcher = HeadWatcher(self.settings.ledger.ws_url, lambda _: self._new_head.set())
                     tg.create_task(watcher.run())
                 tg.create_task(self._sweep_loop())
+                tg.create_task(self._audit_sync_loop())
                 tg.create_task(self._anchor_loop())
                 tg.create_task(self._watchdog_loop())
                 await self._stopping.wait()
@@ -438,7 +439,17 @@ class Gateway:
         while self._serving():
             await asyncio.sleep(1.0)
             self.traffic.sweep(self._clock())
-            self.audit.sync()
+
+    async def _audit_sync_loop(self) -> None:
+        """fsync the audit log every ``audit_fsync_interval`` on a worker thread (a disk flush takes
+        milliseconds: the hot path must not wait for it)."""
+        self.audit.deferred_sync = True
+        try:
+            while self._serving():
+                await asyncio.sleep(self.settings.audit_fsync_interval)
+                await asyncio.to_thread(self.audit.sync)
+        finally:
+            self.audit.deferred_sync = False
 
     async def _watchdog_loop(self) -> None:
         interval = watchdog_interval()
