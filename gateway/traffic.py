@@ -54,6 +54,7 @@ class Traffic:
         self._max_staleness = s.offline.max_staleness
         self._audited: dict[tuple[bytes, str], float] = {}
         g = s.gateway_id
+        self._gid = g.encode()
         self._down = f"diams/v1/hs/{g}/%s/down"
         self._verified = "diams/v1/v/%s/%s"
 
@@ -67,14 +68,16 @@ class Traffic:
     # ---- dispatch ----
     def on_message(self, topic: bytes, payload: bytes) -> None:
         parts = topic.split(b"/")
-        if len(parts) != 6 or not topic.startswith(_PREFIX):
+        # only this gateway's topics, and device ids in their one canonical form (16 lowercase hex
+        # digits, what the broker's %u patterns match): fromhex alone also takes "AB" and spaces
+        if len(parts) != 6 or not topic.startswith(_PREFIX) or parts[3] != self._gid:
             self.metrics.inc("dropped", "bad_topic")
             return
         try:
             did = bytes.fromhex(parts[4].decode("ascii"))
         except (ValueError, UnicodeDecodeError):
             did = b""
-        if len(did) != 8:
+        if len(did) != 8 or did.hex().encode() != parts[4]:
             self.metrics.inc("dropped", "bad_topic")
             return
         kind = parts[2]

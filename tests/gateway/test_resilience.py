@@ -108,6 +108,27 @@ async def test_junk_on_data_topics_and_oversize_packets(tmp_path):
         assert await eventually(
             lambda: all(gw.metrics.get(*k) == v for k, v in expected.items())
         ), dict(gw.metrics.counters)
+        # topics the broker would never deliver to this gateway (enforcement) are refused all the same
+        bad_topics = [
+            f"diams/v1/d/gw-b/{dev.hex}/telemetry",  # another gateway's
+            f"diams/v1/d/gw-a/{dev.hex.upper()}/telemetry",  # not the canonical id
+            f"diams/v1/d/gw-a/{' '.join(dev.hex[i:i + 2] for i in range(0, 16, 2))}/telemetry",
+            f"diams/v1/d/gw-a/{dev.hex[:12]}/telemetry",
+            "diams/v1/d/gw-a/zzzzzzzzzzzzzzzz/telemetry",
+            f"diams/v1/d/gw-a/{dev.hex}/",
+            f"diams/v1/hs/gw-a/{dev.hex}/down",
+            f"diams/v1/hs/gw-b/{dev.hex}/up",
+            f"diams/v1/x/gw-a/{dev.hex}/up",
+            f"diams/v2/d/gw-a/{dev.hex}/telemetry",
+            f"diams/v1/d/gw-a/{dev.hex}/telemetry/extra",
+            "diams/v1/d",
+            "",
+        ]
+        for t in bad_topics:
+            gw.traffic.on_message(t.encode(), dev.session.seal(b"telemetry", b"moved"))
+        gw.traffic.on_message(b"diams/v1/d/gw-a/\xff\xfe/telemetry", b"\x15" + bytes(12))
+        assert gw.metrics.get("dropped", "bad_topic") == 1 + len(bad_topics) + 1
+        assert gw.metrics.get("data_verified") == 0
         # an MQTT packet larger than the gateway accepts: the broker refuses it, the gateway never sees it
         dev.client.publish(dev.up, bytes(2 << 20), qos=1)
         await asyncio.wait_for(asyncio.shield(dev.client.closed), 5)
