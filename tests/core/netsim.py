@@ -132,14 +132,14 @@ class Net:
         self.wire.append(Message("up", inst.device_id, g, hello))
 
     def restart_gateway(self, gw_index):
-        """A gateway restarts: pending handshakes and in-memory state are lost; the counter floors
+        """A gateway restarts: pending handshakes are lost; the counter floors and their device nonces
         (durable, CounterAccepted) and the keys come back from storage and the ledger."""
         g = self.gateway_ids[gw_index % len(self.gateway_ids)]
         old = self.gateways[g]
         entries = {}
         for did, e in self.entries[g].items():
             k = keys.gateway_key(self.secrets[did], did, g, EPOCH, FW)
-            entries[did] = gateway.DeviceEntry(did, k, e.epoch, e.active, e.counter, e.lifetime)
+            entries[did] = gateway.DeviceEntry(did, k, e.epoch, e.active, e.counter, e.lifetime, e.nonce)
         self.entries[g] = entries
         self.gateways[g] = gateway.GatewayRole(g, entries.get, self.rng.randbytes, window=old.window,
                                                proof_timeout=old.proof_timeout)
