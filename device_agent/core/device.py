@@ -26,7 +26,7 @@ class DeviceRole:
         self._k_otp, self._k_mac = pair_keys(gateway_key)
         self.state = states.IDLE
         self._t = None
-        self.session = None
+        self.session = None  # the session of the last completed handshake, until a new one completes
 
     def __repr__(self):
         return "DeviceRole(%s via %s, %s)" % (self.device_id.hex(), self.gateway_id.decode(), self.state)
@@ -44,7 +44,6 @@ class DeviceRole:
         self._go("hello")
         self._counter = counter
         self._nonce = nonce
-        self.session = None
         otp = hotp_value(self._k_otp, counter).to_bytes(4, "big")
         return wire.encode_hello(self.epoch, counter, nonce, otp)
 

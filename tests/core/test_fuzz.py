@@ -7,6 +7,7 @@ roles in every state and to a Session, and never authenticate anything. Atheris,
 runs a short coverage-guided pass over the same decoders in a subprocess.
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from device_agent.core import events, gateway, states, wire
 from device_agent.core.device import DeviceRole
 from device_agent.core.errors import REASONS, RemoteProtocolError
 from device_agent.core.keys import gateway_key
+from tests.conftest import require
 
 FUZZ = settings(max_examples=1000, derandomize=True, database=None, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -311,7 +313,7 @@ ATHERIS_HARNESS = textwrap.dedent("""
 
 
 def test_atheris_bounded_run(tmp_path):
-    pytest.importorskip("atheris", reason="atheris is not installed (pip install atheris)")
+    require(importlib.util.find_spec("atheris") is not None, "atheris (pip install -e '.[dev]')")
     harness = tmp_path / "fuzz_core.py"
     harness.write_text(ATHERIS_HARNESS)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
