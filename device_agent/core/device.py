@@ -44,7 +44,7 @@ class DeviceRole:
         self._go("hello")
         self._counter = counter
         self._nonce = nonce
-        otp = hotp_value(self._k_otp, counter).to_bytes(4, "big")
+        otp = hotp_value(self._k_otp, counter, "sha256", nonce).to_bytes(4, "big")
         return wire.encode_hello(self.epoch, counter, nonce, otp)
 
     def timeout(self):

@@ -16,11 +16,39 @@
 # and give both back to DeviceEntry when it rebuilds an entry.
 from . import states, wire
 from .crypto import ct_equal, hmac_sha256
-from .errors import LocalProtocolError, RemoteProtocolError, reason_code
-from .events import Authenticated, CloneDetected, CounterAccepted, Ignored, Rejected
+from .errors import REASONS, LocalProtocolError, RemoteProtocolError
+from .events import Authenticated, Ignored, Rejected, _hex
 from .keys import pair_keys, proof_tag, session_keys, transcript
 from .otp import hotp_value
 from .session import Session
+
+
+class CounterAccepted:
+    """Gateway: the adapter must make this counter and nonce durable BEFORE it sends the reply."""
+
+    def __init__(self, device_id, counter, nonce=None):
+        self.device_id = device_id
+        self.counter = counter
+        self.nonce = nonce
+
+    def __repr__(self):
+        return "CounterAccepted(%s, %d)" % (_hex(self.device_id), self.counter)
+
+
+class CloneDetected:
+    """Gateway: a live proof came with an already-used counter: two devices hold one key."""
+
+    def __init__(self, device_id, counter):
+        self.device_id = device_id
+        self.counter = counter
+
+    def __repr__(self):
+        return "CloneDetected(%s, %d)" % (_hex(self.device_id), self.counter)
+
+
+
+def reason_code(name):
+    return REASONS.index(name)
 
 
 class DeviceEntry:
@@ -113,7 +141,7 @@ class GatewayRole:
             if len(self._pending) >= self.max_pending:
                 reply, rejected = self._reject(device_id, "busy", counter)
                 return reply, events + rejected
-        if not ct_equal(hotp_value(entry.k_otp, counter).to_bytes(4, "big"), otp):
+        if not ct_equal(hotp_value(entry.k_otp, counter, "sha256", d_nonce).to_bytes(4, "big"), otp):
             reply, rejected = self._reject(device_id, "bad_otp", counter)
             return reply, events + rejected
         if not stale:

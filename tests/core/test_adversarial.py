@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from device_agent.core import events, gateway, keys, states, wire
-from device_agent.core.errors import reason_code
+from device_agent.core.gateway import reason_code
 from tests.core.netsim import EPOCH, FW, Net, Violation
 from tests.core.pair import Fleet, authenticated, handshake
 
@@ -225,10 +225,13 @@ def test_replayed_hello_after_authentication_is_never_granted():
     assert authenticated(dev.receive(result, 0.0)[1])
     reply, ev = gw.receive(did, hello, 1.0)  # the very HELLO that set the floor: a replay, no probe
     assert reply is None and [e.reason for e in ev] == ["replay"] and gw.pending == 0
-    # The HOTP value does not cover the nonce: a copy with another nonce is a used counter with a
-    # valid OTP, so it gets a probe; the probe is never granted and nobody answers it.
+    # The HOTP value covers the nonce: a copy with another nonce is refused after one HMAC ...
     forged_nonce = hello[:9] + bytes(8) + hello[17:]
-    probe, ev = gw.receive(did, forged_nonce, 1.0)
+    reply, ev = gw.receive(did, forged_nonce, 1.0)
+    assert [e.reason for e in ev] == ["bad_otp"] and gw.pending == 0
+    # ... and only a key holder makes a used counter with a new nonce: it is probed, never granted;
+    # the honest device, no longer waiting, does not answer.
+    probe, ev = gw.receive(did, f.device(did, b"gw-a").hello(1, os.urandom(8)), 1.0)
     assert wire.message_type(probe) == wire.CHALLENGE and ev == []  # no CounterAccepted
     reply, ev = gw.receive(did, hello, 1.0)  # again, while the probe is pending
     assert reply is None and [e.reason for e in ev] == ["replay"]
@@ -411,3 +414,23 @@ def test_handshakes_expired_on_the_busy_path_are_still_reported():
     _, ev = gw.receive(second.device_id, second.hello(1, os.urandom(8)), 5.0)  # expires the first
     assert [(type(e).__name__, e.device_id) for e in ev if isinstance(e, events.Rejected)] == [
         ("Rejected", first.device_id)]
+
+
+def test_no_false_clone_alert_from_a_hello_whose_nonce_was_rewritten():
+    """Found by the long-wait simulation: the attacker drops the device's HELLO(c), delivers a copy
+    with a rewritten nonce, lets that handshake expire, then delivers the genuine HELLO(c). Were the
+    nonce not covered by the HOTP value, the rewritten copy would set the floor's nonce, the genuine
+    HELLO would be probed, the still-waiting device would answer, and the gateway would see a clone."""
+    net = Net(4, n_devices=1, n_gateways=1, proof_timeout=5.0, device_timeout=30.0)
+    net.start(0, 0)
+    net.drop_next()
+    hello = net.wire[0]
+    rewritten = bytearray(hello.payload)
+    rewritten[9] ^= 1  # the first byte of the device nonce
+    net.to_gateway(hello.gw, hello.device_id, bytes(rewritten))
+    while any(not m.delivered for m in net.wire):  # whatever answer it got never reaches the device
+        net.drop_next()
+    net.tick(6.0)
+    net.deliver(0)  # the genuine HELLO, late
+    _drain(net)
+    assert net.stats["clone"] == 0
