@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from device_agent.core import device, gateway, keys
+from device_agent.core import device, gateway, identity, keys
 
 GW = b"gw-bench"
 
@@ -21,7 +21,7 @@ def _fleet(n: int) -> tuple[list[device.DeviceRole], dict[bytes, bytes]]:
     devs, kdgs = [], {}
     for _ in range(n):
         secret = os.urandom(32)
-        did = keys.derive_device_id(secret, "bench", os.urandom(6).hex(), os.urandom(6))
+        did = identity.derive_device_id(secret, "bench", os.urandom(6).hex(), os.urandom(6))
         kdgs[did] = keys.gateway_key(secret, did, GW, 0, fw)
         devs.append(device.DeviceRole(did, GW, kdgs[did], 0))
     return devs, kdgs

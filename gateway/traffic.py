@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from device_agent.core import events as ev
+from device_agent.core import gateway as core_gateway
 from device_agent.core.session import Session
 
 from .defence import Defence
@@ -107,14 +108,14 @@ class Traffic:
         durable = None
         for e in events:
             t = type(e)
-            if t is ev.CounterAccepted:
+            if t is core_gateway.CounterAccepted:
                 entry = gw.devices.entries[did]
                 durable = gw.counters.accept(did, entry.epoch, e.counter, e.nonce)
             elif t is ev.Authenticated:
                 self._authenticated(did, e.session, now)
             elif t is ev.Rejected:
                 self._rejected(did, e.reason, e.counter, now)
-            elif t is ev.CloneDetected:
+            elif t is core_gateway.CloneDetected:
                 self._clone(did, e.counter)
         if reply is None:
             return

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from device_agent.core.keys import claim_hash as _core_claim_hash
+from device_agent.core.identity import claim_hash as _core_claim_hash
 
 from .actor import ActorHandle
 from .errors import LedgerRevert

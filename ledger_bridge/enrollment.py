@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from device_agent.core import keys
+from device_agent.core import identity, keys
 
 from .actor import ActorHandle
 from .index import onchain_gateway_id
@@ -54,17 +54,17 @@ class ProvisionedDevice:
 
     @property
     def device_id(self) -> bytes:
-        return bytes(keys.derive_device_id(self.secret, self.model, self.serial, self.mac))
+        return bytes(identity.derive_device_id(self.secret, self.model, self.serial, self.mac))
 
     def registration(self) -> DeviceRegistration:
         return DeviceRegistration(
             device_id=self.device_id,
             model=hashlib.sha256(self.model.encode()).digest(),
             firmware_hash=self.firmware_hash,
-            characteristics=keys.characteristics_commitment(
+            characteristics=identity.characteristics_commitment(
                 self.salt, self.model, self.serial, self.mac, self.firmware_hash
             ),
-            claim_hash=keys.claim_hash(self.device_id, self.claim_code),
+            claim_hash=identity.claim_hash(self.device_id, self.claim_code),
         )
 
     def gateway_keys(self, gateway_id: bytes, epoch: int) -> GatewayKeys:
@@ -92,7 +92,7 @@ def sealed_grants(
     for d in devices:
         k = d.gateway_keys(gateway.gateway_id, epoch)
         boxes.append(seal(k, gateway.x25519_public_key, d.device_id, gateway.gateway_id, epoch))
-        commitments.append(keys.key_commitment(k.k_dg))
+        commitments.append(identity.key_commitment(k.k_dg))
     return boxes, commitments
 
 

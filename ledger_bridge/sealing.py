@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from device_agent.core.crypto import ct_equal
-from device_agent.core.keys import key_commitment, lp
+from device_agent.core.identity import key_commitment
+from device_agent.core.keys import lp
 
 SEALED_LEN = 96
 BROKER_PASSWORD_LEN = 16

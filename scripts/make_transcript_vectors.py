@@ -7,7 +7,7 @@ on CPython and MicroPython alike. Run it only when the protocol version changes 
 import json
 from pathlib import Path
 
-from device_agent.core import device, gateway, keys
+from device_agent.core import device, gateway, identity, keys
 
 SECRET = bytes(range(32))
 FW = bytes(range(100, 132))
@@ -19,7 +19,7 @@ D_NONCE, G_NONCE = bytes.fromhex("0102030405060708"), bytes.fromhex("a1a2a3a4a5a
 
 
 def build() -> dict:
-    did = keys.derive_device_id(SECRET, MODEL, SERIAL, MAC)
+    did = identity.derive_device_id(SECRET, MODEL, SERIAL, MAC)
     kdg = keys.gateway_key(SECRET, did, GW, EPOCH, FW)
     entry = gateway.DeviceEntry(did, kdg, EPOCH, counter=COUNTER - 1, lifetime=600)
     gw = gateway.GatewayRole(GW, {did: entry}.get, lambda n: G_NONCE)
@@ -37,10 +37,10 @@ def build() -> dict:
                    "counter": COUNTER, "device_nonce": D_NONCE.hex(), "gateway_nonce": G_NONCE.hex(),
                    "lifetime": 600, "claim_code": "0011223344556677"},
         "device_id": did.hex(),
-        "characteristics_commitment": keys.characteristics_commitment(SALT, MODEL, SERIAL, MAC, FW).hex(),
-        "claim_hash": keys.claim_hash(did, bytes.fromhex("0011223344556677")).hex(),
+        "characteristics_commitment": identity.characteristics_commitment(SALT, MODEL, SERIAL, MAC, FW).hex(),
+        "claim_hash": identity.claim_hash(did, bytes.fromhex("0011223344556677")).hex(),
         "gateway_key": kdg.hex(),
-        "key_commitment": keys.key_commitment(kdg).hex(),
+        "key_commitment": identity.key_commitment(kdg).hex(),
         "hello": hello.hex(), "challenge": challenge.hex(), "proof": proof.hex(), "result": result.hex(),
         "data_telemetry": data.hex(), "command_config": command.hex(),
     }

@@ -7,13 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 from device_agent.core import device as _device
+from device_agent.core import identity as _identity
 from device_agent.core import keys as _keys
 
 _K: Any = _keys
+_I: Any = _identity
 _D: Any = _device
 
 SECRET_LEN: int = _K.SECRET_LEN
-SALT_LEN: int = _K.SALT_LEN
+SALT_LEN: int = _I.SALT_LEN
 
 
 def gateway_key(secret: bytes, device_id: bytes, gateway_id: bytes, epoch: int,
@@ -26,16 +28,16 @@ def broker_password(secret: bytes, device_id: bytes) -> str:
 
 
 def derive_device_id(secret: bytes, model: str, serial: str, mac: bytes) -> bytes:
-    return bytes(_K.derive_device_id(secret, model, serial, mac))
+    return bytes(_I.derive_device_id(secret, model, serial, mac))
 
 
 def characteristics_commitment(salt: bytes, model: str, serial: str, mac: bytes,
                                firmware_hash: bytes) -> bytes:
-    return bytes(_K.characteristics_commitment(salt, model, serial, mac, firmware_hash))
+    return bytes(_I.characteristics_commitment(salt, model, serial, mac, firmware_hash))
 
 
 def claim_hash(device_id: bytes, claim_code: bytes) -> bytes:
-    return bytes(_K.claim_hash(device_id, claim_code))
+    return bytes(_I.claim_hash(device_id, claim_code))
 
 
 def device_role(device_id: bytes, gateway_id: bytes, k_dg: bytes, epoch: int) -> Any:

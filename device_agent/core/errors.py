@@ -36,10 +36,6 @@ def reason_name(code):
     return "bad_message"
 
 
-def reason_code(name):
-    return REASONS.index(name)
-
-
 class ProtocolError(Exception):
     """Base of the core's exceptions."""
 

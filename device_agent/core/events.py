@@ -35,29 +35,6 @@ class Ignored:
         return "Ignored(%s)" % self.reason
 
 
-class CounterAccepted:
-    """Gateway: the adapter must make this counter and nonce durable BEFORE it sends the reply."""
-
-    def __init__(self, device_id, counter, nonce=None):
-        self.device_id = device_id
-        self.counter = counter
-        self.nonce = nonce
-
-    def __repr__(self):
-        return "CounterAccepted(%s, %d)" % (_hex(self.device_id), self.counter)
-
-
-class CloneDetected:
-    """Gateway: a live proof came with an already-used counter: two devices hold one key."""
-
-    def __init__(self, device_id, counter):
-        self.device_id = device_id
-        self.counter = counter
-
-    def __repr__(self):
-        return "CloneDetected(%s, %d)" % (_hex(self.device_id), self.counter)
-
-
 def _hex(b):
     try:
         return b.hex()

@@ -4,7 +4,7 @@
 # device and its owner's key store. Everything else is derived one way from it, with a label per
 # use, so that holding one derived key gives nothing about S or about any sibling key:
 #
-#   device_id   = HMAC(S, "diams/v1/device-id" | characteristics)[:8]
+#   device_id   = HMAC(S, "diams/v1/device-id" | characteristics)[:8]     (identity.py)
 #   K_dg        = HKDF(S, salt=device_id, info="diams/v1/gateway-key" | gateway_id | epoch | fw_hash)
 #   K_otp/K_mac = HKDF-Expand(K_dg, "diams/v1/otp" / "diams/v1/mac")
 #   K_up/K_down = HKDF-Expand(K_mac, "diams/v1/up" / "diams/v1/down" | transcript)
@@ -12,11 +12,10 @@
 # A gateway holds only its own K_dg (sealed to its X25519 key on the ledger), so a compromised
 # gateway exposes no other gateway's key, and bumping the identity epoch or the firmware hash
 # makes every earlier K_dg useless. docs/PROTOCOL.md section 3 specifies each input byte.
-from .crypto import hkdf, hkdf_expand, hmac_sha256, sha256
+from .crypto import hkdf, hkdf_expand, hmac_sha256
 
 DEVICE_ID_LEN = 8
 SECRET_LEN = 32
-SALT_LEN = 16
 _PREFIX = b"diams/v1"
 
 
@@ -29,42 +28,12 @@ def lp(value):
     return bytes((len(value),)) + value
 
 
-def characteristics(model, serial, mac):
-    mac = bytes(mac)
-    if len(mac) != 6:
-        raise ValueError("MAC address must be 6 bytes")
-    return lp(model) + lp(serial) + mac
-
-
-def derive_device_id(secret, model, serial, mac):
-    if len(secret) != SECRET_LEN:
-        raise ValueError("device secret must be 32 bytes")
-    return hmac_sha256(secret, b"diams/v1/device-id" + characteristics(model, serial, mac))[:DEVICE_ID_LEN]
-
-
-def characteristics_commitment(salt, model, serial, mac, firmware_hash):
-    """Salted commitment to the characteristics: what the ledger stores instead of serial and MAC."""
-    if len(salt) != SALT_LEN or len(firmware_hash) != 32:
-        raise ValueError("salt must be 16 bytes and firmware hash 32 bytes")
-    return sha256(b"diams/v1/chars" + salt + characteristics(model, serial, mac) + firmware_hash)
-
-
-def claim_hash(device_id, claim_code):
-    """What the manufacturer registers; the owner later reveals claim_code to claim the device."""
-    return sha256(b"diams/v1/claim" + device_id + claim_code)
-
-
 def gateway_key(secret, device_id, gateway_id, epoch, firmware_hash):
     """K_dg: the verification key of one (device, gateway) pair for one epoch and firmware."""
     if len(secret) != SECRET_LEN or len(device_id) != DEVICE_ID_LEN or len(firmware_hash) != 32:
         raise ValueError("bad key derivation input length")
     info = b"diams/v1/gateway-key" + lp(gateway_id) + epoch.to_bytes(4, "big") + firmware_hash
     return hkdf(secret, device_id, info, 32)
-
-
-def key_commitment(k_dg):
-    """Published on the ledger beside the sealed key; lets a gateway check what it unsealed."""
-    return hmac_sha256(k_dg, b"diams/v1/key-commitment")
 
 
 def pair_keys(k_dg):

@@ -18,7 +18,7 @@ from device_agent.agent.driver import AgentDriver
 from device_agent.agent.failover import GatewayRotation
 from device_agent.agent.keystore import DeviceSecret, KeyStoreError, load_secret
 from device_agent.agent.provision import CSV_COLUMNS
-from device_agent.core import keys
+from device_agent.core import identity
 from device_agent.core.gateway import GatewayRole
 
 from .helpers import Device
@@ -66,11 +66,12 @@ def test_provision_files_modes_and_record(tmp_path):
     assert stat.S_IMODE(p.owner_file.stat().st_mode) == 0o600
     owner = json.loads(p.owner_file.read_text())
     mac = bytes.fromhex(owner["mac"].replace(":", ""))
-    assert keys.derive_device_id(dev.secret, owner["model"], owner["serial"], mac) == dev.device_id
+    assert identity.derive_device_id(dev.secret, owner["model"], owner["serial"], mac) == dev.device_id
     salt = bytes.fromhex(owner["salt"])
-    commitment = keys.characteristics_commitment(salt, owner["model"], owner["serial"], mac, dev.fw)
+    commitment = identity.characteristics_commitment(salt, owner["model"], owner["serial"], mac, dev.fw)
     assert p.record.characteristics == "0x" + commitment.hex()
-    assert p.record.claim_hash == "0x" + keys.claim_hash(dev.device_id, owner["claim_code"].encode()).hex()
+    expected_claim = identity.claim_hash(dev.device_id, owner["claim_code"].encode())
+    assert p.record.claim_hash == "0x" + expected_claim.hex()
     public = p.record_file.read_text() + p.csv_file.read_text()
     for secret_value in (dev.secret.hex(), owner["claim_code"], owner["salt"]):
         assert secret_value not in public

@@ -14,13 +14,13 @@ after ``device_timeout`` seconds, which must not exceed the gateway's ``proof_ti
 import random
 from dataclasses import dataclass, field
 
-from device_agent.core import device, events, gateway, keys, states
+from device_agent.core import device, events, gateway, identity, keys, states
 from device_agent.core.errors import REASONS
 
 EPOCH = 2
 FW = bytes(range(32))
-DEFINED_EVENTS = (events.Authenticated, events.Rejected, events.Ignored, events.CounterAccepted,
-                  events.CloneDetected)
+DEFINED_EVENTS = (events.Authenticated, events.Rejected, events.Ignored, gateway.CounterAccepted,
+                  gateway.CloneDetected)
 
 
 @dataclass
@@ -78,7 +78,7 @@ class Net:
         self.instances = []
         for i in range(n_devices):
             secret = self.rng.randbytes(32)
-            did = keys.derive_device_id(secret, "sensor", "SN%d" % i, bytes(6))
+            did = identity.derive_device_id(secret, "sensor", "SN%d" % i, bytes(6))
             self.secrets[did] = secret
             roles = {}
             for g in self.gateway_ids:
@@ -165,7 +165,7 @@ class Net:
         after = gw._pending.get(device_id)
         if after is not None and after is not before:
             # A challenge is a clone probe exactly when its HELLO did not raise the counter floor.
-            fresh = any(isinstance(e, events.CounterAccepted) and e.counter == after.counter for e in evs)
+            fresh = any(isinstance(e, gateway.CounterAccepted) and e.counter == after.counter for e in evs)
             check(after.t not in self.issued, "a gateway issued two challenges for one transcript")
             check(after.probe != fresh, "a challenge for a spent counter that is not a clone probe")
             self.issued[after.t] = after.probe
@@ -250,11 +250,11 @@ class Net:
             check(ev.reason in REASONS, "unknown reason %r" % ev.reason)
         elif isinstance(ev, events.Ignored):
             check(ev.reason in REASONS or ev.reason == "challenge_ok", "unknown reason %r" % ev.reason)
-        elif isinstance(ev, events.CounterAccepted):
+        elif isinstance(ev, gateway.CounterAccepted):
             seen = self.accepted.setdefault((g, ev.device_id), [])
             check(not seen or ev.counter > seen[-1], "counter %d accepted after %r" % (ev.counter, seen))
             seen.append(ev.counter)
-        elif isinstance(ev, events.CloneDetected):
+        elif isinstance(ev, gateway.CloneDetected):
             check(ev.device_id in self.cloned, "false clone alert for %s" % ev.device_id.hex())
             self.stats["clone"] += 1
         elif isinstance(ev, events.Authenticated):
@@ -278,7 +278,8 @@ class Net:
 
     def _device_event(self, inst, role, ev):
         check(isinstance(ev, DEFINED_EVENTS), "undefined device event %r" % (ev,))
-        check(not isinstance(ev, (events.CounterAccepted, events.CloneDetected)), "gateway event at a device")
+        gateway_only = (gateway.CounterAccepted, gateway.CloneDetected)
+        check(not isinstance(ev, gateway_only), "gateway event at a device")
         if isinstance(ev, events.Rejected | events.Ignored):
             check(ev.reason in REASONS or ev.reason == "challenge_ok", "unknown reason %r" % ev.reason)
         if isinstance(ev, events.Authenticated):

@@ -2,7 +2,7 @@
 
 import os
 
-from device_agent.core import device, events, gateway, keys
+from device_agent.core import device, events, gateway, identity, keys
 
 
 class Fleet:
@@ -16,7 +16,7 @@ class Fleet:
         self.gateways = {}
         for i in range(n_devices):
             secret = os.urandom(32)
-            did = keys.derive_device_id(secret, "model", f"SN{i}", os.urandom(6))
+            did = identity.derive_device_id(secret, "model", f"SN{i}", os.urandom(6))
             self.secrets[did] = secret
             for g in gateways:
                 k = keys.gateway_key(secret, did, g, epoch, self.fw)

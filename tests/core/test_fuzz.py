@@ -213,7 +213,7 @@ def mutated(payload, mutation):
 
 
 def _defined(ev):
-    assert isinstance(ev, events.Rejected | events.Ignored | events.CounterAccepted | events.CloneDetected
+    assert isinstance(ev, events.Rejected | events.Ignored | gateway.CounterAccepted | gateway.CloneDetected
                       | events.Authenticated), ev
     if isinstance(ev, events.Rejected | events.Ignored):
         assert ev.reason in REASONS or ev.reason == "challenge_ok"
@@ -228,7 +228,7 @@ def test_mutated_messages_at_the_device(name, mutation, state):
     before = dev.session
     reply, ev = dev.receive(mutated(HS.msgs[name], mutation), 1.0)
     _defined(ev)
-    assert not isinstance(ev, events.Authenticated | events.CounterAccepted | events.CloneDetected)
+    assert not isinstance(ev, events.Authenticated | gateway.CounterAccepted | gateway.CloneDetected)
     assert reply is None  # no mutated CHALLENGE is answered
     assert dev.session is before and dev.state in (state, states.FAILED)
 
@@ -242,7 +242,7 @@ def test_mutated_messages_at_the_gateway(name, mutation, state, device_id):
     reply, evs = gw.receive(device_id, payload, 1.0)
     for ev in evs:
         _defined(ev)
-        assert not isinstance(ev, events.Authenticated | events.CloneDetected)
+        assert not isinstance(ev, events.Authenticated | gateway.CloneDetected)
     if reply is not None:
         kind = wire.message_type(reply)
         assert kind in (wire.CHALLENGE, wire.REJECT)
@@ -276,7 +276,7 @@ def test_arbitrary_bytes_at_every_entry_point(data, now):
         _, evs = HS.gateway_in(state).receive(DID, data, now)
         for ev in evs:
             _defined(ev)
-            assert not isinstance(ev, events.Authenticated | events.CloneDetected)
+            assert not isinstance(ev, events.Authenticated | gateway.CloneDetected)
     for s in (HS.up, HS.down):
         assert s.open(b"telemetry", data, now)[0] is None
 

@@ -16,7 +16,7 @@ def test_full_handshake_then_data_both_ways():
     dev = f.device(did, b"gw-a")
     hello = dev.hello(1, os.urandom(8))
     challenge, ev = gw.receive(did, hello, 0.0)
-    assert [type(e) for e in ev] == [events.CounterAccepted] and ev[0].counter == 1
+    assert [type(e) for e in ev] == [gateway.CounterAccepted] and ev[0].counter == 1
     assert gw.state_of(did) == states.AWAIT_PROOF and dev.state == states.HELLO_SENT
     proof, _ = dev.receive(challenge, 0.0)
     assert dev.state == states.PROOF_SENT
@@ -61,7 +61,7 @@ def test_hello_rejections_by_table_lookup(mutate, reason):
         assert wire.message_type(reply) == wire.CHALLENGE and ev == []
         proof, _ = dev.receive(reply, 0.0)
         result, ev = f.gateways[b"gw-a"].receive(did, proof, 0.0)
-        assert [type(e) for e in ev] == [events.CloneDetected, events.Rejected]
+        assert [type(e) for e in ev] == [gateway.CloneDetected, events.Rejected]
         assert wire.decode_reject(result)[0] == REASONS.index("clone")
         return
     assert wire.decode_reject(reply)[0] == REASONS.index(reason)

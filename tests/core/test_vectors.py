@@ -8,7 +8,7 @@ import random
 import pyotp
 import pytest
 
-from device_agent.core import crypto, device, gateway, keys, otp
+from device_agent.core import crypto, device, gateway, identity, keys, otp
 from tests.core.vectors import load
 
 H = bytes.fromhex
@@ -70,14 +70,14 @@ def test_transcript_vector_reproduces_byte_for_byte():
     v = load("handshake_transcript.json")
     i = v["inputs"]
     secret, fw, gw_id = H(i["secret"]), H(i["firmware_hash"]), i["gateway_id"].encode()
-    did = keys.derive_device_id(secret, i["model"], i["serial"], H(i["mac"]))
+    did = identity.derive_device_id(secret, i["model"], i["serial"], H(i["mac"]))
     assert did.hex() == v["device_id"]
-    assert keys.characteristics_commitment(H(i["salt"]), i["model"], i["serial"], H(i["mac"]), fw).hex() == \
-        v["characteristics_commitment"]
-    assert keys.claim_hash(did, H(i["claim_code"])).hex() == v["claim_hash"]
+    commitment = identity.characteristics_commitment(H(i["salt"]), i["model"], i["serial"], H(i["mac"]), fw)
+    assert commitment.hex() == v["characteristics_commitment"]
+    assert identity.claim_hash(did, H(i["claim_code"])).hex() == v["claim_hash"]
     kdg = keys.gateway_key(secret, did, gw_id, i["epoch"], fw)
     assert kdg.hex() == v["gateway_key"]
-    assert keys.key_commitment(kdg).hex() == v["key_commitment"]
+    assert identity.key_commitment(kdg).hex() == v["key_commitment"]
 
     dev = device.DeviceRole(did, gw_id, kdg, i["epoch"])
     assert dev.hello(i["counter"], H(i["device_nonce"])).hex() == v["hello"]
@@ -96,7 +96,7 @@ def test_transcript_vector_reproduces_byte_for_byte():
 
 def test_derivations_separate_gateways_epochs_and_firmware():
     secret, fw = os.urandom(32), os.urandom(32)
-    did = keys.derive_device_id(secret, "m", "s", bytes(6))
+    did = identity.derive_device_id(secret, "m", "s", bytes(6))
     base = keys.gateway_key(secret, did, b"gw-a", 1, fw)
     others = {
         keys.gateway_key(secret, did, b"gw-b", 1, fw),
@@ -106,4 +106,4 @@ def test_derivations_separate_gateways_epochs_and_firmware():
     }
     assert base not in others and len(others) == 4
     # The device id depends on the secret too: equal characteristics, different devices.
-    assert keys.derive_device_id(os.urandom(32), "m", "s", bytes(6)) != did
+    assert identity.derive_device_id(os.urandom(32), "m", "s", bytes(6)) != did

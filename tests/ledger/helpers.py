@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from device_agent.core.keys import claim_hash
+from device_agent.core.identity import claim_hash
 from ledger_bridge import DeviceRegistration
 from ledger_bridge.sealing import SEALED_LEN
 

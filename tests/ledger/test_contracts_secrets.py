@@ -16,14 +16,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from device_agent.core.keys import (
-    broker_password,
+from device_agent.core.identity import (
     characteristics_commitment,
     claim_hash,
     derive_device_id,
-    gateway_key,
     key_commitment,
 )
+from device_agent.core.keys import broker_password, gateway_key
 from ledger_bridge import DeviceRegistration, Ledger, Role, RpcBackend, Signer
 from ledger_bridge.sealing import GatewayKeys, seal
 

@@ -22,7 +22,7 @@ SCRIPTS = Path(__file__).resolve().parent / "scripts"
 VECTORS = REPO / "tests" / "vectors"
 CORE = REPO / "device_agent" / "core"
 
-# What a board installs: the whole core except the gateway role.
+# What a board installs: the core except the gateway role and the identity (provisioning) module.
 DEVICE_MODULES = ("__init__", "crypto", "otp", "wire", "keys", "states", "events", "session", "device",
                   "errors")
 

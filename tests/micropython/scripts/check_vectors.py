@@ -5,7 +5,7 @@ import gc
 import json
 import sys
 
-from device_agent.core import crypto, device, keys, otp
+from device_agent.core import crypto, device, identity, keys, otp
 
 H = bytes.fromhex
 
@@ -45,15 +45,15 @@ def transcript():
     i = v["inputs"]
     secret, fw, mac = H(i["secret"]), H(i["firmware_hash"]), H(i["mac"])
     gw = i["gateway_id"].encode()
-    did = keys.derive_device_id(secret, i["model"], i["serial"], mac)
+    did = identity.derive_device_id(secret, i["model"], i["serial"], mac)
     kdg = keys.gateway_key(secret, did, gw, i["epoch"], fw)
     out = {
         "device_id": did.hex(),
-        "characteristics_commitment": keys.characteristics_commitment(
+        "characteristics_commitment": identity.characteristics_commitment(
             H(i["salt"]), i["model"], i["serial"], mac, fw).hex(),
-        "claim_hash": keys.claim_hash(did, H(i["claim_code"])).hex(),
+        "claim_hash": identity.claim_hash(did, H(i["claim_code"])).hex(),
         "gateway_key": kdg.hex(),
-        "key_commitment": keys.key_commitment(kdg).hex(),
+        "key_commitment": identity.key_commitment(kdg).hex(),
     }
     dev = device.DeviceRole(did, gw, kdg, i["epoch"])
     out["hello"] = dev.hello(i["counter"], H(i["device_nonce"])).hex()
