@@ -45,7 +45,7 @@ class DeviceRole:
         self._counter = counter
         self._nonce = nonce
         otp = hotp_value(self._k_otp, counter, "sha256", nonce).to_bytes(4, "big")
-        return wire.encode_hello(self.epoch, counter, nonce, otp)
+        return wire.encode(wire.HELLO, self.epoch, counter, nonce, otp)
 
     def timeout(self):
         """The adapter's timer ran out while waiting for the gateway."""
@@ -62,7 +62,7 @@ class DeviceRole:
         try:
             mtype = wire.message_type(payload)
             if mtype == wire.REJECT:
-                code, epoch = wire.decode_reject(payload)
+                code, epoch = wire.decode(payload, wire.REJECT)
                 return None, self._fail(reason_name(code), epoch)
             if mtype == wire.CHALLENGE and self.state == states.HELLO_SENT:
                 return self._on_challenge(payload)
@@ -73,16 +73,16 @@ class DeviceRole:
             return None, Ignored(exc.reason)
 
     def _on_challenge(self, payload):
-        g_nonce, tag = wire.decode_challenge(payload)
+        g_nonce, tag = wire.decode(payload, wire.CHALLENGE)
         t = transcript(self.device_id, self.gateway_id, self.epoch, self._counter, self._nonce, g_nonce)
         if not ct_equal(proof_tag(self._k_mac, wire.CHALLENGE, t), tag):
             return None, self._fail("bad_gateway_proof")
         self._go("challenge")
         self._t = t
-        return wire.encode_proof(proof_tag(self._k_mac, wire.PROOF, t)), Ignored("challenge_ok")
+        return wire.encode(wire.PROOF, proof_tag(self._k_mac, wire.PROOF, t)), Ignored("challenge_ok")
 
     def _on_result(self, payload, now):
-        status, lifetime, tag = wire.decode_result(payload)
+        status, lifetime, tag = wire.decode(payload, wire.RESULT)
         k_up, k_down = session_keys(self._k_mac, self._t)
         body = wire.result_body(status, lifetime)
         if not ct_equal(hmac_sha256(k_down, body + self._t)[:wire.TAG_LEN], tag):

@@ -116,10 +116,10 @@ class GatewayRole:
             return self._reject(device_id, exc.reason)
 
     def _reject(self, device_id, reason, counter=None, epoch=0):
-        return wire.encode_reject(reason_code(reason), epoch), [Rejected(device_id, reason, counter)]
+        return wire.encode(wire.REJECT, reason_code(reason), epoch), [Rejected(device_id, reason, counter)]
 
     def _on_hello(self, device_id, payload, now):
-        epoch, counter, d_nonce, otp = wire.decode_hello(payload)
+        epoch, counter, d_nonce, otp = wire.decode(payload, wire.HELLO)
         entry = self._lookup(device_id)
         if entry is None:
             return self._reject(device_id, "unknown_device", counter)
@@ -153,10 +153,10 @@ class GatewayRole:
         if pending is not None:
             del self._pending[device_id]  # re-insert at the end: keeps deadline order
         self._pending[device_id] = _Pending(entry, counter, t, now + self.proof_timeout, stale)
-        return wire.encode_challenge(g_nonce, proof_tag(entry.k_mac, wire.CHALLENGE, t)), events
+        return wire.encode(wire.CHALLENGE, g_nonce, proof_tag(entry.k_mac, wire.CHALLENGE, t)), events
 
     def _on_proof(self, device_id, payload, now):
-        tag = wire.decode_proof(payload)
+        tag = wire.decode(payload, wire.PROOF)[0]
         p = self._pending.get(device_id)
         if p is None:
             return None, [Rejected(device_id, "unexpected")]
@@ -169,7 +169,7 @@ class GatewayRole:
             return None, [Rejected(device_id, "bad_proof", p.counter)]
         del self._pending[device_id]
         if p.probe:
-            return (wire.encode_reject(reason_code("clone"), 0),
+            return (wire.encode(wire.REJECT, reason_code("clone"), 0),
                     [CloneDetected(device_id, p.counter), Rejected(device_id, "clone", p.counter)])
         k_up, k_down = session_keys(entry.k_mac, p.t)
         body = wire.result_body(0, entry.lifetime)

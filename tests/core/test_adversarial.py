@@ -77,7 +77,7 @@ def run(net, actions, clones):
             # Type confusion: a tag lifted into a PROOF, or a message relabelled as another type.
             m = net.wire[a % len(net.wire)]
             if c & 1:
-                payload = wire.encode_proof(m.payload[-8:].rjust(8, b"\0"))
+                payload = wire.encode(wire.PROOF, m.payload[-8:].rjust(8, b"\0"))
             else:
                 payload = bytes((wire.header(1 + c % 7),)) + m.payload[1:]
             if c & 2:
@@ -158,7 +158,7 @@ def test_simulator_catches_a_gateway_that_grants_without_proof():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(gateway, "ct_equal", lambda a, b: True)
         with pytest.raises(Violation, match="no key holder"):
-            net.to_gateway(b"gw-0", net.instances[0].device_id, wire.encode_proof(bytes(8)))
+            net.to_gateway(b"gw-0", net.instances[0].device_id, wire.encode(wire.PROOF, bytes(8)))
 
 
 # -- one attack per claimed property ------------------------------------------------------------
@@ -176,10 +176,10 @@ def test_challenge_reflected_as_proof_fails():
     did = f.device_ids[0]
     gw = f.gateways[b"gw-a"]
     dev, hello, challenge = _start(f, did)
-    _, tag_g = wire.decode_challenge(challenge)
+    _, tag_g = wire.decode(challenge, wire.CHALLENGE)
     reply, ev = gw.receive(did, challenge, 0.0)  # the CHALLENGE itself, reflected
     assert reply is None and isinstance(ev[0], events.Ignored)
-    reply, ev = gw.receive(did, wire.encode_proof(tag_g), 0.0)
+    reply, ev = gw.receive(did, wire.encode(wire.PROOF, tag_g), 0.0)
     assert reply is None and ev[0].reason == "bad_proof"
     # Reflections at the device: its own HELLO, and its own PROOF back as a RESULT-sized blob.
     reply, ev = dev.receive(hello, 0.0)
@@ -209,7 +209,7 @@ def test_hello_for_one_gateway_is_refused_by_another():
     did = f.device_ids[0]
     hello = f.device(did, b"gw-a").hello(1, os.urandom(8))
     reply, ev = f.gateways[b"gw-b"].receive(did, hello, 0.0)
-    assert wire.decode_reject(reply)[0] == reason_code("bad_otp") and ev[0].reason == "bad_otp"
+    assert wire.decode(reply, wire.REJECT)[0] == reason_code("bad_otp") and ev[0].reason == "bad_otp"
     assert f.entries[b"gw-b"][did].counter == -1 and f.gateways[b"gw-b"].pending == 0
 
 
@@ -247,7 +247,8 @@ def test_old_epoch_hello_gets_stale_epoch_with_the_ledger_epoch():
     gw = f.gateways[b"gw-a"]
     old = f.device(did, b"gw-a", epoch=4)
     reply, ev = gw.receive(did, old.hello(1, os.urandom(8)), 0.0)
-    assert wire.decode_reject(reply) == (reason_code("stale_epoch"), 5) and ev[0].reason == "stale_epoch"
+    assert wire.decode(reply, wire.REJECT) == (reason_code("stale_epoch"), 5)
+    assert ev[0].reason == "stale_epoch"
     _, dev_ev = old.receive(reply, 0.0)
     assert (dev_ev.reason, dev_ev.epoch) == ("stale_epoch", 5) and old.state == states.FAILED
     assert f.entries[b"gw-a"][did].counter == -1
@@ -288,12 +289,12 @@ def test_clone_probe_detects_only_the_real_key(holder, expected):
         assert ev[0].reason == "bad_otp" and gw.pending == 0
         return
     assert ev == [] and wire.message_type(probe) == wire.CHALLENGE
-    proof = twin.receive(probe, 1.0)[0] if holder == "clone" else wire.encode_proof(os.urandom(8))
+    proof = twin.receive(probe, 1.0)[0] if holder == "clone" else wire.encode(wire.PROOF, os.urandom(8))
     reply, ev = gw.receive(did, proof, 1.0)
     names = [type(e).__name__ for e in ev]
     if expected == "CloneDetected":
         assert names == ["CloneDetected", "Rejected"] and ev[1].reason == "clone"
-        assert wire.decode_reject(reply)[0] == reason_code("clone")
+        assert wire.decode(reply, wire.REJECT)[0] == reason_code("clone")
         assert twin.receive(reply, 1.0)[1].reason == "clone" and twin.session is None
     else:
         assert names == ["Rejected"] and ev[0].reason == "bad_proof" and reply is None

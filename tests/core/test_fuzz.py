@@ -28,11 +28,11 @@ FUZZ = settings(max_examples=1000, derandomize=True, database=None, deadline=Non
 
 DECODERS = {
     "message_type": wire.message_type,
-    "decode_hello": wire.decode_hello,
-    "decode_challenge": wire.decode_challenge,
-    "decode_proof": wire.decode_proof,
-    "decode_result": wire.decode_result,
-    "decode_reject": wire.decode_reject,
+    "decode_hello": lambda b: wire.decode(b, wire.HELLO),
+    "decode_challenge": lambda b: wire.decode(b, wire.CHALLENGE),
+    "decode_proof": lambda b: wire.decode(b, wire.PROOF),
+    "decode_result": lambda b: wire.decode(b, wire.RESULT),
+    "decode_reject": lambda b: wire.decode(b, wire.REJECT),
     "decode_data": lambda b: wire.decode_sealed(b, wire.DATA),
     "decode_command": lambda b: wire.decode_sealed(b, wire.COMMAND),
 }
@@ -81,46 +81,47 @@ B8 = st.binary(min_size=8, max_size=8)
 @settings(FUZZ, max_examples=300)
 @given(epoch=U32, counter=U32, nonce=B8, otp=st.binary(min_size=4, max_size=4))
 def test_hello_round_trip(epoch, counter, nonce, otp):
-    b = wire.encode_hello(epoch, counter, nonce, otp)
+    b = wire.encode(wire.HELLO, epoch, counter, nonce, otp)
     assert len(b) == wire.HELLO_LEN and wire.message_type(b) == wire.HELLO
-    assert wire.decode_hello(b) == (epoch, counter, nonce, otp)
+    assert wire.decode(b, wire.HELLO) == (epoch, counter, nonce, otp)
 
 
 @settings(FUZZ, max_examples=300)
 @given(nonce=B8, tag=B8)
 def test_challenge_and_proof_round_trip(nonce, tag):
-    b = wire.encode_challenge(nonce, tag)
-    assert len(b) == wire.CHALLENGE_LEN and wire.decode_challenge(b) == (nonce, tag)
-    p = wire.encode_proof(tag)
-    assert len(p) == wire.PROOF_LEN and wire.decode_proof(p) == tag
+    b = wire.encode(wire.CHALLENGE, nonce, tag)
+    assert len(b) == wire.CHALLENGE_LEN and wire.decode(b, wire.CHALLENGE) == (nonce, tag)
+    p = wire.encode(wire.PROOF, tag)
+    assert len(p) == wire.PROOF_LEN and wire.decode(p, wire.PROOF) == (tag,)
 
 
 @settings(FUZZ, max_examples=300)
 @given(status=st.integers(0, 255), lifetime=U32, tag=B8, reason=st.integers(0, 255), epoch=U32)
 def test_result_and_reject_round_trip(status, lifetime, tag, reason, epoch):
-    b = wire.encode_result(status, lifetime, tag)
-    assert wire.decode_result(b) == (status, lifetime, tag) and b[:-8] == wire.result_body(status, lifetime)
-    r = wire.encode_reject(reason, epoch)
-    assert len(r) == wire.REJECT_LEN and wire.decode_reject(r) == (reason, epoch)
+    b = wire.encode(wire.RESULT, status, lifetime, tag)
+    assert wire.decode(b, wire.RESULT) == (status, lifetime, tag)
+    assert b[:-8] == wire.result_body(status, lifetime)
+    r = wire.encode(wire.REJECT, reason, epoch)
+    assert len(r) == wire.REJECT_LEN and wire.decode(r, wire.REJECT) == (reason, epoch)
 
 
 @settings(FUZZ, max_examples=300)
 @given(mtype=st.sampled_from((wire.DATA, wire.COMMAND)), seq=U32, payload=st.binary(max_size=300), tag=B8)
 def test_sealed_round_trip(mtype, seq, payload, tag):
-    b = wire.encode_sealed(mtype, seq, payload, tag)
+    b = wire.sealed_body(mtype, seq, payload) + tag
     assert b == wire.sealed_body(mtype, seq, payload) + tag
     assert wire.decode_sealed(b, mtype) == (seq, payload, tag)
     assert not _decodes(DECODERS["decode_command" if mtype == wire.DATA else "decode_data"], b)
 
 
 ENCODERS = {
-    "decode_hello": lambda v: wire.encode_hello(*v),
-    "decode_challenge": lambda v: wire.encode_challenge(*v),
-    "decode_proof": wire.encode_proof,
-    "decode_result": lambda v: wire.encode_result(*v),
-    "decode_reject": lambda v: wire.encode_reject(*v),
-    "decode_data": lambda v: wire.encode_sealed(wire.DATA, *v),
-    "decode_command": lambda v: wire.encode_sealed(wire.COMMAND, *v),
+    "decode_hello": lambda v: wire.encode(wire.HELLO, *v),
+    "decode_challenge": lambda v: wire.encode(wire.CHALLENGE, *v),
+    "decode_proof": lambda v: wire.encode(wire.PROOF, *v),
+    "decode_result": lambda v: wire.encode(wire.RESULT, *v),
+    "decode_reject": lambda v: wire.encode(wire.REJECT, *v),
+    "decode_data": lambda v: wire.sealed_body(wire.DATA, *v[:2]) + v[2],
+    "decode_command": lambda v: wire.sealed_body(wire.COMMAND, *v[:2]) + v[2],
 }
 
 
@@ -162,7 +163,7 @@ class Handshake:
         self.up, self.down = done.session, ev[0].session
         m["data"] = self.up.seal(b"telemetry", b"21.5")
         m["command"] = self.down.seal(b"config", b"interval=60")
-        m["reject"] = wire.encode_reject(5, EPOCH)
+        m["reject"] = wire.encode(wire.REJECT, 5, EPOCH)
 
     def device_in(self, state):
         """A device in ``state``; from HELLO_SENT on, the unmutated messages above would verify."""
@@ -249,8 +250,8 @@ def test_mutated_messages_at_the_gateway(name, mutation, state, device_id):
         if kind == wire.CHALLENGE:
             # Only a HELLO whose OTP still verifies is challenged: only its nonce may have changed.
             assert device_id == DID
-            assert wire.decode_hello(payload)[::3] == wire.decode_hello(HS.msgs["hello"])[::3]
-            assert wire.decode_hello(payload)[1] == 7
+            assert wire.decode(payload, wire.HELLO)[::3] == wire.decode(HS.msgs["hello"], wire.HELLO)[::3]
+            assert wire.decode(payload, wire.HELLO)[1] == 7
     for ev in gw.expire(100.0):
         _defined(ev)
 
@@ -292,8 +293,8 @@ ATHERIS_HARNESS = textwrap.dedent("""
         from device_agent.core.errors import RemoteProtocolError
         from device_agent.core.keys import gateway_key
     KDG = gateway_key(bytes(range(32)), bytes(8), b"gw", 1, bytes(32))
-    DECODERS = (wire.message_type, wire.decode_hello, wire.decode_challenge, wire.decode_proof,
-                wire.decode_result, wire.decode_reject, lambda b: wire.decode_sealed(b, wire.DATA))
+    DECODERS = (wire.message_type, *(lambda b, t=t: wire.decode(b, t) for t in (1, 2, 3, 4, 7)),
+                lambda b: wire.decode_sealed(b, wire.DATA))
     GW = gateway.GatewayRole(b"gw", {bytes(8): gateway.DeviceEntry(bytes(8), KDG, 1)}.get, os.urandom)
 
     def one_input(data):

@@ -62,9 +62,9 @@ def test_hello_rejections_by_table_lookup(mutate, reason):
         proof, _ = dev.receive(reply, 0.0)
         result, ev = f.gateways[b"gw-a"].receive(did, proof, 0.0)
         assert [type(e) for e in ev] == [gateway.CloneDetected, events.Rejected]
-        assert wire.decode_reject(result)[0] == REASONS.index("clone")
+        assert wire.decode(result, wire.REJECT)[0] == REASONS.index("clone")
         return
-    assert wire.decode_reject(reply)[0] == REASONS.index(reason)
+    assert wire.decode(reply, wire.REJECT)[0] == REASONS.index(reason)
     assert ev[0].reason == reason
     _, dev_ev = dev.receive(reply, 0.0)
     assert dev_ev.reason == reason and dev.state == states.FAILED
@@ -126,7 +126,7 @@ def test_device_ignores_strays_and_fails_on_forged_challenge():
     for junk in (b"", b"\xff", b"\x11" * 21, os.urandom(40)):
         assert isinstance(dev.receive(junk, 0.0)[1], events.Ignored)
     assert dev.state == states.HELLO_SENT
-    reply, ev = dev.receive(wire.encode_challenge(os.urandom(8), os.urandom(8)), 0.0)
+    reply, ev = dev.receive(wire.encode(wire.CHALLENGE, os.urandom(8), os.urandom(8)), 0.0)
     assert reply is None and ev.reason == "bad_gateway_proof" and dev.state == states.FAILED
 
 

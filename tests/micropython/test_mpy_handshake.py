@@ -107,7 +107,7 @@ def test_replayed_hello_and_forged_messages(device_process):
 
     # A CHALLENGE from a gateway without K_dg is refused by the MicroPython device.
     dev.request("hello", "6")
-    forged = wire.encode_challenge(os.urandom(8), os.urandom(8))
+    forged = wire.encode(wire.CHALLENGE, os.urandom(8), os.urandom(8))
     answer = dev.request("recv", forged.hex())
     assert (answer["send"], answer["event"], answer["reason"]) == (None, "Rejected", "bad_gateway_proof")
     assert dev.request("recv", b"\xff\x00garbage".hex())["event"] == "Ignored"
