@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import socket
-import subprocess
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,68 +11,24 @@ import pytest_asyncio
 
 from ledger_bridge import EthereumTesterBackend, Ledger, LedgerBackend, Role, RpcBackend, Signer
 from ledger_bridge.actor import ActorHandle
+from ledger_bridge.anvil import AnvilError, AnvilNode, anvil_binary
 from tests.conftest import require
 
 LEDGER_DIR = Path(__file__).resolve().parents[2] / "ledger_bridge"
-ANVIL = LEDGER_DIR / "node_modules" / "@foundry-rs"
 ETH = 10**18
-
-
-def anvil_binary() -> Path | None:
-    """The anvil executable shipped inside the npm package for this platform."""
-    if not ANVIL.is_dir():
-        return None
-    for candidate in sorted(ANVIL.glob("anvil-*/bin/anvil")):
-        if candidate.is_file():
-            return candidate
-    found = shutil.which("anvil")
-    return Path(found) if found else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
 def anvil_url() -> Iterator[str]:
-    binary = anvil_binary()
-    require(binary is not None, "anvil (npm @foundry-rs/anvil in ledger_bridge/node_modules)")
-    assert binary is not None
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(binary), "--host", "127.0.0.1", "--port", str(port), "--silent", "--gas-limit", "30000000"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while True:
-        with contextlib.suppress(OSError):
-            req = urllib.request.Request(
-                url,
-                data=b'{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}',
-                headers={"content-type": "application/json"},
-            )
-            with urllib.request.urlopen(req, timeout=1):
-                break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            pytest.fail(f"anvil did not start: {err}")
-        time.sleep(0.05)
+    require(anvil_binary() is not None, "anvil (npm @foundry-rs/anvil in ledger_bridge/node_modules)")
     try:
-        yield url
+        node = AnvilNode().start()
+    except AnvilError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield node.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        node.stop()
 
 
 @pytest.fixture(params=["eth-tester", "anvil", "embedded"])

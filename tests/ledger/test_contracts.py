@@ -22,12 +22,13 @@ from ledger_bridge import (
     create_keystore,
     load_signer,
 )
+from ledger_bridge.anvil import free_port
 from ledger_bridge.artifacts import CONTRACT_NAMES, load_artifact
 from ledger_bridge.errors import ChannelError
 from ledger_bridge.reverts import revert_from_data
 from tests.conftest import require
 
-from .conftest import LEDGER_DIR, free_port
+from .conftest import LEDGER_DIR
 
 
 def test_artifacts_are_reproducible(tmp_path: Path) -> None:
