@@ -12,10 +12,11 @@ import contextlib
 import os
 import signal
 import socket
-import struct
 import threading
 import time
 from typing import Any
+
+from gateway.mqtt import codec
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -89,25 +90,11 @@ async def _responder_main(
 # -- the flooder: bogus handshake messages from raw sockets, paced ------------------------------------
 
 
-def _str(b: bytes) -> bytes:
-    return struct.pack("!H", len(b)) + b
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _connect(port: int, username: str, password: str) -> socket.socket:
-    body = _str(b"MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 0) + _str(username.encode())
-    body += _str(username.encode()) + _str(password.encode())
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.setsockopt(*NODELAY)
-    sock.sendall(b"\x10" + _varint(len(body)) + body)
+    sock.sendall(codec.connect(username.encode(), username=username.encode(), password=password.encode(),
+                               keepalive=0))
     connack = b""
     while len(connack) < 4:
         chunk = sock.recv(4 - len(connack))
@@ -120,8 +107,7 @@ def _connect(port: int, username: str, password: str) -> socket.socket:
 
 
 def _publish(topic: bytes, payload: bytes) -> bytes:  # QoS 0: the attacker's cheapest choice
-    body = _str(topic) + payload
-    return b"\x30" + _varint(len(body)) + body
+    return codec.publish(topic, payload)
 
 
 def run_flooder(

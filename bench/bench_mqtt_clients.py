@@ -38,7 +38,6 @@ import multiprocessing
 import os
 import socket
 import statistics
-import struct
 import threading
 import time
 from typing import Any
@@ -52,6 +51,7 @@ from gateway.broker import (
     RightsMode,
     mosquitto_config_lines,
 )
+from gateway.mqtt import codec
 from tests.mosquitto import MosquittoBroker
 
 PAYLOAD = b"x" * 100
@@ -66,31 +66,13 @@ NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 # -- raw MQTT 3.1.1 packets (the load generators must not be the bottleneck) ---------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _str(s: str | bytes) -> bytes:
-    b = s.encode() if isinstance(s, str) else s
-    return struct.pack("!H", len(b)) + b
-
-
 def connect_packet(client_id: str = "", username: str | None = None, password: str | None = None) -> bytes:
-    flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
-    body = _str("MQTT") + bytes([4, flags]) + struct.pack("!H", 0) + _str(client_id)
-    body += _str(username) if username is not None else b""
-    body += _str(password) if password is not None else b""
-    return b"\x10" + _varint(len(body)) + body
+    return codec.connect(client_id.encode(), username=None if username is None else username.encode(),
+                         password=None if password is None else password.encode(), keepalive=0)
 
 
 def publish_packet(topic: str, payload: bytes, qos: int, mid: int = 1) -> bytes:
-    body = _str(topic) + (struct.pack("!H", mid) if qos else b"") + payload
-    return bytes([0x30 | (qos << 1)]) + _varint(len(body)) + body
+    return codec.publish(topic.encode(), payload, qos=qos, packet_id=mid if qos else 0)
 
 
 def raw_connect(host: str, port: int, username: str | None = None, password: str | None = None,
