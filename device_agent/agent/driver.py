@@ -51,12 +51,12 @@ def hs_down_topic(gateway: str, device: str) -> str:
     return f"diams/v1/hs/{gateway}/{device}/down"
 
 
-def data_topic(device: str, stream: str) -> str:
-    return f"diams/v1/d/{device}/{stream}"
+def data_topic(gateway: str, device: str, stream: str) -> str:
+    return f"diams/v1/d/{gateway}/{device}/{stream}"
 
 
-def command_topic(device: str, name: str) -> str:
-    return f"diams/v1/c/{device}/{name}"
+def command_topic(gateway: str, device: str, name: str) -> str:
+    return f"diams/v1/c/{gateway}/{device}/{name}"
 
 
 class _Attempt:
@@ -111,7 +111,7 @@ class AgentDriver:
 
     def subscriptions(self) -> list[str]:
         subs = [hs_down_topic(g, self.device_hex) for g in self.rotation.gateways]
-        return [*subs, command_topic(self.device_hex, "+")]
+        return [*subs, command_topic("+", self.device_hex, "+")]
 
     @property
     def authenticated(self) -> bool:
@@ -163,8 +163,9 @@ class AgentDriver:
         parts = topic.split("/")
         if len(parts) == 6 and parts[2] == "hs" and parts[4] == self.device_hex and parts[5] == "down":
             return self._handshake_message(parts[3], payload, now)
-        if len(parts) == 5 and parts[2] == "c" and parts[3] == self.device_hex:
-            self._command(parts[4], payload, now)
+        if (len(parts) == 6 and parts[2] == "c" and parts[4] == self.device_hex
+                and parts[3] == self.session_gateway):
+            self._command(parts[5], payload, now)
             return self.tick(now)
         self.stats["stray_messages"] += 1
         return []
@@ -175,7 +176,9 @@ class AgentDriver:
             self.stats["data_unsent"] += 1
             return None
         self.stats["data_sent"] += 1
-        return Publish(data_topic(self.device_hex, stream), self.session.seal(stream.encode(), payload))
+        assert self.session_gateway is not None
+        return Publish(data_topic(self.session_gateway, self.device_hex, stream),
+                       self.session.seal(stream.encode(), payload))
 
     def request_reauth(self, now: float) -> list[Publish]:
         if self._attempt is None and self._start_at is None:

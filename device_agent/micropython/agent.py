@@ -108,8 +108,8 @@ class Agent:
         self.backoff_cap_ms = backoff_cap_ms
         self._up = ["diams/v1/hs/%s/%s/up" % (g.decode(), self.dhex) for g in self.gateways]
         self._down = ["diams/v1/hs/%s/%s/down" % (g.decode(), self.dhex) for g in self.gateways]
-        self._cmd_prefix = b"diams/v1/c/%s/" % self.dhex.encode()
-        self._data_prefix = "diams/v1/d/%s/" % self.dhex
+        self._cmd_prefix = None  # diams/v1/c/<G>/<D>/ and diams/v1/d/<G>/<D>/: set with the session's G
+        self._data_prefix = None
         self.client = MQTTClient(self.dhex, server, port, user=self.dhex,
                                  password=keys.broker_password(secret, device_id), keepalive=keepalive)
         self.client.set_callback(self._queue)
@@ -137,7 +137,7 @@ class Agent:
             pass
         for t in self._down:
             self.client.subscribe(t, 1)
-        self.client.subscribe(self._cmd_prefix + b"+", 1)
+        self.client.subscribe(b"diams/v1/c/+/%s/+" % self.dhex.encode(), 1)
         self._poller = select.poll()
         self._poller.register(self.client.sock, select.POLLIN)
 
@@ -195,6 +195,8 @@ class Agent:
                 if isinstance(ev, Authenticated):
                     self.session = ev.session
                     self.gateway = gw
+                    self._cmd_prefix = b"diams/v1/c/%s/%s/" % (gw, self.dhex.encode())
+                    self._data_prefix = "diams/v1/d/%s/%s/" % (gw.decode(), self.dhex)
                     self.reauth = False
                     self.stats["authenticated"] += 1
                     return True
@@ -214,7 +216,7 @@ class Agent:
         return True
 
     def _other(self, topic, msg):
-        if not topic.startswith(self._cmd_prefix) or self.session is None:
+        if self.session is None or not topic.startswith(self._cmd_prefix):
             return
         name = topic[len(self._cmd_prefix):]
         payload, _ = self.session.open(name, msg, _now())

@@ -1,7 +1,7 @@
 """A stand-in gateway for agent tests: the core's GatewayRole behind paho, on the protocol topics.
 
 It is what the gateway daemon will do on the wire (answer handshakes on ``diams/v1/hs/<G>/+/up``,
-verify DATA on ``diams/v1/d/+/+`` with the session's MAC, send sealed COMMANDs) and nothing else: no
+verify DATA on ``diams/v1/d/<G>/+/+`` with the session's MAC, send sealed COMMANDs) and nothing else: no
 ledger, no broker enforcement. Tests that use it can later take the real daemon instead.
 ``silent=True`` makes a gateway that listens and never answers (for failover tests).
 """
@@ -23,15 +23,23 @@ from device_agent.core.events import Authenticated
 from device_agent.core.gateway import DeviceEntry, GatewayRole
 
 
-def entry_for(secret: bytes, device_id: bytes, gateway_id: str, fw: bytes, *, epoch: int = 0,
-              lifetime: int = 3600) -> DeviceEntry:
+def entry_for(
+    secret: bytes, device_id: bytes, gateway_id: str, fw: bytes, *, epoch: int = 0, lifetime: int = 3600
+) -> DeviceEntry:
     k_dg = keys.gateway_key(secret, device_id, gateway_id.encode(), epoch, fw)
     return DeviceEntry(device_id, k_dg, epoch, lifetime=lifetime)
 
 
 class Responder:
-    def __init__(self, host: str, port: int, gateway_id: str, entries: dict[bytes, DeviceEntry] | None = None,
-                 *, silent: bool = False) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        gateway_id: str,
+        entries: dict[bytes, DeviceEntry] | None = None,
+        *,
+        silent: bool = False,
+    ) -> None:
         self.gateway_id = gateway_id
         self.entries = dict(entries or {})
         self.silent = silent
@@ -45,8 +53,9 @@ class Responder:
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._host, self._port = host, port
-        self.client = paho.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=f"responder-{gateway_id}-{os.getpid()}")
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"responder-{gateway_id}-{os.getpid()}"
+        )
         self.client.username_pw_set(f"responder-{gateway_id}")
         self.client.on_socket_open = lambda c, u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.on_connect = self._on_connect
@@ -65,7 +74,9 @@ class Responder:
         self.client.loop_stop()
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        client.subscribe([(f"diams/v1/hs/{self.gateway_id}/+/up", 1), ("diams/v1/d/+/+", 1)])
+        client.subscribe(
+            [(f"diams/v1/hs/{self.gateway_id}/+/up", 1), (f"diams/v1/d/{self.gateway_id}/+/+", 1)]
+        )
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         parts = msg.topic.split("/")
@@ -86,22 +97,26 @@ class Responder:
                 if reply is not None:
                     client.publish(f"diams/v1/hs/{self.gateway_id}/{parts[4]}/down", reply, qos=1)
             elif parts[2] == "d":
-                session = self.sessions.get(bytes.fromhex(parts[3]))
+                session = self.sessions.get(bytes.fromhex(parts[4]))
                 if session is None:
                     return
-                payload, reason = session.open(parts[4].encode(), bytes(msg.payload), now)
+                payload, reason = session.open(parts[5].encode(), bytes(msg.payload), now)
                 if payload is None:
                     self.data_refused.append(str(reason))
                 else:
-                    self.verified.put((parts[3], parts[4], bytes(payload)))
+                    self.verified.put((parts[4], parts[5], bytes(payload)))
 
     def send_command(self, device_hex: str, name: str, payload: bytes) -> None:
         with self._lock:
             message = self.sessions[bytes.fromhex(device_hex)].seal(name.encode(), payload)
-        self.client.publish(f"diams/v1/c/{device_hex}/{name}", message, qos=1).wait_for_publish(5)
+        self.client.publish(
+            f"diams/v1/c/{self.gateway_id}/{device_hex}/{name}", message, qos=1
+        ).wait_for_publish(5)
 
     def send_raw_command(self, device_hex: str, name: str, message: bytes) -> None:
-        self.client.publish(f"diams/v1/c/{device_hex}/{name}", message, qos=1).wait_for_publish(5)
+        self.client.publish(
+            f"diams/v1/c/{self.gateway_id}/{device_hex}/{name}", message, qos=1
+        ).wait_for_publish(5)
 
     def next_verified(self, timeout: float = 5.0) -> tuple[str, str, bytes]:
         return self.verified.get(timeout=timeout)
