@@ -9,6 +9,11 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import settings
+
+# Timing belongs in bench/, not in tests: no hypothesis deadlines (a loaded CI machine trips them).
+settings.register_profile("diams", deadline=None)
+settings.load_profile("diams")
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -239,7 +239,11 @@ class MqttAgent:
         finally:
             try:
                 self._client.disconnect()
+                self._client.loop(timeout=0.1)  # writes the DISCONNECT; paho then closes its socket
             except (OSError, ValueError):
                 pass
+            # paho closes its connection and its internal wake-up socket pair only in __del__, which the
+            # GC may run after the sockets' own finalizers (a ResourceWarning, and a leak until then).
+            self._client._reset_sockets()
             with self._lock:
                 self._connected = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import socket
+import threading
 
 import pytest
 
@@ -124,11 +125,20 @@ def test_cli_runs_as_a_service_and_never_logs_the_secret(broker, tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "device_agent.agent.cli", "-v", "run", "--config",
                                  str(dev.prov.config_file)], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+        reader.start()
         try:
             wait_until(lambda: gw.authentications == 1, timeout=10, what="CLI agent authentication")
+            # the RESULT has left the gateway; stop only once the agent has taken it in
+            wait_until(lambda: any("authenticated with gw-a" in line for line in lines), timeout=10,
+                       what="the agent's own log of the authentication")
         finally:
             proc.send_signal(signal.SIGTERM)
-            out, _ = proc.communicate(timeout=10)
+            proc.wait(timeout=10)
+            reader.join(10)
+            proc.stdout.close()
+    out = "".join(lines)
     assert proc.returncode == 0, out
     assert "authenticated with gw-a" in out
     from device_agent.core import keys

@@ -95,3 +95,4 @@ class Probe:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        self.client._reset_sockets()  # paho leaves its socket pair to __del__ (device_agent/agent/mqtt.py)
