@@ -265,6 +265,7 @@ mode = "mosquitto"
 password_file = "{self.broker.directory / "passwords"}"
 acl_file = "{self.broker.directory / "acl"}"
 pid_file = "{self.broker.pid_path}"
+broker_log = "{self.broker.log_path}"
 {group}
 [ledger]
 mode = "rpc"

@@ -31,6 +31,7 @@ from .broker import (
     AuthorizeGateway,
     BrokerEnforcer,
     BrokerSecret,
+    ConnectionLog,
     MosquittoEnforcer,
     Reloader,
     ReloadFailed,
@@ -156,6 +157,8 @@ class Gateway:
             self._source = LedgerSource(self._ledger)
             if self._enforcer is None and s.enforcement.mode == "mosquitto":
                 self._enforcer = self._build_enforcer()
+            if isinstance(self._enforcer, MosquittoEnforcer) and self._enforcer.on_unconfirmed is None:
+                self._enforcer.on_unconfirmed = self.cut_off_unconfirmed
             if self._enforcer is not None:
                 await self._stack.enter_async_context(self._enforcer)
             if self._broker_password is None and s.broker.password_file is not None:
@@ -257,6 +260,20 @@ class Gateway:
             broker_address=(self.settings.broker.host, self.settings.broker.port),
             rights=e.rights,  # type: ignore[arg-type]
             file_group=e.file_group,
+            connection_log=None if e.broker_log is None else ConnectionLog(e.broker_log),
+            on_unconfirmed=self.cut_off_unconfirmed,
+        )
+
+    def cut_off_unconfirmed(self, device_id: str, attempts: int, confirmed: bool) -> None:
+        """The broker kept a removed device connected after the reload: an alert (audit, metric, log).
+        ``confirmed``: the enforcer's kick (``attempts`` of them) ended the connection after all."""
+        self.metrics.inc("cut_off_unconfirmed")
+        if not confirmed:
+            self.metrics.inc("cut_off_failed")
+        self.audit.append("cut_off_unconfirmed", device=device_id, kicks=attempts, confirmed=confirmed)
+        log.error(
+            "ALERT: revoked device %s stayed connected at the broker after the reload; %s after %d kick(s)",
+            device_id, "cut off" if confirmed else "STILL CONNECTED", attempts,
         )
 
     # ---- ledger ----
@@ -307,6 +324,8 @@ class Gateway:
         assert self._enforcer is not None
         try:
             await self._enforcer.apply([CutOff(device_id=d.hex()) for d in cut] + enroll)
+            if cut and getattr(self._enforcer, "connection_log", None) is not None:
+                self.metrics.inc("cut_off_confirmed", n=len(cut))
         except Exception:
             log.exception("broker enforcement failed; retried at the next ledger change")
             self.metrics.inc("enforcement_errors")

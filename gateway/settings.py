@@ -62,6 +62,9 @@ class EnforcementSettings:
     reload_command: str = ""  # else a command, e.g. "systemctl --no-ask-password reload mosquitto"
     file_group: str | None = None
     rights: str = "patterns"
+    # mosquitto's log file (log_dest file, connection_messages true): every cut-off is confirmed there,
+    # and a device still connected is reported and kicked (gateway.broker._connections)
+    broker_log: Path | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("mosquitto", "none"):

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._canary import CANARY_USERNAME, VERSION_TOPIC
 from ._names import PREFIX, gateway_username
 
 # Applies to every user: a device's own handshake topics, with any gateway (fail-over needs that).
@@ -90,6 +91,8 @@ def render_acl_file(
         lines.extend(f"topic write {PREFIX}/d/+/{device_id}/{stream}" for stream in record.streams)
         lines.append(f"topic read {PREFIX}/c/+/{device_id}/+")
         lines.append("")
+    # last: the reload canary reads the broker's version (checked at every reload: see _version)
+    lines += [f"user {CANARY_USERNAME}", f"topic read {VERSION_TOPIC}", ""]
     return "\n".join(lines)
 
 

@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from firmware_sim.device import SimDevice
-from gateway.broker import AuthorizeGateway, BrokerSecret, MosquittoEnforcer, mosquitto_config_lines
+from gateway.broker import (
+    AuthorizeGateway,
+    BrokerSecret,
+    ConnectionLog,
+    MosquittoEnforcer,
+    mosquitto_config_lines,
+)
 from gateway.service import Gateway
 from gateway.settings import (
     DefenceSettings,
@@ -127,6 +133,7 @@ async def site(
         min_reload_interval=0.3,
         urgent_reload_interval=0.1,
         file_group=broker.file_group,
+        connection_log=ConnectionLog(broker.log_path),  # every cut-off confirmed in the broker's log
     )
     actors: dict[str, Any] = {}
     for gid in gateway_ids:
