@@ -20,11 +20,9 @@ import shlex
 import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ledger_bridge.index import IdentityIndex, LedgerSource, SyncReport
-from ledger_bridge.sealing import load_gateway_key
 
 from .audit import AuditLog
 from .broker import (
@@ -42,6 +40,7 @@ from .counters import CounterStore
 from .devices import DeviceTable
 from .mqtt import MqttClient, MqttError
 from .ops import HealthServer, Metrics, sd_notify, watchdog_interval
+from .preflight import load_key, load_ledger_signer, read_broker_password
 from .settings import GatewaySettings, LedgerSettings
 from .traffic import Traffic
 
@@ -50,12 +49,6 @@ log = logging.getLogger("diams.gateway")
 
 class GatewayError(Exception):
     """The gateway cannot start or run (the message says why)."""
-
-
-def _read_secret_file(path: Path) -> str:
-    if path.stat().st_mode & 0o077:
-        raise GatewayError(f"{path} must not be readable by group or others (chmod 600)")
-    return path.read_text().strip()
 
 
 def build_ledger(s: LedgerSettings) -> Any:
@@ -115,6 +108,8 @@ class Gateway:
         self._broker_password = broker_password
         self._clock = clock
         self._random = random_bytes
+        self._signer: Any = None
+        self._source: LedgerSource | None = None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: asyncio.TaskGroup | None = None
         self._stopping = asyncio.Event()
@@ -143,26 +138,20 @@ class Gateway:
                 start_block=s.ledger.deployed_block,
             )
             self._stack.callback(self.index.close)
-            private_key = load_gateway_key(s.key_file)
+            private_key = load_key(s)
+            self._signer = load_ledger_signer(s) if self._actor is None else None
             if self._ledger is None:
-                self._ledger = await self._stack.enter_async_context(self._build_ledger())
-            if self._actor is None and s.ledger.keystore is not None:
-                from ledger_bridge import load_signer
-
-                assert s.ledger.passphrase_file is not None, (
-                    "ledger.passphrase_file is required with a keystore"
-                )
-                signer = load_signer(s.ledger.keystore, _read_secret_file(s.ledger.passphrase_file))
-                self._actor = self._ledger.actor(signer)
-            self._source = LedgerSource(self._ledger)
+                await self._open_ledger(at_start=True)
+            else:
+                self._attach_ledger(self._ledger)
             if self._enforcer is None and s.enforcement.mode == "mosquitto":
                 self._enforcer = self._build_enforcer()
             if isinstance(self._enforcer, MosquittoEnforcer) and self._enforcer.on_unconfirmed is None:
                 self._enforcer.on_unconfirmed = self.cut_off_unconfirmed
             if self._enforcer is not None:
                 await self._stack.enter_async_context(self._enforcer)
-            if self._broker_password is None and s.broker.password_file is not None:
-                self._broker_password = _read_secret_file(s.broker.password_file)
+            if self._broker_password is None:
+                self._broker_password = read_broker_password(s)
             self.devices = DeviceTable(
                 gateway_id=s.gateway_id_bytes,
                 index=self.index,
@@ -277,7 +266,45 @@ class Gateway:
         )
 
     # ---- ledger ----
+    async def _open_ledger(self, *, at_start: bool = False) -> bool:
+        """Open the configured ledger; -> whether it is open. At start, a ledger that is down is no
+        reason to stay down: the gateway serves from its index while that is within the staleness
+        bound (``offline.max_staleness``), and ``_sync_loop`` keeps trying to open the ledger."""
+        from ledger_bridge.errors import LedgerUnavailable
+
+        try:
+            async with asyncio.timeout(30):
+                ledger = await self._stack.enter_async_context(self._build_ledger())
+        except (LedgerUnavailable, TimeoutError) as exc:
+            if not at_start:
+                raise
+            staleness, bound = self.index.staleness(), self.settings.offline.max_staleness
+            if staleness > bound:
+                raise GatewayError(
+                    f"the ledger is unreachable ({exc or 'timeout'}) and the identity index is "
+                    + ("empty" if staleness == float("inf") else f"{staleness:.0f} s old")
+                    + f", beyond offline.max_staleness ({bound:.0f} s): cannot serve from it"
+                ) from None
+            log.warning(
+                "ledger unreachable at start (%s); serving from the index (%.0f s old, bound %.0f s) "
+                "and retrying the ledger",
+                exc or "timeout", staleness, bound,
+            )
+            self._source = None
+            return False
+        self._attach_ledger(ledger)
+        return True
+
+    def _attach_ledger(self, ledger: Any) -> None:
+        self._ledger = ledger
+        if self._actor is None and self._signer is not None:
+            self._actor = ledger.actor(self._signer)
+        self._source = LedgerSource(ledger)
+
     async def _initial_sync(self) -> None:
+        if self._source is None:
+            self.devices.load_all()
+            return
         try:
             await asyncio.wait_for(self.index.sync(self._source), 30)
             self.ledger_ok = True
@@ -336,6 +363,9 @@ class Gateway:
         # that coincides with its future's completion or its timeout (see ``_serving``).
         while self._serving():
             try:
+                if self._source is None and not await self._open_ledger():
+                    raise ConnectionError("ledger still unreachable")
+                assert self._source is not None
                 async with asyncio.timeout(30):
                     await self.index.sync(self._source)
                 if not self.ledger_ok:
