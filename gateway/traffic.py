@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("diams.gateway.traffic")
 
-_FAILURES = frozenset({"bad_otp", "bad_proof", "counter_window", "timeout", "stale_epoch", "clone"})
+_FAILURES = frozenset({"bad_otp", "bad_proof", "timeout", "stale_epoch", "clone"})
 _PREFIX = b"diams/v1/"
 _MAX_STREAM = 255
 AUDIT_EVERY = 10.0  # seconds between audit records of repeated rejections for one device
@@ -111,6 +111,9 @@ class Traffic:
             if t is core_gateway.CounterAccepted:
                 entry = gw.devices.entries[did]
                 durable = gw.counters.accept(did, entry.epoch, e.counter, e.nonce)
+                if e.jump > self.role.window:  # accepted (no lockout after an outage), but visible
+                    self.metrics.inc("counter_resync")
+                    gw.audit.append("counter_resync", device=did.hex(), counter=e.counter, jump=e.jump)
             elif t is ev.Authenticated:
                 self._authenticated(did, e.session, now)
             elif t is ev.Rejected:
