@@ -109,6 +109,7 @@ class Gateway:
         self._clock = clock
         self._random = random_bytes
         self._signer: Any = None
+        self._cut_failed: set[str] = set()  # revoked devices the broker still shows connected
         self._source: LedgerSource | None = None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: asyncio.TaskGroup | None = None
@@ -257,7 +258,10 @@ class Gateway:
         """The broker kept a removed device connected after the reload: an alert (audit, metric, log).
         ``confirmed``: the enforcer's kick (``attempts`` of them) ended the connection after all."""
         self.metrics.inc("cut_off_unconfirmed")
-        if not confirmed:
+        if confirmed:
+            self._cut_failed.discard(device_id)
+        else:
+            self._cut_failed.add(device_id)
             self.metrics.inc("cut_off_failed")
         self.audit.append("cut_off_unconfirmed", device=device_id, kicks=attempts, confirmed=confirmed)
         log.error(
@@ -352,7 +356,10 @@ class Gateway:
         try:
             await self._enforcer.apply([CutOff(device_id=d.hex()) for d in cut] + enroll)
             if cut and getattr(self._enforcer, "connection_log", None) is not None:
-                self.metrics.inc("cut_off_confirmed", n=len(cut))
+                for did in cut:  # seen gone in the broker's log (a failure was alerted instead)
+                    if did.hex() not in self._cut_failed:
+                        self.metrics.inc("cut_off_confirmed")
+                        self.audit.append("cut_off_confirmed", device=did.hex())
         except Exception:
             log.exception("broker enforcement failed; retried at the next ledger change")
             self.metrics.inc("enforcement_errors")

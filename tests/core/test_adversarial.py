@@ -442,3 +442,22 @@ def test_no_false_clone_alert_from_a_hello_whose_nonce_was_rewritten():
     net.deliver(0)  # the genuine HELLO, late
     _drain(net)
     assert net.stats["clone"] == 0
+
+
+def test_dropping_more_hellos_than_the_window_is_no_lasting_denial_of_service():
+    """The attacker on the path drops 3 windows' worth of HELLOs (each one spent a counter), then
+    lets the next through: the device authenticates at once. Delivering the dropped HELLOs afterwards
+    (below the floor now) grants nothing, and the properties hold at every step."""
+    net = Net(6, n_devices=1, n_gateways=1, window=6)
+    for _ in range(3 * 6 + 1):
+        net.start(0, 0)
+        net.drop_next()
+        net.tick(net.device_timeout + 0.1)
+    net.start(0, 0)
+    for _ in range(4):  # HELLO, CHALLENGE, PROOF, RESULT
+        net.deliver_next()
+    assert net.stats["gw_auth"] == 1 and net.stats["dev_auth"] == 1
+    for i in range(3 * 6 + 1):  # the dropped HELLOs, replayed late: at most clone probes, never granted
+        net.deliver(i)
+        net.tick(6.0)
+    assert net.stats["gw_auth"] == 1
