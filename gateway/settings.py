@@ -135,9 +135,14 @@ class DefenceSettings:
     lockout_max: float = 300.0
     clone_quarantine: bool = True  # cut a device off locally when a clone is detected
     max_tracked_devices: int = 200_000
+    data_rate: float = 50.0  # DATA messages per second per device, checked before the MAC
+    data_burst: int = 200
+    data_flood_after: int = 1_000  # refused DATA messages in one session before it is ended
 
     def __post_init__(self) -> None:
-        for name in ("device_rate", "global_rate", "lockout_base", "lockout_max"):
+        if self.data_burst < 1 or self.data_flood_after < 1:
+            raise SettingsError("defence.data_burst and data_flood_after must be >= 1")
+        for name in ("device_rate", "global_rate", "lockout_base", "lockout_max", "data_rate"):
             _positive(f"defence.{name}", getattr(self, name))
         if self.device_burst < 1 or self.global_burst < 1 or self.lockout_after < 1:
             raise SettingsError("defence bursts and lockout_after must be >= 1")

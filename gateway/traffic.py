@@ -18,7 +18,7 @@ from device_agent.core import events as ev
 from device_agent.core import gateway as core_gateway
 from device_agent.core.session import Session
 
-from .defence import Defence
+from .defence import DataLimiter, Defence
 
 if TYPE_CHECKING:
     from .service import Gateway
@@ -48,6 +48,13 @@ class Traffic:
             lockout_after=d.lockout_after,
             lockout_base=d.lockout_base,
             lockout_max=d.lockout_max,
+            max_tracked=d.max_tracked_devices,
+            now=gw._clock(),
+        )
+        self.data_limiter = DataLimiter(
+            rate=d.data_rate,
+            burst=d.data_burst,
+            flood_after=d.data_flood_after,
             max_tracked=d.max_tracked_devices,
             now=gw._clock(),
         )
@@ -139,6 +146,7 @@ class Traffic:
 
     def _authenticated(self, did: bytes, session: Session, now: float) -> None:
         self.sessions[did] = session
+        self.data_limiter.reset(did)
         self.defence.succeeded(did)
         self.metrics.inc("authenticated")
         self.gw.audit.append("authenticated", device=did.hex())
@@ -184,6 +192,15 @@ class Traffic:
             self.metrics.inc("data_dropped", "no_session")
             return
         now = self.gw._clock()
+        limited = self.data_limiter.admit(did, now)  # before the MAC: a flood costs a dict look-up
+        if limited:
+            self.metrics.inc("data_dropped", "rate_limited")
+            if limited == "flooding":
+                self.drop_session(did, "flood")
+                self.data_limiter.reset(did)
+                self.gw.audit.append("data_flood", device=did.hex())
+                log.warning("device %s sent data far past its rate: session ended", did.hex())
+            return
         data, reason = session.open(stream, payload, now)
         if reason is not None:
             self.metrics.inc("data_dropped", reason)
