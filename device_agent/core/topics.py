@@ -137,7 +137,7 @@ def parse(topic):
     """
     if not isinstance(topic, str):
         try:
-            topic = bytes(topic).decode()
+            topic = (topic if isinstance(topic, bytes) else bytes(topic)).decode()
         except (TypeError, ValueError):
             return None
     parts = topic.split("/")
