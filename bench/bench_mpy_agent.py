@@ -5,8 +5,9 @@ mpy_agent_heap_peak_bytes: an upper bound of the heap one handshake of the Micro
 difference in gc.mem_alloc() across ``Agent.authenticate()``, i.e. every byte allocated, freed or
 not: key derivation, DeviceRole, MQTT publishes and received packets, and the write-ahead counter
 file write (forced into the window). Target <= 16,384 (issue 5). In this 64-bit port's bytes.
-mpy_agent_free_heap_before_bytes: the heap still free (of a 64 KB heap) just before it, with the
-core, the agent and umqtt.simple loaded from .mpy files (bytecode in RAM; frozen into flash on a
+mpy_agent_free_heap_before_bytes: the heap still free (of the runs' heap, mpyagent.HEAP: 80 KB since
+the topic module and the agent policy became shared core modules, 64 KB before) just before it, with
+the core, the agent and umqtt.simple loaded from .mpy files (bytecode in RAM; frozen into flash on a
 board build it would not be). mpy_agent_import_heap_bytes: what importing them keeps allocated
 (core, umqtt.simple, agent; from .mpy). mpy_agent_adapter_mpy_bytes: agent.py compiled by mpy-cross.
 """

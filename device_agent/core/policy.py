@@ -119,10 +119,10 @@ class AgentPolicy:
     def wake_at(self):
         """When tick() next has work (handshakes only while online, dialling only while offline)."""
         if self.online:
-            times = (self._start_at, self._reauth_at, self.expires,
-                     None if self.attempt is None else self.attempt[3])
+            times = [self._start_at, self._reauth_at, self.expires,
+                     None if self.attempt is None else self.attempt[3]]
         else:
-            times = (self._connect_at, self.expires)
+            times = [self._connect_at, self.expires]
         best = None
         for t in times:
             if t is not None and (best is None or t < best):

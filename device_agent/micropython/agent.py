@@ -210,6 +210,10 @@ class Agent:
             self._do(p.tick(_now()))
         return True
 
+    def no_session(self, gateway):
+        """A gateway says it holds no session for this device: re-authenticate (at most once)."""
+        self._do(self.policy.no_session(gateway, _now()))
+
     def publish(self, stream, payload):
         """Authenticated DATA on ``stream`` -> False when there is no live session."""
         s = self.session

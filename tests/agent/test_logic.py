@@ -219,3 +219,30 @@ def test_hello_counter_is_on_disk_before_the_hello_is_returned(tmp_path):
             on_disk = policy.parse_counters((tmp_path / "st").read_text())[1][(gateway, 0)]
             assert counter <= on_disk
     assert driver.all_stats()["hellos"] >= 20  # every attempt timed out (1 s): fresh counters each time
+
+
+def test_gateway_without_a_session_makes_the_driver_reauthenticate_once(tmp_path):
+    dev = Device(tmp_path)
+    driver = _driver(tmp_path, dev)
+    entry = entry_for(dev.secret, dev.device_id, "gw-a", dev.fw, lifetime=1000)
+    role = GatewayRole(b"gw-a", {dev.device_id: entry}.get, os.urandom)
+    _pump(driver, role, driver.connected(0.0), 0.0)
+    assert driver.authenticated
+    assert driver.no_session("gw-a", 1.0) == []  # right after a success: a forged signal changes nothing
+    hello = driver.no_session("gw-a", 60.0)
+    assert [topics.parse(p.topic)[3] for p in hello] == [topics.UP] and not driver.authenticated
+    assert driver.no_session("gw-a", 60.1) == []  # a flood while it runs: nothing more
+    _pump(driver, role, hello, 60.0)
+    assert driver.authenticated and driver.all_stats()["authenticated"] == 2
+
+
+def test_a_refused_login_schedules_the_next_dial_with_backoff(tmp_path):
+    dev = Device(tmp_path)
+    driver = _driver(tmp_path, dev)
+    driver.start(0.0)
+    assert driver.connect_due
+    driver.connect_due = False
+    driver.login_refused(0.1)
+    assert not driver.connect_due and driver.next_deadline() is not None
+    driver.tick(driver.next_deadline() or 0.0)
+    assert driver.connect_due and driver.all_stats()["login_refused"] == 1

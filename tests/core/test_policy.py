@@ -235,7 +235,9 @@ def test_counters_exhausted_is_an_error_not_a_wrap() -> None:
 
 
 @given(st.floats(0.01, 5), st.floats(1, 300), st.randoms(use_true_random=False))
-def test_backoff_full_jitter_within_capped_exponential_ceiling(base: float, cap: float, rnd: _random.Random) -> None:
+def test_backoff_full_jitter_within_capped_exponential_ceiling(
+    base: float, cap: float, rnd: _random.Random
+) -> None:
     cap = max(cap, base)
     pol = make(gateways=("g",), random=rnd.randbytes, backoff_base=base, backoff_cap=cap)
     for n in range(40):
