@@ -23,12 +23,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._names import ANY, COMMAND, DATA, HANDSHAKE, USER, VERIFIED, every, gateway_username, topic_filter
+from ._names import (
+    ANY,
+    COMMAND,
+    DATA,
+    DOWN,
+    HANDSHAKE,
+    UP,
+    USER,
+    VERIFIED,
+    every,
+    gateway_username,
+    topic_filter,
+)
 
 # Applies to every user: a device's own handshake topics, with any gateway (fail-over needs that).
 PRE_AUTH_PATTERNS = (
-    f"pattern write {topic_filter(HANDSHAKE, ANY, USER, 'up')}",
-    f"pattern read {topic_filter(HANDSHAKE, ANY, USER, 'down')}",
+    f"pattern write {topic_filter(HANDSHAKE, ANY, USER, UP)}",
+    f"pattern read {topic_filter(HANDSHAKE, ANY, USER, DOWN)}",
 )
 # rights="patterns": every enrolled device may also use its own data and command topics.
 DATA_PATTERNS = (
@@ -76,8 +88,8 @@ def render_acl_file(
         for n in range(gw.connections):
             lines += [
                 f"user {gateway_username(gateway_id, n)}",
-                f"topic read {topic_filter(HANDSHAKE, gateway_id, ANY, 'up')}",
-                f"topic write {topic_filter(HANDSHAKE, gateway_id, ANY, 'down')}",
+                f"topic read {topic_filter(HANDSHAKE, gateway_id, ANY, UP)}",
+                f"topic write {topic_filter(HANDSHAKE, gateway_id, ANY, DOWN)}",
                 f"topic read {topic_filter(DATA, gateway_id)}",
                 f"topic read {every(VERIFIED)}",
                 f"topic write {topic_filter(VERIFIED, gateway_id)}",

@@ -25,6 +25,8 @@ HANDSHAKE: str = _T.HANDSHAKE
 DATA: str = _T.DATA
 COMMAND: str = _T.COMMAND
 VERIFIED: str = _T.VERIFIED
+UP: str = _T.UP
+DOWN: str = _T.DOWN
 _GATEWAY_USER_PREFIX = "gateway-"
 
 
