@@ -35,7 +35,8 @@ _GATEWAY_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-"
 _NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 _KINDS = (HANDSHAKE, DATA, COMMAND, VERIFIED)
 _NAMED = (DATA, COMMAND, VERIFIED)
-_LEVELS = PREFIX.count("/") + 5
+_P0, _P1 = PREFIX.split("/")
+_LEVELS = 6
 
 
 def _ok(value, chars, most):
@@ -134,6 +135,7 @@ def parse(topic):
 
     ``topic`` is str or bytes (as MQTT clients deliver it); ``last`` is "up"/"down" for handshakes,
     the stream or command name otherwise. Every identifier is checked: a returned tuple is safe.
+    The checks are inlined (not is_*()): the gateway runs this on every message.
     """
     if not isinstance(topic, str):
         try:
@@ -141,14 +143,15 @@ def parse(topic):
         except (TypeError, ValueError):
             return None
     parts = topic.split("/")
-    if len(parts) != _LEVELS or parts[0] + "/" + parts[1] != PREFIX:
+    if len(parts) != _LEVELS or parts[0] != _P0 or parts[1] != _P1:
         return None
     kind, gateway, device, last = parts[2], parts[3], parts[4], parts[5]
-    if not (is_gateway_id(gateway) and is_device_id(device)):
+    if (len(device) != 16 or device.strip(_HEX) or not 0 < len(gateway) <= 32
+            or gateway.strip(_GATEWAY_CHARS)):
         return None
     if kind == HANDSHAKE:
         if last != UP and last != DOWN:
             return None
-    elif kind not in _NAMED or not is_name(last):
+    elif kind not in _NAMED or not 0 < len(last) <= 64 or last.strip(_NAME_CHARS):
         return None
     return kind, gateway, device, last
