@@ -65,6 +65,10 @@ def format_counters(epoch, reserved):
     return "\n".join(out)
 
 
+def _earliest(x, y):
+    return y if x is None or (y is not None and y < x) else x
+
+
 class AgentPolicy:
     def __init__(self, gateways, random, state=None, epoch=0, answer_timeout=5.0, reauth_margin=60.0,
                  backoff_base=0.5, backoff_cap=60.0, reconnect_base=5.0, block=16, min_reauth=10.0):
@@ -118,16 +122,11 @@ class AgentPolicy:
 
     def wake_at(self):
         """When tick() next has work (handshakes only while online, dialling only while offline)."""
-        if self.online:
-            times = [self._start_at, self._reauth_at, self.expires,
-                     None if self.attempt is None else self.attempt[3]]
-        else:
-            times = [self._connect_at, self.expires]
-        best = None
-        for t in times:
-            if t is not None and (best is None or t < best):
-                best = t
-        return best
+        if not self.online:
+            return _earliest(self._connect_at, self.expires)
+        a = self.attempt
+        return _earliest(_earliest(self._start_at, self._reauth_at),
+                         _earliest(self.expires, None if a is None else a[3]))
 
     def state(self):
         """The counter file's text (what the last SAVE wrote)."""
