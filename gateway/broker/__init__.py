@@ -14,24 +14,38 @@ from ._errors import BrokerError, InvalidIdentifier, ReloadFailed, UnknownDevice
 from ._interface import AuthorizeGateway, BrokerEnforcer, Change, CutOff, Demote, Enroll, Grant, RemoveGateway
 from ._mosquitto import MosquittoEnforcer, Reloader, RightsMode, mosquitto_config_lines, sighup_reloader
 from ._names import (
+    ANY,
+    COMMAND,
+    DATA,
+    HANDSHAKE,
     PREFIX,
+    USER,
+    VERIFIED,
     check_command,
     check_device_id,
     check_gateway_id,
     check_stream,
     command_topic,
     data_topic,
+    every,
     gateway_username,
     handshake_down,
     handshake_up,
+    topic_filter,
     verified_topic,
 )
 from ._secret import BrokerSecret, mosquitto_sha512_hash
 from ._version import MIN_SAFE_VERSION, check_mosquitto_version, parse_mosquitto_version
 
 __all__ = [
+    "ANY",
+    "COMMAND",
+    "DATA",
+    "HANDSHAKE",
     "MIN_SAFE_VERSION",
     "PREFIX",
+    "USER",
+    "VERIFIED",
     "AuthorizeGateway",
     "BrokerEnforcer",
     "BrokerError",
@@ -59,6 +73,7 @@ __all__ = [
     "check_stream",
     "command_topic",
     "data_topic",
+    "every",
     "gateway_username",
     "handshake_down",
     "handshake_up",
@@ -66,5 +81,6 @@ __all__ = [
     "mosquitto_sha512_hash",
     "parse_mosquitto_version",
     "sighup_reloader",
+    "topic_filter",
     "verified_topic",
 ]

@@ -1,12 +1,12 @@
 """A gateway outage on an accelerated clock: what the devices' retries do to their counters, and
 whether each device authenticates the moment a gateway answers again.
 
-During the outage nothing reaches a gateway, so only the devices' side is simulated, event by
-event, with the agents' real retry schedule (``device_agent.agent.backoff.Backoff``, the agent's
-answer timeout) and their counter reservation (a reboot skips the rest of a reserved block). Each
-HELLO sent spends a counter. When the gateway returns, every device runs one real handshake
-(``device_agent.core``) with its next counter. Used by tests/core/test_outage.py and
-bench/bench_outage.py (``outage_locked_out_devices``).
+Each device runs the agents' own policy (``device_agent.core.policy.AgentPolicy``: answer timeout,
+full-jitter backoff, counter reservation in blocks) on a simulated clock: it authenticates once, then
+for ``hours`` no gateway answers, so every HELLO it sends spends a counter; it also reboots about
+``REBOOTS_PER_DAY`` times a day (a new policy from its counter file: the rest of the reserved block
+is skipped). When the gateway returns, the device's next HELLO runs a real handshake
+(``device_agent.core``). Used by tests/core/test_outage.py and bench/bench_outage.py.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from device_agent.agent.backoff import Backoff
+from device_agent.core.policy import HELLO, AgentPolicy
 from tests.core.pair import Fleet, authenticated, handshake
 
-ANSWER_TIMEOUT = 5.0  # device_agent.agent.config: answer_timeout_s
-COUNTER_BLOCK = 16  # device_agent.agent.counters.CounterStore: block
 REBOOTS_PER_DAY = 4.0
+LIFETIME = 3600.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +30,10 @@ class OutageResult:
     max_jump: int
 
 
+def _hellos(actions: list[tuple]) -> list[tuple]:
+    return [a for a in actions if a[0] == HELLO]
+
+
 def simulate_outage(n_devices: int, hours: float, *, seed: int = 1) -> OutageResult:
     rng = random.Random(seed)
     fleet = Fleet(n_devices=n_devices)
@@ -38,21 +41,34 @@ def simulate_outage(n_devices: int, hours: float, *, seed: int = 1) -> OutageRes
     end = hours * 3600.0
     locked_out, jumps = 0, []
     for did in fleet.device_ids:
-        dev = fleet.device(did, b"gw-a")
-        ev, _ = handshake(dev, gw, 0, now=0.0)  # authenticated once before the outage: floor 0
+        policy = AgentPolicy(["gw-a"], rng.randbytes)
+        policy.start(0.0)
+        (_, _, _, first), = _hellos(policy.connected(0.0))
+        ev, _ = handshake(fleet.device(did, b"gw-a"), gw, first, now=0.0)  # once, before the outage
         assert authenticated(ev)
-        counter, t = 1, 0.0
-        backoff = Backoff(uniform=rng.uniform)
+        policy.authenticated("gw-a", LIFETIME, 0.0)
+        now, last = 0.0, first
         next_reboot = rng.expovariate(REBOOTS_PER_DAY / 86400.0)
-        while t < end:
-            if t >= next_reboot:  # the reserved block's unused rest is skipped, retries start afresh
-                counter = (counter // COUNTER_BLOCK + 1) * COUNTER_BLOCK
-                backoff.reset()
-                next_reboot = t + rng.expovariate(REBOOTS_PER_DAY / 86400.0)
-            counter += 1  # one HELLO, unanswered
-            t += ANSWER_TIMEOUT + backoff.next_delay()
-        jumps.append(counter)
-        ev, _ = handshake(fleet.device(did, b"gw-a"), gw, counter, now=1.0)  # the gateway is back
+        while True:
+            wake = policy.wake_at()
+            assert wake is not None
+            now = max(now, wake)
+            if now >= next_reboot:  # a reboot: the policy starts again from its counter file
+                policy = AgentPolicy(["gw-a"], rng.randbytes, state=policy.state())
+                policy.start(now)
+                next_reboot = now + rng.expovariate(REBOOTS_PER_DAY / 86400.0)
+                hellos = _hellos(policy.connected(now))
+            else:
+                hellos = _hellos(policy.tick(now))
+            if not hellos:
+                continue
+            counter = hellos[-1][3]
+            if now >= end:  # the gateway answers again: this HELLO gets a real handshake
+                break
+            last = counter  # unanswered: spent
+        jumps.append(counter - first)
+        ev, _ = handshake(fleet.device(did, b"gw-a"), gw, counter, now=1.0)
         if not authenticated(ev):
             locked_out += 1
+        assert counter > last or counter == first
     return OutageResult(n_devices, hours, locked_out, min(jumps), max(jumps))

@@ -8,6 +8,6 @@ from tests.core.outage import simulate_outage
 
 
 def test_a_24_hour_outage_locks_no_device_out() -> None:
-    result = simulate_outage(200, 24.0, seed=7)
+    result = simulate_outage(40, 24.0, seed=7)
     assert result.min_jump > 100, "the outage must spend more counters than the old window to test it"
     assert result.locked_out == 0, result

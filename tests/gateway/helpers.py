@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from device_agent.core import topics
 from gateway.mqtt import MqttClient
 from ledger_bridge.enrollment import ProvisionedDevice
 
@@ -21,7 +22,9 @@ async def eventually(predicate: Callable[[], object], timeout: float = 5.0) -> b
     return bool(predicate())
 
 
-async def verified_listener(port: int, gw: Any, topic: str = "diams/v1/v/#") -> tuple[MqttClient, list[Any]]:
+async def verified_listener(
+    port: int, gw: Any, topic: str = topics.every(topics.VERIFIED)
+) -> tuple[MqttClient, list[Any]]:
     """Applications read verified data; tests listen with the gateway's second broker account."""
     got: list[Any] = []
     user = f"gateway-{gw.settings.gateway_id}.1"
