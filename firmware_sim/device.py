@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from device_agent.core import events, policy, topics
+from device_agent.core import events, policy, topics, wire
 from device_agent.core.device import DeviceRole
 from device_agent.core.keys import gateway_key
 from gateway.mqtt import MqttClient
@@ -32,6 +32,7 @@ class DeviceStats:
     latencies_ms: list[float] = field(default_factory=list)
     commands: list[bytes] = field(default_factory=list)
     commands_refused: int = 0
+    no_session_signals: int = 0  # "no session" REJECTs from the gateway (it restarted)
 
 
 _TIMED_OUT = object()
@@ -74,6 +75,7 @@ class SimDevice:
         self._outcome: asyncio.Future[object] | None = None
         self._started = 0.0
         self._cached_key: tuple[tuple[str, int, bytes], bytes] | None = None
+        self._planned: tuple[str, int, int] | None = None  # a HELLO the policy started on its own
 
     def __repr__(self) -> str:
         return f"SimDevice({self.hex} -> {self.gateway_id})"
@@ -163,6 +165,9 @@ class SimDevice:
 
     def _next_hello(self, now: float) -> tuple[str, int, int]:
         """The policy's next HELLO (gateway, epoch, counter), now: the scenario decides when to try."""
+        if self._planned is not None:  # the policy started it on a no-session signal
+            planned, self._planned = self._planned, None
+            return planned
         p = self.policy
         actions = p.reauth(now) if p.online else p.connected(now)
         hello = self._apply(actions)
@@ -191,6 +196,12 @@ class SimDevice:
     def _on_message(self, topic: bytes, payload: bytes) -> None:
         t = topic.decode()
         if t == self.down:
+            if wire.no_session_signal(payload):  # the gateway lost our session: the policy decides
+                self.stats.no_session_signals += 1
+                planned = self._apply(self.policy.no_session(self.gateway_id, self._clock()))
+                if planned is not None:  # the session is gone; the next authenticate() sends this HELLO
+                    self._planned = planned
+                return
             if self.role is None:
                 return
             reply, event = self.role.receive(payload, self._clock())

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from device_agent.core import events as ev
 from device_agent.core import gateway as core_gateway
-from device_agent.core import topics
+from device_agent.core import topics, wire
 from device_agent.core.session import Session
 
 from .defence import DataLimiter, Defence
@@ -29,6 +29,8 @@ log = logging.getLogger("diams.gateway.traffic")
 
 _FAILURES = frozenset({"bad_otp", "bad_proof", "timeout", "stale_epoch", "clone"})
 AUDIT_EVERY = 10.0  # seconds between audit records of repeated rejections for one device
+NO_SESSION_EVERY = 1.0  # seconds between "no session" signals to one device
+NO_SESSION_REJECT = wire.encode(wire.REJECT, wire.NO_SESSION, 0)
 
 
 class Traffic:
@@ -61,6 +63,7 @@ class Traffic:
         self._quarantine = d.clone_quarantine
         self._max_staleness = s.offline.max_staleness
         self._audited: dict[tuple[bytes, str], float] = {}
+        self._signalled: dict[bytes, float] = {}  # device -> when it was last told "no session"
 
     def __repr__(self) -> str:
         return f"Traffic({self.gateway_id}, sessions={len(self.sessions)})"
@@ -178,6 +181,7 @@ class Traffic:
         session = self.sessions.get(did)
         if session is None:
             self.metrics.inc("data_dropped", "no_session")
+            self._no_session(did)
             return
         now = self.gw._clock()
         limited = self.data_limiter.admit(did, now)  # before the MAC: a flood costs a dict look-up
@@ -206,6 +210,25 @@ class Traffic:
         assert data is not None
         self.metrics.inc("data_verified")
         self.gw.publish(topics.verified(self.gateway_id, did.hex(), name), data)
+
+    def _no_session(self, did: bytes) -> None:
+        """Data came without a session (this gateway restarted, or lifted a quarantine): tell the device,
+        at most once per ``NO_SESSION_EVERY`` seconds, so that it re-authenticates instead of sending
+        into the void. The signal is an unauthenticated REJECT on its handshake topic: a forged one can
+        at most make a device run one handshake (the agents' policy ignores it within a few seconds of
+        a success and while a handshake runs)."""
+        if did not in self.gw.devices.entries:
+            return  # not a device this gateway serves: nothing to offer it
+        now = self.gw._clock()
+        last = self._signalled.get(did)
+        if last is not None and now - last < NO_SESSION_EVERY:
+            return
+        if len(self._signalled) > 100_000:
+            self._signalled.clear()
+        self._signalled[did] = now
+        self.metrics.inc("no_session_signals")
+        self._audit_rejection(did, "data_no_session", now)
+        self.gw.publish(topics.handshake_down(self.gateway_id, did.hex()), NO_SESSION_REJECT, qos=0)
 
     def send_command(self, did: bytes, name: str, payload: bytes) -> bool:
         """Send a MAC'd COMMAND to an authenticated device; False when it has no session."""

@@ -27,6 +27,9 @@ REASONS = (
     "bad_result",         # 16 device side: RESULT tag does not verify
     "forged",             # 17 data/command MAC does not verify
     "expired",            # 18 session lifetime over
+    "no_session",         # 19 gateway -> device, REJECT on the handshake topic: "I hold no session for
+                          #    you" (it restarted, or lifted a quarantine); unauthenticated: at most
+                          #    one handshake follows (core/policy.py, AgentPolicy.no_session)
 )
 
 
