@@ -26,11 +26,22 @@ from pathlib import Path
 
 from device_agent.core import events
 from firmware_sim.device import SimDevice
+from gateway.mqtt import MqttConnectError
 from tests.gateway.helpers import verified_listener
 from tests.gateway.stack import site, start_gateway, stop_gateway
 
 N = int(os.environ.get("BENCH_RESTART_DEVICES", "1000"))
 PERIOD = 1.0
+
+
+async def _connect(dev: SimDevice) -> None:
+    for _ in range(60):
+        try:
+            await dev.connect(timeout=30)
+            return
+        except MqttConnectError:
+            await asyncio.sleep(0.5)
+    await dev.connect(timeout=30)
 
 
 async def _stream(dev: SimDevice, sent: list[int], stop: asyncio.Event) -> None:
@@ -51,8 +62,8 @@ async def _run(tmp: Path) -> dict[str, float]:
     async with site(tmp, n_devices=N) as s:
         gw = s.gateways["gw-a"]
         devs = [s.sim(i) for i in range(N)]
-        for i in range(0, N, 100):
-            await asyncio.gather(*(d.connect(timeout=30) for d in devs[i : i + 100]))
+        for i in range(0, N, 100):  # the broker learns the enrolments from the index (batched reloads)
+            await asyncio.gather(*(_connect(d) for d in devs[i : i + 100]))
         listener, got = await verified_listener(s.broker.port, gw)
         stop = asyncio.Event()
         sent: dict[bytes, list[int]] = {d.device_id: [] for d in devs}

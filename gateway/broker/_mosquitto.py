@@ -82,6 +82,7 @@ UnconfirmedHandler = Callable[[str, int, bool], None]
 # (13 + 16,384 bytes) plus its topic; the gateway's own client refuses packets over 1 MiB by closing
 # its connection, so without this limit one device could disconnect its gateway with a 2 MiB publish.
 MAX_PACKET_SIZE = 65_536
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
 
 
 def mosquitto_config_lines(
@@ -98,6 +99,8 @@ def mosquitto_config_lines(
         "use_username_as_clientid true",
         "set_tcp_nodelay true",
         f"max_packet_size {int(max_packet_size)}",
+        # bounded memory per client: QoS 1 messages queued for a slow or absent subscriber
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
     ]
 
 
