@@ -344,6 +344,15 @@ class Gateway:
         if self._enforcer is not None and (cut or enroll) and self._tasks is not None:
             self._tasks.create_task(self._apply_changes(cut, enroll))
 
+    @property
+    def per_device_rights(self) -> bool:
+        """The broker enforces authentication state too (Grant at authentication, Demote at its end)."""
+        return isinstance(self._enforcer, MosquittoEnforcer) and self._enforcer.rights == "per_device"
+
+    async def apply_broker_changes(self, changes: list[Any]) -> None:
+        if self._enforcer is not None:
+            await self._enforcer.apply(changes)
+
     def cut_off(self, device_ids: list[bytes]) -> None:
         """Cut devices off at the broker now (in the background)."""
         if self._enforcer is not None and self._tasks is not None and device_ids:

@@ -20,6 +20,7 @@ from device_agent.core import gateway as core_gateway
 from device_agent.core import topics, wire
 from device_agent.core.session import Session
 
+from .broker import Demote, Grant
 from .defence import DataLimiter, Defence
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class Traffic:
             now=gw._clock(),
         )
         self._quarantine = d.clone_quarantine
+        self._per_device = gw.per_device_rights
         self._max_staleness = s.offline.max_staleness
         self._audited: dict[tuple[bytes, str], float] = {}
         self._signalled: dict[bytes, float] = {}  # device -> when it was last told "no session"
@@ -104,6 +106,7 @@ class Traffic:
             return
         reply, events = self.role.receive(did, payload, now)
         durable = None
+        granted = False
         for e in events:
             t = type(e)
             if t is core_gateway.CounterAccepted:
@@ -114,6 +117,7 @@ class Traffic:
                     gw.audit.append("counter_resync", device=did.hex(), counter=e.counter, jump=e.jump)
             elif t is ev.Authenticated:
                 self._authenticated(did, e.session, now)
+                granted = self._per_device
             elif t is ev.Rejected:
                 self._rejected(did, e.reason, e.counter, now)
             elif t is core_gateway.CloneDetected:
@@ -121,7 +125,9 @@ class Traffic:
         if reply is None:
             return
         topic = topics.handshake_down(self.gateway_id, did.hex())
-        if durable is None:
+        if granted:  # per_device rights: the RESULT leaves once the broker lets the device send data
+            gw.background(self._grant_then_send(did, topic, reply))
+        elif durable is None:
             gw.publish(topic, reply)
         else:
             durable.add_done_callback(lambda f: self._after_commit(f, topic, reply))
@@ -172,9 +178,35 @@ class Traffic:
             self.drop_session(did, "clone")
             gw.cut_off([did])
 
+    async def _grant_then_send(self, did: bytes, topic: str, reply: bytes) -> None:
+        """``enforcement.rights = "per_device"``: Grant the device its policy's streams at the broker,
+        and send the RESULT only once the broker enforces it (a reload: up to ~1 s, batched)."""
+        served = self.gw.devices.served.get(did)
+        streams = served.publish if served is not None else frozenset()
+        try:
+            await self.gw.apply_broker_changes([Grant(device_id=did.hex(), streams=streams)])
+        except Exception as exc:
+            log.error("grant for %s failed (%s): session withdrawn", did.hex(), exc)
+            self.metrics.inc("handshake_refused", "grant_failed")
+            self.drop_session(did, "grant_failed")
+            return
+        if did in self.sessions:
+            self.metrics.inc("grants")
+            self.gw.publish(topic, reply)
+
     def drop_session(self, did: bytes, why: str) -> None:
         if self.sessions.pop(did, None) is not None:
             self.metrics.inc("sessions_ended", why)
+            if self._per_device:  # back to handshake topics only at the broker
+                self.gw.background(self._demote(did))
+
+    async def _demote(self, did: bytes) -> None:
+        try:
+            await self.gw.apply_broker_changes([Demote(device_id=did.hex())])
+            self.metrics.inc("demotes")
+        except Exception as exc:
+            log.error("demote of %s failed (%s)", did.hex(), exc)
+            self.metrics.inc("enforcement_errors")
 
     # ---- data ----
     def on_data(self, did: bytes, stream: bytes, payload: bytes) -> None:

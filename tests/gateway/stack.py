@@ -17,6 +17,7 @@ from gateway.broker import (
     BrokerSecret,
     ConnectionLog,
     MosquittoEnforcer,
+    RightsMode,
     mosquitto_config_lines,
 )
 from gateway.service import Gateway
@@ -117,6 +118,7 @@ async def site(
     policy_streams: tuple[str, ...] = ("telemetry", "status"),
     gateway_settings: dict[str, Any] | None = None,
     ledger_backend: Any = None,
+    rights: RightsMode = "patterns",
 ) -> AsyncIterator[Site]:
     """``gateway_settings``: keyword overrides for every gateway (``protocol=``, ``defence=``,
     ``offline=``, ``ledger=``), as ``start_gateway`` takes them. ``ledger_backend``: eth-tester when None."""
@@ -129,7 +131,7 @@ async def site(
         acl_file=acl_file,
         reload=broker.reload,
         broker_address=(broker.host, broker.port),
-        rights="patterns",
+        rights=rights,
         min_reload_interval=0.3,
         urgent_reload_interval=0.1,
         file_group=broker.file_group,
