@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,8 +56,10 @@ class SimDevice:
         counter: int = 0,
         firmware_hash: bytes | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.identity = identity
+        self.tls = tls  # MQTT over TLS with this context (verifies the broker), else plain TCP
         self.device_id = identity.device_id
         self.hex = self.device_id.hex()
         self.gateway_id = gateway_id
@@ -115,6 +118,7 @@ class SimDevice:
             on_message=self._on_message,
             keepalive=120,
             timeout=timeout,
+            tls=self.tls,
         )
         commands = topics.topic_filter(topics.COMMAND, self.gateway_id, self.hex)
         await self.client.subscribe([(self.down, 1), (commands, 1)])

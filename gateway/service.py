@@ -108,6 +108,7 @@ class Gateway:
         self._broker_password = broker_password
         self._clock = clock
         self._random = random_bytes
+        self._tls = settings.broker.tls_context()
         self._signer: Any = None
         self._cut_failed: set[str] = set()  # revoked devices the broker still shows connected
         self._source: LedgerSource | None = None
@@ -248,6 +249,7 @@ class Gateway:
             acl_file=e.acl_file,
             reload=reload,
             broker_address=(self.settings.broker.host, self.settings.broker.port),
+            broker_tls=self._tls,
             rights=e.rights,  # type: ignore[arg-type]
             file_group=e.file_group,
             connection_log=None if e.broker_log is None else ConnectionLog(e.broker_log),
@@ -464,6 +466,7 @@ class Gateway:
                     on_message=self.traffic.on_message,
                     keepalive=b.keepalive,
                     timeout=b.connect_timeout,
+                    tls=self._tls,
                 )
                 await client.subscribe(self.traffic.subscriptions())
             except MqttError as exc:

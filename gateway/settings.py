@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,16 @@ class BrokerSettings:
     keepalive: int = 30
     connect_timeout: float = 10.0
     accounts: int = 1  # broker usernames for this gateway: gateway-<id>, gateway-<id>.1, ... (local tools)
+    tls_ca: Path | None = None  # MQTT over TLS: the CA file that signed the broker's certificate
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The client TLS context (certificate and host name verified), or None for plain TCP."""
+        if self.tls_ca is None:
+            return None
+        try:
+            return ssl.create_default_context(cafile=str(self.tls_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(f"broker.tls_ca: cannot load {self.tls_ca} ({exc})") from None
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

@@ -12,6 +12,7 @@ needed for CONNECT/SUBSCRIBE/PUBLISH/DISCONNECT, so this speaks the few packets 
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 from dataclasses import dataclass
 
@@ -85,12 +86,30 @@ def _read_version(sock: socket.socket) -> str | None:
                 return body[2 + size :].decode("utf-8", "replace")
 
 
+def open_socket(host: str, port: int, timeout: float, tls: ssl.SSLContext | None) -> socket.socket:
+    """A TCP connection to the broker (TLS when ``tls``: the broker's certificate and name verified)."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is None:
+        return sock
+    try:
+        return tls.wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
+
+
 def canary_login(
-    host: str, port: int, password: str, timeout: float, *, read_version: bool = True
+    host: str,
+    port: int,
+    password: str,
+    timeout: float,
+    *,
+    read_version: bool = True,
+    tls: ssl.SSLContext | None = None,
 ) -> CanaryAnswer:
     """Log in with the canary ``password``; when accepted, also read the broker version. Raises OSError."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with open_socket(host, port, timeout, tls) as sock:
         sock.sendall(connect_packet(CANARY_USERNAME, password))
         connack = _recv_exact(sock, 4)
         if connack is None:

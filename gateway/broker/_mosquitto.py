@@ -45,17 +45,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
 import signal
-import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal
 
-from ._canary import CANARY_USERNAME, CanaryAnswer, canary_login, connect_packet
+from ._canary import CANARY_USERNAME, CanaryAnswer, canary_login, connect_packet, open_socket
 from ._connections import ConnectionLog
 from ._errors import ReloadFailed, UnknownDevice
 from ._interface import AuthorizeGateway, BrokerEnforcer, Change, CutOff, Demote, Enroll, Grant, RemoveGateway
@@ -149,7 +150,8 @@ class MosquittoEnforcer(BrokerEnforcer):
         on_unconfirmed: UnconfirmedHandler | None = None,
         confirm_timeout: float = 1.0,
         kick_attempts: int = 3,
-        canary_probe: CanaryProbe = canary_login,
+        canary_probe: CanaryProbe | None = None,
+        broker_tls: ssl.SSLContext | None = None,
     ) -> None:
         if min_reload_interval < 0 or urgent_reload_interval < 0:
             raise ValueError("reload intervals must be >= 0")
@@ -189,7 +191,8 @@ class MosquittoEnforcer(BrokerEnforcer):
         self.on_unconfirmed = on_unconfirmed
         self.confirm_timeout = confirm_timeout
         self.kick_attempts = kick_attempts
-        self.canary_probe = canary_probe
+        self.broker_tls = broker_tls  # the canary and kick logins speak TLS when the broker does
+        self.canary_probe: CanaryProbe = canary_probe or functools.partial(canary_login, tls=broker_tls)
         self._removed: set[str] = set()  # devices removed since the last publication: to confirm
         self.confirmed_count = 0
         self.unconfirmed_count = 0
@@ -437,7 +440,7 @@ class MosquittoEnforcer(BrokerEnforcer):
         if self._broker_address is not None:
             host, port = self._broker_address
             try:
-                with socket.create_connection((host, port), timeout=self.reload_timeout) as sock:
+                with open_socket(host, port, self.reload_timeout, self.broker_tls) as sock:
                     sock.sendall(connect_packet(device_id, kick, client_id=device_id))
                     sock.recv(4)
                     sock.sendall(b"\xe0\x00")  # DISCONNECT

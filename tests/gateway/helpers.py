@@ -23,7 +23,7 @@ async def eventually(predicate: Callable[[], object], timeout: float = 5.0) -> b
 
 
 async def verified_listener(
-    port: int, gw: Any, topic: str = topics.every(topics.VERIFIED)
+    port: int, gw: Any, topic: str = topics.every(topics.VERIFIED), tls: Any = None
 ) -> tuple[MqttClient, list[Any]]:
     """Applications read verified data; tests listen with the gateway's second broker account."""
     got: list[Any] = []
@@ -35,6 +35,7 @@ async def verified_listener(
         username=user,
         password=gw._broker_password,
         on_message=lambda t, p: got.append((t, p)),
+        tls=tls,
     )
     await c.subscribe([(topic, 1)])
     return c, got

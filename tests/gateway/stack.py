@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from ledger_bridge.index import onchain_gateway_id
 from ledger_bridge.sealing import generate_gateway_key
 from tests.conftest import require
 from tests.mosquitto import MosquittoBroker, mosquitto_binary
+from tests.tls import make_test_ca
 
 ETH = 10**18
 POLICY = hashlib.sha256(b"policy: sensors").digest()
@@ -50,8 +52,11 @@ class Site:
     gateways: dict[str, Gateway] = field(default_factory=dict)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     keys: dict[str, GatewayPublicKey] = field(default_factory=dict)
+    tls_ca: Path | None = None  # the broker listens with TLS only (certificate from this test CA)
 
     def sim(self, i: int, gateway_id: str = "gw-a", **kw: Any) -> SimDevice:
+        if self.tls_ca is not None:
+            kw.setdefault("tls", ssl.create_default_context(cafile=str(self.tls_ca)))
         return SimDevice(
             self.devices[i], gateway_id=gateway_id, host="127.0.0.1", port=self.broker.port, **kw
         )
@@ -106,7 +111,7 @@ async def stop_gateway(site: Site, gateway_id: str) -> None:
 def _broker_settings(site: Site) -> Any:
     from gateway.settings import BrokerSettings
 
-    return BrokerSettings(host="127.0.0.1", port=site.broker.port, accounts=2)
+    return BrokerSettings(host="127.0.0.1", port=site.broker.port, accounts=2, tls_ca=site.tls_ca)
 
 
 @contextlib.asynccontextmanager
@@ -119,6 +124,7 @@ async def site(
     gateway_settings: dict[str, Any] | None = None,
     ledger_backend: Any = None,
     rights: RightsMode = "patterns",
+    tls: bool = False,
 ) -> AsyncIterator[Site]:
     """``gateway_settings``: keyword overrides for every gateway (``protocol=``, ``defence=``,
     ``offline=``, ``ledger=``), as ``start_gateway`` takes them. ``ledger_backend``: eth-tester when None."""
@@ -126,11 +132,16 @@ async def site(
     broker = MosquittoBroker()
     password_file, acl_file = broker.directory / "passwords", broker.directory / "acl"
     broker.extra_config = mosquitto_config_lines(password_file, acl_file)
+    ca = None
+    if tls:  # the one listener speaks TLS only, with a certificate from a fresh test CA
+        ca = make_test_ca(broker.directory, write=broker.write_file)
+        broker.extra_config += ca.mosquitto_lines()
     enforcer = MosquittoEnforcer(
         password_file=password_file,
         acl_file=acl_file,
         reload=broker.reload,
         broker_address=(broker.host, broker.port),
+        broker_tls=None if ca is None else ssl.create_default_context(cafile=str(ca.ca_file)),
         rights=rights,
         min_reload_interval=0.3,
         urgent_reload_interval=0.1,
@@ -164,7 +175,8 @@ async def site(
                 ProvisionedDevice.generate(model="diams-sensor", serial=f"SN{i:05d}", firmware_hash=FIRMWARE)
                 for i in range(n_devices)
             ]
-            the_site = Site(broker=broker, ledger=ledger, actors=actors, devices=devices)
+            the_site = Site(broker=broker, ledger=ledger, actors=actors, devices=devices,
+                            tls_ca=None if ca is None else ca.ca_file)
             gw_keys = []
             for gid in gateway_ids:
                 pub = generate_gateway_key(tmp / f"{gid}.key")
