@@ -79,6 +79,7 @@ class AgentConfig:
     reconnect_base_s: float = 5.0
     counter_block: int = 16
     streams: tuple[StreamConfig, ...] = field(default_factory=tuple)
+    broker_tls_ca: Path | None = None  # MQTT over TLS: the CA that signed the broker's certificate
 
     def __post_init__(self) -> None:
         if not _T.is_device_id(self.device_id):
@@ -161,6 +162,7 @@ def config_from_mapping(data: Mapping[str, Any], *, base: Path = Path("."),
             reconnect_base_s=float(backoff.get("reconnect_base_s", 5.0)),
             counter_block=int(counters.get("block", 16)),
             streams=streams,
+            broker_tls_ca=(base / str(broker["tls_ca"])) if broker.get("tls_ca") else None,
         )
     except KeyError as exc:
         raise ConfigError(f"missing setting {exc.args[0]!r}") from None
