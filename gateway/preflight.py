@@ -103,6 +103,7 @@ def check_static(settings: GatewaySettings) -> tuple[X25519PrivateKey, Any]:
     """Everything that needs no network: secret files, key lengths, addresses. -> (key, signer)."""
     key = load_key(settings)
     read_broker_password(settings)
+    settings.broker.tls_context()  # broker.tls_ca: a readable CA file
     check_addresses(settings)
     return key, load_ledger_signer(settings)
 

@@ -83,7 +83,7 @@ def test_check_config_exit_codes(tmp_path, capsys, monkeypatch):
     (tmp_path / "ledger.keystore").write_bytes(b"x")
     (tmp_path / "ledger.keystore").chmod(0o600)
     bad = tmp_path / "bad.toml"
-    bad.write_text(EXAMPLE.read_text().replace("port = 1883", "port = 99999"))
+    bad.write_text(EXAMPLE.read_text().replace("port = 8883", "port = 99999"))
     assert main(["check-config", "--config", str(bad)]) == 2
     assert "configuration error: broker.port must be 1..65535, got 99999" in capsys.readouterr().err
     assert main(["check-config", "--config", str(tmp_path / "missing.toml")]) == 2
