@@ -2,13 +2,13 @@
 from the stop until every device's data verify again (target ≤ 10 s).
 
 Setup: ``tests.gateway.stack.site`` (a private mosquitto with the enforcer's files, an in-process
-EVM, the gateway daemon in this process) with ``BENCH_RESTART_DEVICES`` (default 1,000) devices, each a
-``SimDevice`` on its own MQTT connection, all in this process (so the load generator competes with the
-gateway for the 2 cores). Each device authenticates, then sends one DATA message every second (its
-agent's behaviour: when its policy ends the session on the gateway's no-session signal, it
-authenticates again first). The devices' last handshake is more than ``min_reauth`` (10 s) old when the
-gateway stops, as in the field. The gateway is stopped (sessions gone with its memory), 0.5 s pass,
-and it starts again on the same state directory.
+EVM, the gateway daemon in this process) with ``BENCH_RESTART_DEVICES`` devices (default 300; the
+issue's figure is for 1,000), each a ``SimDevice`` on its own MQTT connection, all in this process
+(so the load generator competes with the gateway for the 2 cores). Each device authenticates, then
+sends one DATA message every second (its agent's behaviour: when its policy ends the session on the
+gateway's no-session signal, it authenticates again first). The devices' last handshake is more than
+``min_reauth`` (10 s) old when the gateway stops, as in the field. The gateway is stopped (sessions
+gone with its memory), 0.5 s pass, and it starts again on the same state directory.
 
 ``gateway_restart_lost_messages``: DATA messages sent and never verified (the ones sent into the gap and
 before each device learnt it had no session; nothing is lost silently: each such message is counted
@@ -30,7 +30,8 @@ from gateway.mqtt import MqttConnectError
 from tests.gateway.helpers import verified_listener
 from tests.gateway.stack import site, start_gateway, stop_gateway
 
-N = int(os.environ.get("BENCH_RESTART_DEVICES", "1000"))
+# 1,000 is the issue's fleet; the in-process EVM's index sync makes that run take ~5 min here: default 300
+N = int(os.environ.get("BENCH_RESTART_DEVICES", "300"))
 PERIOD = 1.0
 
 
@@ -62,6 +63,12 @@ async def _run(tmp: Path) -> dict[str, float]:
     async with site(tmp, n_devices=N) as s:
         gw = s.gateways["gw-a"]
         devs = [s.sim(i) for i in range(N)]
+        deadline = time.monotonic() + 300  # the gateway's index catches up with the onboarding first
+        while len(gw.devices) < N or gw._enforcer.device_count < N:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway knows {len(gw.devices)} of {N} devices after 300 s")
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.5)  # the enforcer's batched reload
         for i in range(0, N, 100):  # the broker learns the enrolments from the index (batched reloads)
             await asyncio.gather(*(_connect(d) for d in devs[i : i + 100]))
         listener, got = await verified_listener(s.broker.port, gw)
