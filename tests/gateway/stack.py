@@ -35,7 +35,7 @@ from ledger_bridge.enrollment import GatewayPublicKey, ProvisionedDevice, onboar
 from ledger_bridge.index import onchain_gateway_id
 from ledger_bridge.sealing import generate_gateway_key
 from tests.conftest import require
-from tests.mosquitto import MosquittoBroker, mosquitto_binary
+from tests.mosquitto import MosquittoBroker, free_port, mosquitto_binary
 from tests.tls import make_test_ca
 
 ETH = 10**18
@@ -53,13 +53,13 @@ class Site:
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     keys: dict[str, GatewayPublicKey] = field(default_factory=dict)
     tls_ca: Path | None = None  # the broker listens with TLS only (certificate from this test CA)
+    plain_port: int | None = None  # with tls and plain_listener: a plain loopback listener too
 
     def sim(self, i: int, gateway_id: str = "gw-a", **kw: Any) -> SimDevice:
         if self.tls_ca is not None:
             kw.setdefault("tls", ssl.create_default_context(cafile=str(self.tls_ca)))
-        return SimDevice(
-            self.devices[i], gateway_id=gateway_id, host="127.0.0.1", port=self.broker.port, **kw
-        )
+        port = self.broker.port if kw.get("tls") is not None or self.plain_port is None else self.plain_port
+        return SimDevice(self.devices[i], gateway_id=gateway_id, host="127.0.0.1", port=port, **kw)
 
 
 async def start_gateway(
@@ -125,6 +125,7 @@ async def site(
     ledger_backend: Any = None,
     rights: RightsMode = "patterns",
     tls: bool = False,
+    plain_listener: bool = False,
 ) -> AsyncIterator[Site]:
     """``gateway_settings``: keyword overrides for every gateway (``protocol=``, ``defence=``,
     ``offline=``, ``ledger=``), as ``start_gateway`` takes them. ``ledger_backend``: eth-tester when None."""
@@ -133,9 +134,13 @@ async def site(
     password_file, acl_file = broker.directory / "passwords", broker.directory / "acl"
     broker.extra_config = mosquitto_config_lines(password_file, acl_file)
     ca = None
+    plain_port = None
     if tls:  # the one listener speaks TLS only, with a certificate from a fresh test CA
         ca = make_test_ca(broker.directory, write=broker.write_file)
         broker.extra_config += ca.mosquitto_lines()
+        if plain_listener:  # and a second, plain listener on loopback (same accounts): TLS vs plain
+            plain_port = free_port()
+            broker.extra_config.append(f"listener {plain_port} 127.0.0.1")
     enforcer = MosquittoEnforcer(
         password_file=password_file,
         acl_file=acl_file,
@@ -176,7 +181,7 @@ async def site(
                 for i in range(n_devices)
             ]
             the_site = Site(broker=broker, ledger=ledger, actors=actors, devices=devices,
-                            tls_ca=None if ca is None else ca.ca_file)
+                            tls_ca=None if ca is None else ca.ca_file, plain_port=plain_port)
             gw_keys = []
             for gid in gateway_ids:
                 pub = generate_gateway_key(tmp / f"{gid}.key")
