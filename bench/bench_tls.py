@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import tempfile
 import time
 from pathlib import Path
@@ -63,7 +64,10 @@ async def _run(tmp: Path) -> dict[str, float]:
         await asyncio.gather(*(d.connect(timeout=30) for d in plain))
         plain_rate = await _rate(plain)
         await asyncio.gather(*(d.close() for d in plain), return_exceptions=True)
-        tls = [s.sim(i) for i in range(DEVICES)]
+        tls = plain  # the same devices (their counters go on), now over TLS
+        context = ssl.create_default_context(cafile=str(s.tls_ca))
+        for d in tls:
+            d.tls, d.port = context, s.broker.port
         t0 = time.perf_counter()
         for i in range(0, DEVICES, 50):
             await asyncio.gather(*(d.connect(timeout=30) for d in tls[i : i + 50]))
