@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from firmware_sim.mpy import agent as mpyagent
+from firmware_sim.mpy import runner
 from gateway.mqtt import MqttClient
 from ledger_bridge.enrollment import ProvisionedDevice, onboard
 from tests.agent.helpers import Device, running
 from tests.conftest import require
 from tests.gateway.stack import POLICY, Site, site
-from tests.micropython import runner
-from tests.micropython_agent import mpyagent
 
 pytestmark = pytest.mark.asyncio
 

@@ -14,7 +14,7 @@ from web3 import AsyncWeb3, Web3
 
 from ledger_bridge.backends import LedgerBackend
 from ledger_bridge.embedded import EmbeddedBackend, EmbeddedChain, EmbeddedChainError
-from tests.ledger_embedded._contract import DEPLOY_GAS, INITCODE, STORE_GAS, STORED_TOPIC, signed, word
+from ledger_bridge.embedded._probe import DEPLOY_GAS, INITCODE, STORE_GAS, STORED_TOPIC, signed, word
 
 ACTOR = Account.from_key(b"\x11" * 32)
 OTHER = Account.from_key(b"\x22" * 32)

@@ -13,17 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from firmware_sim.broker import mosquitto_binary
 from tests.conftest import require
-from tests.mosquitto import mosquitto_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def run_root():
-    """Not tmp_path: pytest's base directory is 0700, and the broker (user mosquitto) must reach its files."""
+    """A 0700 directory, as ``mktemp -d`` or root's home gives: run as root, the broker drops to the user
+    ``mosquitto``, which cannot traverse it (the demo must still work: firmware_sim.broker)."""
     root = Path(tempfile.mkdtemp(prefix="diams-demo-test-"))
-    root.chmod(0o755)
+    assert root.stat().st_mode & 0o777 == 0o700
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
