@@ -168,9 +168,9 @@ class GatewayRole:
 
     def _on_proof(self, device_id, payload, now):
         tag = wire.decode(payload, wire.PROOF)[0]
-        p = self._pending.get(device_id)
         if states.advance(states.GATEWAY, self.state_of(device_id), "proof") is None:
             return None, [Rejected(device_id, "unexpected")]
+        p = self._pending[device_id]
         if now > p.deadline:
             self._advance(device_id, "timeout")
             return self._reject(device_id, "timeout", p.counter)
