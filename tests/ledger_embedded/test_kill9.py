@@ -21,7 +21,7 @@ from eth_account import Account
 from web3 import Web3
 
 from ledger_bridge.embedded import EmbeddedChain
-from tests.ledger_embedded._contract import word
+from ledger_bridge.embedded._probe import word
 
 REPO = Path(__file__).resolve().parents[2]
 ACTOR = Account.from_key(b"\x33" * 32)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.micropython import runner
+from firmware_sim.mpy import runner
 
 REPO = runner.REPO
 VENDOR = REPO / ".vendor" / "micropython"
