@@ -33,6 +33,7 @@ class Site:
     gateways: dict[str, Gateway] = field(default_factory=dict)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     keys: dict[str, GatewayPublicKey] = field(default_factory=dict)
+    enforcer: MosquittoEnforcer | None = None  # the broker's, managed by the first gateway
 
     def sim(self, i: int, gateway_id: str = "gw-a", **kw: Any) -> SimDevice:
         return SimDevice(
@@ -115,6 +116,7 @@ async def site(
                 actors=actors,
                 devices=list(enrolled.devices),
                 keys=dict(enrolled.gateway_keys),
+                enforcer=enforcer,
             )
             first = True
             try:
