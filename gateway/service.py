@@ -30,7 +30,7 @@ from ledger_bridge.heads import HeadWatcher
 from ledger_bridge.index import IdentityIndex, LedgerSource, SyncReport
 from ledger_bridge.sealing import load_gateway_key
 
-from .audit import AuditLog
+from .audit import AuditLog, AuditUnavailable
 from .broker import (
     AuthorizeGateway,
     BrokerEnforcer,
@@ -307,7 +307,11 @@ class Gateway:
         cut, enroll = self.devices.refresh(report.changed)
         for did in cut:
             self.traffic.drop_session(did, "ledger")
-            self.audit.append("cut_off", device=did.hex(), block=report.to_block)
+            try:
+                self.audit.append("cut_off", device=did.hex(), block=report.to_block)
+            except AuditUnavailable as exc:  # the cut-off happens whether or not it can be recorded
+                self.metrics.inc("audit_unavailable", "cut_off")
+                log.error("audit record cut_off not written: %s", exc)
             self.metrics.inc("cut_off")
         if self._enforcer is not None and (cut or enroll) and self._tasks is not None:
             self._tasks.create_task(self._apply_changes(cut, enroll))
