@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.core import events
-from gateway.mqtt import MqttClient, MqttConnectError, MqttError
+from gateway.mqtt import MqttConnectError, MqttError
 from ledger_bridge.enrollment import ProvisionedDevice
 
 from .demo import GATEWAY_ID, ROOT, Demo, Process, _http_get, say
@@ -54,7 +54,15 @@ from .scenarios import ScenarioParams, identities_needed, run_scenario
 
 __all__ = ["Campaign", "main"]
 
-FAULTS = ("kill_gateway", "kill_broker", "kill_ledger", "cpu_stress", "clock_jump", "disk_full", "kill_mid_handshake")
+FAULTS = (
+    "kill_gateway",
+    "kill_broker",
+    "kill_ledger",
+    "cpu_stress",
+    "clock_jump",
+    "disk_full",
+    "kill_mid_handshake",
+)
 SCENARIO_ATTACKS = ("replay", "clone", "firmware_mismatch", "counter_window")
 ATTACKS = (*SCENARIO_ATTACKS, "revocation", "junk_flood", "brute_force")
 STATE_TMPFS_BYTES = 32 * 1024 * 1024
@@ -88,8 +96,16 @@ class VerifiedObserver(Observer):
 
 
 class Campaign:
-    def __init__(self, *, run_dir: Path, devices: int, seconds: float, seed: int,
-                 recovery_bound_s: float = 10.0, cutoff_bound_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        run_dir: Path,
+        devices: int,
+        seconds: float,
+        seed: int,
+        recovery_bound_s: float = 10.0,
+        cutoff_bound_s: float = 1.0,
+    ) -> None:
         self.dir = run_dir
         self.n_devices = devices
         self.seconds = seconds
@@ -138,8 +154,8 @@ class Campaign:
         return fleet[: self.n_devices], fleet[self.n_devices :], site
 
     def _plan(self) -> Any:
-        from .site import SitePlan
         from .demo import FIRMWARE, POLICY
+        from .site import SitePlan
 
         return SitePlan(
             gateway_ids=(GATEWAY_ID,),
@@ -151,7 +167,7 @@ class Campaign:
         )
 
     def mount_state_dir(self) -> None:
-        """The gateway's state directory on a tmpfs of its own, so the disk-full fault touches nothing else."""
+        """The gateway's state directory on a tmpfs of its own: the disk-full fault touches nothing else."""
         state = self.dir / "gateway" / GATEWAY_ID
         state.mkdir(parents=True, exist_ok=True)
         if os.geteuid() != 0:
@@ -159,7 +175,9 @@ class Campaign:
             return
         out = subprocess.run(  # noqa: S603 - fixed argv
             ["/bin/mount", "-t", "tmpfs", "-o", f"size={STATE_TMPFS_BYTES},mode=0700", "tmpfs", str(state)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if out.returncode != 0:
             say(f"could not mount a tmpfs for the gateway's state ({out.stderr.strip()}): no disk-full fault")
@@ -275,7 +293,9 @@ class Campaign:
             assert self.ledger_argv is not None
             ready = self.dir / "ledger" / "node.url"
             ready.unlink(missing_ok=True)
-            demo.children.insert(0, Process("ledger-node", self.ledger_argv, self.dir / "ledger" / "node.log"))
+            demo.children.insert(
+                0, Process("ledger-node", self.ledger_argv, self.dir / "ledger" / "node.log")
+            )
             deadline = time.monotonic() + 60
             while not ready.exists() and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
@@ -283,8 +303,14 @@ class Campaign:
         elif kind == "cpu_stress":
             seconds = self.rng.randint(15, 25)
             proc = await asyncio.create_subprocess_exec(
-                "stress-ng", "--cpu", str(os.cpu_count() or 2), "--timeout", f"{seconds}s", "--quiet",
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                "stress-ng",
+                "--cpu",
+                str(os.cpu_count() or 2),
+                "--timeout",
+                f"{seconds}s",
+                "--quiet",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
             )
             await proc.wait()
             note = f"{seconds} s on {os.cpu_count()} cores"
@@ -338,7 +364,9 @@ class Campaign:
         devs = [site.device(i) for i in site.take(2)]
         ok = 0
         for dev in devs:
-            if not await site.connect(dev) or not isinstance(await site.authenticate(dev), events.Authenticated):
+            if not await site.connect(dev) or not isinstance(
+                await site.authenticate(dev), events.Authenticated
+            ):
                 continue
             assert dev.client is not None
             t_revoke = self.now()
@@ -360,8 +388,11 @@ class Campaign:
                 Revocation(device=dev.hex, revoked_at=t_revoke, cut_off_at=cut_at, refused_after=refused)
             )
             ok += 1
-        return AttackOutcome(name="revocation", held=ok == len(devs),
-                             detail=f"{ok} of {len(devs)} devices authenticated, revoked and checked")
+        return AttackOutcome(
+            name="revocation",
+            held=ok == len(devs),
+            detail=f"{ok} of {len(devs)} devices authenticated, revoked and checked",
+        )
 
     async def _junk_flood(self, site: SiteAccess) -> AttackOutcome:
         """An enrolled device's account sends junk of every size on its own topics for 5 s."""
@@ -381,8 +412,11 @@ class Campaign:
         with contextlib.suppress(Exception):
             await dev.close()
         status, _ = await asyncio.to_thread(_http_get, f"http://127.0.0.1:{self.http_port}/readyz")
-        return AttackOutcome(name="junk_flood", held=status == 200 and self.demo.gateway.alive(),
-                             detail=f"{sent} junk messages; gateway ready {status == 200}")
+        return AttackOutcome(
+            name="junk_flood",
+            held=status == 200 and self.demo.gateway.alive(),
+            detail=f"{sent} junk messages; gateway ready {status == 200}",
+        )
 
     async def _brute_force(self, site: SiteAccess) -> AttackOutcome:
         """Random OTPs for one device, from its own (captured) broker account: no session, ever."""
@@ -392,10 +426,12 @@ class Campaign:
             return AttackOutcome(name="brute_force", held=False, detail="could not connect")
         wins = 0
         tries = 0
-        wrong = SimDevice(identity, gateway_id=GATEWAY_ID, host=dev.host, port=dev.port,
-                          firmware_hash=os.urandom(32))  # keys from a guess: every OTP is random to the gateway
+        wrong = SimDevice(
+            identity, gateway_id=GATEWAY_ID, host=dev.host, port=dev.port, firmware_hash=os.urandom(32)
+        )  # keys from a guess: every OTP is random to the gateway
         wrong.client = dev.client
-        wrong.client._on_message = wrong._on_message  # type: ignore[attr-defined, union-attr]
+        assert wrong.client is not None
+        wrong.client.on_message = wrong._on_message
         for _ in range(40):
             tries += 1
             try:
@@ -414,12 +450,19 @@ class Campaign:
         broker = self.demo.broker
         assert broker is not None
         observer = VerifiedObserver(self.now)
-        await observer.start(broker.host, broker.port, username=f"gateway-{GATEWAY_ID}.1",
-                             password=self.demo.gateway_password)
+        await observer.start(
+            broker.host, broker.port, username=f"gateway-{GATEWAY_ID}.1", password=self.demo.gateway_password
+        )
         self.observer = observer
         site = self.site_access(spare, observer)
-        self.honest = [Honest(dev=SimDevice(i, gateway_id=GATEWAY_ID, host=broker.host, port=broker.port,
-                                           clock=self.device_clock)) for i in fleet]
+        self.honest = [
+            Honest(
+                dev=SimDevice(
+                    i, gateway_id=GATEWAY_ID, host=broker.host, port=broker.port, clock=self.device_clock
+                )
+            )
+            for i in fleet
+        ]
         tasks = [asyncio.create_task(self.honest_loop(h)) for h in self.honest]
         say(f"{len(self.honest)} honest devices streaming; waiting for each one's data to verify")
         await self._wait_all_verified(since=0.0, timeout=120)
@@ -453,8 +496,9 @@ class Campaign:
     async def _wait_all_verified(self, *, since: float, timeout: float) -> None:
         deadline = self.now() + timeout
         while self.now() < deadline:
-            missing = [h for h in self.honest
-                       if not any(t >= since for t in self.observer.seen.get(h.dev.hex, ()))]
+            missing = [
+                h for h in self.honest if not any(t >= since for t in self.observer.seen.get(h.dev.hex, ()))
+            ]
             if not missing:
                 return
             await asyncio.sleep(0.25)
@@ -496,9 +540,21 @@ class Campaign:
                     records.append(json.loads(line))
         out = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "gateway.cli", "audit", "verify", str(audit_path), "--anchors",
-             "--config", str(self.gateway_config)],
-            capture_output=True, text=True, check=False, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "audit",
+                "verify",
+                str(audit_path),
+                "--anchors",
+                "--config",
+                str(self.gateway_config),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=ROOT,
         )
         text = f"gateway exit {rc}\n{out.stdout}{out.stderr}"
         return records, (out.returncode == 0, text)
@@ -524,30 +580,50 @@ class Campaign:
         return 0 if broken == 0 else 1
 
     def write(self, verdicts: list[Invariant], broken: int, p99: float, audit_output: str) -> None:
-        lines = ["# DIAMS campaign", "", f"seed {self.seed}, {len(self.honest)} honest devices, "
-                 f"{self.now():.0f} s", "", "## Injected", "", "| at (s) | what | note |", "|---|---|---|"]
-        events_ = sorted([(f.started, f"fault: {f.kind}", f.note) for f in self.faults]
-                         + [(0.0, f"attack: {a.name}", a.detail) for a in self.attacks])
+        lines = [
+            "# DIAMS campaign",
+            "",
+            f"seed {self.seed}, {len(self.honest)} honest devices, {self.now():.0f} s",
+            "",
+            "## Injected",
+            "",
+            "| at (s) | what | note |",
+            "|---|---|---|",
+        ]
+        events_ = sorted(
+            [(f.started, f"fault: {f.kind}", f.note) for f in self.faults]
+            + [(0.0, f"attack: {a.name}", a.detail) for a in self.attacks]
+        )
         lines += [f"| {t:.0f} | {what} | {note} |" for t, what, note in events_ if t] + [
             f"| — | {what} | {note} |" for t, what, note in events_ if not t
         ]
         lines += ["", "## Invariants", "", "| invariant | held | evidence |", "|---|---|---|"]
         lines += [f"| {v.name} | {'yes' if v.held else '**NO**'} | {v.detail} |" for v in verdicts]
-        lines += ["", f"campaign_invariants_broken = {broken}",
-                  f"campaign_recovery_p99_s = {'inf' if math.isinf(p99) else f'{p99:.2f}'}", ""]
+        lines += [
+            "",
+            f"campaign_invariants_broken = {broken}",
+            f"campaign_recovery_p99_s = {'inf' if math.isinf(p99) else f'{p99:.2f}'}",
+            "",
+        ]
         text = "\n".join(lines)
         (self.dir / "campaign.md").write_text(text)
         (self.dir / "audit-verify.txt").write_text(audit_output)
-        (self.dir / "campaign.json").write_text(json.dumps({
-            "seed": self.seed,
-            "devices": len(self.honest),
-            "faults": [f.__dict__ for f in self.faults],
-            "attacks": [a.__dict__ for a in self.attacks],
-            "revocations": [r.__dict__ for r in self.revocations],
-            "invariants": [v.__dict__ for v in verdicts],
-            "campaign_invariants_broken": broken,
-            "campaign_recovery_p99_s": None if math.isinf(p99) else p99,
-        }, indent=2) + "\n")
+        (self.dir / "campaign.json").write_text(
+            json.dumps(
+                {
+                    "seed": self.seed,
+                    "devices": len(self.honest),
+                    "faults": [f.__dict__ for f in self.faults],
+                    "attacks": [a.__dict__ for a in self.attacks],
+                    "revocations": [r.__dict__ for r in self.revocations],
+                    "invariants": [v.__dict__ for v in verdicts],
+                    "campaign_invariants_broken": broken,
+                    "campaign_recovery_p99_s": None if math.isinf(p99) else p99,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         print(text, flush=True)
 
     async def shutdown(self) -> None:

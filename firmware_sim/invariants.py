@@ -133,15 +133,20 @@ def check(evidence: Evidence, *, recovery_bound_s: float, cutoff_bound_s: float)
     )
 
     # 3. No audit record lost or altered: chains and anchors verify, every completed handshake audited.
-    audited = {(rec.get("device"), rec.get("epoch", 0), rec.get("counter")) for _, rec in _authenticated(evidence)}
+    audited = {
+        (rec.get("device"), rec.get("epoch", 0), rec.get("counter")) for _, rec in _authenticated(evidence)
+    }
     lost = [
         f"{device} counter {counter}"
         for device, done in evidence.completed.items()
         for epoch, counter, _ in done
         if (device, epoch, counter) not in audited
     ]
-    broken = [f"{gw}: {out.strip().splitlines()[-1] if out.strip() else 'failed'}"
-              for gw, (ok, out) in evidence.audit_verified.items() if not ok]
+    broken = [
+        f"{gw}: {out.strip().splitlines()[-1] if out.strip() else 'failed'}"
+        for gw, (ok, out) in evidence.audit_verified.items()
+        if not ok
+    ]
     if not evidence.audit_verified:
         broken.append("no audit log was verified")
     verdicts.append(
@@ -171,8 +176,13 @@ def check(evidence: Evidence, *, recovery_bound_s: float, cutoff_bound_s: float)
         Invariant(
             name=f"every revoked device cut off within {cutoff_bound_s:g} s",
             held=not late and bool(evidence.revocations),
-            detail=(f"{len(evidence.revocations)} revoked, worst {worst * 1e3:.0f} ms" if not late
-                    else f"{late[:3]}") if evidence.revocations else "no revocation was exercised",
+            detail=(
+                f"{len(evidence.revocations)} revoked, worst {worst * 1e3:.0f} ms"
+                if not late
+                else f"{late[:3]}"
+            )
+            if evidence.revocations
+            else "no revocation was exercised",
         )
     )
 

@@ -123,12 +123,15 @@ class AuditLog:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._f.fileno(), size)
                 self._f.seek(size)
-            raise AuditUnavailable(f"audit log {self.path}: record {seq} not written ({exc.strerror or exc})") from None
+            raise AuditUnavailable(
+                f"audit log {self.path}: record {seq} not written ({exc.strerror or exc})"
+            ) from None
         self.seq, self.head = seq, head
         self._since.append(bytes.fromhex(self.head))
         self._unsynced += 1
-        if event in URGENT or (not self.deferred_sync
-                               and time.monotonic() - self._last_sync >= self.fsync_interval):
+        if event in URGENT or (
+            not self.deferred_sync and time.monotonic() - self._last_sync >= self.fsync_interval
+        ):
             self.sync()
         return self.seq
 
@@ -145,13 +148,22 @@ class AuditLog:
         if not self._since:
             return None
         first = self.anchored_seq + 1
-        return Anchor(first_seq=first, last_seq=first + len(self._since) - 1, count=len(self._since),
-                      root=merkle_root([leaf_hash(h) for h in self._since]))
+        return Anchor(
+            first_seq=first,
+            last_seq=first + len(self._since) - 1,
+            count=len(self._since),
+            root=merkle_root([leaf_hash(h) for h in self._since]),
+        )
 
     def mark_anchored(self, anchor: Anchor, tx: str) -> None:
         """Record that ``anchor`` is on chain (transaction ``tx``)."""
-        line = {"first_seq": anchor.first_seq, "last_seq": anchor.last_seq, "count": anchor.count,
-                "root": anchor.root.hex(), "tx": tx}
+        line = {
+            "first_seq": anchor.first_seq,
+            "last_seq": anchor.last_seq,
+            "count": anchor.count,
+            "root": anchor.root.hex(),
+            "tx": tx,
+        }
         with open(self.anchors_path, "a") as f:
             f.write(json.dumps(line, sort_keys=True) + "\n")
             f.flush()
@@ -250,6 +262,15 @@ async def check_anchors(
                 else:
                     chain_problem = ""
             problem = "; ".join(p for p in (problem, chain_problem) if p)
-        out.append(AnchorCheck(first_seq=first, last_seq=last, count=count, root=root.hex(),
-                               tx=str(a.get("tx", "")), on_chain=on_chain, problem=problem))
+        out.append(
+            AnchorCheck(
+                first_seq=first,
+                last_seq=last,
+                count=count,
+                root=root.hex(),
+                tx=str(a.get("tx", "")),
+                on_chain=on_chain,
+                problem=problem,
+            )
+        )
     return out
