@@ -362,6 +362,13 @@ class Ledger:
     async def block_gas_limit(self) -> int:
         return await self._run(lambda: int(self.w3.eth.get_block("latest")["gasLimit"]))
 
+    def _mined(self, tx_hash: Any) -> bool:
+        try:
+            self.w3.eth.get_transaction_receipt(tx_hash)
+        except Exception:
+            return False
+        return True
+
     def _send(self, signer: Signer, fn: Any, gas: int, context: str) -> Any:
         """Sign, send, wait; runs on the worker thread."""
         w3, sender = self.w3, signer.address
@@ -400,6 +407,12 @@ class Ledger:
             except Exception:
                 self._nonces.pop(sender, None)
                 raise exc from None
+        except Exception:
+            # A refusal, or a duplicate of a send that went through ("nonce too low" for our own
+            # transaction): one look at the hash tells which.
+            if not self._mined(tx_hash):
+                self._nonces.pop(sender, None)
+                raise
         except BaseException:
             self._nonces.pop(sender, None)
             raise

@@ -216,7 +216,8 @@ async def test_too_little_gas_is_reported_as_such(channel: Actors) -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_send_that_times_out_after_the_node_took_it_keeps_the_nonce(channel: Actors) -> None:
+@pytest.mark.parametrize("failure", ["timeout", "duplicate"])
+async def test_a_send_that_fails_after_the_node_took_it_keeps_the_nonce(channel: Actors, failure: str) -> None:
     """A loaded node answers a large batch late: the client's request times out though the node took
     the transaction. The ledger must learn its fate from its hash, and the next transaction of the
     same sender must not reuse its nonce ("nonce too low")."""
@@ -229,7 +230,9 @@ async def test_a_send_that_times_out_after_the_node_took_it_keeps_the_nonce(chan
     def late(raw: bytes) -> object:
         result = real(raw)
         calls.append(result)
-        raise requests.exceptions.ReadTimeout("the node answered after the client's timeout")
+        if failure == "timeout":
+            raise requests.exceptions.ReadTimeout("the node answered after the client's timeout")
+        return real(raw)  # a client that sent it again (web3's retry): the node refuses the copy
 
     eth.send_raw_transaction = late  # type: ignore[method-assign]
     try:
