@@ -217,7 +217,9 @@ async def test_too_little_gas_is_reported_as_such(channel: Actors) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("failure", ["timeout", "duplicate"])
-async def test_a_send_that_fails_after_the_node_took_it_keeps_the_nonce(channel: Actors, failure: str) -> None:
+async def test_a_send_that_fails_after_the_node_took_it_keeps_the_nonce(
+    channel: Actors, failure: str
+) -> None:
     """A loaded node answers a large batch late: the client's request times out though the node took
     the transaction. The ledger must learn its fate from its hash, and the next transaction of the
     same sender must not reuse its nonce ("nonce too low")."""
