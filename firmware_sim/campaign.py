@@ -3,6 +3,7 @@
     make campaign                          # or: python -m firmware_sim.campaign
     CAMPAIGN_SECONDS=300 make campaign     # the fault phase's length (default 540: done within 15 min)
     CAMPAIGN_DEVICES=50 CAMPAIGN_SEED=7 make campaign
+    CAMPAIGN_FAULTS=disk_full,kill_gateway CAMPAIGN_ATTACKS=replay make campaign   # a subset
 
 Strategy: the site is the demo's (``firmware_sim.demo.Demo``: a private Mosquitto with enforcement, the
 embedded ledger served by its own process, ``diams-gateway run`` as a subprocess), with the gateway's
@@ -485,7 +486,11 @@ class Campaign:
         return await self.verdict()
 
     def _schedule(self) -> list[tuple[str, str]]:
-        faults, attacks = list(FAULTS), list(ATTACKS)
+        faults = [f for f in os.environ.get("CAMPAIGN_FAULTS", "").split(",") if f] or list(FAULTS)
+        attacks = [a for a in os.environ.get("CAMPAIGN_ATTACKS", "").split(",") if a] or list(ATTACKS)
+        unknown = sorted(set(faults) - set(FAULTS)) + sorted(set(attacks) - set(ATTACKS))
+        if unknown:
+            raise ValueError(f"unknown fault or attack {unknown}: faults {FAULTS}, attacks {ATTACKS}")
         out = []
         for _ in range(4):
             self.rng.shuffle(faults)
