@@ -27,7 +27,7 @@ from ledger_bridge import Ledger, LedgerBackend
 from ledger_bridge.actor import ActorHandle
 from ledger_bridge.errors import LedgerError
 from ledger_bridge.heads import HeadWatcher
-from ledger_bridge.index import IdentityIndex, LedgerSource, SyncReport
+from ledger_bridge.index import IdentityIndex, IndexStorageError, LedgerSource, SyncReport
 from ledger_bridge.sealing import load_gateway_key
 
 from .audit import AuditLog, AuditUnavailable
@@ -342,6 +342,12 @@ class Gateway:
                 if not self.ledger_ok:
                     log.info("ledger reachable again; index at block %d", self.index.watermark)
                 self.ledger_ok = True
+            except IndexStorageError as exc:
+                # The disk is full or failing: nothing of this sync was kept, and the next one fetches
+                # the same events again. Past offline.max_staleness, handshakes are refused (fail closed).
+                self.metrics.inc("index_storage_errors")
+                log.error("identity index not updated: %s; retrying", exc)
+                await asyncio.sleep(min(5.0, interval * 10))
             except (LedgerError, TimeoutError) as exc:
                 if self.ledger_ok:
                     log.warning(
