@@ -49,7 +49,7 @@ from ledger_bridge.enrollment import ProvisionedDevice
 
 from .demo import GATEWAY_ID, ROOT, Demo, Process, _http_get, say
 from .device import SimDevice
-from .fleet import Observer, Pacer, SiteAccess, gather_limited, metrics_reader
+from .fleet import Observer, Pacer, SiteAccess, gather_limited, metrics_reader, parse_metrics
 from .invariants import AttackOutcome, Evidence, Fault, Invariant, Revocation, check, recovery_p99
 from .scenarios import ScenarioParams, identities_needed, run_scenario
 
@@ -74,6 +74,8 @@ class Honest:
     """One honest device of the fleet, and what it can testify to."""
 
     dev: SimDevice
+    sent: int = 0
+    errors: int = 0
     counters: set[tuple[int, int]] = field(default_factory=set)
     completed: list[tuple[int, int, float]] = field(default_factory=list)
     authenticated_at_end: bool = False
@@ -234,8 +236,10 @@ class Campaign:
                         await asyncio.sleep(min(8.0, 0.5 * 2 ** min(attempt, 4)) * self.rng.random())
                     continue
                 dev.send_data("telemetry", b'{"t":%d}' % int(self.now() * 1000))
+                h.sent += 1
                 await asyncio.sleep(1.0 + self.rng.random() * 0.2)
             except (MqttError, OSError, TimeoutError):
+                h.errors += 1
                 attempt += 1
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(dev.close(), 2)
@@ -481,7 +485,13 @@ class Campaign:
             say(f"attack {attack}: {'held' if outcome.held else 'BROKEN'} ({outcome.detail})")
             await self._supervise_gateway()
         self.stop_fleet.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for task, outcome in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
+            if isinstance(outcome, BaseException):  # a bug in the campaign itself: say so, loudly
+                say(f"honest device loop {task.get_name()} died: {type(outcome).__name__}: {outcome}")
+        _, metrics_text = await asyncio.to_thread(_http_get, f"http://127.0.0.1:{self.http_port}/metrics")
+        self.gateway_metrics = {
+            f"{n}{{{r}}}" if r else n: v for (n, r), v in parse_metrics(metrics_text).items()
+        }
         await self._final_round()
         return await self.verdict()
 
@@ -622,7 +632,11 @@ class Campaign:
                     "attacks": [a.__dict__ for a in self.attacks],
                     "revocations": [r.__dict__ for r in self.revocations],
                     "invariants": [v.__dict__ for v in verdicts],
-                    "campaign_invariants_broken": broken,
+                    "honest": {h.dev.hex: {"sent": h.sent, "errors": h.errors, "sessions": len(h.completed),
+                                   "verified": len(self.observer.seen.get(h.dev.hex, ()))}
+                       for h in self.honest},
+            "gateway_metrics": getattr(self, "gateway_metrics", {}),
+            "campaign_invariants_broken": broken,
                     "campaign_recovery_p99_s": None if math.isinf(p99) else p99,
                 },
                 indent=2,
