@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device_agent.core import events
+from device_agent.core import events, topics
 from gateway.mqtt import MqttConnectError, MqttError
 from ledger_bridge.enrollment import ProvisionedDevice
 
@@ -408,10 +408,10 @@ class Campaign:
         assert dev.client is not None
         sent = 0
         deadline = time.monotonic() + 5
-        topics = [dev.up, f"diams/v1/d/{GATEWAY_ID}/{dev.hex}/telemetry"]
+        targets = [dev.up, topics.data(GATEWAY_ID, dev.hex, "telemetry")]
         while time.monotonic() < deadline and dev.client.is_open:
             for _ in range(200):
-                dev.client.publish(self.rng.choice(topics), os.urandom(self.rng.randint(0, 300)), qos=0)
+                dev.client.publish(self.rng.choice(targets), os.urandom(self.rng.randint(0, 300)), qos=0)
                 sent += 1
             await asyncio.sleep(0.01)
         with contextlib.suppress(Exception):
@@ -485,9 +485,9 @@ class Campaign:
             say(f"attack {attack}: {'held' if outcome.held else 'BROKEN'} ({outcome.detail})")
             await self._supervise_gateway()
         self.stop_fleet.set()
-        for task, outcome in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
-            if isinstance(outcome, BaseException):  # a bug in the campaign itself: say so, loudly
-                say(f"honest device loop {task.get_name()} died: {type(outcome).__name__}: {outcome}")
+        for task, ended in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
+            if isinstance(ended, BaseException):  # a bug in the campaign itself: say so, loudly
+                say(f"honest device loop {task.get_name()} died: {type(ended).__name__}: {ended}")
         _, metrics_text = await asyncio.to_thread(_http_get, f"http://127.0.0.1:{self.http_port}/metrics")
         self.gateway_metrics = {
             f"{n}{{{r}}}" if r else n: v for (n, r), v in parse_metrics(metrics_text).items()
