@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as exc:
         print(f"diams-gateway: refusing to overwrite {exc.filename}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        log.error("diams-gateway: %s: %s", type(exc).__name__, exc)
+    except Exception as exc:  # a bug or an unforeseen failure: say all of it (task groups nest theirs)
+        log.error("diams-gateway: %s: %s", type(exc).__name__, exc, exc_info=exc)
         return 1
 
 
