@@ -240,6 +240,8 @@ class MosquittoBroker:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                if self._process.stderr:
+                    self._process.stderr.close()
                 self._process = None
                 raise MosquittoError(f"mosquitto exited at start: {err.strip()}\n{self.log_text()[-2000:]}")
             with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
