@@ -195,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as exc:
         print(f"diams-gateway: refusing to overwrite {exc.filename}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        log.error("diams-gateway: %s: %s", type(exc).__name__, exc)
+    except Exception:
+        log.exception("diams-gateway: failed")  # with its traceback: not a configuration error
         return 1
 
 
