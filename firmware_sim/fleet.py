@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from device_agent.core import topics
 from gateway.mqtt import MqttClient, MqttError
 from gateway.ops import parse_counters
 from ledger_bridge.enrollment import ProvisionedDevice
@@ -101,7 +102,7 @@ class FleetStats:
 
 
 class Observer:
-    """Reads ``diams/v1/v/#`` (data the gateway verified and republished), counting per device."""
+    """Reads every verified topic (data the gateways verified and republished), counting per device."""
 
     def __init__(self) -> None:
         self.per_device: Counter[str] = Counter()
@@ -125,7 +126,7 @@ class Observer:
             on_message=self._on_message,
             keepalive=60,
         )
-        await self.client.subscribe([("diams/v1/v/#", 1)])
+        await self.client.subscribe([(topics.every(topics.VERIFIED), 1)])
         return self
 
     async def reconnect(self, *, timeout: float = 15.0) -> None:
@@ -142,7 +143,10 @@ class Observer:
                 await asyncio.sleep(0.1)
 
     def _on_message(self, topic: bytes, payload: bytes) -> None:
-        device = topic.split(b"/")[3].decode()
+        parsed = topics.parse(topic)
+        if parsed is None or parsed[0] != topics.VERIFIED:
+            return
+        device = parsed[2]
         self.per_device[device] += 1
         if device in self.keep_payloads:
             self.payloads.setdefault(device, []).append(payload)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from device_agent.core import topics
 from device_agent.settings import EnvText, SettingsError, build, read_toml, table
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
 
 ENV_PREFIX = "DIAMS_GATEWAY_"
 CREDENTIAL_PREFIX = "credential:"
-_GATEWAY_ID = re.compile(r"[a-z0-9-]{1,32}")
 _CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
 
 
@@ -185,7 +185,7 @@ class GatewaySettings:
     audit_fsync_interval: float = 0.2
 
     def __post_init__(self) -> None:
-        if not _GATEWAY_ID.fullmatch(self.gateway_id):
+        if not topics.is_gateway_id(self.gateway_id):  # the one rule, device_agent.core.topics
             raise SettingsError(f"gateway_id must be 1-32 characters of [a-z0-9-], got {self.gateway_id!r}")
 
     @property

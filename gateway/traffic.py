@@ -4,8 +4,9 @@ Order of work for a handshake message, cheapest first: topic parse, rate limits 
 staleness (offline bound), then the sans-IO gateway role (which itself refuses on table look-ups
 before its one HMAC). A reply that follows a newly accepted counter is published only once the
 counter is durable (group commit, see ``counters``). Data messages are verified under the session
-key (MAC, sequence number, stream) and republished on ``diams/v1/v/<device>/<stream>``; forgeries and
-replays are dropped, counted and audited (audit lines for a device are rate-limited).
+key (MAC, sequence number, stream) and republished on the verified topic (this gateway's id, the
+device's, the stream; ``device_agent.core.topics``); forgeries and replays are dropped, counted and
+audited (audit lines for a device are rate-limited).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from device_agent.core import events as ev
 from device_agent.core import gateway as core_gateway
+from device_agent.core import topics
 from device_agent.core.session import Session
 
 from .defence import Defence
@@ -32,8 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("diams.gateway.traffic")
 
 _FAILURES = frozenset({"bad_otp", "bad_proof", "counter_window", "timeout", "stale_epoch", "clone"})
-_PREFIX = b"diams/v1/"
-_MAX_STREAM = 255
 AUDIT_EVERY = 10.0  # seconds between audit records of repeated rejections for one device
 
 
@@ -94,41 +94,29 @@ class Traffic:
         self._quarantine = d.clone_quarantine
         self._max_staleness = s.offline.max_staleness
         self._audited: dict[tuple[bytes, str], float] = {}
-        g = s.gateway_id
-        self._gid = g.encode()
-        self._down = f"diams/v1/hs/{g}/%s/down"
-        self._verified = "diams/v1/v/%s/%s"
 
     def __repr__(self) -> str:
         return f"Traffic({self.gateway_id}, sessions={len(self.sessions)})"
 
     def subscriptions(self) -> list[tuple[str, int]]:
         g = self.gateway_id
-        return [(f"diams/v1/hs/{g}/+/up", 1), (f"diams/v1/d/{g}/+/+", 1)]
+        return [(topics.topic_filter(topics.HANDSHAKE, g, topics.ANY, topics.UP), 1),
+                (topics.topic_filter(topics.DATA, g), 1)]
 
     # ---- dispatch ----
     def on_message(self, topic: bytes, payload: bytes) -> None:
-        parts = topic.split(b"/")
         # only this gateway's topics, and device ids in their one canonical form (16 lowercase hex
-        # digits, what the broker's %u patterns match): fromhex alone also takes "AB" and spaces
-        if len(parts) != 6 or not topic.startswith(_PREFIX) or parts[3] != self._gid:
+        # digits, what the broker's %u patterns match): the topic module checks every level
+        parsed = topics.parse(topic)
+        if parsed is None or parsed[1] != self.gateway_id:
             self.metrics.inc("dropped", "bad_topic")
             return
-        try:
-            did = bytes.fromhex(parts[4].decode("ascii"))
-        except (ValueError, UnicodeDecodeError):
-            did = b""
-        if len(did) != 8 or did.hex().encode() != parts[4]:
-            self.metrics.inc("dropped", "bad_topic")
-            return
-        kind = parts[2]
-        if kind == b"hs" and parts[5] == b"up":
+        kind, _, device, last = parsed
+        did = bytes.fromhex(device)
+        if kind == topics.HANDSHAKE and last == topics.UP:
             self.on_handshake(did, payload)
-        elif kind == b"d":
-            if not 0 < len(parts[5]) <= _MAX_STREAM:  # the MAC frames the stream with one length byte
-                self.metrics.inc("dropped", "bad_topic")
-                return
-            self.on_data(did, parts[5], payload)
+        elif kind == topics.DATA:
+            self.on_data(did, last.encode(), payload)
         else:
             self.metrics.inc("dropped", "bad_topic")
 
@@ -158,7 +146,7 @@ class Traffic:
                 self._clone(did, e.counter)
         if reply is None:
             return
-        topic = self._down % did.hex()
+        topic = topics.handshake_down(self.gateway_id, did.hex())
         if durable is None:
             self.publish(topic, reply)
         else:
@@ -234,7 +222,7 @@ class Traffic:
             return
         assert data is not None
         self.metrics.inc("data_verified")
-        self.publish(self._verified % (did.hex(), name), data)
+        self.publish(topics.verified(self.gateway_id, did.hex(), name), data)
 
     def send_command(self, did: bytes, name: str, payload: bytes) -> bool:
         """Send a MAC'd COMMAND to an authenticated device; False when it has no session."""
@@ -242,7 +230,7 @@ class Traffic:
         if session is None:
             return False
         msg = session.seal(name.encode(), payload)
-        return self.publish(f"diams/v1/c/{self.gateway_id}/{did.hex()}/{name}", msg)
+        return self.publish(topics.command(self.gateway_id, did.hex(), name), msg)
 
     # ---- housekeeping ----
     def sweep(self, now: float) -> None:

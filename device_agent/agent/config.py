@@ -34,20 +34,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from device_agent.core import topics as _topics
 from device_agent.settings import EnvText, SettingsError, convert, read_toml, refuse_unknown, table
 
 __all__ = ["AgentConfig", "ConfigError", "StreamConfig", "load_config"]
 
-_DEVICE_ID = re.compile(r"^[0-9a-f]{16}$")
-_GATEWAY_ID = re.compile(r"^[a-z0-9-]{1,32}$")
-_STREAM = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_T: Any = _topics  # identifier rules: the core's topic module (one rule for every side)
 
 
 ConfigError = SettingsError  # the configuration is missing a value or holds a bad one (names the key)
@@ -62,8 +60,8 @@ class StreamConfig:
     interval_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if not _STREAM.match(self.name):
-            raise ConfigError(f"streams name {self.name!r} must be 1-64 of [A-Za-z0-9_.-]")
+        if not _T.is_name(self.name):
+            raise ConfigError(f"streams name {self.name!r} must be 1-64 of [A-Za-z0-9_-]")
         if self.interval_s <= 0:
             raise ConfigError(f"streams interval_s must be > 0, got {self.interval_s}")
 
@@ -88,14 +86,14 @@ class AgentConfig:
     streams: tuple[StreamConfig, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if not _DEVICE_ID.match(self.device_id):
+        if not _T.is_device_id(self.device_id):
             raise ConfigError(f"device.id must be 16 lowercase hex digits, got {self.device_id!r}")
         if len(self.firmware_hash) != 32:
             raise ConfigError(f"device.firmware_hash must be 32 bytes, got {len(self.firmware_hash)}")
         if not self.gateways:
             raise ConfigError("gateways.ids needs at least one gateway id")
         for g in self.gateways:
-            if not _GATEWAY_ID.match(g):
+            if not _T.is_gateway_id(g):
                 raise ConfigError(f"gateways.ids: {g!r} must be 1-32 of [a-z0-9-]")
         if len(set(self.gateways)) != len(self.gateways):
             raise ConfigError("gateways.ids must be distinct")

@@ -26,6 +26,9 @@ CORE = REPO / "device_agent" / "core"
 # What a board installs: the core except the gateway role and the identity (provisioning) module.
 DEVICE_MODULES = ("__init__", "crypto", "otp", "wire", "keys", "states", "events", "session", "device",
                   "errors")
+# What the MicroPython agent adds on a board: the one topic module and the agent policy (outside the
+# handshake core's budget, device_core_mpy_bytes, which counts DEVICE_MODULES only).
+AGENT_MODULES = (*DEVICE_MODULES, "topics", "policy")
 
 
 def _tool(name: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from device_agent.core import topics
 from gateway.mqtt import MqttClient
 from ledger_bridge.enrollment import ProvisionedDevice
 from tests.waiting import eventually
@@ -11,7 +12,9 @@ from tests.waiting import eventually
 __all__ = ["eventually", "raw_device_client", "verified_listener"]
 
 
-async def verified_listener(port: int, gw: Any, topic: str = "diams/v1/v/#") -> tuple[MqttClient, list[Any]]:
+async def verified_listener(
+    port: int, gw: Any, topic: str = topics.every(topics.VERIFIED)
+) -> tuple[MqttClient, list[Any]]:
     """Applications read verified data; tests listen with the gateway's second broker account."""
     got: list[Any] = []
     user = f"gateway-{gw.settings.gateway_id}.1"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from device_agent.core import topics
 from firmware_sim.mpy import agent as mpyagent
 from firmware_sim.mpy import runner
 from gateway.mqtt import MqttClient
@@ -64,7 +65,7 @@ async def _listener(s: Site) -> tuple[MqttClient, list[tuple[bytes, bytes]]]:
         password=s.actors["broker-gw-a"],
         on_message=lambda t, p: got.append((t, p)),
     )
-    await c.subscribe([("diams/v1/v/#", 1)])
+    await c.subscribe([(topics.every(topics.VERIFIED), 1)])
     return c, got
 
 
@@ -80,7 +81,7 @@ async def test_pi_agent_with_the_gateway_daemon(tmp_path: Path) -> None:
             assert await eventually(lambda: agent.snapshot().gateway == "gw-a"), agent.snapshot()
             agent.publish("telemetry", b'{"t": 19.5}')
             assert await eventually(lambda: got)
-            assert got == [(f"diams/v1/v/{dev.device_hex}/telemetry".encode(), b'{"t": 19.5}')]
+            assert got == [(topics.verified("gw-a", dev.device_hex, "telemetry").encode(), b'{"t": 19.5}')]
             assert s.gateways["gw-a"].traffic.send_command(dev.device_id, "config", b"interval=30")
             assert await eventually(lambda: commands == [("config", b"interval=30")])
         await listener.close()

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from device_agent.core import events
+from device_agent.core import events, topics
 from gateway.mqtt import MqttClient, MqttConnectError
 from tests.gateway.stack import site, start_gateway, stop_gateway
 from tests.waiting import eventually
@@ -26,7 +26,7 @@ async def _verified_listener(port: int, gw) -> tuple[MqttClient, list]:
         password=gw._broker_password,
         on_message=lambda t, p: got.append((t, p)),
     )
-    await c.subscribe([("diams/v1/v/#", 1)])
+    await c.subscribe([(topics.every(topics.VERIFIED), 1)])
     return c, got
 
 
@@ -42,13 +42,14 @@ async def test_handshake_data_and_policy(tmp_path):
         dev.send_data("telemetry", b'{"t": 21.6}')
         ok = await eventually(lambda: len(got) == 2)
         assert ok, (dict(gw.metrics.counters), got)
-        assert got[0] == (f"diams/v1/v/{dev.hex}/telemetry".encode(), b'{"t": 21.5}')
+        assert got[0] == (topics.verified("gw-a", dev.hex, "telemetry").encode(), b'{"t": 21.5}')
         # forged, replayed and out-of-policy data are dropped and counted, never republished
-        dev.client.publish(f"diams/v1/d/gw-a/{dev.hex}/telemetry", b"\x15" + os.urandom(20), qos=1)
-        dev.replay(f"diams/v1/d/gw-a/{dev.hex}/telemetry", dev.session.seal(b"telemetry", b"x"))
+        data = topics.data("gw-a", dev.hex, "telemetry")
+        dev.client.publish(data, b"\x15" + os.urandom(20), qos=1)
+        dev.replay(data, dev.session.seal(b"telemetry", b"x"))
         again = dev.session.seal(b"telemetry", b"y")
-        dev.replay(f"diams/v1/d/gw-a/{dev.hex}/telemetry", again)
-        dev.replay(f"diams/v1/d/gw-a/{dev.hex}/telemetry", again)
+        dev.replay(data, again)
+        dev.replay(data, again)
         dev.send_data("gps", b"not in policy")
         assert await eventually(lambda: gw.metrics.get("data_dropped", "not_in_policy") == 1)
         assert await eventually(lambda: gw.metrics.get("data_dropped", "replay") == 1)
@@ -62,9 +63,7 @@ async def test_handshake_data_and_policy(tmp_path):
         other = s.sim(1)
         await other.connect()
         assert isinstance(await other.authenticate(), events.Authenticated)
-        other.client.publish(
-            f"diams/v1/d/gw-a/{dev.hex}/telemetry", dev.session.seal(b"telemetry", b"spoof"), qos=1
-        )
+        other.client.publish(data, dev.session.seal(b"telemetry", b"spoof"), qos=1)
         await asyncio.sleep(0.3)
         assert b"spoof" not in [p for _, p in got]
         audit = (gw.settings.state_dir / "audit.log").read_text()
