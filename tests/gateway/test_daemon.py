@@ -54,6 +54,7 @@ async def test_handshake_data_and_policy(tmp_path):
         assert await eventually(lambda: gw.metrics.get("data_dropped", "not_in_policy") == 1)
         assert await eventually(lambda: gw.metrics.get("data_dropped", "replay") == 1)
         assert gw.metrics.get("data_dropped", "forged") == 1
+        assert await eventually(lambda: len(got) >= 4)  # counted at the gateway, then delivered to us
         assert [p for _, p in got] == [b'{"t": 21.5}', b'{"t": 21.6}', b"x", b"y"]
         # a command from the gateway reaches the device, verified under the session
         assert gw.traffic.send_command(dev.device_id, "config", b"interval=60")
