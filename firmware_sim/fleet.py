@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 from device_agent.core import policy, topics
 from gateway.mqtt import MqttClient, MqttError
+from gateway.ops import parse_counters
 from ledger_bridge.enrollment import ProvisionedDevice
 
 from .device import SimDevice
@@ -229,15 +230,7 @@ class SiteAccess:
 
 def parse_metrics(text: str) -> dict[tuple[str, str], int]:
     """Prometheus text from the gateway -> {(name, reason): value} for its ``diams_*_total`` counters."""
-    out: dict[tuple[str, str], int] = {}
-    for line in text.splitlines():
-        if not line.startswith("diams_") or "_total" not in line:
-            continue
-        key, _, value = line.rpartition(" ")
-        name, _, rest = key.partition("{")
-        label = rest.partition('reason="')[2].partition('"')[0] if rest else ""
-        out[(name.removeprefix("diams_").removesuffix("_total"), label)] = int(float(value))
-    return out
+    return parse_counters(text)
 
 
 def metrics_reader(url: str) -> Callable[[str, str], Awaitable[int | None]]:

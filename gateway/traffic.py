@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from device_agent.core import events as ev
@@ -23,7 +25,11 @@ from device_agent.core.session import Session
 from .defence import Defence
 
 if TYPE_CHECKING:
-    from .service import Gateway
+    from .audit import AuditLog
+    from .counters import CounterStore
+    from .devices import DeviceTable
+    from .ops import Metrics
+    from .settings import GatewaySettings
 
 log = logging.getLogger("diams.gateway.traffic")
 
@@ -31,13 +37,47 @@ _FAILURES = frozenset({"bad_otp", "bad_proof", "counter_window", "timeout", "sta
 AUDIT_EVERY = 10.0  # seconds between audit records of repeated rejections for one device
 
 
+Publish = Callable[[str, bytes], bool]  # topic, payload -> whether it was handed to the broker
+
+
+@dataclass(frozen=True)
+class CloneAlarm:
+    """A device answered a challenge with a used counter: the gateway reports it on chain and, with
+    ``defence.clone_quarantine``, cuts the device off at the broker (``Traffic.clones``)."""
+
+    device_id: bytes
+    counter: int
+
+
 class Traffic:
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        s = gw.settings
+    """Strategy: every collaborator is passed in (no reference to the ``Gateway`` that owns it): the
+    device table and its core role, the counter store, the audit log, the metrics, the index's
+    staleness, the clock, and ``publish``, the one outbound seam. What needs the ledger or the
+    broker enforcer (slow, asynchronous) leaves as a ``CloneAlarm`` on ``clones`` for the gateway."""
+
+    def __init__(
+        self,
+        *,
+        settings: GatewaySettings,
+        devices: DeviceTable,
+        counters: CounterStore,
+        audit: AuditLog,
+        metrics: Metrics,
+        staleness: Callable[[], float],
+        clock: Callable[[], float],
+        publish: Publish,
+    ) -> None:
+        s = settings
         self.gateway_id = s.gateway_id
-        self.role = gw.devices.role
-        self.metrics = gw.metrics
+        self.devices = devices
+        self.role = devices.role
+        self.counters = counters
+        self.audit = audit
+        self.metrics = metrics
+        self.staleness = staleness
+        self.clock = clock
+        self.publish = publish
+        self.clones: asyncio.Queue[CloneAlarm] = asyncio.Queue()
         self.sessions: dict[bytes, Session] = {}
         d = s.defence
         self.defence = Defence(
@@ -49,7 +89,7 @@ class Traffic:
             lockout_base=d.lockout_base,
             lockout_max=d.lockout_max,
             max_tracked=d.max_tracked_devices,
-            now=gw._clock(),
+            now=clock(),
         )
         self._quarantine = d.clone_quarantine
         self._max_staleness = s.offline.max_staleness
@@ -82,13 +122,12 @@ class Traffic:
 
     # ---- handshakes ----
     def on_handshake(self, did: bytes, payload: bytes) -> None:
-        gw = self.gw
-        now = gw._clock()
+        now = self.clock()
         verdict = self.defence.admit(did, now)
         if not verdict.allowed:
             self.metrics.inc("handshake_refused", verdict.reason)
             return
-        if gw.index.staleness() > self._max_staleness:
+        if self.staleness() > self._max_staleness:
             self.metrics.inc("handshake_refused", "index_stale")
             self._audit_rejection(did, "index_stale", now)
             return
@@ -97,8 +136,8 @@ class Traffic:
         for e in events:
             t = type(e)
             if t is core_gateway.CounterAccepted:
-                entry = gw.devices.entries[did]
-                durable = gw.counters.accept(did, entry.epoch, e.counter, e.nonce)
+                entry = self.devices.entries[did]
+                durable = self.counters.accept(did, entry.epoch, e.counter, e.nonce)
             elif t is ev.Authenticated:
                 self._authenticated(did, e.session, now)
             elif t is ev.Rejected:
@@ -109,7 +148,7 @@ class Traffic:
             return
         topic = topics.handshake_down(self.gateway_id, did.hex())
         if durable is None:
-            gw.publish(topic, reply)
+            self.publish(topic, reply)
         else:
             durable.add_done_callback(lambda f: self._after_commit(f, topic, reply))
 
@@ -120,13 +159,13 @@ class Traffic:
                 "counter store failed; challenge withheld: %s", None if fut.cancelled() else fut.exception()
             )
             return
-        self.gw.publish(topic, reply)
+        self.publish(topic, reply)
 
     def _authenticated(self, did: bytes, session: Session, now: float) -> None:
         self.sessions[did] = session
         self.defence.succeeded(did)
         self.metrics.inc("authenticated")
-        self.gw.audit.append("authenticated", device=did.hex())
+        self.audit.append("authenticated", device=did.hex())
 
     def _rejected(self, did: bytes, reason: str, counter: int | None, now: float) -> None:
         self.metrics.inc("rejected", reason)
@@ -134,7 +173,7 @@ class Traffic:
             lock = self.defence.failed(did, now)
             if lock:
                 self.metrics.inc("lockouts")
-        if did in self.gw.devices.entries:  # unknown ids are counted, not audited (flood-proof)
+        if did in self.devices.entries:  # unknown ids are counted, not audited (flood-proof)
             self._audit_rejection(did, reason, now, counter)
 
     def _audit_rejection(self, did: bytes, reason: str, now: float, counter: int | None = None) -> None:
@@ -145,18 +184,16 @@ class Traffic:
         if len(self._audited) > 100_000:
             self._audited.clear()
         self._audited[key] = now
-        self.gw.audit.append("rejected", device=did.hex(), reason=reason, counter=counter)
+        self.audit.append("rejected", device=did.hex(), reason=reason, counter=counter)
 
     def _clone(self, did: bytes, counter: int) -> None:
-        gw = self.gw
         self.metrics.inc("clone_detected")
-        gw.audit.append("clone_detected", device=did.hex(), counter=counter)
+        self.audit.append("clone_detected", device=did.hex(), counter=counter)
         log.warning("clone detected: device %s answered a challenge with used counter %d", did.hex(), counter)
-        gw.background(gw.report_clone(did, counter))
         if self._quarantine:
-            gw.devices.quarantine(did)
+            self.devices.quarantine(did)
             self.drop_session(did, "clone")
-            gw.cut_off([did])
+        self.clones.put_nowait(CloneAlarm(device_id=did, counter=counter))
 
     def drop_session(self, did: bytes, why: str) -> None:
         if self.sessions.pop(did, None) is not None:
@@ -168,7 +205,7 @@ class Traffic:
         if session is None:
             self.metrics.inc("data_dropped", "no_session")
             return
-        now = self.gw._clock()
+        now = self.clock()
         data, reason = session.open(stream, payload, now)
         if reason is not None:
             self.metrics.inc("data_dropped", reason)
@@ -177,7 +214,7 @@ class Traffic:
             else:
                 self._audit_rejection(did, "data_" + reason, now)
             return
-        served = self.gw.devices.served.get(did)
+        served = self.devices.served.get(did)
         name = stream.decode("ascii", "replace")
         if served is None or name not in served.publish:
             self.metrics.inc("data_dropped", "not_in_policy")
@@ -185,7 +222,7 @@ class Traffic:
             return
         assert data is not None
         self.metrics.inc("data_verified")
-        self.gw.publish(topics.verified(self.gateway_id, did.hex(), name), data)
+        self.publish(topics.verified(self.gateway_id, did.hex(), name), data)
 
     def send_command(self, did: bytes, name: str, payload: bytes) -> bool:
         """Send a MAC'd COMMAND to an authenticated device; False when it has no session."""
@@ -193,7 +230,7 @@ class Traffic:
         if session is None:
             return False
         msg = session.seal(name.encode(), payload)
-        return self.gw.publish(topics.command(self.gateway_id, did.hex(), name), msg)
+        return self.publish(topics.command(self.gateway_id, did.hex(), name), msg)
 
     # ---- housekeeping ----
     def sweep(self, now: float) -> None:

@@ -12,7 +12,7 @@ import pytest
 from device_agent.core import policy, topics
 from tests.conftest import require
 
-from . import runner
+from firmware_sim.mpy import runner
 
 pytestmark = pytest.mark.micropython
 
