@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from device_agent.core import topics
+from device_agent.core import policy, topics
 from gateway.mqtt import MqttClient, MqttError
 from gateway.ops import parse_counters
 from ledger_bridge.enrollment import ProvisionedDevice
@@ -70,14 +70,15 @@ class Pacer:
 class Backoff:
     """Full-jitter exponential backoff: attempt n waits uniform(0, min(cap, base * 2**n)).
 
-    The defaults are the agents' reconnect policy (``device_agent.agent.config``: 5 s window, 60 s cap).
+    The agents' own rule (``device_agent.core.policy.backoff_delay``) with the agents' reconnect
+    defaults (5 s window, 60 s cap), drawn from a seeded ``random.Random`` so a run can be replayed.
     """
 
     base: float = 5.0
     cap: float = 60.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        return rng.uniform(0, min(self.cap, self.base * 2 ** min(attempt, 16)))
+        return float(policy.backoff_delay(self.base, self.cap, attempt, rng.randbytes))
 
 
 @dataclass
