@@ -18,11 +18,11 @@ import json
 import tempfile
 from pathlib import Path
 
-from tests.agent.helpers import Device
-from tests.agent.responder import Responder, entry_for
-from tests.micropython import runner
-from tests.micropython_agent import mpyagent
-from tests.mosquitto import MosquittoBroker
+from firmware_sim.agents import Device
+from firmware_sim.broker import MosquittoBroker
+from firmware_sim.mpy import agent as mpyagent
+from firmware_sim.mpy import runner
+from firmware_sim.responder import Responder, entry_for
 
 
 def run() -> dict[str, float]:

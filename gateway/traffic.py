@@ -13,18 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from device_agent.core import events as ev
 from device_agent.core import gateway as core_gateway
 from device_agent.core import topics, wire
 from device_agent.core.session import Session
 
-from .broker import Demote, Grant
+from .audit import AuditUnavailable
+from .broker import Change, Demote, Grant
 from .defence import DataLimiter, Defence
 
 if TYPE_CHECKING:
-    from .service import Gateway
+    from .audit import AuditLog
+    from .counters import CounterStore
+    from .devices import DeviceTable
+    from .ops import Metrics
+    from .settings import GatewaySettings
 
 log = logging.getLogger("diams.gateway.traffic")
 
@@ -34,13 +41,48 @@ NO_SESSION_EVERY = 1.0  # seconds between "no session" signals to one device
 NO_SESSION_REJECT = wire.encode(wire.REJECT, wire.NO_SESSION, 0)
 
 
+Publish = Callable[[str, bytes], bool]  # topic, payload -> whether it was handed to the broker
+
+
+@dataclass(frozen=True)
+class CloneAlarm:
+    """A device answered a challenge with a used counter: the gateway reports it on chain and, with
+    ``defence.clone_quarantine``, cuts the device off at the broker (``Traffic.clones``)."""
+
+    device_id: bytes
+    counter: int
+
+
 class Traffic:
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        s = gw.settings
+    """Strategy: every collaborator is passed in (no reference to the ``Gateway`` that owns it): the
+    device table and its core role, the counter store, the audit log, the metrics, the index's
+    staleness, the clock, and ``publish``, the one outbound seam. What needs the ledger or the
+    broker enforcer (slow, asynchronous) leaves as a ``CloneAlarm`` on ``clones`` for the gateway."""
+
+    def __init__(
+        self,
+        *,
+        settings: GatewaySettings,
+        devices: DeviceTable,
+        counters: CounterStore,
+        audit: AuditLog,
+        metrics: Metrics,
+        staleness: Callable[[], float],
+        clock: Callable[[], float],
+        publish: Publish,
+        broker_changes: Callable[[list[Change]], Awaitable[None]] | None = None,
+    ) -> None:
+        s = settings
         self.gateway_id = s.gateway_id
-        self.role = gw.devices.role
-        self.metrics = gw.metrics
+        self.devices = devices
+        self.role = devices.role
+        self.counters = counters
+        self.audit = audit
+        self.metrics = metrics
+        self.staleness = staleness
+        self.clock = clock
+        self.publish = publish
+        self.clones: asyncio.Queue[CloneAlarm] = asyncio.Queue()
         self.sessions: dict[bytes, Session] = {}
         d = s.defence
         self.defence = Defence(
@@ -52,17 +94,20 @@ class Traffic:
             lockout_base=d.lockout_base,
             lockout_max=d.lockout_max,
             max_tracked=d.max_tracked_devices,
-            now=gw._clock(),
+            now=clock(),
         )
         self.data_limiter = DataLimiter(
             rate=d.data_rate,
             burst=d.data_burst,
             flood_after=d.data_flood_after,
             max_tracked=d.max_tracked_devices,
-            now=gw._clock(),
+            now=clock(),
         )
         self._quarantine = d.clone_quarantine
-        self._per_device = gw.per_device_rights
+        # enforcement.rights = "per_device": the broker enforcer's apply(), for Grant and Demote
+        self._broker_changes = broker_changes
+        self._per_device = broker_changes is not None
+        self._background_tasks: set[asyncio.Task[None]] = set()
         self._max_staleness = s.offline.max_staleness
         self._audited: dict[tuple[bytes, str], float] = {}
         self._signalled: dict[bytes, float] = {}  # device -> when it was last told "no session"
@@ -94,13 +139,12 @@ class Traffic:
 
     # ---- handshakes ----
     def on_handshake(self, did: bytes, payload: bytes) -> None:
-        gw = self.gw
-        now = gw._clock()
+        now = self.clock()
         verdict = self.defence.admit(did, now)
         if not verdict.allowed:
             self.metrics.inc("handshake_refused", verdict.reason)
             return
-        if gw.index.staleness() > self._max_staleness:
+        if self.staleness() > self._max_staleness:
             self.metrics.inc("handshake_refused", "index_stale")
             self._audit_rejection(did, "index_stale", now)
             return
@@ -110,14 +154,16 @@ class Traffic:
         for e in events:
             t = type(e)
             if t is core_gateway.CounterAccepted:
-                entry = gw.devices.entries[did]
-                durable = gw.counters.accept(did, entry.epoch, e.counter, e.nonce)
+                entry = self.devices.entries[did]
+                durable = self.counters.accept(did, entry.epoch, e.counter, e.nonce)
                 if e.jump > self.role.window:  # accepted (no lockout after an outage), but visible
                     self.metrics.inc("counter_resync")
-                    gw.audit.append("counter_resync", device=did.hex(), counter=e.counter, jump=e.jump)
+                    self._audit("counter_resync", device=did.hex(), counter=e.counter, jump=e.jump)
             elif t is ev.Authenticated:
-                self._authenticated(did, e.session, now)
-                granted = self._per_device
+                if not self._authenticated(did, e, now):
+                    reply = None  # the log could not record it: no RESULT, the device tries again
+                else:
+                    granted = self._per_device
             elif t is ev.Rejected:
                 self._rejected(did, e.reason, e.counter, now)
             elif t is core_gateway.CloneDetected:
@@ -126,9 +172,9 @@ class Traffic:
             return
         topic = topics.handshake_down(self.gateway_id, did.hex())
         if granted:  # per_device rights: the RESULT leaves once the broker lets the device send data
-            gw.background(self._grant_then_send(did, topic, reply))
+            self._background(self._grant_then_send(did, topic, reply))
         elif durable is None:
-            gw.publish(topic, reply)
+            self.publish(topic, reply)
         else:
             durable.add_done_callback(lambda f: self._after_commit(f, topic, reply))
 
@@ -139,14 +185,29 @@ class Traffic:
                 "counter store failed; challenge withheld: %s", None if fut.cancelled() else fut.exception()
             )
             return
-        self.gw.publish(topic, reply)
+        self.publish(topic, reply)
 
-    def _authenticated(self, did: bytes, session: Session, now: float) -> None:
-        self.sessions[did] = session
+    def _authenticated(self, did: bytes, event: ev.Authenticated, now: float) -> bool:
+        """Grant the session once its audit record is written; -> False (fail closed) when it is not."""
+        try:
+            self.audit.append("authenticated", device=did.hex(), epoch=event.epoch, counter=event.counter)
+        except AuditUnavailable as exc:
+            self.metrics.inc("handshake_refused", "audit_unavailable")
+            log.error("session for %s withheld: %s", did.hex(), exc)
+            return False
+        self.sessions[did] = event.session
         self.data_limiter.reset(did)
         self.defence.succeeded(did)
         self.metrics.inc("authenticated")
-        self.gw.audit.append("authenticated", device=did.hex())
+        return True
+
+    def _audit(self, event: str, **fields: object) -> None:
+        """A record the gateway acts on whether or not it can be written (refusals, clones)."""
+        try:
+            self.audit.append(event, **fields)
+        except AuditUnavailable as exc:
+            self.metrics.inc("audit_unavailable", event)
+            log.error("audit record %s not written: %s", event, exc)
 
     def _rejected(self, did: bytes, reason: str, counter: int | None, now: float) -> None:
         self.metrics.inc("rejected", reason)
@@ -154,7 +215,7 @@ class Traffic:
             lock = self.defence.failed(did, now)
             if lock:
                 self.metrics.inc("lockouts")
-        if did in self.gw.devices.entries:  # unknown ids are counted, not audited (flood-proof)
+        if did in self.devices.entries:  # unknown ids are counted, not audited (flood-proof)
             self._audit_rejection(did, reason, now, counter)
 
     def _audit_rejection(self, did: bytes, reason: str, now: float, counter: int | None = None) -> None:
@@ -165,26 +226,25 @@ class Traffic:
         if len(self._audited) > 100_000:
             self._audited.clear()
         self._audited[key] = now
-        self.gw.audit.append("rejected", device=did.hex(), reason=reason, counter=counter)
+        self._audit("rejected", device=did.hex(), reason=reason, counter=counter)
 
     def _clone(self, did: bytes, counter: int) -> None:
-        gw = self.gw
         self.metrics.inc("clone_detected")
-        gw.audit.append("clone_detected", device=did.hex(), counter=counter)
+        self._audit("clone_detected", device=did.hex(), counter=counter)
         log.warning("clone detected: device %s answered a challenge with used counter %d", did.hex(), counter)
-        gw.background(gw.report_clone(did, counter))
         if self._quarantine:
-            gw.devices.quarantine(did)
+            self.devices.quarantine(did)
             self.drop_session(did, "clone")
-            gw.cut_off([did])
+        self.clones.put_nowait(CloneAlarm(device_id=did, counter=counter))
 
     async def _grant_then_send(self, did: bytes, topic: str, reply: bytes) -> None:
         """``enforcement.rights = "per_device"``: Grant the device its policy's streams at the broker,
         and send the RESULT only once the broker enforces it (a reload: up to ~1 s, batched)."""
-        served = self.gw.devices.served.get(did)
+        served = self.devices.served.get(did)
         streams = served.publish if served is not None else frozenset()
+        assert self._broker_changes is not None
         try:
-            await self.gw.apply_broker_changes([Grant(device_id=did.hex(), streams=streams)])
+            await self._broker_changes([Grant(device_id=did.hex(), streams=streams)])
         except Exception as exc:
             log.error("grant for %s failed (%s): session withdrawn", did.hex(), exc)
             self.metrics.inc("handshake_refused", "grant_failed")
@@ -192,17 +252,23 @@ class Traffic:
             return
         if did in self.sessions:
             self.metrics.inc("grants")
-            self.gw.publish(topic, reply)
+            self.publish(topic, reply)
 
     def drop_session(self, did: bytes, why: str) -> None:
         if self.sessions.pop(did, None) is not None:
             self.metrics.inc("sessions_ended", why)
             if self._per_device:  # back to handshake topics only at the broker
-                self.gw.background(self._demote(did))
+                self._background(self._demote(did))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background_tasks.add(task)  # a reference until it ends (the loop keeps only weak ones)
+        task.add_done_callback(self._background_tasks.discard)
 
     async def _demote(self, did: bytes) -> None:
+        assert self._broker_changes is not None
         try:
-            await self.gw.apply_broker_changes([Demote(device_id=did.hex())])
+            await self._broker_changes([Demote(device_id=did.hex())])
             self.metrics.inc("demotes")
         except Exception as exc:
             log.error("demote of %s failed (%s)", did.hex(), exc)
@@ -215,14 +281,14 @@ class Traffic:
             self.metrics.inc("data_dropped", "no_session")
             self._no_session(did)
             return
-        now = self.gw._clock()
+        now = self.clock()
         limited = self.data_limiter.admit(did, now)  # before the MAC: a flood costs a dict look-up
         if limited:
             self.metrics.inc("data_dropped", "rate_limited")
             if limited == "flooding":
                 self.drop_session(did, "flood")
                 self.data_limiter.reset(did)
-                self.gw.audit.append("data_flood", device=did.hex())
+                self._audit("data_flood", device=did.hex())
                 log.warning("device %s sent data far past its rate: session ended", did.hex())
             return
         data, reason = session.open(stream, payload, now)
@@ -233,7 +299,7 @@ class Traffic:
             else:
                 self._audit_rejection(did, "data_" + reason, now)
             return
-        served = self.gw.devices.served.get(did)
+        served = self.devices.served.get(did)
         name = stream.decode("ascii", "replace")
         if served is None or name not in served.publish:
             self.metrics.inc("data_dropped", "not_in_policy")
@@ -241,7 +307,7 @@ class Traffic:
             return
         assert data is not None
         self.metrics.inc("data_verified")
-        self.gw.publish(topics.verified(self.gateway_id, did.hex(), name), data)
+        self.publish(topics.verified(self.gateway_id, did.hex(), name), data)
 
     def _no_session(self, did: bytes) -> None:
         """Data came without a session (this gateway restarted, or lifted a quarantine): tell the device,
@@ -249,9 +315,9 @@ class Traffic:
         into the void. The signal is an unauthenticated REJECT on its handshake topic: a forged one can
         at most make a device run one handshake (the agents' policy ignores it within a few seconds of
         a success and while a handshake runs)."""
-        if did not in self.gw.devices.entries:
+        if did not in self.devices.entries:
             return  # not a device this gateway serves: nothing to offer it
-        now = self.gw._clock()
+        now = self.clock()
         last = self._signalled.get(did)
         if last is not None and now - last < NO_SESSION_EVERY:
             return
@@ -260,7 +326,7 @@ class Traffic:
         self._signalled[did] = now
         self.metrics.inc("no_session_signals")
         self._audit_rejection(did, "data_no_session", now)
-        self.gw.publish(topics.handshake_down(self.gateway_id, did.hex()), NO_SESSION_REJECT, qos=0)
+        self.publish(topics.handshake_down(self.gateway_id, did.hex()), NO_SESSION_REJECT)
 
     def send_command(self, did: bytes, name: str, payload: bytes) -> bool:
         """Send a MAC'd COMMAND to an authenticated device; False when it has no session."""
@@ -268,7 +334,7 @@ class Traffic:
         if session is None:
             return False
         msg = session.seal(name.encode(), payload)
-        return self.gw.publish(topics.command(self.gateway_id, did.hex(), name), msg)
+        return self.publish(topics.command(self.gateway_id, did.hex(), name), msg)
 
     # ---- housekeeping ----
     def sweep(self, now: float) -> None:

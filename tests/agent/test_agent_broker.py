@@ -10,9 +10,9 @@ import threading
 import pytest
 
 from device_agent.agent.counters import read_epoch
+from firmware_sim.responder import Responder, entry_for
 
 from .helpers import Device, running, wait_until
-from .responder import Responder, entry_for
 
 pytestmark = pytest.mark.broker
 

@@ -16,9 +16,9 @@ from device_agent.agent.keystore import DeviceSecret, KeyStoreError, load_secret
 from device_agent.agent.provision import CSV_COLUMNS
 from device_agent.core import identity, policy, topics
 from device_agent.core.gateway import GatewayRole
+from firmware_sim.responder import entry_for
 
 from .helpers import Device
-from .responder import entry_for
 
 # -- key store ---------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from firmware_sim.broker import mosquitto_binary
 from gateway.broker import (
     ANY,
     COMMAND,
@@ -36,7 +37,6 @@ from tests.broker.clients import Probe
 from tests.broker.conftest import GATEWAY_ID as GW
 from tests.broker.conftest import EnforcedBroker, running_enforced_broker
 from tests.conftest import require
-from tests.mosquitto import mosquitto_binary
 
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio]
 

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 from device_agent.core import topics
 from gateway.mqtt import MqttClient
 from ledger_bridge.enrollment import ProvisionedDevice
+from tests.waiting import eventually
 
-
-async def eventually(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes; -> its last value as a bool."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return bool(predicate())
+__all__ = ["eventually", "raw_device_client", "verified_listener"]
 
 
 async def verified_listener(

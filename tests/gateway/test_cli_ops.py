@@ -14,7 +14,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,11 +23,13 @@ import pytest
 from device_agent.core import events
 from gateway.audit import AuditLog, anchor_records, check_anchors, verify_file
 from gateway.cli import main
+from gateway.ops import parse_counters
 from ledger_bridge import LedgerError
 from ledger_bridge.index import onchain_gateway_id
 from ledger_bridge.sealing import load_gateway_key, public_bytes
 from tests.conftest import require
 from tests.gateway.stack import site
+from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "diams-gateway.service"
@@ -185,15 +186,6 @@ def _get(port: int, path: str) -> tuple[int, str]:
         return exc.code, body
 
 
-async def _until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
 @pytest.mark.asyncio
 async def test_health_ready_and_metrics_over_http(tmp_path):
     async with site(tmp_path, n_devices=1) as s:
@@ -207,11 +199,12 @@ async def test_health_ready_and_metrics_over_http(tmp_path):
         assert isinstance(await dev.authenticate(), events.Authenticated)
         status, text = await asyncio.to_thread(_get, port, "/metrics")
         assert status == 200
-        assert "# TYPE diams_authenticated_total counter\ndiams_authenticated_total 1\n" in text
+        assert "# TYPE diams_authenticated_total counter\ndiams_authenticated_total 1.0\n" in text
         assert "# TYPE diams_sessions gauge\ndiams_sessions 1.0\n" in text
+        assert parse_counters(text)[("authenticated", "")] == 1  # what the simulator reads
         for gauge in ("pending_handshakes", "devices_servable", "index_staleness_seconds"):
             assert re.search(rf"^diams_{gauge} [0-9.e+-]+$", text, re.M), gauge
-        assert "diams_mqtt_connects_total 1" in text
+        assert "diams_mqtt_connects_total 1.0" in text
         await dev.close()
 
         # the broker goes away: not ready (503, with the reason), still alive; back when it returns
@@ -220,7 +213,7 @@ async def test_health_ready_and_metrics_over_http(tmp_path):
         async def not_ready() -> bool:
             return (await asyncio.to_thread(_get, port, "/readyz"))[0] == 503
 
-        assert await _until(not_ready)
+        assert await eventually(not_ready, 10)
         assert await asyncio.to_thread(_get, port, "/readyz") == (503, "broker: not connected\n")
         assert (await asyncio.to_thread(_get, port, "/healthz"))[0] == 200
         s.broker.start()
@@ -228,7 +221,7 @@ async def test_health_ready_and_metrics_over_http(tmp_path):
         async def ready() -> bool:
             return (await asyncio.to_thread(_get, port, "/readyz"))[0] == 200
 
-        assert await _until(ready, 20)
+        assert await eventually(ready, 20)
         assert await asyncio.to_thread(_get, port, "/nowhere") == (404, "404: Not Found")
 
 

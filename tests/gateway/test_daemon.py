@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 import pytest
 
 from device_agent.core import events, topics
 from gateway.mqtt import MqttClient, MqttConnectError
 from tests.gateway.stack import site, start_gateway, stop_gateway
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -30,15 +30,6 @@ async def _verified_listener(port: int, gw) -> tuple[MqttClient, list]:
     return c, got
 
 
-async def _eventually(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return predicate()
-
-
 async def test_handshake_data_and_policy(tmp_path):
     async with site(tmp_path, n_devices=2) as s:
         gw = s.gateways["gw-a"]
@@ -49,7 +40,7 @@ async def test_handshake_data_and_policy(tmp_path):
         listener, got = await _verified_listener(s.broker.port, gw)
         dev.send_data("telemetry", b'{"t": 21.5}')
         dev.send_data("telemetry", b'{"t": 21.6}')
-        ok = await _eventually(lambda: len(got) == 2)
+        ok = await eventually(lambda: len(got) == 2)
         assert ok, (dict(gw.metrics.counters), got)
         assert got[0] == (topics.verified("gw-a", dev.hex, "telemetry").encode(), b'{"t": 21.5}')
         # forged, replayed and out-of-policy data are dropped and counted, never republished
@@ -60,13 +51,14 @@ async def test_handshake_data_and_policy(tmp_path):
         dev.replay(data, again)
         dev.replay(data, again)
         dev.send_data("gps", b"not in policy")
-        assert await _eventually(lambda: gw.metrics.get("data_dropped", "not_in_policy") == 1)
-        assert await _eventually(lambda: gw.metrics.get("data_dropped", "replay") == 1)
+        assert await eventually(lambda: gw.metrics.get("data_dropped", "not_in_policy") == 1)
+        assert await eventually(lambda: gw.metrics.get("data_dropped", "replay") == 1)
         assert gw.metrics.get("data_dropped", "forged") == 1
+        assert await eventually(lambda: len(got) >= 4)  # counted at the gateway, then delivered to us
         assert [p for _, p in got] == [b'{"t": 21.5}', b'{"t": 21.6}', b"x", b"y"]
         # a command from the gateway reaches the device, verified under the session
         assert gw.traffic.send_command(dev.device_id, "config", b"interval=60")
-        assert await _eventually(lambda: dev.stats.commands == [b"interval=60"])
+        assert await eventually(lambda: dev.stats.commands == [b"interval=60"])
         # another device cannot publish into this device's topics: the broker refuses (dropped)
         other = s.sim(1)
         await other.connect()
@@ -87,11 +79,9 @@ async def test_revocation_cuts_the_device_off(tmp_path):
         dev = s.sim(0)
         await dev.connect()
         assert isinstance(await dev.authenticate(), events.Authenticated)
-        t0 = time.monotonic()
         await s.actors["owner"].revoke(dev.device_id)
-        await asyncio.wait_for(asyncio.shield(dev.client.closed), 5)
-        elapsed = time.monotonic() - t0
-        assert elapsed < 5  # the figure itself is measured in bench/, not asserted here
+        # how fast is bench's revocation_cutoff figure; here only that it happens
+        await asyncio.wait_for(asyncio.shield(dev.client.closed), 30)
         assert dev.device_id not in gw.traffic.sessions and dev.device_id not in gw.devices.entries
         with pytest.raises(MqttConnectError):
             await dev.connect(timeout=3)
@@ -107,7 +97,7 @@ async def test_malformed_and_oversize_payloads_are_refused_and_the_gateway_lives
         dev.client.on_message = lambda t, p: replies.append(p)
         for junk in (b"", b"\x11", b"\xff" * 21, os.urandom(5000), b"\x13" + bytes(8)):
             dev.client.publish(dev.up, junk, qos=1)
-        assert await _eventually(lambda: gw.metrics.get("rejected", "bad_message") >= 3)
+        assert await eventually(lambda: gw.metrics.get("rejected", "bad_message") >= 3)
         assert all(r[0] == 0x17 for r in replies)  # REJECTs only
         dev.client.on_message = dev._on_message
         dev.stats.rejected.clear()
@@ -134,3 +124,32 @@ async def test_counters_survive_a_gateway_restart_and_replays_never_authenticate
         assert isinstance(await dev.authenticate(), events.Authenticated)
         assert gw.metrics.get("authenticated") == 1
         await dev.close()
+
+
+async def test_no_session_is_granted_that_the_audit_log_cannot_record(tmp_path):
+    """Fail closed: with the audit log's disk full, a correct handshake gets no RESULT and no session;
+    once the disk has room, the device authenticates and the record names its counter and epoch."""
+    from gateway.audit import AuditUnavailable, records
+
+    async with site(tmp_path, n_devices=1) as s:
+        gw = s.gateways["gw-a"]
+        dev = s.sim(0)
+        await dev.connect()
+        append = gw.traffic.audit.append
+
+        def full(event, **fields):
+            raise AuditUnavailable("audit log: record not written (No space left on device)")
+
+        gw.traffic.audit.append = full
+        try:
+            result = await dev.authenticate(timeout=2)
+            assert not isinstance(result, events.Authenticated), result
+            assert dev.device_id not in gw.traffic.sessions
+            assert gw.metrics.get("handshake_refused", "audit_unavailable") == 1
+        finally:
+            gw.traffic.audit.append = append
+        result = await dev.authenticate()
+        assert isinstance(result, events.Authenticated), result
+        gw.traffic.audit.sync()
+        authenticated = [r for r in records(gw.traffic.audit.path) if r["event"] == "authenticated"]
+        assert [(r["device"], r["epoch"], r["counter"]) for r in authenticated] == [(dev.hex, 0, dev.counter)]

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from device_agent.core import policy, topics
+from firmware_sim.mpy import runner
 from tests.conftest import require
-
-from . import runner
 
 pytestmark = pytest.mark.micropython
 

@@ -7,10 +7,9 @@ import os
 
 import pytest
 
-from tests.agent.helpers import Device
-from tests.agent.responder import Responder, entry_for
-
-from . import mpyagent
+from firmware_sim.agents import Device
+from firmware_sim.mpy import agent as mpyagent
+from firmware_sim.responder import Responder, entry_for
 
 pytestmark = [pytest.mark.micropython, pytest.mark.broker]
 

@@ -10,10 +10,9 @@ import subprocess
 
 import pytest
 
+from firmware_sim.mpy import agent as mpyagent
+from firmware_sim.mpy import runner
 from tests.conftest import require
-from tests.micropython import runner
-
-from . import mpyagent
 
 PKG = runner.REPO / "device_agent" / "micropython"
 EXPECTED = (["device_agent/__init__.py"] + [f"device_agent/core/{m}.py" for m in runner.AGENT_MODULES]

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.micropython import runner
+from firmware_sim.mpy import runner
 
 REPO = runner.REPO
 VENDOR = REPO / ".vendor" / "micropython"

@@ -57,7 +57,9 @@ class Responder:
             CallbackAPIVersion.VERSION2, client_id=f"responder-{gateway_id}-{os.getpid()}"
         )
         self.client.username_pw_set(f"responder-{gateway_id}")
-        self.client.on_socket_open = lambda c, u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client.on_socket_open = lambda c, u, s: s.setsockopt(  # type: ignore[attr-defined]
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+        )
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
