@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from device_agent.core import topics
+from firmware_sim.broker import mosquitto_binary
 from gateway.broker import BrokerSecret, Enroll, handshake_up, mosquitto_config_lines
 from tests.broker.clients import Probe
 from tests.broker.conftest import running_enforced_broker
 from tests.conftest import require
-from tests.mosquitto import mosquitto_binary
 
 D1 = "00000000000000d1"
 NOT_AUTHORIZED = 135

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from firmware_sim.broker import mosquitto_binary
 from gateway.broker import (
     BrokerSecret,
     CanaryAnswer,
@@ -33,7 +34,6 @@ from gateway.broker import (
 from tests.broker.clients import Probe
 from tests.broker.conftest import running_enforced_broker
 from tests.conftest import require
-from tests.mosquitto import mosquitto_binary
 
 D1 = "00000000000000d1"
 
