@@ -277,6 +277,29 @@ class IdentityIndex:
             for r in rows
         ]
 
+    def device_row(self, device_id: bytes) -> dict[str, Any] | None:
+        """One device for displays: its row and every gateway holding a key (two indexed reads)."""
+        row = self._db.execute(
+            "SELECT state, epoch, owner, manufacturer, policy, firmware, block FROM devices WHERE id = ?",
+            (device_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        grants = self._db.execute(
+            "SELECT gateway, epoch FROM grants WHERE device = ? ORDER BY gateway", (device_id,)
+        ).fetchall()
+        return {
+            "device_id": device_id.hex(),
+            "state": DeviceState(row[0]).label,
+            "epoch": row[1],
+            "owner": row[2],
+            "manufacturer": row[3],
+            "policy": None if row[4] is None else bytes(row[4]),
+            "firmware_hash": "0x" + bytes(row[5]).hex(),
+            "block": row[6],
+            "gateways": [{"gateway": bytes(g), "epoch": e, "current": e == row[1]} for g, e in grants],
+        }
+
     def counts_by_state(self) -> dict[str, int]:
         counts = dict(self._db.execute("SELECT state, COUNT(*) FROM devices GROUP BY state").fetchall())
         return {s.label: int(counts.get(int(s), 0)) for s in DeviceState if s is not DeviceState.UNREGISTERED}
