@@ -132,7 +132,9 @@ def _list(body: dict[str, Any], name: str) -> list[str]:
     return value
 
 
-def _tx(outcome: Any) -> web.Response:
+async def _tx(request: web.Request, outcome: Any) -> web.Response:
+    """A transaction's outcome, once the index has seen it (so the next read shows the change)."""
+    await request.app[SERVICE].sync()
     return web.json_response(ops.jsonable(outcome))
 
 
@@ -238,7 +240,7 @@ async def device_history(request: web.Request) -> web.Response:
 async def register_device(request: web.Request) -> web.Response:
     session = _require(request)
     body = await _json(request)
-    return _tx(await _actor(request, session).register_device(registration_from(body)))
+    return await _tx(request, await _actor(request, session).register_device(registration_from(body)))
 
 
 def registration_from(body: Any) -> DeviceRegistration:
@@ -268,7 +270,9 @@ async def device_action(request: web.Request) -> web.Response:
         )
     body = await _json(request) if request.can_read_body else {}
     params = {k: v for k, v in body.items() if isinstance(v, str)}
-    return _tx(await ops.run_action(_actor(request, session), action, _device(request), params))
+    return await _tx(
+        request, await ops.run_action(_actor(request, session), action, _device(request), params)
+    )
 
 
 async def recover(request: web.Request) -> web.Response:
@@ -276,6 +280,7 @@ async def recover(request: web.Request) -> web.Response:
     outcomes = await ops.recover_after_clone(
         request.app[SERVICE].ledger, _actor(request, session), _device(request)
     )
+    await request.app[SERVICE].sync()
     return web.json_response({"transactions": ops.jsonable(outcomes)})
 
 
@@ -289,8 +294,9 @@ async def authorize(request: web.Request) -> web.Response:
     if bundle.device_id != _device(request):
         raise ValueError("the bundle is another device's")
     svc = request.app[SERVICE]
-    return _tx(
-        await ops.authorize_from_bundle(svc.ledger, _actor(request, session), bundle, _str(body, "gateway"))
+    return await _tx(
+        request,
+        await ops.authorize_from_bundle(svc.ledger, _actor(request, session), bundle, _str(body, "gateway")),
     )
 
 
@@ -341,12 +347,13 @@ async def register_gateway(request: web.Request) -> web.Response:
     session = _require(request)
     body = await _json(request)
     pub = _str(body, "x25519")
-    return _tx(
+    return await _tx(
+        request,
         await _actor(request, session).register_gateway(
             ops.name_id(_str(body, "gateway"), what="gateway"),
             x25519_public_key=parse_bytes32(pub if pub.startswith("0x") else "0x" + pub, name="x25519"),
             account=_account(_str(body, "account")),
-        )
+        ),
     )
 
 
@@ -367,13 +374,14 @@ async def policy(request: web.Request) -> web.Response:
 async def define_policy(request: web.Request) -> web.Response:
     session = _require(request)
     body = await _json(request)
-    return _tx(
+    return await _tx(
+        request,
         await ops.define_policy(
             _actor(request, session),
             _str(body, "name"),
             publish=_list(body, "publish"),
             subscribe=_list(body, "subscribe"),
-        )
+        ),
     )
 
 
@@ -607,9 +615,9 @@ def openapi() -> dict[str, Any]:
     for r in ROUTES:
         op: dict[str, Any] = {
             "summary": r.summary,
-            "operationId": r.method.lower() + "_" + "_".join(
-                part.strip("{}") for part in r.path.strip("/").split("/")
-            ),
+            "operationId": r.method.lower()
+            + "_"
+            + "_".join(part.strip("{}") for part in r.path.strip("/").split("/")),
             "parameters": r.params,
             "responses": {
                 "202" if r.handler in (job_register, job_onboard) else "200": {

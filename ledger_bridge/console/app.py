@@ -78,7 +78,13 @@ async def security(request: web.Request, handler: Handler) -> web.StreamResponse
     session = request.app[SESSIONS].get(token)
     request[SESSION] = session
     api = request.path.startswith("/api/")
-    if request.method not in ("GET", "HEAD", "OPTIONS") and session is not None and not bearer:
+    signing_in = request.path in ("/login", "/api/session") and request.method == "POST"
+    if (
+        request.method not in ("GET", "HEAD", "OPTIONS")
+        and session is not None
+        and not bearer
+        and not signing_in
+    ):
         # a browser sends the cookie by itself: the request must also prove it comes from our page
         if api:
             sent = request.headers.get("X-CSRF-Token")

@@ -41,6 +41,8 @@ class World:
     audit_log: Path
     sessions: SessionStore
     gateway_key: Path
+    routes_hit: set[tuple[str, str]]
+    responses: list[str]
 
     async def login(self, actor: str) -> dict[str, Any]:
         """Sign in through the API; -> the session view with its bearer token."""
@@ -68,7 +70,9 @@ class World:
 
 
 @contextlib.asynccontextmanager
-async def world(tmp: Path, *, n_devices: int = 4, clock: Any = None) -> AsyncIterator[World]:
+async def world(
+    tmp: Path, *, n_devices: int = 4, clock: Any = None, settings: Any = None
+) -> AsyncIterator[World]:
     async with Ledger(backend=EthereumTesterBackend()) as ledger:
         keystores, signers = {}, {}
         for name in PASSPHRASES:
@@ -107,12 +111,35 @@ async def world(tmp: Path, *, n_devices: int = 4, clock: Any = None) -> AsyncIte
         for d in devices:
             log.append("authenticated", device=d.device_id.hex())
         log.append("rejected", device=devices[0].device_id.hex(), reason="bad_proof", counter=3)
-        log.append("clone_detected", device=devices[1].device_id.hex(), counter=1)
+        anchor = log.next_anchor()
+        assert anchor is not None
+        out = await actors["gateway"].anchor(
+            b"gw-1".ljust(32, b"\0"),
+            merkle_root=anchor.root,
+            count=anchor.count,
+            first_seq=anchor.first_seq,
+            last_seq=anchor.last_seq,
+        )
+        log.mark_anchored(anchor, out.transaction_hash)
+        log.append("clone_detected", device=devices[1].device_id.hex(), counter=1)  # not anchored yet
         log.close()
         index = IdentityIndex(tmp / "index.sqlite", start_block=ledger.channel.deployed_block)
         service = ConsoleService(ledger=ledger, index=index, audit_logs=[audit_log], sync_interval_s=0.2)
         sessions = SessionStore(ttl_s=600, **({"clock": clock} if clock else {}))
-        app = create_app(service, sessions=sessions)
+        app = create_app(service, sessions=sessions, **({"settings": settings} if settings else {}))
+        routes_hit: set[tuple[str, str]] = set()
+        responses: list[str] = []
+
+        async def record(request: Any, response: Any) -> None:
+            route = request.match_info.route
+            if route.resource is not None:
+                routes_hit.add((route.method, route.resource.canonical))
+            body = getattr(response, "body", None)
+            if isinstance(body, bytes):
+                responses.append(body.decode("utf-8", "replace"))
+            responses.append(str(dict(response.headers)))
+
+        app.on_response_prepare.append(record)
         client = TestClient(TestServer(app))
         await client.start_server()
         try:
@@ -127,6 +154,8 @@ async def world(tmp: Path, *, n_devices: int = 4, clock: Any = None) -> AsyncIte
                 audit_log=audit_log,
                 sessions=sessions,
                 gateway_key=gw_key,
+                routes_hit=routes_hit,
+                responses=responses,
             )
         finally:
             await client.close()
