@@ -252,7 +252,7 @@ def _timeline_entry(e: LedgerEvent, when: int) -> TimelineEntry:
             continue
         if k == "sealedKey":
             details[k] = f"{len(v)} bytes" if isinstance(v, bytes) else v
-        elif k in ("gatewayId", "policyId") and isinstance(v, bytes):
+        elif k in ("gatewayId", "policyId", "model") and isinstance(v, bytes):
             details[k] = id_text(v)
         else:
             details[k] = jsonable(v)
