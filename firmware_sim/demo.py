@@ -121,6 +121,7 @@ class Demo:
         self.dir = run_dir
         self.broker: MosquittoBroker | None = None
         self.children: list[Process] = []
+        self.console: asyncio.Task[None] | None = None
         self.report = FleetReport()
         self.gateway_checks: dict[str, bool] = {}
 
@@ -189,6 +190,8 @@ class Demo:
             await ledger.fund(s.address, 100 * ETH)
         channel = await ledger.deploy(admin=signers["admin"])
         say(f"contracts deployed: registry {channel.registry}, auth log {channel.auth_log}")
+        self._write_channel(channel)
+        self.console = asyncio.create_task(self.start_console(url))  # starts beside the rest of the demo
         actors = {n: ledger.actor(s) for n, s in signers.items()}
         await actors["admin"].grant_role(Role.MANUFACTURER, signers["manufacturer"].address)
         await actors["admin"].grant_role(Role.OPERATOR, signers["operator"].address)
@@ -229,6 +232,10 @@ class Demo:
             f"claimed, set the policy, activated and sealed keys for {GATEWAY_ID})"
         )
         save_identities(self.dir / "fleet-spare.json", fleet[n_fleet:])
+        self._ledger = ledger
+        return channel, fleet[:n_fleet], {"actors": actors, "files": files}
+
+    def _write_channel(self, channel: Any) -> None:
         (self.dir / "channel.json").write_text(
             json.dumps(
                 {
@@ -239,8 +246,6 @@ class Demo:
             )
             + "\n"
         )
-        self._ledger = ledger
-        return channel, fleet[:n_fleet], {"actors": actors, "files": files}
 
     def write_gateway_config(self, url: str, channel: Any, files: dict[str, Any]) -> tuple[Path, int]:
         assert self.broker is not None
@@ -374,13 +379,13 @@ port = {http_port}
         channel, fleet, extra = await self.enroll(url)
         config, http_port = self.write_gateway_config(url, channel, extra["files"])
         await self.start_gateway(config, http_port)
-        console = asyncio.create_task(self.start_console(url))  # starts beside the simulation
         self.write_site_file(url, http_port)
         await self.simulate(fleet, extra["actors"]["owner"], http_port)
         ok = self.summarize()
         until = (deadline - 1.0) if deadline is not None else time.monotonic() + 120
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(console, max(0.1, until - time.monotonic()))
+        if self.console is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.console, max(0.1, until - time.monotonic()))
         if deadline is None:
             say("the site stays up: Ctrl-C stops everything (site.json says how to reach it)")
             say(f"console: {getattr(self, 'console_url', 'not up (see console.log)')}")
@@ -423,6 +428,8 @@ port = {http_port}
         return self.report.ok
 
     async def shutdown(self) -> None:
+        if self.console is not None and not self.console.done():
+            self.console.cancel()
         ledger = getattr(self, "_ledger", None)
         if ledger is not None:
             with contextlib.suppress(Exception):
