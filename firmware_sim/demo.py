@@ -191,7 +191,6 @@ class Demo:
         channel = await ledger.deploy(admin=signers["admin"])
         say(f"contracts deployed: registry {channel.registry}, auth log {channel.auth_log}")
         self._write_channel(channel)
-        self.console = asyncio.create_task(self.start_console(url))  # starts beside the rest of the demo
         actors = {n: ledger.actor(s) for n, s in signers.items()}
         await actors["admin"].grant_role(Role.MANUFACTURER, signers["manufacturer"].address)
         await actors["admin"].grant_role(Role.OPERATOR, signers["operator"].address)
@@ -382,6 +381,8 @@ port = {http_port}
         self.write_site_file(url, http_port)
         await self.simulate(fleet, extra["actors"]["owner"], http_port)
         ok = self.summarize()
+        # after the checks, so it never competes with them for the CPU; it stays up with the site
+        self.console = asyncio.create_task(self.start_console(url))
         until = (deadline - 1.0) if deadline is not None else time.monotonic() + 120
         if self.console is not None:
             with contextlib.suppress(TimeoutError):

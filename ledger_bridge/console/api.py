@@ -638,7 +638,7 @@ def openapi() -> dict[str, Any]:
             "title": "DIAMS console API",
             "version": "1.0.0",
             "description": "Every action of the DIAMS console. Sign in with POST /api/session; send the "
-            "token as `Authorization: Bearer <token>`.",
+            "token in an Authorization header: Bearer <token>.",
         },
         "paths": paths,
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},

@@ -56,7 +56,7 @@ def test_demo_runs_every_check_and_stops_by_itself(run_root):
         assert f"[ok  ] {name}" in out, out
     assert "gateway stopped (exit 0)" in out and "ledger-node stopped (exit 0)" in out
     assert "mosquitto stopped" in out
-    # the console ran beside the demo and was stopped with it; it starts in parallel, so on a loaded
+    # the console starts after the checks and is stopped with the site; on a loaded
     # machine the demo's 45 s can end before it listens (tests/console/test_cli.py waits for it)
     assert re.search(r"console stopped \(exit (0|-15)\)", out), out
     if "console stopped (exit 0)" in out:
