@@ -27,7 +27,9 @@ from ledger_bridge.keystore import create_keystore
 from ledger_bridge.operations import OwnerBundle
 from tests.conftest import require
 from tests.gateway.helpers import eventually
-from tests.gateway.stack import ETH, site
+from tests.gateway.stack import site
+
+ETH = 10**18
 
 pytestmark = pytest.mark.asyncio
 
