@@ -27,6 +27,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
 from . import operations as ops
 from .actor import ActorHandle
 from .backends import EthereumTesterBackend, LedgerBackend, RpcBackend
@@ -201,26 +204,28 @@ async def _register_csv(args: argparse.Namespace) -> int:
 
 
 class _Bar:
-    """A progress bar on stderr, shown only on a terminal (never mixed into stdout)."""
+    """A progress bar on stderr (rich), shown only on a terminal: never mixed into stdout."""
 
     def __init__(self, show: bool) -> None:
-        self.show = show
-        self.used = False
+        self._progress = Progress(
+            TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
+            console=Console(stderr=True), disable=not show,
+        )  # fmt: skip
+        self._tasks: dict[str, Any] = {}
+        self._started = False
 
     def __call__(self, what: str, done: int, total: int) -> None:
-        if self.show:
-            width = 30
-            filled = width * done // max(total, 1)
-            print(
-                f"\r{what:<20} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
-                end="",
-                file=sys.stderr,
-            )
-            self.used = True
+        if not self._started:
+            self._progress.start()
+            self._started = True
+        task = self._tasks.get(what)
+        if task is None:
+            task = self._tasks[what] = self._progress.add_task(what, total=total)
+        self._progress.update(task, completed=done, total=total)
 
     def done(self) -> None:
-        if self.used:
-            print(file=sys.stderr)
+        if self._started:
+            self._progress.stop()
 
 
 def _progress_bar(args: argparse.Namespace) -> _Bar:
