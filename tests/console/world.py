@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiohttp import ClientTimeout
 from aiohttp.test_utils import TestClient, TestServer
 
 from device_agent.agent.provision import provision
@@ -140,7 +141,8 @@ async def world(
             responses.append(str(dict(response.headers)))
 
         app.on_response_prepare.append(record)
-        client = TestClient(TestServer(app))
+        # a request that hangs fails where it hangs (the world's chain calls are bounded by the ledger)
+        client = TestClient(TestServer(app), timeout=ClientTimeout(total=120))
         await client.start_server()
         try:
             yield World(
