@@ -284,6 +284,10 @@ class Ledger:
     async def block_number(self) -> int:
         return await self._run(lambda: int(self.w3.eth.block_number))
 
+    async def block_timestamp(self, number: int) -> int:
+        """The timestamp (seconds since the epoch) of block ``number``."""
+        return await self._run(lambda: int(self.w3.eth.get_block(number)["timestamp"]))
+
     async def block_hash(self, number: int) -> bytes | None:
         """The hash of block ``number`` on the chain as it is now, or None past the head (reorg checks)."""
 
