@@ -281,6 +281,7 @@ class Demo:
                 acl_file=self.broker.directory / "acl",
                 pid_file=self.broker.pid_path,
                 file_group=self.broker.file_group,
+                broker_log=self.broker.log_path,  # cut-offs confirmed in the broker's log
             ),
             protocol=ProtocolSettings(proof_timeout=3.0),
             http=HttpSettings(port=http_port),

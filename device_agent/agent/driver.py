@@ -180,6 +180,11 @@ class AgentDriver:
         return Publish(str(_T.handshake_up(gateway, self.device_hex)), hello)
 
     def _handshake_message(self, gateway: str, payload: bytes, now: float) -> list[Publish]:
+        if _core.no_session_signal(payload):  # never for the role: it would end a handshake in flight
+            self.stats["no_session_signals"] += 1
+            if gateway == self.session_gateway:
+                log.warning("gateway %s holds no session for this device: re-authenticating", gateway)
+            return self.no_session(gateway, now)
         attempt = self.policy.attempt
         if self._role is None or attempt is None or attempt[0] != gateway or self._role_gateway != gateway:
             self.stats["stray_messages"] += 1

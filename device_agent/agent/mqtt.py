@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import queue
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -77,6 +78,8 @@ class MqttAgent:
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=config.device_id,
                                    protocol=paho.MQTTv311)
         self._client.username_pw_set(config.device_id, password)
+        if config.broker_tls_ca is not None:  # verifies the broker's certificate and host name
+            self._client.tls_set_context(ssl.create_default_context(cafile=str(config.broker_tls_ca)))
         self._client.on_socket_open = self._on_socket_open
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect

@@ -25,7 +25,7 @@ except ImportError:  # older ports
 
 from umqtt.simple import MQTTClient
 
-from device_agent.core import keys, policy, topics
+from device_agent.core import keys, policy, topics, wire
 from device_agent.core.device import DeviceRole
 from device_agent.core.events import Authenticated, Rejected
 
@@ -155,6 +155,10 @@ class Agent:
                 self._command(t[3], msg)
 
     def _handshake(self, gw, msg):
+        if wire.no_session_signal(msg):  # the gateway lost our session: at most one handshake follows
+            self.stats["no_session_signals"] = self.stats.get("no_session_signals", 0) + 1
+            self.no_session(gw)
+            return
         a = self.policy.attempt
         if self._role is None or a is None or a[0] != gw:
             return
