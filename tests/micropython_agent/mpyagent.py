@@ -28,10 +28,11 @@ def umqtt_available(fetch: bool = True) -> bool:
 
 def start(*, host: str, port: int, device_hex: str, secret: bytes, fw: bytes, gateways: list[str],
           state: Path, answer_ms: int = 3000, n_data: int = 3, heap: str = "64K",
-          path: list[Path] | None = None) -> subprocess.Popen[str]:
-    """``path``: directories searched first (e.g. compiled .mpy files); then the sources."""
+          path: list[Path] | None = None, only: bool = False) -> subprocess.Popen[str]:
+    """``path``: directories searched first (e.g. compiled .mpy files); then the sources, unless
+    ``only`` (e.g. a mip install target: nothing from the checkout)."""
     assert runner.MICROPYTHON, "micropython is not installed"
-    dirs = [str(p) for p in (path or [])] + [str(REPO), str(VENDOR), ".frozen"]
+    dirs = [str(p) for p in (path or [])] + ([] if only else [str(REPO), str(VENDOR)]) + [".frozen"]
     env = {**os.environ, "MICROPYPATH": ":".join(dirs)}
     args = [runner.MICROPYTHON, "-X", f"heapsize={heap}", str(SCRIPT), host, str(port), device_hex,
             secret.hex(), fw.hex(), ",".join(gateways), str(state), str(answer_ms), str(n_data)]
