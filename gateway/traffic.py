@@ -138,7 +138,9 @@ class Traffic:
         self.sessions[did] = session
         self.defence.succeeded(did)
         self.metrics.inc("authenticated")
-        self.gw.audit.append("authenticated", device=did.hex())
+        entry = self.gw.devices.entries.get(did)
+        # the epoch shows a firmware update (or a re-keying) in the audit: the first authentication under it
+        self.gw.audit.append("authenticated", device=did.hex(), epoch=entry.epoch if entry else None)
 
     def _rejected(self, did: bytes, reason: str, counter: int | None, now: float) -> None:
         self.metrics.inc("rejected", reason)

@@ -29,6 +29,7 @@ from . import _core
 from .counters import CounterStore
 from .failover import GatewayRotation
 from .keystore import DeviceSecret
+from .reasons import explain
 
 __all__ = ["AgentDriver", "Publish", "command_topic", "data_topic", "hs_down_topic", "hs_up_topic"]
 
@@ -102,6 +103,7 @@ class AgentDriver:
         self._trial_epoch: int | None = None
         self._start_at: float | None = 0.0  # when to start the next handshake; None: none planned
         self._reauth_at: float | None = None
+        self.last_refusal: tuple[str, str, float] | None = None  # (gateway, reason, clock)
 
     def __repr__(self) -> str:
         return (f"AgentDriver({self.device_hex}, online={self.online}, "
@@ -231,13 +233,16 @@ class AgentDriver:
 
     def _failed(self, reason: str, now: float) -> None:
         a = self._attempt
+        hinted = self._trial_epoch is not None
         self._attempt = None
         self._trial_epoch = None
         self.stats["failed_" + reason] += 1
+        self.last_refusal = (a.gateway if a else "?", reason, now)  # for `diams-agent status`
         delay = self.rotation.failed()
         self._start_at = now + delay
-        log.warning("handshake with %s failed (%s); next: %s in %.1f s",
-                    a.gateway if a else "?", reason, self.rotation.current, delay)
+        log.warning("handshake with %s failed (%s: %s); next: %s in %.1f s",
+                    a.gateway if a else "?", reason, explain(reason, after_epoch_hint=hinted),
+                    self.rotation.current, delay)
 
     def _command(self, name: str, message: bytes, now: float) -> None:
         if self.session is None:

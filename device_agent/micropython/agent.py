@@ -120,6 +120,7 @@ class Agent:
         self.gateway = None
         self.reauth = False
         self.stats = {"hellos": 0, "authenticated": 0, "failed": 0, "commands_ok": 0, "commands_dropped": 0}
+        self.last_refusal = None  # the last REJECT reason (printed when it happens)
 
     def __repr__(self):
         return "Agent(%s, gateway=%s)" % (self.dhex, self.gateway)
@@ -203,6 +204,8 @@ class Agent:
                 if isinstance(ev, Rejected):
                     if ev.reason == "stale_epoch" and ev.epoch > epoch:
                         return ev.epoch
+                    self.last_refusal = ev.reason
+                    print("diams: refused by", gw.decode(), "at epoch", epoch, ":", ev.reason)
                     return None
 
     # -- after authentication -------------------------------------------------------------------------
