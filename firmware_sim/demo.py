@@ -16,7 +16,8 @@ Strategy: everything a real site has, each in its own process, all under one run
 4. ``diams-gateway run`` as a subprocess from a TOML file (ledger over RPC, enforcement through
    the broker's pid file);
 5. the simulator in this process: a steady fleet, then attacks (replay, clone, revocation
-   mid-session, firmware mismatch, counter past the window), each checked against the outcome the
+   mid-session, firmware mismatch, counter past the window) and a firmware update (image 2.0 recorded,
+   keys re-sealed, the old image refused), each checked against the outcome the
    protocol requires, plus the gateway's own counters read from its /metrics endpoint.
 
 Without ``DEMO_SECONDS`` the site stays up after the summary (``site.json`` says how to reach it,
@@ -48,7 +49,15 @@ from ledger_bridge.keystore import create_keystore
 from ledger_bridge.sealing import generate_gateway_key
 
 from .broker import MosquittoBroker, free_port
-from .fleet import Observer, Pacer, Progress, SiteAccess, metrics_reader, parse_metrics
+from .fleet import (
+    Observer,
+    Pacer,
+    Progress,
+    SiteAccess,
+    ledger_firmware_update,
+    metrics_reader,
+    parse_metrics,
+)
 from .identities import save_identities
 from .report import FleetReport
 from .scenarios import ScenarioParams, identities_needed, run_scenario
@@ -59,6 +68,7 @@ GATEWAY_ID = "gw-demo"
 FIRMWARE = hashlib.sha256(b"diams demo firmware 1.0").digest()
 POLICY = hashlib.sha256(b"policy: demo sensors").digest()
 ATTACKS = ("replay", "clone", "revoked", "firmware_mismatch", "counter_window")
+UPDATES = ("firmware_update",)  # the maintainer records image 2.0, the owner re-seals
 SPARE_IDENTITIES = 40  # enrolled for later `diams-sim --site` runs
 KEYSTORE_SCRYPT_N = 2**14  # lighter than the default 2**18 (256 MB per decryption) for a demo's five keys
 ETH = 10**18
@@ -173,7 +183,7 @@ class Demo:
     async def enroll(self, url: str) -> tuple[Any, list[ProvisionedDevice], dict[str, Any]]:
         keys = self.dir / "keys"
         keys.mkdir(mode=0o700)
-        names = ["admin", "manufacturer", "owner", "operator", "gateway-account"]
+        names = ["admin", "manufacturer", "owner", "operator", "maintainer", "gateway-account"]
         signers, files = {}, {}
         for name in names:
             passphrase = secrets.token_urlsafe(18)
@@ -192,6 +202,7 @@ class Demo:
         actors = {n: ledger.actor(s) for n, s in signers.items()}
         await actors["admin"].grant_role(Role.MANUFACTURER, signers["manufacturer"].address)
         await actors["admin"].grant_role(Role.OPERATOR, signers["operator"].address)
+        await actors["admin"].grant_role(Role.MAINTAINER, signers["maintainer"].address)
         await actors["owner"].define_policy(POLICY, publish=["telemetry", "status"], subscribe=["config"])
         gw_dir = self.dir / "gateway"
         gw_dir.mkdir()
@@ -202,7 +213,7 @@ class Demo:
             account=signers["gateway-account"].address,
         )
         n_fleet = identities_needed("steady", self._params()) + sum(
-            identities_needed(a, self._params()) for a in ATTACKS
+            identities_needed(a, self._params()) for a in (*ATTACKS, *UPDATES)
         )
         fleet = [
             ProvisionedDevice.generate(model="diams-sensor", serial=f"SN{i:06d}", firmware_hash=FIRMWARE)
@@ -314,7 +325,8 @@ port = {http_port}
         )
 
     # ---- the fleet ----
-    async def simulate(self, fleet: list[ProvisionedDevice], owner: Any, http_port: int) -> None:
+    async def simulate(self, fleet: list[ProvisionedDevice], actors: dict[str, Any], http_port: int) -> None:
+        owner = actors["owner"]
         assert self.broker is not None
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
 
@@ -330,13 +342,19 @@ port = {http_port}
             gateway_id=GATEWAY_ID,
             identities=iter(fleet),
             owner=owner,
+            update_firmware=ledger_firmware_update(
+                self._ledger,
+                maintainer=actors["maintainer"],
+                owner=owner,
+                gateways=[onchain_gateway_id(GATEWAY_ID.encode())],
+            ),
             observer=observer,
             gateway_metric=metrics_reader(metrics_url),
             pacer=Pacer(500.0),
         )
         t0 = time.monotonic()
         with Progress(site.stats) as progress:
-            for name in ("steady", *ATTACKS):
+            for name in ("steady", *ATTACKS, *UPDATES):
                 progress.label = name
                 self.report.scenarios.append(await run_scenario(site, name, self._params()))
         self.report.seconds = time.monotonic() - t0
@@ -351,7 +369,7 @@ port = {http_port}
         config, http_port = self.write_gateway_config(url, channel, extra["files"])
         await self.start_gateway(config, http_port)
         self.write_site_file(url, http_port)
-        await self.simulate(fleet, extra["actors"]["owner"], http_port)
+        await self.simulate(fleet, extra["actors"], http_port)
         ok = self.summarize()
         if deadline is None:
             say("the site stays up: Ctrl-C stops everything (site.json says how to reach it)")

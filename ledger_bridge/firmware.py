@@ -27,7 +27,7 @@ from .enrollment import GatewayPublicKey, ProvisionedDevice, sealed_grants
 from .ledger import Ledger
 from .model import DeviceState
 
-__all__ = ["ResealReport", "authorized_gateways", "device_from_owner_bundle", "reseal"]
+__all__ = ["ResealReport", "authorized_gateways", "device_from_owner_bundle", "reseal", "update_firmware"]
 
 
 def device_from_owner_bundle(bundle: Mapping[str, Any]) -> ProvisionedDevice:
@@ -60,6 +60,7 @@ class ResealReport:
     transactions: int
     gateways: tuple[bytes, ...]  # on-chain ids of the gateways that got new keys
     not_live: tuple[bytes, ...] = ()  # devices skipped: suspended, revoked, decommissioned, ...
+    epochs: Mapping[bytes, int] = dataclasses.field(default_factory=dict, repr=False)  # device -> epoch now
 
     def summary(self) -> str:
         names = ", ".join(g.rstrip(b"\0").decode("ascii", "replace") for g in self.gateways) or "none"
@@ -134,4 +135,27 @@ async def reseal(
         if progress:
             progress(f"re-sealed {pub.gateway_id.decode('ascii', 'replace')}", len(devs))
     return ResealReport(devices=len(devices), resealed=resealed, current=current, transactions=transactions,
-                        gateways=tuple(done), not_live=tuple(not_live))
+                        gateways=tuple(done), not_live=tuple(not_live), epochs=epochs)
+
+
+async def update_firmware(
+    ledger: Ledger,
+    *,
+    maintainer: ActorHandle,
+    owner: ActorHandle,
+    devices: Sequence[ProvisionedDevice],
+    firmware_hash: bytes,
+    gateways: Sequence[bytes] | None = None,
+    approve: bool = True,
+) -> tuple[list[tuple[ProvisionedDevice, int]], ResealReport]:
+    """A whole update on the ledger: (the owner approves the maintainer,) the maintainer records
+    ``firmware_hash`` for each device, the owner re-seals. -> ((device on the new image, its epoch), ...)."""
+    if approve:
+        for d in devices:
+            if not await ledger.maintainer_approved(d.device_id, maintainer.address):
+                await owner.approve_maintainer(d.device_id, maintainer.address)
+    for d in devices:
+        await maintainer.record_firmware(d.device_id, firmware_hash)
+    updated = [dataclasses.replace(d, firmware_hash=firmware_hash) for d in devices]
+    report = await reseal(ledger, owner, updated, gateways=gateways)
+    return [(d, report.epochs[d.device_id]) for d in updated if d.device_id in report.epochs], report

@@ -72,6 +72,10 @@ class CounterStore:
         self._reserved = {k: v for k, v in self._reserved.items() if int(k.rsplit("/", 1)[1]) >= epoch}
         self._write()
 
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """``"<gateway>/<epoch>"`` -> (the next counter to hand out, the last one reserved on flash)."""
+        return {k: (self._next.get(k, r + 1), r) for k, r in self._reserved.items()}
+
     def next_counter(self, gateway: str, epoch: int) -> int:
         """The counter for the next HELLO to ``gateway`` under ``epoch``; durable when this returns."""
         key = f"{gateway}/{epoch}"

@@ -56,6 +56,7 @@ class MqttAgent:
         *,
         on_command: Callable[[str, bytes], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_status: Callable[[MqttAgent], None] | None = None,
     ) -> None:
         self.config = config
         self._clock = clock
@@ -71,6 +72,13 @@ class MqttAgent:
         # Reconnects start from a wider window than handshake retries: after a broker restart the whole
         # fleet loses its connection at the same instant, and U(0, reconnect_base_s) spreads it out.
         self.reconnect_backoff = Backoff(base=config.reconnect_base_s, cap=config.backoff_cap_s)
+        # A refused login (revoked, suspended, not enrolled) will not clear in seconds: wait long.
+        # TODO(topics): this belongs in the sans-IO agent policy with the other backoffs.
+        self.refusal_backoff = Backoff(base=config.backoff_cap_s, cap=15 * config.backoff_cap_s)
+        self.broker_refused = False
+        self.last_refusal: tuple[str, str | None, str, float] | None = None  # (by, gateway, reason, clock)
+        self._last_publish: tuple[str, float] | None = None
+        self._on_status = on_status
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -97,8 +105,11 @@ class MqttAgent:
         with self._lock:
             sealed = self.driver.seal(stream, bytes(payload), self._clock())
         if sealed is None:
+            log.warning("data on %s not sent: no live session (%s)", stream,
+                        "refused by the broker" if self.broker_refused else "authenticating")
             return False
         self._send([sealed])
+        self._last_publish = (stream, self._clock())
         return True
 
     def stop(self) -> None:
@@ -127,7 +138,7 @@ class MqttAgent:
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
-        self._inbox.put(("connect", not reason.is_failure))
+        self._inbox.put(("connect", (not reason.is_failure, str(reason))))
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
@@ -158,9 +169,16 @@ class MqttAgent:
     def _handle(self, kind: str, value: Any) -> None:
         now = self._clock()
         if kind == "connect":
-            if not value:
-                log.warning("broker refused the connection")
+            if not value[0]:
+                self.broker_refused = True
+                self.last_refusal = ("broker", None, value[1], now)
+                log.error("broker %s:%d refused the login (%s): this device may be revoked or suspended on "
+                          "the ledger, or not enrolled at the broker yet (the gateway removes a device's "
+                          "account when it may no longer connect)", self.config.broker_host,
+                          self.config.broker_port, value[1])
                 return
+            self.broker_refused = False
+            self.refusal_backoff.reset()
             with self._lock:
                 self._connected = True
                 self.connects += 1
@@ -195,6 +213,26 @@ class MqttAgent:
                 continue
             self.publish(s.name, data.strip())
 
+    def _lost(self, rc: Any, was_connected: bool) -> None:
+        """The broker link is down (or the login was refused): say why, and wait before dialling again."""
+        if self.broker_refused:
+            delay = self.refusal_backoff.next_delay()
+            log.warning("login refused; next try in %.0f s (long backoff while refused)", delay)
+        else:
+            delay = self.reconnect_backoff.next_delay()
+            gateway = self.driver.session_gateway
+            if was_connected and self._last_publish and self._clock() - self._last_publish[1] < 1.0:
+                # Mosquitto drops a client whose publish its ACL refuses, without a word.
+                self.driver.stats["data_refused_suspected"] += 1
+                log.warning("connection dropped right after DATA on %r: the broker may have refused it "
+                            "(a stream the device's policy does not allow?)", self._last_publish[0])
+            kept = f"; session with {gateway} kept until it ends or the gateway drops it" if gateway else ""
+            log.warning("connection to the broker lost (%s)%s; reconnecting in %.2f s", paho.error_string(rc),
+                        kept, delay)
+        if self._on_status is not None:
+            self._on_status(self)
+        self._wait(delay)
+
     def run(self) -> None:
         """Connect, authenticate and serve until ``stop()``; reconnects with jittered backoff."""
         due: dict[str, float] = {}
@@ -222,20 +260,21 @@ class MqttAgent:
                     self._handle(kind, value)
                 if rc != paho.MQTT_ERR_SUCCESS:
                     with self._lock:
+                        was_connected = self._connected
                         self._connected = False
                         self.driver.disconnected()
                     linked = False
                     if self._stop.is_set():
                         break
-                    delay = self.reconnect_backoff.next_delay()
-                    log.info("connection lost (%s); reconnecting in %.2f s", paho.error_string(rc), delay)
-                    self._wait(delay)
+                    self._lost(rc, was_connected)
                     continue
                 now = self._clock()
                 with self._lock:
                     out = self.driver.tick(now)
                 self._send(out)
                 self._streams_due(now, due)
+                if self._on_status is not None:
+                    self._on_status(self)
         finally:
             try:
                 self._client.disconnect()
