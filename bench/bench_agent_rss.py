@@ -10,6 +10,7 @@ gateway verified meanwhile, so the figure is of a working agent).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -29,9 +30,12 @@ def _rss_mb(pid: int) -> float:
 
 
 async def _run() -> dict[str, float]:
+    from tests import waiting
     from tests.agent.helpers import Device
     from tests.gateway.stack import site
-    from tests.gateway.test_agents_e2e import _eventually, _onboard
+    from tests.gateway.test_agents_e2e import _onboard
+
+    eventually = functools.partial(waiting.eventually, timeout=60.0)
 
     with tempfile.TemporaryDirectory(prefix="diams-bench-rss-") as tmp_name:
         tmp = Path(tmp_name)
@@ -56,7 +60,7 @@ async def _run() -> dict[str, float]:
                 env={**os.environ, "DIAMS_BROKER_PORT": str(s.broker.port)},
             )
             try:
-                if not await _eventually(lambda: gw.metrics.get("data_verified") >= 1, timeout=60):
+                if not await eventually(lambda: gw.metrics.get("data_verified") >= 1, timeout=60):
                     raise RuntimeError("the agent's data never verified")
                 first = gw.metrics.get("data_verified")
                 samples = []

@@ -3,9 +3,10 @@
 Strategy: one thread. ``run()`` calls ``client.loop(timeout)`` itself (never ``loop_start``), so
 paho's callbacks run on this thread and only queue what they saw; the driver is then fed from the
 same thread, with no locks around the protocol state. Reconnection is ours, not paho's: after a
-drop the agent waits a full-jitter backoff (``Backoff``) before dialling again, so a fleet does not
-reconnect in waves after a broker restart. TCP_NODELAY is set on every socket paho opens (paho
-never does; without it a request/response over QoS 1 costs ~44 ms to Nagle + delayed ACK).
+drop or a refused login the core's agent policy schedules the next dial after a full-jitter
+backoff, so a fleet does not reconnect in waves after a broker restart. TCP_NODELAY is set on every
+socket paho opens (paho never does; without it a request/response over QoS 1 costs ~44 ms to Nagle
++ delayed ACK).
 Other threads talk to the agent through ``publish()``, ``snapshot()`` and ``stop()``, all thread-safe
 (the driver is only touched under one lock; paho's publish wakes its own loop).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import socket
 import threading
 import time
@@ -25,16 +27,15 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from . import _core
-from .backoff import Backoff
 from .config import AgentConfig
-from .counters import CounterStore
+from .counters import CounterFile
 from .driver import AgentDriver, Publish
-from .failover import GatewayRotation
 from .keystore import DeviceSecret
 
 __all__ = ["AgentStatus", "MqttAgent"]
 
 _IDLE_WAKE_S = 1.0
+_jitter = random.SystemRandom()
 
 log = logging.getLogger("diams.agent")
 
@@ -46,6 +47,11 @@ class AgentStatus:
     epoch: int
     connects: int
     stats: dict[str, int]
+
+
+def refusal_delay(base: float, n: int) -> float:
+    """Full jitter U(0, min(15 * base, base * 2^n)) before dialling again after the n-th refused login."""
+    return _jitter.uniform(0.0, min(15 * base, base * (1 << min(n, 8))))
 
 
 class MqttAgent:
@@ -60,21 +66,21 @@ class MqttAgent:
     ) -> None:
         self.config = config
         self._clock = clock
-        self.counters = CounterStore(config.state_file, initial_epoch=config.epoch,
-                                     block=config.counter_block)
-        rotation = GatewayRotation(config.gateways,
-                                   Backoff(base=config.backoff_base_s, cap=config.backoff_cap_s))
-        self.driver = AgentDriver(
-            device_id=config.device_id_bytes, secret=secret, firmware_hash=config.firmware_hash,
-            counters=self.counters, rotation=rotation, answer_timeout=config.answer_timeout_s,
-            reauth_margin=config.reauth_margin_s, on_command=on_command,
-        )
+        self.counters = CounterFile(config.state_file)
         # Reconnects start from a wider window than handshake retries: after a broker restart the whole
         # fleet loses its connection at the same instant, and U(0, reconnect_base_s) spreads it out.
-        self.reconnect_backoff = Backoff(base=config.reconnect_base_s, cap=config.backoff_cap_s)
-        # A refused login (revoked, suspended, not enrolled) will not clear in seconds: wait long.
-        # TODO(topics): this belongs in the sans-IO agent policy with the other backoffs.
-        self.refusal_backoff = Backoff(base=config.backoff_cap_s, cap=15 * config.backoff_cap_s)
+        self.driver = AgentDriver(
+            device_id=config.device_id_bytes, secret=secret, firmware_hash=config.firmware_hash,
+            counters=self.counters, gateways=tuple(config.gateways), epoch=config.epoch,
+            answer_timeout=config.answer_timeout_s, reauth_margin=config.reauth_margin_s,
+            backoff_base=config.backoff_base_s, backoff_cap=config.backoff_cap_s,
+            reconnect_base=config.reconnect_base_s, block=config.counter_block, on_command=on_command,
+        )
+        # A refused login (revoked, suspended, not enrolled) will not clear in seconds: after one, the
+        # next dial waits this long full-jitter backoff (base = the backoff cap, cap 15x that).
+        # TODO(topics): this belongs in the core's AgentPolicy.login_refused with the other backoffs.
+        self.refusals = 0  # refused logins in a row
+        self._refused_until = 0.0
         self.broker_refused = False
         self.last_refusal: tuple[str, str | None, str, float] | None = None  # (by, gateway, reason, clock)
         self._last_publish: tuple[str, float] | None = None
@@ -106,7 +112,7 @@ class MqttAgent:
             sealed = self.driver.seal(stream, bytes(payload), self._clock())
         if sealed is None:
             log.warning("data on %s not sent: no live session (%s)", stream,
-                        "refused by the broker" if self.broker_refused else "authenticating")
+                        "the broker refuses the login" if self.broker_refused else "not authenticated")
             return False
         self._send([sealed])
         self._last_publish = (stream, self._clock())
@@ -124,8 +130,8 @@ class MqttAgent:
     def snapshot(self) -> AgentStatus:
         with self._lock:
             return AgentStatus(connected=self._connected, gateway=self.driver.session_gateway,
-                               epoch=self.counters.epoch, connects=self.connects,
-                               stats=dict(self.driver.stats))
+                               epoch=self.driver.epoch, connects=self.connects,
+                               stats=self.driver.all_stats())
 
     # -- paho callbacks (run inside client.loop(), on the agent's thread) ------------------------
 
@@ -170,19 +176,24 @@ class MqttAgent:
         now = self._clock()
         if kind == "connect":
             if not value[0]:
+                delay = refusal_delay(self.config.backoff_cap_s, self.refusals)
+                self.refusals += 1
+                self._refused_until = now + delay
                 self.broker_refused = True
                 self.last_refusal = ("broker", None, value[1], now)
                 log.error("broker %s:%d refused the login (%s): this device may be revoked or suspended on "
                           "the ledger, or not enrolled at the broker yet (the gateway removes a device's "
-                          "account when it may no longer connect)", self.config.broker_host,
-                          self.config.broker_port, value[1])
+                          "account when it may no longer connect); next try in %.0f s (long backoff while "
+                          "refused)", self.config.broker_host, self.config.broker_port, value[1], delay)
+                with self._lock:
+                    self.driver.login_refused(now)
                 return
             self.broker_refused = False
-            self.refusal_backoff.reset()
+            self._refused_until = 0.0
+            self.refusals = 0
             with self._lock:
                 self._connected = True
                 self.connects += 1
-            self.reconnect_backoff.reset()
             for topic in self.driver.subscriptions():
                 self._client.subscribe(topic, qos=1)
             with self._lock:
@@ -191,7 +202,7 @@ class MqttAgent:
         elif kind == "disconnect":
             with self._lock:
                 self._connected = False
-                self.driver.disconnected()
+                self.driver.disconnected(now)
         elif kind == "message":
             topic, payload = value
             with self._lock:
@@ -213,36 +224,50 @@ class MqttAgent:
                 continue
             self.publish(s.name, data.strip())
 
-    def _lost(self, rc: Any, was_connected: bool) -> None:
-        """The broker link is down (or the login was refused): say why, and wait before dialling again."""
-        if self.broker_refused:
-            delay = self.refusal_backoff.next_delay()
-            log.warning("login refused; next try in %.0f s (long backoff while refused)", delay)
-        else:
-            delay = self.reconnect_backoff.next_delay()
-            gateway = self.driver.session_gateway
-            if was_connected and self._last_publish and self._clock() - self._last_publish[1] < 1.0:
-                # Mosquitto drops a client whose publish its ACL refuses, without a word.
-                self.driver.stats["data_refused_suspected"] += 1
-                log.warning("connection dropped right after DATA on %r: the broker may have refused it "
-                            "(a stream the device's policy does not allow?)", self._last_publish[0])
-            kept = f"; session with {gateway} kept until it ends or the gateway drops it" if gateway else ""
-            log.warning("connection to the broker lost (%s)%s; reconnecting in %.2f s", paho.error_string(rc),
-                        kept, delay)
+    def _status(self) -> None:
         if self._on_status is not None:
             self._on_status(self)
-        self._wait(delay)
+
+    def _wait_refused(self, seconds: float) -> None:
+        self._wait(seconds)
+
+    def _say_lost(self, rc: Any, was_connected: bool, delay: float) -> None:
+        gateway = self.driver.session_gateway
+        if was_connected and self._last_publish and self._clock() - self._last_publish[1] < 1.0:
+            # Mosquitto drops a client whose publish its ACL refuses, without a word.
+            self.driver.stats["data_refused_suspected"] += 1
+            log.warning("connection dropped right after DATA on %r: the broker may have refused it "
+                        "(a stream the device's policy does not allow?)", self._last_publish[0])
+        kept = f"; session with {gateway} kept until it ends or the gateway drops it" if gateway else ""
+        log.warning("connection to the broker lost (%s)%s; reconnecting in %.2f s", paho.error_string(rc),
+                    kept, delay)
 
     def run(self) -> None:
         """Connect, authenticate and serve until ``stop()``; reconnects with jittered backoff."""
         due: dict[str, float] = {}
         linked = False
+        with self._lock:
+            self.driver.start(self._clock())
         try:
             while not self._stop.is_set():
                 if not linked:
+                    now = self._clock()
+                    with self._lock:
+                        self.driver.tick(now)
+                        due_now, deadline = self.driver.connect_due, self.driver.next_deadline()
+                        self.driver.connect_due = False
+                    if not due_now:
+                        self._wait(_IDLE_WAKE_S if deadline is None else max(0.0, deadline - now))
+                        continue
+                    if now < self._refused_until:
+                        self._status()
+                        self._wait_refused(self._refused_until - now)
+                        if self._stop.is_set():
+                            break
                     linked = self._dial()
                     if not linked:
-                        self._wait(self.reconnect_backoff.next_delay())
+                        with self._lock:
+                            self.driver.disconnected(self._clock())
                         continue
                 now = self._clock()
                 with self._lock:
@@ -259,22 +284,26 @@ class MqttAgent:
                         break
                     self._handle(kind, value)
                 if rc != paho.MQTT_ERR_SUCCESS:
+                    now = self._clock()
                     with self._lock:
                         was_connected = self._connected
                         self._connected = False
-                        self.driver.disconnected()
+                        self.driver.disconnected(now)
+                        deadline = self.driver.next_deadline()
                     linked = False
                     if self._stop.is_set():
                         break
-                    self._lost(rc, was_connected)
+                    if not self.broker_refused:
+                        wait = 0.0 if deadline is None else max(0.0, deadline - now)
+                        self._say_lost(rc, was_connected, wait)
+                    self._status()
                     continue
                 now = self._clock()
                 with self._lock:
                     out = self.driver.tick(now)
                 self._send(out)
                 self._streams_due(now, due)
-                if self._on_status is not None:
-                    self._on_status(self)
+                self._status()
         finally:
             try:
                 self._client.disconnect()

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .counters import MAX_COUNTER
+MAX_COUNTER = 0xFFFFFFFF  # the OTP counter is a u32 (PROTOCOL.md section 4)
 
 __all__ = ["JsonFormatter", "StatusWriter", "read_status", "render_metrics", "render_status", "status_path"]
 
@@ -47,8 +47,11 @@ def snapshot(agent: Any, *, wall: Callable[[], float] = time.time) -> dict[str, 
     now_mono, now = agent._clock(), wall()
     session = driver.session
     counters = {}
-    for key, (nxt, reserved) in sorted(agent.counters.usage().items()):
-        counters[key] = {"next": nxt, "reserved": reserved, "headroom": MAX_COUNTER - nxt + 1}
+    policy = driver.policy
+    for (gateway, epoch), reserved in sorted(policy.reserved.items()):
+        nxt = policy.next.get((gateway, epoch), reserved + 1)
+        headroom = MAX_COUNTER - nxt + 1
+        counters[f"{gateway}/{epoch}"] = {"next": nxt, "reserved": reserved, "headroom": headroom}
     refusal = None
     candidates = [agent.last_refusal]
     if driver.last_refusal is not None:
@@ -68,13 +71,13 @@ def snapshot(agent: Any, *, wall: Callable[[], float] = time.time) -> dict[str, 
         "broker": f"{cfg.broker_host}:{cfg.broker_port}",
         "connected": agent._connected,
         "gateway": driver.session_gateway,
-        "epoch": agent.counters.epoch,
+        "epoch": driver.epoch,
         "session_expires_in_s": None if session is None else round(session.expires - now_mono, 1),
         "counters": counters,
         "counter_headroom": min((c["headroom"] for c in counters.values()), default=MAX_COUNTER + 1),
         "last_refusal": refusal,
         "connects": agent.connects,
-        "stats": dict(sorted(driver.stats.items())),
+        "stats": dict(sorted(driver.all_stats().items())),
     }
 
 

@@ -13,6 +13,7 @@ except the system users the script makes (as it would on a Pi).
 from __future__ import annotations
 
 import asyncio
+import functools
 import grp
 import os
 import pwd
@@ -27,16 +28,21 @@ from pathlib import Path
 
 import pytest
 
+from device_agent.core import topics
+from tests import waiting
 from tests.agent.helpers import Device
 from tests.conftest import require
 from tests.gateway.stack import site
-from tests.gateway.test_agents_e2e import _eventually, _listener, _onboard
+from tests.gateway.test_agents_e2e import _listener, _onboard
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "install-pi.sh"
 VENV = "/opt/diams/.venv"
 AGENT_UNIT = "etc/systemd/system/diams-agent.service"
 GATEWAY_UNIT = "etc/systemd/system/diams-gateway.service"
+
+# agents reconnect with backoff and share the CPU: a longer patience than the default
+eventually = functools.partial(waiting.eventually, timeout=20.0)
 
 
 def _require_root_tools() -> None:
@@ -160,8 +166,8 @@ async def test_pi_install_runs_the_agent_as_its_user_until_its_data_verifies(
         proc = in_target(target_root, exec_start, env={"DIAMS_BROKER_PORT": str(s.broker.port)})
         try:
             gw = s.gateways["gw-a"]
-            topic = f"diams/v1/v/{dev.device_hex}/telemetry".encode()
-            ok = await _eventually(lambda: any(t == topic for t, _ in got), timeout=60)
+            topic = topics.verified("gw-a", dev.device_hex, "telemetry").encode()
+            ok = await eventually(lambda: any(t == topic for t, _ in got), timeout=60)
             if not ok:
                 proc.send_signal(signal.SIGTERM)
                 out, err = await asyncio.to_thread(proc.communicate, timeout=20)

@@ -19,17 +19,21 @@ from pathlib import Path
 
 import pytest
 
+from firmware_sim.mpy import agent as mpyagent
+from firmware_sim.mpy import runner
+from tests import waiting
 from tests.agent.helpers import Device
 from tests.conftest import require
 from tests.gateway.stack import site
-from tests.gateway.test_agents_e2e import _eventually, _listener, _onboard
-from tests.micropython import runner
-from tests.micropython_agent import mpyagent
+from tests.gateway.test_agents_e2e import _listener, _onboard
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "device_agent" / "micropython" / "package.json"
 
 pytestmark = pytest.mark.micropython
+
+# agents reconnect with backoff and share the CPU: a longer patience than the default
+eventually = functools.partial(waiting.eventually, timeout=20.0)
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -145,7 +149,7 @@ async def test_mip_installed_agent_authenticates_with_the_gateway_daemon(tmp_pat
                               secret=dev.secret, fw=dev.fw, gateways=["gw-a"], state=tmp_path / "mip.state",
                               path=[lib], only=True)
         try:
-            assert await _eventually(lambda: len(got) == 3, timeout=30), (got, dict(gw.metrics.counters))
+            assert await eventually(lambda: len(got) == 3, timeout=30), (got, dict(gw.metrics.counters))
             assert gw.traffic.send_command(dev.device_id, "config", b"interval=5")
             out, err = await asyncio.to_thread(proc.communicate, timeout=30)
         finally:
