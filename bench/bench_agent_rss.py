@@ -1,7 +1,7 @@
 """The paho agent's memory, steady: ``agent_rss_mb``.
 
 ``diams-agent run`` as its own process (as systemd runs it), against real Mosquitto and the gateway
-daemon (``tests.gateway.stack.site``), authenticated, publishing one stream (``/proc/loadavg``) every
+daemon (``bench._inproc``), authenticated, publishing one stream (``/proc/loadavg``) every
 0.5 s; its resident set (``VmRSS`` in /proc/<pid>/status) is sampled for 20 s once the first DATA has
 been verified, and the largest sample is reported. Also: ``agent_rss_data_verified`` (DATA messages the
 gateway verified meanwhile, so the figure is of a working agent).
@@ -10,7 +10,6 @@ gateway verified meanwhile, so the figure is of a working agent).
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 SECONDS = float(os.environ.get("BENCH_AGENT_RSS_SECONDS", "20"))
 
@@ -30,22 +30,30 @@ def _rss_mb(pid: int) -> float:
 
 
 async def _run() -> dict[str, float]:
-    from tests import waiting
-    from tests.agent.helpers import Device
-    from tests.gateway.stack import site
-    from tests.gateway.test_agents_e2e import _onboard
-
-    eventually = functools.partial(waiting.eventually, timeout=60.0)
+    from bench._inproc import inproc_site
+    from firmware_sim.agents import Device
 
     with tempfile.TemporaryDirectory(prefix="diams-bench-rss-") as tmp_name:
         tmp = Path(tmp_name)
-        async with site(tmp, n_devices=1) as s:
+        async with inproc_site(tmp, n_devices=0) as s:
             (tmp / "dev").mkdir()
             dev = Device(tmp / "dev", serial="RSS-1")
-            await _onboard(s, dev)
+            did = await s.onboard_bundle(dev.prov.owner_file)
+            gw = s.gateways["gw-a"]
+
+            async def until(predicate: Any, timeout: float) -> bool:
+                deadline = time.monotonic() + timeout
+                while not predicate():
+                    if time.monotonic() > deadline:
+                        return False
+                    await asyncio.sleep(0.05)
+                return True
+
+            if not await until(lambda: did in gw.devices.entries, 60):
+                raise RuntimeError("the gateway never saw the device")
+            await asyncio.sleep(1.0)  # the enforcer's batched reload puts its broker password in place
             with dev.prov.config_file.open("a") as fh:
                 fh.write('\n[[streams]]\nname = "telemetry"\nsource = "/proc/loadavg"\ninterval_s = 0.5\n')
-            gw = s.gateways["gw-a"]
             proc = subprocess.Popen(
                 [
                     sys.executable,
@@ -60,7 +68,7 @@ async def _run() -> dict[str, float]:
                 env={**os.environ, "DIAMS_BROKER_PORT": str(s.broker.port)},
             )
             try:
-                if not await eventually(lambda: gw.metrics.get("data_verified") >= 1, timeout=60):
+                if not await until(lambda: gw.metrics.get("data_verified") >= 1, 60):
                     raise RuntimeError("the agent's data never verified")
                 first = gw.metrics.get("data_verified")
                 samples = []

@@ -1,7 +1,7 @@
 """A fleet through a firmware update: ``firmware_update_fleet_s``.
 
 Setup (not timed): anvil on loopback, real Mosquitto with the gateway's enforcement, two gateway
-daemons in this process (``tests.gateway.stack.site``), 1,000 devices onboarded and authorized for both
+daemons in this process (``bench._inproc``), 1,000 devices onboarded and authorized for both
 gateways, a maintainer approved for each, and every device authenticated once on image 1.0.
 
 Timed, from the first transaction to the last verified message: the maintainer records image 2.0 for
@@ -30,41 +30,35 @@ ETH = 10**18
 
 
 async def _run() -> dict[str, float]:
+    from bench._inproc import inproc_site
     from device_agent.core.events import Authenticated
     from firmware_sim.fleet import Backoff, Observer, Pacer, SiteAccess, gather_limited
     from ledger_bridge import Ledger, Role, RpcBackend, Signer
-    from ledger_bridge.anvil import AnvilNode
     from ledger_bridge.firmware import reseal
     from ledger_bridge.index import onchain_gateway_id
-    from tests.gateway.stack import site
 
     new_image = hashlib.sha256(b"firmware 2.0").digest()
     gateways = ("gw-a", "gw-b")
-    with tempfile.TemporaryDirectory(prefix="diams-bench-fw-") as tmp, AnvilNode() as node:
-        async with site(
-            Path(tmp),
-            n_devices=N_DEVICES,
-            gateway_ids=gateways,
-            ledger_backend=RpcBackend(url=node.url, name="anvil"),
-        ) as s:
-            # The owner and the maintainer work from their own machines: their own ledger connection,
+    with tempfile.TemporaryDirectory(prefix="diams-bench-fw-") as tmp:
+        async with inproc_site(Path(tmp), n_devices=N_DEVICES, gateway_ids=gateways) as s:
+            print(f"   {N_DEVICES} devices onboarded for {', '.join(gateways)}", flush=True)
+            # The owner and the maintainer work from their own machines: their own ledger connections,
             # not the one the in-process gateways poll through (one worker thread each).
-            ledger = Ledger(backend=RpcBackend(url=node.url, name="anvil-owner"), channel=s.ledger.channel)
+            url, channel = s.node.url, s.ledger.channel
+            ledger = Ledger(backend=RpcBackend(url=url, name="anvil-owner"), channel=channel)
             await ledger.__aenter__()
-            owner = ledger.actor(s.actors["owner"]._signer)
+            owner = ledger.actor(s.signers["owner"])
             signer = Signer.generate(label="maintainer")
             await ledger.fund(signer.address, 100 * ETH)
-            await s.actors["admin"].grant_role(Role.MAINTAINER, signer.address)
-            maintainer = ledger.actor(signer)
-            maintainer_ledger = Ledger(
-                backend=RpcBackend(url=node.url, name="anvil-maint"), channel=s.ledger.channel
-            )
+            await ledger.actor(s.signers["admin"]).grant_role(Role.MAINTAINER, signer.address)
+            maintainer_ledger = Ledger(backend=RpcBackend(url=url, name="anvil-maint"), channel=channel)
             await maintainer_ledger.__aenter__()
             maintainer = maintainer_ledger.actor(signer)
             for d in s.devices:
                 await owner.approve_maintainer(d.device_id, signer.address)
+            print(f"   maintainer approved for {N_DEVICES} devices", flush=True)
             observer = await Observer().start(
-                "127.0.0.1", s.broker.port, username="gateway-gw-a.1", password=s.actors["broker-gw-a"]
+                "127.0.0.1", s.broker.port, username="gateway-gw-a.1", password=s.secrets["gw-a"]
             )
             access = SiteAccess(
                 host="127.0.0.1",
