@@ -73,6 +73,13 @@ async def _run() -> dict[str, float]:
             async def once(dev: Any) -> bool:
                 return await access.connect(dev) and isinstance(await access.authenticate(dev), Authenticated)
 
+            # the gateways index the fleet from the chain, and the enforcer admits it at the broker
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not all(
+                d.device_id in gw.devices.entries for gw in s.gateways.values() for d in s.devices
+            ):
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(2.0)
             before = [access.device(d) for d in s.devices]
             ok = await gather_limited([once(d) for d in before])
             for d in before:
