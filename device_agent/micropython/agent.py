@@ -77,6 +77,7 @@ class Agent:
         self._dial = False
         self.session = None
         self.gateway = None
+        self.last_refusal = None  # the last REJECT reason (printed when it happens)
 
     def __repr__(self):
         return "Agent(%s, gateway=%s)" % (self.dhex, self.gateway)
@@ -173,6 +174,9 @@ class Agent:
             self._do(self.policy.authenticated(gw, ev.session.expires, now))
         elif isinstance(ev, Rejected):
             self._role = None
+            if not (ev.reason == "stale_epoch" and ev.epoch > a[1]):  # a hint is retried at once: no refusal
+                self.last_refusal = ev.reason
+                print("diams: refused by", gw, "at epoch", a[1], ":", ev.reason)
             self._do(self.policy.rejected(gw, ev.reason, ev.epoch, now))
 
     def _command(self, name, msg):
