@@ -2,13 +2,18 @@
 
 The gateway drives a ``BrokerEnforcer`` with small change values (``Enroll``, ``Grant``, ``Demote``,
 ``CutOff``, ``AuthorizeGateway``, ``RemoveGateway``); ``MosquittoEnforcer`` implements it with
-mosquitto's password and ACL files and batched SIGHUP reloads. See ``_interface`` for the states and a
+mosquitto's password and ACL files and batched SIGHUP reloads; ``HttpEnforcer`` answers a clustered
+broker's HTTP authorization requests (``AuthzServer``) from memory and closes connections through the
+broker's management API. See ``_interface`` for the states and a
 note on clustered brokers, ``_mosquitto`` for the reload strategy, ``_names`` for the topic layout.
 """
 
 from __future__ import annotations
 
 from ._errors import BrokerError, InvalidIdentifier, ReloadFailed, UnknownDevice
+from ._http_enforcer import ConnectionCloser, HttpEnforcer, RabbitManagement
+from ._http_rights import AccessRules, Verdict
+from ._http_server import AuthzServer
 from ._interface import AuthorizeGateway, BrokerEnforcer, Change, CutOff, Demote, Enroll, Grant, RemoveGateway
 from ._mosquitto import MosquittoEnforcer, Reloader, RightsMode, mosquitto_config_lines, sighup_reloader
 from ._names import (
@@ -28,6 +33,12 @@ from ._secret import BrokerSecret, mosquitto_sha512_hash
 
 __all__ = [
     "PREFIX",
+    "AccessRules",
+    "AuthzServer",
+    "ConnectionCloser",
+    "HttpEnforcer",
+    "RabbitManagement",
+    "Verdict",
     "AuthorizeGateway",
     "BrokerEnforcer",
     "BrokerError",
