@@ -31,7 +31,11 @@ from .broker import (
     AuthorizeGateway,
     BrokerEnforcer,
     BrokerSecret,
+    Demote,
+    Grant,
+    HttpEnforcer,
     MosquittoEnforcer,
+    RabbitManagement,
     Reloader,
     ReloadFailed,
     gateway_username,
@@ -156,6 +160,10 @@ class Gateway:
             self._source = LedgerSource(self._ledger)
             if self._enforcer is None and s.enforcement.mode == "mosquitto":
                 self._enforcer = self._build_enforcer()
+            elif self._enforcer is None and s.enforcement.mode == "http":
+                self._enforcer = self._build_http_enforcer()
+            if isinstance(self._enforcer, HttpEnforcer):
+                self._enforcer.count_with(self.metrics.inc)
             if self._enforcer is not None:
                 await self._stack.enter_async_context(self._enforcer)
             if self._broker_password is None and s.broker.password_file is not None:
@@ -258,6 +266,45 @@ class Gateway:
             rights=e.rights,  # type: ignore[arg-type]
             file_group=e.file_group,
         )
+
+    def _build_http_enforcer(self) -> HttpEnforcer:
+        e = self.settings.enforcement
+        closer = None
+        if e.management_urls:
+            assert e.management_password_file is not None
+            closer = RabbitManagement(
+                [u.strip() for u in e.management_urls.split(",") if u.strip()],
+                username=e.management_user,
+                password=_read_secret_file(e.management_password_file),
+            )
+        return HttpEnforcer(
+            gateway_id=self.settings.gateway_id,
+            closer=closer,
+            listen=(e.http_host, e.http_port),
+            peers=e.peers(),
+            shared_listen=(e.http_host, e.http_shared_port) if e.http_shared_port else None,
+        )
+
+    # ---- sessions (enforcers that see them: data topics only while a session is live) ----
+    def session_started(self, did: bytes) -> None:
+        """Called in the loop turn that authenticates ``did``, before its reply is sent."""
+        served = self.devices.served.get(did)
+        if isinstance(self._enforcer, HttpEnforcer) and served is not None:
+            self._enforcer.stage([Grant(device_id=did.hex(), streams=served.publish)])
+
+    def session_ended(self, did: bytes) -> None:
+        """Data topics are refused at once; the live connection is closed in the background."""
+        if isinstance(self._enforcer, HttpEnforcer):
+            users = self._enforcer.stage([Demote(device_id=did.hex())])
+            if users:
+                self.background(self._close_connections(self._enforcer, users))
+
+    async def _close_connections(self, enforcer: HttpEnforcer, users: list[str]) -> None:
+        try:
+            await enforcer.close_connections(users)
+        except ReloadFailed as exc:
+            log.warning("%s", exc)
+            self.metrics.inc("enforcement_errors")
 
     # ---- ledger ----
     async def _initial_sync(self) -> None:

@@ -136,6 +136,7 @@ class Traffic:
 
     def _authenticated(self, did: bytes, session: Session, now: float) -> None:
         self.sessions[did] = session
+        self.gw.session_started(did)
         self.defence.succeeded(did)
         self.metrics.inc("authenticated")
         self.gw.audit.append("authenticated", device=did.hex())
@@ -173,6 +174,7 @@ class Traffic:
     def drop_session(self, did: bytes, why: str) -> None:
         if self.sessions.pop(did, None) is not None:
             self.metrics.inc("sessions_ended", why)
+            self.gw.session_ended(did)
 
     # ---- data ----
     def on_data(self, did: bytes, stream: bytes, payload: bytes) -> None:

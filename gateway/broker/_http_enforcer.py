@@ -100,15 +100,27 @@ class HttpEnforcer(BrokerEnforcer):
         listen: tuple[str, int] | None = None,
         peers: dict[str, str] | None = None,
         count: Callable[[str, str], None] | None = None,
-        reuse_port: bool = False,
+        shared_listen: tuple[str, int] | None = None,
     ) -> None:
         self.rules = AccessRules(gateway_id=gateway_id)
         self.closer = closer
         self.server = (
             None
             if listen is None
+            else AuthzServer(self.rules, host=listen[0], port=listen[1], peers=peers, count=count)
+        )
+        # several gateways on one host may also listen on one shared port (SO_REUSEPORT): the kernel
+        # spreads the broker's connections over the live ones, and a dead one's share moves to the others
+        self.shared_server = (
+            None
+            if shared_listen is None
             else AuthzServer(
-                self.rules, host=listen[0], port=listen[1], peers=peers, count=count, reuse_port=reuse_port
+                self.rules,
+                host=shared_listen[0],
+                port=shared_listen[1],
+                peers=peers,
+                count=count,
+                reuse_port=True,
             )
         )
         self.closed_connections = 0
@@ -116,6 +128,12 @@ class HttpEnforcer(BrokerEnforcer):
     def __repr__(self) -> str:
         url = None if self.server is None else self.server.url
         return f"HttpEnforcer({self.rules.gateway_id}, endpoint={url}, devices={len(self.rules.devices)})"
+
+    def count_with(self, count: Callable[[str, str], None]) -> None:
+        """Count every decision of the endpoint with ``count(name, label)`` (the gateway's metrics)."""
+        for server in (self.server, self.shared_server):
+            if server is not None:
+                server.count = count
 
     def state_of(self, device_id: str) -> str:
         record = self.rules.devices.get(device_id)
@@ -184,13 +202,15 @@ class HttpEnforcer(BrokerEnforcer):
             raise ReloadFailed(f"{len(failures)} of {len(usernames)} connection closes failed; {first}")
 
     async def __aenter__(self) -> HttpEnforcer:
-        if self.server is not None:
-            await self.server.start()
+        for server in (self.server, self.shared_server):
+            if server is not None:
+                await server.start()
         return self
 
     async def aclose(self) -> None:
-        if self.server is not None:
-            await self.server.close()
+        for server in (self.shared_server, self.server):
+            if server is not None:
+                await server.close()
         if self.closer is not None:
             with contextlib.suppress(Exception):
                 await self.closer.aclose()
