@@ -9,9 +9,13 @@ dict look-up and at most one constant-time compare per question.
 
 Rights (the same layout as the Mosquitto files, but exact, since nothing here costs a reload):
 - a device (username = its 16-hex id, client id = the same) that is ENROLLED publishes
-  ``hs/<gw>/<id>/up`` and subscribes ``hs/<gw>/<id>/down`` for any gateway; only while GRANTED by
-  gateway ``<gw>`` (a live session there) does it publish ``d/<gw>/<id>/<stream>`` for the streams of
-  its policy and subscribe ``c/<gw>/<id>/<name or +>``. Nothing else: no data before authentication.
+  ``hs/<gw>/<id>/up`` and subscribes ``hs/<gw>/<id>/down`` and ``c/<gw>/<id>/<name or +>`` for any
+  gateway; only while GRANTED by gateway ``<gw>`` (a live session there) does it publish
+  ``d/<gw>/<id>/<stream>``, and only for the streams of its policy. Nothing else: no data before
+  authentication. Subscribing to its own commands is allowed before authentication because devices
+  subscribe when they connect (RabbitMQ closes a connection whose subscription is refused), a broker
+  checks a subscription only once (so gating it on a session would be illusory), and commands are
+  sealed under the session key and sent by the gateway only to a live session.
 - a gateway account (``gateway-<gw>`` or ``gateway-<gw>.<n>``) subscribes its handshake ``up`` and
   data topics, publishes ``down`` and commands, and reads and writes verified data ``v/#``; its
   rights follow from its name, so any gateway's endpoint can answer them.
@@ -158,15 +162,16 @@ class AccessRules:
         if kind == "hs":
             wanted = "write" if leaf == "up" else "read" if leaf == "down" else None
             return ALLOW if permission == wanted else _deny("not_own_topic")
-        if kind not in ("d", "c") or permission != ("write" if kind == "d" else "read"):
+        if kind == "c":
+            ok = permission == "read" and (leaf == "*" or _NAME.fullmatch(leaf) is not None)
+            return ALLOW if ok else _deny("not_own_topic")
+        if kind != "d" or permission != "write" or not _NAME.fullmatch(leaf):
             return _deny("not_own_topic")
         if gid != self.gateway_id:
             return Verdict(False, "other_gateway", forward_to=gid)
         streams = record.streams
         if streams is None:
             return _deny("no_session")
-        if kind == "c":
-            return ALLOW if leaf == "*" or _NAME.fullmatch(leaf) else _deny("not_own_topic")
         return ALLOW if leaf in streams else _deny("stream_not_in_policy")
 
 
