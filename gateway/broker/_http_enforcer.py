@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import base64
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
@@ -52,23 +53,24 @@ class RabbitManagement(ConnectionCloser):
         self.urls = [u.rstrip("/") for u in urls]
         if not self.urls:
             raise ValueError("RabbitManagement needs at least one management URL")
-        self._auth = aiohttp.BasicAuth(username, password)
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        self._headers = {"Authorization": f"Basic {token}", "X-Reason": "diams: access withdrawn"}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self.calls = 0
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # never the credential
         return f"RabbitManagement({self.urls})"
 
     async def close_user(self, username: str) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(auth=self._auth, timeout=self._timeout)
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
         last = "no management URL answered"
         for base in self.urls:
             try:
                 async with self._session.delete(
                     f"{base}/api/connections/username/{quote(username, safe='')}",
-                    headers={"X-Reason": "diams: access withdrawn"},
+                    headers=self._headers,
                 ) as response:
                     self.calls += 1
                     if response.status in (200, 204, 404):

@@ -11,7 +11,6 @@ import pytest
 from gateway.broker import (
     AccessRules,
     AuthorizeGateway,
-    AuthzServer,
     BrokerSecret,
     ConnectionCloser,
     CutOff,
@@ -21,8 +20,8 @@ from gateway.broker import (
     HttpEnforcer,
     RemoveGateway,
     UnknownDevice,
+    _http_rights,
 )
-from gateway.broker import _http_rights
 
 DEV, OTHER = "0123456789abcdef", "fedcba9876543210"
 SECRET, GW_SECRET = BrokerSecret("device-secret-0123456789"), BrokerSecret("gateway-secret-0123456789")
@@ -39,11 +38,13 @@ class RecordingCloser(ConnectionCloser):
 def _enforcer(**kw: object) -> tuple[HttpEnforcer, RecordingCloser]:
     closer = RecordingCloser()
     enforcer = HttpEnforcer(gateway_id="gw-a", closer=closer, **kw)  # type: ignore[arg-type]
-    enforcer.stage([
-        Enroll(device_id=DEV, secret=SECRET),
-        Enroll(device_id=OTHER, secret=BrokerSecret("other-secret-0123456789")),
-        AuthorizeGateway(gateway_id="gw-a", secret=GW_SECRET, connections=2),
-    ])
+    enforcer.stage(
+        [
+            Enroll(device_id=DEV, secret=SECRET),
+            Enroll(device_id=OTHER, secret=BrokerSecret("other-secret-0123456789")),
+            AuthorizeGateway(gateway_id="gw-a", secret=GW_SECRET, connections=2),
+        ]
+    )
     return enforcer, closer
 
 
@@ -170,12 +171,17 @@ async def _post(port: int, path: str, body: str, extra: str = "") -> tuple[int, 
     data = body.encode()
     writer.write(
         f"POST {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Type: application/x-www-form-urlencoded\r\n"
-        f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+        f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data
     )
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ")[1])
-    length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")).split(b":")[1])
+    length = int(
+        next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")).split(b":")[
+            1
+        ]
+    )
     reply = await reader.readexactly(length)
     writer.close()
     return status, reply
@@ -184,7 +190,7 @@ async def _post(port: int, path: str, body: str, extra: str = "") -> tuple[int, 
 @pytest.mark.asyncio
 async def test_server_answers_counts_refusals_and_survives_garbage():
     counted: list[tuple[str, str]] = []
-    enforcer, _ = _enforcer(listen=("127.0.0.1", 0), count=lambda n, l: counted.append((n, l)))
+    enforcer, _ = _enforcer(listen=("127.0.0.1", 0), count=lambda n, r: counted.append((n, r)))
     async with enforcer:
         port = enforcer.server.port  # type: ignore[union-attr]
         form = f"username={DEV}&password={SECRET.reveal()}&client_id={DEV}&vhost=%2F"
@@ -195,7 +201,8 @@ async def test_server_answers_counts_refusals_and_survives_garbage():
         # EMQX: MQTT topic and action, JSON answer
         emqx = f"username={DEV}&topic=diams/v1/hs/gw-a/{DEV}/up&action=publish"
         assert await _post(port, "/auth/topic", emqx, "Accept: application/json\r\n") == (
-            200, b'{"result": "allow"}'
+            200,
+            b'{"result": "allow"}',
         )
         assert (await _post(port, "/auth/nothing", "a=b"))[0] == 404
         # garbage and oversized requests close their connection; the server keeps serving
@@ -244,11 +251,13 @@ async def test_connection_flood_is_bounded():
 @pytest.mark.asyncio
 async def test_questions_about_another_gateway_are_forwarded_to_it_and_refused_when_it_is_gone():
     b_rules_enforcer = HttpEnforcer(gateway_id="gw-b", closer=None, listen=("127.0.0.1", 0))
-    b_rules_enforcer.stage([
-        Enroll(device_id=DEV, secret=SECRET),
-        AuthorizeGateway(gateway_id="gw-b", secret=GW_SECRET),
-        Grant(device_id=DEV, streams=frozenset({"telemetry"})),
-    ])
+    b_rules_enforcer.stage(
+        [
+            Enroll(device_id=DEV, secret=SECRET),
+            AuthorizeGateway(gateway_id="gw-b", secret=GW_SECRET),
+            Grant(device_id=DEV, streams=frozenset({"telemetry"})),
+        ]
+    )
     async with b_rules_enforcer:
         b_url = b_rules_enforcer.server.url  # type: ignore[union-attr]
         a, _ = _enforcer(listen=("127.0.0.1", 0), peers={"gw-b": b_url})
