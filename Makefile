@@ -21,8 +21,9 @@ bench: bootstrap
 
 # A whole site on this machine (broker, embedded ledger node, gateway, simulated fleet and attacks);
 # DEMO_SECONDS=N stops it by itself, DEMO_DEVICES=N sizes the fleet. Logs under run/demo-<timestamp>/.
+# DEMO_ARGS="--broker rabbitmq-cluster": a 3-node RabbitMQ cluster enforced over HTTP instead of Mosquitto.
 demo: bootstrap
-	$(PY) -m firmware_sim.demo
+	$(PY) -m firmware_sim.demo $(DEMO_ARGS)
 
 # Compiles ledger_bridge/contracts with the pinned solc (npm) into the committed ledger_bridge/artifacts.
 contracts: bootstrap

@@ -3,6 +3,7 @@
     make demo                      # or: python -m firmware_sim.demo
     DEMO_SECONDS=90 make demo      # stop by itself after 90 s (exit 0 when every check held)
     DEMO_DEVICES=50 make demo      # a smaller honest fleet (default 200)
+    make demo DEMO_ARGS="--broker rabbitmq-cluster"   # a 3-node RabbitMQ cluster, HTTP enforcement
 
 Strategy: everything a real site has, each in its own process, all under one run directory
 ``run/demo-<timestamp>/`` (logs, keystores, configs, the chain file, the report):
@@ -50,6 +51,7 @@ from ledger_bridge.sealing import generate_gateway_key
 from .broker import MosquittoBroker, free_port
 from .fleet import Observer, Pacer, Progress, SiteAccess, metrics_reader, parse_metrics
 from .identities import save_identities
+from .rabbitmq import ADMIN, RabbitCluster
 from .report import FleetReport
 from .scenarios import ScenarioParams, identities_needed, run_scenario
 
@@ -114,7 +116,11 @@ class Process:
 
 
 class Demo:
-    def __init__(self, *, devices: int, attackers: int, steady_seconds: float, run_dir: Path) -> None:
+    def __init__(
+        self, *, devices: int, attackers: int, steady_seconds: float, run_dir: Path, broker: str = "mosquitto"
+    ) -> None:
+        self.broker_kind = broker
+        self.cluster: RabbitCluster | None = None
         self.devices = devices
         self.attackers = attackers
         self.steady_seconds = steady_seconds
@@ -146,6 +152,42 @@ class Demo:
         broker.start()
         say(f"mosquitto on {broker.host}:{broker.port} (pid {broker.pid}), log {broker.log_path}")
         return broker
+
+    def start_cluster(self) -> RabbitCluster:
+        """``--broker rabbitmq-cluster``: 3 RabbitMQ nodes asking the gateway's endpoint (mode "http")."""
+        self.gateway_password = BrokerSecret.generate().reveal()
+        self.authz_port = free_port()
+        cluster = RabbitCluster(nodes=3, auth_url=f"http://127.0.0.1:{self.authz_port}/auth")
+        self.cluster = cluster
+        say("starting a 3-node RabbitMQ cluster (1-2 minutes on 2 cores)")
+        cluster.start()
+        say(f"rabbitmq cluster: MQTT on {cluster.mqtt_ports}, management on {cluster.management_urls}")
+        return cluster
+
+    def _broker_address(self) -> tuple[str, int]:
+        if self.cluster is not None:
+            return "127.0.0.1", self.cluster.nodes[0].mqtt_port
+        assert self.broker is not None
+        return self.broker.host, self.broker.port
+
+    def _enforcement_section(self, gw_dir: Path) -> str:
+        if self.cluster is not None:
+            management = _write_secret(gw_dir / "management.password", self.cluster.admin_password)
+            return f"""[enforcement]
+mode = "http"
+http_port = {self.authz_port}
+management_urls = "{",".join(self.cluster.management_urls)}"
+management_user = "{ADMIN}"
+management_password_file = "{management}"
+"""
+        assert self.broker is not None
+        group = f'file_group = "{self.broker.file_group}"\n' if self.broker.file_group else ""
+        return f"""[enforcement]
+mode = "mosquitto"
+password_file = "{self.broker.directory / "passwords"}"
+acl_file = "{self.broker.directory / "acl"}"
+pid_file = "{self.broker.pid_path}"
+{group}"""
 
     async def start_ledger_node(self) -> str:
         ready = self.dir / "ledger" / "node.url"
@@ -243,29 +285,23 @@ class Demo:
         return channel, fleet[:n_fleet], {"actors": actors, "files": files}
 
     def write_gateway_config(self, url: str, channel: Any, files: dict[str, Any]) -> tuple[Path, int]:
-        assert self.broker is not None
+        host, port = self._broker_address()
         gw_dir = self.dir / "gateway"
         password_file = _write_secret(gw_dir / "broker.password", self.gateway_password)
         http_port = free_port()
         keystore, pass_file = files["gateway-account"]
-        group = f'file_group = "{self.broker.file_group}"\n' if self.broker.file_group else ""
         text = f"""# written by firmware_sim.demo
 gateway_id = "{GATEWAY_ID}"
 state_dir = "{gw_dir / "state"}"
 key_file = "{gw_dir / "gateway.key"}"
 
 [broker]
-host = "{self.broker.host}"
-port = {self.broker.port}
+host = "{host}"
+port = {port}
 password_file = "{password_file}"
 accounts = 2
 
-[enforcement]
-mode = "mosquitto"
-password_file = "{self.broker.directory / "passwords"}"
-acl_file = "{self.broker.directory / "acl"}"
-pid_file = "{self.broker.pid_path}"
-{group}
+{self._enforcement_section(gw_dir)}
 [ledger]
 mode = "rpc"
 url = "{url}"
@@ -315,18 +351,19 @@ port = {http_port}
 
     # ---- the fleet ----
     async def simulate(self, fleet: list[ProvisionedDevice], owner: Any, http_port: int) -> None:
-        assert self.broker is not None
+        host, port = self._broker_address()
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
 
         observer = await Observer().start(
-            self.broker.host,
-            self.broker.port,
+            host,
+            port,
             username=f"gateway-{GATEWAY_ID}.1",
             password=self.gateway_password,
         )
         site = SiteAccess(
-            host=self.broker.host,
-            port=self.broker.port,
+            host=host,
+            port=port,
+            ports=tuple(self.cluster.mqtt_ports[1:]) if self.cluster is not None else (),
             gateway_id=GATEWAY_ID,
             identities=iter(fleet),
             owner=owner,
@@ -345,7 +382,10 @@ port = {http_port}
         self.gateway_counters = {f"{n}{'{' + r + '}' if r else ''}": v for (n, r), v in counters.items()}
 
     async def run(self, deadline: float | None) -> int:
-        self.start_broker()
+        if self.broker_kind == "rabbitmq-cluster":
+            await asyncio.to_thread(self.start_cluster)
+        else:
+            self.start_broker()
         url = await self.start_ledger_node()
         channel, fleet, extra = await self.enroll(url)
         config, http_port = self.write_gateway_config(url, channel, extra["files"])
@@ -361,10 +401,13 @@ port = {http_port}
         return 0 if ok else 1
 
     def write_site_file(self, url: str, http_port: int) -> None:
-        assert self.broker is not None
+        host, port = self._broker_address()
         keys = self.dir / "keys"
+        broker: dict[str, Any] = {"host": host, "port": port, "kind": self.broker_kind}
+        if self.cluster is not None:
+            broker["ports"] = self.cluster.mqtt_ports
         site = {
-            "broker": {"host": self.broker.host, "port": self.broker.port},
+            "broker": broker,
             "gateway_id": GATEWAY_ID,
             "observer": {
                 "username": f"gateway-{GATEWAY_ID}.1",
@@ -404,6 +447,9 @@ port = {http_port}
         if self.broker is not None:
             self.broker.stop()
             say("mosquitto stopped")
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.cleanup)
+            say("rabbitmq cluster stopped")
 
 
 def _env_number(name: str, default: float | None) -> float | None:
@@ -411,7 +457,7 @@ def _env_number(name: str, default: float | None) -> float | None:
     return float(raw) if raw else default
 
 
-async def _main() -> int:
+async def _main(broker: str = "mosquitto") -> int:
     seconds = _env_number("DEMO_SECONDS", None)
     devices = int(_env_number("DEMO_DEVICES", 200) or 200)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -425,6 +471,7 @@ async def _main() -> int:
         attackers=int(_env_number("DEMO_ATTACKERS", 2) or 2),
         steady_seconds=float(_env_number("DEMO_STEADY_SECONDS", 10.0) or 10.0),
         run_dir=run_dir,
+        broker=broker,
     )
     task = asyncio.current_task()
     assert task is not None
@@ -461,8 +508,18 @@ async def _main() -> int:
     return rc
 
 
-def main() -> int:
-    return asyncio.run(_main())
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m firmware_sim.demo", description="a whole DIAMS site")
+    parser.add_argument(
+        "--broker",
+        choices=("mosquitto", "rabbitmq-cluster"),
+        default=os.environ.get("DEMO_BROKER", "mosquitto"),
+        help="mosquitto (one broker, file enforcement; default) or a 3-node RabbitMQ cluster (HTTP)",
+    )
+    args = parser.parse_args(argv)
+    return asyncio.run(_main(args.broker))
 
 
 if __name__ == "__main__":
