@@ -327,6 +327,8 @@ class RabbitCluster:
                 with ThreadPoolExecutor(len(self.nodes) - 1) as pool:
                     list(pool.map(self.start_node, self.nodes[1:]))
             self.wait_clustered()
+            if len(self.nodes) > 1:
+                self.mirror_mqtt_queues()
         except BaseException:
             self.stop()
             raise
@@ -403,7 +405,13 @@ class RabbitCluster:
         return [f"http://127.0.0.1:{n.management_port}" for n in self.nodes]
 
     def management(
-        self, path: str, *, method: str = "GET", node: int | None = None, timeout: float = 10.0
+        self,
+        path: str,
+        *,
+        method: str = "GET",
+        node: int | None = None,
+        body: bytes | None = None,
+        timeout: float = 10.0,
     ) -> Any:
         """Call the management API as the administrator on a running node; -> decoded JSON or None."""
         candidates = [self.nodes[node]] if node is not None else [n for n in self.nodes if n.running]
@@ -413,7 +421,8 @@ class RabbitCluster:
             request = urllib.request.Request(
                 f"http://127.0.0.1:{n.management_port}/api{path}",
                 method=method,
-                headers={"Authorization": f"Basic {auth}"},
+                data=body,
+                headers={"Authorization": f"Basic {auth}", "content-type": "application/json"},
             )
             try:
                 with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
@@ -422,6 +431,24 @@ class RabbitCluster:
             except (OSError, urllib.error.URLError) as exc:
                 last = exc
         raise RabbitError(f"management API {method} {path}: {last}")
+
+    def mirror_mqtt_queues(self, copies: int = 2) -> None:
+        """Mirror each MQTT client's subscription queue on ``copies`` nodes (a policy).
+
+        RabbitMQ 3.10's MQTT plugin keeps a client's QoS 1 subscriptions in a durable classic queue on
+        the node it connected to, even with a clean session. When that node dies the queue's record
+        stays, its home is down, and the client cannot reconnect on another node (declaring or
+        deleting the queue fails). A mirror elsewhere is promoted instead, and the clean session
+        then removes it as usual.
+        """
+        body = json.dumps(
+            {
+                "pattern": "^mqtt-subscription-",
+                "apply-to": "queues",
+                "definition": {"ha-mode": "exactly", "ha-params": copies, "ha-sync-mode": "automatic"},
+            }
+        ).encode()
+        self.management("/policies/%2F/diams-mqtt-mirrors", method="PUT", body=body)
 
     def cluster_nodes(self) -> list[str]:
         """Names of the nodes that the cluster reports running."""

@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from device_agent.core import events
-from gateway.mqtt import MqttClient, MqttConnectError
+from gateway.mqtt import MqttClient, MqttConnectError, MqttError
 from tests.cluster.site import ClusterSite, cluster_site, crash_gateway
 from tests.gateway.helpers import eventually, raw_device_client
 
@@ -135,7 +135,8 @@ async def test_a_node_dies_mid_fleet_and_its_devices_reconnect_elsewhere_and_rea
                 try:
                     await d.connect(timeout=5)  # type: ignore[attr-defined]
                     break
-                except MqttConnectError:
+                except MqttError:  # refused, or dropped while the cluster notices the dead node
+                    await d.close()  # type: ignore[attr-defined]
                     await asyncio.sleep(0.2)
             assert isinstance(await d.authenticate(timeout=10), events.Authenticated), i  # type: ignore[attr-defined]
         for d in devs.values():
