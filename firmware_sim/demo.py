@@ -170,6 +170,12 @@ class Demo:
         assert self.broker is not None
         return self.broker.host, self.broker.port
 
+    def _alternates(self) -> str:
+        if self.cluster is None:
+            return ""
+        others = ",".join(f"127.0.0.1:{p}" for p in self.cluster.mqtt_ports[1:])
+        return f'alternates = "{others}"\n'
+
     def _enforcement_section(self, gw_dir: Path) -> str:
         if self.cluster is not None:
             management = _write_secret(gw_dir / "management.password", self.cluster.admin_password)
@@ -300,7 +306,7 @@ host = "{host}"
 port = {port}
 password_file = "{password_file}"
 accounts = 2
-
+{self._alternates()}
 {self._enforcement_section(gw_dir)}
 [ledger]
 mode = "rpc"

@@ -434,12 +434,14 @@ class Gateway:
     async def _mqtt_loop(self, ready: Callable[[], None] | None) -> None:
         b = self.settings.broker
         username = b.username or gateway_username(self.settings.gateway_id)
-        attempt = 0
+        addresses = b.addresses()  # a cluster's nodes: the next one after a failure
+        attempt = turn = 0
         while self._serving():
+            host, port = addresses[turn % len(addresses)]
             try:
                 client = await MqttClient.connect(
-                    b.host,
-                    b.port,
+                    host,
+                    port,
                     client_id=username,
                     username=username,
                     password=self._broker_password,
@@ -450,6 +452,7 @@ class Gateway:
                 await client.subscribe(self.traffic.subscriptions())
             except MqttError as exc:
                 attempt += 1
+                turn += 1
                 delay = random.uniform(0, min(10.0, 0.2 * 2 ** min(attempt, 6)))
                 log.warning("broker: %s; retrying in %.1fs", exc, delay)
                 self.metrics.inc("mqtt_connect_errors")
@@ -465,6 +468,7 @@ class Gateway:
                 ready()
                 ready = None
             await asyncio.shield(client.closed)
+            turn += 1
             self.mqtt_connected.clear()
             if not self._stopping.is_set():
                 log.warning("broker connection lost; reconnecting")

@@ -46,11 +46,23 @@ class BrokerSettings:
     keepalive: int = 30
     connect_timeout: float = 10.0
     accounts: int = 1  # broker usernames for this gateway: gateway-<id>, gateway-<id>.1, ... (local tools)
+    alternates: str = ""  # a cluster's other nodes, "host:port,host:port": tried in turn when one fails
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise SettingsError(f"broker.port must be 1..65535, got {self.port}")
+        self.addresses()  # checked now
         _positive("broker.connect_timeout", self.connect_timeout)
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of the broker, then of ``alternates``."""
+        out = [(self.host, self.port)]
+        for item in filter(None, (a.strip() for a in self.alternates.split(","))):
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise SettingsError(f"broker.alternates: {item!r} is not host:port")
+            out.append((host, int(port)))
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)

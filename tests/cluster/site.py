@@ -103,7 +103,12 @@ async def start_gateway(site: ClusterSite, gateway_id: str, tmp: Path, node: int
         gateway_id=gateway_id,
         state_dir=tmp / gateway_id,
         key_file=tmp / f"{gateway_id}.key",
-        broker=BrokerSettings(host="127.0.0.1", port=site.port_of(node), accounts=2),
+        broker=BrokerSettings(
+            host="127.0.0.1",
+            port=site.port_of(node),
+            accounts=2,
+            alternates=",".join(f"127.0.0.1:{n.mqtt_port}" for n in c.nodes if n.index != node),
+        ),
         ledger=LedgerSettings(
             mode="rpc",
             url="http://unused",
