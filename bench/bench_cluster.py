@@ -27,6 +27,12 @@ time until the broker closed its connection (index poll 0.2 s, then ``DELETE
 authenticated; its devices see their connection drop, reconnect to the next node, re-authenticate and
 send one data message each; time from the kill until the gateway has verified data from all of them.
 
+``cluster_kib_per_device_connection``: the cluster's memory growth (management API ``mem_used``, all
+nodes) per connected device, after the 1,000 connect. ``cluster_authz_questions_per_handshake``: the
+endpoint's decisions (the gateway's ``authz_*`` counters) per completed handshake over the e2e windows:
+the broker's cost of asking, since RabbitMQ caches only 12 allowed topics per connection and the
+gateway publishes on one ``down`` topic per device.
+
 ``authz_decisions_per_s``: the endpoint alone (``gateway.broker.AuthzServer``, 10,000 devices in its
 table) in its own process, so on at most one core; a load process keeps 32 keep-alive connections
 busy with a mix of questions as RabbitMQ asks them (per login: user, vhost; per new topic: topic and
@@ -61,7 +67,7 @@ from firmware_sim.broker import free_port
 from firmware_sim.device import SimDevice
 from firmware_sim.rabbitmq import ADMIN, RabbitCluster
 from gateway.mqtt import MqttClient
-from gateway.settings import EnforcementSettings
+from gateway.settings import EnforcementSettings, HttpSettings
 
 N_DEVICES = int(os.environ.get("BENCH_CLUSTER_DEVICES", "1000"))
 NODES = 3
@@ -138,36 +144,36 @@ def _authz_requests() -> list[bytes]:
     return out
 
 
-def run_authz_load(port: int, seconds: float, connections: int, depth: int, done: Any) -> None:
-    asyncio.run(_authz_load(port, seconds, connections, depth, done))
+def run_authz_load(port: int, seconds: float, connections: int, depth: int, started: Any, done: Any) -> None:
+    asyncio.run(_authz_load(port, seconds, connections, depth, started, done))
 
 
-async def _authz_load(port: int, seconds: float, connections: int, depth: int, done: Any) -> None:
+async def _authz_load(
+    port: int, seconds: float, connections: int, depth: int, started: Any, done: Any
+) -> None:
     requests = _authz_requests()
-    deadline = time.perf_counter() + seconds
+    batches = [b"".join(requests[i : i + depth]) for i in range(0, len(requests) - depth, depth)]
     total = 0
+    streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(connections)]
+    started.set()
+    deadline = time.perf_counter() + seconds
 
-    async def one(offset: int) -> None:
+    async def one(offset: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal total
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         i = offset
         while time.perf_counter() < deadline:
-            batch = [requests[(i + k) % len(requests)] for k in range(depth)]
-            i += depth
-            writer.write(b"".join(batch))
+            writer.write(batches[i % len(batches)])
+            i += 1
             got = 0
-            buf = b""
-            while got < depth:
+            while got < depth:  # every reply has exactly one blank line
                 chunk = await reader.read(65536)
                 if not chunk:
                     return
-                buf += chunk
-                # every reply ends with its 4- or 5-byte body right after its blank line
-                got = buf.count(b"\r\n\r\n")
+                got += chunk.count(b"\r\n\r\n")
             total += depth
         writer.close()
 
-    await asyncio.gather(*(one(c * 97) for c in range(connections)))
+    await asyncio.gather(*(one(c * 7, r, w) for c, (r, w) in enumerate(streams)))
     done.value = total
 
 
@@ -185,8 +191,11 @@ async def _authz_alone() -> dict[str, float]:
     try:
         if not await asyncio.to_thread(ready.wait, 60):
             raise RuntimeError("the authz server did not start")
+        started = ctx.Event()
+        load = _proc(ctx, run_authz_load, port_box.value, AUTHZ_SECONDS, 32, 16, started, done)
+        if not await asyncio.to_thread(started.wait, 60):
+            raise RuntimeError("the authz load did not start")
         cpu0, t0 = _cpu_seconds(server.pid), time.perf_counter()
-        load = _proc(ctx, run_authz_load, port_box.value, AUTHZ_SECONDS, 32, 16, done)
         await asyncio.to_thread(load.join, AUTHZ_SECONDS + 30)
         elapsed, cpu = time.perf_counter() - t0, _cpu_seconds(server.pid) - cpu0
     finally:
@@ -223,10 +232,37 @@ class ClusterPlainLoad(PlainLoad):
                 on_message=self._on_message,
                 keepalive=120,
             )
-            await c.subscribe([(f"diams/v1/hs/{RR_GATEWAY}/{user}/down", 1)])
+            await c.subscribe([(f"diams/v1/hs/{RR_GATEWAY}/{user}/down", 1)], timeout=30)
             return c, user
 
-        self.clients = await _gather_in_batches([one(k, u) for k, u in enumerate(ids)])
+        self.clients = await _paced_batches(lambda k: one(k, ids[k]), len(ids))
+
+
+async def _paced_batches(make: Any, n: int, size: int = 25) -> list[Any]:
+    """Connect in small batches: each connection costs the cluster a mirrored queue (slow on 2 cores)."""
+    out: list[Any] = []
+    for i in range(0, n, size):
+        out += await asyncio.gather(*(make(k) for k in range(i, min(n, i + size))))
+    return out
+
+
+def _cluster_memory(cluster: RabbitCluster) -> float:
+    """Bytes of memory the running nodes use (management API)."""
+    return float(sum(n.get("mem_used", 0) for n in cluster.management("/nodes") if n.get("running")))
+
+
+def _gateway_counters(port: int) -> dict[str, float]:
+    """The gateway's counters from its /metrics, as {name: total over reasons}."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("diams_") and "_total" in line:
+            name = line.split("_total", 1)[0][len("diams_") :]
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def _internal_user(cluster: RabbitCluster, name: str, password: str) -> None:
@@ -319,8 +355,10 @@ async def _run() -> dict[str, float]:
         (secret_dir / "management").write_text(cluster.admin_password)
         os.chmod(secret_dir / "management", 0o600)
         spec = site.gateway_spec(defence=BENCH_DEFENCE, poll_interval=0.2)
+        metrics_port = free_port()
         settings = dataclasses.replace(
             spec.settings,
+            http=HttpSettings(port=metrics_port),
             broker=dataclasses.replace(spec.settings.broker, port=ports[0]),
             enforcement=EnforcementSettings(
                 mode="http",
@@ -349,9 +387,19 @@ async def _run() -> dict[str, float]:
             SimDevice(d, gateway_id=GATEWAY_ID, host="127.0.0.1", port=ports[k % NODES])
             for k, d in enumerate(devices)
         ]
-        await _gather_in_batches([s.connect() for s in sims])
+        memory_before = _cluster_memory(cluster)
+        await _paced_batches(lambda k: sims[k].connect(timeout=30), len(sims))
+        await asyncio.sleep(2.0)  # the management statistics lag a little
+        results["cluster_kib_per_device_connection"] = (
+            (_cluster_memory(cluster) - memory_before) / 1024 / len(sims)
+        )
         pids = {"gw": gw.pid, "loadgen": os.getpid()}
+        before = await asyncio.to_thread(_gateway_counters, metrics_port)
         mixed = await _ceiling_and_e2e(plain, sims, {"responder": rr.pid, "loadgen": os.getpid()}, pids)
+        after = await asyncio.to_thread(_gateway_counters, metrics_port)
+        handshakes = after.get("authenticated", 0) - before.get("authenticated", 0)
+        questions = sum(v - before.get(k, 0) for k, v in after.items() if k.startswith("authz_"))
+        results["cluster_authz_questions_per_handshake"] = questions / max(1, handshakes)
         rr_stop.set()
         await plain.close()
         results["cluster_mqtt_rr_ceiling_per_s"] = mixed["mqtt_rr_ceiling_per_s"]
