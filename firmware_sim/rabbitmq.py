@@ -216,7 +216,7 @@ class RabbitCluster:
             ),
             "log.console = false",
             "log.file.level = info",
-            "vm_memory_high_watermark.absolute = 1GiB",  # a node holds ~1,000 MQTT clients in tests and benchmarks
+            "vm_memory_high_watermark.absolute = 1GiB",  # ~1,000 MQTT clients a node in the benchmark
             "disk_free_limit.absolute = 50MB",
         ]
         return "\n".join(line for line in lines if line) + "\n"
