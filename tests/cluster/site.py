@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,8 @@ from typing import Any
 from firmware_sim.broker import free_port
 from firmware_sim.device import SimDevice
 from firmware_sim.rabbitmq import ADMIN, RabbitCluster
-from gateway.broker import HttpEnforcer, RabbitManagement
+from firmware_sim.site import SitePlan, account_name, enroll
+from gateway.broker import BrokerSecret, HttpEnforcer, RabbitManagement
 from gateway.mqtt import MqttClient
 from gateway.service import Gateway
 from gateway.settings import (
@@ -30,15 +30,9 @@ from gateway.settings import (
     LedgerSettings,
     ProtocolSettings,
 )
-from ledger_bridge import EthereumTesterBackend, Ledger, Role, Signer
-from ledger_bridge.enrollment import GatewayPublicKey, ProvisionedDevice, onboard
-from ledger_bridge.index import onchain_gateway_id
-from ledger_bridge.sealing import generate_gateway_key
+from ledger_bridge import EthereumTesterBackend, Ledger
+from ledger_bridge.enrollment import ProvisionedDevice
 from tests.gateway.helpers import eventually
-
-ETH = 10**18
-POLICY = hashlib.sha256(b"policy: sensors").digest()
-FIRMWARE = hashlib.sha256(b"firmware 1.0").digest()
 
 
 @dataclass
@@ -122,7 +116,7 @@ async def start_gateway(site: ClusterSite, gateway_id: str, tmp: Path, node: int
     gw = Gateway(
         settings,
         ledger=site.ledger,
-        actor=site.actors[f"account-{gateway_id}"],
+        actor=site.actors[account_name(gateway_id)],
         enforcer=enforcer,
         broker_password=site.actors[f"broker-{gateway_id}"],
     )
@@ -168,40 +162,12 @@ async def cluster_site(
     n_devices: int,
     gateway_ids: tuple[str, ...] = ("gw-a", "gw-b"),
 ) -> AsyncIterator[ClusterSite]:
-    from gateway.broker import BrokerSecret
-
     async with Ledger(backend=EthereumTesterBackend()) as ledger:
-        names = ["admin", "manufacturer", "owner", "operator", *[f"account-{g}" for g in gateway_ids]]
-        signers = {n: Signer.generate(label=n) for n in names}
-        for s in signers.values():
-            await ledger.fund(s.address, 100 * ETH)
-        await ledger.deploy(admin=signers["admin"])
-        actors: dict[str, Any] = {n: ledger.actor(s) for n, s in signers.items()}
+        enrollment = await enroll(ledger, SitePlan(gateway_ids=gateway_ids, devices=n_devices), key_dir=tmp)
+        actors: dict[str, Any] = dict(enrollment.actors)
         for gid in gateway_ids:
             actors[f"broker-{gid}"] = BrokerSecret.generate().reveal()
-        await actors["admin"].grant_role(Role.MANUFACTURER, signers["manufacturer"].address)
-        await actors["admin"].grant_role(Role.OPERATOR, signers["operator"].address)
-        await actors["owner"].define_policy(POLICY, publish=["telemetry", "status"], subscribe=["config"])
-        devices = [
-            ProvisionedDevice.generate(model="diams-sensor", serial=f"SN{i:05d}", firmware_hash=FIRMWARE)
-            for i in range(n_devices)
-        ]
-        keys = []
-        for gid in gateway_ids:
-            pub = generate_gateway_key(tmp / f"{gid}.key")
-            await actors["operator"].register_gateway(
-                onchain_gateway_id(gid.encode()),
-                x25519_public_key=pub,
-                account=signers[f"account-{gid}"].address,
-            )
-            keys.append(GatewayPublicKey(gateway_id=gid.encode(), x25519_public_key=pub))
-        await onboard(
-            manufacturer=actors["manufacturer"],
-            owner=actors["owner"],
-            devices=devices,
-            gateways=keys,
-            policy_id=POLICY,
-        )
+        devices = list(enrollment.devices)
         site = ClusterSite(
             cluster=cluster,
             shared_port=shared_port,
