@@ -27,11 +27,12 @@ time until the broker closed its connection (index poll 0.2 s, then ``DELETE
 authenticated; its devices see their connection drop, reconnect to the next node, re-authenticate and
 send one data message each; time from the kill until the gateway has verified data from all of them.
 
-``cluster_kib_per_device_connection``: the cluster's memory growth (management API ``mem_used``, all
-nodes) per connected device, after the 1,000 connect. ``cluster_authz_questions_per_handshake``: the
-endpoint's decisions (the gateway's ``authz_*`` counters) per completed handshake over the e2e windows:
-the broker's cost of asking, since RabbitMQ caches only 12 allowed topics per connection and the
-gateway publishes on one ``down`` topic per device.
+``cluster_device_connects_per_s``: the 1,000 devices connecting (25 at a time): login decided by the
+endpoint, subscriptions, a mirrored QoS 1 queue each. ``cluster_kib_per_device_connection``: the
+cluster's memory growth (management API ``mem_used``, all nodes) per connected device.
+``cluster_authz_questions_per_handshake``: the endpoint's decisions (the gateway's ``authz_*``
+counters) per completed handshake over the e2e windows: the broker's cost of asking, since RabbitMQ
+caches only 12 allowed topics per connection and the gateway publishes on one ``down`` topic per device.
 
 ``authz_decisions_per_s``: the endpoint alone (``gateway.broker.AuthzServer``, 10,000 devices in its
 table) in its own process, so on at most one core; a load process keeps 32 keep-alive connections
@@ -388,7 +389,9 @@ async def _run() -> dict[str, float]:
             for k, d in enumerate(devices)
         ]
         memory_before = _cluster_memory(cluster)
+        t_connect = time.perf_counter()
         await _paced_batches(lambda k: sims[k].connect(timeout=30), len(sims))
+        results["cluster_device_connects_per_s"] = len(sims) / (time.perf_counter() - t_connect)
         await asyncio.sleep(2.0)  # the management statistics lag a little
         results["cluster_kib_per_device_connection"] = (
             (_cluster_memory(cluster) - memory_before) / 1024 / len(sims)
