@@ -67,7 +67,7 @@ from device_agent.core import events
 from firmware_sim.broker import free_port
 from firmware_sim.device import SimDevice
 from firmware_sim.rabbitmq import ADMIN, RabbitCluster
-from gateway.mqtt import MqttClient
+from gateway.mqtt import MqttClient, MqttError
 from gateway.settings import EnforcementSettings, HttpSettings
 
 N_DEVICES = int(os.environ.get("BENCH_CLUSTER_DEVICES", "1000"))
@@ -239,6 +239,19 @@ class ClusterPlainLoad(PlainLoad):
         self.clients = await _paced_batches(lambda k: one(k, ids[k]), len(ids))
 
 
+async def _connect_retrying(dev: SimDevice, attempts: int = 5) -> None:
+    """Connect and subscribe; a busy cluster sometimes answers a SUBSCRIBE late: try again."""
+    for attempt in range(attempts):
+        try:
+            await dev.connect(timeout=30)
+            return
+        except MqttError:
+            await dev.close()
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def _paced_batches(make: Any, n: int, size: int = 25) -> list[Any]:
     """Connect in small batches: each connection costs the cluster a mirrored queue (slow on 2 cores)."""
     out: list[Any] = []
@@ -390,7 +403,7 @@ async def _run() -> dict[str, float]:
         ]
         memory_before = _cluster_memory(cluster)
         t_connect = time.perf_counter()
-        await _paced_batches(lambda k: sims[k].connect(timeout=30), len(sims))
+        await _paced_batches(lambda k: _connect_retrying(sims[k]), len(sims))
         results["cluster_device_connects_per_s"] = len(sims) / (time.perf_counter() - t_connect)
         await asyncio.sleep(2.0)  # the management statistics lag a little
         results["cluster_kib_per_device_connection"] = (
