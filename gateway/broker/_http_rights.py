@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hmac
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._names import PREFIX
 
@@ -63,13 +63,13 @@ def _deny(reason: str) -> Verdict:
 
 @dataclass(slots=True)
 class DeviceRights:
-    password: bytes  # the broker password, compared in constant time
+    password: bytes = field(repr=False)  # the broker password, compared in constant time
     streams: frozenset[str] | None = None  # GRANTED by this gateway (a live session): its streams
 
 
 @dataclass(frozen=True, slots=True)
 class GatewayAccount:
-    password: bytes
+    password: bytes = field(repr=False)
     connections: int
 
 

@@ -230,7 +230,9 @@ async def test_server_answers_counts_refusals_and_survives_garbage():
         assert await _post(port, "/auth/user", form) == (200, b"allow")
     assert ("authz_refused", "bad_password") in counted and ("authz_refused", "no_session") in counted
     assert ("authz_refused", "bad_request") in counted and ("authz_allowed", "user") in counted
-    assert SECRET.reveal() not in repr(enforcer) + repr(enforcer.rules) + repr(enforcer.server)
+    shown = repr(enforcer) + repr(enforcer.rules) + repr(enforcer.server)
+    shown += repr(enforcer.rules.devices) + repr(enforcer.rules.gateways)
+    assert SECRET.reveal() not in shown and GW_SECRET.reveal() not in shown
 
 
 @pytest.mark.asyncio
