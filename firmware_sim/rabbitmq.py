@@ -133,6 +133,7 @@ class RabbitCluster:
         directory: Path | None = None,
         start_timeout: float = 120.0,
         http_timeout_ms: int = 2000,
+        mirror_queues: bool = True,
     ) -> None:
         if not rabbitmq_available():
             raise RabbitError("rabbitmq-server is not installed (scripts/bootstrap.sh installs it)")
@@ -145,6 +146,7 @@ class RabbitCluster:
         self.directory = Path(directory or tempfile.mkdtemp(prefix="diams-rabbitmq-"))
         self.start_timeout = start_timeout
         self.http_timeout_ms = http_timeout_ms
+        self.mirror_queues = mirror_queues  # see mirror_mqtt_queues (costs a copy of every QoS 1 message)
         self.as_rabbitmq = _run_as_rabbitmq()
         self.admin_password = secrets.token_urlsafe(18)
         tag = secrets.token_hex(3)
@@ -327,7 +329,7 @@ class RabbitCluster:
                 with ThreadPoolExecutor(len(self.nodes) - 1) as pool:
                     list(pool.map(self.start_node, self.nodes[1:]))
             self.wait_clustered()
-            if len(self.nodes) > 1:
+            if len(self.nodes) > 1 and self.mirror_queues:
                 self.mirror_mqtt_queues()
         except BaseException:
             self.stop()

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from device_agent.core import policy, topics
-from tests.conftest import require
-
 from firmware_sim.mpy import runner
+from tests.conftest import require
 
 pytestmark = pytest.mark.micropython
 
