@@ -25,9 +25,10 @@ time until the broker closed its connection (index poll 0.2 s, then ``DELETE
 
 ``cluster_node_failover_s``: the queue mirroring policy is set (``RabbitCluster.mirror_mqtt_queues``:
 without it a 3.10 client whose node died cannot reconnect elsewhere; the windows above run without
-it, since it copies every QoS 1 message), then node 2 is killed (SIGKILL) while the 1,000 devices are
-connected and authenticated; its devices see their connection drop, reconnect to the next node, re-authenticate and
-send one data message each; time from the kill until the gateway has verified data from all of them.
+it, since it copies every QoS 1 message), then node 2 is killed (SIGKILL) while the 1,000 devices
+are connected and authenticated; its devices see their connection drop, reconnect to the next node,
+re-authenticate and send one data message each; time from the kill until the gateway has verified
+data from all of them.
 
 ``cluster_device_connects_per_s``: the 1,000 devices connecting (25 at a time): login decided by the
 endpoint, subscriptions, a QoS 1 queue each. ``cluster_kib_per_device_connection``: the
