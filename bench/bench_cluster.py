@@ -435,7 +435,7 @@ async def _run() -> dict[str, float]:
         extra = site.devices[N_DEVICES:]
         targets = [SimDevice(d, gateway_id=GATEWAY_ID, host="127.0.0.1", port=ports[2]) for d in extra]
         for t in targets:
-            await t.connect()
+            await _connect_retrying(t)
             if not isinstance(await t.authenticate(timeout=10), events.Authenticated):
                 raise RuntimeError("a revocation target did not authenticate")
         cut = await _revocations(site, targets)
