@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: bootstrap test lint bench contracts demo clean
+.PHONY: bootstrap test lint bench campaign contracts demo clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -25,6 +25,11 @@ bench: bootstrap
 # DEMO_ARGS="--broker rabbitmq-cluster": a 3-node RabbitMQ cluster enforced over HTTP instead of Mosquitto.
 demo: bootstrap
 	$(PY) -m firmware_sim.demo $(DEMO_ARGS)
+
+# Faults, load and attacks over a whole site for up to ~15 minutes, ended by invariants checked from
+# evidence; CAMPAIGN_SECONDS, CAMPAIGN_DEVICES, CAMPAIGN_SEED. Evidence under run/campaign-<timestamp>/.
+campaign: bootstrap
+	$(PY) -m firmware_sim.campaign
 
 # Compiles ledger_bridge/contracts with the pinned solc (npm) into the committed ledger_bridge/artifacts.
 contracts: bootstrap
