@@ -66,7 +66,7 @@ from bench.bench_gateway import (
     _cpu_seconds,
     _gather_in_batches,
 )
-from device_agent.core import events
+from device_agent.core import events, topics
 from firmware_sim.broker import free_port
 from firmware_sim.device import SimDevice
 from firmware_sim.rabbitmq import ADMIN, RabbitCluster
@@ -238,7 +238,7 @@ class ClusterPlainLoad(PlainLoad):
                 on_message=self._on_message,
                 keepalive=120,
             )
-            await c.subscribe([(f"diams/v1/hs/{RR_GATEWAY}/{user}/down", 1)], timeout=30)
+            await c.subscribe([(topics.handshake_down(RR_GATEWAY, user), 1)], timeout=30)
             return c, user
 
         self.clients = await _paced_batches(lambda k: one(k, ids[k]), len(ids))
@@ -455,7 +455,7 @@ async def _run() -> dict[str, float]:
             password=rr_password,
             on_message=lambda t, p: got.append((t, p)),
         )
-        await listener.subscribe([("diams/v1/v/#", 1)])
+        await listener.subscribe([(topics.every(topics.VERIFIED), 1)])
         await asyncio.to_thread(cluster.mirror_mqtt_queues)
         await asyncio.sleep(5.0)  # mirrors of the existing (empty) queues start and synchronise
         seconds, moved = await _failover(cluster, sims, got)

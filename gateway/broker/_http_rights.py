@@ -7,18 +7,20 @@ use this queue or exchange (``resource``), publish or subscribe on this routing 
 changes as every other enforcer (Enroll/Grant/Demote/CutOff/AuthorizeGateway): no I/O, no locks, one
 dict look-up and at most one constant-time compare per question.
 
-Rights (the same layout as the Mosquitto files, but exact, since nothing here costs a reload):
-- a device (username = its 16-hex id, client id = the same) that is ENROLLED publishes
-  ``hs/<gw>/<id>/up`` and subscribes ``hs/<gw>/<id>/down`` and ``c/<gw>/<id>/<name or +>`` for any
-  gateway; only while GRANTED by gateway ``<gw>`` (a live session there) does it publish
-  ``d/<gw>/<id>/<stream>``, and only for the streams of its policy. Nothing else: no data before
-  authentication. Subscribing to its own commands is allowed before authentication because devices
-  subscribe when they connect (RabbitMQ closes a connection whose subscription is refused), a broker
-  checks a subscription only once (so gating it on a session would be illusory), and commands are
-  sealed under the session key and sent by the gateway only to a live session.
-- a gateway account (``gateway-<gw>`` or ``gateway-<gw>.<n>``) subscribes its handshake ``up`` and
-  data topics, publishes ``down`` and commands, and reads and writes verified data ``v/#``; its
-  rights follow from its name, so any gateway's endpoint can answer them.
+Rights (the same layout as the Mosquitto files, but exact, since nothing here costs a reload; the
+topic shapes are ``device_agent.core.topics``'):
+- a device (username = its 16-hex id, client id = the same) that is ENROLLED publishes its handshake
+  ``up`` topics and subscribes its handshake ``down`` and command topics, with any gateway; only while
+  GRANTED by gateway G (a live session there) does it publish its data topics of gateway G, and only
+  for the streams of its policy. Nothing else: no data before authentication. Subscribing to its own
+  commands is allowed before authentication because devices subscribe when they connect (RabbitMQ
+  closes a connection whose subscription is refused), a broker checks a subscription only once (so
+  gating it on a session would be illusory), and commands are sealed under the session key and sent
+  by the gateway only to a live session.
+- a gateway account (``gateway-<gw>`` or ``gateway-<gw>.<n>``) has the Mosquitto ACL's rights: read
+  its handshake ``up`` and data topics and all verified data, write its handshake ``down``, verified
+  data and command topics under its own id. Its rights follow from its name, so any gateway's
+  endpoint can answer them.
 Questions only another gateway can answer (its account's password, a session it holds) come back as
 ``Verdict.forward_to`` that gateway; the server asks that gateway's endpoint, or refuses.
 
@@ -31,6 +33,8 @@ from __future__ import annotations
 import hmac
 import re
 from dataclasses import dataclass, field
+
+from device_agent.core.topics import ANY, COMMAND, DATA, DOWN, HANDSHAKE, UP, VERIFIED
 
 from ._names import PREFIX
 
@@ -159,13 +163,13 @@ class AccessRules:
         record = self.devices.get(did)
         if record is None:
             return _deny("unknown_device")
-        if kind == "hs":
-            wanted = "write" if leaf == "up" else "read" if leaf == "down" else None
+        if kind == HANDSHAKE:
+            wanted = "write" if leaf == UP else "read" if leaf == DOWN else None
             return ALLOW if permission == wanted else _deny("not_own_topic")
-        if kind == "c":
+        if kind == COMMAND:
             ok = permission == "read" and (leaf == "*" or _NAME.fullmatch(leaf) is not None)
             return ALLOW if ok else _deny("not_own_topic")
-        if kind != "d" or permission != "write" or not _NAME.fullmatch(leaf):
+        if kind != DATA or permission != "write" or not _NAME.fullmatch(leaf):
             return _deny("not_own_topic")
         if gid != self.gateway_id:
             return Verdict(False, "other_gateway", forward_to=gid)
@@ -182,12 +186,12 @@ def _known_shape(username: str) -> bool:
 # A gateway's rights, as (permission, topic filter levels after the prefix); "+" one level, "#" the rest.
 def _gateway_rights(gid: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     return (
-        ("read", ("hs", gid, "+", "up")),
-        ("write", ("hs", gid, "+", "down")),
-        ("read", ("d", gid, "#")),
-        ("read", ("v", "#")),
-        ("write", ("v", "#")),
-        ("write", ("c", gid, "#")),
+        ("read", (HANDSHAKE, gid, ANY, UP)),
+        ("write", (HANDSHAKE, gid, ANY, DOWN)),
+        ("read", (DATA, gid, ANY, ANY)),
+        ("read", (VERIFIED, "#")),
+        ("write", (VERIFIED, gid, ANY, ANY)),
+        ("write", (COMMAND, gid, ANY, ANY)),
     )
 
 
@@ -201,7 +205,7 @@ def _within(requested: list[str], right: tuple[str, ...]) -> bool:
         got = requested[i]
         if got == "#":
             return False  # the request covers more levels than the right allows here
-        if level == "+":
+        if level == ANY:
             if got != "*" and not _NAME.fullmatch(got):
                 return False
         elif got != level:

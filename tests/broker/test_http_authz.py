@@ -8,6 +8,7 @@ import hmac
 
 import pytest
 
+from device_agent.core import topics
 from gateway.broker import (
     AccessRules,
     AuthorizeGateway,
@@ -92,38 +93,41 @@ def _key(topic: str) -> str:
     return topic.replace("/", ".").replace("+", "*")
 
 
+P, HS, D, C, V = topics.PREFIX, topics.HANDSHAKE, topics.DATA, topics.COMMAND, topics.VERIFIED
+F = topics.topic_filter
 TOPICS = [
     # (user, topic, permission, granted?, allow, reason)
-    (DEV, f"diams/v1/hs/gw-a/{DEV}/up", "write", False, True, ""),
-    (DEV, f"diams/v1/hs/gw-z/{DEV}/up", "write", False, True, ""),  # any gateway (fail-over)
-    (DEV, f"diams/v1/hs/gw-a/{DEV}/down", "read", False, True, ""),
-    (DEV, f"diams/v1/hs/gw-a/{DEV}/down", "write", False, False, "not_own_topic"),
-    (DEV, f"diams/v1/hs/gw-a/{OTHER}/up", "write", False, False, "not_own_topic"),
-    (DEV, f"diams/v1/d/gw-a/{DEV}/telemetry", "write", False, False, "no_session"),  # before authentication
-    (DEV, f"diams/v1/d/gw-a/{DEV}/telemetry", "write", True, True, ""),
-    (DEV, f"diams/v1/d/gw-a/{DEV}/video", "write", True, False, "stream_not_in_policy"),
-    (DEV, f"diams/v1/d/gw-a/{DEV}/+", "write", True, False, "not_own_topic"),
-    (DEV, f"diams/v1/d/gw-a/{DEV}/tele.metry", "write", True, False, "not_own_topic"),  # splits in two
-    (DEV, f"diams/v1/d/gw-a/{DEV}/telemetry", "read", True, False, "not_own_topic"),
-    (DEV, f"diams/v1/d/gw-b/{DEV}/telemetry", "write", True, False, "other_gateway"),  # gw-b's session
-    (DEV, f"diams/v1/c/gw-a/{DEV}/+", "read", False, True, ""),
-    (DEV, f"diams/v1/c/gw-a/{DEV}/reboot", "write", True, False, "not_own_topic"),
-    (DEV, "diams/v1/v/#", "read", True, False, "not_own_topic"),
+    (DEV, topics.handshake_up("gw-a", DEV), "write", False, True, ""),
+    (DEV, topics.handshake_up("gw-z", DEV), "write", False, True, ""),  # any gateway (fail-over)
+    (DEV, topics.handshake_down("gw-a", DEV), "read", False, True, ""),
+    (DEV, topics.handshake_down("gw-a", DEV), "write", False, False, "not_own_topic"),
+    (DEV, topics.handshake_up("gw-a", OTHER), "write", False, False, "not_own_topic"),
+    (DEV, topics.data("gw-a", DEV, "telemetry"), "write", False, False, "no_session"),  # before auth
+    (DEV, topics.data("gw-a", DEV, "telemetry"), "write", True, True, ""),
+    (DEV, topics.data("gw-a", DEV, "video"), "write", True, False, "stream_not_in_policy"),
+    (DEV, F(D, "gw-a", DEV), "write", True, False, "not_own_topic"),
+    (DEV, f"{P}/{D}/gw-a/{DEV}/tele.metry", "write", True, False, "not_own_topic"),  # splits in two
+    (DEV, topics.data("gw-a", DEV, "telemetry"), "read", True, False, "not_own_topic"),
+    (DEV, topics.data("gw-b", DEV, "telemetry"), "write", True, False, "other_gateway"),  # gw-b's session
+    (DEV, F(C, "gw-a", DEV), "read", False, True, ""),
+    (DEV, topics.command("gw-a", DEV, "reboot"), "write", True, False, "not_own_topic"),
+    (DEV, topics.every(V), "read", True, False, "not_own_topic"),
     (DEV, "#", "read", True, False, "topic"),
-    (DEV, "other/v1/hs/gw-a/x/up", "write", True, False, "topic"),
-    ("gateway-gw-a", "diams/v1/hs/gw-a/+/up", "read", False, True, ""),
-    ("gateway-gw-a", f"diams/v1/hs/gw-a/{DEV}/down", "write", False, True, ""),
-    ("gateway-gw-a", "diams/v1/d/gw-a/+/+", "read", False, True, ""),
-    ("gateway-gw-a", "diams/v1/v/#", "read", False, True, ""),
-    ("gateway-gw-a.1", f"diams/v1/v/{DEV}/telemetry", "write", False, True, ""),
-    ("gateway-gw-a", f"diams/v1/c/gw-a/{DEV}/reboot", "write", False, True, ""),
-    ("gateway-gw-a", "diams/v1/hs/+/+/up", "read", False, False, "gateway_rights"),  # another's handshakes
-    ("gateway-gw-a", "diams/v1/d/gw-b/+/+", "read", False, False, "gateway_rights"),
-    ("gateway-gw-a", "diams/v1/#", "read", False, False, "gateway_rights"),
-    ("gateway-gw-a", f"diams/v1/d/gw-a/{DEV}/telemetry", "write", False, False, "gateway_rights"),
-    ("gateway-gw-a", f"diams/v1/hs/gw-a/{DEV}/up", "write", False, False, "gateway_rights"),
-    ("gateway-gw-b", "diams/v1/hs/gw-b/+/up", "read", False, True, ""),  # rights follow from the name
-    ("nobody", "diams/v1/v/#", "read", False, False, "unknown_user"),
+    (DEV, "other/v1/" + topics.handshake_up("gw-a", DEV)[len(P) + 1 :], "write", True, False, "topic"),
+    ("gateway-gw-a", F(HS, "gw-a", topics.ANY, topics.UP), "read", False, True, ""),
+    ("gateway-gw-a", topics.handshake_down("gw-a", DEV), "write", False, True, ""),
+    ("gateway-gw-a", F(D, "gw-a"), "read", False, True, ""),
+    ("gateway-gw-a", topics.every(V), "read", False, True, ""),
+    ("gateway-gw-a.1", topics.verified("gw-a", DEV, "telemetry"), "write", False, True, ""),
+    ("gateway-gw-a", topics.verified("gw-b", DEV, "telemetry"), "write", False, False, "gateway_rights"),
+    ("gateway-gw-a", topics.command("gw-a", DEV, "reboot"), "write", False, True, ""),
+    ("gateway-gw-a", F(HS, topics.ANY, topics.ANY, topics.UP), "read", False, False, "gateway_rights"),
+    ("gateway-gw-a", F(D, "gw-b"), "read", False, False, "gateway_rights"),
+    ("gateway-gw-a", topics.every(), "read", False, False, "gateway_rights"),
+    ("gateway-gw-a", topics.data("gw-a", DEV, "telemetry"), "write", False, False, "gateway_rights"),
+    ("gateway-gw-a", topics.handshake_up("gw-a", DEV), "write", False, False, "gateway_rights"),
+    ("gateway-gw-b", F(HS, "gw-b", topics.ANY, topics.UP), "read", False, True, ""),  # rights from the name
+    ("nobody", topics.every(V), "read", False, False, "unknown_user"),
 ]
 
 
@@ -199,7 +203,7 @@ async def test_server_answers_counts_refusals_and_survives_garbage():
         topic = f"username={DEV}&routing_key=diams.v1.d.gw-a.{DEV}.telemetry&permission=write&resource=topic"
         assert await _post(port, "/auth/topic", topic) == (200, b"deny")
         # EMQX: MQTT topic and action, JSON answer
-        emqx = f"username={DEV}&topic=diams/v1/hs/gw-a/{DEV}/up&action=publish"
+        emqx = f"username={DEV}&topic={topics.handshake_up('gw-a', DEV)}&action=publish"
         assert await _post(port, "/auth/topic", emqx, "Accept: application/json\r\n") == (
             200,
             b'{"result": "allow"}',

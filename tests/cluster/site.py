@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from device_agent.core import topics
 from firmware_sim.broker import free_port
 from firmware_sim.device import SimDevice
 from firmware_sim.rabbitmq import ADMIN, RabbitCluster
@@ -63,7 +64,7 @@ class ClusterSite:
         return enforcer
 
     async def listener(
-        self, gateway_id: str, node: int, topic: str = "diams/v1/v/#"
+        self, gateway_id: str, node: int, topic: str = topics.every(topics.VERIFIED)
     ) -> tuple[MqttClient, list[Any]]:
         """An application reading verified data, with the gateway's second broker account."""
         got: list[Any] = []

@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from device_agent.core import events
+from device_agent.core import events, topics
 from gateway.mqtt import MqttClient, MqttConnectError, MqttError
 from tests.cluster.site import ClusterSite, cluster_site, crash_gateway
 from tests.gateway.helpers import eventually, raw_device_client
@@ -41,12 +41,12 @@ async def test_fleet_on_three_nodes_is_enforced_exactly_and_revocation_cuts_off_
         # no data before authentication: the broker itself refuses it, the gateway never sees it
         raw = await raw_device_client(s.port_of(1), s.devices[0], on_message=lambda t, p: None)
         listener, got = await s.listener("gw-a", node=2)
-        raw.publish(f"diams/v1/d/gw-a/{s.devices[0].device_id.hex()}/telemetry", b"forged", qos=0)
+        raw.publish(topics.data("gw-a", s.devices[0].device_id.hex(), "telemetry"), b"forged", qos=0)
         assert await _closed(raw), "a device published data without a session and stayed connected"
         assert s.refusals("no_session") >= 1
         # nor another device's topics
         raw = await raw_device_client(s.port_of(2), s.devices[1], on_message=lambda t, p: None)
-        raw.publish(f"diams/v1/hs/gw-a/{s.devices[2].device_id.hex()}/up", b"x" * 20, qos=0)
+        raw.publish(topics.handshake_up("gw-a", s.devices[2].device_id.hex()), b"x" * 20, qos=0)
         assert await _closed(raw)
         assert s.refusals("not_own_topic") >= 1
         # a wrong password, and a device's id taken as another's client id, are refused at login
