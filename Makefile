@@ -22,8 +22,9 @@ bench: bootstrap
 
 # A whole site on this machine (broker, embedded ledger node, gateway, simulated fleet and attacks);
 # DEMO_SECONDS=N stops it by itself, DEMO_DEVICES=N sizes the fleet. Logs under run/demo-<timestamp>/.
+# DEMO_ARGS="--broker rabbitmq-cluster": a 3-node RabbitMQ cluster enforced over HTTP instead of Mosquitto.
 demo: bootstrap
-	$(PY) -m firmware_sim.demo
+	$(PY) -m firmware_sim.demo $(DEMO_ARGS)
 
 # Faults, load and attacks over a whole site for up to ~15 minutes, ended by invariants checked from
 # evidence; CAMPAIGN_SECONDS, CAMPAIGN_DEVICES, CAMPAIGN_SEED. Evidence under run/campaign-<timestamp>/.

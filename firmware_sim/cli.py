@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=1.0, help="seconds between a device's data messages")
     p.add_argument("--rate", type=float, default=1000.0, help="connects per second at ramp-up")
     p.add_argument("--report", type=Path, default=None, help="write report.json and latency.svg here")
+    p.add_argument(
+        "--broker",
+        choices=("site", "mosquitto", "rabbitmq-cluster"),
+        default="site",
+        help="the site's broker kind (checked against site.json); a cluster spreads devices over its nodes",
+    )
     return p
 
 
@@ -70,6 +76,11 @@ async def _run(args: argparse.Namespace) -> int:
         )
         return 2
     host, port = site_file["broker"]["host"], int(site_file["broker"]["port"])
+    kind = site_file["broker"].get("kind", "mosquitto")
+    if args.broker not in ("site", kind):
+        print(f"error: --broker {args.broker}, but the site's broker is {kind}", file=sys.stderr)
+        return 2
+    others = tuple(int(p) for p in site_file["broker"].get("ports", ()) if int(p) != port)
     obs_conf = site_file.get("observer")
     observer = None
     if obs_conf:
@@ -88,6 +99,7 @@ async def _run(args: argparse.Namespace) -> int:
     site = SiteAccess(
         host=host,
         port=port,
+        ports=others,
         gateway_id=site_file["gateway_id"],
         identities=_counted(identities, lambda n: used_path.write_text(f"{used + n}\n")),
         owner=owner,

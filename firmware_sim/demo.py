@@ -3,6 +3,7 @@
     make demo                      # or: python -m firmware_sim.demo
     DEMO_SECONDS=90 make demo      # stop by itself after 90 s (exit 0 when every check held)
     DEMO_DEVICES=50 make demo      # a smaller honest fleet (default 200)
+    make demo DEMO_ARGS="--broker rabbitmq-cluster"   # a 3-node RabbitMQ cluster, HTTP enforcement
 
 Strategy: everything a real site has, each in its own process, all under one run directory
 ``run/demo-<timestamp>/`` (logs, keystores, configs, the chain file, the report):
@@ -70,6 +71,7 @@ from .fleet import (
     parse_metrics,
 )
 from .identities import save_identities
+from .rabbitmq import ADMIN, RabbitCluster
 from .report import FleetReport
 from .scenarios import ScenarioParams, identities_needed, run_scenario
 from .site import ETH as _ETH
@@ -145,7 +147,11 @@ class Process:
 
 
 class Demo:
-    def __init__(self, *, devices: int, attackers: int, steady_seconds: float, run_dir: Path) -> None:
+    def __init__(
+        self, *, devices: int, attackers: int, steady_seconds: float, run_dir: Path, broker: str = "mosquitto"
+    ) -> None:
+        self.broker_kind = broker
+        self.cluster: RabbitCluster | None = None
         self.devices = devices
         self.attackers = attackers
         self.steady_seconds = steady_seconds
@@ -168,6 +174,49 @@ class Demo:
         where = f", files in {broker.directory}" if broker.requested_directory else ""
         say(f"mosquitto on {broker.host}:{broker.port} (pid {broker.pid}), log {broker.log_path}{where}")
         return broker
+
+    def start_cluster(self) -> RabbitCluster:
+        """``--broker rabbitmq-cluster``: 3 RabbitMQ nodes asking the gateway's endpoint (mode "http")."""
+        self.gateway_password = BrokerSecret.generate().reveal()
+        self.authz_port = free_port()
+        cluster = RabbitCluster(nodes=3, auth_url=f"http://127.0.0.1:{self.authz_port}/auth")
+        self.cluster = cluster
+        say("starting a 3-node RabbitMQ cluster (1-2 minutes on 2 cores)")
+        cluster.start()
+        say(f"rabbitmq cluster: MQTT on {cluster.mqtt_ports}, management on {cluster.management_urls}")
+        return cluster
+
+    def _broker_address(self) -> tuple[str, int]:
+        if self.cluster is not None:
+            return "127.0.0.1", self.cluster.nodes[0].mqtt_port
+        assert self.broker is not None
+        return self.broker.host, self.broker.port
+
+    def _alternates(self) -> str:
+        """A cluster's other nodes, for the gateway to fail over to."""
+        if self.cluster is None:
+            return ""
+        return ",".join(f"127.0.0.1:{p}" for p in self.cluster.mqtt_ports[1:])
+
+    def _enforcement(self, gw_dir: Path) -> EnforcementSettings:
+        if self.cluster is not None:
+            management = _write_secret(gw_dir / "management.password", self.cluster.admin_password)
+            return EnforcementSettings(
+                mode="http",
+                http_port=self.authz_port,
+                management_urls=",".join(self.cluster.management_urls),
+                management_user=ADMIN,
+                management_password_file=management,
+            )
+        assert self.broker is not None
+        return EnforcementSettings(
+            mode="mosquitto",
+            password_file=self.broker.directory / "passwords",
+            acl_file=self.broker.directory / "acl",
+            pid_file=self.broker.pid_path,
+            file_group=self.broker.file_group,
+            broker_log=self.broker.log_path,  # cut-offs confirmed in the broker's log
+        )
 
     async def start_ledger_node(self) -> str:
         ready = self.dir / "ledger" / "node.url"
@@ -269,7 +318,7 @@ class Demo:
         return site, fleet[:n_fleet], {"actors": site.actors, "files": files}
 
     def write_gateway_config(self, url: str, channel: Any, files: dict[str, Any]) -> tuple[Path, int]:
-        assert self.broker is not None
+        host, port = self._broker_address()
         gw_dir = self.dir / "gateway"
         password_file = _write_secret(gw_dir / "broker.password", self.gateway_password)
         http_port = free_port()
@@ -277,7 +326,7 @@ class Demo:
         settings = gateway_settings(
             GATEWAY_ID,
             key_dir=gw_dir,
-            broker=self.broker,
+            broker=self.broker,  # None with a cluster: broker_settings below say where
             ledger=LedgerSettings(
                 mode="rpc",
                 url=url,
@@ -290,16 +339,9 @@ class Demo:
                 anchor_interval=20.0,
             ),
             broker_settings=BrokerSettings(
-                host=self.broker.host, port=self.broker.port, password_file=password_file, accounts=2
+                host=host, port=port, password_file=password_file, accounts=2, alternates=self._alternates()
             ),
-            enforcement=EnforcementSettings(
-                mode="mosquitto",
-                password_file=self.broker.directory / "passwords",
-                acl_file=self.broker.directory / "acl",
-                pid_file=self.broker.pid_path,
-                file_group=self.broker.file_group,
-                broker_log=self.broker.log_path,  # cut-offs confirmed in the broker's log
-            ),
+            enforcement=self._enforcement(gw_dir),
             protocol=ProtocolSettings(proof_timeout=3.0),
             http=HttpSettings(port=http_port),
         )
@@ -360,18 +402,19 @@ class Demo:
     # ---- the fleet ----
     async def simulate(self, fleet: list[ProvisionedDevice], actors: dict[str, Any], http_port: int) -> None:
         owner = actors["owner"]
-        assert self.broker is not None
+        host, port = self._broker_address()
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
 
         observer = await Observer().start(
-            self.broker.host,
-            self.broker.port,
+            host,
+            port,
             username=f"gateway-{GATEWAY_ID}.1",
             password=self.gateway_password,
         )
         site = SiteAccess(
-            host=self.broker.host,
-            port=self.broker.port,
+            host=host,
+            port=port,
+            ports=tuple(self.cluster.mqtt_ports[1:]) if self.cluster is not None else (),
             gateway_id=GATEWAY_ID,
             identities=iter(fleet),
             owner=owner,
@@ -396,7 +439,10 @@ class Demo:
         self.gateway_counters = {f"{n}{'{' + r + '}' if r else ''}": v for (n, r), v in counters.items()}
 
     async def run(self, deadline: float | None) -> int:
-        self.start_broker()
+        if self.broker_kind == "rabbitmq-cluster":
+            await asyncio.to_thread(self.start_cluster)
+        else:
+            self.start_broker()
         url = await self.start_ledger_node()
         site, fleet, extra = await self.enroll(url)
         channel = site.channel
@@ -419,10 +465,13 @@ class Demo:
         return 0 if ok else 1
 
     def write_site_file(self, url: str, http_port: int) -> None:
-        assert self.broker is not None
+        host, port = self._broker_address()
         keys = self.dir / "keys"
+        broker: dict[str, Any] = {"host": host, "port": port, "kind": self.broker_kind}
+        if self.cluster is not None:
+            broker["ports"] = self.cluster.mqtt_ports
         site = {
-            "broker": {"host": self.broker.host, "port": self.broker.port},
+            "broker": broker,
             "gateway_id": GATEWAY_ID,
             "observer": {
                 "username": f"gateway-{GATEWAY_ID}.1",
@@ -464,6 +513,9 @@ class Demo:
         if self.broker is not None:
             self.broker.cleanup()
             say("mosquitto stopped")
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.cleanup)
+            say("rabbitmq cluster stopped")
 
 
 def _env_number(name: str, default: float | None) -> float | None:
@@ -471,7 +523,7 @@ def _env_number(name: str, default: float | None) -> float | None:
     return float(raw) if raw else default
 
 
-async def _main() -> int:
+async def _main(broker: str = "mosquitto") -> int:
     seconds = _env_number("DEMO_SECONDS", None)
     devices = int(_env_number("DEMO_DEVICES", 200) or 200)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -485,6 +537,7 @@ async def _main() -> int:
         attackers=int(_env_number("DEMO_ATTACKERS", 2) or 2),
         steady_seconds=float(_env_number("DEMO_STEADY_SECONDS", 10.0) or 10.0),
         run_dir=run_dir,
+        broker=broker,
     )
     task = asyncio.current_task()
     assert task is not None
@@ -521,8 +574,18 @@ async def _main() -> int:
     return rc
 
 
-def main() -> int:
-    return asyncio.run(_main())
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m firmware_sim.demo", description="a whole DIAMS site")
+    parser.add_argument(
+        "--broker",
+        choices=("mosquitto", "rabbitmq-cluster"),
+        default=os.environ.get("DEMO_BROKER", "mosquitto"),
+        help="mosquitto (one broker, file enforcement; default) or a 3-node RabbitMQ cluster (HTTP)",
+    )
+    args = parser.parse_args(argv)
+    return asyncio.run(_main(args.broker))
 
 
 if __name__ == "__main__":

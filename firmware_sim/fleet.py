@@ -198,6 +198,7 @@ class SiteAccess:
     port: int
     gateway_id: str
     identities: Iterator[ProvisionedDevice]
+    ports: tuple[int, ...] = ()  # a cluster's other nodes: devices are spread over (port, *ports)
     window: int = 100
     initial_counter: int = 0  # the counter identities start from (> 0 when they authenticated before)
     owner: Any = None
@@ -223,7 +224,9 @@ class SiteAccess:
 
     def device(self, identity: ProvisionedDevice, **kw: Any) -> SimDevice:
         kw.setdefault("counter", self.initial_counter)
-        return SimDevice(identity, gateway_id=self.gateway_id, host=self.host, port=self.port, **kw)
+        ports = (self.port, *self.ports)
+        port = ports[identity.device_id[-1] % len(ports)]  # a device keeps its node across reconnects
+        return SimDevice(identity, gateway_id=self.gateway_id, host=self.host, port=port, **kw)
 
     async def connect(self, dev: SimDevice, *, attempts: int = 8, paced: bool = True) -> bool:
         """Connect with pacing and jittered exponential backoff; -> True once connected."""

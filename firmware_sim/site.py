@@ -201,11 +201,17 @@ async def enroll(
 # ---- the gateway ------------------------------------------------------------------------------------
 
 
+def _own_broker(broker: MosquittoBroker | None, accounts: int) -> BrokerSettings:
+    if broker is None:
+        raise ValueError("gateway_settings needs a broker or broker_settings")
+    return BrokerSettings(host=broker.host, port=broker.port, accounts=accounts)
+
+
 def gateway_settings(
     gateway_id: str,
     *,
     key_dir: Path,
-    broker: MosquittoBroker,
+    broker: MosquittoBroker | None,
     ledger: LedgerSettings,
     accounts: int = 1,
     broker_settings: BrokerSettings | None = None,
@@ -221,7 +227,7 @@ def gateway_settings(
         gateway_id=gateway_id,
         state_dir=key_dir / gateway_id,
         key_file=key_dir / f"{gateway_id}.key",
-        broker=broker_settings or BrokerSettings(host=broker.host, port=broker.port, accounts=accounts),
+        broker=broker_settings or _own_broker(broker, accounts),
         ledger=ledger,
         **sections,
     )

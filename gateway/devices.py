@@ -111,6 +111,8 @@ class DeviceTable:
             self._forget(did)
             return False
         floor, nonce = self.counters.floor_and_nonce(did, view.epoch)
+        if view.clone_alert and (did, view.epoch) not in self._quarantined:
+            self._quarantine_locally(did, view.epoch)  # another gateway's clone alert, from the ledger
         active = (did, view.epoch) not in self._quarantined
         self.entries[did] = DeviceEntry(did, keys.k_dg, view.epoch, active, floor, self._lifetime, nonce)
         self.served[did] = Served(
@@ -150,8 +152,11 @@ class DeviceTable:
         entry = self.entries.get(did)
         if entry is not None:
             entry.active = False
-            self._quarantined.add((did, entry.epoch))
-            self.counters.set_quarantine(did, entry.epoch)
+            self._quarantine_locally(did, entry.epoch)
+
+    def _quarantine_locally(self, did: bytes, epoch: int) -> None:
+        self._quarantined.add((did, epoch))
+        self.counters.set_quarantine(did, epoch)
 
     def _lift_quarantine(self, did: bytes) -> None:
         if any(d == did for d, _ in self._quarantined):
@@ -173,6 +178,10 @@ class DeviceTable:
                 continue
             assert view.grant is not None
             if old is not None and old.epoch == view.epoch and old.commitment == view.grant.key_commitment:
+                entry = self.entries[did]
+                if view.clone_alert and entry.active:  # quarantined through the ledger: cut it off here too
+                    self.quarantine(did)
+                    cut.append(did)
                 self.served[did] = Served(
                     epoch=old.epoch,
                     commitment=old.commitment,

@@ -40,6 +40,14 @@ def _secret_bytes(key: str, path: Path) -> bytes:
     return data
 
 
+def read_secret_text(key: str, path: Path) -> str:
+    """A secret file's text (stripped), refused when unreadable, group/other-readable or not UTF-8."""
+    try:
+        return _secret_bytes(key, path).decode().strip()
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{key}: {path} is not UTF-8 text") from None
+
+
 def load_key(settings: GatewaySettings) -> X25519PrivateKey:
     raw = _secret_bytes("key_file", settings.key_file)
     if len(raw) != 32:

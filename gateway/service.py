@@ -35,7 +35,11 @@ from .broker import (
     BrokerError,
     BrokerSecret,
     ConnectionLog,
+    Demote,
+    Grant,
+    HttpEnforcer,
     MosquittoEnforcer,
+    RabbitManagement,
     Reloader,
     ReloadFailed,
     gateway_username,
@@ -45,7 +49,7 @@ from .counters import CounterStore
 from .devices import DeviceTable
 from .mqtt import MqttClient, MqttError
 from .ops import HealthServer, Metrics, sd_notify, watchdog_interval
-from .preflight import load_key, load_ledger_signer, read_broker_password
+from .preflight import load_key, load_ledger_signer, read_broker_password, read_secret_text
 from .settings import GatewaySettings, LedgerSettings
 from .traffic import Traffic
 
@@ -155,6 +159,10 @@ class Gateway:
                 self._attach_ledger(self._ledger)
             if self._enforcer is None and s.enforcement.mode == "mosquitto":
                 self._enforcer = self._build_enforcer()
+            elif self._enforcer is None and s.enforcement.mode == "http":
+                self._enforcer = self._build_http_enforcer()
+            if isinstance(self._enforcer, HttpEnforcer):
+                self._enforcer.count_with(self.metrics.inc)
             if isinstance(self._enforcer, MosquittoEnforcer) and self._enforcer.on_unconfirmed is None:
                 self._enforcer.on_unconfirmed = self.cut_off_unconfirmed
             if self._enforcer is not None:
@@ -178,6 +186,7 @@ class Gateway:
                 clock=self._clock,
                 publish=self.publish,
                 broker_changes=self.apply_broker_changes if self.per_device_rights else None,
+                on_session=self._session_changed,
             )
             self.index.subscribe(self._on_ledger_changes)
             await self._initial_sync()
@@ -291,6 +300,48 @@ class Gateway:
             "ALERT: revoked device %s stayed connected at the broker after the reload; %s after %d kick(s)",
             device_id, "cut off" if confirmed else "STILL CONNECTED", attempts,
         )
+
+    def _build_http_enforcer(self) -> HttpEnforcer:
+        e = self.settings.enforcement
+        closer = None
+        if e.management_urls:
+            assert e.management_password_file is not None
+            closer = RabbitManagement(
+                [u.strip() for u in e.management_urls.split(",") if u.strip()],
+                username=e.management_user,
+                password=read_secret_text("enforcement.management_password_file", e.management_password_file),
+            )
+        return HttpEnforcer(
+            gateway_id=self.settings.gateway_id,
+            closer=closer,
+            listen=(e.http_host, e.http_port),
+            peers=e.peers(),
+            shared_listen=(e.http_host, e.http_shared_port) if e.http_shared_port else None,
+        )
+
+    # ---- sessions (enforcers that see them: data topics only while a session is live) ----
+    def _session_changed(self, did: bytes, live: bool) -> None:
+        """Traffic's hook, called in the loop turn that starts a session (before the reply that lets
+        the device send data leaves) or ends one (data topics are refused at once; the live
+        connection is closed in the background)."""
+        enforcer = self._enforcer
+        if not isinstance(enforcer, HttpEnforcer):
+            return
+        if live:
+            served = self.devices.served.get(did)
+            if served is not None:
+                enforcer.stage([Grant(device_id=did.hex(), streams=served.publish)])
+            return
+        users = enforcer.stage([Demote(device_id=did.hex())])
+        if users and self._tasks is not None:
+            self._tasks.create_task(self._close_connections(enforcer, users))
+
+    async def _close_connections(self, enforcer: HttpEnforcer, users: list[str]) -> None:
+        try:
+            await enforcer.close_connections(users)
+        except ReloadFailed as exc:
+            log.warning("%s", exc)
+            self.metrics.inc("enforcement_errors")
 
     # ---- ledger ----
     async def _open_ledger(self, *, at_start: bool = False) -> bool:
@@ -489,12 +540,14 @@ class Gateway:
     async def _mqtt_loop(self, ready: Callable[[], None] | None) -> None:
         b = self.settings.broker
         username = b.username or gateway_username(self.settings.gateway_id)
-        attempt = 0
+        addresses = b.addresses()  # a cluster's nodes: the next one after a failure
+        attempt = turn = 0
         while self._serving():
+            host, port = addresses[turn % len(addresses)]
             try:
                 client = await MqttClient.connect(
-                    b.host,
-                    b.port,
+                    host,
+                    port,
                     client_id=username,
                     username=username,
                     password=self._broker_password,
@@ -506,6 +559,7 @@ class Gateway:
                 await client.subscribe(self.traffic.subscriptions())
             except MqttError as exc:
                 attempt += 1
+                turn += 1
                 delay = random.uniform(0, min(10.0, 0.2 * 2 ** min(attempt, 6)))
                 log.warning("broker: %s; retrying in %.1fs", exc, delay)
                 self.metrics.inc("mqtt_connect_errors")
@@ -521,6 +575,7 @@ class Gateway:
                 ready()
                 ready = None
             await asyncio.shield(client.closed)
+            turn += 1
             self.mqtt_connected.clear()
             if not self._stopping.is_set():
                 log.warning("broker connection lost; reconnecting")

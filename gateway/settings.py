@@ -69,16 +69,30 @@ class BrokerSettings:
             return ssl.create_default_context(cafile=str(self.tls_ca))
         except (OSError, ssl.SSLError) as exc:
             raise SettingsError(f"broker.tls_ca: cannot load {self.tls_ca} ({exc})") from None
+    alternates: str = ""  # a cluster's other nodes, "host:port,host:port": tried in turn when one fails
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise SettingsError(f"broker.port must be 1..65535, got {self.port}")
+        self.addresses()  # checked now
         _positive("broker.connect_timeout", self.connect_timeout)
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of the broker, then of ``alternates``."""
+        out = [(self.host, self.port)]
+        for item in filter(None, (a.strip() for a in self.alternates.split(","))):
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise SettingsError(f"broker.alternates: {item!r} is not host:port")
+            out.append((host, int(port)))
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
 class EnforcementSettings:
-    mode: str = "none"  # "mosquitto" (password + ACL files, reloads) or "none" (another party enforces)
+    # "mosquitto" (password + ACL files, reloads: one broker), "http" (a clustered broker asks this
+    # gateway's endpoint, see docs/GATEWAY.md) or "none" (another party enforces)
+    mode: str = "none"
     password_file: Path | None = None
     acl_file: Path | None = None
     pid_file: Path | None = None  # the broker's pid file, for SIGHUP (same user as the broker)
@@ -88,16 +102,46 @@ class EnforcementSettings:
     # mosquitto's log file (log_dest file, connection_messages true): every cut-off is confirmed there,
     # and a device still connected is reported and kicked (gateway.broker._connections)
     broker_log: Path | None = None
+    # mode = "http": the endpoint the broker asks, the other gateways' endpoints ("gw-b=http://h:p/auth,
+    # ..."), and the broker's management API (comma-separated node URLs) to close connections
+    http_host: str = "127.0.0.1"
+    http_port: int = 9465
+    http_shared_port: int = 0  # also listen here with SO_REUSEPORT: gateways on one host share it
+    http_peers: str = ""
+    management_urls: str = ""
+    management_user: str = ""
+    management_password_file: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("mosquitto", "none"):
-            raise SettingsError(f"enforcement.mode must be 'mosquitto' or 'none', got {self.mode!r}")
+        if self.mode not in ("mosquitto", "http", "none"):
+            raise SettingsError(f"enforcement.mode must be 'mosquitto', 'http' or 'none', got {self.mode!r}")
+        for name in ("http_port", "http_shared_port"):
+            if not 0 <= getattr(self, name) < 65536:
+                raise SettingsError(f"enforcement.{name} must be 0..65535, got {getattr(self, name)}")
+        self.peers()  # checked now
+        if self.mode == "http" and self.management_urls and (
+            not self.management_user or self.management_password_file is None
+        ):
+            raise SettingsError(
+                "enforcement.management_urls needs management_user and management_password_file"
+            )
         if self.mode == "mosquitto" and (self.password_file is None or self.acl_file is None):
             raise SettingsError("enforcement.mode = 'mosquitto' needs enforcement.password_file and acl_file")
         if self.mode == "mosquitto" and self.pid_file is None and not self.reload_command:
             raise SettingsError("enforcement.mode = 'mosquitto' needs enforcement.pid_file or reload_command")
         if self.rights not in ("patterns", "per_device"):
             raise SettingsError(f"enforcement.rights must be 'patterns' or 'per_device', got {self.rights!r}")
+
+
+    def peers(self) -> dict[str, str]:
+        """``http_peers`` as {gateway id: endpoint URL}."""
+        peers: dict[str, str] = {}
+        for item in filter(None, (p.strip() for p in self.http_peers.split(","))):
+            gid, sep, url = item.partition("=")
+            if not sep or not topics.is_gateway_id(gid.strip()) or not url.strip().startswith("http://"):
+                raise SettingsError(f"enforcement.http_peers: {item!r} is not gateway-id=http://host:port/auth")
+            peers[gid.strip()] = url.strip()
+        return peers
 
 
 @dataclass(frozen=True, kw_only=True)

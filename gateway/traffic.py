@@ -71,8 +71,12 @@ class Traffic:
         clock: Callable[[], float],
         publish: Publish,
         broker_changes: Callable[[list[Change]], Awaitable[None]] | None = None,
+        on_session: Callable[[bytes, bool], None] | None = None,
     ) -> None:
+        """``on_session(device_id, live)``: a session started (called before its reply is sent) or
+        ended; an enforcer that grants data topics per session needs it."""
         s = settings
+        self.on_session = on_session or (lambda did, live: None)
         self.gateway_id = s.gateway_id
         self.devices = devices
         self.role = devices.role
@@ -197,6 +201,7 @@ class Traffic:
             return False
         self.sessions[did] = event.session
         self.data_limiter.reset(did)
+        self.on_session(did, True)
         self.defence.succeeded(did)
         self.metrics.inc("authenticated")
         return True
@@ -257,6 +262,7 @@ class Traffic:
     def drop_session(self, did: bytes, why: str) -> None:
         if self.sessions.pop(did, None) is not None:
             self.metrics.inc("sessions_ended", why)
+            self.on_session(did, False)
             if self._per_device:  # back to handshake topics only at the broker
                 self._background(self._demote(did))
 

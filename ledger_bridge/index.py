@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS gateways (id BLOB PRIMARY KEY, x25519 BLOB NOT NULL, 
     operator TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS policies (id BLOB PRIMARY KEY, publish TEXT NOT NULL, subscribe TEXT NOT NULL,
     author TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS clone_alerts (device BLOB NOT NULL, epoch INTEGER NOT NULL,
+    PRIMARY KEY (device, epoch)) WITHOUT ROWID;
 """
 
 # Events after which a device may have lost rights: pushed to subscribers before the others.
@@ -61,7 +63,14 @@ _LOSSES = frozenset(
         "TransferStarted",
         "FirmwareRecorded",
         "GatewayDeauthorized",
+        "CloneAlert",
     }
+)
+
+
+# Events after which a clone alert no longer quarantines the device (as a gateway's local quarantine).
+_OWNER_ACTIONS = frozenset(
+    {"DeviceSuspended", "DeviceRevoked", "DeviceDecommissioned", "TransferStarted", "FirmwareRecorded"}
 )
 
 
@@ -129,6 +138,7 @@ class DeviceView:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     grant: Grant | None
+    clone_alert: bool = False  # a gateway reported a clone at this epoch; no owner action since
 
     @property
     def servable(self) -> bool:
@@ -196,7 +206,11 @@ class IdentityIndex:
             return None
         state, epoch, fw, pub, sub, g_epoch, commit, sealed = row
         grant = None if g_epoch is None else Grant(epoch=g_epoch, key_commitment=commit, sealed_key=sealed)
+        alert = self._db.execute(
+            "SELECT 1 FROM clone_alerts WHERE device = ? AND epoch = ?", (device_id, epoch)
+        ).fetchone()
         return DeviceView(
+            clone_alert=alert is not None,
             device_id=device_id,
             state=DeviceState(state),
             epoch=epoch,
@@ -401,6 +415,7 @@ class IdentityIndex:
             for d in devices:
                 db.execute("DELETE FROM devices WHERE id = ?", (d,))
                 db.execute("DELETE FROM grants WHERE device = ?", (d,))
+                db.execute("DELETE FROM clone_alerts WHERE device = ?", (d,))
             for g in gateways:
                 db.execute("DELETE FROM gateways WHERE id = ?", (g,))
             for p in policies:
@@ -486,6 +501,8 @@ def _apply(db: sqlite3.Connection, name: str, a: Mapping[str, Any], block: int) 
     """Fold one event into the derived tables. Unknown events (the audit log's) change nothing here."""
     S = DeviceState
     d = a.get("id")
+    if name in _OWNER_ACTIONS:  # the owner acted on the device: a clone alert no longer quarantines it
+        db.execute("DELETE FROM clone_alerts WHERE device = ?", (d,))
     if name == "DeviceRegistered":
         db.execute(
             "INSERT OR REPLACE INTO devices VALUES (?, ?, 0, ?, NULL, NULL, ?, ?)",
@@ -536,6 +553,8 @@ def _apply(db: sqlite3.Connection, name: str, a: Mapping[str, Any], block: int) 
         )
     elif name == "PolicySet":
         db.execute("UPDATE devices SET policy=?, block=? WHERE id=?", (a["policyId"], block, d))
+    elif name == "CloneAlert":  # AuthenticationLog: every gateway quarantines the device at this epoch
+        db.execute("INSERT OR IGNORE INTO clone_alerts SELECT id, epoch FROM devices WHERE id = ?", (d,))
     elif name == "GatewayRegistered":
         db.execute(
             "INSERT OR REPLACE INTO gateways VALUES (?, ?, ?, ?)",

@@ -2,7 +2,9 @@
 
 The gateway drives a ``BrokerEnforcer`` with small change values (``Enroll``, ``Grant``, ``Demote``,
 ``CutOff``, ``AuthorizeGateway``, ``RemoveGateway``); ``MosquittoEnforcer`` implements it with
-mosquitto's password and ACL files and batched SIGHUP reloads. See ``_interface`` for the states and a
+mosquitto's password and ACL files and batched SIGHUP reloads; ``HttpEnforcer`` answers a clustered
+broker's HTTP authorization requests (``AuthzServer``) from memory and closes connections through the
+broker's management API. See ``_interface`` for the states and a
 note on clustered brokers, ``_mosquitto`` for the reload strategy, ``_names`` for the topic layout.
 """
 
@@ -11,6 +13,9 @@ from __future__ import annotations
 from ._canary import CanaryAnswer, canary_login
 from ._connections import ConnectionLog
 from ._errors import BrokerError, InvalidIdentifier, ReloadFailed, UnknownDevice, UnsafeBroker
+from ._http_enforcer import ConnectionCloser, HttpEnforcer, RabbitManagement
+from ._http_rights import AccessRules, Verdict
+from ._http_server import AuthzServer
 from ._interface import AuthorizeGateway, BrokerEnforcer, Change, CutOff, Demote, Enroll, Grant, RemoveGateway
 from ._mosquitto import MosquittoEnforcer, Reloader, RightsMode, mosquitto_config_lines, sighup_reloader
 from ._names import (
@@ -46,25 +51,31 @@ __all__ = [
     "PREFIX",
     "USER",
     "VERIFIED",
+    "AccessRules",
     "AuthorizeGateway",
+    "AuthzServer",
     "BrokerEnforcer",
     "BrokerError",
     "BrokerSecret",
     "CanaryAnswer",
     "Change",
+    "ConnectionCloser",
     "ConnectionLog",
     "CutOff",
     "Demote",
     "Enroll",
     "Grant",
+    "HttpEnforcer",
     "InvalidIdentifier",
     "MosquittoEnforcer",
+    "RabbitManagement",
     "ReloadFailed",
     "Reloader",
     "RemoveGateway",
     "RightsMode",
     "UnknownDevice",
     "UnsafeBroker",
+    "Verdict",
     "canary_login",
     "check_command",
     "check_device_id",

@@ -1,0 +1,487 @@
+"""A fleet on a 3-node RabbitMQ MQTT cluster, enforced through the gateway's HTTP endpoint: handshake
+throughput against the cluster's plain request/response ceiling, revocation cut-off across nodes, node
+fail-over, and the endpoint's decision rate on its own. One run, ~3-4 minutes (the cluster's start is
+~1-2 min of it on 2 shared cores).
+
+Setup: ``bench._site.build_site`` (anvil on loopback, 1,000 devices onboarded for gateway ``gw-a``; it
+also starts a Mosquitto this benchmark does not use), a 3-node cluster (``firmware_sim.rabbitmq``) whose
+nodes ask ``http://127.0.0.1:<port>/auth``, and the gateway daemon in its own process with
+``enforcement.mode = "http"`` (its endpoint on that port, the cluster's management API to close
+connections), connected to node 0. The load generator (this process) spreads its connections over the
+three nodes round-robin. Everything is stopped in ``finally``.
+
+``cluster_mqtt_rr_ceiling_per_s``: plain request/response through the cluster with the same client,
+concurrency (1,000 connections over the 3 nodes) and QoS 1 as the e2e run; the requesters and the
+responder log in as RabbitMQ *internal* users (asked before the HTTP backend), so this ceiling carries
+no authorization cost. ``cluster_e2e_handshakes_per_s``: 1,000 ``SimDevice``s over the 3 nodes, each
+authenticating in a closed loop; every login and every new topic of every connection is decided by
+the gateway's endpoint. The two alternate in ``ROUNDS`` windows (``bench_gateway``'s method);
+``cluster_e2e_vs_ceiling_ratio`` is the median per-round ratio e2e / (ceiling / 2) (a handshake is two
+round trips; target >= 0.5).
+
+``cluster_revocation_cutoff_ms``: a device on node 2 (the gateway sits on node 0) is revoked on anvil;
+time until the broker closed its connection (index poll 0.2 s, then ``DELETE
+/api/connections/username/<id>`` on the management API); median of ``REVOKED``.
+
+``cluster_node_failover_s``: the queue mirroring policy is set (``RabbitCluster.mirror_mqtt_queues``:
+without it a 3.10 client whose node died cannot reconnect elsewhere; the windows above run without
+it, since it copies every QoS 1 message), then node 2 is killed (SIGKILL) while the 1,000 devices
+are connected and authenticated; its devices see their connection drop, reconnect to the next node,
+re-authenticate and send one data message each; time from the kill until the gateway has verified
+data from all of them.
+
+``cluster_device_connects_per_s``: the 1,000 devices connecting (25 at a time): login decided by the
+endpoint, subscriptions, a QoS 1 queue each. ``cluster_kib_per_device_connection``: the
+cluster's memory growth (management API ``mem_used``, all nodes) per connected device.
+``cluster_authz_questions_per_handshake``: the endpoint's decisions (the gateway's ``authz_*``
+counters) per completed handshake over the e2e windows: the broker's cost of asking, since RabbitMQ
+caches only 12 allowed topics per connection and the gateway publishes on one ``down`` topic per device.
+
+``authz_decisions_per_s``: the endpoint alone (``gateway.broker.AuthzServer``, 10,000 devices in its
+table) in its own process, so on at most one core; a load process keeps 32 keep-alive connections
+busy with a mix of questions as RabbitMQ asks them (per login: user, vhost; per new topic: topic and
+resource), 16 requests in flight per connection. ``authz_cpu_us_per_decision`` is the endpoint's CPU
+per decision and ``authz_decisions_per_cpu_s`` its inverse: what one core of endpoint CPU answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._gateway_proc import run_responder
+from bench._site import GATEWAY_ID, build_site
+from bench.bench_gateway import (
+    BENCH_DEFENCE,
+    PlainLoad,
+    _ceiling_and_e2e,
+    _cpu_seconds,
+    _gather_in_batches,
+)
+from device_agent.core import events, topics
+from firmware_sim.broker import free_port
+from firmware_sim.device import SimDevice
+from firmware_sim.rabbitmq import ADMIN, RabbitCluster
+from gateway.mqtt import MqttClient, MqttError
+from gateway.settings import EnforcementSettings, HttpSettings
+
+N_DEVICES = int(os.environ.get("BENCH_CLUSTER_DEVICES", "1000"))
+NODES = 3
+REVOKED = 3
+RR_USER, RR_GATEWAY = "gateway-rr", "rr"
+REQUESTER_USER = "bench-requester"
+AUTHZ_SECONDS = 4.0
+
+
+# -- processes --------------------------------------------------------------------------------------------
+
+
+def run_cluster_gateway(settings: Any, broker_password: str, ready: Any, stop: Any) -> None:
+    asyncio.run(_gateway_main(settings, broker_password, ready, stop))
+
+
+async def _gateway_main(settings: Any, broker_password: str, ready: Any, stop: Any) -> None:
+    from gateway.service import Gateway
+
+    async with Gateway(settings, broker_password=broker_password) as gw:
+        task = asyncio.create_task(gw.serve(ready=ready.set))
+        await asyncio.to_thread(stop.wait)
+        gw.stop()
+        await asyncio.wait_for(task, 10)
+
+
+def run_authz_server(port_box: Any, ready: Any, stop: Any, decisions: Any) -> None:
+    asyncio.run(_authz_main(port_box, ready, stop, decisions))
+
+
+async def _authz_main(port_box: Any, ready: Any, stop: Any, decisions: Any) -> None:
+    from gateway.broker import AuthorizeGateway, BrokerSecret, Enroll, Grant, HttpEnforcer
+
+    enforcer = HttpEnforcer(gateway_id="gw-a", closer=None, listen=("127.0.0.1", 0))
+    enforcer.stage([AuthorizeGateway(gateway_id="gw-a", secret=BrokerSecret("g" * 22))])
+    ids = [f"{i:016x}" for i in range(10_000)]
+    enforcer.stage([Enroll(device_id=d, secret=BrokerSecret(f"secret-{d}")) for d in ids])
+    enforcer.stage([Grant(device_id=d, streams=frozenset({"telemetry"})) for d in ids[::2]])
+    async with enforcer:
+        assert enforcer.server is not None
+        port_box.value = enforcer.server.port
+        ready.set()
+        await asyncio.to_thread(stop.wait)
+        decisions.value = enforcer.server.decisions
+
+
+def _authz_requests() -> list[bytes]:
+    """A login (user, vhost) and a new topic (topic, resource, topic) per device, as RabbitMQ asks them."""
+    out = []
+    for i in range(0, 10_000, 7):
+        did = f"{i:016x}"
+        forms = [
+            ("user", f"username={did}&password=secret-{did}&client_id={did}&vhost=%2F"),
+            ("vhost", f"username={did}&vhost=%2F&ip=127.0.0.1&client_id={did}"),
+            (
+                "topic",
+                f"username={did}&vhost=%2F&resource=topic&name=amq.topic&permission=write"
+                f"&routing_key=diams.v1.d.gw-a.{did}.telemetry&variable_map.client_id={did}",
+            ),
+            ("resource", f"username={did}&vhost=%2F&resource=exchange&name=amq.topic&permission=write"),
+            (
+                "topic",
+                f"username={did}&vhost=%2F&resource=topic&name=amq.topic&permission=write"
+                f"&routing_key=diams.v1.hs.gw-a.{did}.up&variable_map.client_id={did}",
+            ),
+        ]
+        for q, body in forms:
+            b = body.encode()
+            out.append(
+                b"POST /auth/%s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (q.encode(), len(b), b)
+            )
+    return out
+
+
+def run_authz_load(port: int, seconds: float, connections: int, depth: int, started: Any, done: Any) -> None:
+    asyncio.run(_authz_load(port, seconds, connections, depth, started, done))
+
+
+async def _authz_load(
+    port: int, seconds: float, connections: int, depth: int, started: Any, done: Any
+) -> None:
+    requests = _authz_requests()
+    batches = [b"".join(requests[i : i + depth]) for i in range(0, len(requests) - depth, depth)]
+    total = 0
+    streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(connections)]
+    started.set()
+    deadline = time.perf_counter() + seconds
+
+    async def one(offset: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal total
+        i = offset
+        while time.perf_counter() < deadline:
+            writer.write(batches[i % len(batches)])
+            i += 1
+            got = 0
+            while got < depth:  # every reply has exactly one blank line
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return
+                got += chunk.count(b"\r\n\r\n")
+            total += depth
+        writer.close()
+
+    await asyncio.gather(*(one(c * 7, r, w) for c, (r, w) in enumerate(streams)))
+    done.value = total
+
+
+def _proc(ctx: Any, target: Any, *args: Any) -> Any:
+    p = ctx.Process(target=target, args=args, daemon=True)
+    p.start()
+    return p
+
+
+async def _authz_alone() -> dict[str, float]:
+    ctx = multiprocessing.get_context("spawn")
+    port_box, ready, stop = ctx.Value("i", 0), ctx.Event(), ctx.Event()
+    decisions, done = ctx.Value("q", 0), ctx.Value("q", 0)
+    server = _proc(ctx, run_authz_server, port_box, ready, stop, decisions)
+    try:
+        if not await asyncio.to_thread(ready.wait, 60):
+            raise RuntimeError("the authz server did not start")
+        started = ctx.Event()
+        load = _proc(ctx, run_authz_load, port_box.value, AUTHZ_SECONDS, 32, 16, started, done)
+        if not await asyncio.to_thread(started.wait, 60):
+            raise RuntimeError("the authz load did not start")
+        cpu0, t0 = _cpu_seconds(server.pid), time.perf_counter()
+        await asyncio.to_thread(load.join, AUTHZ_SECONDS + 30)
+        elapsed, cpu = time.perf_counter() - t0, _cpu_seconds(server.pid) - cpu0
+    finally:
+        stop.set()
+        await asyncio.to_thread(server.join, 10)
+        if server.is_alive():
+            server.kill()
+    answered = done.value
+    return {
+        "authz_decisions_per_s": answered / elapsed,
+        "authz_cpu_us_per_decision": cpu / max(1, answered) * 1e6,
+        # what one core of endpoint CPU answers (the measured rate is bound by the load generator here)
+        "authz_decisions_per_cpu_s": answered / max(1e-9, cpu),
+        "authz_server_cpu_share": cpu / elapsed,
+    }
+
+
+# -- the cluster run -----------------------------------------------------------------------------------------
+
+
+class ClusterPlainLoad(PlainLoad):
+    """``bench_gateway``'s plain requesters, spread over the nodes, as one internal RabbitMQ user."""
+
+    def __init__(self, site: Any, ports: list[int], password: str) -> None:
+        super().__init__(site)
+        self.ports, self.password = ports, password
+
+    async def connect(self, ids: list[str]) -> None:
+        async def one(k: int, user: str) -> tuple[MqttClient, str]:
+            c = await MqttClient.connect(
+                "127.0.0.1",
+                self.ports[k % len(self.ports)],
+                client_id=user,
+                username=REQUESTER_USER,
+                password=self.password,
+                on_message=self._on_message,
+                keepalive=120,
+            )
+            await c.subscribe([(topics.handshake_down(RR_GATEWAY, user), 1)], timeout=30)
+            return c, user
+
+        self.clients = await _paced_batches(lambda k: one(k, ids[k]), len(ids))
+
+
+async def _connect_retrying(dev: SimDevice, attempts: int = 5) -> None:
+    """Connect and subscribe; a busy cluster sometimes answers a SUBSCRIBE late: try again."""
+    for attempt in range(attempts):
+        try:
+            await dev.connect(timeout=30)
+            return
+        except MqttError:
+            await dev.close()
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _paced_batches(make: Any, n: int, size: int = 25) -> list[Any]:
+    """Connect in small batches: each connection costs the cluster a mirrored queue (slow on 2 cores)."""
+    out: list[Any] = []
+    for i in range(0, n, size):
+        out += await asyncio.gather(*(make(k) for k in range(i, min(n, i + size))))
+    return out
+
+
+def _cluster_memory(cluster: RabbitCluster) -> float:
+    """Bytes of memory the running nodes use (management API)."""
+    return float(sum(n.get("mem_used", 0) for n in cluster.management("/nodes") if n.get("running")))
+
+
+def _gateway_counters(port: int) -> dict[str, float]:
+    """The gateway's counters from its /metrics, as {name: total over reasons}."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("diams_") and "_total" in line:
+            name = line.split("_total", 1)[0][len("diams_") :]
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def _internal_user(cluster: RabbitCluster, name: str, password: str) -> None:
+    import base64
+    import json
+    import urllib.request
+
+    for path, body in (
+        (f"/users/{name}", {"password": password, "tags": ""}),
+        (f"/permissions/%2F/{name}", {"configure": ".*", "write": ".*", "read": ".*"}),
+    ):
+        auth = base64.b64encode(f"{ADMIN}:{cluster.admin_password}".encode()).decode()
+        req = urllib.request.Request(
+            f"{cluster.management_urls[0]}/api{path}",
+            data=json.dumps(body).encode(),
+            method="PUT",
+            headers={"Authorization": f"Basic {auth}", "content-type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10):
+            pass
+
+
+async def _revocations(site: Any, sims: list[SimDevice]) -> list[float]:
+    out = []
+    for dev in sims:
+        assert dev.client is not None
+        await asyncio.sleep(0.5)
+        t0 = time.perf_counter()
+        await site.actors["owner"].revoke(dev.device_id)
+        await asyncio.wait_for(asyncio.shield(dev.client.closed), 10)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+async def _failover(
+    cluster: RabbitCluster, sims: list[SimDevice], listener_got: list[Any]
+) -> tuple[float, int]:
+    victims = [s for s in sims if s.port == cluster.nodes[2].mqtt_port]
+    survivors = [cluster.nodes[0].mqtt_port, cluster.nodes[1].mqtt_port]
+    listener_got.clear()
+    t0 = time.perf_counter()
+    await asyncio.to_thread(cluster.kill_node, 2)
+
+    async def move(k: int, dev: SimDevice) -> None:
+        assert dev.client is not None
+        await asyncio.wait_for(asyncio.shield(dev.client.closed), 30)
+        dev.port = survivors[k % 2]
+        for _ in range(100):
+            try:
+                await dev.connect(timeout=10)
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        for _ in range(5):
+            if isinstance(await dev.authenticate(timeout=10), events.Authenticated):
+                break
+        dev.send_data("telemetry", dev.hex.encode())
+
+    await asyncio.gather(*(move(k, d) for k, d in enumerate(victims)))
+    wanted = {d.hex.encode() for d in victims}
+    deadline = time.perf_counter() + 60
+    while time.perf_counter() < deadline and not wanted <= {p for _, p in listener_got}:
+        await asyncio.sleep(0.02)
+    if not wanted <= {p for _, p in listener_got}:
+        raise RuntimeError("not every device of the killed node came back within 60 s")
+    return time.perf_counter() - t0, len(victims)
+
+
+async def _run() -> dict[str, float]:
+    results: dict[str, float] = {}
+    results.update(await _authz_alone())
+    print(f"   endpoint alone: {results['authz_decisions_per_s']:,.0f} decisions/s", flush=True)
+    shared_port = free_port()
+    # mirrored queues (what lets a dead node's clients reconnect elsewhere on 3.10) copy every QoS 1
+    # message: the throughput windows run without them, the fail-over after the policy is set
+    cluster = RabbitCluster(nodes=NODES, auth_url=f"http://127.0.0.1:{shared_port}/auth", mirror_queues=False)
+    t0 = time.perf_counter()
+    started = asyncio.create_task(asyncio.to_thread(cluster.start))
+    site = None
+    ctx = multiprocessing.get_context("spawn")
+    procs: list[Any] = []
+    stops: list[Any] = []
+    try:
+        site = await build_site(n_devices=N_DEVICES + REVOKED, n_unknown=0)
+        await started
+        print(f"   cluster and site ready in {time.perf_counter() - t0:.0f} s", flush=True)
+        ports = cluster.mqtt_ports
+        rr_password = os.urandom(12).hex()
+        _internal_user(cluster, RR_USER, rr_password)
+        _internal_user(cluster, REQUESTER_USER, rr_password)
+        secret_dir = Path(tempfile.mkdtemp(prefix="diams-bench-cluster-"))
+        (secret_dir / "management").write_text(cluster.admin_password)
+        os.chmod(secret_dir / "management", 0o600)
+        spec = site.gateway_spec(defence=BENCH_DEFENCE, poll_interval=0.2)
+        metrics_port = free_port()
+        settings = dataclasses.replace(
+            spec.settings,
+            http=HttpSettings(port=metrics_port),
+            broker=dataclasses.replace(spec.settings.broker, port=ports[0]),
+            enforcement=EnforcementSettings(
+                mode="http",
+                http_port=shared_port,
+                management_urls=",".join(cluster.management_urls),
+                management_user=ADMIN,
+                management_password_file=secret_dir / "management",
+            ),
+        )
+        gw_ready, gw_stop = ctx.Event(), ctx.Event()
+        stops.append(gw_stop)
+        gw = _proc(ctx, run_cluster_gateway, settings, spec.broker_password, gw_ready, gw_stop)
+        procs.append(gw)
+        rr_ready, rr_stop = ctx.Event(), ctx.Event()
+        stops.append(rr_stop)
+        rr = _proc(ctx, run_responder, ports[1], RR_USER, rr_password, RR_GATEWAY, rr_ready, rr_stop)
+        procs.append(rr)
+        for event, what in ((gw_ready, "the gateway"), (rr_ready, "the responder")):
+            if not await asyncio.to_thread(event.wait, 90):
+                raise RuntimeError(f"{what} did not become ready")
+
+        plain = ClusterPlainLoad(site, ports, rr_password)
+        await plain.connect([f"e{i:015x}" for i in range(N_DEVICES)])
+        devices = site.devices[:N_DEVICES]
+        sims = [
+            SimDevice(d, gateway_id=GATEWAY_ID, host="127.0.0.1", port=ports[k % NODES])
+            for k, d in enumerate(devices)
+        ]
+        memory_before = _cluster_memory(cluster)
+        t_connect = time.perf_counter()
+        await _paced_batches(lambda k: _connect_retrying(sims[k]), len(sims))
+        results["cluster_device_connects_per_s"] = len(sims) / (time.perf_counter() - t_connect)
+        await asyncio.sleep(2.0)  # the management statistics lag a little
+        results["cluster_kib_per_device_connection"] = (
+            (_cluster_memory(cluster) - memory_before) / 1024 / len(sims)
+        )
+        pids = {"gw": gw.pid, "loadgen": os.getpid()}
+        before = await asyncio.to_thread(_gateway_counters, metrics_port)
+        mixed = await _ceiling_and_e2e(plain, sims, {"responder": rr.pid, "loadgen": os.getpid()}, pids)
+        after = await asyncio.to_thread(_gateway_counters, metrics_port)
+        handshakes = after.get("authenticated", 0) - before.get("authenticated", 0)
+        questions = sum(v - before.get(k, 0) for k, v in after.items() if k.startswith("authz_"))
+        results["cluster_authz_questions_per_handshake"] = questions / max(1, handshakes)
+        rr_stop.set()
+        await plain.close()
+        results["cluster_mqtt_rr_ceiling_per_s"] = mixed["mqtt_rr_ceiling_per_s"]
+        results["cluster_mqtt_rr_p50_ms"] = mixed["mqtt_rr_p50_ms"]
+        results["cluster_e2e_handshakes_per_s"] = mixed["e2e_handshakes_per_s"]
+        results["cluster_e2e_saturated_p50_ms"] = mixed["e2e_saturated_p50_ms"]
+        results["cluster_e2e_rejected"] = mixed["e2e_rejected"]
+        results["cluster_e2e_vs_ceiling_ratio"] = mixed["e2e_vs_half_ceiling"]
+        results["cluster_gw_cpu_us_per_handshake"] = mixed.get("gw_cpu_us_per_handshake", float("nan"))
+
+        # revocation: devices on node 2, the gateway on node 0
+        extra = site.devices[N_DEVICES:]
+        targets = [SimDevice(d, gateway_id=GATEWAY_ID, host="127.0.0.1", port=ports[2]) for d in extra]
+        for t in targets:
+            await _connect_retrying(t)
+            if not isinstance(await t.authenticate(timeout=10), events.Authenticated):
+                raise RuntimeError("a revocation target did not authenticate")
+        cut = await _revocations(site, targets)
+        results["cluster_revocation_cutoff_ms"] = statistics.median(cut)
+        results["cluster_revocation_cutoff_max_ms"] = max(cut)
+
+        # fail-over: every device authenticated, then node 2 dies
+        await _gather_in_batches([s.authenticate(timeout=10) for s in sims])
+        got: list[Any] = []
+        listener = await MqttClient.connect(
+            "127.0.0.1",
+            ports[0],
+            client_id="bench-listener",
+            username=RR_USER,
+            password=rr_password,
+            on_message=lambda t, p: got.append((t, p)),
+        )
+        await listener.subscribe([(topics.every(topics.VERIFIED), 1)])
+        await asyncio.to_thread(cluster.mirror_mqtt_queues)
+        await asyncio.sleep(5.0)  # mirrors of the existing (empty) queues start and synchronise
+        seconds, moved = await _failover(cluster, sims, got)
+        results["cluster_node_failover_s"] = seconds
+        results["cluster_failover_devices"] = float(moved)
+        await listener.close()
+        await asyncio.gather(*(s.close() for s in sims), return_exceptions=True)
+    finally:
+        for stop in stops:
+            stop.set()
+        for p in procs:
+            await asyncio.to_thread(p.join, 15)
+            if p.is_alive():
+                p.kill()
+        with contextlib.suppress(BaseException):
+            await started
+        await asyncio.to_thread(cluster.cleanup)
+        if site is not None:
+            await site.close()
+    return results
+
+
+def run() -> dict[str, float]:
+    return asyncio.run(_run())
+
+
+if __name__ == "__main__":
+    for name, value in run().items():
+        print(f"{name:40s} {value:12.2f}")
