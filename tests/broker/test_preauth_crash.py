@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from device_agent.core import topics
 from firmware_sim.broker import mosquitto_binary
 from gateway.broker import (
     BrokerSecret,
@@ -113,7 +114,7 @@ async def test_refused_connect_with_the_gateways_id_then_reload_then_traffic_bro
         gw_user = gateway_username(env.gateway_id)
         gw = Probe(b, gw_user, env.gateway_secret.reveal())
         assert gw.connect() == 0
-        gw.subscribe(f"diams/v1/hs/{env.gateway_id}/+/up")
+        gw.subscribe(topics.topic_filter(topics.HANDSHAKE, env.gateway_id, topics.ANY, "up"))
         device = Probe(b, D1, secret.reveal())
         assert device.connect() == 0
         device.subscribe(handshake_down(env.gateway_id, D1))
