@@ -203,10 +203,15 @@ def test_cli_full_flow_with_bad_csv_rows(
         capsys, *ch, "verify-anchor", "0x" + root.hex(), "--gateway-id", "gw-1", "--count", "4"
     )
     assert code == 0 and out.strip().endswith("verified") and "4 records, sequence 1..4" in out
-    code, out, _ = run(capsys, *ch, "verify-anchor", "0x" + root.hex(), "--count", "5")
+    code, out, _ = run(
+        capsys, *ch, "verify-anchor", "0x" + root.hex(), "--gateway-id", "gw-1", "--count", "5"
+    )
     assert code == 1 and "MISMATCH: count differs (expected 5)" in out
 
-    code, out, err = run(capsys, *ch, "verify-anchor", "0x" + os.urandom(32).hex())
+    code, out, err = run(capsys, *ch, "verify-anchor", "0x" + os.urandom(32).hex(), "--gateway-id", "gw-1")
+    assert code == 1 and "UnknownAnchor: gateway 0x" in err and "anchored no batch with Merkle root" in err
+    # anchors are keyed by (gateway, root): the same root asked of another gateway is unknown
+    code, out, err = run(capsys, *ch, "verify-anchor", "0x" + root.hex(), "--gateway-id", "gw-2")
     assert code == 1 and "UnknownAnchor" in err
 
 
