@@ -44,7 +44,7 @@ from gateway.broker import AuthorizeGateway, BrokerSecret, MosquittoEnforcer, mo
 from ledger_bridge import Ledger, Role, RpcBackend
 from ledger_bridge.enrollment import GatewayPublicKey, ProvisionedDevice, onboard
 from ledger_bridge.index import onchain_gateway_id
-from ledger_bridge.keystore import create_keystore
+from ledger_bridge.keystore import DEFAULT_SCRYPT_N, create_keystore
 from ledger_bridge.sealing import generate_gateway_key
 
 from .broker import MosquittoBroker, free_port
@@ -60,7 +60,7 @@ FIRMWARE = hashlib.sha256(b"diams demo firmware 1.0").digest()
 POLICY = hashlib.sha256(b"policy: demo sensors").digest()
 ATTACKS = ("replay", "clone", "revoked", "firmware_mismatch", "counter_window")
 SPARE_IDENTITIES = 40  # enrolled for later `diams-sim --site` runs
-KEYSTORE_SCRYPT_N = 2**14  # lighter than the default 2**18 (256 MB per decryption) for a demo's five keys
+KEYSTORE_SCRYPT_N = DEFAULT_SCRYPT_N  # eth-keyfile's default: the floor ledger_bridge.keystore enforces
 ETH = 10**18
 ROOT = Path(__file__).resolve().parents[1]
 

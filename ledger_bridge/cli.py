@@ -26,7 +26,7 @@ from .actor import ActorHandle
 from .backends import EthereumTesterBackend, LedgerBackend, RpcBackend
 from .csv_import import parse_bytes32, parse_device_id, read_rows, register_rows
 from .errors import LedgerError
-from .keystore import DEFAULT_SCRYPT_N, Signer, create_keystore, load_signer
+from .keystore import DEFAULT_SCRYPT_N, Signer, check_private_file, create_keystore, load_signer
 from .ledger import Ledger
 from .model import Channel, DeviceRegistration, Role, TxOutcome
 
@@ -70,6 +70,7 @@ def _channel(args: argparse.Namespace) -> Channel:
 
 def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
     if getattr(args, "passphrase_file", None):
+        check_private_file(Path(args.passphrase_file), "passphrase file")
         return Path(args.passphrase_file).read_text("utf-8").rstrip("\n")
     if os.environ.get(PASSPHRASE_ENV):
         return os.environ[PASSPHRASE_ENV]
@@ -271,8 +272,16 @@ def _device_command(method: str, *extra: str) -> Callable[[argparse.Namespace], 
 def _convert(name: str, value: str) -> Any:
     if name in ("gateway_id", "policy_id", "firmware_hash"):
         return parse_bytes32(value, name=name, allow_text=name != "firmware_hash")
-    if name == "claim_code":
-        return value.encode()
+    if name == "claim_code":  # a file or stdin, never argv (visible to every user in ps)
+        if value == "-":
+            text = sys.stdin.readline()
+        else:
+            check_private_file(Path(value), "claim code file")
+            text = Path(value).read_text("utf-8")
+        code = text.rstrip("\r\n").encode()
+        if not code:
+            raise ValueError("the claim code is empty")
+        return code
     return value
 
 
@@ -391,7 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(command, help=helptext)
         sp.add_argument("device_id")
         for name in extra:
-            sp.add_argument(name)
+            if name == "claim_code":
+                sp.add_argument(
+                    "--code-file", dest="claim_code", required=True, metavar="FILE",
+                    help="file holding the claim code (0600), or - for standard input; never argv",
+                )
+            else:
+                sp.add_argument(name)
         sp.set_defaults(handler=_device_command(method, *extra))
 
     auth = sub.add_parser("authorize-gateway", help="owner: publish a gateway's sealed key for a device")
