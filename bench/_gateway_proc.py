@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+from device_agent.core import topics
 from gateway.mqtt import codec
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -75,13 +76,15 @@ async def _responder_main(
     client: Any = None
 
     def on_message(topic: bytes, payload: bytes) -> None:
-        # diams/v1/hs/<gw>/<device>/up -> .../down, QoS 1 as the gateway answers
-        client.publish(topic[:-2] + b"down", payload, qos=1)
+        # the handshake's up topic -> its down topic, QoS 1 as the gateway answers
+        parsed = topics.parse(topic)
+        if parsed is not None:
+            client.publish(topics.handshake_down(parsed[1], parsed[2]), payload, qos=1)
 
     client = await MqttClient.connect(
         "127.0.0.1", port, client_id=username, username=username, password=password, on_message=on_message
     )
-    await client.subscribe([(f"diams/v1/hs/{gateway_id}/+/up", 1)])
+    await client.subscribe([(topics.topic_filter(topics.HANDSHAKE, gateway_id, topics.ANY, topics.UP), 1)])
     ready.set()
     await asyncio.to_thread(stop.wait)
     await client.close()
@@ -146,13 +149,13 @@ def run_flooder(
             j = i % len(socks)
             _, username, kind = socks[j]
             if kind == "hello":
-                topic = f"diams/v1/hs/{gateway_id}/{username}/up".encode()
+                topic = topics.handshake_up(gateway_id, username).encode()
                 payload = b"\x11" + os.urandom(20)
             elif i % 2:
-                topic = f"diams/v1/hs/{gateway_id}/{username}/up".encode()
+                topic = topics.handshake_up(gateway_id, username).encode()
                 payload = os.urandom(1 + i % 40)
             else:
-                topic = f"diams/v1/d/{gateway_id}/{username}/telemetry".encode()
+                topic = topics.data(gateway_id, username, "telemetry").encode()
                 payload = os.urandom(1 + i % 60)
             buffers.setdefault(j, []).append(_publish(topic, payload))
         for j, packets in buffers.items():

@@ -29,7 +29,7 @@ from typing import Any
 from device_agent.agent.config import AgentConfig
 from device_agent.agent.keystore import DeviceSecret, save_secret
 from device_agent.agent.mqtt import MqttAgent
-from tests.mosquitto import MosquittoBroker
+from firmware_sim.broker import MosquittoBroker
 
 PER_PROCESS = 250
 

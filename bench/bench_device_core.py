@@ -25,7 +25,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from tests.micropython import runner
+from firmware_sim.mpy import runner
 
 
 def _heap(mpy: Path, *args: str, heap: str = "64K") -> dict:

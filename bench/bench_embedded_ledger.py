@@ -23,7 +23,7 @@ from eth_account import Account
 from web3 import Web3
 
 from ledger_bridge.embedded import EmbeddedChain
-from tests.ledger_embedded._contract import DEPLOY_GAS, INITCODE, STORE_GAS, STORED_TOPIC, signed, word
+from ledger_bridge.embedded._probe import DEPLOY_GAS, INITCODE, STORE_GAS, STORED_TOPIC, signed, word
 
 HISTORY = 10_000
 CACHE = Path(__file__).resolve().parent / ".cache"

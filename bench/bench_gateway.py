@@ -24,7 +24,7 @@ global rate 20,000 messages/s, ``proof_timeout`` 5 s).
 
 ``mqtt_rr_ceiling_per_s`` / ``mqtt_rr_p50_ms``: plain request/response through the same broker, with
 the same client library, concurrency and QoS as the e2e run: the responder process does no work
-(subscribed to ``diams/v1/hs/rr/+/up``, it echoes each message to ``.../down`` at QoS 1), and 1,000
+(on gateway ``rr``'s handshake up topics, it echoes each message to the down topic at QoS 1), and 1,000
 requesters in this process, each its own connection (1,000 broker-only accounts, so they stay
 connected beside the devices), publish a 21-byte message at QoS 1 on their ``up`` topic and await the
 echo, in a closed loop.
@@ -83,7 +83,7 @@ from typing import Any
 
 from bench._gateway_proc import run_flooder, run_gateway, run_responder
 from bench._site import GATEWAY_ID, RR_GATEWAY_ID, BenchSite, build_site
-from device_agent.core import events
+from device_agent.core import events, topics
 from firmware_sim.device import SimDevice
 from gateway.broker import gateway_username
 from gateway.mqtt import MqttClient
@@ -152,7 +152,7 @@ class PlainLoad:
                 on_message=self._on_message,
                 keepalive=120,
             )
-            await c.subscribe([(f"diams/v1/hs/{RR_GATEWAY_ID}/{user}/down", 1)])
+            await c.subscribe([(topics.handshake_down(RR_GATEWAY_ID, user), 1)])
             return c, user
 
         self.clients = await _gather_in_batches([one(u) for u in ids])
@@ -167,8 +167,8 @@ class PlainLoad:
 
         async def requester(client: MqttClient, user: str) -> None:
             nonlocal done
-            up = f"diams/v1/hs/{RR_GATEWAY_ID}/{user}/up".encode()
-            down = f"diams/v1/hs/{RR_GATEWAY_ID}/{user}/down".encode()
+            up = topics.handshake_up(RR_GATEWAY_ID, user).encode()
+            down = topics.handshake_down(RR_GATEWAY_ID, user).encode()
             while not stopping:
                 fut = loop.create_future()
                 self.waiting[down] = fut

@@ -5,8 +5,9 @@ mpy_agent_heap_peak_bytes: an upper bound of the heap one handshake of the Micro
 difference in gc.mem_alloc() across ``Agent.authenticate()``, i.e. every byte allocated, freed or
 not: key derivation, DeviceRole, MQTT publishes and received packets, and the write-ahead counter
 file write (forced into the window). Target <= 16,384 (issue 5). In this 64-bit port's bytes.
-mpy_agent_free_heap_before_bytes: the heap still free (of a 64 KB heap) just before it, with the
-core, the agent and umqtt.simple loaded from .mpy files (bytecode in RAM; frozen into flash on a
+mpy_agent_free_heap_before_bytes: the heap still free (of the runs' heap, mpyagent.HEAP: 80 KB since
+the topic module and the agent policy became shared core modules, 64 KB before) just before it, with
+the core, the agent and umqtt.simple loaded from .mpy files (bytecode in RAM; frozen into flash on a
 board build it would not be). mpy_agent_import_heap_bytes: what importing them keeps allocated
 (core, umqtt.simple, agent; from .mpy). mpy_agent_adapter_mpy_bytes: agent.py compiled by mpy-cross.
 """
@@ -14,15 +15,14 @@ board build it would not be). mpy_agent_import_heap_bytes: what importing them k
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.agent.helpers import Device
-from tests.agent.responder import Responder, entry_for
-from tests.micropython import runner
-from tests.micropython_agent import mpyagent
-from tests.mosquitto import MosquittoBroker
+from firmware_sim.agents import Device
+from firmware_sim.broker import MosquittoBroker
+from firmware_sim.mpy import agent as mpyagent
+from firmware_sim.mpy import runner
+from firmware_sim.responder import Responder, entry_for
 
 
 def run() -> dict[str, float]:
@@ -30,18 +30,9 @@ def run() -> dict[str, float]:
         raise RuntimeError("needs micropython, mpy-cross and umqtt.simple (scripts/fetch_umqtt.py)")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        # What a board installs, compiled: the device core, the agent package and umqtt.simple.
+        # What a board installs, compiled: the core's agent modules, the agent and umqtt.simple.
         mpy = tmp / "mpy"
-        runner.compile_modules(mpy)
-        (mpy / "device_agent" / "micropython").mkdir(parents=True)
-        (mpy / "umqtt").mkdir()
-        for name, src in (("device_agent/micropython/__init__", "device_agent/micropython/__init__.py"),
-                          ("device_agent/micropython/agent", "device_agent/micropython/agent.py"),
-                          ("umqtt/simple", str(mpyagent.VENDOR / "umqtt" / "simple.py"))):
-            subprocess.run([runner.MPY_CROSS, "-s", f"{name}.py", "-o", str(mpy / f"{name}.mpy"),
-                            str(runner.REPO / src)], check=True, timeout=60, capture_output=True)
-        (mpy / "umqtt" / "__init__.py").write_text("")
-        adapter_bytes = (mpy / "device_agent" / "micropython" / "agent.mpy").stat().st_size
+        adapter_bytes = mpyagent.compile_agent(mpy)
         dev = Device(tmp, serial="BENCH-1")
         entries = {dev.device_id: entry_for(dev.secret, dev.device_id, "gw-a", dev.fw)}
         samples = []

@@ -1,6 +1,6 @@
 """Which MQTT client the gateway should use, the request/response ceiling, and the broker enforcer at 10k.
 
-Every figure runs against a private mosquitto 2.0.11 on 127.0.0.1 (``tests.mosquitto.MosquittoBroker``:
+Every figure runs against a private mosquitto 2.0.11 on 127.0.0.1 (``firmware_sim.broker.MosquittoBroker``:
 ``set_tcp_nodelay true``, persistence off, ``max_queued_messages`` raised so nothing is dropped).
 TCP_NODELAY is on for every client socket.
 
@@ -43,6 +43,7 @@ import threading
 import time
 from typing import Any
 
+from firmware_sim.broker import MosquittoBroker
 from gateway.broker import (
     AuthorizeGateway,
     BrokerSecret,
@@ -53,7 +54,6 @@ from gateway.broker import (
     mosquitto_config_lines,
 )
 from gateway.mqtt import codec
-from tests.mosquitto import MosquittoBroker
 
 PAYLOAD = b"x" * 100
 RECV_COUNT = {0: 50_000, 1: 20_000}

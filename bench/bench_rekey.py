@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from device_agent.core import rekey
-from tests.micropython import runner
-from tests.micropython.test_mpy_rekey import REKEY_MODULES, rekey_args
+from firmware_sim.mpy import runner
+from firmware_sim.mpy.runner import REKEY_MODULES, rekey_args
 
 
 def _cpython_ms(n: int = 50) -> float:

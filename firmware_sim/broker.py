@@ -1,6 +1,6 @@
 """A private Mosquitto broker: one instance per use, for the demo, the simulator, tests and benchmarks.
 
-``tests/mosquitto.py`` re-exports it for the test packages (``tests/broker/conftest.py`` has fixtures)::
+Tests (``tests/broker/conftest.py`` has fixtures), bench and ``firmware_sim.site`` import it from here::
 
     from firmware_sim.broker import MosquittoBroker, mosquitto_binary
 
@@ -18,6 +18,15 @@ Strategy for privileges: when started as root, mosquitto 2.0 drops to the user `
 directory is created 0770 and handed to the ``mosquitto`` group, and every file the broker must read
 (password and ACL files written by an enforcer included) must be readable by that group; use
 ``broker.file_group`` for it. Pass ``run_as="root"`` to opt out.
+
+Where the files live: the broker's user must be able to traverse every parent of the instance
+directory. A checkout in root's home (0700) or in a ``mktemp -d`` directory (0700) is not reachable
+by ``mosquitto``, and the broker fails at once ("Unable to open log file ... for writing"). Rather
+than keep root for a process that parses unauthenticated network input (the reason mosquitto drops
+privileges in the first place), an instance asked for such a directory keeps its files in a fresh
+directory under the system's temporary directory (``/tmp`` is world-traversable), leaves a symlink
+at the requested place while it runs, and on ``cleanup()`` copies its log and config back there and
+removes the temporary directory.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import grp
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -58,6 +68,43 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def _broker_user() -> tuple[int, set[int]] | None:
+    """(uid, gids) the broker runs as after dropping root, or None when it keeps our identity."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        user = pwd.getpwnam("mosquitto")
+    except KeyError:
+        return None
+    gids = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if "mosquitto" in g.gr_mem}
+    return user.pw_uid, gids
+
+
+def traversable_by(path: Path, uid: int, gids: set[int]) -> bool:
+    """Whether the user (uid, gids) may traverse every existing directory from / down to ``path``."""
+    for directory in [path, *path.parents]:
+        try:
+            st = directory.stat()
+        except FileNotFoundError:
+            continue  # created later by us (and shared with the broker's group)
+        if st.st_uid == uid:
+            bit = 0o100
+        elif st.st_gid in gids:
+            bit = 0o010
+        else:
+            bit = 0o001
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def _reachable_temp_dir(uid: int, gids: set[int]) -> Path:
+    for candidate in (tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"):  # noqa: S108
+        if Path(candidate).is_dir() and traversable_by(Path(candidate), uid, gids):
+            return Path(candidate)
+    raise MosquittoError("no temporary directory the broker's user (mosquitto) can traverse")
+
+
 def _broker_group() -> str | None:
     """The group the broker runs as after dropping root, or None when it keeps our identity."""
     if os.geteuid() != 0:
@@ -89,15 +136,33 @@ class MosquittoBroker:
         if found is None:
             raise MosquittoError("mosquitto is not installed (scripts/bootstrap.sh installs it)")
         self.binary = found
+        self.run_as = run_as
+        self.file_group: str | None = None if run_as == "root" else _broker_group()
+        user = None if run_as == "root" else _broker_user()
         self._own_directory = directory is None
-        self.directory = Path(directory or tempfile.mkdtemp(prefix="diams-mosquitto-"))
+        self.requested_directory: Path | None = None  # set when the files live elsewhere (see above)
+        if directory is not None and user is not None:
+            requested = Path(directory).absolute()
+            if not traversable_by(requested.parent, *user):
+                if requested.is_symlink() or (requested.exists() and any(requested.iterdir())):
+                    raise MosquittoError(f"{requested} exists and the broker's user cannot reach it")
+                self.requested_directory = requested
+                self._own_directory = True
+                directory = None
+        if directory is None:
+            base = None if user is None else _reachable_temp_dir(*user)
+            directory = Path(tempfile.mkdtemp(prefix="diams-mosquitto-", dir=base))
+        self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.requested_directory is not None:
+            self.requested_directory.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.requested_directory.rmdir()  # an empty directory made for us
+            self.requested_directory.symlink_to(self.directory, target_is_directory=True)
         self.port = port or free_port(self.host)
         self.extra_config = list(extra_config)
         self.max_queued_messages = max_queued_messages
-        self.run_as = run_as
         self.start_timeout = start_timeout
-        self.file_group: str | None = None if run_as == "root" else _broker_group()
         self.conf_path = self.directory / "mosquitto.conf"
         self.log_path = self.directory / "mosquitto.log"
         self.pid_path = self.directory / "mosquitto.pid"
@@ -222,7 +287,15 @@ class MosquittoBroker:
             time.sleep(0.01)
 
     def cleanup(self) -> None:
+        """Stop; remove the directory this instance made (logs and config copied back first when the
+        files lived away from the requested directory)."""
         self.stop()
+        if self.requested_directory is not None and self.requested_directory.is_symlink():
+            self.requested_directory.unlink()
+            self.requested_directory.mkdir(mode=0o700)
+            for path in (self.log_path, self.conf_path):
+                if path.exists():
+                    shutil.copy2(path, self.requested_directory / path.name)
         if self._own_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
 

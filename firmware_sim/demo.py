@@ -40,18 +40,34 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from gateway.broker import AuthorizeGateway, BrokerSecret, MosquittoEnforcer, mosquitto_config_lines
-from ledger_bridge import Ledger, Role, RpcBackend
-from ledger_bridge.enrollment import GatewayPublicKey, ProvisionedDevice, onboard
-from ledger_bridge.index import onchain_gateway_id
+from gateway.broker import BrokerSecret
+from gateway.settings import (
+    BrokerSettings,
+    EnforcementSettings,
+    HttpSettings,
+    LedgerSettings,
+    ProtocolSettings,
+    dump_settings,
+)
+from ledger_bridge import Ledger, RpcBackend
+from ledger_bridge.enrollment import ProvisionedDevice
 from ledger_bridge.keystore import DEFAULT_SCRYPT_N, create_keystore
-from ledger_bridge.sealing import generate_gateway_key
 
 from .broker import MosquittoBroker, free_port
 from .fleet import Observer, Pacer, Progress, SiteAccess, metrics_reader, parse_metrics
 from .identities import save_identities
 from .report import FleetReport
 from .scenarios import ScenarioParams, identities_needed, run_scenario
+from .site import (
+    Enrollment,
+    SitePlan,
+    account_name,
+    actor_names,
+    admit_gateways,
+    enforce_on,
+    enroll,
+    gateway_settings,
+)
 
 __all__ = ["main"]
 
@@ -61,7 +77,6 @@ POLICY = hashlib.sha256(b"policy: demo sensors").digest()
 ATTACKS = ("replay", "clone", "revoked", "firmware_mismatch", "counter_window")
 SPARE_IDENTITIES = 40  # enrolled for later `diams-sim --site` runs
 KEYSTORE_SCRYPT_N = DEFAULT_SCRYPT_N  # eth-keyfile's default: the floor ledger_bridge.keystore enforces
-ETH = 10**18
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -128,23 +143,12 @@ class Demo:
     def start_broker(self) -> MosquittoBroker:
         broker = MosquittoBroker(self.dir / "broker")
         self.broker = broker
-        passwords, acl = broker.directory / "passwords", broker.directory / "acl"
-        broker.extra_config = mosquitto_config_lines(passwords, acl)
         self.gateway_password = BrokerSecret.generate().reveal()
-        seed = MosquittoEnforcer(
-            password_file=passwords, acl_file=acl, reload=lambda: None, file_group=broker.file_group
-        )
         # the gateway's own accounts exist before it starts (it rewrites both files once running)
-        seed.stage(
-            [
-                AuthorizeGateway(
-                    gateway_id=GATEWAY_ID, secret=BrokerSecret(self.gateway_password), connections=2
-                )
-            ]
-        )
-        seed.write_files()
+        admit_gateways(enforce_on(broker), {GATEWAY_ID: self.gateway_password}, connections=2)
         broker.start()
-        say(f"mosquitto on {broker.host}:{broker.port} (pid {broker.pid}), log {broker.log_path}")
+        where = f", files in {broker.directory}" if broker.requested_directory else ""
+        say(f"mosquitto on {broker.host}:{broker.port} (pid {broker.pid}), log {broker.log_path}{where}")
         return broker
 
     async def start_ledger_node(self) -> str:
@@ -170,64 +174,54 @@ class Demo:
         say(f"embedded ledger node on {url}, chain file {self.dir / 'ledger' / 'chain.sqlite'}")
         return url
 
-    async def enroll(self, url: str) -> tuple[Any, list[ProvisionedDevice], dict[str, Any]]:
+    def _plan(self) -> SitePlan:
+        n_fleet = identities_needed("steady", self._params()) + sum(
+            identities_needed(a, self._params()) for a in ATTACKS
+        )
+        return SitePlan(
+            gateway_ids=(GATEWAY_ID,),
+            devices=n_fleet + SPARE_IDENTITIES,
+            publish=("telemetry", "status"),
+            policy_id=POLICY,
+            firmware_hash=FIRMWARE,
+            serial_format="SN{:06d}",
+        )
+
+    async def enroll(self, url: str) -> tuple[Enrollment, list[ProvisionedDevice], dict[str, Any]]:
+        plan = self._plan()
         keys = self.dir / "keys"
         keys.mkdir(mode=0o700)
-        names = ["admin", "manufacturer", "owner", "operator", "gateway-account"]
         signers, files = {}, {}
-        for name in names:
+        for name in actor_names(plan):
             passphrase = secrets.token_urlsafe(18)
             pass_file = _write_secret(keys / f"{name}.passphrase", passphrase)
             signers[name] = await asyncio.to_thread(
                 create_keystore, keys / f"{name}.json", passphrase, label=name, scrypt_n=KEYSTORE_SCRYPT_N
             )
             files[name] = (keys / f"{name}.json", pass_file)
-        say(f"actor keystores in {keys}: {', '.join(names)}")
+        say(f"actor keystores in {keys}: {', '.join(signers)}")
         ledger = Ledger(backend=RpcBackend(url=url, name="demo-node"))
         await ledger.__aenter__()
-        for s in signers.values():
-            await ledger.fund(s.address, 100 * ETH)
-        channel = await ledger.deploy(admin=signers["admin"])
-        say(f"contracts deployed: registry {channel.registry}, auth log {channel.auth_log}")
-        actors = {n: ledger.actor(s) for n, s in signers.items()}
-        await actors["admin"].grant_role(Role.MANUFACTURER, signers["manufacturer"].address)
-        await actors["admin"].grant_role(Role.OPERATOR, signers["operator"].address)
-        await actors["owner"].define_policy(POLICY, publish=["telemetry", "status"], subscribe=["config"])
+        self._ledger = ledger
         gw_dir = self.dir / "gateway"
         gw_dir.mkdir()
-        pub = generate_gateway_key(gw_dir / "gateway.key")
-        await actors["operator"].register_gateway(
-            onchain_gateway_id(GATEWAY_ID.encode()),
-            x25519_public_key=pub,
-            account=signers["gateway-account"].address,
-        )
-        n_fleet = identities_needed("steady", self._params()) + sum(
-            identities_needed(a, self._params()) for a in ATTACKS
-        )
-        fleet = [
-            ProvisionedDevice.generate(model="diams-sensor", serial=f"SN{i:06d}", firmware_hash=FIRMWARE)
-            for i in range(n_fleet + SPARE_IDENTITIES)
-        ]
         t0 = time.monotonic()
         last = [0.0]
 
         def progress(step: str, n: int) -> None:
-            if time.monotonic() - last[0] > 2 or n == len(fleet):
+            if n and (time.monotonic() - last[0] > 2 or n == plan.devices):
                 last[0] = time.monotonic()
-                say(f"  {step}: {n}/{len(fleet)}")
+                say(f"  {step}: {n}/{plan.devices}")
 
-        await onboard(
-            manufacturer=actors["manufacturer"],
-            owner=actors["owner"],
-            devices=fleet,
-            gateways=[GatewayPublicKey(gateway_id=GATEWAY_ID.encode(), x25519_public_key=pub)],
-            policy_id=POLICY,
-            progress=progress,
-        )
+        site = await enroll(ledger, plan, key_dir=gw_dir, signers=signers, progress=progress)
+        channel = site.channel
+        say(f"contracts deployed: registry {channel.registry}, auth log {channel.auth_log}")
         say(
-            f"{len(fleet)} devices enrolled in {time.monotonic() - t0:.1f} s (manufacturer registered, owner "
-            f"claimed, set the policy, activated and sealed keys for {GATEWAY_ID})"
+            f"{plan.devices} devices enrolled in {time.monotonic() - t0:.1f} s (manufacturer registered, "
+            f"owner claimed, set the policy, activated and sealed keys for {GATEWAY_ID})"
         )
+        n_fleet = plan.devices - SPARE_IDENTITIES
+        fleet = list(site.devices)
         save_identities(self.dir / "fleet-spare.json", fleet[n_fleet:])
         (self.dir / "channel.json").write_text(
             json.dumps(
@@ -239,52 +233,44 @@ class Demo:
             )
             + "\n"
         )
-        self._ledger = ledger
-        return channel, fleet[:n_fleet], {"actors": actors, "files": files}
+        return site, fleet[:n_fleet], {"actors": site.actors, "files": files}
 
     def write_gateway_config(self, url: str, channel: Any, files: dict[str, Any]) -> tuple[Path, int]:
         assert self.broker is not None
         gw_dir = self.dir / "gateway"
         password_file = _write_secret(gw_dir / "broker.password", self.gateway_password)
         http_port = free_port()
-        keystore, pass_file = files["gateway-account"]
-        group = f'file_group = "{self.broker.file_group}"\n' if self.broker.file_group else ""
-        text = f"""# written by firmware_sim.demo
-gateway_id = "{GATEWAY_ID}"
-state_dir = "{gw_dir / "state"}"
-key_file = "{gw_dir / "gateway.key"}"
-
-[broker]
-host = "{self.broker.host}"
-port = {self.broker.port}
-password_file = "{password_file}"
-accounts = 2
-
-[enforcement]
-mode = "mosquitto"
-password_file = "{self.broker.directory / "passwords"}"
-acl_file = "{self.broker.directory / "acl"}"
-pid_file = "{self.broker.pid_path}"
-{group}
-[ledger]
-mode = "rpc"
-url = "{url}"
-registry = "{channel.registry}"
-auth_log = "{channel.auth_log}"
-deployed_block = {channel.deployed_block}
-keystore = "{keystore}"
-passphrase_file = "{pass_file}"
-poll_interval = 0.2
-anchor_interval = 20.0
-
-[protocol]
-proof_timeout = 3.0
-
-[http]
-port = {http_port}
-"""
+        keystore, pass_file = files[account_name(GATEWAY_ID)]
+        settings = gateway_settings(
+            GATEWAY_ID,
+            key_dir=gw_dir,
+            broker=self.broker,
+            ledger=LedgerSettings(
+                mode="rpc",
+                url=url,
+                registry=channel.registry,
+                auth_log=channel.auth_log,
+                deployed_block=channel.deployed_block,
+                keystore=keystore,
+                passphrase_file=pass_file,
+                poll_interval=0.2,
+                anchor_interval=20.0,
+            ),
+            broker_settings=BrokerSettings(
+                host=self.broker.host, port=self.broker.port, password_file=password_file, accounts=2
+            ),
+            enforcement=EnforcementSettings(
+                mode="mosquitto",
+                password_file=self.broker.directory / "passwords",
+                acl_file=self.broker.directory / "acl",
+                pid_file=self.broker.pid_path,
+                file_group=self.broker.file_group,
+            ),
+            protocol=ProtocolSettings(proof_timeout=3.0),
+            http=HttpSettings(port=http_port),
+        )
         path = gw_dir / "gateway.toml"
-        path.write_text(text)
+        path.write_text("# written by firmware_sim.demo (firmware_sim.site)\n" + dump_settings(settings))
         return path, http_port
 
     async def start_gateway(self, config: Path, http_port: int) -> None:
@@ -347,7 +333,8 @@ port = {http_port}
     async def run(self, deadline: float | None) -> int:
         self.start_broker()
         url = await self.start_ledger_node()
-        channel, fleet, extra = await self.enroll(url)
+        site, fleet, extra = await self.enroll(url)
+        channel = site.channel
         config, http_port = self.write_gateway_config(url, channel, extra["files"])
         await self.start_gateway(config, http_port)
         self.write_site_file(url, http_port)
@@ -402,7 +389,7 @@ port = {http_port}
             rc = await asyncio.to_thread(child.stop)
             say(f"{child.name} stopped (exit {rc})")
         if self.broker is not None:
-            self.broker.stop()
+            self.broker.cleanup()
             say("mosquitto stopped")
 
 

@@ -1,8 +1,12 @@
 """One simulated device: the real protocol core (device role) over the lean asyncio MQTT client.
 
-It behaves as the firmware would: its counter only grows, it authenticates with one gateway at a
-time, sends MAC'd data, and verifies commands. Misbehaviours for attack scenarios are explicit
-methods (replaying a captured message, using a cloned identity, lying about its firmware).
+It behaves as the firmware would: the core's agent policy (``device_agent.core.policy``, the same as
+the paho and MicroPython agents') picks the epoch and the counter of each HELLO (counters only grow;
+an epoch hint is tried at the next attempt and committed only after a success) and learns each
+outcome; the device authenticates with one gateway at a time, sends MAC'd data, and verifies
+commands. Scenarios decide *when* a device tries (``authenticate()``), so the policy's backoff is
+theirs to honour or skip. Misbehaviours for attack scenarios are explicit methods (replaying a captured
+message, using a cloned identity, lying about its firmware).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from device_agent.core import events
+from device_agent.core import events, policy, topics
 from device_agent.core.device import DeviceRole
 from device_agent.core.keys import gateway_key
 from gateway.mqtt import MqttClient
@@ -56,8 +60,10 @@ class SimDevice:
         self.hex = self.device_id.hex()
         self.gateway_id = gateway_id
         self.host, self.port = host, port
-        self.epoch = epoch
-        self.counter = counter
+        # The counter "flash" of a simulated board: the policy's SAVE actions land here.
+        self.flash = policy.format_counters(epoch, {(gateway_id, epoch): counter})
+        self.policy = policy.AgentPolicy([gateway_id], os.urandom, state=self.flash, epoch=epoch,
+                                         answer_timeout=1e9)  # authenticate(timeout=...) times out
         self.firmware_hash = firmware_hash or identity.firmware_hash
         self._clock = clock
         self.client: MqttClient | None = None
@@ -73,12 +79,29 @@ class SimDevice:
         return f"SimDevice({self.hex} -> {self.gateway_id})"
 
     @property
+    def epoch(self) -> int:
+        """The committed epoch (the highest one a handshake succeeded under, or the configured one)."""
+        return int(self.policy.epoch)
+
+    @property
+    def counter(self) -> int:
+        """The last counter used with this gateway under the committed epoch."""
+        key = (self.gateway_id, self.policy.epoch)
+        return int(self.policy.next.get(key, self.policy.reserved.get(key, -1) + 1)) - 1
+
+    @counter.setter
+    def counter(self, value: int) -> None:  # attack scenarios and tests craft HELLOs by hand
+        key = (self.gateway_id, self.policy.epoch)
+        self.policy.next[key] = value + 1
+        self.policy.reserved[key] = max(self.policy.reserved.get(key, -1), value)
+
+    @property
     def up(self) -> str:
-        return f"diams/v1/hs/{self.gateway_id}/{self.hex}/up"
+        return str(topics.handshake_up(self.gateway_id, self.hex))
 
     @property
     def down(self) -> str:
-        return f"diams/v1/hs/{self.gateway_id}/{self.hex}/down"
+        return str(topics.handshake_down(self.gateway_id, self.hex))
 
     async def connect(self, *, timeout: float = 10.0) -> None:
         self.client = await MqttClient.connect(
@@ -91,24 +114,27 @@ class SimDevice:
             keepalive=120,
             timeout=timeout,
         )
-        await self.client.subscribe([(self.down, 1), (f"diams/v1/c/{self.gateway_id}/{self.hex}/+", 1)])
+        commands = topics.topic_filter(topics.COMMAND, self.gateway_id, self.hex)
+        await self.client.subscribe([(self.down, 1), (commands, 1)])
 
-    def _key(self) -> bytes:
+    def _key(self, epoch: int | None = None) -> bytes:
         # K_dg changes only with the epoch or the firmware; an HKDF per handshake was measurable
         # when one process simulates 1,000 devices re-authenticating in a loop.
-        which = (self.gateway_id, self.epoch, self.firmware_hash)
+        epoch = self.epoch if epoch is None else epoch
+        which = (self.gateway_id, epoch, self.firmware_hash)
         if self._cached_key is None or self._cached_key[0] != which:
             secret, gid = self.identity.secret, self.gateway_id.encode()
-            key = bytes(gateway_key(secret, self.device_id, gid, self.epoch, self.firmware_hash))
+            key = bytes(gateway_key(secret, self.device_id, gid, epoch, self.firmware_hash))
             self._cached_key = (which, key)
         return self._cached_key[1]
 
     async def authenticate(self, *, timeout: float = 5.0) -> object:
         """One handshake; -> the final event (Authenticated, or Rejected with a reason)."""
         assert self.client is not None
-        self.counter += 1
-        self.role = DeviceRole(self.device_id, self.gateway_id.encode(), self._key(), self.epoch)
-        hello = self.role.hello(self.counter, os.urandom(8))
+        now = self._clock()
+        _, epoch, counter = self._next_hello(now)
+        self.role = DeviceRole(self.device_id, self.gateway_id.encode(), self._key(epoch), epoch)
+        hello = self.role.hello(counter, os.urandom(8))
         loop = asyncio.get_running_loop()
         self._outcome = loop.create_future()
         self._started = self._clock()
@@ -123,14 +149,39 @@ class SimDevice:
             self._outcome = None
         if result is _TIMED_OUT:
             result = self.role.timeout()
+        now = self._clock()
         if isinstance(result, events.Authenticated):
             self.session = result.session
             self.stats.authenticated += 1
-            self.stats.latencies_ms.append((self._clock() - self._started) * 1000)
+            self.stats.latencies_ms.append((now - self._started) * 1000)
+            self._apply(self.policy.authenticated(self.gateway_id, result.session.expires, now))
         else:
             reason = getattr(result, "reason", "unexpected")
             self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
+            self._apply(self.policy.rejected(self.gateway_id, reason, getattr(result, "epoch", None), now))
         return result
+
+    def _next_hello(self, now: float) -> tuple[str, int, int]:
+        """The policy's next HELLO (gateway, epoch, counter), now: the scenario decides when to try."""
+        p = self.policy
+        actions = p.reauth(now) if p.online else p.connected(now)
+        hello = self._apply(actions)
+        if hello is None:  # a retry the policy planned for later (backoff): the scenario wants it now
+            wake = p.wake_at()
+            hello = self._apply(p.tick(now if wake is None else max(now, wake)))
+        assert hello is not None, "the policy started no handshake"
+        return hello
+
+    def _apply(self, actions: list[tuple[object, ...]]) -> tuple[str, int, int] | None:
+        hello = None
+        for a in actions:
+            if a[0] == policy.SAVE:
+                self.flash = str(a[1])
+            elif a[0] == policy.HELLO:
+                hello = (str(a[1]), int(a[2]), int(a[3]))  # type: ignore[call-overload]
+            elif a[0] == policy.END_SESSION:
+                self.session = None
+        return hello
 
     def _send(self, topic: str, payload: bytes) -> None:
         assert self.client is not None
@@ -152,7 +203,10 @@ class SimDevice:
             ):
                 self._outcome.set_result(event)
         elif self.session is not None:
-            data, reason = self.session.open(t.rsplit("/", 1)[1].encode(), payload, self._clock())
+            parsed = topics.parse(t)
+            if parsed is None or parsed[0] != topics.COMMAND:
+                return
+            data, reason = self.session.open(parsed[3].encode(), payload, self._clock())
             if reason is None:
                 assert data is not None
                 self.stats.commands.append(data)
@@ -163,7 +217,7 @@ class SimDevice:
         """Publish MAC'd data on the device's own data topic (needs a session)."""
         assert self.session is not None and self.client is not None
         self.client.publish(
-            f"diams/v1/d/{self.gateway_id}/{self.hex}/{stream}",
+            topics.data(self.gateway_id, self.hex, stream),
             self.session.seal(stream.encode(), payload),
             qos=1,
         )

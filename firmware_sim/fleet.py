@@ -23,7 +23,9 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from device_agent.core import topics
 from gateway.mqtt import MqttClient, MqttError
+from gateway.ops import parse_counters
 from ledger_bridge.enrollment import ProvisionedDevice
 
 from .device import SimDevice
@@ -96,7 +98,7 @@ class FleetStats:
 
 
 class Observer:
-    """Reads ``diams/v1/v/#`` (data the gateway verified and republished), counting per device."""
+    """Reads every verified topic (data the gateways verified and republished), counting per device."""
 
     def __init__(self) -> None:
         self.per_device: Counter[str] = Counter()
@@ -120,7 +122,7 @@ class Observer:
             on_message=self._on_message,
             keepalive=60,
         )
-        await self.client.subscribe([("diams/v1/v/#", 1)])
+        await self.client.subscribe([(topics.every(topics.VERIFIED), 1)])
         return self
 
     async def reconnect(self, *, timeout: float = 15.0) -> None:
@@ -137,7 +139,10 @@ class Observer:
                 await asyncio.sleep(0.1)
 
     def _on_message(self, topic: bytes, payload: bytes) -> None:
-        device = topic.split(b"/")[3].decode()
+        parsed = topics.parse(topic)
+        if parsed is None or parsed[0] != topics.VERIFIED:
+            return
+        device = parsed[2]
         self.per_device[device] += 1
         if device in self.keep_payloads:
             self.payloads.setdefault(device, []).append(payload)
@@ -224,15 +229,7 @@ class SiteAccess:
 
 def parse_metrics(text: str) -> dict[tuple[str, str], int]:
     """Prometheus text from the gateway -> {(name, reason): value} for its ``diams_*_total`` counters."""
-    out: dict[tuple[str, str], int] = {}
-    for line in text.splitlines():
-        if not line.startswith("diams_") or "_total" not in line:
-            continue
-        key, _, value = line.rpartition(" ")
-        name, _, rest = key.partition("{")
-        label = rest.partition('reason="')[2].partition('"')[0] if rest else ""
-        out[(name.removeprefix("diams_").removesuffix("_total"), label)] = int(float(value))
-    return out
+    return parse_counters(text)
 
 
 def metrics_reader(url: str) -> Callable[[str, str], Awaitable[int | None]]:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from device_agent.core import events
+from device_agent.core import events, topics
 from gateway.mqtt import MqttConnectError, MqttError
 
 from .device import SimDevice
@@ -235,14 +235,15 @@ async def replay(site: SiteAccess, p: ScenarioParams, result: ScenarioResult) ->
         if not isinstance(outcome, events.Authenticated) or dev.client is None or dev.session is None:
             return outcome
         hello, proof = dev.sent_messages[-2], dev.sent_messages[-1]
-        topic = f"diams/v1/d/{dev.gateway_id}/{dev.hex}/telemetry"
+        topic = topics.data(dev.gateway_id, dev.hex, "telemetry")
         captured = dev.session.seal(b"telemetry", b"genuine reading")
         dev.replay(topic, captured)  # the genuine message, once
         data_sent += 1
         honest = dev.client.on_message
 
         def spy(t: bytes, payload: bytes) -> None:
-            if t.endswith(b"/down") and payload[:1] == bytes([RESULT_TYPE]):
+            parsed = topics.parse(t)
+            if parsed is not None and parsed[3] == topics.DOWN and payload[:1] == bytes([RESULT_TYPE]):
                 granted_after_replay[0] += 1
             if honest is not None:
                 honest(t, payload)

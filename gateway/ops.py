@@ -9,20 +9,31 @@ import logging
 import os
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 log = logging.getLogger("diams.gateway.ops")
 
 
 class Metrics:
-    """Counters and gauges, rendered in the Prometheus text format."""
+    """Counters and gauges, exposed in the Prometheus text format by prometheus-client.
+
+    Strategy: the hot path only adds to a ``Counter`` keyed by (name, reason); a collector turns the
+    table into metric families at scrape time, and prometheus-client writes the exposition (names,
+    HELP/TYPE lines, label escaping). One registry per gateway, so several gateways in one process
+    (tests) never share a series."""
 
     def __init__(self) -> None:
         self.counters: Counter[tuple[str, str]] = Counter()
         self.gauges: dict[str, Callable[[], float]] = {}
         self.help: dict[str, str] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
 
     def inc(self, name: str, label: str = "", n: int = 1) -> None:
         self.counters[(name, label)] += n
@@ -35,22 +46,45 @@ class Metrics:
         self.help[name] = help_text
 
     def render(self) -> str:
-        lines = []
-        names = sorted({n for n, _ in self.counters})
-        for name in names:
-            lines.append(f"# TYPE diams_{name}_total counter")
-            for (n, label), value in sorted(self.counters.items()):
-                if n == name:
-                    lab = f'{{reason="{label}"}}' if label else ""
-                    lines.append(f"diams_{name}_total{lab} {value}")
-        for name, fn in sorted(self.gauges.items()):
-            lines.append(f"# HELP diams_{name} {self.help[name]}")
-            lines.append(f"# TYPE diams_{name} gauge")
+        return generate_latest(self.registry).decode()
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        by_name: dict[str, list[tuple[str, int]]] = {}
+        for (name, label), value in sorted(m.counters.items()):
+            by_name.setdefault(name, []).append((label, value))
+        for name, values in by_name.items():
+            labelled = any(label for label, _ in values)  # an empty reason renders as no label
+            family = CounterMetricFamily(
+                f"diams_{name}", f"{name} events", labels=["reason"] if labelled else []
+            )
+            for label, value in values:
+                family.add_metric([label] if labelled else [], value)
+            yield family
+        for name, fn in sorted(m.gauges.items()):
             try:
-                lines.append(f"diams_{name} {float(fn())}")
+                reading = float(fn())
             except Exception:  # a broken gauge must not break the scrape
                 log.exception("gauge %s failed", name)
-        return "\n".join(lines) + "\n"
+                continue
+            yield GaugeMetricFamily(f"diams_{name}", m.help[name], value=reading)
+
+
+def parse_counters(text: str) -> dict[tuple[str, str], int]:
+    """Prometheus text -> {(name, reason): value} for the ``diams_*_total`` counters (prometheus-client's
+    parser; used by the simulator and the demo to read a gateway's /metrics)."""
+    out: dict[tuple[str, str], int] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("diams_") and sample.name.endswith("_total"):
+                name = sample.name.removeprefix("diams_").removesuffix("_total")
+                out[(name, sample.labels.get("reason", ""))] = int(sample.value)
+    return out
 
 
 class HealthServer:
@@ -86,7 +120,8 @@ class HealthServer:
         return web.Response(text=why + "\n", status=200 if ok else 503)
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        return web.Response(text=self.metrics.render(), content_type="text/plain")
+        return web.Response(body=self.metrics.render().encode(), content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
 
 
 def sd_notify(message: str) -> bool:

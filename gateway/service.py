@@ -23,6 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ledger_bridge import Ledger, LedgerBackend
+from ledger_bridge.actor import ActorHandle
+from ledger_bridge.errors import LedgerError
+from ledger_bridge.heads import HeadWatcher
 from ledger_bridge.index import IdentityIndex, LedgerSource, SyncReport
 from ledger_bridge.sealing import load_gateway_key
 
@@ -30,6 +34,7 @@ from .audit import AuditLog
 from .broker import (
     AuthorizeGateway,
     BrokerEnforcer,
+    BrokerError,
     BrokerSecret,
     MosquittoEnforcer,
     Reloader,
@@ -57,12 +62,13 @@ def _read_secret_file(path: Path) -> str:
     return path.read_text().strip()
 
 
-def build_ledger(s: LedgerSettings) -> Any:
+def build_ledger(s: LedgerSettings) -> Ledger:
     """An unopened ``ledger_bridge.Ledger`` for these settings (``async with`` it)."""
-    from ledger_bridge import Channel, Ledger, RpcBackend
+    from ledger_bridge import Channel, RpcBackend
 
+    backend: LedgerBackend
     if s.mode == "rpc":
-        backend: Any = RpcBackend(url=s.url, name="rpc")
+        backend = RpcBackend(url=s.url, name="rpc")
     else:
         from ledger_bridge.embedded import EmbeddedBackend
 
@@ -97,8 +103,8 @@ class Gateway:
         self,
         settings: GatewaySettings,
         *,
-        ledger: Any = None,
-        actor: Any = None,
+        ledger: Ledger | None = None,
+        actor: ActorHandle | None = None,
         enforcer: BrokerEnforcer | None = None,
         broker_password: str | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -120,6 +126,7 @@ class Gateway:
         self._new_head = asyncio.Event()
         self.mqtt: MqttClient | None = None
         self.mqtt_connected = asyncio.Event()
+        self.head_watcher: HeadWatcher | None = None  # with ledger.ws_url: its ``connected`` is a signal
         self.ledger_ok = False
         self.health: HealthServer | None = None
 
@@ -167,7 +174,16 @@ class Gateway:
                 private_key=private_key,
                 protocol=s.protocol,
             )
-            self.traffic = Traffic(self)
+            self.traffic = Traffic(
+                settings=s,
+                devices=self.devices,
+                counters=self.counters,
+                audit=self.audit,
+                metrics=self.metrics,
+                staleness=self.index.staleness,
+                clock=self._clock,
+                publish=self.publish,
+            )
             self.index.subscribe(self._on_ledger_changes)
             await self._initial_sync()
             await self._enroll_everyone()
@@ -213,11 +229,10 @@ class Gateway:
                 tg.create_task(self._mqtt_loop(ready))
                 tg.create_task(self._sync_loop())
                 if self.settings.ledger.ws_url:
-                    from ledger_bridge.heads import HeadWatcher
-
-                    watcher = HeadWatcher(self.settings.ledger.ws_url, lambda _: self._new_head.set())
-                    tg.create_task(watcher.run())
+                    self.head_watcher = HeadWatcher(s.ledger.ws_url, lambda _: self._new_head.set())
+                    tg.create_task(self.head_watcher.run())
                 tg.create_task(self._sweep_loop())
+                tg.create_task(self._clone_loop())
                 tg.create_task(self._audit_sync_loop())
                 tg.create_task(self._anchor_loop())
                 tg.create_task(self._watchdog_loop())
@@ -238,7 +253,7 @@ class Gateway:
         return True, "ready" if self.ledger_ok else "ready (ledger unreachable: serving from the index)"
 
     # ---- builders ----
-    def _build_ledger(self) -> Any:
+    def _build_ledger(self) -> Ledger:
         return build_ledger(self.settings.ledger)
 
     def _build_enforcer(self) -> MosquittoEnforcer:
@@ -264,10 +279,11 @@ class Gateway:
         try:
             await asyncio.wait_for(self.index.sync(self._source), 30)
             self.ledger_ok = True
-        except Exception as exc:  # offline start: serve from the index as it is
+        except (LedgerError, TimeoutError) as exc:  # offline start: serve from the index as it is
             log.warning(
-                "ledger unreachable at start (%s); serving %d devices from the index",
+                "ledger unavailable at start (%s: %s); serving %d devices from the index",
                 type(exc).__name__,
+                exc,
                 len(self.index.servable_ids()),
             )
         self.devices.load_all()
@@ -307,7 +323,7 @@ class Gateway:
         assert self._enforcer is not None
         try:
             await self._enforcer.apply([CutOff(device_id=d.hex()) for d in cut] + enroll)
-        except Exception:
+        except (BrokerError, OSError):
             log.exception("broker enforcement failed; retried at the next ledger change")
             self.metrics.inc("enforcement_errors")
 
@@ -322,10 +338,10 @@ class Gateway:
                 if not self.ledger_ok:
                     log.info("ledger reachable again; index at block %d", self.index.watermark)
                 self.ledger_ok = True
-            except Exception as exc:
+            except (LedgerError, TimeoutError) as exc:
                 if self.ledger_ok:
                     log.warning(
-                        "ledger unreachable (%s: %s); serving from the index", type(exc).__name__, exc
+                        "ledger sync failed (%s: %s); serving from the index", type(exc).__name__, exc
                     )
                 self.ledger_ok = False
                 self.metrics.inc("ledger_sync_errors")
@@ -356,13 +372,22 @@ class Gateway:
                 first_seq=anchor.first_seq,
                 last_seq=anchor.last_seq,
             )
-        except Exception as exc:
-            log.warning("audit anchor failed (%s); retried next interval", exc)
+        except LedgerError as exc:
+            log.warning("audit anchor failed (%s: %s); retried next interval", type(exc).__name__, exc)
             self.metrics.inc("anchor_errors")
             return None
         self.audit.mark_anchored(anchor, tx.transaction_hash)
         self.metrics.inc("anchors")
         return str(tx.transaction_hash)
+
+    async def _clone_loop(self) -> None:
+        """Answer Traffic's clone alarms: cut the device off at the broker (when quarantining) and
+        record the alert on chain."""
+        while self._serving():
+            alarm = await self.traffic.clones.get()
+            if self.settings.defence.clone_quarantine:
+                self.cut_off([alarm.device_id])
+            await self.report_clone(alarm.device_id, alarm.counter)
 
     async def report_clone(self, device_id: bytes, counter: int) -> None:
         if self._actor is None:
@@ -373,15 +398,9 @@ class Gateway:
             await self._actor.clone_alert(
                 device_id, onchain_gateway_id(self.settings.gateway_id_bytes), counter=counter
             )
-        except Exception as exc:
+        except LedgerError as exc:
             log.warning("clone alert for %s not recorded on chain: %s", device_id.hex(), exc)
             self.metrics.inc("clone_alert_errors")
-
-    def background(self, coro: Any) -> None:
-        if self._tasks is not None:
-            self._tasks.create_task(coro)
-        else:
-            coro.close()
 
     # ---- MQTT ----
     async def _mqtt_loop(self, ready: Callable[[], None] | None) -> None:

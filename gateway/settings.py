@@ -13,23 +13,35 @@ under the service's own state). It is an error when ``$CREDENTIALS_DIRECTORY`` i
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from device_agent.core import topics
+from device_agent.settings import EnvText, SettingsError, build, read_toml, table
+
+__all__ = [
+    "BrokerSettings",
+    "DefenceSettings",
+    "EnforcementSettings",
+    "GatewaySettings",
+    "HttpSettings",
+    "LedgerSettings",
+    "OfflineSettings",
+    "ProtocolSettings",
+    "SettingsError",
+    "dump_settings",
+    "load_settings",
+    "resolve_credential",
+]
+
 ENV_PREFIX = "DIAMS_GATEWAY_"
 CREDENTIAL_PREFIX = "credential:"
-_GATEWAY_ID = re.compile(r"[a-z0-9-]{1,32}")
 _CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-class SettingsError(ValueError):
-    """A configuration value is missing or invalid (the message names it)."""
 
 
 def _positive(name: str, value: float) -> None:
@@ -173,7 +185,7 @@ class GatewaySettings:
     audit_fsync_interval: float = 0.2
 
     def __post_init__(self) -> None:
-        if not _GATEWAY_ID.fullmatch(self.gateway_id):
+        if not topics.is_gateway_id(self.gateway_id):  # the one rule, device_agent.core.topics
             raise SettingsError(f"gateway_id must be 1-32 characters of [a-z0-9-], got {self.gateway_id!r}")
 
     @property
@@ -205,81 +217,56 @@ def resolve_credential(value: str, env: Mapping[str, str], where: str = "") -> P
     return Path(directory) / name
 
 
-def _coerce(cls: type[Any], key: str, value: Any, where: str, env: Mapping[str, str]) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    if key not in fields:
-        raise SettingsError(f"unknown setting {where}{key}")
-    kind = str(fields[key].type)
-    try:
-        if "Path" in kind:
-            if value in ("", None):
-                return None
-            if isinstance(value, str) and value.startswith(CREDENTIAL_PREFIX):
-                return resolve_credential(value, env, f"{where}{key}")
-            return Path(value)
-        if kind.startswith("bool"):
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in _TRUE + _FALSE:
-                return str(value).lower() in _TRUE
-            raise ValueError(value)
-        if kind.startswith("int") and isinstance(value, float | bool):
-            raise ValueError(value)
-        if kind.startswith("int"):
-            return int(value)
-        if kind.startswith("float"):
-            return float(value)
-        if kind.startswith("str | None"):
-            return None if value in ("", None) else str(value)
-        return str(value)
-    except SettingsError:
-        raise
-    except (TypeError, ValueError):
-        raise SettingsError(f"{where}{key}: cannot use {value!r} as {kind}") from None
-
-
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> GatewaySettings:
-    """Read the TOML file (if any), apply environment overrides, and validate everything."""
+    """Read the TOML file (if any), apply environment overrides, and validate everything
+    (``device_agent.settings``: unknown keys refused, each value typed, the key named in every error)."""
     env = os.environ if env is None else env
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise SettingsError(f"cannot read {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"{path}: {exc}") from None
-    sections: dict[str, dict[str, Any]] = {}
+    raw: dict[str, Any] = {} if path is None else read_toml(path)
     for name in _SECTIONS:
-        table = raw.pop(name, {})
-        if not isinstance(table, dict):
-            raise SettingsError(f"[{name}] must be a table, got {table!r}")
-        sections[name] = dict(table)
+        raw[name] = table(raw, name)
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX):
             continue
         rest = key[len(ENV_PREFIX) :].lower()
         section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
         if section is None:
-            raw[rest] = value
+            raw[rest] = EnvText(value)
         else:
-            sections[section][rest[len(section) + 1 :]] = value
-    top = {f.name: f for f in dataclasses.fields(GatewaySettings)}
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in top or key in _SECTIONS:
-            raise SettingsError(f"unknown setting {key}")
-        kwargs[key] = _coerce(GatewaySettings, key, value, "", env)
-    for name, cls in _SECTIONS.items():
-        if sections[name]:
-            values = {k: _coerce(cls, k, v, f"{name}.", env) for k, v in sections[name].items()}
-            kwargs[name] = cls(**values)
+            raw[section][rest[len(section) + 1 :]] = EnvText(value)
+
+    def credential_or_path(text: str, key: str) -> Path:
+        if text.startswith(CREDENTIAL_PREFIX):
+            return resolve_credential(text, env, key)
+        return Path(text)
+
     for required in ("gateway_id", "state_dir", "key_file"):
-        if required not in kwargs:
+        if required not in raw:
             raise SettingsError(
                 f"missing setting {required} (in the TOML file or {ENV_PREFIX}{required.upper()})"
             )
-    try:
-        return GatewaySettings(**kwargs)
-    except TypeError as exc:
-        raise SettingsError(str(exc)) from None
+    return build(GatewaySettings, raw, path=credential_or_path)
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a TOML basic string
+
+
+def dump_settings(settings: GatewaySettings) -> str:
+    """The TOML text that ``load_settings`` reads back as ``settings`` (None values left out)."""
+    top: list[str] = []
+    tables: list[str] = []
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if dataclasses.is_dataclass(value):
+            lines = [
+                f"{g.name} = {_toml_value(getattr(value, g.name))}"
+                for g in dataclasses.fields(value)
+                if getattr(value, g.name) is not None
+            ]
+            tables.append(f"\n[{f.name}]\n" + "".join(line + "\n" for line in lines))
+        elif value is not None:
+            top.append(f"{f.name} = {_toml_value(value)}\n")
+    return "".join(top) + "".join(tables)

@@ -4,40 +4,80 @@ Order of work for a handshake message, cheapest first: topic parse, rate limits 
 staleness (offline bound), then the sans-IO gateway role (which itself refuses on table look-ups
 before its one HMAC). A reply that follows a newly accepted counter is published only once the
 counter is durable (group commit, see ``counters``). Data messages are verified under the session
-key (MAC, sequence number, stream) and republished on ``diams/v1/v/<device>/<stream>``; forgeries and
-replays are dropped, counted and audited (audit lines for a device are rate-limited).
+key (MAC, sequence number, stream) and republished on the verified topic (this gateway's id, the
+device's, the stream; ``device_agent.core.topics``); forgeries and replays are dropped, counted and
+audited (audit lines for a device are rate-limited).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from device_agent.core import events as ev
 from device_agent.core import gateway as core_gateway
+from device_agent.core import topics
 from device_agent.core.session import Session
 
 from .defence import Defence
 
 if TYPE_CHECKING:
-    from .service import Gateway
+    from .audit import AuditLog
+    from .counters import CounterStore
+    from .devices import DeviceTable
+    from .ops import Metrics
+    from .settings import GatewaySettings
 
 log = logging.getLogger("diams.gateway.traffic")
 
 _FAILURES = frozenset({"bad_otp", "bad_proof", "counter_window", "timeout", "stale_epoch", "clone"})
-_PREFIX = b"diams/v1/"
-_MAX_STREAM = 255
 AUDIT_EVERY = 10.0  # seconds between audit records of repeated rejections for one device
 
 
+Publish = Callable[[str, bytes], bool]  # topic, payload -> whether it was handed to the broker
+
+
+@dataclass(frozen=True)
+class CloneAlarm:
+    """A device answered a challenge with a used counter: the gateway reports it on chain and, with
+    ``defence.clone_quarantine``, cuts the device off at the broker (``Traffic.clones``)."""
+
+    device_id: bytes
+    counter: int
+
+
 class Traffic:
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        s = gw.settings
+    """Strategy: every collaborator is passed in (no reference to the ``Gateway`` that owns it): the
+    device table and its core role, the counter store, the audit log, the metrics, the index's
+    staleness, the clock, and ``publish``, the one outbound seam. What needs the ledger or the
+    broker enforcer (slow, asynchronous) leaves as a ``CloneAlarm`` on ``clones`` for the gateway."""
+
+    def __init__(
+        self,
+        *,
+        settings: GatewaySettings,
+        devices: DeviceTable,
+        counters: CounterStore,
+        audit: AuditLog,
+        metrics: Metrics,
+        staleness: Callable[[], float],
+        clock: Callable[[], float],
+        publish: Publish,
+    ) -> None:
+        s = settings
         self.gateway_id = s.gateway_id
-        self.role = gw.devices.role
-        self.metrics = gw.metrics
+        self.devices = devices
+        self.role = devices.role
+        self.counters = counters
+        self.audit = audit
+        self.metrics = metrics
+        self.staleness = staleness
+        self.clock = clock
+        self.publish = publish
+        self.clones: asyncio.Queue[CloneAlarm] = asyncio.Queue()
         self.sessions: dict[bytes, Session] = {}
         d = s.defence
         self.defence = Defence(
@@ -49,58 +89,45 @@ class Traffic:
             lockout_base=d.lockout_base,
             lockout_max=d.lockout_max,
             max_tracked=d.max_tracked_devices,
-            now=gw._clock(),
+            now=clock(),
         )
         self._quarantine = d.clone_quarantine
         self._max_staleness = s.offline.max_staleness
         self._audited: dict[tuple[bytes, str], float] = {}
-        g = s.gateway_id
-        self._gid = g.encode()
-        self._down = f"diams/v1/hs/{g}/%s/down"
-        self._verified = "diams/v1/v/%s/%s"
 
     def __repr__(self) -> str:
         return f"Traffic({self.gateway_id}, sessions={len(self.sessions)})"
 
     def subscriptions(self) -> list[tuple[str, int]]:
         g = self.gateway_id
-        return [(f"diams/v1/hs/{g}/+/up", 1), (f"diams/v1/d/{g}/+/+", 1)]
+        return [(topics.topic_filter(topics.HANDSHAKE, g, topics.ANY, topics.UP), 1),
+                (topics.topic_filter(topics.DATA, g), 1)]
 
     # ---- dispatch ----
     def on_message(self, topic: bytes, payload: bytes) -> None:
-        parts = topic.split(b"/")
         # only this gateway's topics, and device ids in their one canonical form (16 lowercase hex
-        # digits, what the broker's %u patterns match): fromhex alone also takes "AB" and spaces
-        if len(parts) != 6 or not topic.startswith(_PREFIX) or parts[3] != self._gid:
+        # digits, what the broker's %u patterns match): the topic module checks every level
+        parsed = topics.parse(topic)
+        if parsed is None or parsed[1] != self.gateway_id:
             self.metrics.inc("dropped", "bad_topic")
             return
-        try:
-            did = bytes.fromhex(parts[4].decode("ascii"))
-        except (ValueError, UnicodeDecodeError):
-            did = b""
-        if len(did) != 8 or did.hex().encode() != parts[4]:
-            self.metrics.inc("dropped", "bad_topic")
-            return
-        kind = parts[2]
-        if kind == b"hs" and parts[5] == b"up":
+        kind, _, device, last = parsed
+        did = bytes.fromhex(device)
+        if kind == topics.HANDSHAKE and last == topics.UP:
             self.on_handshake(did, payload)
-        elif kind == b"d":
-            if not 0 < len(parts[5]) <= _MAX_STREAM:  # the MAC frames the stream with one length byte
-                self.metrics.inc("dropped", "bad_topic")
-                return
-            self.on_data(did, parts[5], payload)
+        elif kind == topics.DATA:
+            self.on_data(did, last.encode(), payload)
         else:
             self.metrics.inc("dropped", "bad_topic")
 
     # ---- handshakes ----
     def on_handshake(self, did: bytes, payload: bytes) -> None:
-        gw = self.gw
-        now = gw._clock()
+        now = self.clock()
         verdict = self.defence.admit(did, now)
         if not verdict.allowed:
             self.metrics.inc("handshake_refused", verdict.reason)
             return
-        if gw.index.staleness() > self._max_staleness:
+        if self.staleness() > self._max_staleness:
             self.metrics.inc("handshake_refused", "index_stale")
             self._audit_rejection(did, "index_stale", now)
             return
@@ -109,8 +136,8 @@ class Traffic:
         for e in events:
             t = type(e)
             if t is core_gateway.CounterAccepted:
-                entry = gw.devices.entries[did]
-                durable = gw.counters.accept(did, entry.epoch, e.counter, e.nonce)
+                entry = self.devices.entries[did]
+                durable = self.counters.accept(did, entry.epoch, e.counter, e.nonce)
             elif t is ev.Authenticated:
                 self._authenticated(did, e.session, now)
             elif t is ev.Rejected:
@@ -119,9 +146,9 @@ class Traffic:
                 self._clone(did, e.counter)
         if reply is None:
             return
-        topic = self._down % did.hex()
+        topic = topics.handshake_down(self.gateway_id, did.hex())
         if durable is None:
-            gw.publish(topic, reply)
+            self.publish(topic, reply)
         else:
             durable.add_done_callback(lambda f: self._after_commit(f, topic, reply))
 
@@ -132,13 +159,13 @@ class Traffic:
                 "counter store failed; challenge withheld: %s", None if fut.cancelled() else fut.exception()
             )
             return
-        self.gw.publish(topic, reply)
+        self.publish(topic, reply)
 
     def _authenticated(self, did: bytes, session: Session, now: float) -> None:
         self.sessions[did] = session
         self.defence.succeeded(did)
         self.metrics.inc("authenticated")
-        self.gw.audit.append("authenticated", device=did.hex())
+        self.audit.append("authenticated", device=did.hex())
 
     def _rejected(self, did: bytes, reason: str, counter: int | None, now: float) -> None:
         self.metrics.inc("rejected", reason)
@@ -146,7 +173,7 @@ class Traffic:
             lock = self.defence.failed(did, now)
             if lock:
                 self.metrics.inc("lockouts")
-        if did in self.gw.devices.entries:  # unknown ids are counted, not audited (flood-proof)
+        if did in self.devices.entries:  # unknown ids are counted, not audited (flood-proof)
             self._audit_rejection(did, reason, now, counter)
 
     def _audit_rejection(self, did: bytes, reason: str, now: float, counter: int | None = None) -> None:
@@ -157,18 +184,16 @@ class Traffic:
         if len(self._audited) > 100_000:
             self._audited.clear()
         self._audited[key] = now
-        self.gw.audit.append("rejected", device=did.hex(), reason=reason, counter=counter)
+        self.audit.append("rejected", device=did.hex(), reason=reason, counter=counter)
 
     def _clone(self, did: bytes, counter: int) -> None:
-        gw = self.gw
         self.metrics.inc("clone_detected")
-        gw.audit.append("clone_detected", device=did.hex(), counter=counter)
+        self.audit.append("clone_detected", device=did.hex(), counter=counter)
         log.warning("clone detected: device %s answered a challenge with used counter %d", did.hex(), counter)
-        gw.background(gw.report_clone(did, counter))
         if self._quarantine:
-            gw.devices.quarantine(did)
+            self.devices.quarantine(did)
             self.drop_session(did, "clone")
-            gw.cut_off([did])
+        self.clones.put_nowait(CloneAlarm(device_id=did, counter=counter))
 
     def drop_session(self, did: bytes, why: str) -> None:
         if self.sessions.pop(did, None) is not None:
@@ -180,7 +205,7 @@ class Traffic:
         if session is None:
             self.metrics.inc("data_dropped", "no_session")
             return
-        now = self.gw._clock()
+        now = self.clock()
         data, reason = session.open(stream, payload, now)
         if reason is not None:
             self.metrics.inc("data_dropped", reason)
@@ -189,7 +214,7 @@ class Traffic:
             else:
                 self._audit_rejection(did, "data_" + reason, now)
             return
-        served = self.gw.devices.served.get(did)
+        served = self.devices.served.get(did)
         name = stream.decode("ascii", "replace")
         if served is None or name not in served.publish:
             self.metrics.inc("data_dropped", "not_in_policy")
@@ -197,7 +222,7 @@ class Traffic:
             return
         assert data is not None
         self.metrics.inc("data_verified")
-        self.gw.publish(self._verified % (did.hex(), name), data)
+        self.publish(topics.verified(self.gateway_id, did.hex(), name), data)
 
     def send_command(self, did: bytes, name: str, payload: bytes) -> bool:
         """Send a MAC'd COMMAND to an authenticated device; False when it has no session."""
@@ -205,7 +230,7 @@ class Traffic:
         if session is None:
             return False
         msg = session.seal(name.encode(), payload)
-        return self.gw.publish(f"diams/v1/c/{self.gateway_id}/{did.hex()}/{name}", msg)
+        return self.publish(topics.command(self.gateway_id, did.hex(), name), msg)
 
     # ---- housekeeping ----
     def sweep(self, now: float) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from eth_utils.address import to_checksum_address
 
+from .gas import BATCH_GAS, GAS_BUDGETS, MAX_BATCH, chunks
 from .keystore import Signer
 from .model import DeviceRegistration, Role, TxOutcome, check_device_id
 
@@ -33,7 +34,6 @@ class ActorHandle:
         return self._signer.address
 
     async def _tx(self, name: str, *args: object, gas: int | None = None, on_log: bool = False) -> TxOutcome:
-        from .ledger import GAS_BUDGETS
 
         contract = self._ledger.auth_log if on_log else self._ledger.registry
         fn = contract.functions[name](*args)
@@ -56,7 +56,6 @@ class ActorHandle:
 
     async def batch_limit(self, operation: str = "registerMany") -> int:
         """How many items one batch transaction of `operation` may carry on this chain (at most MAX_BATCH)."""
-        from .ledger import BATCH_GAS, MAX_BATCH
 
         base, per_item = BATCH_GAS[operation]
         return max(1, min(MAX_BATCH, (await self._ledger.block_gas_limit() * 9 // 10 - base) // per_item))
@@ -72,7 +71,6 @@ class ActorHandle:
 
         A refused batch raises `LedgerRevert`, and changes nothing; the batches before it are on chain
         (call with one batch at a time, as csv_import does, to know exactly which rows landed)."""
-        from .ledger import BATCH_GAS, chunks
 
         base, per_item = BATCH_GAS["registerMany"]
         size = max(1, min(batch_size or 10**9, await self.batch_limit()))
@@ -100,7 +98,6 @@ class ActorHandle:
         self, device_ids: Sequence[bytes], claim_codes: Sequence[bytes], policy_id: bytes
     ) -> TxOutcome:
         """Claim, set the policy of and activate a batch of devices in one transaction (all or nothing)."""
-        from .ledger import BATCH_GAS
 
         if len(device_ids) != len(claim_codes):
             raise ValueError("one claim code per device")
@@ -197,7 +194,6 @@ class ActorHandle:
         key_commitments: Sequence[bytes],
     ) -> list[TxOutcome]:
         """Publish one gateway's sealed keys for many devices (a group), in as few transactions as fit."""
-        from .ledger import BATCH_GAS
 
         if not len(device_ids) == len(sealed_keys) == len(key_commitments):
             raise ValueError("device_ids, sealed_keys and key_commitments differ in length")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from eth_utils.abi import event_abi_to_log_topic
@@ -28,6 +28,7 @@ from web3.contract import Contract
 from .artifacts import load_artifact
 from .backends import LedgerBackend
 from .errors import ChannelError, LedgerError, LedgerRevert, LedgerUnavailable
+from .gas import CALL_GAS, GAS_BUDGETS
 from .keystore import Signer
 from .model import (
     ZERO_ADDRESS,
@@ -50,50 +51,6 @@ if TYPE_CHECKING:
     from .actor import ActorHandle
 
 T = TypeVar("T")
-
-#: Gas limit per operation: measured gas (docs/LEDGER.md) plus a margin. Batches: (base, per item).
-GAS_BUDGETS: Mapping[str, int] = {
-    "deployRegistry": 3_500_000,
-    "deployAuthLog": 900_000,
-    "grantRole": 120_000,
-    "revokeRole": 80_000,
-    "registerDevice": 220_000,
-    "claim": 120_000,
-    "activate": 80_000,
-    "suspend": 80_000,
-    "transfer": 120_000,
-    "acceptTransfer": 80_000,
-    "cancelTransfer": 80_000,
-    "revoke": 80_000,
-    "decommission": 80_000,
-    "approveMaintainer": 100_000,
-    "recordFirmware": 100_000,
-    "registerGateway": 160_000,
-    "authorizeGateway": 260_000,
-    "deauthorizeGateway": 100_000,
-    "definePolicy": 500_000,
-    "sharePolicy": 80_000,
-    "setPolicy": 100_000,
-    "useSharedPolicy": 100_000,
-    "rotateGatewayKey": 80_000,
-    "changeGatewayAccount": 80_000,
-    "removeGateway": 80_000,
-    "registerDeviceKey": 80_000,
-    "confirmRekey": 80_000,
-    "anchor": 200_000,
-    "cloneAlert": 100_000,
-}
-BATCH_GAS: Mapping[str, tuple[int, int]] = {
-    "registerMany": (60_000, 130_000),
-    "authorizeGatewayMany": (60_000, 150_000),
-    "onboardMany": (60_000, 110_000),
-}
-#: Gas of a view call: generous for every view here, small enough that an in-process EVM (which checks
-#: that the caller could pay for it) accepts a modestly funded caller.
-CALL_GAS = 1_000_000
-#: Devices per registerMany transaction (FACTS: ~200 per transaction fits a 30M gas block).
-MAX_BATCH = 200
-
 
 class Ledger:
     """One channel's registry and authentication log on one backend.
@@ -526,13 +483,41 @@ class Ledger:
             ) from None
 
 
+@functools.cache
+def backend_errors() -> tuple[type[Exception], ...]:
+    """What a backend raises for reasons outside this package: the node (web3's tree, eth-tester's
+    exceptions, py-evm's validation), its transport (requests, sockets, timeouts) and its storage
+    (sqlite). Anything else raised under ``_translated`` is a bug and keeps its own type and traceback."""
+    import sqlite3
+
+    import requests
+    from eth_tester import exceptions as tester
+    from eth_utils.exceptions import ValidationError as EthValidationError
+    from web3.exceptions import Web3Exception
+
+    return (
+        Web3Exception,
+        tester.ValidationError,
+        tester.BlockNotFound,
+        tester.TransactionNotFound,
+        tester.FilterNotFound,
+        tester.AccountLocked,
+        tester.TransactionFailed,
+        EthValidationError,
+        requests.RequestException,
+        OSError,  # ConnectionError and friends
+        TimeoutError,
+        sqlite3.Error,
+    )
+
+
 def _translated(work: Callable[[], T], context: str) -> T:
-    """Run `work`, turning foreign exceptions into the package's own (on the worker thread)."""
+    """Run `work`, turning backend exceptions into the package's own (on the worker thread)."""
     try:
         return work()
     except LedgerError:
         raise
-    except Exception as exc:
+    except backend_errors() as exc:
         data = revert_data_of(exc)
         if data is not None:
             raise revert_from_data(data, context=context) from None
@@ -551,8 +536,3 @@ def _foreign(exc: Exception) -> LedgerError:
         message = exc.rpc_response.get("error", {}).get("message") if exc.rpc_response else None
         return LedgerError(f"the node refused the request: {message or type(exc).__name__}")
     return LedgerError(f"ledger backend error ({type(exc).__name__}: {exc})")
-
-
-def chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

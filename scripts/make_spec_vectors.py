@@ -55,7 +55,7 @@ def main() -> None:
         "data": f"diams/v1/d/{i['gateway_id']}/{t['device_id']}/{stream}",
         "command": f"diams/v1/c/{i['gateway_id']}/{t['device_id']}/config",
         "command_subscription": f"diams/v1/c/{i['gateway_id']}/{t['device_id']}/+",
-        "verified": f"diams/v1/v/{t['device_id']}/{stream}",
+        "verified": f"diams/v1/v/{i['gateway_id']}/{t['device_id']}/{stream}",
     }
     publish = codec.publish(topics["handshake_up"].encode(), H(t["hello"]), qos=1, packet_id=1, retain=False)
     out = {

@@ -1,14 +1,10 @@
-"""Durable device state: OTP counters per (gateway, epoch), written ahead, and the committed epoch.
+"""The counter file on a Raspberry Pi: durable writes of what the core's policy decides.
 
-Strategy: a counter must be durable *before* the HELLO that uses it leaves the device (PROTOCOL.md
-section 4), or a crash could make the device reuse it, which the gateway treats as a replay or a
-clone. Writing the file before every HELLO would wear flash, so the store reserves a block of
-``block`` counters in one write and hands them out from memory; after a restart it continues past
-the reserved block (the unused rest is skipped: a gap the gateway's look-ahead window absorbs, as
-long as fewer than window/block restarts happen between two successful handshakes).
-
-The file is JSON, replaced atomically (temp file, fsync, rename, fsync of the directory):
-``{"epoch": 3, "reserved": {"gw-a/3": 47}}`` -- the highest counter reserved per gateway and epoch.
+Strategy: the reservation rule and the file's format are the core's (``device_agent.core.policy``:
+one format for every agent, ``parse_counters``/``format_counters``); this module only makes a write
+durable before the HELLO that needs it leaves: temp file (0600), fsync, rename, fsync of the
+directory. Files written by earlier versions of this agent (JSON, ``{"epoch": 3, "reserved":
+{"gw-a/3": 47}}``) are read once and rewritten in the one format at the next reservation.
 """
 
 from __future__ import annotations
@@ -18,37 +14,39 @@ import os
 from pathlib import Path
 from typing import Any
 
+from device_agent.core import policy as _policy
+
 from .keystore import write_private
 
-__all__ = ["CounterStore"]
+__all__ = ["CounterFile", "read_epoch"]
 
-MAX_COUNTER = 0xFFFFFFFF
+_P: Any = _policy
 
 
-class CounterStore:
-    def __init__(self, path: Path, *, initial_epoch: int = 0, block: int = 16) -> None:
-        if block < 1:
-            raise ValueError("block must be >= 1")
+class CounterFile:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.block = block
         self.writes = 0
-        self._next: dict[str, int] = {}
-        state = self._read()
-        self._epoch = max(int(state.get("epoch", initial_epoch)), initial_epoch)
-        self._reserved: dict[str, int] = {str(k): int(v) for k, v in state.get("reserved", {}).items()}
 
-    def _read(self) -> dict[str, Any]:
+    def __repr__(self) -> str:
+        return f"CounterFile({self.path})"
+
+    def read(self) -> str | None:
+        """The file's text in the one format (None when there is no file yet); ValueError if damaged."""
         try:
-            data = json.loads(self.path.read_text())
+            text = self.path.read_text()
         except FileNotFoundError:
-            return {}
-        if not isinstance(data, dict):
-            raise ValueError(f"counter file {self.path} is not a JSON object")
-        return data
+            return None
+        if text.lstrip().startswith("{"):
+            return _from_legacy_json(text, self.path)
+        try:
+            _P.parse_counters(text)
+        except (ValueError, IndexError) as exc:
+            raise ValueError(f"counter file {self.path} is damaged: {exc}") from None
+        return text
 
-    def _write(self) -> None:
-        body = json.dumps({"epoch": self._epoch, "reserved": self._reserved}, sort_keys=True)
-        write_private(self.path, body.encode() + b"\n")
+    def write(self, text: str) -> None:
+        write_private(self.path, text.encode())
         try:
             dir_fd = os.open(self.path.parent, os.O_RDONLY)
         except OSError:
@@ -59,28 +57,18 @@ class CounterStore:
             os.close(dir_fd)
         self.writes += 1
 
-    @property
-    def epoch(self) -> int:
-        """The committed epoch: the highest one a handshake has succeeded under (or the configured one)."""
-        return self._epoch
 
-    def commit_epoch(self, epoch: int) -> None:
-        """Called only after a handshake under ``epoch`` succeeded; counters of older epochs are dropped."""
-        if epoch <= self._epoch:
-            return
-        self._epoch = epoch
-        self._reserved = {k: v for k, v in self._reserved.items() if int(k.rsplit("/", 1)[1]) >= epoch}
-        self._write()
+def read_epoch(path: Path) -> int:
+    """The committed epoch recorded in a counter file (0 when there is none)."""
+    text = CounterFile(path).read()
+    return 0 if text is None else int(_P.parse_counters(text)[0])
 
-    def next_counter(self, gateway: str, epoch: int) -> int:
-        """The counter for the next HELLO to ``gateway`` under ``epoch``; durable when this returns."""
-        key = f"{gateway}/{epoch}"
-        reserved = self._reserved.get(key, -1)
-        nxt = self._next.get(key, reserved + 1)
-        if nxt > MAX_COUNTER:
-            raise OverflowError("OTP counters exhausted for this gateway and epoch: the owner must re-key")
-        if nxt > reserved:
-            self._reserved[key] = min(nxt + self.block - 1, MAX_COUNTER)
-            self._write()
-        self._next[key] = nxt + 1
-        return nxt
+
+def _from_legacy_json(text: str, path: Path) -> str:
+    try:
+        data = json.loads(text)
+        reserved = {(k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1])): int(v)
+                    for k, v in data.get("reserved", {}).items()}
+        return str(_P.format_counters(int(data.get("epoch", 0)), reserved))
+    except (ValueError, AttributeError, IndexError) as exc:
+        raise ValueError(f"counter file {path} is damaged: {exc}") from None

@@ -1,18 +1,13 @@
-"""The agent's logic, without I/O: which handshake to start, where to send what, when to retry.
+"""The paho agent's sans-IO driver: the core's ``AgentPolicy`` decides, this adapter holds the roles.
 
-Strategy: the driver is fed events by an adapter (``connected``, ``disconnected``, ``message``,
-``tick``) and returns the MQTT publishes to make; the clock is an argument of every call. It owns
-one ``DeviceRole`` per attempt (never reused) and the current ``Session``; a new session replaces
-the old one only when its handshake completes, so data keeps flowing during a re-authentication.
-
-* Counters come from ``CounterStore.next_counter`` (durable before the HELLO is returned).
-* Epochs (PROTOCOL.md section 5): a ``stale_epoch`` REJECT whose hint is higher than the epoch tried
-  is retried at once under the hinted epoch, which is committed only when that handshake succeeds.
-  Any other failure forgets the trial epoch, so a forged hint costs one attempt and nothing more.
-* Failover: no answer within ``answer_timeout`` (or a REJECT) moves to the next gateway
-  (``GatewayRotation``); a full failed round waits a jittered backoff.
-* Re-authentication: ``reauth_margin`` before the session's end, or on a verified ``reauth`` COMMAND.
-* Commands: verified with the session; forged, replayed or expired ones are dropped and counted.
+Strategy: the driver is fed events by the MQTT adapter (``start``, ``connected``, ``disconnected``,
+``login_refused``, ``message``, ``tick``) and returns the MQTT publishes to make; the clock is an
+argument of every call. Every decision (which gateway, which epoch and counter, when to retry, when
+to re-authenticate, when to dial the broker) is the core's ``device_agent.core.policy`` (shared with
+the MicroPython agent and the simulator; its header explains the rules). What stays here is what
+holds Python objects: one ``DeviceRole`` per attempt (never reused), the current ``Session`` (replaced
+only when a new handshake completes, so data keep flowing during a re-authentication), commands, and
+the counter file, written before the HELLO that needs it leaves (``CounterFile``).
 """
 
 from __future__ import annotations
@@ -23,51 +18,26 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from device_agent.core import policy as _policy
+from device_agent.core import topics as _topics
 from device_agent.core.events import Authenticated, Rejected
 
 from . import _core
-from .counters import CounterStore
-from .failover import GatewayRotation
+from .counters import CounterFile
 from .keystore import DeviceSecret
 
-__all__ = ["AgentDriver", "Publish", "command_topic", "data_topic", "hs_down_topic", "hs_up_topic"]
+__all__ = ["AgentDriver", "Publish"]
 
 log = logging.getLogger("diams.agent")
 
 REAUTH_COMMAND = "reauth"
+_P: Any = _policy
+_T: Any = _topics
 
 
 class Publish(NamedTuple):
     topic: str
     payload: bytes
-
-
-# Topics, PROTOCOL.md section 6.
-def hs_up_topic(gateway: str, device: str) -> str:
-    return f"diams/v1/hs/{gateway}/{device}/up"
-
-
-def hs_down_topic(gateway: str, device: str) -> str:
-    return f"diams/v1/hs/{gateway}/{device}/down"
-
-
-def data_topic(gateway: str, device: str, stream: str) -> str:
-    return f"diams/v1/d/{gateway}/{device}/{stream}"
-
-
-def command_topic(gateway: str, device: str, name: str) -> str:
-    return f"diams/v1/c/{gateway}/{device}/{name}"
-
-
-class _Attempt:
-    __slots__ = ("counter", "deadline", "epoch", "gateway", "role")
-
-    def __init__(self, gateway: str, epoch: int, counter: int, role: Any, deadline: float) -> None:
-        self.gateway = gateway
-        self.epoch = epoch
-        self.counter = counter
-        self.role = role
-        self.deadline = deadline
 
 
 class AgentDriver:
@@ -77,10 +47,15 @@ class AgentDriver:
         device_id: bytes,
         secret: DeviceSecret,
         firmware_hash: bytes,
-        counters: CounterStore,
-        rotation: GatewayRotation,
+        counters: CounterFile,
+        gateways: tuple[str, ...],
+        epoch: int = 0,
         answer_timeout: float = 5.0,
         reauth_margin: float = 60.0,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 60.0,
+        reconnect_base: float = 5.0,
+        block: int = 16,
         random: Callable[[int], bytes] = os.urandom,
         on_command: Callable[[str, bytes], None] | None = None,
     ) -> None:
@@ -89,84 +64,77 @@ class AgentDriver:
         self._secret = secret
         self._fw = firmware_hash
         self.counters = counters
-        self.rotation = rotation
-        self.answer_timeout = answer_timeout
-        self.reauth_margin = reauth_margin
         self._random = random
         self._on_command = on_command
+        self.policy: Any = _P.AgentPolicy(
+            gateways, random, state=counters.read(), epoch=epoch, answer_timeout=answer_timeout,
+            reauth_margin=reauth_margin, backoff_base=backoff_base, backoff_cap=backoff_cap,
+            reconnect_base=reconnect_base, block=block)
         self.stats: Counter[str] = Counter()
-        self.online = False
         self.session: Any = None
         self.session_gateway: str | None = None
-        self._attempt: _Attempt | None = None
-        self._trial_epoch: int | None = None
-        self._start_at: float | None = 0.0  # when to start the next handshake; None: none planned
-        self._reauth_at: float | None = None
+        self.connect_due = False  # the policy says: dial the broker now
+        self._role: Any = None
+        self._role_gateway: str | None = None
 
     def __repr__(self) -> str:
-        return (f"AgentDriver({self.device_hex}, online={self.online}, "
-                f"gateway={self.session_gateway}, attempt={self._attempt is not None})")
+        return (f"AgentDriver({self.device_hex}, online={self.policy.online}, "
+                f"gateway={self.session_gateway}, attempt={self.policy.attempt is not None})")
 
     # -- what the adapter asks -------------------------------------------------------------------
 
     def subscriptions(self) -> list[str]:
-        subs = [hs_down_topic(g, self.device_hex) for g in self.rotation.gateways]
-        return [*subs, command_topic("+", self.device_hex, "+")]
+        subs = [str(_T.handshake_down(g, self.device_hex)) for g in self.policy.gateways]
+        return [*subs, str(_T.topic_filter(_T.COMMAND, _T.ANY, self.device_hex))]
 
     @property
     def authenticated(self) -> bool:
         return self.session is not None
 
+    @property
+    def epoch(self) -> int:
+        return int(self.policy.epoch)
+
     def next_deadline(self) -> float | None:
-        times = [t for t in (self._start_at, self._reauth_at) if t is not None]
-        if self._attempt is not None:
-            times.append(self._attempt.deadline)
-        return min(times) if times else None
+        t = self.policy.wake_at()
+        return None if t is None else float(t)
+
+    def all_stats(self) -> dict[str, int]:
+        return {**self.policy.stats, **self.stats}
 
     # -- events from the adapter -----------------------------------------------------------------
 
-    def connected(self, now: float) -> list[Publish]:
-        self.online = True
-        if self.session is None and self._start_at is None:
-            self._start_at = now
-        return self.tick(now)
+    def start(self, now: float) -> list[Publish]:
+        return self._do(self.policy.start(now), now)
 
-    def disconnected(self) -> None:
+    def connected(self, now: float) -> list[Publish]:
+        return self._do(self.policy.connected(now), now)
+
+    def disconnected(self, now: float) -> list[Publish]:
         """The broker link dropped: an attempt in flight is abandoned (its reply cannot arrive)."""
-        self.online = False
-        if self._attempt is not None:
-            self._attempt = None
-            self._start_at = 0.0  # at once, when back online
+        self._role = None
+        return self._do(self.policy.disconnected(now), now)
+
+    def login_refused(self, now: float) -> list[Publish]:
+        """The broker refused the CONNECT: the policy waits longer before dialling again."""
+        self._role = None
+        return self._do(self.policy.login_refused(now), now)
+
+    def no_session(self, gateway: str, now: float) -> list[Publish]:
+        """A gateway says it holds no session for this device: re-authenticate (at most once)."""
+        return self._do(self.policy.no_session(gateway, now), now)
 
     def tick(self, now: float) -> list[Publish]:
-        out: list[Publish] = []
-        a = self._attempt
-        if a is not None and now >= a.deadline:
-            a.role.timeout()
-            self._failed("timeout", now)
-        if self.session is not None and now >= self.session.expires:
-            log.info("session with %s expired", self.session_gateway)
-            self.session = None
-            self.session_gateway = None
-            if self._start_at is None and self._attempt is None:
-                self._start_at = now
-        if self._reauth_at is not None and now >= self._reauth_at:
-            self._reauth_at = None
-            if self._attempt is None and self._start_at is None:
-                self._start_at = now
-        if self.online and self._attempt is None and self._start_at is not None and now >= self._start_at:
-            self._start_at = None
-            out.append(self._hello(now))
-        return out
+        return self._do(self.policy.tick(now), now)
 
     def message(self, topic: str, payload: bytes, now: float) -> list[Publish]:
-        parts = topic.split("/")
-        if len(parts) == 6 and parts[2] == "hs" and parts[4] == self.device_hex and parts[5] == "down":
-            return self._handshake_message(parts[3], payload, now)
-        if (len(parts) == 6 and parts[2] == "c" and parts[4] == self.device_hex
-                and parts[3] == self.session_gateway):
-            self._command(parts[5], payload, now)
-            return self.tick(now)
+        parsed = _T.parse(topic)
+        if parsed is not None and parsed[2] == self.device_hex:
+            kind, gateway, _, last = parsed
+            if kind == _T.HANDSHAKE and last == _T.DOWN:
+                return self._handshake_message(gateway, payload, now)
+            if kind == _T.COMMAND and gateway == self.session_gateway:
+                return self._command(last, payload, now)
         self.stats["stray_messages"] += 1
         return []
 
@@ -177,80 +145,73 @@ class AgentDriver:
             return None
         self.stats["data_sent"] += 1
         assert self.session_gateway is not None
-        return Publish(data_topic(self.session_gateway, self.device_hex, stream),
+        return Publish(str(_T.data(self.session_gateway, self.device_hex, stream)),
                        self.session.seal(stream.encode(), payload))
 
     def request_reauth(self, now: float) -> list[Publish]:
-        if self._attempt is None and self._start_at is None:
-            self._start_at = now
-        return self.tick(now)
+        return self._do(self.policy.reauth(now), now)
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _hello(self, now: float) -> Publish:
-        gateway = self.rotation.current
-        epoch = self._trial_epoch if self._trial_epoch is not None else self.counters.epoch
+    def _do(self, actions: list[tuple[Any, ...]], now: float) -> list[Publish]:
+        """Carry out the policy's actions in order (a SAVE is durable before the next one runs)."""
+        out: list[Publish] = []
+        for action in actions:
+            kind = action[0]
+            if kind == _P.SAVE:
+                self.counters.write(action[1])
+            elif kind == _P.HELLO:
+                out.append(self._hello(action[1], action[2], action[3]))
+            elif kind == _P.END_SESSION:
+                log.info("session with %s ended (%s)", self.session_gateway, action[1])
+                self.session = None
+                self.session_gateway = None
+            elif kind == _P.CONNECT:
+                self.connect_due = True
+        return out
+
+    def _hello(self, gateway: str, epoch: int, counter: int) -> Publish:
         gw = gateway.encode()
         k_dg = _core.gateway_key(self._secret.reveal(), self.device_id, gw, epoch, self._fw)
-        role = _core.device_role(self.device_id, gw, k_dg, epoch)
-        counter = self.counters.next_counter(gateway, epoch)  # durable before the HELLO leaves
-        hello = role.hello(counter, self._random(8))
-        self._attempt = _Attempt(gateway, epoch, counter, role, now + self.answer_timeout)
-        self.stats["hellos"] += 1
+        self._role = _core.device_role(self.device_id, gw, k_dg, epoch)
+        self._role_gateway = gateway
         log.info("HELLO to %s (epoch %d, counter %d)", gateway, epoch, counter)
-        return Publish(hs_up_topic(gateway, self.device_hex), hello)
+        hello = self._role.hello(counter, self._random(8))
+        return Publish(str(_T.handshake_up(gateway, self.device_hex)), hello)
 
     def _handshake_message(self, gateway: str, payload: bytes, now: float) -> list[Publish]:
-        a = self._attempt
-        if a is None or gateway != a.gateway:
+        attempt = self.policy.attempt
+        if self._role is None or attempt is None or attempt[0] != gateway or self._role_gateway != gateway:
             self.stats["stray_messages"] += 1
             return self.tick(now)
-        reply, event = a.role.receive(payload, now)
-        out = [Publish(hs_up_topic(gateway, self.device_hex), reply)] if reply is not None else []
+        reply, event = self._role.receive(payload, now)
+        out = [Publish(str(_T.handshake_up(gateway, self.device_hex)), reply)] if reply is not None else []
         if isinstance(event, Authenticated):
-            self._attempt = None
+            self._role = None
             self.session = event.session
             self.session_gateway = gateway
-            self.counters.commit_epoch(a.epoch)
-            self._trial_epoch = None
-            self.rotation.succeeded()
-            lifetime = self.session.expires - now
-            self._reauth_at = self.session.expires - min(self.reauth_margin, lifetime / 2)
-            self.stats["authenticated"] += 1
-            log.info("authenticated with %s (epoch %d), session for %.0f s", gateway, a.epoch, lifetime)
-        elif isinstance(event, Rejected):
-            if event.reason == "stale_epoch" and event.epoch > a.epoch:
-                log.info("%s hints epoch %d (tried %d): retrying under it", gateway, event.epoch, a.epoch)
-                self._attempt = None
-                self._trial_epoch = event.epoch
-                self._start_at = now
-                self.stats["epoch_hints"] += 1
-            else:
-                self._failed(event.reason, now)
+            log.info("authenticated with %s (epoch %d), session for %.0f s",
+                     gateway, attempt[1], event.session.expires - now)
+            return out + self._do(self.policy.authenticated(gateway, event.session.expires, now), now)
+        if isinstance(event, Rejected):
+            self._role = None
+            log.warning("handshake with %s failed (%s)", gateway, event.reason)
+            return out + self._do(self.policy.rejected(gateway, event.reason, event.epoch, now), now)
         return out + self.tick(now)
 
-    def _failed(self, reason: str, now: float) -> None:
-        a = self._attempt
-        self._attempt = None
-        self._trial_epoch = None
-        self.stats["failed_" + reason] += 1
-        delay = self.rotation.failed()
-        self._start_at = now + delay
-        log.warning("handshake with %s failed (%s); next: %s in %.1f s",
-                    a.gateway if a else "?", reason, self.rotation.current, delay)
-
-    def _command(self, name: str, message: bytes, now: float) -> None:
+    def _command(self, name: str, message: bytes, now: float) -> list[Publish]:
         if self.session is None:
             self.stats["commands_dropped_no_session"] += 1
-            return
+            return self.tick(now)
         payload, reason = self.session.open(name.encode(), message, now)
         if payload is None:
             self.stats["commands_dropped_" + str(reason)] += 1
             log.warning("command %r dropped: %s", name, reason)
-            return
+            return self.tick(now)
         self.stats["commands_ok"] += 1
         if name == REAUTH_COMMAND:
             log.info("gateway asks for re-authentication")
-            self._reauth_at = now
-        elif self._on_command is not None:
+            return self.request_reauth(now)
+        if self._on_command is not None:
             self._on_command(name, bytes(payload))
+        return self.tick(now)

@@ -3,9 +3,10 @@
 Strategy: one thread. ``run()`` calls ``client.loop(timeout)`` itself (never ``loop_start``), so
 paho's callbacks run on this thread and only queue what they saw; the driver is then fed from the
 same thread, with no locks around the protocol state. Reconnection is ours, not paho's: after a
-drop the agent waits a full-jitter backoff (``Backoff``) before dialling again, so a fleet does not
-reconnect in waves after a broker restart. TCP_NODELAY is set on every socket paho opens (paho
-never does; without it a request/response over QoS 1 costs ~44 ms to Nagle + delayed ACK).
+drop or a refused login the core's agent policy schedules the next dial after a full-jitter
+backoff, so a fleet does not reconnect in waves after a broker restart. TCP_NODELAY is set on every
+socket paho opens (paho never does; without it a request/response over QoS 1 costs ~44 ms to Nagle
++ delayed ACK).
 Other threads talk to the agent through ``publish()``, ``snapshot()`` and ``stop()``, all thread-safe
 (the driver is only touched under one lock; paho's publish wakes its own loop).
 """
@@ -25,11 +26,9 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from . import _core
-from .backoff import Backoff
 from .config import AgentConfig
-from .counters import CounterStore
+from .counters import CounterFile
 from .driver import AgentDriver, Publish
-from .failover import GatewayRotation
 from .keystore import DeviceSecret
 
 __all__ = ["AgentStatus", "MqttAgent"]
@@ -59,18 +58,16 @@ class MqttAgent:
     ) -> None:
         self.config = config
         self._clock = clock
-        self.counters = CounterStore(config.state_file, initial_epoch=config.epoch,
-                                     block=config.counter_block)
-        rotation = GatewayRotation(config.gateways,
-                                   Backoff(base=config.backoff_base_s, cap=config.backoff_cap_s))
-        self.driver = AgentDriver(
-            device_id=config.device_id_bytes, secret=secret, firmware_hash=config.firmware_hash,
-            counters=self.counters, rotation=rotation, answer_timeout=config.answer_timeout_s,
-            reauth_margin=config.reauth_margin_s, on_command=on_command,
-        )
+        self.counters = CounterFile(config.state_file)
         # Reconnects start from a wider window than handshake retries: after a broker restart the whole
         # fleet loses its connection at the same instant, and U(0, reconnect_base_s) spreads it out.
-        self.reconnect_backoff = Backoff(base=config.reconnect_base_s, cap=config.backoff_cap_s)
+        self.driver = AgentDriver(
+            device_id=config.device_id_bytes, secret=secret, firmware_hash=config.firmware_hash,
+            counters=self.counters, gateways=tuple(config.gateways), epoch=config.epoch,
+            answer_timeout=config.answer_timeout_s, reauth_margin=config.reauth_margin_s,
+            backoff_base=config.backoff_base_s, backoff_cap=config.backoff_cap_s,
+            reconnect_base=config.reconnect_base_s, block=config.counter_block, on_command=on_command,
+        )
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -113,8 +110,8 @@ class MqttAgent:
     def snapshot(self) -> AgentStatus:
         with self._lock:
             return AgentStatus(connected=self._connected, gateway=self.driver.session_gateway,
-                               epoch=self.counters.epoch, connects=self.connects,
-                               stats=dict(self.driver.stats))
+                               epoch=self.driver.epoch, connects=self.connects,
+                               stats=self.driver.all_stats())
 
     # -- paho callbacks (run inside client.loop(), on the agent's thread) ------------------------
 
@@ -159,12 +156,13 @@ class MqttAgent:
         now = self._clock()
         if kind == "connect":
             if not value:
-                log.warning("broker refused the connection")
+                log.warning("broker refused the login")
+                with self._lock:
+                    self.driver.login_refused(now)
                 return
             with self._lock:
                 self._connected = True
                 self.connects += 1
-            self.reconnect_backoff.reset()
             for topic in self.driver.subscriptions():
                 self._client.subscribe(topic, qos=1)
             with self._lock:
@@ -173,7 +171,7 @@ class MqttAgent:
         elif kind == "disconnect":
             with self._lock:
                 self._connected = False
-                self.driver.disconnected()
+                self.driver.disconnected(now)
         elif kind == "message":
             topic, payload = value
             with self._lock:
@@ -199,12 +197,23 @@ class MqttAgent:
         """Connect, authenticate and serve until ``stop()``; reconnects with jittered backoff."""
         due: dict[str, float] = {}
         linked = False
+        with self._lock:
+            self.driver.start(self._clock())
         try:
             while not self._stop.is_set():
                 if not linked:
+                    now = self._clock()
+                    with self._lock:
+                        self.driver.tick(now)
+                        due_now, deadline = self.driver.connect_due, self.driver.next_deadline()
+                        self.driver.connect_due = False
+                    if not due_now:
+                        self._wait(_IDLE_WAKE_S if deadline is None else max(0.0, deadline - now))
+                        continue
                     linked = self._dial()
                     if not linked:
-                        self._wait(self.reconnect_backoff.next_delay())
+                        with self._lock:
+                            self.driver.disconnected(self._clock())
                         continue
                 now = self._clock()
                 with self._lock:
@@ -221,15 +230,16 @@ class MqttAgent:
                         break
                     self._handle(kind, value)
                 if rc != paho.MQTT_ERR_SUCCESS:
+                    now = self._clock()
                     with self._lock:
                         self._connected = False
-                        self.driver.disconnected()
+                        self.driver.disconnected(now)
+                        deadline = self.driver.next_deadline()
                     linked = False
                     if self._stop.is_set():
                         break
-                    delay = self.reconnect_backoff.next_delay()
-                    log.info("connection lost (%s); reconnecting in %.2f s", paho.error_string(rc), delay)
-                    self._wait(delay)
+                    log.info("connection lost (%s); reconnecting in %.2f s", paho.error_string(rc),
+                             0.0 if deadline is None else max(0.0, deadline - now))
                     continue
                 now = self._clock()
                 with self._lock:

@@ -103,6 +103,19 @@ class GatewayRole:
     def state_of(self, device_id):
         return states.AWAIT_PROOF if device_id in self._pending else states.NONE
 
+    def _advance(self, device_id, event, pending=None):
+        # The only place a device's handshake state changes: by the states.GATEWAY table.
+        state = self.state_of(device_id)
+        nxt = states.advance(states.GATEWAY, state, event)
+        if nxt is None:
+            raise LocalProtocolError("gateway role: no %s transition from %s" % (event, state))
+        if nxt == states.NONE:
+            del self._pending[device_id]
+        elif pending is not None:
+            self._pending.pop(device_id, None)  # re-insert at the end: keeps deadline order
+            self._pending[device_id] = pending
+        return nxt
+
     def receive(self, device_id, payload, now):
         """One message from ``device_id``'s handshake-up topic -> (reply bytes or None, [events])."""
         try:
@@ -150,24 +163,23 @@ class GatewayRole:
             events.append(CounterAccepted(device_id, counter, d_nonce))
         g_nonce = self._random(wire.NONCE_LEN)
         t = transcript(device_id, self.gateway_id, epoch, counter, d_nonce, g_nonce)
-        if pending is not None:
-            del self._pending[device_id]  # re-insert at the end: keeps deadline order
-        self._pending[device_id] = _Pending(entry, counter, t, now + self.proof_timeout, stale)
+        self._advance(device_id, "hello", _Pending(entry, counter, t, now + self.proof_timeout, stale))
         return wire.encode(wire.CHALLENGE, g_nonce, proof_tag(entry.k_mac, wire.CHALLENGE, t)), events
 
     def _on_proof(self, device_id, payload, now):
         tag = wire.decode(payload, wire.PROOF)[0]
-        p = self._pending.get(device_id)
-        if p is None:
+        if states.advance(states.GATEWAY, self.state_of(device_id), "proof") is None:
             return None, [Rejected(device_id, "unexpected")]
+        p = self._pending[device_id]
         if now > p.deadline:
-            del self._pending[device_id]
+            self._advance(device_id, "timeout")
             return self._reject(device_id, "timeout", p.counter)
         entry = p.entry
         if not ct_equal(proof_tag(entry.k_mac, wire.PROOF, p.t), tag):
             # No reply, and the pending handshake stays: a forged PROOF must not cancel the real one.
+            self._advance(device_id, "bad_proof")
             return None, [Rejected(device_id, "bad_proof", p.counter)]
-        del self._pending[device_id]
+        self._advance(device_id, "proof")
         if p.probe:
             return (wire.encode(wire.REJECT, reason_code("clone"), 0),
                     [CloneDetected(device_id, p.counter), Rejected(device_id, "clone", p.counter)])
@@ -187,6 +199,6 @@ class GatewayRole:
             p = pending[device_id]
             if p.deadline >= now:
                 break
-            del pending[device_id]
+            self._advance(device_id, "timeout")
             out.append(Rejected(device_id, "replay" if p.probe else "timeout", p.counter))
         return out

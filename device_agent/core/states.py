@@ -13,8 +13,10 @@
 # Gateway role, per device: at most one pending handshake.
 #
 #   NONE --hello (fresh counter, or used counter + valid OTP = clone probe)--> AWAIT_PROOF
-#   AWAIT_PROOF --hello--> AWAIT_PROOF (newer handshake replaces it)
+#   AWAIT_PROOF --hello (fresh counter)--> AWAIT_PROOF (newer handshake replaces it)
+#   AWAIT_PROOF --bad_proof--> AWAIT_PROOF (a forged PROOF must not cancel the real handshake)
 #   AWAIT_PROOF --proof / timeout--> NONE (authenticated, clone detected, or rejected)
+#   A PROOF in NONE has no transition: it is ignored (remote). GatewayRole._advance applies this table.
 
 IDLE = "idle"
 HELLO_SENT = "hello_sent"
@@ -40,6 +42,7 @@ DEVICE = {
 GATEWAY = {
     (NONE, "hello"): AWAIT_PROOF,
     (AWAIT_PROOF, "hello"): AWAIT_PROOF,
+    (AWAIT_PROOF, "bad_proof"): AWAIT_PROOF,
     (AWAIT_PROOF, "proof"): NONE,
     (AWAIT_PROOF, "timeout"): NONE,
 }

@@ -4,17 +4,17 @@
 #
 # The MicroPython device agent: umqtt.simple moves bytes between the broker and the protocol core.
 #
-# Strategy: the same core as every other component (DeviceRole, Session); this file only does I/O,
-# the write-ahead counter file and the retry policy, in the plainest MicroPython (no typing, no
-# dataclasses, no json on the hot path). Memory: topics are built once; the DeviceRole of an attempt
-# is dropped as soon as it ends; K_dg lives only inside the role (as K_otp/K_mac). Waiting is
-# select.poll on the MQTT socket, so the board sleeps instead of spinning. The subscription
-# callback only queues (topic, message): umqtt can deliver a message while it waits for a PUBACK
-# or SUBACK, so nothing protocol-related runs inside it.
-#
-# Retry policy (as diams-agent): a gateway that does not answer within answer_ms, or REJECTs, is
-# skipped for the next one in order; a stale_epoch REJECT hinting a higher epoch is retried at once
-# under that epoch, committed only after success; a whole failed round waits a full-jitter backoff.
+# Strategy: the same core as every other component. DeviceRole and Session do the protocol; the
+# core's AgentPolicy (device_agent/core/policy.py, shared with the paho agent and the simulator)
+# decides failover, epoch hints, re-authentication, backoff, counter reservation and the counter
+# file's format; core/topics.py builds and parses every topic. This file only does I/O, in the
+# plainest MicroPython (no typing, no dataclasses, no json): it carries out the policy's actions
+# (write the counter file, send a HELLO, forget the session, dial the broker) and feeds it what
+# happened. Memory: topics are built once; the DeviceRole of an attempt is dropped as soon as it
+# ends; K_dg lives only inside the role (as K_otp/K_mac). Waiting is select.poll on the MQTT socket,
+# so the board sleeps instead of spinning. The subscription callback only queues (topic, message):
+# umqtt can deliver a message while it waits for a PUBACK or SUBACK, so nothing protocol-related
+# runs inside it.
 import os
 import time
 
@@ -25,7 +25,7 @@ except ImportError:  # older ports
 
 from umqtt.simple import MQTTClient
 
-from device_agent.core import keys
+from device_agent.core import keys, policy, topics
 from device_agent.core.device import DeviceRole
 from device_agent.core.events import Authenticated, Rejected
 
@@ -34,59 +34,12 @@ def _now():
     return time.time()
 
 
-class CounterFile:
-    """Write-ahead OTP counters per (gateway, epoch) and the committed epoch, in one small text file.
-
-    Line 1: the committed epoch; then one line per gateway: "<gateway> <epoch> <highest reserved>".
-    A block of counters is reserved (one flash write) before the first of them is used; after a
-    reboot the agent continues past the block. Replaced by write-to-temp + rename.
-    """
-
-    def __init__(self, path, block=16, epoch=0):
-        self.path = path
-        self.block = block
-        self.epoch = epoch
-        self.reserved = {}
-        self.next = {}
-        self.writes = 0
-        try:
-            with open(path) as f:
-                lines = f.read().split("\n")
-            self.epoch = max(epoch, int(lines[0]))
-            for line in lines[1:]:
-                w = line.split()
-                if len(w) == 3:
-                    self.reserved[(w[0], int(w[1]))] = int(w[2])
-        except OSError:
-            pass
-
-    def _save(self):
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write("%d\n" % self.epoch)
-            for (gw, e), top in self.reserved.items():
-                f.write("%s %d %d\n" % (gw, e, top))
-        os.rename(tmp, self.path)
-        self.writes += 1
-
-    def take(self, gateway, epoch):
-        """The next counter; durable (reserved on flash) before this returns."""
-        key = (gateway, epoch)
-        top = self.reserved.get(key, -1)
-        n = self.next.get(key, top + 1)
-        if n > top:
-            self.reserved[key] = n + self.block - 1
-            self._save()
-        self.next[key] = n + 1
-        return n
-
-    def commit_epoch(self, epoch):
-        if epoch > self.epoch:
-            self.epoch = epoch
-            for key in list(self.reserved):
-                if key[1] < epoch:
-                    del self.reserved[key]
-            self._save()
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 class Agent:
@@ -94,32 +47,36 @@ class Agent:
 
     def __init__(self, device_id, secret, firmware_hash, gateways, server, port=1883, epoch=0,
                  state_path="diams.state", block=16, answer_ms=5000, keepalive=30, on_command=None,
-                 reauth_margin=60, backoff_base_ms=500, backoff_cap_ms=60000):
+                 reauth_margin=60, backoff_base_ms=500, backoff_cap_ms=60000, reconnect_base_ms=5000):
         self.device_id = device_id
         self.dhex = device_id.hex()
         self._secret = secret
         self._fw = firmware_hash
-        self.gateways = [g.encode() if isinstance(g, str) else g for g in gateways]
-        self.counters = CounterFile(state_path, block, epoch)
-        self.answer_ms = answer_ms
+        names = [g.decode() if isinstance(g, bytes) else g for g in gateways]
+        self.state_path = state_path
+        self.policy = policy.AgentPolicy(
+            names, os.urandom, state=_read(state_path), epoch=epoch, answer_timeout=answer_ms / 1000,
+            reauth_margin=reauth_margin, backoff_base=backoff_base_ms / 1000,
+            backoff_cap=backoff_cap_ms / 1000, reconnect_base=reconnect_base_ms / 1000, block=block)
+        self.stats = self.policy.stats
+        for k in ("hellos", "authenticated", "commands_ok", "commands_dropped"):
+            self.stats[k] = 0
         self.on_command = on_command
-        self.reauth_margin = reauth_margin
-        self.backoff_base_ms = backoff_base_ms
-        self.backoff_cap_ms = backoff_cap_ms
-        self._up = ["diams/v1/hs/%s/%s/up" % (g.decode(), self.dhex) for g in self.gateways]
-        self._down = ["diams/v1/hs/%s/%s/down" % (g.decode(), self.dhex) for g in self.gateways]
-        self._cmd_prefix = None  # diams/v1/c/<G>/<D>/ and diams/v1/d/<G>/<D>/: set with the session's G
-        self._data_prefix = None
+        self.writes = 0
+        self._up = {}
+        self._down = {}  # the down topic as umqtt delivers it (bytes) -> gateway: no parse per message
+        for g in names:
+            self._up[g] = topics.handshake_up(g, self.dhex)
+            self._down[topics.handshake_down(g, self.dhex).encode()] = g
         self.client = MQTTClient(self.dhex, server, port, user=self.dhex,
                                  password=keys.broker_password(secret, device_id), keepalive=keepalive)
         self.client.set_callback(self._queue)
         self._inbox = []
         self._poller = None
-        self._index = 0
+        self._role = None
+        self._dial = False
         self.session = None
         self.gateway = None
-        self.reauth = False
-        self.stats = {"hellos": 0, "authenticated": 0, "failed": 0, "commands_ok": 0, "commands_dropped": 0}
 
     def __repr__(self):
         return "Agent(%s, gateway=%s)" % (self.dhex, self.gateway)
@@ -130,143 +87,172 @@ class Agent:
         self._inbox.append((topic, msg))
 
     def connect(self):
-        self.client.connect()
+        try:
+            self.client.connect()
+        except OSError:
+            raise
+        except Exception as exc:  # umqtt raises MQTTException(rc) when the broker refuses the login
+            self._do(self.policy.login_refused(_now()))
+            raise OSError("broker refused the login: %r" % (exc,)) from None
         try:  # Nagle + delayed ACK would add ~40 ms to every handshake step
             self.client.sock.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY (same numbers on lwIP)
         except (OSError, AttributeError, TypeError):
             pass
         for t in self._down:
             self.client.subscribe(t, 1)
-        self.client.subscribe(b"diams/v1/c/+/%s/+" % self.dhex.encode(), 1)
+        self.client.subscribe(topics.topic_filter(topics.COMMAND, topics.ANY, self.dhex), 1)
         self._poller = select.poll()
         self._poller.register(self.client.sock, select.POLLIN)
+        self._do(self.policy.connected(_now()))
 
     def _wait(self, ms):
         """Block up to ``ms`` for one MQTT packet; queued messages land in the inbox."""
         if self._poller.poll(ms):
             self.client.wait_msg()
 
-    # -- handshake ------------------------------------------------------------------------------------
+    def _close(self):
+        self._poller = None
+        self._role = None
+        try:
+            self.client.sock.close()
+        except (OSError, AttributeError) as exc:  # already gone
+            print("diams: close:", exc)
+        self._do(self.policy.disconnected(_now()))
+
+    # -- the policy's actions -----------------------------------------------------------------------
+
+    def _do(self, actions):
+        for a in actions:
+            kind = a[0]
+            if kind == policy.SAVE:
+                tmp = self.state_path + ".tmp"
+                with open(tmp, "w") as f:
+                    f.write(a[1])
+                os.rename(tmp, self.state_path)
+                self.writes += 1
+            elif kind == policy.HELLO:
+                gw, epoch = a[1], a[2]
+                gwb = gw.encode()
+                self._role = DeviceRole(self.device_id, gwb, keys.gateway_key(
+                    self._secret, self.device_id, gwb, epoch, self._fw), epoch)
+                self.client.publish(self._up[gw], self._role.hello(a[3], os.urandom(8)))
+            elif kind == policy.END_SESSION:
+                self.session = None
+                self.gateway = None
+            elif kind == policy.CONNECT:
+                self._dial = True
+
+    def _handle(self):
+        """Feed queued messages to the role (handshakes) or the session (commands)."""
+        while self._inbox:
+            topic, msg = self._inbox.pop(0)
+            gw = self._down.get(topic)
+            if gw is not None:
+                self._handshake(gw, msg)
+                continue
+            t = topics.parse(topic)
+            if t is not None and t[0] == topics.COMMAND and t[1] == self.gateway and t[2] == self.dhex:
+                self._command(t[3], msg)
+
+    def _handshake(self, gw, msg):
+        a = self.policy.attempt
+        if self._role is None or a is None or a[0] != gw:
+            return
+        now = _now()
+        reply, ev = self._role.receive(msg, now)
+        if reply is not None:
+            self.client.publish(self._up[gw], reply)
+        if isinstance(ev, Authenticated):
+            self._role = None
+            self.session = ev.session
+            self.gateway = gw
+            self._do(self.policy.authenticated(gw, ev.session.expires, now))
+        elif isinstance(ev, Rejected):
+            self._role = None
+            self._do(self.policy.rejected(gw, ev.reason, ev.epoch, now))
+
+    def _command(self, name, msg):
+        if self.session is None:
+            return
+        payload, _ = self.session.open(name.encode(), msg, _now())
+        if payload is None:
+            self.stats["commands_dropped"] += 1
+            return
+        self.stats["commands_ok"] += 1
+        if name == "reauth":
+            self._do(self.policy.reauth(_now()))
+        elif self.on_command:
+            self.on_command(name, payload)
+
+    def _failures(self):
+        n = 0
+        for k in self.stats:
+            if k.startswith("failed_"):
+                n += self.stats[k]
+        return n
+
+    # -- handshakes, data, commands -----------------------------------------------------------------
 
     def authenticate(self, rounds=1):
-        """Handshake with the gateways in order (``rounds`` times through the list) -> True on success."""
-        trial = None
-        failures = 0
-        while failures < rounds * len(self.gateways):
-            i = self._index
-            epoch = self.counters.epoch if trial is None else trial
-            result = self._attempt(i, epoch)
-            if result is True:
-                self.counters.commit_epoch(epoch)
-                return True
-            if result is not None and result > epoch:  # stale_epoch with a higher hint: retry at once
-                trial = result
-                continue
-            trial = None
-            failures += 1
-            self.stats["failed"] += 1
-            self._index = (i + 1) % len(self.gateways)
-        return False
+        """(Re-)authenticate now -> True on success, False after ``rounds`` failed rounds of gateways."""
+        p = self.policy
+        done = self.stats["authenticated"]
+        failed = self._failures()
+        if p.attempt is None:
+            self._do(p.reauth(_now()))
+        while self.stats["authenticated"] == done:
+            if self._failures() - failed >= rounds * len(p.gateways):
+                return False
+            wake = p.wake_at()
+            ms = 1000 if wake is None else int((wake - _now()) * 1000) + 1
+            self._wait(min(max(ms, 0), 1000))
+            self._handle()
+            self._do(p.tick(_now()))
+        return True
 
-    def _attempt(self, i, epoch):
-        """One handshake -> True, an epoch hint (int), or None (failed)."""
-        gw = self.gateways[i]
-        role = DeviceRole(self.device_id, gw, keys.gateway_key(self._secret, self.device_id, gw, epoch,
-                                                                self._fw), epoch)
-        counter = self.counters.take(gw.decode(), epoch)
-        self.client.publish(self._up[i], role.hello(counter, os.urandom(8)))
-        self.stats["hellos"] += 1
-        deadline = time.ticks_add(time.ticks_ms(), self.answer_ms)
-        down = self._down[i].encode()
-        while True:
-            left = time.ticks_diff(deadline, time.ticks_ms())
-            if left <= 0:
-                role.timeout()
-                return None
-            self._wait(left)
-            while self._inbox:
-                topic, msg = self._inbox.pop(0)
-                if topic != down:
-                    self._other(topic, msg)
-                    continue
-                reply, ev = role.receive(msg, _now())
-                if reply is not None:
-                    self.client.publish(self._up[i], reply)
-                if isinstance(ev, Authenticated):
-                    self.session = ev.session
-                    self.gateway = gw
-                    self._cmd_prefix = b"diams/v1/c/%s/%s/" % (gw, self.dhex.encode())
-                    self._data_prefix = "diams/v1/d/%s/%s/" % (gw.decode(), self.dhex)
-                    self.reauth = False
-                    self.stats["authenticated"] += 1
-                    return True
-                if isinstance(ev, Rejected):
-                    if ev.reason == "stale_epoch" and ev.epoch > epoch:
-                        return ev.epoch
-                    return None
-
-    # -- after authentication -------------------------------------------------------------------------
+    def no_session(self, gateway):
+        """A gateway says it holds no session for this device: re-authenticate (at most once)."""
+        self._do(self.policy.no_session(gateway, _now()))
 
     def publish(self, stream, payload):
         """Authenticated DATA on ``stream`` -> False when there is no live session."""
         s = self.session
         if s is None or _now() >= s.expires:
             return False
-        self.client.publish(self._data_prefix + stream, s.seal(stream.encode(), payload))
+        self.client.publish(topics.data(self.gateway, self.dhex, stream), s.seal(stream.encode(), payload))
         return True
 
-    def _other(self, topic, msg):
-        if self.session is None or not topic.startswith(self._cmd_prefix):
-            return
-        name = topic[len(self._cmd_prefix):]
-        payload, _ = self.session.open(name, msg, _now())
-        if payload is None:
-            self.stats["commands_dropped"] += 1
-            return
-        self.stats["commands_ok"] += 1
-        if name == b"reauth":
-            self.reauth = True
-        elif self.on_command:
-            self.on_command(name.decode(), payload)
-
     def poll(self, ms=0):
-        """Wait up to ``ms`` for messages and handle them (commands)."""
+        """Wait up to ``ms`` for messages and handle them (handshakes, commands); then the policy."""
         self._wait(ms)
-        while self._inbox:
-            topic, msg = self._inbox.pop(0)
-            self._other(topic, msg)
-
-    def needs_auth(self):
-        s = self.session
-        return self.reauth or s is None or _now() >= s.expires - self.reauth_margin
+        self._handle()
+        self._do(self.policy.tick(_now()))
 
     # -- the whole loop -------------------------------------------------------------------------------
 
-    def _backoff(self, attempt):
-        cap = min(self.backoff_cap_ms, self.backoff_base_ms << min(attempt, 16))
-        time.sleep_ms(int.from_bytes(os.urandom(4), "big") % (cap + 1))  # full jitter
-
     def run(self, read, stream="telemetry", interval_s=30):
         """Forever: (re)connect, authenticate, publish ``read()`` every ``interval_s`` seconds."""
-        attempt = 0
+        p = self.policy
+        self._do(p.start(_now()))
+        due = _now()
         while True:
             try:
-                if self._poller is None:
+                if self._dial:
+                    self._dial = False
                     self.connect()
-                if self.needs_auth() and not self.authenticate():
-                    self._backoff(attempt)
-                    attempt += 1
-                    continue
-                attempt = 0
-                self.publish(stream, read())
-                until = time.ticks_add(time.ticks_ms(), int(interval_s * 1000))
-                while time.ticks_diff(until, time.ticks_ms()) > 0 and not self.reauth:
-                    self.poll(time.ticks_diff(until, time.ticks_ms()))
-            except OSError:
-                self._poller = None
-                try:
-                    self.client.sock.close()
-                except OSError as exc:  # already gone
-                    print("diams: close:", exc)
-                self._backoff(attempt)
-                attempt += 1
+                now = _now()
+                if self.session is not None and now >= due:
+                    self.publish(stream, read())
+                    due = now + interval_s
+                nxt = p.wake_at()
+                if self.session is not None and (nxt is None or due < nxt):
+                    nxt = due
+                ms = 1000 if nxt is None else min(1000, max(0, int((nxt - _now()) * 1000) + 1))
+                if self._poller is None:
+                    time.sleep_ms(ms)
+                    self._do(p.tick(_now()))
+                else:
+                    self.poll(ms)
+            except OSError as exc:
+                print("diams: connection:", exc)
+                self._close()

@@ -22,6 +22,8 @@ package(
         "core/session.py",
         "core/device.py",
         "core/errors.py",
+        "core/topics.py",
+        "core/policy.py",
         "micropython/__init__.py",
         "micropython/agent.py",
     ),

@@ -12,22 +12,36 @@ from ._errors import BrokerError, InvalidIdentifier, ReloadFailed, UnknownDevice
 from ._interface import AuthorizeGateway, BrokerEnforcer, Change, CutOff, Demote, Enroll, Grant, RemoveGateway
 from ._mosquitto import MosquittoEnforcer, Reloader, RightsMode, mosquitto_config_lines, sighup_reloader
 from ._names import (
+    ANY,
+    COMMAND,
+    DATA,
+    HANDSHAKE,
     PREFIX,
+    USER,
+    VERIFIED,
     check_command,
     check_device_id,
     check_gateway_id,
     check_stream,
     command_topic,
     data_topic,
+    every,
     gateway_username,
     handshake_down,
     handshake_up,
+    topic_filter,
     verified_topic,
 )
 from ._secret import BrokerSecret, mosquitto_sha512_hash
 
 __all__ = [
+    "ANY",
+    "COMMAND",
+    "DATA",
+    "HANDSHAKE",
     "PREFIX",
+    "USER",
+    "VERIFIED",
     "AuthorizeGateway",
     "BrokerEnforcer",
     "BrokerError",
@@ -50,11 +64,13 @@ __all__ = [
     "check_stream",
     "command_topic",
     "data_topic",
+    "every",
     "gateway_username",
     "handshake_down",
     "handshake_up",
     "mosquitto_config_lines",
     "mosquitto_sha512_hash",
     "sighup_reloader",
+    "topic_filter",
     "verified_topic",
 ]

@@ -8,9 +8,9 @@ A device's rights at the broker go through three states (only these transitions 
                  +--CutOff--+------CutOff------+--> (absent)
 
 - ENROLLED: it may connect with its broker credential and reach only its own handshake topics
-  (publish ``hs/<any gateway>/<id>/up``, receive ``hs/<any gateway>/<id>/down``).
-- GRANTED: additionally publish ``d/<any gateway>/<id>/<stream>`` for the streams of its policy, and
-  receive ``c/<any gateway>/<id>/<name>``. A new Grant replaces the stream set.
+  (publish "up", receive "down", with any gateway; topic layout in ``device_agent.core.topics``).
+- GRANTED: additionally publish data topics for the streams of its policy, and receive command
+  topics, with any gateway. A new Grant replaces the stream set.
 - CutOff removes the credential: a connected device is dropped and refused on reconnect.
   Enroll of an enrolled device replaces its credential, which also drops a live connection.
 

@@ -15,7 +15,7 @@ Two rights modes (``rights=``), because mosquitto's ``user`` blocks cost O(N^2) 
   handshake and data topics and receive its own handshake and command topics, by ``%u`` patterns.
   Grant and Demote need no reload; the broker guarantees isolation between devices (no device can
   publish or read another's topics), and the gateway enforces the rest: data are accepted only under a
-  valid session MAC, for the streams of the device's policy, before being republished on ``v/``.
+  valid session MAC, for the streams of the device's policy, before being republished on the verified topics.
 - ``"per_device"``: the broker also enforces the authentication state and the stream list (a ``user``
   block per GRANTED device). Exact, but reloads grow quadratically: use it below ~2,000 concurrently
   authenticated devices (measured: 1,000 blocks → 50-110 ms per reload, 10,000 → 0.5-0.8 s).

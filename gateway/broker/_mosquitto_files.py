@@ -23,17 +23,29 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._names import PREFIX, gateway_username
+from ._names import (
+    ANY,
+    COMMAND,
+    DATA,
+    DOWN,
+    HANDSHAKE,
+    UP,
+    USER,
+    VERIFIED,
+    every,
+    gateway_username,
+    topic_filter,
+)
 
 # Applies to every user: a device's own handshake topics, with any gateway (fail-over needs that).
 PRE_AUTH_PATTERNS = (
-    f"pattern write {PREFIX}/hs/+/%u/up",
-    f"pattern read {PREFIX}/hs/+/%u/down",
+    f"pattern write {topic_filter(HANDSHAKE, ANY, USER, UP)}",
+    f"pattern read {topic_filter(HANDSHAKE, ANY, USER, DOWN)}",
 )
 # rights="patterns": every enrolled device may also use its own data and command topics.
 DATA_PATTERNS = (
-    f"pattern write {PREFIX}/d/+/%u/+",
-    f"pattern read {PREFIX}/c/+/%u/+",
+    f"pattern write {topic_filter(DATA, ANY, USER)}",
+    f"pattern read {topic_filter(COMMAND, ANY, USER)}",
 )
 
 
@@ -76,19 +88,20 @@ def render_acl_file(
         for n in range(gw.connections):
             lines += [
                 f"user {gateway_username(gateway_id, n)}",
-                f"topic read {PREFIX}/hs/{gateway_id}/+/up",
-                f"topic write {PREFIX}/hs/{gateway_id}/+/down",
-                f"topic read {PREFIX}/d/{gateway_id}/#",
-                f"topic readwrite {PREFIX}/v/#",
-                f"topic write {PREFIX}/c/{gateway_id}/#",
+                f"topic read {topic_filter(HANDSHAKE, gateway_id, ANY, UP)}",
+                f"topic write {topic_filter(HANDSHAKE, gateway_id, ANY, DOWN)}",
+                f"topic read {topic_filter(DATA, gateway_id)}",
+                f"topic read {every(VERIFIED)}",
+                f"topic write {topic_filter(VERIFIED, gateway_id)}",
+                f"topic write {topic_filter(COMMAND, gateway_id)}",
                 "",
             ]
     for device_id, record in devices:
         if not per_device or record.streams is None:
             continue
         lines.append(f"user {device_id}")
-        lines.extend(f"topic write {PREFIX}/d/+/{device_id}/{stream}" for stream in record.streams)
-        lines.append(f"topic read {PREFIX}/c/+/{device_id}/+")
+        lines.extend(f"topic write {topic_filter(DATA, ANY, device_id, stream)}" for stream in record.streams)
+        lines.append(f"topic read {topic_filter(COMMAND, ANY, device_id)}")
         lines.append("")
     return "\n".join(lines)
 

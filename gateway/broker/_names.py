@@ -1,51 +1,56 @@
-"""Identifiers and the topic layout the broker enforces (one place, shared with the gateway).
+"""Identifiers and topics as the broker enforces them: the protocol core's topic module, with this
+package's error type.
 
-    diams/v1/hs/<gateway_id>/<device_id>/up     device publishes handshake messages
-    diams/v1/hs/<gateway_id>/<device_id>/down   device subscribes to the gateway's answers
-    diams/v1/d/<gateway_id>/<device_id>/<stream>  device publishes data (after authentication)
-    diams/v1/c/<gateway_id>/<device_id>/<name>    device subscribes to commands (after authentication)
-    diams/v1/v/<device_id>/<stream>             the gateway republishes verified data
-
-Every identifier is checked against a strict pattern before it reaches a topic, a password-file line
-or an ACL line: MQTT wildcards (``+ #``), level separators, ``$``, ``:``, whitespace and control
-characters could otherwise widen a device's rights or inject a line into a file.
+The layout and the identifier rules live once, in ``device_agent.core.topics`` (its header draws the
+five topic forms). Every identifier is checked before it reaches a topic, a password-file line or an
+ACL line: MQTT wildcards (``+ #``), level separators, ``$``, ``:``, whitespace and control characters
+could otherwise widen a device's rights or inject a line into a file. This module re-exports the
+builders under the names the broker package uses, raising ``InvalidIdentifier``.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
+from typing import Any
+
+from device_agent.core import topics as _topics
 
 from ._errors import InvalidIdentifier
 
-PREFIX = "diams/v1"
-
-_DEVICE_ID = re.compile(r"[0-9a-f]{16}")
-_GATEWAY_ID = re.compile(r"[a-z0-9-]{1,32}")
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_T: Any = _topics
+PREFIX: str = _T.PREFIX
+ANY: str = _T.ANY
+USER: str = _T.USER
+HANDSHAKE: str = _T.HANDSHAKE
+DATA: str = _T.DATA
+COMMAND: str = _T.COMMAND
+VERIFIED: str = _T.VERIFIED
+UP: str = _T.UP
+DOWN: str = _T.DOWN
 _GATEWAY_USER_PREFIX = "gateway-"
 
 
-def _check(pattern: re.Pattern[str], value: object, what: str, rule: str) -> str:
-    if not isinstance(value, str) or pattern.fullmatch(value) is None:
-        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
-        raise InvalidIdentifier(f"invalid {what} {shown}: must be {rule}")
-    return value
+def _checked(fn: Callable[..., Any], *args: Any) -> str:
+    try:
+        return str(fn(*args))
+    except ValueError as exc:
+        raise InvalidIdentifier(str(exc)) from None
 
 
 def check_device_id(value: object) -> str:
-    return _check(_DEVICE_ID, value, "device id", "16 lowercase hex characters")
+    return _checked(_T.check_device_id, value)
 
 
 def check_gateway_id(value: object) -> str:
-    return _check(_GATEWAY_ID, value, "gateway id", "1-32 characters of [a-z0-9-]")
+    return _checked(_T.check_gateway_id, value)
 
 
 def check_stream(value: object) -> str:
-    return _check(_NAME, value, "stream name", "1-64 characters of [A-Za-z0-9_-]")
+    return _checked(_T.check_name, value, "stream name")
 
 
 def check_command(value: object) -> str:
-    return _check(_NAME, value, "command name", "1-64 characters of [A-Za-z0-9_-]")
+    return _checked(_T.check_name, value, "command name")
 
 
 def gateway_username(gateway_id: str, connection: int = 0) -> str:
@@ -58,21 +63,31 @@ def gateway_username(gateway_id: str, connection: int = 0) -> str:
 
 
 def handshake_up(gateway_id: str, device_id: str) -> str:
-    return f"{PREFIX}/hs/{check_gateway_id(gateway_id)}/{check_device_id(device_id)}/up"
+    return _checked(_T.handshake_up, gateway_id, device_id)
 
 
 def handshake_down(gateway_id: str, device_id: str) -> str:
-    return f"{PREFIX}/hs/{check_gateway_id(gateway_id)}/{check_device_id(device_id)}/down"
+    return _checked(_T.handshake_down, gateway_id, device_id)
 
 
 def data_topic(gateway_id: str, device_id: str, stream: str) -> str:
     """Data travel to the gateway holding the session: several gateways may share one broker."""
-    return f"{PREFIX}/d/{check_gateway_id(gateway_id)}/{check_device_id(device_id)}/{check_stream(stream)}"
+    return _checked(_T.data, gateway_id, device_id, stream)
 
 
 def command_topic(gateway_id: str, device_id: str, name: str) -> str:
-    return f"{PREFIX}/c/{check_gateway_id(gateway_id)}/{check_device_id(device_id)}/{check_command(name)}"
+    return _checked(_T.command, gateway_id, device_id, name)
 
 
-def verified_topic(device_id: str, stream: str) -> str:
-    return f"{PREFIX}/v/{check_device_id(device_id)}/{check_stream(stream)}"
+def verified_topic(gateway_id: str, device_id: str, stream: str) -> str:
+    return _checked(_T.verified, gateway_id, device_id, stream)
+
+
+def topic_filter(kind: str, gateway_id: str = ANY, device_id: str = ANY, last: str = ANY) -> str:
+    """A filter or ACL topic: identifiers, ``ANY`` ("+"), or ``USER`` ("%u") as the device."""
+    return _checked(_T.topic_filter, kind, gateway_id, device_id, last)
+
+
+def every(kind: str | None = None) -> str:
+    """The multi-level filter of one topic kind (or of every DIAMS topic)."""
+    return _checked(_T.every, kind)

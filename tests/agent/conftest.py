@@ -4,8 +4,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from firmware_sim.broker import MosquittoBroker, mosquitto_binary
 from tests.conftest import require
-from tests.mosquitto import MosquittoBroker, mosquitto_binary
 
 
 @pytest.fixture(scope="module")

@@ -7,22 +7,18 @@ import os
 import stat
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from device_agent.agent import cli
-from device_agent.agent.backoff import Backoff
 from device_agent.agent.config import ConfigError
-from device_agent.agent.counters import CounterStore
+from device_agent.agent.counters import CounterFile, read_epoch
 from device_agent.agent.driver import AgentDriver
-from device_agent.agent.failover import GatewayRotation
 from device_agent.agent.keystore import DeviceSecret, KeyStoreError, load_secret
 from device_agent.agent.provision import CSV_COLUMNS
-from device_agent.core import identity
+from device_agent.core import identity, policy, topics
 from device_agent.core.gateway import GatewayRole
+from firmware_sim.responder import entry_for
 
 from .helpers import Device
-from .responder import entry_for
 
 # -- key store ---------------------------------------------------------------------------------
 
@@ -121,81 +117,28 @@ def test_config_is_checked_when_loaded(tmp_path):
             load_config(bad, environ={})
 
 
-# -- counters ------------------------------------------------------------------------------------
+# -- the counter file (the rules are the core's: tests/core/test_policy.py) ----------------------
 
 
-def test_counters_are_written_ahead_in_blocks_and_skip_after_restart(tmp_path):
+def test_counter_file_is_0600_durable_and_read_back(tmp_path):
+    path = tmp_path / "state"
+    f = CounterFile(path)
+    assert f.read() is None
+    f.write(policy.format_counters(1, {("gw-a", 1): 15}))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and f.writes == 1
+    assert CounterFile(path).read() == "1\ngw-a 1 15\n" and read_epoch(path) == 1
+    path.write_text("1\ngw-a 1\n")
+    with pytest.raises(ValueError, match="damaged"):
+        CounterFile(path).read()
+
+
+def test_counter_files_of_earlier_versions_are_read_in_the_one_format(tmp_path):
     path = tmp_path / "state.json"
-    store = CounterStore(path, block=16)
-    assert [store.next_counter("gw-a", 0) for _ in range(16)] == list(range(16))
-    assert store.writes == 1
-    assert json.loads(path.read_text())["reserved"] == {"gw-a/0": 15}
-    assert store.next_counter("gw-a", 0) == 16 and store.writes == 2
-    # A crash right after reserving: the next process starts past the block, never reusing one.
-    again = CounterStore(path, block=16)
-    assert again.next_counter("gw-a", 0) == 32
-    assert again.next_counter("gw-b", 0) == 0
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-
-
-def test_epoch_commit_is_monotonic_and_drops_old_counters(tmp_path):
-    path = tmp_path / "state.json"
-    store = CounterStore(path, initial_epoch=1)
-    store.next_counter("gw-a", 1)
-    store.next_counter("gw-a", 2)
-    store.commit_epoch(2)
-    store.commit_epoch(1)
-    assert CounterStore(path).epoch == 2
-    assert set(json.loads(path.read_text())["reserved"]) == {"gw-a/2"}
-
-
-@settings(deadline=None, max_examples=40)  # every reservation is an fsync'd file write
-@given(st.lists(st.sampled_from(["next", "restart"]), max_size=60), st.integers(1, 20))
-def test_counters_never_repeat_across_restarts(tmp_path_factory, ops, block):
-    path = tmp_path_factory.mktemp("c") / "state.json"
-    store = CounterStore(path, block=block)
-    seen: list[int] = []
-    for op in ops:
-        if op == "restart":
-            store = CounterStore(path, block=block)
-        else:
-            seen.append(store.next_counter("gw", 0))
-    assert seen == sorted(set(seen))
-
-
-# -- backoff and failover ------------------------------------------------------------------------
-
-
-@given(st.floats(0.01, 5), st.floats(1, 300), st.integers(0, 200), st.randoms(use_true_random=False))
-def test_backoff_full_jitter_within_capped_exponential_ceiling(base, cap, attempts, rnd):
-    cap = max(cap, base)
-    b = Backoff(base=base, cap=cap, uniform=rnd.uniform)
-    ceilings = [b.ceiling(i) for i in range(attempts + 1)]
-    assert ceilings == sorted(ceilings) and max(ceilings) <= cap
-    for i in range(attempts):
-        d = b.next_delay()
-        assert 0 <= d <= min(cap, base * 2**i) + 1e-9
-    b.reset()
-    assert b.attempt == 0
-
-
-def test_backoff_spreads_a_fleet():
-    # After a broker restart, 2,000 agents' first retries are uniform over [0, base]: no wave.
-    sample = [Backoff(base=1, cap=30).next_delay() for _ in range(2000)]
-    assert all(0 <= d <= 1 for d in sample)
-    quarters = [sum(1 for d in sample if q / 4 <= d < (q + 1) / 4) for q in range(4)]
-    assert min(quarters) > 380  # ~500 each
-
-
-def test_rotation_tries_each_gateway_then_backs_off():
-    rot = GatewayRotation(("a", "b", "c"), Backoff(base=1, cap=8, uniform=lambda lo, hi: hi))
-    assert rot.current == "a"
-    assert [rot.failed(), rot.current] == [0.0, "b"]
-    assert [rot.failed(), rot.current] == [0.0, "c"]
-    assert [rot.failed(), rot.current] == [1.0, "a"]  # a full round failed: wait
-    assert [rot.failed(), rot.failed(), rot.failed()] == [0.0, 0.0, 2.0]
-    rot.succeeded()
-    assert rot.backoff.attempt == 0 and rot.current == "a"
+    path.write_text(json.dumps({"epoch": 3, "reserved": {"gw-a/3": 47, "gw-b/3": 15}}))
+    assert CounterFile(path).read() == "3\ngw-a 3 47\ngw-b 3 15\n"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="damaged"):
+        CounterFile(path).read()
 
 
 # -- driver with an in-memory gateway --------------------------------------------------------------
@@ -203,21 +146,20 @@ def test_rotation_tries_each_gateway_then_backs_off():
 
 def _driver(tmp_path, dev, gateways=("gw-a",)):
     return AgentDriver(device_id=dev.device_id, secret=DeviceSecret(dev.secret), firmware_hash=dev.fw,
-                       counters=CounterStore(tmp_path / "st.json"),
-                       rotation=GatewayRotation(gateways, Backoff(base=1, cap=1, uniform=lambda a, b: b)),
-                       answer_timeout=1.0, reauth_margin=10)
+                       counters=CounterFile(tmp_path / "st"), gateways=gateways, answer_timeout=1.0,
+                       reauth_margin=10, backoff_base=1, backoff_cap=1, random=os.urandom)
 
 
 def _pump(driver, gw_role, outs, now):
     """Deliver the driver's publishes to an in-memory gateway role and the replies back."""
     while outs:
         p = outs.pop(0)
-        parts = p.topic.split("/")
-        if parts[2] != "hs":
+        kind, gateway, device, _ = topics.parse(p.topic)
+        if kind != topics.HANDSHAKE:
             continue
-        reply, _ = gw_role.receive(bytes.fromhex(parts[4]), p.payload, now)
+        reply, _ = gw_role.receive(bytes.fromhex(device), p.payload, now)
         if reply is not None:
-            outs += driver.message(p.topic.replace("/up", "/down"), reply, now)
+            outs += driver.message(topics.handshake_down(gateway, device), reply, now)
 
 
 def test_forged_epoch_hint_costs_one_attempt_and_commits_nothing(tmp_path):
@@ -225,15 +167,15 @@ def test_forged_epoch_hint_costs_one_attempt_and_commits_nothing(tmp_path):
     driver = _driver(tmp_path, dev)
     entry = entry_for(dev.secret, dev.device_id, "gw-a", dev.fw, epoch=0, lifetime=100)
     role = GatewayRole(b"gw-a", {dev.device_id: entry}.get, os.urandom)
-    hello = driver.connected(0.0)
+    driver.connected(0.0)
     # An attacker answers first with a REJECT stale_epoch hinting a huge epoch.
-    down = hello[0].topic.replace("/up", "/down")
+    down = topics.handshake_down("gw-a", dev.device_id.hex())
     outs = driver.message(down, b"\x17\x04" + (0xFFFFFF).to_bytes(4, "big"), 0.0)
-    assert driver.stats["epoch_hints"] == 1
+    assert driver.all_stats()["epoch_hints"] == 1
     _pump(driver, role, outs, 0.0)  # the hinted epoch fails at the real gateway (stale_epoch, lower hint)
-    assert driver.stats["failed_stale_epoch"] == 1 and driver.counters.epoch == 0
+    assert driver.all_stats()["failed_stale_epoch"] == 1 and driver.epoch == 0
     _pump(driver, role, driver.tick(1.0), 1.0)  # retried under the committed epoch
-    assert driver.authenticated and driver.counters.epoch == 0
+    assert driver.authenticated and driver.epoch == 0
 
 
 def test_reauth_before_expiry_keeps_old_session_until_new_one(tmp_path):
@@ -248,7 +190,7 @@ def test_reauth_before_expiry_keeps_old_session_until_new_one(tmp_path):
     assert len(hello) == 1 and driver.session is first  # data still flows under the old session
     assert driver.seal("t", b"x", 90.0) is not None
     _pump(driver, role, hello, 90.0)
-    assert driver.session is not first and driver.stats["authenticated"] == 2
+    assert driver.session is not first and driver.all_stats()["authenticated"] == 2
     assert driver.seal("t", b"x", 500.0) is None  # expired sessions send nothing
 
 
@@ -270,10 +212,37 @@ def test_hello_counter_is_on_disk_before_the_hello_is_returned(tmp_path):
     driver = _driver(tmp_path, dev, gateways=("gw-a", "gw-b"))
     for now in range(40):
         out = driver.tick(float(now)) if now else driver.connected(0.0)
-        hellos = [p for p in out if p.topic.endswith("/up")]
+        hellos = [p for p in out if topics.parse(p.topic)[3] == topics.UP]
         for p in hellos:
-            gateway = p.topic.split("/")[3]
+            gateway = topics.parse(p.topic)[1]
             counter = int.from_bytes(p.payload[5:9], "big")
-            on_disk = json.loads((tmp_path / "st.json").read_text())["reserved"][f"{gateway}/0"]
+            on_disk = policy.parse_counters((tmp_path / "st").read_text())[1][(gateway, 0)]
             assert counter <= on_disk
-    assert driver.stats["hellos"] >= 20  # every attempt timed out (1 s): fresh counters each time
+    assert driver.all_stats()["hellos"] >= 20  # every attempt timed out (1 s): fresh counters each time
+
+
+def test_gateway_without_a_session_makes_the_driver_reauthenticate_once(tmp_path):
+    dev = Device(tmp_path)
+    driver = _driver(tmp_path, dev)
+    entry = entry_for(dev.secret, dev.device_id, "gw-a", dev.fw, lifetime=1000)
+    role = GatewayRole(b"gw-a", {dev.device_id: entry}.get, os.urandom)
+    _pump(driver, role, driver.connected(0.0), 0.0)
+    assert driver.authenticated
+    assert driver.no_session("gw-a", 1.0) == []  # right after a success: a forged signal changes nothing
+    hello = driver.no_session("gw-a", 60.0)
+    assert [topics.parse(p.topic)[3] for p in hello] == [topics.UP] and not driver.authenticated
+    assert driver.no_session("gw-a", 60.1) == []  # a flood while it runs: nothing more
+    _pump(driver, role, hello, 60.0)
+    assert driver.authenticated and driver.all_stats()["authenticated"] == 2
+
+
+def test_a_refused_login_schedules_the_next_dial_with_backoff(tmp_path):
+    dev = Device(tmp_path)
+    driver = _driver(tmp_path, dev)
+    driver.start(0.0)
+    assert driver.connect_due
+    driver.connect_due = False
+    driver.login_refused(0.1)
+    assert not driver.connect_due and driver.next_deadline() is not None
+    driver.tick(driver.next_deadline() or 0.0)
+    assert driver.connect_due and driver.all_stats()["login_refused"] == 1

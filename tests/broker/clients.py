@@ -12,7 +12,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from tests.mosquitto import MosquittoBroker
+from firmware_sim.broker import MosquittoBroker
 
 
 @dataclass

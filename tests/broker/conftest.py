@@ -1,6 +1,6 @@
 """Fixtures: a private Mosquitto broker, and one wired to a MosquittoEnforcer.
 
-Other test packages can build the same from ``tests.mosquitto.MosquittoBroker`` and
+Other test packages can build the same from ``firmware_sim.broker.MosquittoBroker`` and
 ``gateway.broker.MosquittoEnforcer``; see ``enforced_broker`` below.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from firmware_sim.broker import MosquittoBroker, mosquitto_binary
 from gateway.broker import (
     AuthorizeGateway,
     BrokerSecret,
@@ -23,7 +24,6 @@ from gateway.broker import (
     mosquitto_config_lines,
 )
 from tests.conftest import require
-from tests.mosquitto import MosquittoBroker, mosquitto_binary
 
 GATEWAY_ID = "gw-test"
 

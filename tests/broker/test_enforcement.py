@@ -13,7 +13,12 @@ import time
 
 import pytest
 
+from firmware_sim.broker import mosquitto_binary
 from gateway.broker import (
+    ANY,
+    COMMAND,
+    DATA,
+    HANDSHAKE,
     AuthorizeGateway,
     BrokerSecret,
     CutOff,
@@ -21,16 +26,17 @@ from gateway.broker import (
     Grant,
     command_topic,
     data_topic,
+    every,
     gateway_username,
     handshake_down,
     handshake_up,
+    topic_filter,
     verified_topic,
 )
 from tests.broker.clients import Probe
 from tests.broker.conftest import GATEWAY_ID as GW
 from tests.broker.conftest import EnforcedBroker, running_enforced_broker
 from tests.conftest import require
-from tests.mosquitto import mosquitto_binary
 
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio]
 
@@ -61,7 +67,7 @@ async def test_before_auth_a_device_reaches_only_its_own_handshake_topics(enforc
     gw_id = enforced.gateway_id
     secrets = await enroll(enforced, D1, D2)
     gw = gateway_probe(enforced)
-    gw.subscribe(f"diams/v1/hs/{gw_id}/+/up", f"diams/v1/d/{GW}/#")
+    gw.subscribe(topic_filter(HANDSHAKE, gw_id, ANY, "up"), topic_filter(DATA, GW))
     d1 = device_probe(enforced, D1, secrets[D1])
     d2 = device_probe(enforced, D2, secrets[D2])
     d1.subscribe(handshake_down(gw_id, D1), handshake_down(gw_id, D2), command_topic(GW, D1, "reboot"))
@@ -84,15 +90,15 @@ async def test_after_grant_a_device_publishes_only_its_policy_streams(enforced: 
     secrets = await enroll(enforced, D1, D2)
     await enforced.enforcer.grant(D1, ["temp", "hum"])
     gw = gateway_probe(enforced)
-    gw.subscribe(f"diams/v1/d/{GW}/#")
+    gw.subscribe(topic_filter(DATA, GW))
     d1 = device_probe(enforced, D1, secrets[D1])
-    d1.subscribe(f"diams/v1/c/{GW}/{D1}/+", f"diams/v1/c/{GW}/{D2}/+", verified_topic(D1, "temp"))
+    d1.subscribe(topic_filter(COMMAND, GW, D1), topic_filter(COMMAND, GW, D2), verified_topic(GW, D1, "temp"))
 
     assert d1.publish(data_topic(GW, D1, "temp")) == 0
     assert d1.publish(data_topic(GW, D1, "hum")) == 0
     assert d1.publish(data_topic(GW, D1, "gps")).value == NOT_AUTHORIZED  # stream not in its policy
     assert d1.publish(data_topic(GW, D2, "temp")).value == NOT_AUTHORIZED  # another device's topic
-    assert d1.publish(verified_topic(D1, "temp")).value == NOT_AUTHORIZED  # only gateways vouch
+    assert d1.publish(verified_topic(GW, D1, "temp")).value == NOT_AUTHORIZED  # only gateways vouch
     assert sorted(m.topic for m in gw.drain()) == [data_topic(GW, D1, "hum"), data_topic(GW, D1, "temp")]
 
     gw.publish(command_topic(GW, D1, "reboot"), b"mine")
@@ -160,7 +166,7 @@ async def test_mqtt311_devices_are_enforced_too(enforced: EnforcedBroker) -> Non
     secrets = await enroll(enforced, D1)
     await enforced.enforcer.grant(D1, ["temp"])
     gw = gateway_probe(enforced)
-    gw.subscribe(f"diams/v1/d/{GW}/#")
+    gw.subscribe(topic_filter(DATA, GW))
     d1 = device_probe(enforced, D1, secrets[D1], v5=False)
     d1.publish(data_topic(GW, D1, "other"))  # v3.1.1 has no reason code: PUBACK, then nothing delivered
     d1.publish(data_topic(GW, D1, "temp"))
@@ -215,15 +221,18 @@ async def test_a_gateway_reads_only_its_own_handshakes(enforced: EnforcedBroker)
     secrets = await enroll(enforced, D1)
     spy = Probe(enforced.broker, gateway_username("gw-other"), other.reveal())
     assert spy.connect() == 0
-    spy.subscribe("diams/v1/hs/#")
+    spy.subscribe(every(HANDSHAKE))
     gw = gateway_probe(enforced)
-    gw.subscribe(f"diams/v1/hs/{enforced.gateway_id}/+/up")
+    gw.subscribe(topic_filter(HANDSHAKE, enforced.gateway_id, ANY, "up"))
     d1 = device_probe(enforced, D1, secrets[D1])
     assert d1.publish(handshake_up(enforced.gateway_id, D1)) == 0
     assert [m.topic for m in gw.drain()] == [handshake_up(enforced.gateway_id, D1)]
     assert spy.drain(0.1) == []
     assert spy.publish(handshake_down(enforced.gateway_id, D1)).value == NOT_AUTHORIZED
-    assert gw.publish(verified_topic(D1, "temp")).value == NO_SUBSCRIBERS  # allowed
+    assert gw.publish(verified_topic(enforced.gateway_id, D1, "temp")).value == NO_SUBSCRIBERS  # allowed
+    # the gateway id is in the verified topics: no gateway vouches in another one's name
+    assert spy.publish(verified_topic(enforced.gateway_id, D1, "temp")).value == NOT_AUTHORIZED
+    assert gw.publish(verified_topic("gw-other", D1, "temp")).value == NOT_AUTHORIZED
     for p in (spy, gw, d1):
         p.close()
 
@@ -238,13 +247,14 @@ async def test_patterns_mode_isolates_devices_and_needs_no_reload_for_grants(
     await env.enforcer.demote(D1)
     assert env.enforcer.reload_count == reloads, "grant and demote cost no reload in patterns mode"
     gw = gateway_probe(env)
-    gw.subscribe(f"diams/v1/d/{GW}/#", f"diams/v1/hs/{env.gateway_id}/+/up")
+    gw.subscribe(topic_filter(DATA, GW), topic_filter(HANDSHAKE, env.gateway_id, ANY, "up"))
     d1 = device_probe(env, D1, secrets[D1])
-    d1.subscribe(f"diams/v1/c/{GW}/{D1}/+", f"diams/v1/c/{GW}/{D2}/+", handshake_down(env.gateway_id, D2))
+    d1.subscribe(topic_filter(COMMAND, GW, D1), topic_filter(COMMAND, GW, D2),
+                 handshake_down(env.gateway_id, D2))
     assert d1.publish(data_topic(GW, D1, "any")) == 0  # own topics: the gateway checks session MAC and policy
     assert d1.publish(data_topic(GW, D2, "temp")).value == NOT_AUTHORIZED
     assert d1.publish(handshake_up(env.gateway_id, D2)).value == NOT_AUTHORIZED
-    assert d1.publish(verified_topic(D1, "any")).value == NOT_AUTHORIZED
+    assert d1.publish(verified_topic(GW, D1, "any")).value == NOT_AUTHORIZED
     assert [m.topic for m in gw.drain()] == [data_topic(GW, D1, "any")]
     gw.publish(command_topic(GW, D1, "reboot"), b"mine")
     gw.publish(command_topic(GW, D2, "reboot"), b"not mine")

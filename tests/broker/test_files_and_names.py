@@ -13,6 +13,13 @@ from pathlib import Path
 import pytest
 
 from gateway.broker import (
+    ANY,
+    COMMAND,
+    DATA,
+    HANDSHAKE,
+    PREFIX,
+    USER,
+    VERIFIED,
     AuthorizeGateway,
     BrokerSecret,
     CutOff,
@@ -25,9 +32,12 @@ from gateway.broker import (
     check_device_id,
     check_gateway_id,
     data_topic,
+    every,
     gateway_username,
     handshake_up,
     mosquitto_sha512_hash,
+    topic_filter,
+    verified_topic,
 )
 from tests.conftest import require
 
@@ -70,8 +80,11 @@ def test_a_stream_set_must_not_be_a_bare_string() -> None:
 
 
 def test_topics_and_usernames() -> None:
-    assert handshake_up("gw-1", DEV) == f"diams/v1/hs/gw-1/{DEV}/up"
-    assert data_topic("gw-1", DEV, "temp") == f"diams/v1/d/gw-1/{DEV}/temp"
+    assert handshake_up("gw-1", DEV) == "/".join((PREFIX, HANDSHAKE, "gw-1", DEV, "up"))
+    assert data_topic("gw-1", DEV, "temp") == "/".join((PREFIX, DATA, "gw-1", DEV, "temp"))
+    assert verified_topic("gw-1", DEV, "temp") == "/".join((PREFIX, VERIFIED, "gw-1", DEV, "temp"))
+    with pytest.raises(InvalidIdentifier):
+        verified_topic("gw+", DEV, "temp")
     assert gateway_username("gw-1") == "gateway-gw-1"
     assert gateway_username("gw-1", 2) == "gateway-gw-1.2"
 
@@ -167,9 +180,22 @@ def test_acl_lists_exactly_the_granted_topics(tmp_path: Path) -> None:
                     Grant(device_id=DEV, streams=frozenset({"temp", "hum"}))])
     enforcer.write_files()
     acl = enforcer.acl_file.read_text()
-    assert f"user {DEV}\ntopic write diams/v1/d/+/{DEV}/hum\ntopic write diams/v1/d/+/{DEV}/temp\n" in acl
+    writes = [f"topic write {topic_filter(DATA, ANY, DEV, s)}" for s in ("hum", "temp")]
+    assert "\n".join([f"user {DEV}", *writes, ""]) in acl
     assert "fedcba9876543210" not in acl  # enrolled only: covered by the two %u patterns
-    assert "pattern write diams/v1/hs/+/%u/up\npattern read diams/v1/hs/+/%u/down\n\n" in acl
+    pre_auth = [f"pattern write {topic_filter(HANDSHAKE, ANY, USER, 'up')}",
+                f"pattern read {topic_filter(HANDSHAKE, ANY, USER, 'down')}"]
+    assert "\n".join([*pre_auth, "", ""]) in acl
+    # a gateway reads its own handshakes and data, writes only topics that carry its own id
+    assert "\n".join([
+        f"user {gateway_username('gw')}",
+        f"topic read {topic_filter(HANDSHAKE, 'gw', ANY, 'up')}",
+        f"topic write {topic_filter(HANDSHAKE, 'gw', ANY, 'down')}",
+        f"topic read {topic_filter(DATA, 'gw')}",
+        f"topic read {every(VERIFIED)}",
+        f"topic write {topic_filter(VERIFIED, 'gw')}",
+        f"topic write {topic_filter(COMMAND, 'gw')}",
+    ]) in acl
 
 
 def test_patterns_mode_has_no_device_blocks(tmp_path: Path) -> None:
@@ -180,7 +206,9 @@ def test_patterns_mode_has_no_device_blocks(tmp_path: Path) -> None:
     enforcer.write_files()
     acl = enforcer.acl_file.read_text()
     assert DEV not in acl
-    assert "pattern write diams/v1/d/+/%u/+\npattern read diams/v1/c/+/%u/+\n" in acl
+    data = [f"pattern write {topic_filter(DATA, ANY, USER)}",
+            f"pattern read {topic_filter(COMMAND, ANY, USER)}"]
+    assert "\n".join([*data, ""]) in acl
     assert enforcer.streams_of(DEV) == {"temp"}
 
 

@@ -11,11 +11,11 @@ import time
 import pytest
 
 import gateway.broker
+from firmware_sim.broker import MosquittoBroker, mosquitto_binary
 from gateway.broker import BrokerSecret, CutOff, Enroll, Grant, sighup_reloader
 from tests.broker.clients import Probe
 from tests.broker.conftest import running_enforced_broker
 from tests.conftest import require
-from tests.mosquitto import MosquittoBroker, mosquitto_binary
 
 
 @pytest.mark.broker
@@ -86,3 +86,34 @@ async def test_cut_off_within_one_second_with_10k_devices_enrolled() -> None:
 def test_all_matches_the_public_names() -> None:
     public = {n for n in dir(gateway.broker) if not n.startswith("_") and n != "annotations"}
     assert set(gateway.broker.__all__) == public
+
+
+@pytest.mark.broker
+def test_a_broker_asked_for_a_directory_its_user_cannot_reach_still_enforces(tmp_path) -> None:
+    """Run as root, mosquitto drops to its own user; under a 0700 directory (root's home, ``mktemp -d``,
+    pytest's tmp_path) it could not read the password file it is pointed at. The files move to a
+    directory it can reach, a symlink stands at the requested place, and cleanup copies the log back."""
+    require(mosquitto_binary() is not None, "mosquitto")
+    from firmware_sim.broker import _broker_user, traversable_by
+
+    user = _broker_user()
+    if user is None:
+        pytest.skip("not root (or no user mosquitto): the broker keeps our identity, reaches any directory")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    assert not traversable_by(private / "x", *user)
+    requested = private / "site" / "broker"
+    broker = MosquittoBroker(requested)
+    secret = BrokerSecret.generate()
+    from firmware_sim.site import enforce_on
+
+    enforcer = enforce_on(broker)
+    enforcer.stage([Enroll(device_id="0123456789abcdef", secret=secret)])
+    enforcer.write_files()
+    with broker:
+        assert broker.requested_directory == requested and requested.is_symlink()
+        assert traversable_by(broker.directory, *user)
+        assert Probe(broker, "0123456789abcdef", secret.reveal()).connect() == 0
+        assert Probe(broker, "0123456789abcdef", "wrong").connect() != 0
+    assert not requested.is_symlink() and "mosquitto version" in (requested / "mosquitto.log").read_text()
+    assert not broker.directory.exists()

@@ -115,14 +115,15 @@ def test_handshake_messages_travel_at_qos_1_without_retain() -> None:
 
 
 def test_topics_carry_the_gateway_id_for_data_and_commands() -> None:
-    from device_agent.agent import driver
+    from device_agent.core import topics
 
     v, d, g = V["topics"], T["device_id"], IN["gateway_id"]
-    assert driver.hs_up_topic(g, d) == v["handshake_up"]
-    assert driver.hs_down_topic(g, d) == v["handshake_down"]
-    assert driver.data_topic(g, d, "telemetry") == v["data"]
-    assert driver.command_topic(g, d, "config") == v["command"]
-    assert v["command_subscription"] == driver.command_topic(g, d, "+")
+    assert topics.handshake_up(g, d) == v["handshake_up"]
+    assert topics.handshake_down(g, d) == v["handshake_down"]
+    assert topics.data(g, d, "telemetry") == v["data"]
+    assert topics.command(g, d, "config") == v["command"]
+    assert topics.topic_filter(topics.COMMAND, g, d) == v["command_subscription"]
+    assert topics.verified(g, d, "telemetry") == v["verified"]
 
 
 def test_reject_carries_epoch_hint_0_unless_stale_epoch() -> None:

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
+from device_agent.core import topics
 from gateway.mqtt import MqttClient
 from ledger_bridge.enrollment import ProvisionedDevice
+from tests.waiting import eventually
+
+__all__ = ["eventually", "raw_device_client", "verified_listener"]
 
 
-async def eventually(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes; -> its last value as a bool."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return bool(predicate())
-
-
-async def verified_listener(port: int, gw: Any, topic: str = "diams/v1/v/#") -> tuple[MqttClient, list[Any]]:
+async def verified_listener(
+    port: int, gw: Any, topic: str = topics.every(topics.VERIFIED)
+) -> tuple[MqttClient, list[Any]]:
     """Applications read verified data; tests listen with the gateway's second broker account."""
     got: list[Any] = []
     user = f"gateway-{gw.settings.gateway_id}.1"

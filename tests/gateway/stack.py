@@ -5,33 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from firmware_sim.broker import MosquittoBroker, mosquitto_binary
 from firmware_sim.device import SimDevice
-from gateway.broker import AuthorizeGateway, BrokerSecret, MosquittoEnforcer, mosquitto_config_lines
+from firmware_sim.site import FIRMWARE, POLICY, SitePlan, account_name, admit_gateways, enforce_on, enroll
+from firmware_sim.site import gateway_settings as site_gateway_settings
+from gateway.broker import BrokerSecret, MosquittoEnforcer
 from gateway.service import Gateway
-from gateway.settings import (
-    DefenceSettings,
-    GatewaySettings,
-    HttpSettings,
-    LedgerSettings,
-    OfflineSettings,
-    ProtocolSettings,
-)
-from ledger_bridge import EthereumTesterBackend, Ledger, Role, Signer
-from ledger_bridge.enrollment import GatewayPublicKey, ProvisionedDevice, onboard
-from ledger_bridge.index import onchain_gateway_id
-from ledger_bridge.sealing import generate_gateway_key
+from gateway.settings import DefenceSettings, LedgerSettings, OfflineSettings, ProtocolSettings
+from ledger_bridge import EthereumTesterBackend, Ledger
+from ledger_bridge.enrollment import GatewayPublicKey, ProvisionedDevice
 from tests.conftest import require
-from tests.mosquitto import MosquittoBroker, mosquitto_binary
 
-ETH = 10**18
-POLICY = hashlib.sha256(b"policy: sensors").digest()
-FIRMWARE = hashlib.sha256(b"firmware 1.0").digest()
+__all__ = ["FIRMWARE", "POLICY", "Site", "site", "start_gateway", "stop_gateway"]
 
 
 @dataclass
@@ -43,6 +33,7 @@ class Site:
     gateways: dict[str, Gateway] = field(default_factory=dict)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     keys: dict[str, GatewayPublicKey] = field(default_factory=dict)
+    enforcer: MosquittoEnforcer | None = None  # the broker's, managed by the first gateway
 
     def sim(self, i: int, gateway_id: str = "gw-a", **kw: Any) -> SimDevice:
         return SimDevice(
@@ -53,11 +44,11 @@ class Site:
 async def start_gateway(
     site: Site, gateway_id: str, tmp: Path, *, enforcer: MosquittoEnforcer | None = None, **overrides: Any
 ) -> Gateway:
-    settings = GatewaySettings(
-        gateway_id=gateway_id,
-        state_dir=tmp / gateway_id,
-        key_file=tmp / f"{gateway_id}.key",
-        broker=_broker_settings(site),
+    settings = site_gateway_settings(
+        gateway_id,
+        key_dir=tmp,
+        broker=site.broker,
+        accounts=2,
         ledger=overrides.pop(
             "ledger",
             LedgerSettings(
@@ -71,12 +62,11 @@ async def start_gateway(
         protocol=overrides.pop("protocol", ProtocolSettings(proof_timeout=3.0, session_lifetime=600)),
         defence=overrides.pop("defence", DefenceSettings()),
         offline=overrides.pop("offline", OfflineSettings()),
-        http=HttpSettings(port=0),
     )
     gw = Gateway(
         settings,
         ledger=site.ledger,
-        actor=site.actors[f"account-{gateway_id}"],
+        actor=site.actors[account_name(gateway_id)],
         enforcer=enforcer,
         broker_password=site.actors[f"broker-{gateway_id}"],
         **overrides,
@@ -96,12 +86,6 @@ async def stop_gateway(site: Site, gateway_id: str) -> None:
     await gw.__aexit__(None, None, None)
 
 
-def _broker_settings(site: Site) -> Any:
-    from gateway.settings import BrokerSettings
-
-    return BrokerSettings(host="127.0.0.1", port=site.broker.port, accounts=2)
-
-
 @contextlib.asynccontextmanager
 async def site(
     tmp: Path,
@@ -116,62 +100,23 @@ async def site(
     ``offline=``, ``ledger=``), as ``start_gateway`` takes them. ``ledger_backend``: eth-tester when None."""
     require(mosquitto_binary() is not None, "mosquitto")
     broker = MosquittoBroker()
-    password_file, acl_file = broker.directory / "passwords", broker.directory / "acl"
-    broker.extra_config = mosquitto_config_lines(password_file, acl_file)
-    enforcer = MosquittoEnforcer(
-        password_file=password_file,
-        acl_file=acl_file,
-        reload=broker.reload,
-        broker_address=(broker.host, broker.port),
-        rights="patterns",
-        min_reload_interval=0.3,
-        urgent_reload_interval=0.1,
-        file_group=broker.file_group,
-    )
-    actors: dict[str, Any] = {}
-    for gid in gateway_ids:
-        actors[f"broker-{gid}"] = BrokerSecret.generate().reveal()
+    enforcer = enforce_on(broker, min_reload_interval=0.3, urgent_reload_interval=0.1)
+    broker_secrets = {gid: BrokerSecret.generate().reveal() for gid in gateway_ids}
     # two accounts per gateway: the daemon's, and one for tests listening as an application would
-    enforcer.stage(
-        [
-            AuthorizeGateway(gateway_id=gid, secret=BrokerSecret(actors[f"broker-{gid}"]), connections=2)
-            for gid in gateway_ids
-        ]
-    )
-    enforcer.write_files()
+    admit_gateways(enforcer, broker_secrets, connections=2)
+    plan = SitePlan(gateway_ids=gateway_ids, devices=n_devices, publish=policy_streams)
     with broker:
         async with Ledger(backend=ledger_backend or EthereumTesterBackend()) as ledger:
-            names = ["admin", "manufacturer", "owner", "operator", *[f"account-{g}" for g in gateway_ids]]
-            signers = {n: Signer.generate(label=n) for n in names}
-            for s in signers.values():
-                await ledger.fund(s.address, 100 * ETH)
-            await ledger.deploy(admin=signers["admin"])
-            for n, s in signers.items():
-                actors[n] = ledger.actor(s)
-            await actors["admin"].grant_role(Role.MANUFACTURER, signers["manufacturer"].address)
-            await actors["admin"].grant_role(Role.OPERATOR, signers["operator"].address)
-            await actors["owner"].define_policy(POLICY, publish=list(policy_streams), subscribe=["config"])
-            devices = [
-                ProvisionedDevice.generate(model="diams-sensor", serial=f"SN{i:05d}", firmware_hash=FIRMWARE)
-                for i in range(n_devices)
-            ]
-            the_site = Site(broker=broker, ledger=ledger, actors=actors, devices=devices)
-            gw_keys = []
-            for gid in gateway_ids:
-                pub = generate_gateway_key(tmp / f"{gid}.key")
-                await actors["operator"].register_gateway(
-                    onchain_gateway_id(gid.encode()),
-                    x25519_public_key=pub,
-                    account=signers[f"account-{gid}"].address,
-                )
-                the_site.keys[gid] = GatewayPublicKey(gateway_id=gid.encode(), x25519_public_key=pub)
-                gw_keys.append(the_site.keys[gid])
-            await onboard(
-                manufacturer=actors["manufacturer"],
-                owner=actors["owner"],
-                devices=devices,
-                gateways=gw_keys,
-                policy_id=POLICY,
+            enrolled = await enroll(ledger, plan, key_dir=tmp)
+            actors: dict[str, Any] = dict(enrolled.actors)
+            actors.update({f"broker-{gid}": secret for gid, secret in broker_secrets.items()})
+            the_site = Site(
+                broker=broker,
+                ledger=ledger,
+                actors=actors,
+                devices=list(enrolled.devices),
+                keys=dict(enrolled.gateway_keys),
+                enforcer=enforcer,
             )
             first = True
             try:

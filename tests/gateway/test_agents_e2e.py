@@ -5,30 +5,26 @@ and their data verified by the gateway and republished for applications."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import time
 from pathlib import Path
 
 import pytest
 
+from device_agent.core import topics
+from firmware_sim.mpy import agent as mpyagent
+from firmware_sim.mpy import runner
 from gateway.mqtt import MqttClient
 from ledger_bridge.enrollment import ProvisionedDevice, onboard
+from tests import waiting
 from tests.agent.helpers import Device, running
 from tests.conftest import require
 from tests.gateway.stack import POLICY, Site, site
-from tests.micropython import runner
-from tests.micropython_agent import mpyagent
 
 pytestmark = pytest.mark.asyncio
 
-
-async def _eventually(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return predicate()
+# agents reconnect with backoff and two interpreters share the CPU: a longer patience than the default
+eventually = functools.partial(waiting.eventually, timeout=20.0)
 
 
 async def _onboard(s: Site, dev: Device) -> None:
@@ -52,8 +48,11 @@ async def _onboard(s: Site, dev: Device) -> None:
         policy_id=POLICY,
     )
     gw = s.gateways["gw-a"]
-    assert await _eventually(lambda: dev.device_id in gw.devices.entries), "the gateway never saw the device"
-    await asyncio.sleep(0.6)  # the enforcer's batched reload puts its broker password in place
+    assert await eventually(lambda: dev.device_id in gw.devices.entries), "the gateway never saw the device"
+    # the device's broker account is written, then live at the broker once the enforcer's reload is done
+    assert s.enforcer is not None
+    assert await eventually(lambda: dev.device_hex in s.enforcer.password_file.read_text())
+    await s.enforcer.flush()
 
 
 async def _listener(s: Site) -> tuple[MqttClient, list[tuple[bytes, bytes]]]:
@@ -66,7 +65,7 @@ async def _listener(s: Site) -> tuple[MqttClient, list[tuple[bytes, bytes]]]:
         password=s.actors["broker-gw-a"],
         on_message=lambda t, p: got.append((t, p)),
     )
-    await c.subscribe([("diams/v1/v/#", 1)])
+    await c.subscribe([(topics.every(topics.VERIFIED), 1)])
     return c, got
 
 
@@ -79,12 +78,12 @@ async def test_pi_agent_with_the_gateway_daemon(tmp_path: Path) -> None:
         commands: list[tuple[str, bytes]] = []
         agent = dev.agent(dev.config(s.broker), on_command=lambda n, p: commands.append((n, p)))
         with running(agent):
-            assert await _eventually(lambda: agent.snapshot().gateway == "gw-a"), agent.snapshot()
+            assert await eventually(lambda: agent.snapshot().gateway == "gw-a"), agent.snapshot()
             agent.publish("telemetry", b'{"t": 19.5}')
-            assert await _eventually(lambda: got)
-            assert got == [(f"diams/v1/v/{dev.device_hex}/telemetry".encode(), b'{"t": 19.5}')]
+            assert await eventually(lambda: got)
+            assert got == [(topics.verified("gw-a", dev.device_hex, "telemetry").encode(), b'{"t": 19.5}')]
             assert s.gateways["gw-a"].traffic.send_command(dev.device_id, "config", b"interval=30")
-            assert await _eventually(lambda: commands == [("config", b"interval=30")])
+            assert await eventually(lambda: commands == [("config", b"interval=30")])
         await listener.close()
 
 
@@ -107,7 +106,7 @@ async def test_micropython_agent_with_the_gateway_daemon(tmp_path: Path) -> None
             state=tmp_path / "mpy.state",
         )
         try:
-            assert await _eventually(lambda: len(got) == 3, timeout=30), (got, dict(gw.metrics.counters))
+            assert await eventually(lambda: len(got) == 3, timeout=30), (got, dict(gw.metrics.counters))
             assert [p for _, p in got] == [b'{"n":%d}' % i for i in range(3)]
             assert gw.traffic.send_command(dev.device_id, "config", b"interval=5")
             out, err = await asyncio.to_thread(proc.communicate, timeout=30)

@@ -24,6 +24,7 @@ import pytest
 from device_agent.core import events
 from gateway.audit import AuditLog, anchor_records, check_anchors, verify_file
 from gateway.cli import main
+from gateway.ops import parse_counters
 from ledger_bridge import LedgerError
 from ledger_bridge.index import onchain_gateway_id
 from ledger_bridge.sealing import load_gateway_key, public_bytes
@@ -205,11 +206,12 @@ async def test_health_ready_and_metrics_over_http(tmp_path):
         assert isinstance(await dev.authenticate(), events.Authenticated)
         status, text = await asyncio.to_thread(_get, port, "/metrics")
         assert status == 200
-        assert "# TYPE diams_authenticated_total counter\ndiams_authenticated_total 1\n" in text
+        assert "# TYPE diams_authenticated_total counter\ndiams_authenticated_total 1.0\n" in text
         assert "# TYPE diams_sessions gauge\ndiams_sessions 1.0\n" in text
+        assert parse_counters(text)[("authenticated", "")] == 1  # what the simulator reads
         for gauge in ("pending_handshakes", "devices_servable", "index_staleness_seconds"):
             assert re.search(rf"^diams_{gauge} [0-9.e+-]+$", text, re.M), gauge
-        assert "diams_mqtt_connects_total 1" in text
+        assert "diams_mqtt_connects_total 1.0" in text
         await dev.close()
 
         # the broker goes away: not ready (503, with the reason), still alive; back when it returns

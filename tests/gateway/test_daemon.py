@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 import pytest
 
-from device_agent.core import events
+from device_agent.core import events, topics
 from gateway.mqtt import MqttClient, MqttConnectError
 from tests.gateway.stack import site, start_gateway, stop_gateway
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -26,17 +26,8 @@ async def _verified_listener(port: int, gw) -> tuple[MqttClient, list]:
         password=gw._broker_password,
         on_message=lambda t, p: got.append((t, p)),
     )
-    await c.subscribe([("diams/v1/v/#", 1)])
+    await c.subscribe([(topics.every(topics.VERIFIED), 1)])
     return c, got
-
-
-async def _eventually(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return predicate()
 
 
 async def test_handshake_data_and_policy(tmp_path):
@@ -49,30 +40,29 @@ async def test_handshake_data_and_policy(tmp_path):
         listener, got = await _verified_listener(s.broker.port, gw)
         dev.send_data("telemetry", b'{"t": 21.5}')
         dev.send_data("telemetry", b'{"t": 21.6}')
-        ok = await _eventually(lambda: len(got) == 2)
+        ok = await eventually(lambda: len(got) == 2)
         assert ok, (dict(gw.metrics.counters), got)
-        assert got[0] == (f"diams/v1/v/{dev.hex}/telemetry".encode(), b'{"t": 21.5}')
+        assert got[0] == (topics.verified("gw-a", dev.hex, "telemetry").encode(), b'{"t": 21.5}')
         # forged, replayed and out-of-policy data are dropped and counted, never republished
-        dev.client.publish(f"diams/v1/d/gw-a/{dev.hex}/telemetry", b"\x15" + os.urandom(20), qos=1)
-        dev.replay(f"diams/v1/d/gw-a/{dev.hex}/telemetry", dev.session.seal(b"telemetry", b"x"))
+        data = topics.data("gw-a", dev.hex, "telemetry")
+        dev.client.publish(data, b"\x15" + os.urandom(20), qos=1)
+        dev.replay(data, dev.session.seal(b"telemetry", b"x"))
         again = dev.session.seal(b"telemetry", b"y")
-        dev.replay(f"diams/v1/d/gw-a/{dev.hex}/telemetry", again)
-        dev.replay(f"diams/v1/d/gw-a/{dev.hex}/telemetry", again)
+        dev.replay(data, again)
+        dev.replay(data, again)
         dev.send_data("gps", b"not in policy")
-        assert await _eventually(lambda: gw.metrics.get("data_dropped", "not_in_policy") == 1)
-        assert await _eventually(lambda: gw.metrics.get("data_dropped", "replay") == 1)
+        assert await eventually(lambda: gw.metrics.get("data_dropped", "not_in_policy") == 1)
+        assert await eventually(lambda: gw.metrics.get("data_dropped", "replay") == 1)
         assert gw.metrics.get("data_dropped", "forged") == 1
         assert [p for _, p in got] == [b'{"t": 21.5}', b'{"t": 21.6}', b"x", b"y"]
         # a command from the gateway reaches the device, verified under the session
         assert gw.traffic.send_command(dev.device_id, "config", b"interval=60")
-        assert await _eventually(lambda: dev.stats.commands == [b"interval=60"])
+        assert await eventually(lambda: dev.stats.commands == [b"interval=60"])
         # another device cannot publish into this device's topics: the broker refuses (dropped)
         other = s.sim(1)
         await other.connect()
         assert isinstance(await other.authenticate(), events.Authenticated)
-        other.client.publish(
-            f"diams/v1/d/gw-a/{dev.hex}/telemetry", dev.session.seal(b"telemetry", b"spoof"), qos=1
-        )
+        other.client.publish(data, dev.session.seal(b"telemetry", b"spoof"), qos=1)
         await asyncio.sleep(0.3)
         assert b"spoof" not in [p for _, p in got]
         audit = (gw.settings.state_dir / "audit.log").read_text()
@@ -88,11 +78,9 @@ async def test_revocation_cuts_the_device_off(tmp_path):
         dev = s.sim(0)
         await dev.connect()
         assert isinstance(await dev.authenticate(), events.Authenticated)
-        t0 = time.monotonic()
         await s.actors["owner"].revoke(dev.device_id)
-        await asyncio.wait_for(asyncio.shield(dev.client.closed), 5)
-        elapsed = time.monotonic() - t0
-        assert elapsed < 5  # the figure itself is measured in bench/, not asserted here
+        # how fast is bench's revocation_cutoff figure; here only that it happens
+        await asyncio.wait_for(asyncio.shield(dev.client.closed), 30)
         assert dev.device_id not in gw.traffic.sessions and dev.device_id not in gw.devices.entries
         with pytest.raises(MqttConnectError):
             await dev.connect(timeout=3)
@@ -108,7 +96,7 @@ async def test_malformed_and_oversize_payloads_are_refused_and_the_gateway_lives
         dev.client.on_message = lambda t, p: replies.append(p)
         for junk in (b"", b"\x11", b"\xff" * 21, os.urandom(5000), b"\x13" + bytes(8)):
             dev.client.publish(dev.up, junk, qos=1)
-        assert await _eventually(lambda: gw.metrics.get("rejected", "bad_message") >= 3)
+        assert await eventually(lambda: gw.metrics.get("rejected", "bad_message") >= 3)
         assert all(r[0] == 0x17 for r in replies)  # REJECTs only
         dev.client.on_message = dev._on_message
         dev.stats.rejected.clear()

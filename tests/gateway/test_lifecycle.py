@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from device_agent.core import events
+from device_agent.core import events, topics
 from gateway.mqtt import MqttConnectError
 from ledger_bridge.enrollment import sealed_grants
 from ledger_bridge.index import onchain_gateway_id
@@ -43,7 +43,7 @@ async def test_suspension_cuts_a_live_session_and_reactivation_restores_it(tmp_p
         await asyncio.wait_for(asyncio.shield(dev.client.closed), 5)
         assert did not in gw.traffic.sessions and did not in gw.devices.entries
         # data under the old session is no longer republished, whatever path it takes to the gateway
-        gw.traffic.on_message(f"diams/v1/d/gw-a/{dev.hex}/telemetry".encode(), late)
+        gw.traffic.on_message(topics.data("gw-a", dev.hex, "telemetry").encode(), late)
         assert gw.metrics.get("data_dropped", "no_session") == 1
         with pytest.raises(MqttConnectError):
             await dev.connect(timeout=3)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import pytest
 
@@ -47,7 +46,6 @@ async def test_three_gateways_one_crashes_and_its_devices_fail_over(tmp_path):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        t0 = time.monotonic()
         try:
             for i, r in enumerate(await round2):
                 if home[i] != "gw-b":  # the other gateways never noticed
@@ -60,7 +58,6 @@ async def test_three_gateways_one_crashes_and_its_devices_fail_over(tmp_path):
             for i, dev in zip(orphans, moved, strict=True):
                 devs[i] = dev
                 assert dev.gateway_id == "gw-c" and dev.counter == 1  # a fresh counter for the new pair
-            assert time.monotonic() - t0 < 10
             # every device is served again: data from all nine is verified and republished
             listener, got = await verified_listener(s.broker.port, s.gateways["gw-a"])
             for d in devs:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from device_agent.core import events
+from device_agent.core import events, topics
 from device_agent.core.device import DeviceRole
 from device_agent.core.keys import gateway_key
 from firmware_sim.device import SimDevice
@@ -87,7 +87,7 @@ async def test_offline_serving_bound_and_catch_up(tmp_path):
             await fresh.connect(timeout=3)
         key = gateway_key(newcomer.secret, newcomer.device_id, b"gw-a", 0, FIRMWARE)
         hello = DeviceRole(newcomer.device_id, b"gw-a", bytes(key), 0).hello(1, bytes(8))
-        gw.traffic.on_message(f"diams/v1/hs/gw-a/{newcomer.device_id.hex()}/up".encode(), hello)
+        gw.traffic.on_message(topics.handshake_up("gw-a", newcomer.device_id.hex()).encode(), hello)
         assert gw.metrics.get("rejected", "unknown_device") == 1
 
         # past the staleness bound: every handshake is refused, and the gateway is not ready

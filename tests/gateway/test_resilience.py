@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from device_agent.core import events
+from device_agent.core import events, topics
 from device_agent.core.device import DeviceRole
 from device_agent.core.keys import gateway_key
 from gateway.mqtt import MqttConnectError
@@ -18,6 +18,13 @@ from tests.gateway.helpers import eventually, raw_device_client, verified_listen
 from tests.gateway.stack import site, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.asyncio
+
+
+def _level(topic: str, i: int, value: str) -> str:
+    """``topic`` with level ``i`` replaced: malformed topics derived from well-formed ones."""
+    parts = topic.split("/")
+    parts[i] = value
+    return "/".join(parts)
 
 
 async def test_broker_restart_gateway_resubscribes_and_devices_reauthenticate(tmp_path):
@@ -91,43 +98,42 @@ async def test_junk_on_data_topics_and_oversize_packets(tmp_path):
         for d in (dev, idle):
             await d.connect()
         assert isinstance(await dev.authenticate(), events.Authenticated)
-        data = f"diams/v1/d/gw-a/{dev.hex}/telemetry"
-        # data without a session, junk data, oversize data, a stream name too long to be framed
-        idle.client.publish(f"diams/v1/d/gw-a/{idle.hex}/telemetry", b"\x15" + bytes(12), qos=1)
+        data = topics.data("gw-a", dev.hex, "telemetry")
+        # data without a session, junk data, oversize data, stream names outside the one rule
+        idle.client.publish(topics.data("gw-a", idle.hex, "telemetry"), b"\x15" + bytes(12), qos=1)
         for junk in (b"", b"\x15", b"\x16" + bytes(12), b"\x25" + bytes(12), b"\xaa" * 40):
             dev.client.publish(data, junk, qos=1)
         dev.client.publish(data, b"\x15" + bytes(4) + bytes(20_000) + bytes(8), qos=1)
-        dev.client.publish(f"diams/v1/d/gw-a/{dev.hex}/{'s' * 300}", dev.session.seal(b"x", b"y"), qos=1)
-        dev.client.publish(f"diams/v1/d/gw-a/{dev.hex}/températuré", b"\x15" + bytes(12), qos=1)
+        dev.client.publish(_level(data, 5, "s" * 300), dev.session.seal(b"x", b"y"), qos=1)
+        dev.client.publish(_level(data, 5, "températuré"), b"\x15" + bytes(12), qos=1)
         expected = {
             ("data_dropped", "no_session"): 1,
             ("data_dropped", "bad_message"): 6,
-            ("data_dropped", "forged"): 1,
-            ("dropped", "bad_topic"): 1,
+            ("dropped", "bad_topic"): 2,
         }
         assert await eventually(
             lambda: all(gw.metrics.get(*k) == v for k, v in expected.items())
         ), dict(gw.metrics.counters)
         # topics the broker would never deliver to this gateway (enforcement) are refused all the same
         bad_topics = [
-            f"diams/v1/d/gw-b/{dev.hex}/telemetry",  # another gateway's
-            f"diams/v1/d/gw-a/{dev.hex.upper()}/telemetry",  # not the canonical id
-            f"diams/v1/d/gw-a/{' '.join(dev.hex[i:i + 2] for i in range(0, 16, 2))}/telemetry",
-            f"diams/v1/d/gw-a/{dev.hex[:12]}/telemetry",
-            "diams/v1/d/gw-a/zzzzzzzzzzzzzzzz/telemetry",
-            f"diams/v1/d/gw-a/{dev.hex}/",
-            f"diams/v1/hs/gw-a/{dev.hex}/down",
-            f"diams/v1/hs/gw-b/{dev.hex}/up",
-            f"diams/v1/x/gw-a/{dev.hex}/up",
-            f"diams/v2/d/gw-a/{dev.hex}/telemetry",
-            f"diams/v1/d/gw-a/{dev.hex}/telemetry/extra",
-            "diams/v1/d",
+            topics.data("gw-b", dev.hex, "telemetry"),  # another gateway's
+            _level(data, 4, dev.hex.upper()),  # not the canonical id
+            _level(data, 4, " ".join(dev.hex[i:i + 2] for i in range(0, 16, 2))),
+            _level(data, 4, dev.hex[:12]),
+            _level(data, 4, "z" * 16),
+            _level(data, 5, ""),
+            topics.handshake_down("gw-a", dev.hex),
+            topics.handshake_up("gw-b", dev.hex),
+            _level(topics.handshake_up("gw-a", dev.hex), 2, "x"),
+            _level(data, 1, "v2"),
+            data + "/extra",
+            "/".join(data.split("/")[:3]),
             "",
         ]
         for t in bad_topics:
             gw.traffic.on_message(t.encode(), dev.session.seal(b"telemetry", b"moved"))
-        gw.traffic.on_message(b"diams/v1/d/gw-a/\xff\xfe/telemetry", b"\x15" + bytes(12))
-        assert gw.metrics.get("dropped", "bad_topic") == 1 + len(bad_topics) + 1
+        gw.traffic.on_message(data.encode().replace(dev.hex.encode(), b"\xff\xfe"), b"\x15" + bytes(12))
+        assert gw.metrics.get("dropped", "bad_topic") == 2 + len(bad_topics) + 1
         assert gw.metrics.get("data_verified") == 0
         # an MQTT packet larger than the gateway accepts: the broker refuses it, the gateway never sees it
         dev.client.publish(dev.up, bytes(2 << 20), qos=1)
@@ -158,7 +164,7 @@ async def test_flood_of_bogus_handshakes(tmp_path):
 
         async def flood(i: int) -> None:
             c = flooders[i]
-            up = f"diams/v1/hs/gw-a/{s.devices[i].device_id.hex()}/up"
+            up = topics.handshake_up("gw-a", s.devices[i].device_id.hex())
             for k in range(per_flooder):
                 kind = k % 3
                 if kind == 0:  # well-formed HELLO with a wrong OTP
@@ -175,12 +181,11 @@ async def test_flood_of_bogus_handshakes(tmp_path):
             await asyncio.sleep(0.01)
             return list(await asyncio.gather(*(d.authenticate(timeout=10) for d in legit)))
 
-        t0 = time.monotonic()
         results = (await asyncio.gather(*(flood(i) for i in range(n_flooders)), legit_handshakes()))[-1]
         assert all(isinstance(r, events.Authenticated) for r in results), results
         # the gateway is not sent unknown ids through an enforcing broker; feed some in directly
         for k in range(5000):
-            gw.traffic.on_message(f"diams/v1/hs/gw-a/{k:016x}/up".encode(), b"\x11" + os.urandom(20))
+            gw.traffic.on_message(topics.handshake_up("gw-a", f"{k:016x}").encode(), b"\x11" + os.urandom(20))
         total = n_flooders * per_flooder
 
         def handled() -> int:
@@ -188,7 +193,6 @@ async def test_flood_of_bogus_handshakes(tmp_path):
             return sum(v for (name, _), v in c.items() if name in ("handshake_refused", "rejected"))
 
         assert await eventually(lambda: handled() >= total, 20), dict(gw.metrics.counters)
-        assert time.monotonic() - t0 < 20
         assert gw.traffic.defence.tracked <= 1000
         assert gw.devices.role.pending <= gw.settings.protocol.max_pending
         refused = gw.metrics.get("handshake_refused", "rate_limited") + gw.metrics.get(

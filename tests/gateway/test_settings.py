@@ -44,9 +44,9 @@ def test_minimal_config_takes_the_defaults(tmp_path):
     [
         (MINIMAL + "[broker]\nport = 70000\n", "broker.port must be 1..65535, got 70000"),
         (MINIMAL + "[broker]\nport = 0\n", "broker.port must be 1..65535, got 0"),
-        (MINIMAL + '[broker]\nport = "mqtt"\n', "broker.port: cannot use 'mqtt' as int"),
-        (MINIMAL + "[broker]\nport = 1883.5\n", "broker.port: cannot use 1883.5 as int"),
-        (MINIMAL + "[broker]\nprot = 1883\n", "unknown setting broker.prot"),
+        (MINIMAL + '[broker]\nport = "mqtt"\n', "broker.port must be an integer, got 'mqtt'"),
+        (MINIMAL + "[broker]\nport = 1883.5\n", "broker.port must be an integer, got 1883.5"),
+        (MINIMAL + "[broker]\nprot = 1883\n", "unknown setting broker.prot (did you mean broker.port?)"),
         (MINIMAL + "[brokr]\nport = 1883\n", "unknown setting brokr"),
         (MINIMAL + "broker = 5\n", "[broker] must be a table"),
         (MINIMAL + "colour = 1\n", "unknown setting colour"),
@@ -55,7 +55,10 @@ def test_minimal_config_takes_the_defaults(tmp_path):
         (MINIMAL.replace("gw-a", "gw/a"), "gateway_id must be 1-32 characters"),
         ('gateway_id = "gw-a"\nstate_dir = "/x"\n', "missing setting key_file"),
         (MINIMAL + '[http]\nport = -1\n', "http.port must be 0..65535, got -1"),
-        (MINIMAL + '[defence]\nclone_quarantine = "maybe"\n', "defence.clone_quarantine: cannot use 'maybe'"),
+        (
+            MINIMAL + '[defence]\nclone_quarantine = "maybe"\n',
+            "defence.clone_quarantine must be true or false, got 'maybe'",
+        ),
         (MINIMAL + '[ledger]\nmode = "embedded"\n', "ledger.mode = 'embedded' needs ledger.path"),
         (MINIMAL + '[ledger]\nmode = "ipc"\n', "ledger.mode must be 'embedded' or 'rpc', got 'ipc'"),
         (MINIMAL + "[protocol]\nwindow = 0\n", "protocol.window must be 1..100000, got 0"),
@@ -64,6 +67,9 @@ def test_minimal_config_takes_the_defaults(tmp_path):
             "needs enforcement.pid_file or reload_command",
         ),
         (MINIMAL + "[broker\n", "gateway.toml"),
+        (MINIMAL.replace('"/etc/gw.key"', '""'), "key_file must not be empty"),
+        (MINIMAL + '[broker]\nhost = 127\n', "broker.host must be a string, got 127"),
+        (MINIMAL + "[protocol]\nwindow = true\n", "protocol.window must be an integer, got True"),
     ],
 )
 def test_bad_values_are_refused_with_a_clear_message(tmp_path, text, message):
@@ -105,7 +111,7 @@ def test_environment_alone_is_enough():
 
 
 def test_a_bad_environment_override_names_its_key(tmp_path):
-    with pytest.raises(SettingsError, match=r"broker\.port: cannot use 'x' as int"):
+    with pytest.raises(SettingsError, match=r"broker\.port must be an integer, got 'x'"):
         _load(tmp_path, MINIMAL, {"DIAMS_GATEWAY_BROKER_PORT": "x"})
     with pytest.raises(SettingsError, match=r"unknown setting broker\.nope"):
         _load(tmp_path, MINIMAL, {"DIAMS_GATEWAY_BROKER_NOPE": "1"})
@@ -146,3 +152,25 @@ def test_settings_are_frozen_values():
         s.gateway_id = "other"  # type: ignore[misc]
     with pytest.raises(TypeError):
         GatewaySettings("gw", Path("/s"), Path("/k"))  # type: ignore[misc]  # keyword-only
+
+
+def test_a_missing_file_is_a_settings_error_naming_it(tmp_path):
+    with pytest.raises(SettingsError, match=r"cannot read .*absent\.toml: No such file"):
+        load_settings(tmp_path / "absent.toml", env={})
+
+
+def test_dumped_settings_load_back_as_the_same_values(tmp_path):
+    """The demo writes its gateway.toml from values (firmware_sim.site): what it writes is what it meant."""
+    from gateway.settings import EnforcementSettings, HttpSettings, LedgerSettings, dump_settings
+
+    s = GatewaySettings(
+        gateway_id="gw-x",
+        state_dir=tmp_path / "state dir",
+        key_file=tmp_path / 'odd "name".key',
+        ledger=LedgerSettings(url="http://127.0.0.1:1", deployed_block=7, poll_interval=0.25),
+        enforcement=EnforcementSettings(
+            mode="mosquitto", password_file=Path("/p"), acl_file=Path("/a"), pid_file=Path("/pid")
+        ),
+        http=HttpSettings(port=0),
+    )
+    assert _load(tmp_path, dump_settings(s)) == s

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -36,9 +35,10 @@ async def test_block_notifications_wake_the_index(tmp_path):
             dev = s.sim(0)
             await dev.connect()
             assert isinstance(await dev.authenticate(), events.Authenticated)
-            await asyncio.sleep(0.5)  # the watcher subscribes after the first sync
-            t0 = time.monotonic()
+            assert gw.head_watcher is not None
+            await asyncio.wait_for(gw.head_watcher.connected.wait(), 10)  # subscribed to new heads
+            heads = gw.head_watcher.heads
             await s.actors["owner"].revoke(dev.device_id)
-            await asyncio.wait_for(asyncio.shield(dev.client.closed), 10)
-            # polling alone would have waited up to 60 s
-            assert time.monotonic() - t0 < 10 and dev.device_id not in gw.devices.entries
+            # polling alone would wait up to 60 s: the cut-off within the timeout came from a new head
+            await asyncio.wait_for(asyncio.shield(dev.client.closed), 30)
+            assert gw.head_watcher.heads > heads and dev.device_id not in gw.devices.entries

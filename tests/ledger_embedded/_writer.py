@@ -17,7 +17,7 @@ from eth_account import Account
 from web3 import Web3
 
 from ledger_bridge.embedded import EmbeddedChain
-from tests.ledger_embedded._contract import DEPLOY_GAS, INITCODE, STORE_GAS, signed, word
+from ledger_bridge.embedded._probe import DEPLOY_GAS, INITCODE, STORE_GAS, signed, word
 
 
 class _CrashingConnection:

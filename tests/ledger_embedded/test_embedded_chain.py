@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from web3 import AsyncWeb3, Web3
 
 from ledger_bridge.backends import LedgerBackend
 from ledger_bridge.embedded import EmbeddedBackend, EmbeddedChain, EmbeddedChainError
-from tests.ledger_embedded._contract import DEPLOY_GAS, INITCODE, STORE_GAS, STORED_TOPIC, signed, word
+from ledger_bridge.embedded._probe import DEPLOY_GAS, INITCODE, STORE_GAS, STORED_TOPIC, signed, word
 
 ACTOR = Account.from_key(b"\x11" * 32)
 OTHER = Account.from_key(b"\x22" * 32)
@@ -122,14 +121,10 @@ def test_receipts_of_old_blocks_are_found_without_scanning(tmp_path: Path) -> No
         session.send(to=contract, data=word(value))
     session.chain.close()
 
-    started = time.perf_counter()
+    # how fast: bench's embedded_reopen_ms_10k and embedded_old_receipt_ms_10k
     again = Session(tmp_path / "chain.sqlite")
-    reopen_s = time.perf_counter() - started
-    started = time.perf_counter()
     for _ in range(20):
         assert again.w3.eth.get_transaction_receipt(oldest["transactionHash"])["blockNumber"] == 2
-    receipt_s = (time.perf_counter() - started) / 20
-    assert reopen_s < 0.5 and receipt_s < 0.05, (reopen_s, receipt_s)
     again.chain.close()
 
 

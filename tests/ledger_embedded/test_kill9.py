@@ -21,7 +21,7 @@ from eth_account import Account
 from web3 import Web3
 
 from ledger_bridge.embedded import EmbeddedChain
-from tests.ledger_embedded._contract import word
+from ledger_bridge.embedded._probe import word
 
 REPO = Path(__file__).resolve().parents[2]
 ACTOR = Account.from_key(b"\x33" * 32)
@@ -34,6 +34,7 @@ class Writer:
     def __init__(self, path: Path, *extra: str) -> None:
         self.lines: list[str] = []
         self.ready = threading.Event()
+        self._acked = threading.Condition()
         self.stderr_path = path.with_name("writer.stderr")
         self._stderr = self.stderr_path.open("a")
         self.process = subprocess.Popen(
@@ -55,7 +56,16 @@ class Writer:
             if line == "ready\n":
                 self.ready.set()
             else:
-                self.lines.append(line)
+                with self._acked:
+                    self.lines.append(line)
+                    self._acked.notify_all()
+
+    def wait_acknowledged(self, count: int, timeout: float) -> bool:
+        """Waits until the child has printed ``count`` receipts (or has died)."""
+        with self._acked:
+            return self._acked.wait_for(
+                lambda: len(self.lines) >= count or self.process.poll() is not None, timeout=timeout
+            ) and len(self.lines) >= count
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -119,8 +129,12 @@ def test_random_kill9_loses_no_acknowledged_transaction(tmp_path: Path) -> None:
             if round_ % 4 == 3:  # now and then, kill it early: while opening or deploying
                 time.sleep(rng.uniform(0.0, 1.0))
             else:
-                assert writer.ready.wait(timeout=30), writer.stderr_path.read_text()
-                time.sleep(rng.uniform(0.05, 0.8))
+                # Kill after a random number of receipts (not a random time: on a loaded machine a
+                # time-based kill proves nothing), then at a random moment of the next send.
+                assert writer.ready.wait(timeout=60), writer.stderr_path.read_text()
+                target = rng.randint(4, 12)
+                assert writer.wait_acknowledged(target, timeout=120), writer.stderr_path.read_text()
+                time.sleep(rng.uniform(0.0, 0.03))
         acknowledged += writer.acknowledged()
         new_head = check_chain(path, acknowledged)
         assert new_head >= head, f"seed {seed}: the head went back from {head} to {new_head}"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from web3 import Web3
 
 from ledger_bridge.embedded import EmbeddedChain
-from tests.ledger_embedded._contract import DEPLOY_GAS, INITCODE, STORE_GAS, STORED_TOPIC, signed, word
+from ledger_bridge.embedded._probe import DEPLOY_GAS, INITCODE, STORE_GAS, STORED_TOPIC, signed, word
 
 ACTOR = Account.from_key(b"\x66" * 32)
 VALUES = [1, 2, 3, 2, 1, 3, 3]  # repeated values: several logs share topic1

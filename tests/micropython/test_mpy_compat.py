@@ -12,8 +12,8 @@ import tokenize
 
 import pytest
 
+from firmware_sim.mpy import runner
 from tests.conftest import require
-from tests.micropython import runner
 
 pytestmark = pytest.mark.micropython
 

@@ -13,8 +13,8 @@ import pytest
 from device_agent.core import device, gateway, identity, keys, wire
 from device_agent.core.events import Authenticated
 from device_agent.core.gateway import CounterAccepted
+from firmware_sim.mpy import runner
 from tests.conftest import require
-from tests.micropython import runner
 
 pytestmark = pytest.mark.micropython
 

@@ -9,9 +9,9 @@ import json
 
 import pytest
 
+from firmware_sim.mpy import runner
 from tests.conftest import require
 from tests.core.vectors import load
-from tests.micropython import runner
 
 pytestmark = pytest.mark.micropython
 

@@ -5,20 +5,13 @@ import json
 
 import pytest
 
+from firmware_sim.mpy import runner
+from firmware_sim.mpy.runner import REKEY_MODULES, rekey_args
 from tests.conftest import require
-from tests.micropython import runner
 
 pytestmark = pytest.mark.micropython
 
-REKEY_MODULES = ("__init__", "crypto", "rekey", "x25519")
 HEAP_TARGET = 16 * 1024
-
-
-def rekey_args() -> list[str]:
-    v = json.loads((runner.VECTORS / "rekey_transcript.json").read_text())
-    i = v["inputs"]
-    return [i["device_id"], i["secret"], i["device_static_private"], i["device_ephemeral_private"],
-            i["device_nonce"], v["init"], v["confirm"]]
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from firmware_sim.mpy import runner
 from tests.conftest import require
 from tests.core.vectors import load
-from tests.micropython import runner
 
 pytestmark = pytest.mark.micropython
 

@@ -4,11 +4,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from firmware_sim.broker import MosquittoBroker, mosquitto_binary
+from firmware_sim.mpy import agent as mpyagent
+from firmware_sim.mpy import runner
 from tests.conftest import require
-from tests.micropython import runner
-from tests.mosquitto import MosquittoBroker, mosquitto_binary
-
-from . import mpyagent
 
 
 @pytest.fixture(scope="module")

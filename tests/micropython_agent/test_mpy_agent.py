@@ -7,10 +7,9 @@ import os
 
 import pytest
 
-from tests.agent.helpers import Device
-from tests.agent.responder import Responder, entry_for
-
-from . import mpyagent
+from firmware_sim.agents import Device
+from firmware_sim.mpy import agent as mpyagent
+from firmware_sim.responder import Responder, entry_for
 
 pytestmark = [pytest.mark.micropython, pytest.mark.broker]
 
@@ -81,11 +80,13 @@ def test_run_loop_reauthenticates_on_command_under_micropython(broker, tmp_path)
 
     dev = Device(tmp_path, serial="MPY-3")
     entries = {dev.device_id: entry_for(dev.secret, dev.device_id, "gw-a", dev.fw)}
-    env = {**os.environ, "MICROPYPATH": ":".join([str(mpyagent.REPO), str(mpyagent.VENDOR), ".frozen"])}
+    dirs = [str(mpyagent.compiled()), str(mpyagent.REPO), str(mpyagent.VENDOR), ".frozen"]
+    env = {**os.environ, "MICROPYPATH": ":".join(dirs)}
     script = mpyagent.SCRIPT.parent / "run_loop.py"
     with Responder(broker.host, broker.port, "gw-a", entries) as gw:
         proc = subprocess.Popen(
-            [mpyagent.runner.MICROPYTHON, "-X", "heapsize=64K", str(script), broker.host, str(broker.port),
+            [mpyagent.runner.MICROPYTHON, "-X", f"heapsize={mpyagent.HEAP}", str(script), broker.host,
+             str(broker.port),
              dev.device_hex, dev.secret.hex(), dev.fw.hex(), "gw-a", str(tmp_path / "st"), "200", "6"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

@@ -9,10 +9,10 @@ import subprocess
 from pathlib import Path
 
 from device_agent.core import rekey
+from firmware_sim.mpy import runner
 from tests.conftest import require
-from tests.micropython import runner
 
-SCRIPT = Path(__file__).resolve().parent / "scripts" / "run_rekey.py"
+SCRIPT = runner.SCRIPTS / "run_rekey.py"
 X = rekey.x25519_function()
 
 

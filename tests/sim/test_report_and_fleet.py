@@ -98,3 +98,15 @@ def test_identities_round_trip_in_a_private_file(tmp_path):
     path.chmod(0o644)
     with pytest.raises(PermissionError):
         load_identities(path)
+
+
+def test_the_gateways_exposition_parses_back():
+    """Written and read by prometheus-client: labels with quotes or backslashes survive the trip."""
+    from gateway.ops import Metrics
+
+    m = Metrics()
+    m.inc("rejected", 'odd "reason"\\', 3)
+    m.inc("authenticated", n=5)
+    m.gauge("sessions", lambda: 2, "authenticated sessions")
+    m.gauge("broken", lambda: 1 / 0, "a gauge that fails is left out, the scrape still works")
+    assert parse_metrics(m.render()) == {("rejected", 'odd "reason"\\'): 3, ("authenticated", ""): 5}

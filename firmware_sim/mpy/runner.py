@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
@@ -25,6 +26,9 @@ CORE = REPO / "device_agent" / "core"
 # What a board installs: the core except the gateway role and the identity (provisioning) module.
 DEVICE_MODULES = ("__init__", "crypto", "otp", "wire", "keys", "states", "events", "session", "device",
                   "errors")
+# What the MicroPython agent adds on a board: the one topic module and the agent policy (outside the
+# handshake core's budget, device_core_mpy_bytes, which counts DEVICE_MODULES only).
+AGENT_MODULES = (*DEVICE_MODULES, "topics", "policy")
 
 
 def _tool(name: str) -> str | None:
@@ -54,9 +58,9 @@ def run(script: str, *args: str, heap: str = "64K", path: list[Path] | None = No
                           text=True, timeout=timeout, check=False)
 
 
-def json_lines(stdout: str) -> dict:
+def json_lines(stdout: str) -> dict[str, Any]:
     """Merge the one-object JSON lines a script printed into one dict."""
-    out: dict = {}
+    out: dict[str, Any] = {}
     for line in stdout.splitlines():
         if line.startswith("{"):
             out.update(json.loads(line))
@@ -89,7 +93,7 @@ class DeviceProcess:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      bufsize=0)
 
-    def request(self, *words: str) -> dict:
+    def request(self, *words: str) -> dict[str, Any]:
         assert self.proc.stdin and self.proc.stdout
         self.proc.stdin.write((" ".join(words) + "\n").encode())
         self.proc.stdin.flush()
@@ -105,7 +109,8 @@ class DeviceProcess:
                 raise EOFError(f"MicroPython device exited: {err.strip()}")
             self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
-        return json.loads(line)
+        answer: dict[str, Any] = json.loads(line)
+        return answer
 
     def close(self) -> str:
         """Ask the script to end; -> its stderr."""
@@ -137,3 +142,15 @@ def heap_args() -> list[str]:
     i = v["inputs"]
     return [v["device_id"], i["gateway_id"], v["gateway_key"], str(i["epoch"]), str(i["counter"]),
             i["device_nonce"], v["challenge"], v["result"], v["command_config"]]
+
+
+# Re-keying at transfer (device_agent/core/rekey.py): what a board loads only when re-keying.
+REKEY_MODULES = ("__init__", "crypto", "rekey", "x25519")
+
+
+def rekey_args() -> list[str]:
+    """scripts/rekey_device.py's arguments, from the pinned re-keying vector."""
+    v = json.loads((VECTORS / "rekey_transcript.json").read_text())
+    i = v["inputs"]
+    return [i["device_id"], i["secret"], i["device_static_private"], i["device_ephemeral_private"],
+            i["device_nonce"], v["init"], v["confirm"]]

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from eth_account import Account
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 
 STORED_TOPIC = keccak(text="Stored(uint256)")
 

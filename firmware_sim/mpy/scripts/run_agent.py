@@ -37,14 +37,13 @@ def measured_handshake():
 
 
 ok = agent.authenticate()  # the first one may take several attempts (failover, epoch hint): gc on
-print('{"authenticated": %s, "gateway": "%s"}' % ("true" if ok else "false",
-                                                  agent.gateway.decode() if agent.gateway else ""))
+print('{"authenticated": %s, "gateway": "%s"}' % ("true" if ok else "false", agent.gateway or ""))
 if ok:
     # The measured handshake: a re-authentication with the current gateway, with the reserved block
     # marked used up so that the counter file write (the worst case, once per block) is inside too.
-    agent.reauth = True
-    for key in agent.counters.next:
-        agent.counters.reserved[key] = agent.counters.next[key] - 1
+    policy = agent.policy
+    for key in policy.next:
+        policy.reserved[key] = policy.next[key] - 1
     ok2, total, free = measured_handshake()
     print('{"reauthenticated": %s, "heap_alloc_total": %d, "free_before": %d}' % (
         "true" if ok2 else "false", total, free))
@@ -57,5 +56,5 @@ if ok:
         agent.poll(100)
     print('{"commands": [%s], "commands_ok": %d, "commands_dropped": %d, "hellos": %d, "epoch": %d}' % (
         ", ".join('["%s", "%s"]' % (n, p.hex()) for n, p in commands), agent.stats["commands_ok"],
-        agent.stats["commands_dropped"], agent.stats["hellos"], agent.counters.epoch))
+        agent.stats["commands_dropped"], agent.stats["hellos"], agent.policy.epoch))
 agent.client.disconnect()

@@ -1,7 +1,7 @@
 """A stand-in gateway for agent tests: the core's GatewayRole behind paho, on the protocol topics.
 
-It is what the gateway daemon will do on the wire (answer handshakes on ``diams/v1/hs/<G>/+/up``,
-verify DATA on ``diams/v1/d/<G>/+/+`` with the session's MAC, send sealed COMMANDs) and nothing else: no
+It is what the gateway daemon will do on the wire (answer handshakes on G's handshake up topics,
+verify DATA on G's data topics with the session's MAC, send sealed COMMANDs) and nothing else: no
 ledger, no broker enforcement. Tests that use it can later take the real daemon instead.
 ``silent=True`` makes a gateway that listens and never answers (for failover tests).
 """
@@ -18,7 +18,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from device_agent.core import keys
+from device_agent.core import keys, topics
 from device_agent.core.events import Authenticated
 from device_agent.core.gateway import DeviceEntry, GatewayRole
 
@@ -57,7 +57,9 @@ class Responder:
             CallbackAPIVersion.VERSION2, client_id=f"responder-{gateway_id}-{os.getpid()}"
         )
         self.client.username_pw_set(f"responder-{gateway_id}")
-        self.client.on_socket_open = lambda c, u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client.on_socket_open = lambda c, u, s: s.setsockopt(  # type: ignore[attr-defined]
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+        )
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
@@ -76,14 +78,18 @@ class Responder:
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         client.subscribe(
-            [(f"diams/v1/hs/{self.gateway_id}/+/up", 1), (f"diams/v1/d/{self.gateway_id}/+/+", 1)]
+            [(topics.topic_filter(topics.HANDSHAKE, self.gateway_id, topics.ANY, topics.UP), 1),
+             (topics.topic_filter(topics.DATA, self.gateway_id), 1)]
         )
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        parts = msg.topic.split("/")
+        parsed = topics.parse(msg.topic)
+        if parsed is None:
+            return
+        parts = ("", "", *parsed)  # kind, gateway, device, last at the topic's own level numbers
         now = time.monotonic()
         with self._lock:
-            if parts[2] == "hs":
+            if parts[2] == topics.HANDSHAKE:
                 did = bytes.fromhex(parts[4])
                 if msg.payload[:1] == b"\x11":
                     self.hellos += 1
@@ -96,8 +102,8 @@ class Responder:
                         self.sessions[did] = ev.session
                         self.authentications += 1
                 if reply is not None:
-                    client.publish(f"diams/v1/hs/{self.gateway_id}/{parts[4]}/down", reply, qos=1)
-            elif parts[2] == "d":
+                    client.publish(topics.handshake_down(self.gateway_id, parts[4]), reply, qos=1)
+            elif parts[2] == topics.DATA:
                 session = self.sessions.get(bytes.fromhex(parts[4]))
                 if session is None:
                     return
@@ -110,14 +116,12 @@ class Responder:
     def send_command(self, device_hex: str, name: str, payload: bytes) -> None:
         with self._lock:
             message = self.sessions[bytes.fromhex(device_hex)].seal(name.encode(), payload)
-        self.client.publish(
-            f"diams/v1/c/{self.gateway_id}/{device_hex}/{name}", message, qos=1
-        ).wait_for_publish(5)
+        topic = topics.command(self.gateway_id, device_hex, name)
+        self.client.publish(topic, message, qos=1).wait_for_publish(5)
 
     def send_raw_command(self, device_hex: str, name: str, message: bytes) -> None:
-        self.client.publish(
-            f"diams/v1/c/{self.gateway_id}/{device_hex}/{name}", message, qos=1
-        ).wait_for_publish(5)
+        topic = topics.command(self.gateway_id, device_hex, name)
+        self.client.publish(topic, message, qos=1).wait_for_publish(5)
 
     def next_verified(self, timeout: float = 5.0) -> tuple[str, str, bytes]:
         return self.verified.get(timeout=timeout)

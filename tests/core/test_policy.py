@@ -1,0 +1,269 @@
+"""The core's agent policy as tables of events -> actions (the same policy drives the paho agent, the
+MicroPython agent and the simulator's device; tests/micropython runs it under the real unix port)."""
+
+from __future__ import annotations
+
+import random as _random
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from device_agent.core import policy as p
+from device_agent.core.policy import CONNECT, END_SESSION, HELLO, SAVE, AgentPolicy
+
+MAX = lambda n: b"\xff" * n  # noqa: E731  the top of the jitter window (fraction ~ 1)
+ZERO = lambda n: b"\x00" * n  # noqa: E731
+
+
+def make(gateways=("gw-a", "gw-b"), random=MAX, **kw: Any) -> AgentPolicy:
+    kw.setdefault("answer_timeout", 5.0)
+    kw.setdefault("reauth_margin", 10.0)
+    kw.setdefault("backoff_base", 1.0)
+    kw.setdefault("backoff_cap", 8.0)
+    kw.setdefault("reconnect_base", 2.0)
+    kw.setdefault("block", 4)
+    return AgentPolicy(gateways, random, **kw)
+
+
+def kinds(actions: list[tuple[Any, ...]]) -> list[Any]:
+    """Actions without the SAVE text (checked separately): easier to read in a table."""
+    return [a if a[0] != SAVE else (SAVE,) for a in actions]
+
+
+def run(policy: AgentPolicy, table: list[tuple[str, tuple[Any, ...], list[tuple[Any, ...]]]]) -> None:
+    for step, (event, args, expected) in enumerate(table):
+        got = kinds(getattr(policy, event)(*args))
+        assert got == expected, (step, event, args, got)
+
+
+def test_startup_connect_hello_and_session() -> None:
+    run(make(), [
+        ("start", (0.0,), [(CONNECT,)]),
+        ("connected", (0.1,), [(SAVE,), (HELLO, "gw-a", 0, 0)]),  # counters 0-3 reserved first
+        ("authenticated", ("gw-a", 100.0, 0.2), []),
+        ("tick", (50.0,), []),
+        ("tick", (90.0,), [(HELLO, "gw-a", 0, 1)]),  # reauth_margin before the end; no write (block)
+        ("authenticated", ("gw-a", 190.0, 90.1), []),
+        ("tick", (180.0,), [(HELLO, "gw-a", 0, 2)]),
+        ("tick", (186.0,), [(SAVE,), (HELLO, "gw-b", 0, 0)]),  # no answer: failover to gw-b
+        ("tick", (190.0,), [(END_SESSION, "expired")]),  # the old session ends; the attempt goes on
+        ("tick", (191.0,), []),  # gw-b silent too: a whole round failed, backoff U(0, 1 s)
+        ("tick", (192.0,), [(HELLO, "gw-a", 0, 3)]),
+    ])
+
+
+def test_failover_round_then_jittered_backoff_then_reset() -> None:
+    pol = make(gateways=("a", "b", "c"), block=100)
+    pol.connected(0.0)
+    assert pol.attempt[:3] == ("a", 0, 0)
+    for now, nxt in ((5.0, "b"), (10.0, "c")):
+        assert kinds(pol.tick(now)) == [(SAVE,), (HELLO, nxt, 0, 0)]  # at once, next gateway
+    assert pol.tick(15.0) == [] and pol.wake_at() == pytest.approx(16.0)  # full round: U(0, 1)
+    assert kinds(pol.tick(16.0)) == [(HELLO, "a", 0, 1)]
+    pol.tick(21.0), pol.tick(26.0), pol.tick(31.0)
+    assert pol.wake_at() == pytest.approx(33.0)  # second round: U(0, 2)
+    pol.tick(33.0)
+    assert kinds(pol.authenticated("a", 1000.0, 33.5)) == []
+    assert pol.current == "a" and pol._backoff_n == 0  # stays with the gateway that answered
+
+
+def test_a_reject_moves_on_like_a_timeout() -> None:
+    run(make(), [
+        ("connected", (0.0,), [(SAVE,), (HELLO, "gw-a", 0, 0)]),
+        ("rejected", ("gw-a", "bad_otp", 0, 1.0), [(SAVE,), (HELLO, "gw-b", 0, 0)]),
+        ("rejected", ("gw-b", "denied", 0, 2.0), []),  # round over: wait
+        ("tick", (3.0,), [(HELLO, "gw-a", 0, 1)]),
+    ])
+    assert make().stats == {}
+
+
+def test_epoch_hint_retried_at_once_and_committed_only_after_success() -> None:
+    pol = make()
+    run(pol, [
+        ("connected", (0.0,), [(SAVE,), (HELLO, "gw-a", 0, 0)]),
+        ("rejected", ("gw-a", "stale_epoch", 3, 0.1), [(SAVE,), (HELLO, "gw-a", 3, 0)]),
+    ])
+    assert pol.epoch == 0
+    actions = pol.authenticated("gw-a", 100.0, 0.2)
+    assert kinds(actions) == [(SAVE,)] and pol.epoch == 3
+    assert p.parse_counters(actions[0][1]) == (3, {("gw-a", 3): 3})  # older epochs' counters dropped
+
+
+def test_a_forged_epoch_hint_costs_one_attempt_and_commits_nothing() -> None:
+    pol = make(gateways=("gw-a",))
+    run(pol, [
+        ("connected", (0.0,), [(SAVE,), (HELLO, "gw-a", 0, 0)]),
+        ("rejected", ("gw-a", "stale_epoch", 0xFFFFFF, 0.1), [(SAVE,), (HELLO, "gw-a", 0xFFFFFF, 0)]),
+        ("rejected", ("gw-a", "stale_epoch", 0, 0.2), []),  # the real gateway: a lower hint is a failure
+        ("tick", (1.2,), [(HELLO, "gw-a", 0, 1)]),  # trial forgotten: the committed epoch again
+    ])
+    assert pol.epoch == 0 and pol.stats["epoch_hints"] == 1 and pol.stats["failed_stale_epoch"] == 1
+
+
+def test_lower_or_equal_hints_are_failures() -> None:
+    pol = make(gateways=("gw-a",), epoch=2)
+    pol.connected(0.0)
+    assert pol.rejected("gw-a", "stale_epoch", 2, 0.1) == [] and pol.stats["failed_stale_epoch"] == 1
+
+
+def test_stray_results_change_nothing() -> None:
+    pol = make()
+    pol.connected(0.0)
+    assert pol.authenticated("gw-b", 100.0, 0.1) == [] and pol.expires is None
+    assert pol.rejected("gw-b", "bad_otp", 0, 0.1) == [] and pol.attempt[0] == "gw-a"
+    assert pol.stats["stray_results"] == 2
+
+
+def test_reauth_command_starts_a_handshake_and_keeps_the_session() -> None:
+    pol = make()
+    pol.connected(0.0)
+    pol.authenticated("gw-a", 100.0, 0.1)
+    assert kinds(pol.reauth(20.0)) == [(HELLO, "gw-a", 0, 1)]
+    assert pol.has_session(20.0) and pol.reauth(21.0) == []  # one in flight: nothing more
+
+
+def test_no_session_signal_can_at_most_start_one_handshake() -> None:
+    pol = make(min_reauth=10.0)
+    pol.connected(0.0)
+    pol.authenticated("gw-a", 1000.0, 0.1)
+    assert pol.no_session("gw-a", 5.0) == []  # just authenticated: a forged signal is ignored
+    assert pol.no_session("gw-b", 50.0) == []  # not the session's gateway
+    assert kinds(pol.no_session("gw-a", 50.0)) == [(END_SESSION, "no_session"), (HELLO, "gw-a", 0, 1)]
+    assert not pol.has_session(50.0)
+    for t in (50.1, 50.2, 51.0):
+        assert pol.no_session("gw-a", t) == []  # a flood while the handshake runs: nothing
+    assert pol.stats["no_session"] == 1 and pol.stats["no_session_ignored"] == 5
+
+
+def test_disconnect_abandons_the_attempt_and_reconnects_with_backoff() -> None:
+    pol = make(gateways=("gw-a",), random=ZERO)
+    run(pol, [
+        ("start", (0.0,), [(CONNECT,)]),
+        ("connected", (0.0,), [(SAVE,), (HELLO, "gw-a", 0, 0)]),
+        ("disconnected", (1.0,), [(CONNECT,)]),  # U(0, 2) with a zero draw: at once
+        ("tick", (1.5,), []),
+        ("connected", (2.0,), [(HELLO, "gw-a", 0, 1)]),  # the abandoned attempt restarts at once
+    ])
+    assert pol.attempt[:2] == ("gw-a", 0)
+
+
+def test_refused_logins_back_off_exponentially_until_one_is_accepted() -> None:
+    pol = make(random=MAX, reconnect_base=2.0, backoff_cap=60.0)
+    pol.start(0.0)
+    waits = []
+    now = 0.0
+    for _ in range(6):
+        pol.login_refused(now)
+        waits.append(round(pol.wake_at() - now, 3))
+        now = pol.wake_at()
+        assert kinds(pol.tick(now)) == [(CONNECT,)]
+    assert waits == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0]
+    pol.connected(now)
+    pol.login_refused(now + 1)
+    assert pol.wake_at() == pytest.approx(now + 3.0)  # reset by the accepted connection
+
+
+def test_session_survives_a_reconnect() -> None:
+    pol = make(random=ZERO)
+    pol.connected(0.0)
+    pol.authenticated("gw-a", 100.0, 0.1)
+    assert kinds(pol.disconnected(10.0)) == [(CONNECT,)]  # a zero draw: at once
+    assert pol.connected(10.5) == [] and pol.has_session(10.5)
+
+
+# -- counters ------------------------------------------------------------------------------------
+
+
+def test_counters_are_reserved_in_blocks_and_skip_after_restart() -> None:
+    pol = make(gateways=("gw-a",), block=16, answer_timeout=1.0, random=ZERO)
+    saves, counters = [], []
+    for now in range(20):
+        for a in (pol.connected(0.0) if now == 0 else pol.tick(float(now) * 2)):
+            if a[0] == SAVE:
+                saves.append(a[1])
+            elif a[0] == HELLO:
+                counters.append(a[3])
+    assert counters == list(range(len(counters))) and len(counters) >= 17
+    assert [p.parse_counters(s)[1] for s in saves] == [{("gw-a", 0): 15}, {("gw-a", 0): 31}]
+    # A crash right after reserving: the next process starts past the block, never reusing one.
+    again = make(gateways=("gw-a",), block=16, state=saves[-1])
+    assert kinds(again.connected(0.0)) == [(SAVE,), (HELLO, "gw-a", 0, 32)]
+
+
+@given(st.lists(st.sampled_from(["hello", "restart", "fail"]), max_size=80), st.integers(1, 20))
+def test_counters_never_repeat_across_restarts(ops: list[str], block: int) -> None:
+    saved = None
+    pol = make(gateways=("g",), block=block)
+    now, seen = 0.0, []
+    for op in ["restart", *ops]:
+        now += 100.0
+        if op == "restart":
+            pol = make(gateways=("g",), block=block, state=saved)
+            actions = pol.connected(now)
+        elif op == "fail":
+            actions = pol.tick(now)
+        else:
+            actions = pol.reauth(now) + pol.tick(now)
+        for a in actions:
+            if a[0] == SAVE:
+                saved = a[1]
+            elif a[0] == HELLO:
+                assert saved is not None and a[3] <= p.parse_counters(saved)[1][("g", 0)]  # written ahead
+                seen.append(a[3])
+    assert seen == sorted(set(seen))
+
+
+def test_counter_file_format() -> None:
+    text = p.format_counters(2, {("gw-b", 2): 47, ("gw-a", 2): 15})
+    assert text == "2\ngw-a 2 15\ngw-b 2 47\n"
+    assert p.parse_counters(text) == (2, {("gw-a", 2): 15, ("gw-b", 2): 47})
+    assert make(state=text, epoch=1).epoch == 2 and make(state=text, epoch=5).epoch == 5
+    for bad in ("", "x\n", "1\ngw-a 1\n", "1\ngw-a 1 x\n", "-1\n", "1\ngw 1 -4\n"):
+        with pytest.raises(ValueError):
+            p.parse_counters(bad)
+
+
+def test_counters_exhausted_is_an_error_not_a_wrap() -> None:
+    pol = make(gateways=("g",), state=p.format_counters(0, {("g", 0): p.MAX_COUNTER}))
+    with pytest.raises(OverflowError):
+        pol.connected(0.0)
+
+
+# -- backoff ---------------------------------------------------------------------------------------
+
+
+@given(st.floats(0.01, 5), st.floats(1, 300), st.randoms(use_true_random=False))
+def test_backoff_full_jitter_within_capped_exponential_ceiling(
+    base: float, cap: float, rnd: _random.Random
+) -> None:
+    cap = max(cap, base)
+    pol = make(gateways=("g",), random=rnd.randbytes, backoff_base=base, backoff_cap=cap)
+    for n in range(40):
+        d = pol._jitter(base, n)
+        assert 0 <= d <= min(cap, base * 2**n)
+
+
+def test_backoff_spreads_a_fleet() -> None:
+    # After a broker restart, 2,000 agents' first reconnects are uniform over [0, reconnect_base]: no wave.
+    import os
+
+    sample = []
+    for _ in range(2000):
+        pol = make(random=os.urandom, reconnect_base=1.0)
+        pol.start(0.0)
+        pol.connected(0.0)
+        pol.disconnected(0.0)
+        sample.append(pol.wake_at())
+    assert all(0 <= d <= 1 for d in sample)
+    quarters = [sum(1 for d in sample if q / 4 <= d < (q + 1) / 4) for q in range(4)]
+    assert min(quarters) > 380  # ~500 each
+
+
+def test_bad_settings_are_refused() -> None:
+    for kw in ({"block": 0}, {"backoff_base": 0}, {"backoff_cap": 0.1}, {"reconnect_base": 0}):
+        with pytest.raises(ValueError):
+            make(**kw)
+    with pytest.raises(ValueError):
+        AgentPolicy((), MAX)
