@@ -12,7 +12,7 @@ T = TypeVar("T")
 
 #: Gas limit per operation: measured gas (docs/LEDGER.md) plus a margin. Batches: (base, per item).
 GAS_BUDGETS: Mapping[str, int] = {
-    "deployRegistry": 3_500_000,
+    "deployRegistry": 3_800_000,
     "deployAuthLog": 900_000,
     "grantRole": 120_000,
     "revokeRole": 80_000,

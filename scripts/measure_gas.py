@@ -91,6 +91,13 @@ async def main() -> None:
         note("transfer", await a["owner"].transfer(dev, s["new"].address))
         note("acceptTransfer", await a["new"].accept_transfer(dev))
         note("removeGateway", await a["op"].remove_gateway(gid))
+        r2 = _reg(2)
+        await a["maker"].register_device(r2)
+        note("registerDeviceKey", await a["maker"].register_device_key(r2.device_id, os.urandom(32)))
+        await a["owner"].claim(r2.device_id, b"code-" + r2.device_id.hex().encode())
+        await a["owner"].transfer(r2.device_id, s["new"].address)
+        note("acceptTransfer (device key: re-key pending)", await a["new"].accept_transfer(r2.device_id))
+        note("confirmRekey", await a["new"].confirm_rekey(r2.device_id, os.urandom(32)))
     for name, used in gas.items():
         print(f"| {name} | {used:,} |")
 
