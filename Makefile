@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: bootstrap test lint bench contracts demo clean
+.PHONY: bootstrap test lint bench campaign contracts demo clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -24,6 +24,11 @@ bench: bootstrap
 # DEMO_SECONDS=N stops it by itself, DEMO_DEVICES=N sizes the fleet. Logs under run/demo-<timestamp>/.
 demo: bootstrap
 	$(PY) -m firmware_sim.demo
+
+# Faults, load and attacks over a whole site for up to ~15 minutes, ended by invariants checked from
+# evidence; CAMPAIGN_SECONDS, CAMPAIGN_DEVICES, CAMPAIGN_SEED. Evidence under run/campaign-<timestamp>/.
+campaign: bootstrap
+	$(PY) -m firmware_sim.campaign
 
 # Compiles ledger_bridge/contracts with the pinned solc (npm) into the committed ledger_bridge/artifacts.
 contracts: bootstrap

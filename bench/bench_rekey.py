@@ -24,13 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from device_agent.agent.x25519 import x25519
 from device_agent.core import rekey
 from firmware_sim.mpy import runner
 from firmware_sim.mpy.runner import REKEY_MODULES, rekey_args
 
 
 def _cpython_ms(n: int = 50) -> float:
-    x = rekey.x25519_function()
+    x = x25519
     did, secret, static = os.urandom(8), os.urandom(32), os.urandom(32)
     public = x(static, b"\x09" + bytes(31))
     t0 = time.process_time()

@@ -169,6 +169,7 @@ class MosquittoBroker:
         self.data_dir = self.directory / "data"
         self.data_dir.mkdir(exist_ok=True)
         self._process: subprocess.Popen[bytes] | None = None
+        self._listening = False  # SIGHUP only once it listens: before its handler is set, it kills
         self._share_with_broker(self.directory, 0o770)
         self._share_with_broker(self.data_dir, 0o770)
 
@@ -240,15 +241,19 @@ class MosquittoBroker:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                if self._process.stderr:
+                    self._process.stderr.close()
                 self._process = None
                 raise MosquittoError(f"mosquitto exited at start: {err.strip()}\n{self.log_text()[-2000:]}")
             with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
+                self._listening = True
                 return self
             time.sleep(0.02)
         self.stop()
         raise MosquittoError(f"mosquitto did not listen on {self.port} within {self.start_timeout} s")
 
     def stop(self, timeout: float = 5.0) -> None:
+        self._listening = False
         process, self._process = self._process, None
         if process is None:
             return
@@ -276,7 +281,12 @@ class MosquittoBroker:
         self.start()
 
     def reload(self) -> None:
-        """SIGHUP: the broker rereads its password and ACL files and re-checks connected clients."""
+        """SIGHUP: the broker rereads its password and ACL files and re-checks connected clients.
+
+        Refused (ProcessLookupError, an OSError an enforcer retries) while the broker is stopped or
+        still starting: a SIGHUP that arrives before mosquitto has set its handler terminates it."""
+        if not (self._listening and self.running):
+            raise ProcessLookupError("the broker is not running (stopped, or still starting)")
         os.kill(self.pid, signal.SIGHUP)
 
     def wait_for_log(self, text: str, timeout: float = 5.0, *, occurrences: int = 1) -> None:

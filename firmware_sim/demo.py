@@ -40,6 +40,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn
+from rich.progress import Progress as RichProgress
+
 from gateway.broker import BrokerSecret
 from gateway.settings import (
     BrokerSettings,
@@ -206,14 +210,24 @@ class Demo:
         gw_dir = self.dir / "gateway"
         gw_dir.mkdir()
         t0 = time.monotonic()
-        last = [0.0]
+        # a bar per onboarding step on a terminal (rich), one line per finished step otherwise
+        bars = RichProgress(
+            TextColumn("[demo]   {task.description}"), BarColumn(), MofNCompleteColumn(),
+            console=Console(highlight=False), disable=not sys.stdout.isatty(),
+        )  # fmt: skip
+        steps: dict[str, TaskID] = {}
 
         def progress(step: str, n: int) -> None:
-            if n and (time.monotonic() - last[0] > 2 or n == plan.devices):
-                last[0] = time.monotonic()
+            if not n:
+                return
+            if step not in steps:
+                steps[step] = bars.add_task(step, total=plan.devices)
+            bars.update(steps[step], completed=n)
+            if bars.disable and n == plan.devices:
                 say(f"  {step}: {n}/{plan.devices}")
 
-        site = await enroll(ledger, plan, key_dir=gw_dir, signers=signers, progress=progress)
+        with bars:
+            site = await enroll(ledger, plan, key_dir=gw_dir, signers=signers, progress=progress)
         channel = site.channel
         say(f"contracts deployed: registry {channel.registry}, auth log {channel.auth_log}")
         say(

@@ -74,6 +74,7 @@ class SimDevice:
         self._outcome: asyncio.Future[object] | None = None
         self._started = 0.0
         self._cached_key: tuple[tuple[str, int, bytes], bytes] | None = None
+        self._pending: tuple[str, int, int] | None = None  # a HELLO the policy started on its own
 
     def __repr__(self) -> str:
         return f"SimDevice({self.hex} -> {self.gateway_id})"
@@ -154,15 +155,31 @@ class SimDevice:
             self.session = result.session
             self.stats.authenticated += 1
             self.stats.latencies_ms.append((now - self._started) * 1000)
-            self._apply(self.policy.authenticated(self.gateway_id, result.session.expires, now))
+            self._learn(self.policy.authenticated(self.gateway_id, result.session.expires, now))
         else:
             reason = getattr(result, "reason", "unexpected")
             self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
-            self._apply(self.policy.rejected(self.gateway_id, reason, getattr(result, "epoch", None), now))
+            # an epoch hint is retried at once by the policy: that HELLO is the next authenticate()'s
+            self._learn(self.policy.rejected(self.gateway_id, reason, getattr(result, "epoch", None), now))
         return result
+
+    def no_session(self) -> bool:
+        """The gateway says it holds no session for this device -> True when the policy wants a new
+        handshake now (the caller then awaits ``authenticate()``); a forged or repeated signal -> False."""
+        return self._learn(self.policy.no_session(self.gateway_id, self._clock()))
+
+    def _learn(self, actions: list[tuple[object, ...]]) -> bool:
+        """Apply the policy's actions; a HELLO it started waits for the next ``authenticate()``."""
+        hello = self._apply(actions)
+        if hello is not None:
+            self._pending = hello
+        return hello is not None
 
     def _next_hello(self, now: float) -> tuple[str, int, int]:
         """The policy's next HELLO (gateway, epoch, counter), now: the scenario decides when to try."""
+        pending, self._pending = self._pending, None
+        if pending is not None:  # started by no_session()
+            return pending
         p = self.policy
         actions = p.reauth(now) if p.online else p.connected(now)
         hello = self._apply(actions)

@@ -23,7 +23,11 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from device_agent.core import topics
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from device_agent.core import policy, topics
 from gateway.mqtt import MqttClient, MqttError
 from gateway.ops import parse_counters
 from ledger_bridge.enrollment import ProvisionedDevice
@@ -66,14 +70,15 @@ class Pacer:
 class Backoff:
     """Full-jitter exponential backoff: attempt n waits uniform(0, min(cap, base * 2**n)).
 
-    The defaults are the agents' reconnect policy (``device_agent.agent.config``: 5 s window, 60 s cap).
+    The agents' own rule (``device_agent.core.policy.backoff_delay``) with the agents' reconnect
+    defaults (5 s window, 60 s cap), drawn from a seeded ``random.Random`` so a run can be replayed.
     """
 
     base: float = 5.0
     cap: float = 60.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        return rng.uniform(0, min(self.cap, self.base * 2 ** min(attempt, 16)))
+        return float(policy.backoff_delay(self.base, self.cap, attempt, rng.randbytes))
 
 
 @dataclass
@@ -261,7 +266,8 @@ async def gather_limited(coros: Iterable[Awaitable[Any]], limit: int = 2000) -> 
 
 
 class Progress:
-    """A status line on stderr refreshed ``hz`` times a second (one line per 5 s when not a terminal)."""
+    """A status line on stderr (rich's ``Live``) refreshed ``hz`` times a second; one plain line per
+    5 s when the stream is not a terminal."""
 
     def __init__(self, stats: FleetStats, *, stream: TextIO | None = None, hz: float = 2.0) -> None:
         self.stats = stats
@@ -269,7 +275,8 @@ class Progress:
         self.interval = 1.0 / hz
         self.label = ""
         self._task: asyncio.Task[None] | None = None
-        self._tty = self.stream.isatty()
+        self.console = Console(file=self.stream, highlight=False)
+        self._live: Live | None = None
 
     def line(self) -> str:
         s = self.stats
@@ -282,15 +289,16 @@ class Progress:
         last_plain = 0.0
         while True:
             await asyncio.sleep(self.interval)
-            if self._tty:
-                self.stream.write("\r" + self.line())
-                self.stream.flush()
+            if self._live is not None:
+                self._live.update(Text(self.line()), refresh=True)
             elif time.monotonic() - last_plain >= 5.0:
                 last_plain = time.monotonic()
-                self.stream.write(self.line() + "\n")
-                self.stream.flush()
+                self.console.print(self.line(), markup=False)
 
     def __enter__(self) -> Progress:
+        if self.console.is_terminal:
+            self._live = Live(Text(self.line()), console=self.console, auto_refresh=False, transient=False)
+            self._live.start(refresh=True)
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 
@@ -298,5 +306,8 @@ class Progress:
         if self._task is not None:
             self._task.cancel()
         with contextlib.suppress(Exception):
-            self.stream.write(("\r" if self._tty else "") + self.line() + "\n")
-            self.stream.flush()
+            if self._live is not None:
+                self._live.update(Text(self.line()), refresh=True)
+                self._live.stop()
+            else:
+                self.console.print(self.line(), markup=False)

@@ -22,6 +22,8 @@ hash chain, and empties or rewrites the sidecar still fails: the chain lists the
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -42,6 +44,12 @@ GENESIS = "0" * 64
 
 class AuditError(Exception):
     """The audit log is unreadable or its chain is broken (the message says where)."""
+
+
+class AuditUnavailable(AuditError):
+    """A record could not be written (disk full, I/O error): nothing was appended, the chain is intact.
+
+    The gateway fails closed on it: no session is granted that the log cannot record."""
 
 
 def _digest(prev: str, body: dict[str, Any]) -> str:
@@ -98,16 +106,34 @@ class AuditLog:
         verify_file(self.path)
 
     def append(self, event: str, **fields: Any) -> int:
-        """Append one record; -> its sequence number. Fields must be JSON values and never secrets."""
-        self.seq += 1
-        body = {"seq": self.seq, "ts": round(self._clock(), 3), "event": event, "prev": self.head, **fields}
-        self.head = _digest(self.head, body)
-        body["hash"] = self.head
-        self._f.write(json.dumps(body, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+        """Append one record; -> its sequence number. Fields must be JSON values and never secrets.
+
+        Raises ``AuditUnavailable`` when the record cannot be written (e.g. the disk is full): then
+        nothing was appended (a partial line is cut off again) and the chain continues from the last
+        record that was, so the log stays verifiable and the next append links to it."""
+        seq = self.seq + 1
+        body = {"seq": seq, "ts": round(self._clock(), 3), "event": event, "prev": self.head, **fields}
+        head = _digest(self.head, body)
+        body["hash"] = head
+        line = json.dumps(body, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+        size = self._f.tell()
+        try:
+            written = self._f.write(line)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes)")
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._f.fileno(), size)
+                self._f.seek(size)
+            raise AuditUnavailable(
+                f"audit log {self.path}: record {seq} not written ({exc.strerror or exc})"
+            ) from None
+        self.seq, self.head = seq, head
         self._since.append(bytes.fromhex(self.head))
         self._unsynced += 1
-        if event in URGENT or (not self.deferred_sync
-                               and time.monotonic() - self._last_sync >= self.fsync_interval):
+        if event in URGENT or (
+            not self.deferred_sync and time.monotonic() - self._last_sync >= self.fsync_interval
+        ):
             self.sync()
         return self.seq
 
@@ -124,13 +150,22 @@ class AuditLog:
         if not self._since:
             return None
         first = self.anchored_seq + 1
-        return Anchor(first_seq=first, last_seq=first + len(self._since) - 1, count=len(self._since),
-                      root=merkle_root([leaf_hash(h) for h in self._since]))
+        return Anchor(
+            first_seq=first,
+            last_seq=first + len(self._since) - 1,
+            count=len(self._since),
+            root=merkle_root([leaf_hash(h) for h in self._since]),
+        )
 
     def mark_anchored(self, anchor: Anchor, tx: str) -> None:
         """Record that ``anchor`` is on chain (transaction ``tx``)."""
-        line = {"first_seq": anchor.first_seq, "last_seq": anchor.last_seq, "count": anchor.count,
-                "root": anchor.root.hex(), "tx": tx}
+        line = {
+            "first_seq": anchor.first_seq,
+            "last_seq": anchor.last_seq,
+            "count": anchor.count,
+            "root": anchor.root.hex(),
+            "tx": tx,
+        }
         with open(self.anchors_path, "a") as f:
             f.write(json.dumps(line, sort_keys=True) + "\n")
             f.flush()
@@ -224,21 +259,45 @@ async def check_anchors(
             problem = f"the log ends at record {last_logged}, before this anchored batch ends"
         elif len(hashes) != a.count or root != bytes(a.merkle_root):
             problem = "the log does not reproduce the root anchored on chain (records altered or removed)"
-        out.append(AnchorCheck(first_seq=first, last_seq=last, count=len(hashes),
-                               root=bytes(a.merkle_root).hex(), tx=getattr(a, "transaction_hash", ""),
-                               on_chain=True, problem=problem))
+        out.append(
+            AnchorCheck(
+                first_seq=first,
+                last_seq=last,
+                count=len(hashes),
+                root=bytes(a.merkle_root).hex(),
+                tx=getattr(a, "transaction_hash", ""),
+                on_chain=True,
+                problem=problem,
+            )
+        )
     covered = max((int(a.last_seq) for a in on_chain), default=0)
     if next_seq and next_seq != covered + 1:  # the node's event list is missing batches: never pass
-        out.append(AnchorCheck(first_seq=covered + 1, last_seq=next_seq - 1, count=0, root="", tx="",
-                               on_chain=True, problem=f"the chain's next sequence is {next_seq} but its "
-                               f"Anchored events cover up to {covered}: the event list is incomplete"))
+        out.append(
+            AnchorCheck(
+                first_seq=covered + 1,
+                last_seq=next_seq - 1,
+                count=0,
+                root="",
+                tx="",
+                on_chain=True,
+                problem=f"the chain's next sequence is {next_seq} but its "
+                f"Anchored events cover up to {covered}: the event list is incomplete",
+            )
+        )
     chain_roots = {bytes(a.merkle_root).hex() for a in on_chain}
     for rec in anchor_records(path):  # local records the chain does not know: reported, never trusted
         if rec.get("root") not in chain_roots:
-            out.append(AnchorCheck(first_seq=int(rec["first_seq"]), last_seq=int(rec["last_seq"]),
-                                   count=int(rec["count"]), root=str(rec["root"]), tx=str(rec.get("tx", "")),
-                                   on_chain=False,
-                                   problem="the sidecar names a root this gateway never anchored on chain"))
+            out.append(
+                AnchorCheck(
+                    first_seq=int(rec["first_seq"]),
+                    last_seq=int(rec["last_seq"]),
+                    count=int(rec["count"]),
+                    root=str(rec["root"]),
+                    tx=str(rec.get("tx", "")),
+                    on_chain=False,
+                    problem="the sidecar names a root this gateway never anchored on chain",
+                )
+            )
     return out
 
 
@@ -254,6 +313,15 @@ def _check_sidecar(path: Path) -> list[AnchorCheck]:
         problem = ""
         if count != a["count"] or root.hex() != a["root"]:
             problem = "the log no longer matches the local anchor record"
-        out.append(AnchorCheck(first_seq=first, last_seq=last, count=count, root=root.hex(),
-                               tx=str(a.get("tx", "")), on_chain=False, problem=problem))
+        out.append(
+            AnchorCheck(
+                first_seq=first,
+                last_seq=last,
+                count=count,
+                root=root.hex(),
+                tx=str(a.get("tx", "")),
+                on_chain=False,
+                problem=problem,
+            )
+        )
     return out

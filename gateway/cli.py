@@ -148,7 +148,7 @@ def _secret_file_problems(settings: GatewaySettings) -> list[str]:
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diams-gateway", description=__doc__.split("\n")[0])
     parser.add_argument("--log-level", default=os.environ.get("DIAMS_LOG_LEVEL", "info"))
     parser.add_argument("--json-logs", action="store_true", help="structured logs (one JSON object a line)")
@@ -165,7 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("path", type=Path)
     verify.add_argument("--anchors", action="store_true", help="recompute every anchored Merkle root")
     verify.add_argument("--config", type=Path, help="with --anchors: find the roots on this gateway's ledger")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     _setup_logging(args.log_level, args.json_logs)
     try:
         if args.command == "run":
@@ -191,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as exc:
         print(f"diams-gateway: refusing to overwrite {exc.filename}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        log.error("diams-gateway: %s: %s", type(exc).__name__, exc)
+    except Exception:
+        log.exception("diams-gateway: failed")  # with its traceback: not a configuration error
         return 1
 
 

@@ -27,10 +27,10 @@ from ledger_bridge import Ledger, LedgerBackend
 from ledger_bridge.actor import ActorHandle
 from ledger_bridge.errors import LedgerError
 from ledger_bridge.heads import HeadWatcher
-from ledger_bridge.index import IdentityIndex, LedgerSource, SyncReport
+from ledger_bridge.index import IdentityIndex, IndexStorageError, LedgerSource, SyncReport
 from ledger_bridge.sealing import load_gateway_key
 
-from .audit import AuditLog
+from .audit import AuditLog, AuditUnavailable
 from .broker import (
     AuthorizeGateway,
     BrokerEnforcer,
@@ -307,7 +307,11 @@ class Gateway:
         cut, enroll = self.devices.refresh(report.changed)
         for did in cut:
             self.traffic.drop_session(did, "ledger")
-            self.audit.append("cut_off", device=did.hex(), block=report.to_block)
+            try:
+                self.audit.append("cut_off", device=did.hex(), block=report.to_block)
+            except AuditUnavailable as exc:  # the cut-off happens whether or not it can be recorded
+                self.metrics.inc("audit_unavailable", "cut_off")
+                log.error("audit record cut_off not written: %s", exc)
             self.metrics.inc("cut_off")
         if self._enforcer is not None and (cut or enroll) and self._tasks is not None:
             self._tasks.create_task(self._apply_changes(cut, enroll))
@@ -338,6 +342,12 @@ class Gateway:
                 if not self.ledger_ok:
                     log.info("ledger reachable again; index at block %d", self.index.watermark)
                 self.ledger_ok = True
+            except IndexStorageError as exc:
+                # The disk is full or failing: nothing of this sync was kept, and the next one fetches
+                # the same events again. Past offline.max_staleness, handshakes are refused (fail closed).
+                self.metrics.inc("index_storage_errors")
+                log.error("identity index not updated: %s; retrying", exc)
+                await asyncio.sleep(min(5.0, interval * 10))
             except (LedgerError, TimeoutError) as exc:
                 if self.ledger_ok:
                     log.warning(

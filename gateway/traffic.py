@@ -22,6 +22,7 @@ from device_agent.core import gateway as core_gateway
 from device_agent.core import topics
 from device_agent.core.session import Session
 
+from .audit import AuditUnavailable
 from .defence import Defence
 
 if TYPE_CHECKING:
@@ -139,7 +140,8 @@ class Traffic:
                 entry = self.devices.entries[did]
                 durable = self.counters.accept(did, entry.epoch, e.counter, e.nonce)
             elif t is ev.Authenticated:
-                self._authenticated(did, e.session, now)
+                if not self._authenticated(did, e, now):
+                    reply = None  # the log could not record it: no RESULT, the device tries again
             elif t is ev.Rejected:
                 self._rejected(did, e.reason, e.counter, now)
             elif t is core_gateway.CloneDetected:
@@ -161,11 +163,26 @@ class Traffic:
             return
         self.publish(topic, reply)
 
-    def _authenticated(self, did: bytes, session: Session, now: float) -> None:
-        self.sessions[did] = session
+    def _authenticated(self, did: bytes, event: ev.Authenticated, now: float) -> bool:
+        """Grant the session once its audit record is written; -> False (fail closed) when it is not."""
+        try:
+            self.audit.append("authenticated", device=did.hex(), epoch=event.epoch, counter=event.counter)
+        except AuditUnavailable as exc:
+            self.metrics.inc("handshake_refused", "audit_unavailable")
+            log.error("session for %s withheld: %s", did.hex(), exc)
+            return False
+        self.sessions[did] = event.session
         self.defence.succeeded(did)
         self.metrics.inc("authenticated")
-        self.audit.append("authenticated", device=did.hex())
+        return True
+
+    def _audit(self, event: str, **fields: object) -> None:
+        """A record the gateway acts on whether or not it can be written (refusals, clones)."""
+        try:
+            self.audit.append(event, **fields)
+        except AuditUnavailable as exc:
+            self.metrics.inc("audit_unavailable", event)
+            log.error("audit record %s not written: %s", event, exc)
 
     def _rejected(self, did: bytes, reason: str, counter: int | None, now: float) -> None:
         self.metrics.inc("rejected", reason)
@@ -184,11 +201,11 @@ class Traffic:
         if len(self._audited) > 100_000:
             self._audited.clear()
         self._audited[key] = now
-        self.audit.append("rejected", device=did.hex(), reason=reason, counter=counter)
+        self._audit("rejected", device=did.hex(), reason=reason, counter=counter)
 
     def _clone(self, did: bytes, counter: int) -> None:
         self.metrics.inc("clone_detected")
-        self.audit.append("clone_detected", device=did.hex(), counter=counter)
+        self._audit("clone_detected", device=did.hex(), counter=counter)
         log.warning("clone detected: device %s answered a challenge with used counter %d", did.hex(), counter)
         if self._quarantine:
             self.devices.quarantine(did)

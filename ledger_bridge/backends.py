@@ -68,7 +68,14 @@ class RpcBackend:
             raise ValueError("RpcBackend needs an http:// or https:// URL")
 
     def open(self) -> Web3:
-        w3 = Web3(Web3.HTTPProvider(self.url, request_kwargs={"timeout": self.timeout_s}))
+        # No automatic retries: web3 would resend eth_sendRawTransaction after a timeout, and a loaded
+        # node that took the first copy answers the second "nonce too low". The ledger learns a
+        # transaction's fate from its hash instead (Ledger._send).
+        w3 = Web3(
+            Web3.HTTPProvider(
+                self.url, request_kwargs={"timeout": self.timeout_s}, exception_retry_configuration=None
+            )
+        )
         try:
             w3.eth.chain_id  # noqa: B018 - a first round trip, so a dead node fails here
         except Exception as exc:

@@ -22,6 +22,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
 from .actor import ActorHandle
 from .backends import EthereumTesterBackend, LedgerBackend, RpcBackend
 from .csv_import import parse_bytes32, parse_device_id, read_rows, register_rows
@@ -147,24 +150,20 @@ async def cmd_register(args: argparse.Namespace) -> int:
 async def _register_csv(args: argparse.Namespace) -> int:
     good, bad = read_rows(Path(args.csv))
     signer = _signer(args)
-    show = sys.stderr.isatty() and not args.quiet
+    bar = Progress(
+        TextColumn("registering"), BarColumn(), MofNCompleteColumn(),
+        console=Console(stderr=True), disable=not sys.stderr.isatty() or args.quiet,
+    )  # fmt: skip
+    task = bar.add_task("registering", total=len(good))
 
     def progress(done: int, total: int) -> None:
-        if show:
-            width = 30
-            filled = width * done // max(total, 1)
-            print(
-                f"\rregistering [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
-                end="",
-                file=sys.stderr,
-            )
+        bar.update(task, completed=done, total=total)
 
-    async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
-        report = await register_rows(
-            ledger.actor(signer), good, batch_size=args.batch_size, progress=progress
-        )
-    if show:
-        print(file=sys.stderr)
+    with bar:
+        async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
+            report = await register_rows(
+                ledger.actor(signer), good, batch_size=args.batch_size, progress=progress
+            )
     errors = sorted(bad + report.errors, key=lambda e: e.line)
     for e in errors:
         print(f"line {e.line}: {e.device_id or '?'}: {e.reason}")

@@ -79,6 +79,11 @@ class IndexError_(Exception):
     """The index database is unusable (the message says why)."""
 
 
+class IndexStorageError(IndexError_):
+    """A sync could not be written (disk full, I/O error). Nothing of it was kept: the watermark did not
+    move, so the next sync fetches the same events again."""
+
+
 class ChainSource(Protocol):
     """What the index needs of a chain; `LedgerSource` adapts a `Ledger`."""
 
@@ -230,7 +235,16 @@ class IdentityIndex:
 
     # ---- sync ----
     async def sync(self, source: ChainSource, *, max_blocks: int = 5000) -> SyncReport:
-        """Bring the index up to the chain head minus confirmations; -> what changed."""
+        """Bring the index up to the chain head minus confirmations; -> what changed.
+
+        Raises ``IndexStorageError`` when the database cannot be written; the index then stays as it
+        was (each batch is one transaction) and a later sync catches up."""
+        try:
+            return await self._sync(source, max_blocks)
+        except sqlite3.Error as exc:
+            raise IndexStorageError(f"identity index {self.path}: {exc}") from None
+
+    async def _sync(self, source: ChainSource, max_blocks: int) -> SyncReport:
         depth = await self._handle_reorg(source)
         head = await source.head()
         target = min(head - self.confirmations, self.watermark + max_blocks)

@@ -422,6 +422,13 @@ class Ledger:
     async def block_gas_limit(self) -> int:
         return await self._run(lambda: int(self.w3.eth.get_block("latest")["gasLimit"]))
 
+    def _mined(self, tx_hash: Any) -> bool:
+        try:
+            self.w3.eth.get_transaction_receipt(tx_hash)
+        except Exception:
+            return False
+        return True
+
     def _send(self, signer: Signer, fn: Any, gas: int, context: str) -> Any:
         """Sign, send, wait; runs on the worker thread."""
         w3, sender = self.w3, signer.address
@@ -443,9 +450,31 @@ class Ledger:
             tx["maxFeePerGas"] = 2 * int(base_fee) + self._tip
         try:
             tx = fn.build_transaction(tx)
-            tx_hash = w3.eth.send_raw_transaction(signer.sign_transaction(tx))
+            raw = signer.sign_transaction(tx)
         except BaseException:
             self._nonces.pop(sender, None)  # resynchronise from the node next time
+            raise
+        tx_hash = Web3.keccak(raw)
+        try:
+            w3.eth.send_raw_transaction(raw)
+        except OSError as exc:
+            # The request timed out or the connection broke, but the node may have taken the
+            # transaction (a loaded node mining a large batch answers late): its fate is known by its
+            # hash, not by this error. Guessing "lost" would reuse the nonce for the next transaction,
+            # which the node then refuses ("nonce too low") once this one lands.
+            try:
+                w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self._timeout_s, poll_latency=0.05)
+            except Exception:
+                self._nonces.pop(sender, None)
+                raise exc from None
+        except Exception:
+            # A refusal, or a duplicate of a send that went through ("nonce too low" for our own
+            # transaction): one look at the hash tells which.
+            if not self._mined(tx_hash):
+                self._nonces.pop(sender, None)
+                raise
+        except BaseException:
+            self._nonces.pop(sender, None)
             raise
         self._nonces[sender] = nonce + 1
         receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self._timeout_s, poll_latency=0.005)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
+from device_agent.agent.x25519 import x25519
 from device_agent.core import rekey
 
 from .actor import ActorHandle
@@ -36,7 +37,7 @@ async def rekey_device(
     if public == bytes(32):
         raise ValueError("the device has no registered device key: it cannot be re-keyed")
     _, epoch = await ledger.device_state(device_id)
-    role = rekey.OwnerRekey(device_id, epoch, secret, public, rekey.x25519_function(), os.urandom)
+    role = rekey.OwnerRekey(device_id, epoch, secret, public, x25519, os.urandom)
     confirm = role.reply(await channel.request(role.start()))
     await channel.send(confirm)
     new_secret: bytes | None = role.new_secret

@@ -13,7 +13,18 @@ The broker password (derived by the device from S, see ``keys.broker_password``)
 so that whichever gateway manages the site's broker can enroll the device there.
 
 The ledger also stores ``key_commitment(K_dg)``; a gateway checks what it unsealed against it.
-docs/PROTOCOL.md section 3.4 is the specification.
+docs/PROTOCOL.md section 3.4 is the specification; tests/vectors/sealing.json pins it.
+
+Why not RFC 9180 HPKE (``cryptography.hazmat.primitives.hpke``, cryptography 50.0.2, pinned): this
+is HPKE base mode in all but its labels (DHKEM-style X25519 agreement, HKDF-SHA256 bound to both
+public keys, ChaCha20-Poly1305 under a one-time key), and rests on the same assumptions. We keep it,
+for now, because (1) the library offers only single-shot ``Suite.encrypt/decrypt``: a fresh ephemeral
+key inside, ``info`` but no AAD, no access to the key schedule, so the RFC's own test vectors (fixed
+ephemeral keys, AAD "Count-i") cannot be run against it, and our use of it could not be checked
+against the RFC either; (2) the 96-byte box is on chain (PROTOCOL.md 3.4): changing it is a protocol
+version, best done with the re-keying work that is changing sealing now (issue 10). What would
+change: ``enc || ct`` from ``Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.CHACHA20_POLY1305)`` with the
+context as ``info``, the same 96 bytes.
 """
 
 from __future__ import annotations
@@ -66,7 +77,12 @@ def seal(keys: GatewayKeys, gateway_public: bytes, device_id: bytes, gateway_id:
     """Seal the keys to the gateway's 32-byte X25519 public key; -> 96 bytes for the ledger."""
     if len(keys.k_dg) != 32 or len(gateway_public) != 32 or len(keys.broker_password) != BROKER_PASSWORD_LEN:
         raise ValueError("K_dg and the gateway public key must be 32 bytes, the broker password 16")
-    eph = X25519PrivateKey.generate()
+    return _seal_with(X25519PrivateKey.generate(), keys, gateway_public, device_id, gateway_id, epoch)
+
+
+def _seal_with(eph: X25519PrivateKey, keys: GatewayKeys, gateway_public: bytes, device_id: bytes,
+               gateway_id: bytes, epoch: int) -> bytes:
+    """``seal`` with a given ephemeral key (tests/vectors/sealing.json pins the format with one)."""
     eph_pub = public_bytes(eph.public_key())
     try:
         shared = eph.exchange(X25519PublicKey.from_public_bytes(gateway_public))

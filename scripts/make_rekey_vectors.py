@@ -11,6 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from device_agent.agent.x25519 import x25519
 from device_agent.core import rekey
 
 
@@ -19,7 +20,7 @@ def _fixed(label: str, n: int) -> bytes:
 
 
 def main() -> None:
-    x = rekey.x25519_function()
+    x = x25519
     inputs = {
         "device_id": _fixed("device id", 8),
         "secret": _fixed("S", 32),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from device_agent.core import crypto, gateway, identity, keys, otp, wire
+from device_agent.core import crypto, gateway, identity, keys, otp, topics, wire
 from gateway.mqtt import codec
 
 VECTORS = Path(__file__).resolve().parents[1] / "tests" / "vectors"
@@ -49,15 +49,16 @@ def main() -> None:
     tag_input = keys.lp(stream) + body
     p_raw = crypto.hmac_sha256(s, b"diams/v1/broker-password" + did)[:16]
     text_code = "3f9a0c5e1b7d2a648e0f5c3b9a1d7e26"  # as provision() makes them: 32 hex characters
-    topics = {
-        "handshake_up": f"diams/v1/hs/{i['gateway_id']}/{t['device_id']}/up",
-        "handshake_down": f"diams/v1/hs/{i['gateway_id']}/{t['device_id']}/down",
-        "data": f"diams/v1/d/{i['gateway_id']}/{t['device_id']}/{stream}",
-        "command": f"diams/v1/c/{i['gateway_id']}/{t['device_id']}/config",
-        "command_subscription": f"diams/v1/c/{i['gateway_id']}/{t['device_id']}/+",
-        "verified": f"diams/v1/v/{i['gateway_id']}/{t['device_id']}/{stream}",
+    g, d = i["gateway_id"], t["device_id"]
+    names = {
+        "handshake_up": topics.handshake_up(g, d),
+        "handshake_down": topics.handshake_down(g, d),
+        "data": topics.data(g, d, stream),
+        "command": topics.command(g, d, "config"),
+        "command_subscription": topics.topic_filter(topics.COMMAND, g, d),
+        "verified": topics.verified(g, d, stream),
     }
-    publish = codec.publish(topics["handshake_up"].encode(), H(t["hello"]), qos=1, packet_id=1, retain=False)
+    publish = codec.publish(names["handshake_up"].encode(), H(t["hello"]), qos=1, packet_id=1, retain=False)
     out = {
         "about": "docs/PROTOCOL.md v1.1: one vector per point the spec pins down; inputs from "
         "handshake_transcript.json; hex unless said",
@@ -104,7 +105,7 @@ def main() -> None:
             "text_form_claim_hash": identity.claim_hash(did, text_code.encode("ascii")).hex(),
         },
         "mqtt": {"hello_publish_qos1_no_retain": publish.hex(), "first_byte": "32"},
-        "topics": topics,
+        "topics": names,
         "reject": {
             "bad_otp_no_hint": wire.encode(wire.REJECT, 5, 0).hex(),
             "stale_epoch_hint_3": wire.encode(wire.REJECT, 4, 3).hex(),

@@ -5,20 +5,34 @@ the one polling helper. Neither asserts how long anything took: timing figures b
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["eventually", "wait_until"]
+__all__ = ["enrolled_at_broker", "eventually", "wait_until"]
 
 
 async def eventually(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.02) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes; -> its last value as a bool."""
+    """Poll ``predicate`` (plain or async) until it holds or ``timeout`` passes; -> its last value."""
+
+    async def holds() -> bool:
+        value = predicate()
+        return bool(await value if inspect.isawaitable(value) else value)
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
+        if await holds():
             return True
         await asyncio.sleep(interval)
-    return bool(predicate())
+    return await holds()
+
+
+async def enrolled_at_broker(enforcer: Any, device_hex: str, timeout: float = 15.0) -> None:
+    """Wait until the device's broker account is written (the gateway follows its index) and live
+    (``enforcer.flush()``: the broker has reloaded); then a connect succeeds at the first try."""
+    assert await eventually(lambda: device_hex in enforcer.password_file.read_text(), timeout), device_hex
+    await enforcer.flush()
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from device_agent.core import rekey
 
 from .keystore import DeviceSecret, KeyStoreError, check_private, load_secret, save_secret, write_private
+from .x25519 import x25519
 
 __all__ = ["device_public_key", "run_rekey", "static_key_path"]
 
@@ -34,7 +35,7 @@ def device_public_key(key_file: Path, *, create: bool = False) -> bytes:
         if not create:
             raise KeyStoreError(f"no device key at {path} (made at manufacture: diams-agent device-key)")
         write_private(path, os.urandom(32).hex().encode() + b"\n")
-    public: bytes = rekey.x25519_function()(_load_static(path), _BASE)
+    public: bytes = x25519(_load_static(path), _BASE)
     return public
 
 
@@ -59,7 +60,7 @@ def run_rekey(
         device_id,
         secret.reveal(),
         _load_static(static_key_path(key_file)),
-        rekey.x25519_function(),
+        x25519,
         os.urandom,
     )
     write_line(role.init(_hex(read_line())).hex())

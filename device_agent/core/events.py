@@ -5,8 +5,10 @@
 class Authenticated:
     """Both sides proved knowledge of K_dg in this run; ``session`` protects the data after it."""
 
-    def __init__(self, session):
+    def __init__(self, session, counter=None, epoch=None):
         self.session = session
+        self.counter = counter  # gateway side: the HELLO's counter and epoch (for the audit)
+        self.epoch = epoch
 
     def __repr__(self):
         return "Authenticated(%r)" % (self.session,)

@@ -188,7 +188,7 @@ class GatewayRole:
         tag = hmac_sha256(k_down, body + p.t)[:wire.TAG_LEN]
         session = Session(device_id, self.gateway_id, k_down, k_up, wire.COMMAND, wire.DATA,
                           now + entry.lifetime)
-        return body + tag, [Authenticated(session)]
+        return body + tag, [Authenticated(session, p.counter, entry.epoch)]
 
     def expire(self, now):
         """Drop handshakes whose PROOF did not come in time -> [Rejected] (``replay`` for probes)."""

@@ -65,6 +65,12 @@ def format_counters(epoch, reserved):
     return "\n".join(out)
 
 
+def backoff_delay(base, cap, n, random):
+    """Full jitter: U(0, min(cap, base * 2^n)), drawn from ``random(4)`` (bytes)."""
+    ceiling = min(cap, base * (1 << min(n, 30)))
+    return ceiling * (int.from_bytes(random(4), "big") / 4294967296.0)
+
+
 def _earliest(x, y):
     return y if x is None or (y is not None and y < x) else x
 
@@ -251,8 +257,7 @@ class AgentPolicy:
         self.stats[what] = self.stats.get(what, 0) + 1
 
     def _jitter(self, base, n):
-        ceiling = min(self.backoff_cap, base * (1 << min(n, 30)))
-        return ceiling * (int.from_bytes(self._random(4), "big") / 4294967296.0)
+        return backoff_delay(base, self.backoff_cap, n, self._random)
 
     def _offline(self, now, what):
         self._count(what)

@@ -23,7 +23,8 @@
 # learn the new owner's S'. After the device commits S', INIT needs S': the previous owner is out.
 #
 # Loaded only when re-keying: not part of the handshake core's budget. ``x25519`` is a parameter
-# (CPython: `cryptography`; MicroPython: x25519.py); randomness is an argument, as in the whole core.
+# (CPython: device_agent/agent/x25519.py over `cryptography`; MicroPython: x25519.py here, pure
+# Python); randomness is an argument, as in the whole core, which stays stdlib-only.
 from .crypto import ct_equal, hkdf, hkdf_expand, hmac_sha256
 
 INIT, REPLY, CONFIRM = 0x21, 0x22, 0x23
@@ -154,23 +155,3 @@ class DeviceRekey:
         self._secret = s2
         return s2
 
-
-def x25519_function():
-    """The X25519 of this runtime: `cryptography` where installed (CPython), else the pure one."""
-    try:
-        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-    except ImportError:
-        from .x25519 import x25519
-
-        return x25519
-
-    def x25519_c(k, u):
-        key = X25519PrivateKey.from_private_bytes(k)
-        if u == b"\x09" + bytes(31):
-            return key.public_key().public_bytes_raw()
-        try:
-            return key.exchange(X25519PublicKey.from_public_bytes(u))
-        except ValueError:  # a low-order point: the all-zero result, refused as the pure one is
-            return bytes(32)
-
-    return x25519_c

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from device_agent.agent.x25519 import x25519 as x25519_c
 from device_agent.core import device, gateway, keys, rekey
 from device_agent.core.x25519 import BASE, public_key
 from device_agent.core.x25519 import x25519 as pure_x25519
 from tests.core.pair import authenticated, handshake
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "x25519.json"
-X = rekey.x25519_function()  # CPython: `cryptography`
+X = x25519_c  # CPython: `cryptography`
 GW = b"gw-new-owner"
 FW = bytes(32)
 

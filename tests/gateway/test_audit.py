@@ -106,3 +106,41 @@ def test_anchors_cover_each_record_once_and_prove_inclusion(tmp_path):
     for i in range(7):
         assert verify_inclusion(leaves[i], inclusion_proof(leaves, i), first.root)
     assert not verify_inclusion(leaf_hash(os.urandom(32)), inclusion_proof(leaves, 2), first.root)
+
+
+class _FullDisk:
+    """A file whose writes stop after ``room`` more bytes, as a full file system's do (ENOSPC)."""
+
+    def __init__(self, f, room):
+        self._f, self.room = f, room
+
+    def write(self, data):
+        if len(data) <= self.room:
+            self.room -= len(data)
+            return self._f.write(data)
+        if self.room:
+            self._f.write(data[: self.room])  # a partial line reaches the file before the error
+            self.room = 0
+        raise OSError(28, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def test_a_full_disk_appends_nothing_and_the_chain_goes_on_when_it_frees(tmp_path):
+    from gateway.audit import AuditUnavailable
+
+    p = tmp_path / "audit.log"
+    a = AuditLog(p)
+    a.append("authenticated", device="%016x" % 1, counter=1)
+    a._f = _FullDisk(a._f, room=30)
+    with pytest.raises(AuditUnavailable, match="record 2 not written"):
+        a.append("authenticated", device="%016x" % 2, counter=2)
+    with pytest.raises(AuditUnavailable):
+        a.append("rejected", device="%016x" % 3, reason="bad_otp")
+    assert a.seq == 1 and verify_file(p)[0] == 1  # the partial line was cut off again
+    a._f = a._f._f  # the disk has room again
+    a.append("authenticated", device="%016x" % 2, counter=2)
+    a.close()
+    assert verify_file(p)[0] == 2
+    assert [r["counter"] for r in records(p)] == [1, 2]

@@ -14,7 +14,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -30,6 +29,7 @@ from ledger_bridge.index import onchain_gateway_id
 from ledger_bridge.sealing import load_gateway_key, public_bytes
 from tests.conftest import require
 from tests.gateway.stack import site
+from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "diams-gateway.service"
@@ -184,15 +184,6 @@ def _get(port: int, path: str) -> tuple[int, str]:
         return exc.code, body
 
 
-async def _until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
 @pytest.mark.asyncio
 async def test_health_ready_and_metrics_over_http(tmp_path):
     async with site(tmp_path, n_devices=1) as s:
@@ -220,7 +211,7 @@ async def test_health_ready_and_metrics_over_http(tmp_path):
         async def not_ready() -> bool:
             return (await asyncio.to_thread(_get, port, "/readyz"))[0] == 503
 
-        assert await _until(not_ready)
+        assert await eventually(not_ready, 10)
         assert await asyncio.to_thread(_get, port, "/readyz") == (503, "broker: not connected\n")
         assert (await asyncio.to_thread(_get, port, "/healthz"))[0] == 200
         s.broker.start()
@@ -228,7 +219,7 @@ async def test_health_ready_and_metrics_over_http(tmp_path):
         async def ready() -> bool:
             return (await asyncio.to_thread(_get, port, "/readyz"))[0] == 200
 
-        assert await _until(ready, 20)
+        assert await eventually(ready, 20)
         assert await asyncio.to_thread(_get, port, "/nowhere") == (404, "404: Not Found")
 
 

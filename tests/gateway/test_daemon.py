@@ -54,6 +54,7 @@ async def test_handshake_data_and_policy(tmp_path):
         assert await eventually(lambda: gw.metrics.get("data_dropped", "not_in_policy") == 1)
         assert await eventually(lambda: gw.metrics.get("data_dropped", "replay") == 1)
         assert gw.metrics.get("data_dropped", "forged") == 1
+        assert await eventually(lambda: len(got) >= 4)  # counted at the gateway, then delivered to us
         assert [p for _, p in got] == [b'{"t": 21.5}', b'{"t": 21.6}', b"x", b"y"]
         # a command from the gateway reaches the device, verified under the session
         assert gw.traffic.send_command(dev.device_id, "config", b"interval=60")
@@ -123,3 +124,32 @@ async def test_counters_survive_a_gateway_restart_and_replays_never_authenticate
         assert isinstance(await dev.authenticate(), events.Authenticated)
         assert gw.metrics.get("authenticated") == 1
         await dev.close()
+
+
+async def test_no_session_is_granted_that_the_audit_log_cannot_record(tmp_path):
+    """Fail closed: with the audit log's disk full, a correct handshake gets no RESULT and no session;
+    once the disk has room, the device authenticates and the record names its counter and epoch."""
+    from gateway.audit import AuditUnavailable, records
+
+    async with site(tmp_path, n_devices=1) as s:
+        gw = s.gateways["gw-a"]
+        dev = s.sim(0)
+        await dev.connect()
+        append = gw.traffic.audit.append
+
+        def full(event, **fields):
+            raise AuditUnavailable("audit log: record not written (No space left on device)")
+
+        gw.traffic.audit.append = full
+        try:
+            result = await dev.authenticate(timeout=2)
+            assert not isinstance(result, events.Authenticated), result
+            assert dev.device_id not in gw.traffic.sessions
+            assert gw.metrics.get("handshake_refused", "audit_unavailable") == 1
+        finally:
+            gw.traffic.audit.append = append
+        result = await dev.authenticate()
+        assert isinstance(result, events.Authenticated), result
+        gw.traffic.audit.sync()
+        authenticated = [r for r in records(gw.traffic.audit.path) if r["event"] == "authenticated"]
+        assert [(r["device"], r["epoch"], r["counter"]) for r in authenticated] == [(dev.hex, 0, dev.counter)]

@@ -14,18 +14,9 @@ from ledger_bridge.enrollment import sealed_grants
 from ledger_bridge.index import onchain_gateway_id
 from tests.gateway.helpers import eventually, verified_listener
 from tests.gateway.stack import site
+from tests.waiting import enrolled_at_broker
 
 pytestmark = pytest.mark.asyncio
-
-
-async def _connect_when_enrolled(dev, attempts: int = 50) -> None:
-    for _ in range(attempts):  # enrolment at the broker follows the index (a batched reload)
-        try:
-            await dev.connect(timeout=3)
-            return
-        except MqttConnectError:
-            await asyncio.sleep(0.1)
-    await dev.connect(timeout=3)
 
 
 async def test_suspension_cuts_a_live_session_and_reactivation_restores_it(tmp_path):
@@ -48,7 +39,8 @@ async def test_suspension_cuts_a_live_session_and_reactivation_restores_it(tmp_p
         with pytest.raises(MqttConnectError):
             await dev.connect(timeout=3)
         await s.actors["owner"].activate(did)
-        await _connect_when_enrolled(dev)
+        await enrolled_at_broker(s.enforcer, dev.hex)
+        await dev.connect(timeout=3)
         assert isinstance(await dev.authenticate(), events.Authenticated)
         dev.send_data("telemetry", b"again")
         assert await eventually(lambda: len(got) == 2)
@@ -79,7 +71,8 @@ async def test_deauthorizing_a_gateway_bumps_the_epoch_for_every_gateway(tmp_pat
         )
         assert await eventually(lambda: did in a.devices.entries)
         assert a.devices.entries[did].epoch == 1 and did not in b.devices.entries
-        await _connect_when_enrolled(dev)
+        await enrolled_at_broker(s.enforcer, dev.hex)
+        await dev.connect(timeout=3)
         stale = await dev.authenticate()  # the device still holds epoch 0: refused with the hint
         assert isinstance(stale, events.Rejected) and stale.reason == "stale_epoch", stale
         await dev.close()

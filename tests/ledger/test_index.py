@@ -154,3 +154,29 @@ async def test_index_agrees_with_the_contract_after_every_kind_of_event(channel:
         ), did.hex()
         grant_current = (await ch.ledger.grant(did, GW32)).current if view.grant else False
         assert view.servable == (on_chain.state is DeviceState.ACTIVE and grant_current), did.hex()
+
+
+@pytest.mark.asyncio
+async def test_a_full_disk_keeps_nothing_of_a_sync_and_the_next_one_catches_up(channel: Actors, tmp_path):
+    """SQLite's own "database or disk is full" (max_page_count caps the file as a full disk would):
+    the sync raises IndexStorageError, the watermark and the devices stay as they were, and once there
+    is room the same events are fetched and folded."""
+    from ledger_bridge.index import IndexStorageError
+
+    ch = channel
+    source = LedgerSource(ch.ledger)
+    index = IdentityIndex(
+        tmp_path / "index.sqlite", gateway_id=GW, start_block=ch.ledger.channel.deployed_block
+    )
+    await index.sync(source)
+    before = index.watermark
+    pages = index._db.execute("PRAGMA page_count").fetchone()[0]
+    index._db.execute(f"PRAGMA max_page_count = {pages}")
+    ids = await _enroll(ch, 8)
+    with pytest.raises(IndexStorageError, match="full"):
+        await index.sync(source)
+    assert index.watermark == before and index.device(ids[0]) is None
+    index._db.execute("PRAGMA max_page_count = 1073741823")
+    report = await index.sync(source)
+    assert set(report.changed) == set(ids) and index.device(ids[0]).state is DeviceState.ACTIVE
+    index.close()

@@ -220,3 +220,36 @@ async def test_too_little_gas_is_reported_as_such(channel: Actors) -> None:
     assert exc.value.error == "OutOfGas"
     assert str(exc.value) == "claim: ran out of gas (25000)"
     await channel.owner.claim(dev, claim_code(dev))  # the nonce was consumed and is tracked: next one works
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("failure", ["timeout", "duplicate"])
+async def test_a_send_that_fails_after_the_node_took_it_keeps_the_nonce(
+    channel: Actors, failure: str
+) -> None:
+    """A loaded node answers a large batch late: the client's request times out though the node took
+    the transaction. The ledger must learn its fate from its hash, and the next transaction of the
+    same sender must not reuse its nonce ("nonce too low")."""
+    import requests
+
+    eth = channel.ledger.w3.eth
+    real = eth.send_raw_transaction
+    calls = []
+
+    def late(raw: bytes) -> object:
+        result = real(raw)
+        calls.append(result)
+        if failure == "timeout":
+            raise requests.exceptions.ReadTimeout("the node answered after the client's timeout")
+        return real(raw)  # a client that sent it again (web3's retry): the node refuses the copy
+
+    eth.send_raw_transaction = late  # type: ignore[method-assign]
+    try:
+        first, second = device_id(1, tag=0xAD), device_id(2, tag=0xAD)
+        await channel.manufacturer.register_device(registration(first))
+    finally:
+        eth.send_raw_transaction = real  # type: ignore[method-assign]
+    assert calls, "the send went through the patched call"
+    await channel.manufacturer.register_device(registration(second))
+    for dev in (first, second):
+        assert (await channel.ledger.device_state(dev))[0] == DeviceState.MANUFACTURED

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from device_agent.agent.provision import provision
+from device_agent.agent.x25519 import x25519
 from device_agent.core import device, gateway, keys, rekey
 from ledger_bridge import DeviceRegistration, LedgerRevert
 from ledger_bridge.rekey import rekey_device
@@ -61,7 +62,7 @@ class ImpostorChannel:
     """The previous owner on the path answers in the device's place: it knows S, not the device key."""
 
     def __init__(self, device_id: bytes, secret: bytes) -> None:
-        self.role = rekey.DeviceRekey(device_id, secret, os.urandom(32), rekey.x25519_function(), os.urandom)
+        self.role = rekey.DeviceRekey(device_id, secret, os.urandom(32), x25519, os.urandom)
 
     async def request(self, message: bytes) -> bytes:
         return self.role.init(message)

@@ -8,12 +8,13 @@ import os
 import subprocess
 from pathlib import Path
 
+from device_agent.agent.x25519 import x25519
 from device_agent.core import rekey
 from firmware_sim.mpy import runner
 from tests.conftest import require
 
 SCRIPT = runner.SCRIPTS / "run_rekey.py"
-X = rekey.x25519_function()
+X = x25519
 
 
 def _start(*args: str) -> subprocess.Popen[str]:

@@ -1,0 +1,681 @@
+"""``make campaign``: a whole site under faults, load and attacks, ended by invariants from evidence.
+
+    make campaign                          # or: python -m firmware_sim.campaign
+    CAMPAIGN_SECONDS=300 make campaign     # the fault phase's length (default 540: done within 15 min)
+    CAMPAIGN_DEVICES=50 CAMPAIGN_SEED=7 make campaign
+    CAMPAIGN_FAULTS=disk_full,kill_gateway CAMPAIGN_ATTACKS=replay make campaign   # a subset
+
+Strategy: the site is the demo's (``firmware_sim.demo.Demo``: a private Mosquitto with enforcement, the
+embedded ledger served by its own process, ``diams-gateway run`` as a subprocess), with the gateway's
+state directory (counters, audit log) on a small tmpfs of its own so that the disk can be filled. An
+honest fleet streams data for the whole run, each device re-authenticating whenever it must. A seeded
+schedule alternates faults and attacks:
+
+- faults: ``kill -9`` and restart of the gateway, the broker and the ledger node; devices killed in the
+  middle of a handshake; stress-ng loading both cores; device clocks jumping; the audit log's file system
+  filled, then freed. After each fault the campaign waits for the fleet to come back;
+- attacks: the simulator's scenarios (replay, clone, revocation mid-session, firmware mismatch, counter
+  beyond the window), a flood of junk on handshake and data topics, and brute force on one device's OTP
+  with its captured broker password.
+
+The verdict (``firmware_sim.invariants.check``) rests on evidence, not on the campaign's own logs: the
+gateway's audit log and its on-chain anchors (``diams-gateway audit verify --anchors --config``), the
+verified topics seen by an application's account, the counters the honest devices sent and the sessions
+they completed, and the broker closing revoked devices' connections. Everything lands in
+``run/campaign-<timestamp>/``: ``campaign.json`` (evidence summary, injections, verdicts) and
+``campaign.md`` (the table printed at the end). Exit 0 only when every invariant held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from device_agent.core import events, topics
+from gateway.mqtt import MqttConnectError, MqttError
+from ledger_bridge.enrollment import ProvisionedDevice
+
+from .demo import GATEWAY_ID, ROOT, Demo, Process, _http_get, say
+from .device import SimDevice
+from .fleet import Observer, Pacer, SiteAccess, gather_limited, metrics_reader, parse_metrics
+from .invariants import AttackOutcome, Evidence, Fault, Invariant, Revocation, check, recovery_p99
+from .scenarios import ScenarioParams, identities_needed, run_scenario
+
+__all__ = ["Campaign", "main"]
+
+FAULTS = (
+    "kill_gateway",
+    "kill_broker",
+    "kill_ledger",
+    "cpu_stress",
+    "clock_jump",
+    "disk_full",
+    "kill_mid_handshake",
+)
+SCENARIO_ATTACKS = ("replay", "clone", "firmware_mismatch", "counter_window")
+ATTACKS = (*SCENARIO_ATTACKS, "revocation", "junk_flood", "brute_force")
+STATE_TMPFS_BYTES = 32 * 1024 * 1024
+
+
+@dataclass
+class Honest:
+    """One honest device of the fleet, and what it can testify to."""
+
+    dev: SimDevice
+    sent: int = 0
+    errors: int = 0
+    counters: set[tuple[int, int]] = field(default_factory=set)
+    completed: list[tuple[int, int, float]] = field(default_factory=list)
+    authenticated_at_end: bool = False
+
+
+class VerifiedObserver(Observer):
+    """An application's view: the time each device's data was seen on a verified topic."""
+
+    def __init__(self, clock: Any) -> None:
+        super().__init__()
+        self.seen: dict[str, list[float]] = {}
+        self._clock = clock
+
+    def _on_message(self, topic: bytes, payload: bytes) -> None:
+        super()._on_message(topic, payload)
+        levels = topic.decode(errors="replace").split("/")
+        for level in levels[3:]:
+            if len(level) == 16:
+                self.seen.setdefault(level, []).append(self._clock())
+                break
+
+
+class Campaign:
+    def __init__(
+        self,
+        *,
+        run_dir: Path,
+        devices: int,
+        seconds: float,
+        seed: int,
+        recovery_bound_s: float = 10.0,
+        cutoff_bound_s: float = 1.0,
+    ) -> None:
+        self.dir = run_dir
+        self.n_devices = devices
+        self.seconds = seconds
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.recovery_bound_s = recovery_bound_s
+        self.cutoff_bound_s = cutoff_bound_s
+        self.params = ScenarioParams(devices=0, attackers=2, seconds=5.0, settle=5.0)
+        self.demo = Demo(devices=devices, attackers=2, steady_seconds=0.0, run_dir=run_dir)
+        self.t0 = time.monotonic()
+        self.clock_offset = 0.0
+        self.faults: list[Fault] = []
+        self.attacks: list[AttackOutcome] = []
+        self.revocations: list[Revocation] = []
+        self.honest: list[Honest] = []
+        self.excluded: set[str] = set()
+        self.stop_fleet = asyncio.Event()
+        self.state_mount: Path | None = None
+        self.ledger_argv: list[str] | None = None
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def device_clock(self) -> float:
+        return time.monotonic() + self.clock_offset
+
+    # ---- the site ------------------------------------------------------------------------------------
+
+    def _identities_for_attacks(self) -> int:
+        return sum(identities_needed(a, self.params) for a in SCENARIO_ATTACKS) * 3 + 30
+
+    async def build(self) -> tuple[list[ProvisionedDevice], list[ProvisionedDevice], Any]:
+        demo = self.demo
+        demo.start_broker()
+        url = await demo.start_ledger_node()
+        node = demo.children[-1]
+        self.ledger_argv = list(node.proc.args)  # type: ignore[arg-type]
+        # enroll the honest fleet and the identities the attacks consume
+        demo._plan = self._plan  # type: ignore[method-assign]
+        site, fleet, extra = await demo.enroll(url)
+        self.mount_state_dir()
+        config, http_port = demo.write_gateway_config(url, site.channel, extra["files"])
+        self.gateway_config, self.http_port, self.url = config, http_port, url
+        await demo.start_gateway(config, http_port)
+        self.owner = extra["actors"]["owner"]
+        return fleet[: self.n_devices], fleet[self.n_devices :], site
+
+    def _plan(self) -> Any:
+        from .demo import FIRMWARE, POLICY
+        from .site import SitePlan
+
+        return SitePlan(
+            gateway_ids=(GATEWAY_ID,),
+            devices=self.n_devices + self._identities_for_attacks() + 40,
+            publish=("telemetry", "status"),
+            policy_id=POLICY,
+            firmware_hash=FIRMWARE,
+            serial_format="SN{:06d}",
+        )
+
+    def mount_state_dir(self) -> None:
+        """The gateway's state directory on a tmpfs of its own: the disk-full fault touches nothing else."""
+        state = self.dir / "gateway" / GATEWAY_ID
+        state.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0:
+            say("not root: the gateway's state stays on the run directory's disk (no disk-full fault)")
+            return
+        out = subprocess.run(  # noqa: S603 - fixed argv
+            ["/bin/mount", "-t", "tmpfs", "-o", f"size={STATE_TMPFS_BYTES},mode=0700", "tmpfs", str(state)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            say(f"could not mount a tmpfs for the gateway's state ({out.stderr.strip()}): no disk-full fault")
+            return
+        self.state_mount = state
+
+    def unmount_state_dir(self) -> None:
+        if self.state_mount is None:
+            return
+        keep = self.dir / "gateway-state"
+        shutil.copytree(self.state_mount, keep, dirs_exist_ok=True)
+        subprocess.run(["/bin/umount", "-l", str(self.state_mount)], check=False)  # noqa: S603
+        self.state_mount = None
+        # the evidence stays where the gateway's config says it is
+        for item in keep.iterdir():
+            target = self.dir / "gateway" / GATEWAY_ID / item.name
+            if item.is_file():
+                shutil.copy2(item, target)
+        say(f"gateway state copied out of its tmpfs to {keep}")
+
+    # ---- the honest fleet ----------------------------------------------------------------------------
+
+    def site_access(self, identities: list[ProvisionedDevice], observer: Observer | None) -> SiteAccess:
+        broker = self.demo.broker
+        assert broker is not None
+        return SiteAccess(
+            host=broker.host,
+            port=broker.port,
+            gateway_id=GATEWAY_ID,
+            identities=iter(identities),
+            owner=self.owner,
+            observer=observer,
+            gateway_metric=metrics_reader(f"http://127.0.0.1:{self.http_port}/metrics"),
+            pacer=Pacer(300.0),
+        )
+
+    async def honest_loop(self, h: Honest) -> None:
+        dev = h.dev
+        attempt = 0
+        while not self.stop_fleet.is_set():
+            try:
+                if dev.client is None or not dev.client.is_open:
+                    await dev.connect(timeout=10)
+                    dev.session = None
+                if self._needs_handshake(dev):
+                    h.counters.add((dev.epoch, dev.counter + 1))
+                    result = await dev.authenticate(timeout=4)
+                    if isinstance(result, events.Authenticated):
+                        h.completed.append((dev.epoch, dev.counter, self.now()))
+                        attempt = 0
+                    else:
+                        attempt += 1
+                        await asyncio.sleep(min(8.0, 0.5 * 2 ** min(attempt, 4)) * self.rng.random())
+                    continue
+                dev.send_data("telemetry", b'{"t":%d}' % int(self.now() * 1000))
+                h.sent += 1
+                await asyncio.sleep(1.0 + self.rng.random() * 0.2)
+            except (MqttError, OSError, TimeoutError):
+                h.errors += 1
+                attempt += 1
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(dev.close(), 2)
+                dev.client = None
+                await asyncio.sleep(min(8.0, 0.3 * 2 ** min(attempt, 4)) * self.rng.random())
+
+    def _needs_handshake(self, dev: SimDevice) -> bool:
+        session = dev.session
+        if session is None:
+            return True
+        if getattr(dev, "reauth_requested", False):  # the gateway said it holds no session for us
+            return True
+        return bool(session.expires <= self.device_clock() + 30)
+
+    # ---- faults ---------------------------------------------------------------------------------------
+
+    async def _gateway_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                status, _ = await asyncio.to_thread(_http_get, f"http://127.0.0.1:{self.http_port}/readyz")
+                if status == 200:
+                    return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"the gateway was not ready again within {timeout} s:\n{self.demo.gateway.tail()}")
+
+    async def _supervise_gateway(self) -> None:
+        """What systemd's Restart= does: a gateway that died is started again."""
+        if not self.demo.gateway.alive():
+            say(f"gateway exited (code {self.demo.gateway.proc.returncode}); restarting it as systemd would")
+            self.demo.children.remove(self.demo.gateway)
+            await self.demo.start_gateway(self.gateway_config, self.http_port)
+
+    async def fault(self, kind: str) -> Fault:
+        started = self.now()
+        note = ""
+        demo = self.demo
+        if kind == "kill_gateway":
+            demo.gateway.proc.kill()
+            demo.gateway.stop()
+            demo.children.remove(demo.gateway)
+            await asyncio.sleep(self.rng.uniform(1, 4))
+            await demo.start_gateway(self.gateway_config, self.http_port)
+        elif kind == "kill_broker":
+            assert demo.broker is not None
+            demo.broker.kill()
+            await asyncio.sleep(self.rng.uniform(1, 4))
+            demo.broker.start()
+            await self.observer.reconnect(timeout=30)
+        elif kind == "kill_ledger":
+            node = next(c for c in demo.children if c.name == "ledger-node")
+            node.proc.kill()
+            node.stop()
+            demo.children.remove(node)
+            await asyncio.sleep(self.rng.uniform(2, 6))
+            assert self.ledger_argv is not None
+            ready = self.dir / "ledger" / "node.url"
+            ready.unlink(missing_ok=True)
+            demo.children.insert(
+                0, Process("ledger-node", self.ledger_argv, self.dir / "ledger" / "node.log")
+            )
+            deadline = time.monotonic() + 60
+            while not ready.exists() and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            note = "node back" if ready.exists() else "node did not come back"
+        elif kind == "cpu_stress":
+            seconds = self.rng.randint(15, 25)
+            proc = await asyncio.create_subprocess_exec(
+                "stress-ng",
+                "--cpu",
+                str(os.cpu_count() or 2),
+                "--timeout",
+                f"{seconds}s",
+                "--quiet",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            await proc.wait()
+            note = f"{seconds} s on {os.cpu_count()} cores"
+        elif kind == "clock_jump":
+            jump = self.rng.choice((3600.0, -3600.0, 86400.0))
+            self.clock_offset += jump
+            note = f"device clocks {jump:+.0f} s"
+            await asyncio.sleep(2)
+        elif kind == "disk_full":
+            if self.state_mount is None:
+                note = "not injected: no tmpfs for the gateway's state"
+            else:
+                filler = self.state_mount / "filler"
+                with contextlib.suppress(OSError), open(filler, "wb") as f:
+                    while True:
+                        f.write(b"\0" * (1 << 20))
+                hold = self.rng.uniform(5, 10)
+                await asyncio.sleep(hold)
+                filler.unlink(missing_ok=True)
+                note = f"audit file system full for {hold:.0f} s"
+        elif kind == "kill_mid_handshake":
+            victims = self.rng.sample(self.honest, k=max(1, len(self.honest) // 10))
+            for h in victims:
+                h.dev.session = None  # makes it start a handshake now
+            await asyncio.sleep(0.005)
+            for h in victims:
+                if h.dev.client is not None:
+                    h.dev.client.abort()
+            note = f"{len(victims)} devices cut mid-handshake"
+        else:
+            raise ValueError(kind)
+        await self._supervise_gateway()
+        return Fault(kind=kind, started=started, ended=self.now(), note=note)
+
+    # ---- attacks --------------------------------------------------------------------------------------
+
+    async def attack(self, name: str, site: SiteAccess) -> AttackOutcome:
+        if name in SCENARIO_ATTACKS:
+            result = await run_scenario(site, name, self.params)
+            failed = [c for c, held in result.checks.items() if not held]
+            return AttackOutcome(name=name, held=not failed, detail="; ".join(failed) or "every check held")
+        if name == "revocation":
+            return await self._revocation(site)
+        if name == "junk_flood":
+            return await self._junk_flood(site)
+        if name == "brute_force":
+            return await self._brute_force(site)
+        raise ValueError(name)
+
+    async def _revocation(self, site: SiteAccess) -> AttackOutcome:
+        devs = [site.device(i) for i in site.take(2)]
+        ok = 0
+        for dev in devs:
+            if not await site.connect(dev) or not isinstance(
+                await site.authenticate(dev), events.Authenticated
+            ):
+                continue
+            assert dev.client is not None
+            t_revoke = self.now()
+            await self.owner.revoke(dev.device_id)
+            cut_at: float | None = None
+            try:
+                await asyncio.wait_for(asyncio.shield(dev.client.closed), 15)
+                cut_at = self.now()
+            except TimeoutError:
+                pass
+            refused = False
+            try:
+                await dev.connect(timeout=5)
+            except (MqttConnectError, MqttError, OSError):
+                refused = True
+            else:
+                await dev.close()
+            self.revocations.append(
+                Revocation(device=dev.hex, revoked_at=t_revoke, cut_off_at=cut_at, refused_after=refused)
+            )
+            ok += 1
+        return AttackOutcome(
+            name="revocation",
+            held=ok == len(devs),
+            detail=f"{ok} of {len(devs)} devices authenticated, revoked and checked",
+        )
+
+    async def _junk_flood(self, site: SiteAccess) -> AttackOutcome:
+        """An enrolled device's account sends junk of every size on its own topics for 5 s."""
+        (identity,) = site.take(1)
+        dev = site.device(identity)
+        if not await site.connect(dev):
+            return AttackOutcome(name="junk_flood", held=False, detail="could not connect")
+        assert dev.client is not None
+        sent = 0
+        deadline = time.monotonic() + 5
+        targets = [dev.up, topics.data(GATEWAY_ID, dev.hex, "telemetry")]
+        while time.monotonic() < deadline and dev.client.is_open:
+            for _ in range(200):
+                dev.client.publish(self.rng.choice(targets), os.urandom(self.rng.randint(0, 300)), qos=0)
+                sent += 1
+            await asyncio.sleep(0.01)
+        with contextlib.suppress(Exception):
+            await dev.close()
+        status, _ = await asyncio.to_thread(_http_get, f"http://127.0.0.1:{self.http_port}/readyz")
+        return AttackOutcome(
+            name="junk_flood",
+            held=status == 200 and self.demo.gateway.alive(),
+            detail=f"{sent} junk messages; gateway ready {status == 200}",
+        )
+
+    async def _brute_force(self, site: SiteAccess) -> AttackOutcome:
+        """Random OTPs for one device, from its own (captured) broker account: no session, ever."""
+        (identity,) = site.take(1)
+        dev = site.device(identity)
+        if not await site.connect(dev):
+            return AttackOutcome(name="brute_force", held=False, detail="could not connect")
+        wins = 0
+        tries = 0
+        wrong = SimDevice(
+            identity, gateway_id=GATEWAY_ID, host=dev.host, port=dev.port, firmware_hash=os.urandom(32)
+        )  # keys from a guess: every OTP is random to the gateway
+        wrong.client = dev.client
+        assert wrong.client is not None
+        wrong.client.on_message = wrong._on_message
+        for _ in range(40):
+            tries += 1
+            try:
+                result = await wrong.authenticate(timeout=1.5)
+            except (MqttError, OSError):
+                break
+            wins += isinstance(result, events.Authenticated)
+        with contextlib.suppress(Exception):
+            await dev.close()
+        return AttackOutcome(name="brute_force", held=wins == 0, detail=f"{tries} guesses, {wins} sessions")
+
+    # ---- the run --------------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        fleet, spare, _ = await self.build()
+        broker = self.demo.broker
+        assert broker is not None
+        observer = VerifiedObserver(self.now)
+        await observer.start(
+            broker.host, broker.port, username=f"gateway-{GATEWAY_ID}.1", password=self.demo.gateway_password
+        )
+        self.observer = observer
+        site = self.site_access(spare, observer)
+        self.honest = [
+            Honest(
+                dev=SimDevice(
+                    i, gateway_id=GATEWAY_ID, host=broker.host, port=broker.port, clock=self.device_clock
+                )
+            )
+            for i in fleet
+        ]
+        tasks = [asyncio.create_task(self.honest_loop(h)) for h in self.honest]
+        say(f"{len(self.honest)} honest devices streaming; waiting for each one's data to verify")
+        await self._wait_all_verified(since=0.0, timeout=120)
+        schedule = self._schedule()
+        deadline = self.now() + self.seconds
+        for kind, attack in schedule:
+            if self.now() > deadline:
+                break
+            f = await self.fault(kind)
+            self.faults.append(f)
+            say(f"fault {kind} ({f.note or 'done'}) at {f.started:.0f}-{f.ended:.0f} s")
+            await self._wait_all_verified(since=f.ended, timeout=self.recovery_bound_s * 3)
+            outcome = await self.attack(attack, site)
+            self.attacks.append(outcome)
+            say(f"attack {attack}: {'held' if outcome.held else 'BROKEN'} ({outcome.detail})")
+            await self._supervise_gateway()
+        self.stop_fleet.set()
+        for task, ended in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
+            if isinstance(ended, BaseException):  # a bug in the campaign itself: say so, loudly
+                say(f"honest device loop {task.get_name()} died: {type(ended).__name__}: {ended}")
+        _, metrics_text = await asyncio.to_thread(_http_get, f"http://127.0.0.1:{self.http_port}/metrics")
+        self.gateway_metrics = {
+            f"{n}{{{r}}}" if r else n: v for (n, r), v in parse_metrics(metrics_text).items()
+        }
+        await self._final_round()
+        return await self.verdict()
+
+    def _schedule(self) -> list[tuple[str, str]]:
+        faults = [f for f in os.environ.get("CAMPAIGN_FAULTS", "").split(",") if f] or list(FAULTS)
+        attacks = [a for a in os.environ.get("CAMPAIGN_ATTACKS", "").split(",") if a] or list(ATTACKS)
+        unknown = sorted(set(faults) - set(FAULTS)) + sorted(set(attacks) - set(ATTACKS))
+        if unknown:
+            raise ValueError(f"unknown fault or attack {unknown}: faults {FAULTS}, attacks {ATTACKS}")
+        out = []
+        for _ in range(4):
+            self.rng.shuffle(faults)
+            self.rng.shuffle(attacks)
+            out += list(zip(faults, attacks + attacks, strict=False))
+        return out
+
+    async def _wait_all_verified(self, *, since: float, timeout: float) -> None:
+        deadline = self.now() + timeout
+        while self.now() < deadline:
+            missing = [
+                h for h in self.honest if not any(t >= since for t in self.observer.seen.get(h.dev.hex, ()))
+            ]
+            if not missing:
+                return
+            await asyncio.sleep(0.25)
+
+    async def _final_round(self) -> None:
+        async def one(h: Honest) -> None:
+            dev = h.dev
+            for _ in range(5):
+                try:
+                    if dev.client is None or not dev.client.is_open:
+                        await dev.connect(timeout=10)
+                    h.counters.add((dev.epoch, dev.counter + 1))
+                    result = await dev.authenticate(timeout=5)
+                except (MqttError, OSError):
+                    dev.client = None
+                    await asyncio.sleep(1)
+                    continue
+                if isinstance(result, events.Authenticated):
+                    h.completed.append((dev.epoch, dev.counter, self.now()))
+                    h.authenticated_at_end = True
+                    break
+                await asyncio.sleep(1)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(dev.close(), 2)
+
+        await gather_limited([one(h) for h in self.honest], limit=200)
+
+    async def _audit_evidence(self) -> tuple[list[dict[str, Any]], tuple[bool, str]]:
+        # stop the gateway cleanly: it syncs and anchors what it holds (systemd's ExecStop does the same)
+        gw = self.demo.gateway
+        rc = await asyncio.to_thread(gw.stop, 30.0)
+        self.demo.children.remove(gw)
+        self.unmount_state_dir()
+        audit_path = self.dir / "gateway" / GATEWAY_ID / "audit.log"
+        records = []
+        if audit_path.exists():
+            for line in audit_path.read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    records.append(json.loads(line))
+        out = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "audit",
+                "verify",
+                str(audit_path),
+                "--anchors",
+                "--config",
+                str(self.gateway_config),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=ROOT,
+        )
+        text = f"gateway exit {rc}\n{out.stdout}{out.stderr}"
+        return records, (out.returncode == 0, text)
+
+    async def verdict(self) -> int:
+        records, verified = await self._audit_evidence()
+        evidence = Evidence(
+            honest_counters={h.dev.hex: h.counters for h in self.honest},
+            completed={h.dev.hex: h.completed for h in self.honest},
+            audit={GATEWAY_ID: records},
+            audit_verified={GATEWAY_ID: verified},
+            verified_data=self.observer.seen,
+            faults=self.faults,
+            revocations=self.revocations,
+            attacks=self.attacks,
+            final_auth={h.dev.hex: h.authenticated_at_end for h in self.honest},
+            excluded=frozenset(self.excluded),
+        )
+        verdicts = check(evidence, recovery_bound_s=self.recovery_bound_s, cutoff_bound_s=self.cutoff_bound_s)
+        broken = sum(not v.held for v in verdicts)
+        p99 = recovery_p99(evidence)
+        self.write(verdicts, broken, p99, verified[1])
+        return 0 if broken == 0 else 1
+
+    def write(self, verdicts: list[Invariant], broken: int, p99: float, audit_output: str) -> None:
+        lines = [
+            "# DIAMS campaign",
+            "",
+            f"seed {self.seed}, {len(self.honest)} honest devices, {self.now():.0f} s",
+            "",
+            "## Injected",
+            "",
+            "| at (s) | what | note |",
+            "|---|---|---|",
+        ]
+        events_ = sorted(
+            [(f.started, f"fault: {f.kind}", f.note) for f in self.faults]
+            + [(0.0, f"attack: {a.name}", a.detail) for a in self.attacks]
+        )
+        lines += [f"| {t:.0f} | {what} | {note} |" for t, what, note in events_ if t] + [
+            f"| — | {what} | {note} |" for t, what, note in events_ if not t
+        ]
+        lines += ["", "## Invariants", "", "| invariant | held | evidence |", "|---|---|---|"]
+        lines += [f"| {v.name} | {'yes' if v.held else '**NO**'} | {v.detail} |" for v in verdicts]
+        lines += [
+            "",
+            f"campaign_invariants_broken = {broken}",
+            f"campaign_recovery_p99_s = {'inf' if math.isinf(p99) else f'{p99:.2f}'}",
+            "",
+        ]
+        text = "\n".join(lines)
+        (self.dir / "campaign.md").write_text(text)
+        (self.dir / "audit-verify.txt").write_text(audit_output)
+        (self.dir / "campaign.json").write_text(
+            json.dumps(
+                {
+                    "seed": self.seed,
+                    "devices": len(self.honest),
+                    "faults": [f.__dict__ for f in self.faults],
+                    "attacks": [a.__dict__ for a in self.attacks],
+                    "revocations": [r.__dict__ for r in self.revocations],
+                    "invariants": [v.__dict__ for v in verdicts],
+                    "honest": {h.dev.hex: {"sent": h.sent, "errors": h.errors, "sessions": len(h.completed),
+                                   "verified": len(self.observer.seen.get(h.dev.hex, ()))}
+                       for h in self.honest},
+            "gateway_metrics": getattr(self, "gateway_metrics", {}),
+            "campaign_invariants_broken": broken,
+                    "campaign_recovery_p99_s": None if math.isinf(p99) else p99,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        print(text, flush=True)
+
+    async def shutdown(self) -> None:
+        self.stop_fleet.set()
+        with contextlib.suppress(Exception):
+            await self.observer.close()
+        await self.demo.shutdown()
+        self.unmount_state_dir()
+
+
+async def _main() -> int:
+    seconds = float(os.environ.get("CAMPAIGN_SECONDS", "540"))
+    devices = int(os.environ.get("CAMPAIGN_DEVICES", "100"))
+    seed = int(os.environ.get("CAMPAIGN_SEED", str(random.randrange(1 << 30))))
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(os.environ.get("CAMPAIGN_RUN_ROOT", ROOT / "run")) / f"campaign-{stamp}-{os.getpid()}"
+    run_dir.mkdir(parents=True)
+    say(f"campaign: run directory {run_dir}, seed {seed}, {devices} devices, {seconds:.0f} s of faults")
+    campaign = Campaign(run_dir=run_dir, devices=devices, seconds=seconds, seed=seed)
+    rc = 1
+    try:
+        rc = await asyncio.wait_for(campaign.run(), seconds + 360)
+    except Exception as exc:
+        say(f"campaign failed: {type(exc).__name__}: {exc}")
+    finally:
+        await campaign.shutdown()
+    say(f"campaign {'PASSED' if rc == 0 else 'FAILED'} (exit {rc}); evidence in {run_dir}")
+    return rc
+
+
+def main() -> int:
+    return asyncio.run(_main())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
