@@ -140,6 +140,8 @@ class Demo:
         self.dir = run_dir
         self.broker: MosquittoBroker | None = None
         self.children: list[Process] = []
+        self.console: asyncio.Task[None] | None = None
+        self.console_url = ""
         self.report = FleetReport()
         self.gateway_checks: dict[str, bool] = {}
 
@@ -308,6 +310,30 @@ class Demo:
             await asyncio.sleep(0.1)
         say(f"diams-gateway run --config {config} (pid {gw.proc.pid}) is ready; metrics on :{http_port}")
 
+    async def start_console(self, url: str) -> None:
+        """`diams-console` on the demo's channel; each actor signs in with keys/<actor>.json."""
+        url_file = self.dir / "console.url"
+        console = Process(
+            "console",
+            [
+                sys.executable, "-m", "ledger_bridge.console", "--rpc", url,
+                "--channel", str(self.dir / "channel.json"), "--index", str(self.dir / "console.sqlite"),
+                "--audit-log", str(self.dir / "gateway" / GATEWAY_ID / "audit.log"),
+                "--port", str(free_port()), "--url-file", str(url_file),
+            ],
+            self.dir / "console.log",
+        )
+        self.children.append(console)
+        deadline = time.monotonic() + 120
+        while not url_file.exists():
+            if not console.alive() or time.monotonic() > deadline:
+                say(f"the console did not start:\n{console.tail()}")
+                return
+            await asyncio.sleep(0.1)
+        self.console_url = url_file.read_text().strip()
+        keys = self.dir / "keys"
+        say(f"console: {self.console_url} (sign in with {keys}/<actor>.json and its <actor>.passphrase)")
+
     def _params(self) -> ScenarioParams:
         return ScenarioParams(
             devices=self.devices, attackers=self.attackers, seconds=self.steady_seconds, data_interval=2.0
@@ -354,8 +380,14 @@ class Demo:
         self.write_site_file(url, http_port)
         await self.simulate(fleet, extra["actors"]["owner"], http_port)
         ok = self.summarize()
+        # after the checks, so it never competes with them for the CPU; it stays up with the site
+        self.console = asyncio.create_task(self.start_console(url))
+        until = (deadline - 1.0) if deadline is not None else time.monotonic() + 120
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.console, max(0.1, until - time.monotonic()))
         if deadline is None:
             say("the site stays up: Ctrl-C stops everything (site.json says how to reach it)")
+            say(f"console: {self.console_url or 'not up (see console.log)'}")
             await asyncio.Event().wait()
         else:
             await asyncio.sleep(max(0.0, deadline - time.monotonic()))
@@ -395,6 +427,8 @@ class Demo:
         return self.report.ok
 
     async def shutdown(self) -> None:
+        if self.console is not None and not self.console.done():
+            self.console.cancel()
         ledger = getattr(self, "_ledger", None)
         if ledger is not None:
             with contextlib.suppress(Exception):

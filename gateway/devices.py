@@ -76,6 +76,7 @@ class DeviceTable:
         self.entries: dict[bytes, DeviceEntry] = {}
         self.served: dict[bytes, Served] = {}
         self.unseal_errors = 0
+        self.without_policy: set[bytes] = set()  # served, but every DATA message would be dropped
         self._quarantined = counters.quarantined()
         self.role = GatewayRole(
             gateway_id,
@@ -118,9 +119,22 @@ class DeviceTable:
             broker_secret=BrokerSecret(keys.broker_password.hex()),
             publish=frozenset(view.publish),
         )
+        self._check_policy(did, view)
         return True
 
+    def _check_policy(self, did: bytes, view: DeviceView) -> None:
+        """Warn once when a served device has no policy: its data would be dropped as not_in_policy."""
+        if view.publish:
+            self.without_policy.discard(did)
+        elif did not in self.without_policy:
+            self.without_policy.add(did)
+            log.warning(
+                "device %s has no access policy (or one allowing no stream): its data will be dropped; "
+                "the owner sets one with `diams-ledger set-policy %s <policy>`", did.hex(), did.hex()
+            )
+
     def _forget(self, did: bytes) -> None:
+        self.without_policy.discard(did)
         self.entries.pop(did, None)
         self.served.pop(did, None)
 
@@ -165,6 +179,7 @@ class DeviceTable:
                     broker_secret=old.broker_secret,
                     publish=frozenset(view.publish),
                 )
+                self._check_policy(did, view)
                 continue
             if self._load(view):
                 if old is not None:

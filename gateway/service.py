@@ -222,6 +222,11 @@ class Gateway:
             "pending_handshakes", lambda: self.devices.role.pending, "handshakes awaiting PROOF"
         )
         self.metrics.gauge("devices_servable", lambda: len(self.devices), "devices this gateway may serve")
+        self.metrics.gauge(
+            "devices_without_policy",
+            lambda: len(self.devices.without_policy),
+            "served devices with no access policy (their data is dropped)",
+        )
         self.metrics.gauge("index_staleness_seconds", self.index.staleness, "since the last ledger sync")
         try:
             async with asyncio.TaskGroup() as tg:

@@ -4,6 +4,10 @@
     diams-ledger --rpc http://127.0.0.1:8545 deploy --keystore admin.json --out channel.json
     diams-ledger --rpc URL --channel channel.json register --keystore mfr.json --csv devices.csv
     diams-ledger --rpc URL --channel channel.json show device 0xd100000000000001
+    diams-ledger ... --keystore owner.json onboard --csv devices.csv --policy sensors --gateway gw-1
+
+Human-readable output by default; `--json` (before or after the command) prints JSON instead. The
+workflows themselves live in ledger_bridge/operations.py, shared with `diams-console`.
 
 Passphrases come from $DIAMS_PASSPHRASE, --passphrase-file, or a prompt; never from the command line.
 Backends: --rpc URL (any EVM node), --embedded PATH (the durable in-process chain), --eth-tester (in memory,
@@ -18,6 +22,7 @@ import getpass
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,13 +30,14 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from . import operations as ops
 from .actor import ActorHandle
 from .backends import EthereumTesterBackend, LedgerBackend, RpcBackend
 from .csv_import import parse_bytes32, parse_device_id, read_rows, register_rows
 from .errors import LedgerError
 from .keystore import DEFAULT_SCRYPT_N, Signer, check_private_file, create_keystore, load_signer
 from .ledger import Ledger
-from .model import Channel, DeviceRegistration, Role, TxOutcome
+from .model import Channel, DeviceRegistration, DeviceState, Role, TxOutcome
 
 PASSPHRASE_ENV = "DIAMS_PASSPHRASE"  # noqa: S105 - the name of the variable, not a secret
 
@@ -40,13 +46,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         handler = args.handler
-        result = asyncio.run(handler(args)) if asyncio.iscoroutinefunction(handler) else handler(args)
+        result = handler(args)
+        if isinstance(result, Awaitable):
+            result = asyncio.run(_awaited(result))
         return int(result)
     except (LedgerError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+async def _awaited(result: Awaitable[int]) -> int:
+    return await result
+
+
+def _emit(args: argparse.Namespace, value: Any, text: str) -> None:
+    """Print `text`, or `value` as JSON with --json."""
+    if getattr(args, "json", False):
+        print(json.dumps(ops.jsonable(value), indent=2))
+    else:
+        print(text)
 
 
 # ---- configuration ----
@@ -77,9 +97,16 @@ def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
         return Path(args.passphrase_file).read_text("utf-8").rstrip("\n")
     if os.environ.get(PASSPHRASE_ENV):
         return os.environ[PASSPHRASE_ENV]
-    first = getpass.getpass("keystore passphrase: ")
-    if confirm and getpass.getpass("again: ") != first:
-        raise ValueError("passphrases differ")
+    if not sys.stdin.isatty():
+        raise ValueError(
+            f"no passphrase: set ${PASSPHRASE_ENV} or give --passphrase-file (no terminal to prompt on)"
+        )
+    try:
+        first = getpass.getpass("keystore passphrase: ")
+        if confirm and getpass.getpass("again: ") != first:
+            raise ValueError("passphrases differ")
+    except EOFError:
+        raise ValueError("no passphrase given (end of input)") from None
     return first
 
 
@@ -130,8 +157,12 @@ async def _with_actor(
     signer = _signer(args)
     async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
         outcome = await action(ledger.actor(signer), ledger)
-    print(f"ok: tx {outcome.transaction_hash} in block {outcome.block_number}, gas {outcome.gas_used}")
+    _emit(args, outcome, _tx_text(outcome))
     return 0
+
+
+def _tx_text(outcome: TxOutcome) -> str:
+    return f"ok: tx {outcome.transaction_hash} in block {outcome.block_number}, gas {outcome.gas_used}"
 
 
 async def cmd_register(args: argparse.Namespace) -> int:
@@ -150,52 +181,90 @@ async def cmd_register(args: argparse.Namespace) -> int:
 async def _register_csv(args: argparse.Namespace) -> int:
     good, bad = read_rows(Path(args.csv))
     signer = _signer(args)
-    bar = Progress(
-        TextColumn("registering"), BarColumn(), MofNCompleteColumn(),
-        console=Console(stderr=True), disable=not sys.stderr.isatty() or args.quiet,
-    )  # fmt: skip
-    task = bar.add_task("registering", total=len(good))
-
-    def progress(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
-
-    with bar:
-        async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
-            report = await register_rows(
-                ledger.actor(signer), good, batch_size=args.batch_size, progress=progress
-            )
+    bar = _progress_bar(args)
+    async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
+        report = await register_rows(
+            ledger.actor(signer),
+            good,
+            batch_size=args.batch_size,
+            progress=lambda d, t: bar("registering", d, t),
+        )
+    bar.done()
     errors = sorted(bad + report.errors, key=lambda e: e.line)
-    for e in errors:
-        print(f"line {e.line}: {e.device_id or '?'}: {e.reason}")
-    print(
+    lines = [f"line {e.line}: {e.device_id or '?'}: {e.reason}" for e in errors]
+    lines.append(
         f"registered {report.registered} devices in {report.transactions} transactions; "
         f"{len(errors)} rows failed"
     )
+    _emit(
+        args,
+        {"registered": report.registered, "transactions": report.transactions, "errors": errors},
+        "\n".join(lines),
+    )
     return 1 if errors else 0
+
+
+class _Bar:
+    """A progress bar on stderr (rich), shown only on a terminal: never mixed into stdout."""
+
+    def __init__(self, show: bool) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
+            console=Console(stderr=True), disable=not show,
+        )  # fmt: skip
+        self._tasks: dict[str, Any] = {}
+        self._started = False
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if not self._started:
+            self._progress.start()
+            self._started = True
+        task = self._tasks.get(what)
+        if task is None:
+            task = self._tasks[what] = self._progress.add_task(what, total=total)
+        self._progress.update(task, completed=done, total=total)
+
+    def done(self) -> None:
+        if self._started:
+            self._progress.stop()
+
+
+def _progress_bar(args: argparse.Namespace) -> _Bar:
+    return _Bar(sys.stderr.isatty() and not getattr(args, "quiet", False))
+
+
+def _audit_logs(args: argparse.Namespace) -> list[Path]:
+    return [Path(p) for p in (getattr(args, "audit_log", None) or [])]
 
 
 async def cmd_show_device(args: argparse.Namespace) -> int:
     dev = parse_device_id(args.device_id)
     async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
-        record = await ledger.device(dev)
-        history = await ledger.history(dev)
-        gateway_ids = dict.fromkeys(e.args["gatewayId"] for e in history if e.name == "GatewayAuthorized")
-        grants = [await ledger.grant(dev, gw) for gw in gateway_ids if isinstance(gw, bytes)]
-    if args.json:
+        detail = await ops.device_detail(ledger, dev)
+    auths = ops.authentications(_audit_logs(args), dev, limit=args.limit)
+    record = detail.record
+    if getattr(args, "json", False):
         print(
             json.dumps(
-                {
-                    "device": _jsonable(record.__dict__),
-                    "history": [
-                        {
-                            "event": e.name,
-                            "block": e.block_number,
-                            "tx": e.transaction_hash,
-                            "args": _jsonable(dict(e.args)),
-                        }
-                        for e in history
-                    ],
-                },
+                ops.jsonable(
+                    {
+                        "device": record,
+                        "policy": detail.policy_name,
+                        "grants": detail.grants,
+                        "clone_alerts": detail.clone_alerts,
+                        "history": [
+                            {
+                                "event": t.event,
+                                "block": t.block,
+                                "time": t.time,
+                                "tx": t.tx,
+                                "args": t.details,
+                            }
+                            for t in detail.timeline
+                        ],
+                        "authentications": auths,
+                    }
+                ),
                 indent=2,
             )
         )
@@ -206,17 +275,26 @@ async def cmd_show_device(args: argparse.Namespace) -> int:
     print(f"owner         {record.owner}")
     if record.pending_owner != "0x" + "00" * 20:
         print(f"pending owner {record.pending_owner}")
-    model = record.model.rstrip(b"\0").decode("utf-8", "replace")
-    print(f"model         {model}")
+    print(f"model         {ops.id_text(record.model)}")
     print(f"firmware      0x{record.firmware_hash.hex()}")
-    print(f"policy        0x{record.policy_id.hex()}")
-    for g in grants:
+    print(f"commitment    0x{record.characteristics.hex()}")
+    print(f"policy        {detail.policy_name or '(none: the gateway drops all its data)'}")
+    for g in detail.grants:
         status = "current" if g.current else "stale or withdrawn"
-        print(f"gateway       0x{g.gateway_id.hex()}: sealed key for epoch {g.epoch}, {status}")
+        print(f"gateway       {ops.id_text(g.gateway_id)}: sealed key for epoch {g.epoch}, {status}")
+    if detail.clone_alerts:
+        print(f"clone alerts  {detail.clone_alerts}: after checking the device, `diams-ledger recover`")
     print("history:")
-    for e in history:
-        details = ", ".join(f"{k}={_short(v)}" for k, v in e.args.items() if k != "id")
-        print(f"  block {e.block_number:>6}  {e.name:<22} {details}")
+    for t in detail.timeline:
+        details = ", ".join(f"{k}={_short(v)}" for k, v in t.details.items())
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t.time))
+        print(f"  block {t.block:>6}  {when}  {t.event:<22} {details}  tx {t.tx}")
+    if args.audit_log:
+        print(f"authentications (latest {args.limit}, from {len(args.audit_log)} audit log(s)):")
+        for a in auths:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(a.get("ts", 0))))
+            extra = f" ({a['reason']})" if a.get("reason") else ""
+            print(f"  {when}  {a['event']}{extra}  seq {a.get('seq')} in {a['log']}")
     return 0
 
 
@@ -226,16 +304,70 @@ def _short(value: object) -> str:
     return str(value)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return "0x" + value.hex()
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "label"):
-        return value.label
-    return value
+async def cmd_show_gateway(args: argparse.Namespace) -> int:
+    async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
+        info = await ops.gateway_info(ledger, args.gateway)
+    _emit(args, info, info.text())
+    return 0
+
+
+async def cmd_show_policy(args: argparse.Namespace) -> int:
+    async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
+        record = await ops.policy_info(ledger, args.policy)
+    _emit(args, {**ops.jsonable(record), "name": ops.id_text(record.policy_id)}, ops.policy_text(record))
+    return 0
+
+
+async def cmd_define_policy(args: argparse.Namespace) -> int:
+    publish = [s.strip() for s in args.publish.split(",") if s.strip()]
+    subscribe = [s.strip() for s in args.subscribe.split(",") if s.strip()]
+    return await _with_actor(
+        args, lambda a, _: ops.define_policy(a, args.policy, publish=publish, subscribe=subscribe)
+    )
+
+
+async def cmd_list_devices(args: argparse.Namespace) -> int:
+    from .index import IdentityIndex, LedgerSource
+
+    state = None
+    if args.state:
+        matches = [s for s in DeviceState if s.label.lower() == args.state.lower()]
+        if not matches:
+            raise ValueError(
+                f"unknown state {args.state!r}: one of {', '.join(s.label for s in DeviceState)}"
+            )
+        state = matches[0]
+    channel = _channel(args)
+    index = IdentityIndex(
+        Path(args.index) if args.index else Path(":memory:"), start_block=channel.deployed_block
+    )
+    try:
+        async with Ledger(backend=_backend(args), channel=channel) as ledger:
+            while True:  # catch up with the chain (an --index file only reads what is new)
+                report = await index.sync(LedgerSource(ledger))
+                if report.to_block >= await ledger.block_number():
+                    break
+        total, rows = index.search(
+            state=state,
+            owner=args.owner,
+            gateway=None if not args.gateway else ops.name_id(args.gateway, what="gateway"),
+            prefix=args.prefix or "",
+            offset=args.offset,
+            limit=args.limit,
+        )
+    finally:
+        index.close()
+    lines = [
+        f"{'device':<18} {'state':<14} {'epoch':>5}  {'policy':<16} owner",
+        *(
+            f"{r['device_id']:<18} {r['state']:<14} {r['epoch']:>5}  "
+            f"{(ops.id_text(r['policy']) if r['policy'] else '-'):<16} {r['owner'] or '-'}"
+            for r in rows
+        ),
+        f"{len(rows)} shown of {total} matching (offset {args.offset})",
+    ]
+    _emit(args, {"total": total, "offset": args.offset, "devices": rows}, "\n".join(lines))
+    return 0
 
 
 async def cmd_verify_anchor(args: argparse.Namespace) -> int:
@@ -243,52 +375,39 @@ async def cmd_verify_anchor(args: argparse.Namespace) -> int:
     gateway_id = parse_bytes32(args.gateway_id, name="gateway", allow_text=True)
     async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
         anchor = await ledger.anchor(root, gateway_id=gateway_id)  # anchors are keyed by (gateway, root)
-    print(
-        f"anchored by gateway 0x{anchor.gateway_id.hex()} in block {anchor.block_number} "
-        f"(time {anchor.timestamp})"
-    )
-    print(f"{anchor.count} records, sequence {anchor.first_seq}..{anchor.last_seq}")
     mismatches = []
     if args.count is not None and args.count != anchor.count:
         mismatches.append(f"count differs (expected {args.count})")
-    for m in mismatches:
-        print(f"MISMATCH: {m}")
-    print("verified" if not mismatches else "NOT verified")
+    lines = [
+        f"anchored by gateway {ops.id_text(anchor.gateway_id)} in block {anchor.block_number} "
+        f"(time {anchor.timestamp})",
+        f"{anchor.count} records, sequence {anchor.first_seq}..{anchor.last_seq}",
+        *(f"MISMATCH: {m}" for m in mismatches),
+        "verified" if not mismatches else "NOT verified",
+    ]
+    _emit(args, {"anchor": anchor, "mismatches": mismatches, "verified": not mismatches}, "\n".join(lines))
     return 1 if mismatches else 0
 
 
-def _device_command(method: str, *extra: str) -> Callable[[argparse.Namespace], Awaitable[int]]:
-    """A command that calls `ActorHandle.<method>(device_id, *extra args)`."""
-
+def _action_command(action: ops.Action) -> Callable[[argparse.Namespace], Awaitable[int]]:
     async def run(args: argparse.Namespace) -> int:
         dev = parse_device_id(args.device_id)
-        values = [_convert(name, getattr(args, name)) for name in extra]
-        return await _with_actor(args, lambda a, _: getattr(a, method)(dev, *values))
+        params = {p: getattr(args, p) for p in action.params}
+        return await _with_actor(args, lambda a, _: ops.run_action(a, action.name, dev, params))
 
     return run
 
 
-def _convert(name: str, value: str) -> Any:
-    if name in ("gateway_id", "policy_id", "firmware_hash"):
-        return parse_bytes32(value, name=name, allow_text=name != "firmware_hash")
-    if name == "claim_code":  # a file or stdin, never argv (visible to every user in ps)
-        if value == "-":
-            text = sys.stdin.readline()
-        else:
-            check_private_file(Path(value), "claim code file")
-            text = Path(value).read_text("utf-8")
-        code = text.rstrip("\r\n").encode()
-        if not code:
-            raise ValueError("the claim code is empty")
-        return code
-    return value
-
-
 async def cmd_authorize(args: argparse.Namespace) -> int:
-    dev, gw = (
-        parse_device_id(args.device_id),
-        parse_bytes32(args.gateway_id, name="gateway_id", allow_text=True),
-    )
+    dev = parse_device_id(args.device_id)
+    if args.bundle:
+        bundle = ops.OwnerBundle.load(Path(args.bundle))
+        if bundle.device_id != dev:
+            raise ValueError(f"{Path(args.bundle).name} is the bundle of device 0x{bundle.device_id.hex()}")
+        return await _with_actor(args, lambda a, led: ops.authorize_from_bundle(led, a, bundle, args.gateway))
+    if not (args.sealed_key and args.commitment):
+        raise ValueError("give --bundle (the device's owner bundle), or both --sealed-key and --commitment")
+    gw = ops.name_id(args.gateway, what="gateway")
     sealed = bytes.fromhex(args.sealed_key.removeprefix("0x"))
     commitment = parse_bytes32(args.commitment, name="commitment")
     return await _with_actor(
@@ -296,9 +415,57 @@ async def cmd_authorize(args: argparse.Namespace) -> int:
     )
 
 
+async def cmd_recover(args: argparse.Namespace) -> int:
+    dev = parse_device_id(args.device_id)
+    signer = _signer(args)
+    async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
+        outcomes = await ops.recover_after_clone(ledger, ledger.actor(signer), dev)
+    _emit(args, outcomes, "\n".join(_tx_text(o) for o in outcomes) + f"\nrecovered: 0x{dev.hex()} is Active")
+    return 0
+
+
+async def cmd_onboard(args: argparse.Namespace) -> int:
+    rows, bad = ops.read_onboard_csv(
+        Path(args.csv), bundle_dir=Path(args.bundle_dir) if args.bundle_dir else None
+    )
+    signer = _signer(args)
+    bar = _progress_bar(args)
+    async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
+        report = await ops.onboard_rows(
+            ledger,
+            ledger.actor(signer),
+            rows,
+            policy=args.policy,
+            gateways=args.gateway or (),
+            batch_size=args.batch_size,
+            progress=bar,
+        )
+    bar.done()
+    errors = sorted([*bad, *report.errors], key=lambda e: e.line)
+    lines = [f"line {e.line}: {e.device_id or '?'}: {e.reason}" for e in errors]
+    gws = (
+        f", authorized {report.authorized} device keys for {', '.join(args.gateway)}" if args.gateway else ""
+    )
+    lines.append(
+        f"onboarded {len(report.onboarded)} devices (claimed, policy {args.policy}, active){gws} "
+        f"in {report.transactions} transactions; {len(errors)} rows failed"
+    )
+    _emit(
+        args,
+        {
+            "onboarded": report.onboarded,
+            "authorized": report.authorized,
+            "transactions": report.transactions,
+            "errors": errors,
+        },
+        "\n".join(lines),
+    )
+    return 1 if errors else 0
+
+
 async def cmd_register_gateway(args: argparse.Namespace) -> int:
-    gw = parse_bytes32(args.gateway_id, name="gateway_id", allow_text=True)
-    pub = parse_bytes32(args.x25519, name="x25519")
+    gw = ops.name_id(args.gateway, what="gateway")
+    pub = parse_bytes32(args.x25519 if args.x25519.startswith("0x") else "0x" + args.x25519, name="x25519")
     return await _with_actor(
         args, lambda a, _: a.register_gateway(gw, x25519_public_key=pub, account=args.account)
     )
@@ -331,108 +498,163 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", metavar="FILE", help="channel addresses, as written by `deploy --out`")
     p.add_argument("--keystore", metavar="FILE", help="the acting actor's encrypted key")
     p.add_argument("--passphrase-file", metavar="FILE", help=f"else ${PASSPHRASE_ENV}, else a prompt")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    # every subcommand also takes --json after its own arguments
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text"
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    keys = sub.add_parser("keys", help="actor keys").add_subparsers(dest="keys_command", required=True)
-    create = keys.add_parser("create", help="create an encrypted keystore file")
-    create.add_argument("--out", required=True)
-    create.add_argument("--label", default="")
+    def command(parent: Any, name: str, helptext: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = parent.add_parser(
+            name, help=helptext, description=helptext, parents=[common]
+        )
+        return parser
+
+    keys = command(sub, "keys", "actor keys").add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION"
+    )
+    create = command(keys, "create", "create an encrypted keystore file (the passphrase is asked twice)")
+    create.add_argument("--out", required=True, help="where to write the keystore (mode 0600)")
+    create.add_argument("--label", default="", help="a name shown with the address (not secret)")
     create.add_argument("--scrypt-n", type=int, default=DEFAULT_SCRYPT_N, help=argparse.SUPPRESS)
     create.set_defaults(handler=cmd_keys_create)
 
-    node = sub.add_parser("node", help="serve an embedded chain file over JSON-RPC (one process owns it)")
+    node = command(sub, "node", "serve an embedded chain file over JSON-RPC (one process owns it)")
     _add_node_arguments(node)
     node.set_defaults(handler=cmd_node)
 
-    deploy = sub.add_parser("deploy", help="deploy a new channel; the keystore's account becomes its admin")
+    deploy = command(sub, "deploy", "deploy a new channel; the keystore's account becomes its admin")
     deploy.add_argument("--out", help="write the channel file here")
     deploy.set_defaults(handler=cmd_deploy)
 
-    fund = sub.add_parser("fund", help="give an account ether (development chains only)")
-    fund.add_argument("address")
-    fund.add_argument("--ether", type=float, default=10.0)
+    fund = command(sub, "fund", "give an account ether (development chains only)")
+    fund.add_argument("address", help="the account, 0x + 40 hex")
+    fund.add_argument("--ether", type=float, default=10.0, help="how much (default 10)")
     fund.set_defaults(handler=cmd_fund)
 
-    grant = sub.add_parser("grant-role", help="admin: grant manufacturer, maintainer, operator or admin")
-    grant.add_argument("role", choices=[r.name.lower() for r in Role])
-    grant.add_argument("account")
+    grant = command(sub, "grant-role", "admin: grant manufacturer, maintainer, operator or admin")
+    grant.add_argument("role", choices=[r.name.lower() for r in Role], help="the role to grant")
+    grant.add_argument("account", help="the actor's account, 0x + 40 hex")
     grant.set_defaults(handler=cmd_grant_role)
 
-    reg = sub.add_parser("register", help="manufacturer: register one device, or many from --csv")
-    reg.add_argument("--csv", help="CSV of devices (see ledger_bridge/csv_import.py for columns)")
-    reg.add_argument("--batch-size", type=int, default=200)
+    reg = command(sub, "register", "manufacturer: register one device, or many from --csv")
+    reg.add_argument(
+        "--csv",
+        help="CSV with a header: device_id, model, firmware_hash, characteristics, and claim_hash or "
+        "claim_code (`diams-agent provision` writes registration.csv)",
+    )
+    reg.add_argument("--batch-size", type=int, default=200, help="devices per transaction (default 200)")
     reg.add_argument("--quiet", action="store_true", help="no progress bar")
-    for name in ("--id", "--model", "--firmware-hash", "--characteristics", "--claim-hash"):
-        reg.add_argument(name)
+    reg.add_argument("--id", help="one device: its id, 16 hex digits")
+    reg.add_argument("--model", help="one device: its model, text of at most 32 bytes")
+    reg.add_argument("--firmware-hash", help="one device: SHA-256 of its firmware, 0x + 64 hex")
+    reg.add_argument("--characteristics", help="one device: its characteristics commitment, 0x + 64 hex")
+    reg.add_argument("--claim-hash", help="one device: the hash of its claim code, 0x + 64 hex")
     reg.set_defaults(handler=cmd_register)
 
-    simple: list[tuple[str, str, tuple[str, ...], str]] = [
-        ("claim", "claim", ("claim_code",), "prove possession with the claim code; you become the owner"),
-        ("activate", "activate", (), "owner: Claimed/Suspended -> Active"),
-        ("suspend", "suspend", (), "owner or admin: Active -> Suspended"),
-        ("transfer", "transfer", ("new_owner",), "owner: offer the device to a new owner (epoch + 1)"),
-        ("accept-transfer", "accept_transfer", (), "new owner: accept a transfer"),
-        ("cancel-transfer", "cancel_transfer", (), "owner: withdraw a transfer offer"),
-        ("revoke", "revoke", (), "owner or admin: revoke for good"),
-        ("decommission", "decommission", (), "owner: retire for good"),
-        (
-            "approve-maintainer",
-            "approve_maintainer",
-            ("maintainer",),
-            "owner: let a maintainer record firmware",
-        ),
-        (
-            "record-firmware",
-            "record_firmware",
-            ("firmware_hash",),
-            "maintainer: new firmware hash (epoch + 1)",
-        ),
-        (
-            "deauthorize-gateway",
-            "deauthorize_gateway",
-            ("gateway_id",),
-            "owner: withdraw a gateway (epoch + 1)",
-        ),
-        ("set-policy", "set_policy", ("policy_id",), "owner: attach an access policy"),
-    ]
-    for command, method, extra, helptext in simple:
-        sp = sub.add_parser(command, help=helptext)
-        sp.add_argument("device_id")
-        for name in extra:
-            if name == "claim_code":
-                sp.add_argument(
-                    "--code-file", dest="claim_code", required=True, metavar="FILE",
-                    help="file holding the claim code (0600), or - for standard input; never argv",
-                )
-            else:
-                sp.add_argument(name)
-        sp.set_defaults(handler=_device_command(method, *extra))
+    for action in ops.ACTIONS:
+        sp = command(sub, action.name, f"{action.who}: {action.help}")
+        sp.add_argument("device_id", help="the device, 16 hex digits")
+        for name in action.params:
+            sp.add_argument(name, help=ops.PARAM_HELP[name])
+        sp.set_defaults(handler=_action_command(action))
 
-    auth = sub.add_parser("authorize-gateway", help="owner: publish a gateway's sealed key for a device")
-    auth.add_argument("device_id")
-    auth.add_argument("gateway_id")
-    auth.add_argument("--sealed-key", required=True, help="hex, as sealed by ledger_bridge.sealing")
-    auth.add_argument("--commitment", required=True)
+    rec = command(
+        sub, "recover", "owner: bring a genuine device back after a clone alert (suspend + activate)"
+    )
+    rec.add_argument("device_id", help="the device, 16 hex digits")
+    rec.set_defaults(handler=cmd_recover)
+
+    pol = command(sub, "define-policy", "owner: define (or, as its author, redefine) a named access policy")
+    pol.add_argument("policy", help="a name of at most 32 bytes, e.g. sensors")
+    pol.add_argument("--publish", required=True, help="streams devices may publish, comma-separated")
+    pol.add_argument("--subscribe", default="", help="streams devices may subscribe to, comma-separated")
+    pol.set_defaults(handler=cmd_define_policy)
+
+    auth = command(
+        sub, "authorize-gateway", "owner: let a gateway authenticate a device (sealed key on chain)"
+    )
+    auth.add_argument("device_id", help="the device, 16 hex digits")
+    auth.add_argument("gateway", help="the gateway's name (e.g. gw-1) or 0x + 64 hex")
+    auth.add_argument(
+        "--bundle",
+        help="the device's owner bundle (<id>.owner.json from `diams-agent provision`): the keys are "
+        "sealed from it to the gateway's registered key, for the device's current epoch",
+    )
+    auth.add_argument("--sealed-key", help="instead of --bundle: a sealed key made elsewhere, hex")
+    auth.add_argument("--commitment", help="instead of --bundle: its key commitment, 0x + 64 hex")
     auth.set_defaults(handler=cmd_authorize)
 
-    rgw = sub.add_parser("register-gateway", help="operator: register a gateway")
-    rgw.add_argument("gateway_id")
-    rgw.add_argument("--x25519", required=True, help="the gateway's X25519 public key, 0x + 64 hex")
+    onb = command(sub, "onboard", "owner: claim, set the policy, activate and authorize a batch from a CSV")
+    onb.add_argument(
+        "--csv",
+        required=True,
+        help="CSV with a header: device_id, and claim_code or bundle (path of <id>.owner.json); rows "
+        "without either use <device_id>.owner.json from --bundle-dir or the CSV's directory",
+    )
+    onb.add_argument("--policy", required=True, help="the policy's name (see define-policy)")
+    onb.add_argument(
+        "--gateway", action="append", help="a gateway to authorize (repeatable; needs the owner bundles)"
+    )
+    onb.add_argument("--bundle-dir", help="where the owner bundles are (default: the CSV's directory)")
+    onb.add_argument("--batch-size", type=int, default=100, help="devices per transaction (default 100)")
+    onb.add_argument("--quiet", action="store_true", help="no progress bar")
+    onb.set_defaults(handler=cmd_onboard)
+
+    rgw = command(sub, "register-gateway", "operator: register a gateway")
+    rgw.add_argument("gateway", help="the gateway's name, as in its configuration (e.g. gw-1)")
+    rgw.add_argument(
+        "--x25519",
+        required=True,
+        help="its X25519 public key, 64 hex (as `show gateway` or `diams-gateway keys` print it)",
+    )
     rgw.add_argument("--account", required=True, help="the gateway's own account (anchors, clone alerts)")
     rgw.set_defaults(handler=cmd_register_gateway)
 
-    show = sub.add_parser("show", help="read records").add_subparsers(dest="show_command", required=True)
-    sdev = show.add_parser("device", help="a device, its state and its history")
-    sdev.add_argument("device_id")
-    sdev.add_argument("--json", action="store_true")
-    sdev.set_defaults(handler=cmd_show_device)
-
-    va = sub.add_parser("verify-anchor", help="check that a Merkle root of authentications is anchored")
-    va.add_argument("root")
-    va.add_argument(
-        "--gateway-id", required=True, help="the gateway that anchored it (anchors are per gateway)"
+    show = command(sub, "show", "read records").add_subparsers(
+        dest="show_command", required=True, metavar="WHAT"
     )
-    va.add_argument("--count", type=int)
+    sdev = command(show, "device", "a device: state, gateways, history with block times and tx hashes")
+    sdev.add_argument("device_id", help="the device, 16 hex digits")
+    sdev.add_argument(
+        "--audit-log",
+        action="append",
+        help="a gateway's audit log: adds the device's authentications and alerts (repeatable)",
+    )
+    sdev.add_argument("--limit", type=int, default=20, help="authentications shown (default 20)")
+    sdev.set_defaults(handler=cmd_show_device)
+    sgw = command(show, "gateway", "a gateway: its id, X25519 public key, account and operator")
+    sgw.add_argument("gateway", help="the gateway's name (e.g. gw-1) or 0x + 64 hex")
+    sgw.set_defaults(handler=cmd_show_gateway)
+    spol = command(show, "policy", "a policy: the streams it allows")
+    spol.add_argument("policy", help="the policy's name or 0x + 64 hex")
+    spol.set_defaults(handler=cmd_show_policy)
+
+    lst = command(sub, "list", "list records").add_subparsers(
+        dest="list_command", required=True, metavar="WHAT"
+    )
+    ldev = command(lst, "devices", "devices from a local index of the chain, filtered and paged")
+    ldev.add_argument("--state", help="only this lifecycle state (e.g. Active)")
+    ldev.add_argument("--owner", help="only this owner's devices (account)")
+    ldev.add_argument("--gateway", help="only devices this gateway may authenticate now")
+    ldev.add_argument("--prefix", help="only ids starting with these hex digits")
+    ldev.add_argument("--limit", type=int, default=50, help="devices shown (default 50, at most 1000)")
+    ldev.add_argument("--offset", type=int, default=0, help="skip this many (paging)")
+    ldev.add_argument(
+        "--index", help="an identity index file kept between runs (default: read the chain into memory)"
+    )
+    ldev.set_defaults(handler=cmd_list_devices)
+
+    va = command(sub, "verify-anchor", "check that a Merkle root of authentications is anchored")
+    va.add_argument("root", help="the Merkle root, 0x + 64 hex")
+    va.add_argument(
+        "--gateway-id",
+        required=True,
+        help="the gateway that anchored it (name or 0x + 64 hex; anchors are per gateway)",
+    )
+    va.add_argument("--count", type=int, help="expect this many records")
     va.set_defaults(handler=cmd_verify_anchor)
     return p
 

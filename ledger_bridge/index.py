@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS journal (block INTEGER NOT NULL, log_index INTEGER NO
 CREATE INDEX IF NOT EXISTS journal_device ON journal (device);
 CREATE TABLE IF NOT EXISTS devices (id BLOB PRIMARY KEY, state INTEGER NOT NULL, epoch INTEGER NOT NULL,
     firmware BLOB NOT NULL, policy BLOB, owner TEXT, manufacturer TEXT, block INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS devices_state ON devices (state);
+CREATE INDEX IF NOT EXISTS devices_owner ON devices (owner COLLATE NOCASE);
 CREATE TABLE IF NOT EXISTS grants (device BLOB NOT NULL, gateway BLOB NOT NULL, epoch INTEGER NOT NULL,
     commitment BLOB NOT NULL, sealed BLOB NOT NULL, PRIMARY KEY (device, gateway)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gateways (id BLOB PRIMARY KEY, x25519 BLOB NOT NULL, account TEXT NOT NULL,
@@ -228,6 +230,110 @@ class IdentityIndex:
             "SELECT x25519, account, operator FROM gateways WHERE id = ?", (gateway_id,)
         ).fetchone()
         return None if row is None else (bytes(row[0]), row[1], row[2])
+
+    def search(
+        self,
+        *,
+        state: DeviceState | None = None,
+        owner: str | None = None,
+        gateway: bytes | None = None,
+        prefix: str = "",
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """A page of devices for lists: -> (total matching, rows ordered by id). ``prefix``: the start of
+        the device id in hex; ``gateway``: the on-chain id of a gateway holding a key for the current
+        epoch. Indexed reads only (state, owner, id range), for fleets of 100,000 and more."""
+        if not 0 < limit <= 1000 or offset < 0:
+            raise ValueError("limit must be 1..1000 and offset >= 0")
+        where: list[str] = ["1"]
+        params: list[object] = []
+        if state is not None:
+            where.append("d.state = ?")
+            params.append(int(state))
+        if owner:
+            where.append("d.owner = ? COLLATE NOCASE")
+            params.append(owner)
+        if prefix:
+            digits = prefix.lower().removeprefix("0x")
+            if len(digits) > 16 or any(c not in "0123456789abcdef" for c in digits):
+                raise ValueError("a device id prefix is up to 16 hex digits")
+            low = bytes.fromhex(digits.ljust(16, "0"))
+            high = bytes.fromhex(digits.ljust(16, "f"))
+            where.append("d.id BETWEEN ? AND ?")
+            params += [low, high]
+        join = ""
+        if gateway is not None:
+            join = " JOIN grants g ON g.device = d.id AND g.gateway = ? AND g.epoch = d.epoch"
+            params.insert(0, onchain_gateway_id(gateway.rstrip(b"\0")))
+        clause = " AND ".join(where)
+        count_sql = f"SELECT COUNT(*) FROM devices d{join} WHERE {clause}"  # noqa: S608 - fixed clauses, values bound
+        total = int(self._db.execute(count_sql, params).fetchone()[0])
+        rows = self._db.execute(
+            f"SELECT d.id, d.state, d.epoch, d.owner, d.manufacturer, d.policy, d.block FROM devices d{join}"  # noqa: S608
+            f" WHERE {clause} ORDER BY d.id LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        ).fetchall()
+        return total, [
+            {
+                "device_id": bytes(r[0]).hex(),
+                "state": DeviceState(r[1]).label,
+                "epoch": r[2],
+                "owner": r[3],
+                "manufacturer": r[4],
+                "policy": None if r[5] is None else bytes(r[5]),
+                "block": r[6],
+            }
+            for r in rows
+        ]
+
+    def device_row(self, device_id: bytes) -> dict[str, Any] | None:
+        """One device for displays: its row and every gateway holding a key (two indexed reads)."""
+        row = self._db.execute(
+            "SELECT state, epoch, owner, manufacturer, policy, firmware, block FROM devices WHERE id = ?",
+            (device_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        grants = self._db.execute(
+            "SELECT gateway, epoch FROM grants WHERE device = ? ORDER BY gateway", (device_id,)
+        ).fetchall()
+        return {
+            "device_id": device_id.hex(),
+            "state": DeviceState(row[0]).label,
+            "epoch": row[1],
+            "owner": row[2],
+            "manufacturer": row[3],
+            "policy": None if row[4] is None else bytes(row[4]),
+            "firmware_hash": "0x" + bytes(row[5]).hex(),
+            "block": row[6],
+            "gateways": [{"gateway": bytes(g), "epoch": e, "current": e == row[1]} for g, e in grants],
+        }
+
+    def counts_by_state(self) -> dict[str, int]:
+        counts = dict(self._db.execute("SELECT state, COUNT(*) FROM devices GROUP BY state").fetchall())
+        return {s.label: int(counts.get(int(s), 0)) for s in DeviceState if s is not DeviceState.UNREGISTERED}
+
+    def gateways(self) -> list[tuple[bytes, bytes, str, str]]:
+        """Every registered gateway: (id, x25519 public key, account, operator)."""
+        return [
+            (bytes(r[0]), bytes(r[1]), r[2], r[3])
+            for r in self._db.execute("SELECT id, x25519, account, operator FROM gateways ORDER BY id")
+        ]
+
+    def journal(self, *, names: Sequence[str], limit: int = 20) -> list[dict[str, Any]]:
+        """The latest events of the given names (e.g. clone alerts), newest first."""
+        marks = ",".join("?" * len(names))
+        rows = self._db.execute(
+            f"SELECT block, name, device, gateway, args FROM journal WHERE name IN ({marks})"  # noqa: S608
+            " ORDER BY block DESC, log_index DESC LIMIT ?",
+            [*names, limit],
+        ).fetchall()
+        return [
+            {"block": r[0], "event": r[1], "device": None if r[2] is None else bytes(r[2]).hex(),
+             "gateway": None if r[3] is None else bytes(r[3]), "args": _load_args(r[4])}
+            for r in rows
+        ]
 
     def subscribe(self, callback: Callable[[SyncReport], Any]) -> None:
         """Call ``callback(report)`` after every sync that changed something."""

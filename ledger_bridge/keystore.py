@@ -90,15 +90,21 @@ def load_signer(path: Path, passphrase: str) -> Signer:
         raise KeystoreError(f"cannot read keystore {path}: {exc.strerror}") from exc
     except ValueError as exc:
         raise KeystoreError(f"keystore {path} is not JSON") from exc
+    return signer_from_blob(blob, passphrase, name=str(path))
+
+
+def signer_from_blob(blob: Any, passphrase: str, *, name: str = "the keystore") -> Signer:
+    """Decrypt a keystore already read (e.g. uploaded to the console); errors name `name` only. A
+    keystore cheaper than MIN_SCRYPT_N is refused before any decryption."""
     n = _scrypt_n(blob)
     if n is not None and n < MIN_SCRYPT_N:
-        raise KeystoreError(f"keystore {path} uses a scrypt cost of {n}, below the minimum {MIN_SCRYPT_N}")
+        raise KeystoreError(f"keystore {name} uses a scrypt cost of {n}, below the minimum {MIN_SCRYPT_N}")
     try:
         key = Account.decrypt(blob, passphrase)
     except ValueError:
-        raise KeystoreError(f"wrong passphrase for keystore {path}") from None
+        raise KeystoreError(f"wrong passphrase for keystore {name}") from None
     except (KeyError, TypeError) as exc:
-        raise KeystoreError(f"keystore {path} is malformed") from exc
+        raise KeystoreError(f"keystore {name} is malformed") from exc
     label = blob.get("diams_label", "") if isinstance(blob, dict) else ""
     return Signer(Account.from_key(key), label=str(label))
 

@@ -330,6 +330,29 @@ class Ledger:
             )
         return out
 
+    async def anchors_of_root(self, merkle_root: bytes) -> list[AnchorRecord]:
+        """Every gateway's anchor of ``merkle_root`` (anchors are keyed by (gateway, root)), oldest first."""
+        topic0 = "0x" + bytes(event_abi_to_log_topic(self._event_abi(self.auth_log, "Anchored"))).hex()
+        start = self.channel.deployed_block
+
+        def work() -> list[Any]:
+            query = {
+                "fromBlock": start,
+                "toBlock": "latest",
+                "address": self.auth_log.address,
+                "topics": [topic0, None, "0x" + merkle_root.hex()],
+            }
+            return list(self.w3.eth.get_logs(query))  # type: ignore[arg-type]
+
+        found = []
+        for log in await self._run(work):
+            ev = self._decode(log)
+            if ev is None:
+                continue
+            args: dict[str, Any] = dict(ev.args)
+            found.append(await self.anchor(merkle_root, gateway_id=bytes(args["gatewayId"])))
+        return found
+
     async def next_anchor_seq(self, gateway_id: bytes) -> int:
         """The first sequence number ``gateway_id``'s next batch must start at (0: never anchored)."""
         return int(await self.call(self.auth_log.functions.nextSeq(gateway_id)))
@@ -343,6 +366,10 @@ class Ledger:
 
     async def block_number(self) -> int:
         return await self._run(lambda: int(self.w3.eth.block_number))
+
+    async def block_timestamp(self, number: int) -> int:
+        """The timestamp (seconds since the epoch) of block ``number``."""
+        return await self._run(lambda: int(self.w3.eth.get_block(number)["timestamp"]))
 
     async def block_hash(self, number: int) -> bytes | None:
         """The hash of block ``number`` on the chain as it is now, or None past the head (reorg checks)."""

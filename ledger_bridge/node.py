@@ -160,9 +160,9 @@ def _error(rid: Any, code: int, message: str) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--path", type=Path, required=True, help="the embedded chain file (created if new)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8545)
-    parser.add_argument("--chain-id", type=int, default=None)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8545, help="port to listen on (default 8545)")
+    parser.add_argument("--chain-id", type=int, default=None, help="chain id of a new chain file")
     parser.add_argument(
         "--ready-file", type=Path, default=None, help="written with the URL once the node answers"
     )

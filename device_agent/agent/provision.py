@@ -117,7 +117,13 @@ def provision(*, model: str, serial: str, mac: str, firmware: Path, out: Path,
         f'host = "{broker_host}"\nport = {broker_port}\n\n'
         "[gateways]\n"
         f"ids = [{', '.join(json.dumps(g) for g in gateways)}]\n"
-        "answer_timeout_s = 5.0\n"
+        "answer_timeout_s = 5.0\n\n"
+        "# What the device publishes, once authenticated: each stream must be allowed by the device's\n"
+        "# policy on the ledger (diams-ledger define-policy NAME --publish telemetry).\n"
+        "[[streams]]\n"
+        'name = "telemetry"\n'
+        'source = "/proc/loadavg"                 # the file whose content is sent\n'
+        "interval_s = 30\n"
     )
     return Provisioned(record=record, key_file=key_file, owner_file=owner_file, record_file=record_file,
                        csv_file=csv_file, config_file=config_file)

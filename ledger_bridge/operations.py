@@ -1,0 +1,627 @@
+"""Every actor's workflow as operations: one home shared by `diams-ledger` and `diams-console`.
+
+Strategy: the command line and the console are thin adapters. Each operation here takes an open
+`Ledger` (reads) and an `ActorHandle` (writes, signed by the actor's own key), checks what can be
+checked locally first (so a batch reports row by row instead of failing whole on chain), and returns
+plain values that both adapters render: text on a terminal, JSON for `--json` and the REST API, HTML
+on a page. Nobody writes an operation twice.
+
+Names: gateway and policy ids are bytes32 on chain; people use short names ("gw-1", "sensors"),
+zero-padded to 32 bytes, or `0x` + 64 hex digits for ids made any other way.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import string
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from device_agent.core import identity
+
+from .csv_import import parse_bytes32, parse_device_id
+from .enrollment import ProvisionedDevice
+from .errors import LedgerError, LedgerRevert
+from .model import (
+    ZERO_ADDRESS,
+    DeviceRecord,
+    DeviceState,
+    GrantRecord,
+    LedgerEvent,
+    PolicyRecord,
+    TxOutcome,
+)
+from .sealing import seal
+
+if TYPE_CHECKING:
+    from .actor import ActorHandle
+    from .index import IdentityIndex
+    from .ledger import Ledger
+
+__all__ = [
+    "ACTIONS",
+    "Action",
+    "DeviceDetail",
+    "GatewayInfo",
+    "OnboardReport",
+    "OnboardRow",
+    "OwnerBundle",
+    "RowError",
+    "TimelineEntry",
+    "authentications",
+    "authorize_from_bundle",
+    "define_policy",
+    "device_detail",
+    "gateway_info",
+    "id_text",
+    "jsonable",
+    "name_id",
+    "onboard_rows",
+    "policy_info",
+    "read_onboard_csv",
+    "recover_after_clone",
+    "run_action",
+]
+
+
+# ---- names ----
+def name_id(text: str, *, what: str) -> bytes:
+    """A gateway or policy name (at most 32 bytes of text) or 0x + 64 hex -> the contracts' bytes32."""
+    return parse_bytes32(text, name=what, allow_text=True)
+
+
+_PRINTABLE = frozenset(string.ascii_letters + string.digits + string.punctuation + " ")
+
+
+def id_text(value: bytes) -> str:
+    """bytes32 -> the name it was made from, when it is zero-padded printable text; else 0x + hex."""
+    raw = value.rstrip(b"\0")
+    text = raw.decode("ascii", "replace")
+    if raw and all(c in _PRINTABLE for c in text) and b"\0" not in raw:
+        return text
+    return "0x" + value.hex()
+
+
+def jsonable(value: Any) -> Any:
+    """Values of this package as JSON: bytes as 0x-hex, states by label, dataclasses as objects."""
+    if isinstance(value, (bytes, bytearray)):
+        return "0x" + bytes(value).hex()
+    if isinstance(value, DeviceState):
+        return value.label
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return {
+            k: jsonable(getattr(value, k))
+            for k, f in value.__dataclass_fields__.items()
+            if f.repr  # fields hidden from reprs are secrets: never rendered either
+        }
+    return value
+
+
+# ---- the owner's device bundle (`diams-agent provision` writes <id>.owner.json) ----
+@dataclass(frozen=True, kw_only=True)
+class OwnerBundle:
+    """What the owner receives with a device: enough to claim it and to seal its keys to gateways."""
+
+    device_id: bytes
+    model: str
+    serial: str
+    mac: bytes
+    firmware_hash: bytes
+    secret: bytes = field(repr=False)
+    salt: bytes = field(repr=False)
+    claim_code: bytes = field(repr=False)
+
+    @classmethod
+    def load(cls, path: Path) -> OwnerBundle:
+        try:
+            raw = json.loads(path.read_text("utf-8"))
+            bundle = cls(
+                device_id=parse_device_id(str(raw["device_id"])),
+                model=str(raw["model"]),
+                serial=str(raw["serial"]),
+                mac=bytes.fromhex(str(raw["mac"]).replace(":", "").replace("-", "")),
+                firmware_hash=bytes.fromhex(str(raw["firmware_hash"]).removeprefix("0x")),
+                secret=bytes.fromhex(str(raw["secret"])),
+                salt=bytes.fromhex(str(raw["salt"])),
+                claim_code=str(raw["claim_code"]).encode(),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            # the message names the field, never its value (the bundle holds secrets)
+            what = f"missing field {exc}" if isinstance(exc, KeyError) else "a field is malformed"
+            raise ValueError(f"{path.name} is not a device owner bundle ({what})") from None
+        if bundle.device().device_id != bundle.device_id:
+            raise ValueError(f"{path.name}: the secret does not derive device 0x{bundle.device_id.hex()}")
+        return bundle
+
+    def device(self) -> ProvisionedDevice:
+        return ProvisionedDevice(
+            secret=self.secret,
+            model=self.model,
+            serial=self.serial,
+            mac=self.mac,
+            firmware_hash=self.firmware_hash,
+            salt=self.salt,
+            claim_code=self.claim_code,
+        )
+
+
+# ---- reads ----
+@dataclass(frozen=True, kw_only=True)
+class GatewayInfo:
+    name: str
+    gateway_id: bytes
+    x25519_public_key: bytes
+    account: str
+    operator: str
+
+    def text(self) -> str:
+        return (
+            f"gateway     {self.name}\n"
+            f"id          0x{self.gateway_id.hex()}\n"
+            f"x25519      0x{self.x25519_public_key.hex()}\n"
+            f"account     {self.account}\n"
+            f"operator    {self.operator}"
+        )
+
+
+async def gateway_info(ledger: Ledger, name: str) -> GatewayInfo:
+    gid = name_id(name, what="gateway")
+    try:
+        record = await ledger.gateway(gid)
+    except LedgerRevert as exc:
+        if exc.error != "UnknownGateway":
+            raise
+        raise LedgerError(f"gateway {name} is not registered on this channel") from None
+    if record.account == ZERO_ADDRESS:
+        raise LedgerError(f"gateway {name} is not registered on this channel")
+    return GatewayInfo(
+        name=id_text(gid),
+        gateway_id=gid,
+        x25519_public_key=record.x25519_public_key,
+        account=record.account,
+        operator=record.operator,
+    )
+
+
+async def policy_info(ledger: Ledger, name: str) -> PolicyRecord:
+    pid = name_id(name, what="policy")
+    try:
+        record = await ledger.policy(pid)
+    except LedgerRevert as exc:
+        if exc.error != "UnknownPolicy":
+            raise
+        raise LedgerError(f"policy {name} is not defined on this channel") from None
+    if record.author == ZERO_ADDRESS:
+        raise LedgerError(f"policy {name} is not defined on this channel")
+    return record
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimelineEntry:
+    event: str
+    block: int
+    time: int  # block timestamp, seconds since the epoch
+    tx: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceDetail:
+    record: DeviceRecord
+    grants: list[GrantRecord]
+    timeline: list[TimelineEntry]
+    clone_alerts: int
+
+    @property
+    def policy_name(self) -> str:
+        return "" if self.record.policy_id == bytes(32) else id_text(self.record.policy_id)
+
+
+async def device_detail(ledger: Ledger, device_id: bytes) -> DeviceDetail:
+    """A device, the gateways it authorized, and its lifecycle from chain events with block times."""
+    record = await ledger.device(device_id)
+    if record.state is DeviceState.UNREGISTERED:
+        raise LedgerError(f"device 0x{device_id.hex()} is not registered on this channel")
+    history = await ledger.history(device_id)
+    gateway_ids = dict.fromkeys(
+        bytes(gw)
+        for e in history
+        if e.name == "GatewayAuthorized" and isinstance(gw := e.args["gatewayId"], bytes)
+    )
+    grants = [await ledger.grant(device_id, gw) for gw in gateway_ids]
+    times: dict[int, int] = {}
+    for e in history:
+        if e.block_number not in times:
+            times[e.block_number] = await ledger.block_timestamp(e.block_number)
+    timeline = [_timeline_entry(e, times[e.block_number]) for e in history]
+    alerts = sum(1 for e in history if e.name == "CloneAlert")
+    return DeviceDetail(record=record, grants=grants, timeline=timeline, clone_alerts=alerts)
+
+
+def _timeline_entry(e: LedgerEvent, when: int) -> TimelineEntry:
+    details: dict[str, Any] = {}
+    for k, v in e.args.items():
+        if k == "id":
+            continue
+        if k == "sealedKey":
+            details[k] = f"{len(v)} bytes" if isinstance(v, bytes) else v
+        elif k in ("gatewayId", "policyId", "model") and isinstance(v, bytes):
+            details[k] = id_text(v)
+        else:
+            details[k] = jsonable(v)
+    return TimelineEntry(
+        event=e.name, block=e.block_number, time=when, tx=e.transaction_hash, details=details
+    )
+
+
+def authentications(audit_logs: Iterable[Path], device_id: bytes, *, limit: int = 50) -> list[dict[str, Any]]:
+    """A device's records in gateways' audit logs (authenticated, rejected, clone alerts, cut-offs),
+    newest first. The audit log is the gateway's evidence; the chain holds only its Merkle roots."""
+    from gateway.audit import records
+
+    want = device_id.hex()
+    found: list[dict[str, Any]] = []
+    for path in audit_logs:
+        if not path.exists():
+            continue
+        found.extend(
+            {"log": path.name, **{k: v for k, v in r.items() if k != "prev"}}
+            for r in records(path)
+            if r.get("device") == want
+        )
+    found.sort(key=lambda r: (float(r.get("ts", 0)), int(r.get("seq", 0))), reverse=True)
+    return found[:limit]
+
+
+# ---- writes ----
+async def define_policy(
+    owner: ActorHandle, name: str, *, publish: Sequence[str], subscribe: Sequence[str]
+) -> TxOutcome:
+    return await owner.define_policy(name_id(name, what="policy"), publish=publish, subscribe=subscribe)
+
+
+async def authorize_from_bundle(
+    ledger: Ledger, owner: ActorHandle, bundle: OwnerBundle, gateway: str
+) -> TxOutcome:
+    """Seal the device's keys for the gateway's registered X25519 key at the device's current epoch and
+    firmware (both read from the chain), and publish them with the key commitment."""
+    info = await gateway_info(ledger, gateway)
+    record = await ledger.device(bundle.device_id)
+    if record.state is DeviceState.UNREGISTERED:
+        raise LedgerError(f"device 0x{bundle.device_id.hex()} is not registered on this channel")
+    protocol_id = info.gateway_id.rstrip(b"\0")  # the id the device and the gateway speak
+    device = bundle.device()
+    keys = _keys_for(device, protocol_id, record)
+    box = seal(keys, info.x25519_public_key, bundle.device_id, protocol_id, record.epoch)
+    return await owner.authorize_gateway(
+        bundle.device_id, info.gateway_id, sealed_key=box, key_commitment=identity.key_commitment(keys.k_dg)
+    )
+
+
+def _keys_for(device: ProvisionedDevice, protocol_id: bytes, record: DeviceRecord) -> Any:
+    from dataclasses import replace
+
+    current = replace(device, firmware_hash=record.firmware_hash)  # after recordFirmware, the chain's
+    return current.gateway_keys(protocol_id, record.epoch)
+
+
+async def recover_after_clone(ledger: Ledger, owner: ActorHandle, device_id: bytes) -> list[TxOutcome]:
+    """A genuine device quarantined after a clone alert: suspend then activate (each gateway lifts its
+    local quarantine when it sees the owner act on the ledger). From Suspended, activate alone."""
+    state, _ = await ledger.device_state(device_id)
+    outcomes = []
+    if state is DeviceState.ACTIVE:
+        outcomes.append(await owner.suspend(device_id))
+    elif state is not DeviceState.SUSPENDED:
+        raise LedgerError(
+            f"device 0x{device_id.hex()} is {state.label}: only an Active or Suspended device recovers"
+        )
+    outcomes.append(await owner.activate(device_id))
+    return outcomes
+
+
+# ---- one table of lifecycle actions (CLI subcommands, console buttons, REST endpoints) ----
+@dataclass(frozen=True, kw_only=True)
+class Action:
+    name: str  # CLI command and REST path segment
+    method: str  # ActorHandle method
+    params: tuple[str, ...]  # beyond the device id
+    help: str
+    who: str  # which actor may, as the contracts enforce it
+    danger: bool = False  # the console asks for a confirmation
+
+
+ACTIONS: tuple[Action, ...] = (
+    Action(
+        name="claim",
+        method="claim",
+        params=("claim_code",),
+        who="owner",
+        help="prove possession with the claim code; you become the owner",
+    ),
+    Action(name="activate", method="activate", params=(), who="owner", help="Claimed or Suspended -> Active"),
+    Action(
+        name="suspend",
+        method="suspend",
+        params=(),
+        who="owner",
+        danger=True,
+        help="Active -> Suspended (owner or admin)",
+    ),
+    Action(
+        name="transfer",
+        method="transfer",
+        params=("new_owner",),
+        who="owner",
+        danger=True,
+        help="offer the device to a new owner (epoch + 1)",
+    ),
+    Action(
+        name="accept-transfer",
+        method="accept_transfer",
+        params=(),
+        who="owner",
+        help="new owner: accept a transfer",
+    ),
+    Action(
+        name="cancel-transfer",
+        method="cancel_transfer",
+        params=(),
+        who="owner",
+        help="withdraw a transfer offer",
+    ),
+    Action(
+        name="revoke",
+        method="revoke",
+        params=(),
+        who="owner",
+        danger=True,
+        help="revoke for good (owner or admin); every gateway cuts it off",
+    ),
+    Action(
+        name="decommission",
+        method="decommission",
+        params=(),
+        who="owner",
+        danger=True,
+        help="retire for good",
+    ),
+    Action(
+        name="approve-maintainer",
+        method="approve_maintainer",
+        params=("maintainer",),
+        who="owner",
+        help="let a maintainer record firmware",
+    ),
+    Action(
+        name="record-firmware",
+        method="record_firmware",
+        params=("firmware_hash",),
+        who="maintainer",
+        help="a new firmware hash, 0x + 64 hex (epoch + 1)",
+    ),
+    Action(
+        name="deauthorize-gateway",
+        method="deauthorize_gateway",
+        params=("gateway",),
+        who="owner",
+        danger=True,
+        help="withdraw a gateway (epoch + 1: re-authorize the others)",
+    ),
+    Action(
+        name="set-policy",
+        method="set_policy",
+        params=("policy",),
+        who="owner",
+        help="attach an access policy by name",
+    ),
+)
+ACTIONS_BY_NAME: Mapping[str, Action] = {a.name: a for a in ACTIONS}
+
+PARAM_HELP: Mapping[str, str] = {
+    "claim_code": "the claim code handed over with the device",
+    "new_owner": "the new owner's account, 0x + 40 hex",
+    "maintainer": "the maintainer's account, 0x + 40 hex",
+    "firmware_hash": "SHA-256 of the firmware image, 0x + 64 hex",
+    "gateway": "the gateway's name (e.g. gw-1) or 0x + 64 hex",
+    "policy": "the policy's name (as given to define-policy) or 0x + 64 hex",
+}
+
+
+def _param(name: str, value: str) -> Any:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} is required")
+    if name == "firmware_hash":
+        return parse_bytes32(value, name=name)
+    if name in ("gateway", "policy"):
+        return name_id(value, what=name)
+    if name == "claim_code":
+        return value.encode()
+    if name in ("new_owner", "maintainer"):
+        from eth_utils.address import is_address
+
+        if not is_address(value.strip()):
+            raise ValueError(f"{name} must be an account address, 0x + 40 hex")
+        return value.strip()
+    return value
+
+
+async def run_action(
+    actor: ActorHandle, action: str, device_id: bytes, params: Mapping[str, str]
+) -> TxOutcome:
+    """Run one lifecycle action from the table; parameters as text (from a command line or a form)."""
+    spec = ACTIONS_BY_NAME.get(action)
+    if spec is None:
+        raise ValueError(f"unknown action {action!r}")
+    values = [_param(p, params.get(p, "")) for p in spec.params]
+    result: TxOutcome = await getattr(actor, spec.method)(device_id, *values)
+    return result
+
+
+# ---- onboarding a batch: claim, policy, activate, authorize ----
+@dataclass(frozen=True, kw_only=True)
+class RowError:
+    line: int
+    device_id: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnboardRow:
+    line: int
+    device_id: bytes
+    claim_code: bytes = field(repr=False)
+    bundle: OwnerBundle | None = None
+
+
+@dataclass(kw_only=True)
+class OnboardReport:
+    onboarded: list[str] = field(default_factory=list)
+    authorized: int = 0
+    transactions: int = 0
+    errors: list[RowError] = field(default_factory=list)
+
+
+def read_onboard_csv(
+    source: Path | str, *, bundle_dir: Path | None = None
+) -> tuple[list[OnboardRow], list[RowError]]:
+    """Rows of `device_id` plus `claim_code`, or `bundle` (a path to `<id>.owner.json`, relative to
+    `bundle_dir`), or neither when `bundle_dir` holds `<device_id>.owner.json`. `source` is a file or
+    the CSV text itself (the console's upload)."""
+    text = source.read_text("utf-8") if isinstance(source, Path) else source
+    base = bundle_dir if bundle_dir is not None else (source.parent if isinstance(source, Path) else None)
+    reader = csv.DictReader(text.splitlines())
+    if "device_id" not in (reader.fieldnames or ()):
+        raise ValueError("CSV header needs device_id, and claim_code or bundle (or a bundle directory)")
+    good: list[OnboardRow] = []
+    bad: list[RowError] = []
+    seen: dict[bytes, int] = {}
+    for row in reader:
+        line = reader.line_num
+        raw_id = (row.get("device_id") or "").strip()
+        try:
+            dev = parse_device_id(raw_id)
+            if dev in seen:
+                raise ValueError(f"duplicate of line {seen[dev]}")
+            bundle = None
+            name = (row.get("bundle") or "").strip()
+            candidate = (
+                (base / name) if name and base else (base / f"{dev.hex()}.owner.json" if base else None)
+            )
+            if name and base is None:
+                raise ValueError("bundle paths need a bundle directory")
+            if candidate is not None and candidate.exists():
+                bundle = OwnerBundle.load(candidate)
+                if bundle.device_id != dev:
+                    raise ValueError(f"bundle {candidate.name} is for another device")
+            elif name:
+                raise ValueError(f"bundle {name} not found")
+            code = (row.get("claim_code") or "").strip().encode() or (bundle.claim_code if bundle else b"")
+            if not code:
+                raise ValueError("claim_code or an owner bundle is required")
+        except ValueError as exc:
+            bad.append(RowError(line=line, device_id=raw_id, reason=str(exc)))
+            continue
+        seen[dev] = line
+        good.append(OnboardRow(line=line, device_id=dev, claim_code=code, bundle=bundle))
+    return good, bad
+
+
+async def onboard_rows(
+    ledger: Ledger,
+    owner: ActorHandle,
+    rows: Sequence[OnboardRow],
+    *,
+    policy: str,
+    gateways: Sequence[str] = (),
+    batch_size: int = 100,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> OnboardReport:
+    """Claim, set `policy` on and activate every row's device (batches of `onboardMany`), then authorize
+    each of `gateways` from the rows' owner bundles. Each row is checked against the chain first (state
+    Manufactured, claim code matching), so a bad row is reported by line and the others still land."""
+    report = OnboardReport()
+    pid = name_id(policy, what="policy")
+    await policy_info(ledger, policy)  # refuse an undefined policy before any transaction
+    infos = [await gateway_info(ledger, g) for g in gateways]
+    ready: list[OnboardRow] = []
+    for i, row in enumerate(rows, 1):
+        try:
+            record = await ledger.device(row.device_id)
+            if record.state is not DeviceState.MANUFACTURED:
+                raise ValueError(
+                    "not registered"
+                    if record.state is DeviceState.UNREGISTERED
+                    else f"is {record.state.label}, not Manufactured"
+                )
+            if identity.claim_hash(row.device_id, row.claim_code) != record.claim_hash:
+                raise ValueError("the claim code does not match the registered claim hash")
+            if infos and row.bundle is None:
+                raise ValueError("authorizing a gateway needs the device's owner bundle")
+        except ValueError as exc:
+            report.errors.append(RowError(line=row.line, device_id=row.device_id.hex(), reason=str(exc)))
+        else:
+            ready.append(row)
+        if progress:
+            progress("checked", i, len(rows))
+    done = 0
+    for start in range(0, len(ready), batch_size):
+        chunk = ready[start : start + batch_size]
+        try:
+            await owner.onboard_many([r.device_id for r in chunk], [r.claim_code for r in chunk], pid)
+        except LedgerRevert as exc:
+            report.errors.extend(
+                RowError(line=r.line, device_id=r.device_id.hex(), reason=str(exc)) for r in chunk
+            )
+            continue
+        report.transactions += 1
+        report.onboarded.extend(r.device_id.hex() for r in chunk)
+        done += len(chunk)
+        if progress:
+            progress("activated", done, len(ready))
+    landed = [r for r in ready if r.device_id.hex() in set(report.onboarded)]
+    for info in infos:
+        protocol_id = info.gateway_id.rstrip(b"\0")
+        for start in range(0, len(landed), batch_size):
+            chunk = landed[start : start + batch_size]
+            boxes, commitments = [], []
+            for r in chunk:
+                assert r.bundle is not None
+                record = await ledger.device(r.device_id)
+                keys = _keys_for(r.bundle.device(), protocol_id, record)
+                boxes.append(seal(keys, info.x25519_public_key, r.device_id, protocol_id, record.epoch))
+                commitments.append(identity.key_commitment(keys.k_dg))
+            outcomes = await owner.authorize_gateway_many(
+                info.gateway_id,
+                device_ids=[r.device_id for r in chunk],
+                sealed_keys=boxes,
+                key_commitments=commitments,
+            )
+            report.transactions += len(outcomes)
+            report.authorized += len(chunk)
+            if progress:
+                progress(f"authorized {info.name}", min(start + len(chunk), len(landed)), len(landed))
+    report.errors.sort(key=lambda e: e.line)
+    return report
+
+
+def policy_text(record: PolicyRecord) -> str:
+    return (
+        f"policy      {id_text(record.policy_id)}\n"
+        f"id          0x{record.policy_id.hex()}\n"
+        f"author      {record.author}\n"
+        f"publish     {', '.join(record.publish_streams) or '(nothing)'}\n"
+        f"subscribe   {', '.join(record.subscribe_streams) or '(nothing)'}"
+    )
+
+
+def list_devices(index: IdentityIndex, **filters: Any) -> tuple[int, list[dict[str, Any]]]:
+    """Search the local identity index (never the chain): see `IdentityIndex.search`."""
+    return index.search(**filters)

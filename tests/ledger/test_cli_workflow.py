@@ -1,0 +1,274 @@
+"""`diams-ledger` finishes every actor's workflow without Python: gateways and policies by name, sealing
+from the owner's bundle, onboarding a batch, listing, histories with authentications, recovery, JSON,
+help text, and one-line errors. On the durable embedded chain, each command a process of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from device_agent.agent.provision import provision
+from device_agent.core import identity
+from gateway.audit import AuditLog
+from ledger_bridge import Ledger, cli
+from ledger_bridge.embedded import EmbeddedBackend
+from ledger_bridge.model import Channel
+from ledger_bridge.sealing import generate_gateway_key, load_gateway_key, unseal
+
+PASS = "workflow passphrase"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def world(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> dict[str, object]:
+    """A channel with a manufacturer, an owner, an operator and a gateway account, each its own keystore."""
+    monkeypatch.setenv(cli.PASSPHRASE_ENV, PASS)
+    chain = ("--embedded", str(tmp_path / "chain.sqlite"))
+    keys = {}
+    for name in ("admin", "manufacturer", "owner", "operator", "gateway"):
+        path = tmp_path / f"{name}.json"
+        code, out, _ = run(
+            capsys, "keys", "create", "--out", str(path), "--label", name, "--scrypt-n", "1024"
+        )
+        assert code == 0
+        keys[name] = (str(path), out.strip())
+        assert run(capsys, *chain, "fund", out.strip())[0] == 0
+    channel = tmp_path / "channel.json"
+    assert run(capsys, *chain, "--keystore", keys["admin"][0], "deploy", "--out", str(channel))[0] == 0
+    ch = (*chain, "--channel", str(channel))
+    for role in ("manufacturer", "operator"):
+        assert run(capsys, *ch, "--keystore", keys["admin"][0], "grant-role", role, keys[role][1])[0] == 0
+    return {"ch": ch, "keys": keys, "channel": channel, "chain": tmp_path / "chain.sqlite"}
+
+
+def test_owner_workflow_end_to_end(
+    tmp_path: Path, world: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    ch: tuple[str, ...] = world["ch"]  # type: ignore[assignment]
+    keys: dict[str, tuple[str, str]] = world["keys"]  # type: ignore[assignment]
+    mfr, owner, op = keys["manufacturer"][0], keys["owner"][0], keys["operator"][0]
+
+    # the manufacturer provisions three devices and registers them from the CSV provisioning wrote
+    factory = tmp_path / "factory"
+    firmware = tmp_path / "fw.bin"
+    firmware.write_bytes(b"firmware 1")
+    ids = [
+        provision(
+            model="pi-sensor", serial=f"SN-{n}", mac=f"02:00:00:00:00:0{n}", firmware=firmware, out=factory
+        ).record.device_id
+        for n in range(1, 4)
+    ]
+    assert "[[streams]]" in (factory / f"{ids[0]}.agent.toml").read_text()
+    code, out, err = run(
+        capsys, *ch, "--keystore", mfr, "register", "--csv", str(factory / "registration.csv")
+    )
+    assert code == 0, err
+
+    # the operator registers the gateway with the key exactly as `diams-gateway keys` prints it (no 0x)
+    pub = generate_gateway_key(tmp_path / "gw.key")
+    code, out, err = run(
+        capsys,
+        *ch,
+        "--keystore",
+        op,
+        "register-gateway",
+        "gw-1",
+        "--x25519",
+        pub.hex(),
+        "--account",
+        keys["gateway"][1],
+    )
+    assert code == 0, err
+    code, out, _ = run(capsys, *ch, "show", "gateway", "gw-1")
+    assert code == 0 and f"x25519      0x{pub.hex()}" in out and keys["gateway"][1] in out
+    code, out, _ = run(capsys, *ch, "show", "gateway", "gw-1", "--json")
+    assert json.loads(out)["x25519_public_key"] == "0x" + pub.hex()
+    code, _, err = run(capsys, *ch, "show", "gateway", "gw-nope")
+    assert code == 1 and err == "error: gateway gw-nope is not registered on this channel\n"
+
+    # the owner defines a policy by name and reads it back
+    code, out, err = run(
+        capsys,
+        *ch,
+        "--keystore",
+        owner,
+        "define-policy",
+        "sensors",
+        "--publish",
+        "telemetry,status",
+        "--subscribe",
+        "config",
+        "--json",
+    )
+    assert code == 0 and json.loads(out)["transaction_hash"].startswith("0x"), err
+    code, out, _ = run(capsys, *ch, "show", "policy", "sensors")
+    assert code == 0 and "publish     telemetry, status" in out and "subscribe   config" in out
+
+    # onboard two devices from their bundles and one row with a wrong claim code: that row only fails
+    batch = tmp_path / "batch.csv"
+    batch.write_text(f"device_id,claim_code\n{ids[0]},\n{ids[1]},\n{ids[2]},not-its-code\n")
+    code, out, err = run(
+        capsys,
+        *ch,
+        "--keystore",
+        owner,
+        "onboard",
+        "--csv",
+        str(batch),
+        "--policy",
+        "sensors",
+        "--gateway",
+        "gw-1",
+        "--bundle-dir",
+        str(factory),
+    )
+    assert code == 1, err
+    lines = out.splitlines()
+    assert lines[0] == f"line 4: {ids[2]}: the claim code does not match the registered claim hash"
+    assert lines[1].startswith(
+        "onboarded 2 devices (claimed, policy sensors, active), authorized 2 device keys"
+    )
+    bundle2 = json.loads((factory / f"{ids[2]}.owner.json").read_text())
+    assert bundle2["claim_code"] not in out + err and bundle2["secret"] not in out + err
+
+    # the third one by single commands, sealing from its bundle
+    d3 = ids[2]
+    for step in (
+        ("claim", d3, bundle2["claim_code"]),
+        ("set-policy", d3, "sensors"),
+        ("activate", d3),
+        ("authorize-gateway", d3, "gw-1", "--bundle", str(factory / f"{d3}.owner.json")),
+    ):
+        code, out, err = run(capsys, *ch, "--keystore", owner, *step)
+        assert code == 0 and out.startswith("ok: tx 0x"), (step, err)
+    code, _, err = run(
+        capsys,
+        *ch,
+        "--keystore",
+        owner,
+        "authorize-gateway",
+        d3,
+        "gw-1",
+        "--bundle",
+        str(factory / f"{ids[0]}.owner.json"),
+    )
+    assert code == 1 and "is the bundle of device" in err
+
+    # every device's sealed key opens with the gateway's private key and matches its commitment
+    async def grants() -> None:
+        channel = Channel(**json.loads(world["channel"].read_text()))  # type: ignore[union-attr]
+        async with Ledger(backend=EmbeddedBackend(world["chain"]), channel=channel) as ledger:  # type: ignore[arg-type]
+            for d in ids:
+                dev = bytes.fromhex(d)
+                g = await ledger.grant(dev, b"gw-1".ljust(32, b"\0"))
+                assert g.current
+                k = unseal(
+                    g.sealed_key, load_gateway_key(tmp_path / "gw.key"), dev, b"gw-1", 0, g.key_commitment
+                )
+                assert identity.key_commitment(k.k_dg) == g.key_commitment
+                rec = await ledger.device(dev)
+                assert rec.state.label == "Active" and rec.policy_id == b"sensors".ljust(32, b"\0")
+
+    import asyncio
+
+    asyncio.run(grants())
+
+    # lists from a local index, filtered
+    code, out, _ = run(capsys, *ch, "list", "devices", "--state", "Active")
+    assert code == 0 and out.splitlines()[-1] == "3 shown of 3 matching (offset 0)"
+    assert all(d in out for d in ids) and "sensors" in out
+    code, out, _ = run(capsys, *ch, "list", "devices", "--gateway", "gw-1", "--prefix", ids[1][:6], "--json")
+    found = json.loads(out)
+    assert ids[1] in [r["device_id"] for r in found["devices"]]
+    assert all(r["device_id"].startswith(ids[1][:6]) for r in found["devices"])
+    code, out, _ = run(capsys, *ch, "list", "devices", "--owner", keys["manufacturer"][1])
+    assert out.splitlines()[-1] == "0 shown of 0 matching (offset 0)"
+    code, _, err = run(capsys, *ch, "list", "devices", "--state", "Sleeping")
+    assert code == 1 and err.startswith("error: unknown state 'Sleeping'")
+
+    # a device's history: chain events with block times and tx hashes, plus the gateway's audit records
+    audit_path = tmp_path / "audit.log"
+    audit = AuditLog(audit_path)
+    audit.append("authenticated", device=d3)
+    audit.append("rejected", device=d3, reason="bad_proof", counter=7)
+    audit.append("authenticated", device=ids[0])
+    audit.close()
+    code, out, _ = run(capsys, *ch, "show", "device", d3, "--audit-log", str(audit_path))
+    assert code == 0
+    assert "state         Active (epoch 0)" in out and "policy        sensors" in out
+    assert "gateway       gw-1: sealed key for epoch 0, current" in out
+    events = [line.split()[4] for line in out.splitlines() if line.startswith("  block")]
+    assert events == [
+        "DeviceRegistered",
+        "DeviceClaimed",
+        "PolicySet",
+        "DeviceActivated",
+        "GatewayAuthorized",
+    ]
+    assert all(" tx 0x" in line for line in out.splitlines() if line.startswith("  block"))
+    auth_lines = out.split("authentications")[1].splitlines()[1:]
+    assert [a.split()[2] for a in auth_lines] == ["rejected", "authenticated"]
+    code, out, _ = run(capsys, *ch, "show", "device", d3, "--audit-log", str(audit_path), "--json")
+    doc = json.loads(out)
+    assert doc["policy"] == "sensors" and [a["event"] for a in doc["authentications"]] == [
+        "rejected",
+        "authenticated",
+    ]
+    assert doc["history"][0]["time"] > 1_600_000_000
+
+    # recovery after a clone alert: suspend + activate in one command
+    code, out, err = run(capsys, *ch, "--keystore", owner, "recover", d3)
+    assert code == 0 and out.count("ok: tx 0x") == 2 and out.endswith(f"recovered: 0x{d3} is Active\n"), err
+    code, out, _ = run(capsys, *ch, "show", "device", d3, "--json")
+    assert [h["event"] for h in json.loads(out)["history"]][-2:] == ["DeviceSuspended", "DeviceActivated"]
+
+
+def test_missing_passphrase_and_no_terminal_is_one_line(
+    world: dict[str, object], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ch: tuple[str, ...] = world["ch"]  # type: ignore[assignment]
+    keys: dict[str, tuple[str, str]] = world["keys"]  # type: ignore[assignment]
+    monkeypatch.delenv(cli.PASSPHRASE_ENV)
+    assert not sys.stdin.isatty()
+    code, out, err = run(capsys, *ch, "--keystore", keys["owner"][0], "activate", "0x" + "01" * 8)
+    assert code == 1 and out == ""
+    assert err == (
+        f"error: no passphrase: set ${cli.PASSPHRASE_ENV} or give --passphrase-file "
+        "(no terminal to prompt on)\n"
+    )
+
+
+def _parsers(
+    parser: argparse.ArgumentParser, path: str = "diams-ledger"
+) -> list[tuple[str, argparse.ArgumentParser]]:
+    found = [(path, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _parsers(sub, f"{path} {name}")
+    return found
+
+
+def test_every_option_and_command_has_help_text() -> None:
+    missing = []
+    for path, parser in _parsers(cli.build_parser()):
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+                continue
+            if isinstance(action, argparse._SubParsersAction):
+                missing += [f"{path} {c.dest}" for c in action._choices_actions if not c.help]
+                continue
+            if not action.help or "see ledger_bridge" in action.help:
+                missing.append(f"{path} {action.option_strings or action.dest}")
+    assert missing == []
