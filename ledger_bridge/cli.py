@@ -393,9 +393,23 @@ def _action_command(action: ops.Action) -> Callable[[argparse.Namespace], Awaita
     async def run(args: argparse.Namespace) -> int:
         dev = parse_device_id(args.device_id)
         params = {p: getattr(args, p) for p in action.params}
+        if "claim_code" in params:  # a file or stdin, never argv (visible to every user in ps)
+            params["claim_code"] = _claim_code_text(params["claim_code"])
         return await _with_actor(args, lambda a, _: ops.run_action(a, action.name, dev, params))
 
     return run
+
+
+def _claim_code_text(source: str) -> str:
+    if source == "-":
+        text = sys.stdin.readline()
+    else:
+        check_private_file(Path(source), "claim code file")
+        text = Path(source).read_text("utf-8")
+    code = text.rstrip("\r\n")
+    if not code:
+        raise ValueError("the claim code is empty")
+    return code
 
 
 async def cmd_authorize(args: argparse.Namespace) -> int:
@@ -558,7 +572,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp = command(sub, action.name, f"{action.who}: {action.help}")
         sp.add_argument("device_id", help="the device, 16 hex digits")
         for name in action.params:
-            sp.add_argument(name, help=ops.PARAM_HELP[name])
+            if name == "claim_code":
+                sp.add_argument(
+                    "--code-file",
+                    dest="claim_code",
+                    required=True,
+                    metavar="FILE",
+                    help="file holding the claim code (0600), or - for standard input; never argv",
+                )
+            else:
+                sp.add_argument(name, help=ops.PARAM_HELP[name])
         sp.set_defaults(handler=_action_command(action))
 
     rec = command(

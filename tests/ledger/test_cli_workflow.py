@@ -34,6 +34,7 @@ def world(
 ) -> dict[str, object]:
     """A channel with a manufacturer, an owner, an operator and a gateway account, each its own keystore."""
     monkeypatch.setenv(cli.PASSPHRASE_ENV, PASS)
+    monkeypatch.setattr("ledger_bridge.keystore.MIN_SCRYPT_N", 1024)  # tests only: the floor is 2**18
     chain = ("--embedded", str(tmp_path / "chain.sqlite"))
     keys = {}
     for name in ("admin", "manufacturer", "owner", "operator", "gateway"):
@@ -144,8 +145,11 @@ def test_owner_workflow_end_to_end(
 
     # the third one by single commands, sealing from its bundle
     d3 = ids[2]
+    code_file = tmp_path / "claim.code"
+    code_file.write_text(bundle2["claim_code"] + "\n")
+    code_file.chmod(0o600)
     for step in (
-        ("claim", d3, bundle2["claim_code"]),
+        ("claim", d3, "--code-file", str(code_file)),
         ("set-policy", d3, "sensors"),
         ("activate", d3),
         ("authorize-gateway", d3, "gw-1", "--bundle", str(factory / f"{d3}.owner.json")),
