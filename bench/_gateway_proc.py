@@ -41,7 +41,7 @@ def run_gateway(spec: Any, ready: Any, stop: Any) -> None:
 
 
 async def _gateway_main(spec: Any, ready: Any, stop: Any) -> None:
-    from gateway.broker import MosquittoEnforcer
+    from gateway.broker import ConnectionLog, MosquittoEnforcer
     from gateway.service import Gateway
 
     pid = spec.broker_pid
@@ -52,6 +52,7 @@ async def _gateway_main(spec: Any, ready: Any, stop: Any) -> None:
         broker_address=(spec.settings.broker.host, spec.settings.broker.port),
         rights="patterns",
         file_group=spec.file_group,
+        connection_log=ConnectionLog(spec.broker_log) if spec.broker_log is not None else None,
     )
     enforcer.stage(spec.extra_changes)
     async with Gateway(spec.settings, enforcer=enforcer, broker_password=spec.broker_password) as gw:

@@ -40,6 +40,7 @@ class GatewayProcessSpec:
     file_group: str | None
     extra_changes: list[Any]  # broker accounts that are not ledger devices (responder, flooders)
     profile: str = ""
+    broker_log: Path | None = None  # cut-offs are confirmed in it (enforcement.broker_log)
 
 
 @dataclass
@@ -97,6 +98,7 @@ class BenchSite:
             file_group=self.broker.file_group,
             extra_changes=self.extra_changes(),
             profile=profile,
+            broker_log=self.broker.log_path,
         )
 
     async def close(self) -> None:

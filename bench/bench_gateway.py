@@ -57,8 +57,10 @@ flooder achieved.
 
 ``revocation_cutoff_ms``: five connected, authenticated devices are revoked one after another (≥ 1.1 s
 apart, so no broker reload is recent): time from submitting the owner's ``revoke`` transaction on anvil
-to the device's MQTT connection being closed by the broker; median (``revocation_cutoff_max_ms`` the
-worst). The path: anvil block → gateway index poll (every 0.2 s) → session dropped, ``CutOff`` →
+to the device's MQTT connection being closed by the broker **and** the gateway's audit log holding its
+``cut_off_confirmed`` record (the gateway saw the connection gone in the broker's log,
+``enforcement.broker_log``); median (``revocation_cutoff_max_ms`` the worst).
+The path: anvil block → gateway index poll (every 0.2 s) → session dropped, ``CutOff`` →
 password file rewritten (10,000+ device lines) → SIGHUP → mosquitto drops the socket → the enforcer
 proves the reload with a canary login.
 
@@ -309,8 +311,18 @@ def _pct(sorted_s: list[float], q: float) -> float:
     return sorted_s[min(len(sorted_s) - 1, int(len(sorted_s) * q))] * 1000 if sorted_s else float("nan")
 
 
+async def _confirmed(audit: Any, device_hex: str, timeout: float) -> None:
+    needle = f'"device":"{device_hex}","event":"cut_off_confirmed"'.encode()
+    deadline = time.perf_counter() + timeout
+    while needle not in audit.read_bytes():
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"cut-off of {device_hex} not confirmed within {timeout} s")
+        await asyncio.sleep(0.005)
+
+
 async def _revocations(site: BenchSite, sims: list[SimDevice]) -> list[float]:
     owner = site.actors["owner"]
+    audit = site.tmp / GATEWAY_ID / "audit.log"
     out = []
     for dev in sims:
         result = await dev.authenticate(timeout=5.0)
@@ -321,6 +333,7 @@ async def _revocations(site: BenchSite, sims: list[SimDevice]) -> list[float]:
         t0 = time.perf_counter()
         await owner.revoke(dev.device_id)
         await asyncio.wait_for(asyncio.shield(dev.client.closed), 10)
+        await _confirmed(audit, dev.hex, 10)  # the gateway saw it gone in the broker's log
         out.append((time.perf_counter() - t0) * 1000)
     return out
 

@@ -37,7 +37,10 @@ class Device:
         base = load_config(self.prov.config_file, environ={})
         defaults: dict[str, Any] = {"broker_host": broker.host, "broker_port": broker.port,
                                     "answer_timeout_s": 2.0, "backoff_base_s": 0.05, "backoff_cap_s": 0.5,
-                                    "reconnect_base_s": 0.2}
+                                    "reconnect_base_s": 0.2,
+                                    # provisioning writes a /proc/loadavg stream as an example; a test
+                                    # publishes what it means to, and names its streams itself
+                                    "streams": ()}
         return dataclasses.replace(base, **{**defaults, **changes})
 
     def agent(self, config: AgentConfig, **kwargs: Any) -> MqttAgent:

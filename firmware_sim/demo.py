@@ -16,7 +16,8 @@ Strategy: everything a real site has, each in its own process, all under one run
 4. ``diams-gateway run`` as a subprocess from a TOML file (ledger over RPC, enforcement through
    the broker's pid file);
 5. the simulator in this process: a steady fleet, then attacks (replay, clone, revocation
-   mid-session, firmware mismatch, counter past the window), each checked against the outcome the
+   mid-session, firmware mismatch, counter past the window) and a firmware update (image 2.0 recorded,
+   keys re-sealed, the old image refused), each checked against the outcome the
    protocol requires, plus the gateway's own counters read from its /metrics endpoint.
 
 Without ``DEMO_SECONDS`` the site stays up after the summary (``site.json`` says how to reach it,
@@ -53,15 +54,25 @@ from gateway.settings import (
     ProtocolSettings,
     dump_settings,
 )
-from ledger_bridge import Ledger, RpcBackend
+from ledger_bridge import Ledger, Role, RpcBackend, Signer
 from ledger_bridge.enrollment import ProvisionedDevice
+from ledger_bridge.index import onchain_gateway_id
 from ledger_bridge.keystore import DEFAULT_SCRYPT_N, create_keystore
 
 from .broker import MosquittoBroker, free_port
-from .fleet import Observer, Pacer, Progress, SiteAccess, metrics_reader, parse_metrics
+from .fleet import (
+    Observer,
+    Pacer,
+    Progress,
+    SiteAccess,
+    ledger_firmware_update,
+    metrics_reader,
+    parse_metrics,
+)
 from .identities import save_identities
 from .report import FleetReport
 from .scenarios import ScenarioParams, identities_needed, run_scenario
+from .site import ETH as _ETH
 from .site import (
     Enrollment,
     SitePlan,
@@ -79,6 +90,7 @@ GATEWAY_ID = "gw-demo"
 FIRMWARE = hashlib.sha256(b"diams demo firmware 1.0").digest()
 POLICY = hashlib.sha256(b"policy: demo sensors").digest()
 ATTACKS = ("replay", "clone", "revoked", "firmware_mismatch", "counter_window")
+UPDATES = ("firmware_update",)  # the maintainer records image 2.0, the owner re-seals
 SPARE_IDENTITIES = 40  # enrolled for later `diams-sim --site` runs
 KEYSTORE_SCRYPT_N = DEFAULT_SCRYPT_N  # eth-keyfile's default: the floor ledger_bridge.keystore enforces
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,7 +194,7 @@ class Demo:
 
     def _plan(self) -> SitePlan:
         n_fleet = identities_needed("steady", self._params()) + sum(
-            identities_needed(a, self._params()) for a in ATTACKS
+            identities_needed(a, self._params()) for a in (*ATTACKS, *UPDATES)
         )
         return SitePlan(
             gateway_ids=(GATEWAY_ID,),
@@ -230,6 +242,11 @@ class Demo:
 
         with bars:
             site = await enroll(ledger, plan, key_dir=gw_dir, signers=signers, progress=progress)
+        # the firmware_update scenario's maintainer (ledger_bridge.firmware): granted by the admin
+        maintainer = Signer.generate(label="maintainer")
+        await ledger.fund(maintainer.address, _ETH)
+        await site.actors["admin"].grant_role(Role.MAINTAINER, maintainer.address)
+        self._maintainer = ledger.actor(maintainer)
         channel = site.channel
         say(f"contracts deployed: registry {channel.registry}, auth log {channel.auth_log}")
         say(
@@ -281,6 +298,7 @@ class Demo:
                 acl_file=self.broker.directory / "acl",
                 pid_file=self.broker.pid_path,
                 file_group=self.broker.file_group,
+                broker_log=self.broker.log_path,  # cut-offs confirmed in the broker's log
             ),
             protocol=ProtocolSettings(proof_timeout=3.0),
             http=HttpSettings(port=http_port),
@@ -340,7 +358,8 @@ class Demo:
         )
 
     # ---- the fleet ----
-    async def simulate(self, fleet: list[ProvisionedDevice], owner: Any, http_port: int) -> None:
+    async def simulate(self, fleet: list[ProvisionedDevice], actors: dict[str, Any], http_port: int) -> None:
+        owner = actors["owner"]
         assert self.broker is not None
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
 
@@ -356,13 +375,19 @@ class Demo:
             gateway_id=GATEWAY_ID,
             identities=iter(fleet),
             owner=owner,
+            update_firmware=ledger_firmware_update(
+                self._ledger,
+                maintainer=self._maintainer,
+                owner=owner,
+                gateways=[onchain_gateway_id(GATEWAY_ID.encode())],
+            ),
             observer=observer,
             gateway_metric=metrics_reader(metrics_url),
             pacer=Pacer(500.0),
         )
         t0 = time.monotonic()
         with Progress(site.stats) as progress:
-            for name in ("steady", *ATTACKS):
+            for name in ("steady", *ATTACKS, *UPDATES):
                 progress.label = name
                 self.report.scenarios.append(await run_scenario(site, name, self._params()))
         self.report.seconds = time.monotonic() - t0
@@ -378,7 +403,7 @@ class Demo:
         config, http_port = self.write_gateway_config(url, channel, extra["files"])
         await self.start_gateway(config, http_port)
         self.write_site_file(url, http_port)
-        await self.simulate(fleet, extra["actors"]["owner"], http_port)
+        await self.simulate(fleet, extra["actors"], http_port)
         ok = self.summarize()
         # after the checks, so it never competes with them for the CPU; it stays up with the site
         self.console = asyncio.create_task(self.start_console(url))

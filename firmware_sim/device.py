@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from device_agent.core import events, policy, topics
+from device_agent.core import events, policy, topics, wire
 from device_agent.core.device import DeviceRole
 from device_agent.core.keys import gateway_key
 from gateway.mqtt import MqttClient
@@ -32,6 +33,7 @@ class DeviceStats:
     latencies_ms: list[float] = field(default_factory=list)
     commands: list[bytes] = field(default_factory=list)
     commands_refused: int = 0
+    no_session_signals: int = 0  # "no session" REJECTs from the gateway (it restarted)
 
 
 _TIMED_OUT = object()
@@ -54,8 +56,10 @@ class SimDevice:
         counter: int = 0,
         firmware_hash: bytes | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.identity = identity
+        self.tls = tls  # MQTT over TLS with this context (verifies the broker), else plain TCP
         self.device_id = identity.device_id
         self.hex = self.device_id.hex()
         self.gateway_id = gateway_id
@@ -114,6 +118,7 @@ class SimDevice:
             on_message=self._on_message,
             keepalive=120,
             timeout=timeout,
+            tls=self.tls,
         )
         commands = topics.topic_filter(topics.COMMAND, self.gateway_id, self.hex)
         await self.client.subscribe([(self.down, 1), (commands, 1)])
@@ -208,6 +213,10 @@ class SimDevice:
     def _on_message(self, topic: bytes, payload: bytes) -> None:
         t = topic.decode()
         if t == self.down:
+            if wire.no_session_signal(payload):  # the gateway lost our session: the policy decides
+                self.stats.no_session_signals += 1
+                self.no_session()  # the session is gone; the next authenticate() sends the HELLO
+                return
             if self.role is None:
                 return
             reply, event = self.role.receive(payload, self._clock())

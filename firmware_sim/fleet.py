@@ -157,6 +157,32 @@ class Observer:
             await self.client.close()
 
 
+FirmwareUpdate = Callable[[list[ProvisionedDevice], bytes], Awaitable[list[tuple[ProvisionedDevice, int]]]]
+
+
+def ledger_firmware_update(
+    ledger: Any, *, maintainer: Any, owner: Any, gateways: list[bytes]
+) -> FirmwareUpdate:
+    """``SiteAccess.update_firmware`` on a real ledger: the maintainer records, the owner re-seals for
+    ``gateways`` (on-chain ids) - ``ledger_bridge.firmware.update_firmware``."""
+    from ledger_bridge.firmware import update_firmware
+
+    async def run(
+        devices: list[ProvisionedDevice], firmware_hash: bytes
+    ) -> list[tuple[ProvisionedDevice, int]]:
+        updated, _ = await update_firmware(
+            ledger,
+            maintainer=maintainer,
+            owner=owner,
+            devices=devices,
+            firmware_hash=firmware_hash,
+            gateways=gateways,
+        )
+        return updated
+
+    return run
+
+
 @dataclass(kw_only=True)
 class SiteAccess:
     """What scenarios may reach: the broker, the gateway's id, identities, and optional powers.
@@ -164,7 +190,8 @@ class SiteAccess:
     ``identities`` yields enrolled, active devices; each scenario takes fresh ones (attacks leave
     marks on a device: a quarantine, a lockout, a revocation). ``owner`` (an ActorHandle) lets a
     scenario revoke on the ledger; ``restart_broker`` lets one restart the broker; ``observer``
-    sees verified data; ``gateway_metric(name, label)`` reads the gateway's counters.
+    sees verified data; ``gateway_metric(name, label)`` reads the gateway's counters;
+    ``update_firmware`` takes devices through a firmware update on the ledger.
     """
 
     host: str
@@ -177,6 +204,9 @@ class SiteAccess:
     restart_broker: Callable[[], Awaitable[None]] | None = None
     observer: Observer | None = None
     gateway_metric: Callable[[str, str], Awaitable[int | None]] | None = None
+    # (identities, new firmware hash) -> [(identity on the new image, its epoch)]: the maintainer records,
+    # the owner re-seals (ledger_bridge.firmware.update_firmware)
+    update_firmware: FirmwareUpdate | None = None
     stats: FleetStats = field(default_factory=FleetStats)
     pacer: Pacer = field(default_factory=lambda: Pacer(1000.0))
     backoff: Backoff = field(default_factory=Backoff)

@@ -38,7 +38,7 @@ from ledger_bridge.merkle import leaf_hash, merkle_root
 
 log = logging.getLogger("diams.gateway.audit")
 
-URGENT = frozenset({"clone_detected", "cut_off"})  # events the gateway acts on at once
+URGENT = frozenset({"clone_detected", "cut_off", "cut_off_unconfirmed"})  # events the gateway acts on at once
 GENESIS = "0" * 64
 
 

@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .broker import UnsafeBroker
+from .preflight import ConfigurationError
 from .settings import GatewaySettings, SettingsError, load_settings
 
 log = logging.getLogger("diams.gateway")
@@ -148,6 +150,31 @@ def _secret_file_problems(settings: GatewaySettings) -> list[str]:
     return problems
 
 
+def _check_config(config: Path | None) -> int:
+    """A real preflight: the settings, every secret file opened as ``run`` opens it (the keystore with
+    its passphrase), key lengths and addresses, then the ledger reached and this gateway's registration
+    (id, key and account) confirmed. Exit 2 for a configuration problem, 1 when the ledger is down."""
+    from .preflight import LedgerUnreachable, check_ledger, check_static
+
+    settings = load_settings(config)
+    problems = _secret_file_problems(settings)
+    for problem in problems:
+        print(f"diams-gateway: configuration error: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    key, signer = check_static(settings)
+    try:
+        registration = asyncio.run(check_ledger(settings, key, signer))
+    except LedgerUnreachable as exc:
+        print(f"diams-gateway: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"configuration ok: gateway {settings.gateway_id} {registration}, broker {settings.broker.host}:"
+        f"{settings.broker.port}, ledger {settings.ledger.mode}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diams-gateway", description=__doc__.split("\n")[0])
     parser.add_argument("--log-level", default=os.environ.get("DIAMS_LOG_LEVEL", "info"))
@@ -175,21 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return asyncio.run(_run(args.config))
         if args.command == "check-config":
-            settings = load_settings(args.config)
-            problems = _secret_file_problems(settings)
-            for problem in problems:
-                print(f"diams-gateway: configuration error: {problem}", file=sys.stderr)
-            if problems:
-                return 2
-            print(
-                f"configuration ok: gateway {settings.gateway_id}, broker {settings.broker.host}:"
-                f"{settings.broker.port}, ledger {settings.ledger.mode}"
-            )
-            return 0
+            return _check_config(args.config)
         if args.command == "keys":
             return _keys(args.out)
         return _audit_verify(args.path, args.anchors, args.config)
-    except SettingsError as exc:
+    except (SettingsError, ConfigurationError, UnsafeBroker) as exc:
         print(f"diams-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
     except FileExistsError as exc:

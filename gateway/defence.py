@@ -1,7 +1,12 @@
 """Flood and guessing defences in front of the gateway role: rate limits and lockouts.
 
 Strategy: every check here is a dict look-up and a few float operations, done before the protocol
-core spends an HMAC. Per-device state is bounded (least recently seen devices are forgotten first),
+core spends an HMAC. Handshake messages pass ``Defence`` (per device and global buckets, lockouts);
+data messages of an authenticated device pass ``DataLimiter`` (a per-device bucket) before their MAC
+is checked, and a device that keeps sending far past its rate loses its session (it must handshake
+again, at the handshake rate), so one device cannot make the gateway spend its time on its data.
+Data without a session never reach either: a dict miss drops them.
+Per-device state is bounded (least recently seen devices are forgotten first),
 so a flood of messages for random device ids costs bounded memory. A device that fails handshakes
 ``lockout_after`` times in a row is locked out for ``lockout_base * 2**k`` seconds (capped); a success
 resets it. The clock is an argument.
@@ -121,3 +126,40 @@ class Defence:
         if st is not None:
             st.failures = 0
             st.locked_until = 0.0
+
+
+class DataLimiter:
+    """Per-device token bucket for DATA, checked before the MAC. ``admit`` -> "" (go on),
+    "rate_limited" (drop this one) or "flooding" (drop, and end the session: ``flood_after``
+    messages refused since the session began)."""
+
+    def __init__(self, *, rate: float, burst: int, flood_after: int, max_tracked: int, now: float) -> None:
+        if rate <= 0 or burst < 1 or flood_after < 1 or max_tracked < 1:
+            raise ValueError("DataLimiter needs rate > 0, burst >= 1, flood_after >= 1, max_tracked >= 1")
+        self.rate = rate
+        self.burst = burst
+        self.flood_after = flood_after
+        self.max_tracked = max_tracked
+        self._buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
+        self._refused: dict[bytes, int] = {}
+
+    def __repr__(self) -> str:
+        return f"DataLimiter(rate={self.rate}, burst={self.burst}, tracked={len(self._buckets)})"
+
+    def admit(self, device_id: bytes, now: float) -> str:
+        bucket = self._buckets.get(device_id)
+        if bucket is None:
+            bucket = self._buckets[device_id] = TokenBucket(self.rate, self.burst, now)
+            if len(self._buckets) > self.max_tracked:
+                old, _ = self._buckets.popitem(last=False)
+                self._refused.pop(old, None)
+        if bucket.take(now):
+            return ""
+        refused = self._refused.get(device_id, 0) + 1
+        self._refused[device_id] = refused
+        return "flooding" if refused >= self.flood_after else "rate_limited"
+
+    def reset(self, device_id: bytes) -> None:
+        """A new session: a full bucket and a clean record."""
+        self._buckets.pop(device_id, None)
+        self._refused.pop(device_id, None)

@@ -20,7 +20,6 @@ import shlex
 import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ledger_bridge import Ledger, LedgerBackend
@@ -28,7 +27,6 @@ from ledger_bridge.actor import ActorHandle
 from ledger_bridge.errors import LedgerError
 from ledger_bridge.heads import HeadWatcher
 from ledger_bridge.index import IdentityIndex, IndexStorageError, LedgerSource, SyncReport
-from ledger_bridge.sealing import load_gateway_key
 
 from .audit import AuditLog, AuditUnavailable
 from .broker import (
@@ -36,6 +34,7 @@ from .broker import (
     BrokerEnforcer,
     BrokerError,
     BrokerSecret,
+    ConnectionLog,
     MosquittoEnforcer,
     Reloader,
     ReloadFailed,
@@ -46,6 +45,7 @@ from .counters import CounterStore
 from .devices import DeviceTable
 from .mqtt import MqttClient, MqttError
 from .ops import HealthServer, Metrics, sd_notify, watchdog_interval
+from .preflight import load_key, load_ledger_signer, read_broker_password
 from .settings import GatewaySettings, LedgerSettings
 from .traffic import Traffic
 
@@ -54,12 +54,6 @@ log = logging.getLogger("diams.gateway")
 
 class GatewayError(Exception):
     """The gateway cannot start or run (the message says why)."""
-
-
-def _read_secret_file(path: Path) -> str:
-    if path.stat().st_mode & 0o077:
-        raise GatewayError(f"{path} must not be readable by group or others (chmod 600)")
-    return path.read_text().strip()
 
 
 def build_ledger(s: LedgerSettings) -> Ledger:
@@ -120,6 +114,10 @@ class Gateway:
         self._broker_password = broker_password
         self._clock = clock
         self._random = random_bytes
+        self._tls = settings.broker.tls_context()
+        self._signer: Any = None
+        self._cut_failed: set[str] = set()  # revoked devices the broker still shows connected
+        self._source: LedgerSource | None = None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: asyncio.TaskGroup | None = None
         self._stopping = asyncio.Event()
@@ -149,24 +147,20 @@ class Gateway:
                 start_block=s.ledger.deployed_block,
             )
             self._stack.callback(self.index.close)
-            private_key = load_gateway_key(s.key_file)
+            private_key = load_key(s)
+            self._signer = load_ledger_signer(s) if self._actor is None else None
             if self._ledger is None:
-                self._ledger = await self._stack.enter_async_context(self._build_ledger())
-            if self._actor is None and s.ledger.keystore is not None:
-                from ledger_bridge import load_signer
-
-                assert s.ledger.passphrase_file is not None, (
-                    "ledger.passphrase_file is required with a keystore"
-                )
-                signer = load_signer(s.ledger.keystore, _read_secret_file(s.ledger.passphrase_file))
-                self._actor = self._ledger.actor(signer)
-            self._source = LedgerSource(self._ledger)
+                await self._open_ledger(at_start=True)
+            else:
+                self._attach_ledger(self._ledger)
             if self._enforcer is None and s.enforcement.mode == "mosquitto":
                 self._enforcer = self._build_enforcer()
+            if isinstance(self._enforcer, MosquittoEnforcer) and self._enforcer.on_unconfirmed is None:
+                self._enforcer.on_unconfirmed = self.cut_off_unconfirmed
             if self._enforcer is not None:
                 await self._stack.enter_async_context(self._enforcer)
-            if self._broker_password is None and s.broker.password_file is not None:
-                self._broker_password = _read_secret_file(s.broker.password_file)
+            if self._broker_password is None:
+                self._broker_password = read_broker_password(s)
             self.devices = DeviceTable(
                 gateway_id=s.gateway_id_bytes,
                 index=self.index,
@@ -183,6 +177,7 @@ class Gateway:
                 staleness=self.index.staleness,
                 clock=self._clock,
                 publish=self.publish,
+                broker_changes=self.apply_broker_changes if self.per_device_rights else None,
             )
             self.index.subscribe(self._on_ledger_changes)
             await self._initial_sync()
@@ -275,12 +270,68 @@ class Gateway:
             acl_file=e.acl_file,
             reload=reload,
             broker_address=(self.settings.broker.host, self.settings.broker.port),
+            broker_tls=self._tls,
             rights=e.rights,  # type: ignore[arg-type]
             file_group=e.file_group,
+            connection_log=None if e.broker_log is None else ConnectionLog(e.broker_log),
+            on_unconfirmed=self.cut_off_unconfirmed,
+        )
+
+    def cut_off_unconfirmed(self, device_id: str, attempts: int, confirmed: bool) -> None:
+        """The broker kept a removed device connected after the reload: an alert (audit, metric, log).
+        ``confirmed``: the enforcer's kick (``attempts`` of them) ended the connection after all."""
+        self.metrics.inc("cut_off_unconfirmed")
+        if confirmed:
+            self._cut_failed.discard(device_id)
+        else:
+            self._cut_failed.add(device_id)
+            self.metrics.inc("cut_off_failed")
+        self.audit.append("cut_off_unconfirmed", device=device_id, kicks=attempts, confirmed=confirmed)
+        log.error(
+            "ALERT: revoked device %s stayed connected at the broker after the reload; %s after %d kick(s)",
+            device_id, "cut off" if confirmed else "STILL CONNECTED", attempts,
         )
 
     # ---- ledger ----
+    async def _open_ledger(self, *, at_start: bool = False) -> bool:
+        """Open the configured ledger; -> whether it is open. At start, a ledger that is down is no
+        reason to stay down: the gateway serves from its index while that is within the staleness
+        bound (``offline.max_staleness``), and ``_sync_loop`` keeps trying to open the ledger."""
+        from ledger_bridge.errors import LedgerUnavailable
+
+        try:
+            async with asyncio.timeout(30):
+                ledger = await self._stack.enter_async_context(self._build_ledger())
+        except (LedgerUnavailable, TimeoutError) as exc:
+            if not at_start:
+                raise
+            staleness, bound = self.index.staleness(), self.settings.offline.max_staleness
+            if staleness > bound:
+                raise GatewayError(
+                    f"the ledger is unreachable ({exc or 'timeout'}) and the identity index is "
+                    + ("empty" if staleness == float("inf") else f"{staleness:.0f} s old")
+                    + f", beyond offline.max_staleness ({bound:.0f} s): cannot serve from it"
+                ) from None
+            log.warning(
+                "ledger unreachable at start (%s); serving from the index (%.0f s old, bound %.0f s) "
+                "and retrying the ledger",
+                exc or "timeout", staleness, bound,
+            )
+            self._source = None
+            return False
+        self._attach_ledger(ledger)
+        return True
+
+    def _attach_ledger(self, ledger: Any) -> None:
+        self._ledger = ledger
+        if self._actor is None and self._signer is not None:
+            self._actor = ledger.actor(self._signer)
+        self._source = LedgerSource(ledger)
+
     async def _initial_sync(self) -> None:
+        if self._source is None:
+            self.devices.load_all()
+            return
         try:
             await asyncio.wait_for(self.index.sync(self._source), 30)
             self.ledger_ok = True
@@ -321,6 +372,15 @@ class Gateway:
         if self._enforcer is not None and (cut or enroll) and self._tasks is not None:
             self._tasks.create_task(self._apply_changes(cut, enroll))
 
+    @property
+    def per_device_rights(self) -> bool:
+        """The broker enforces authentication state too (Grant at authentication, Demote at its end)."""
+        return isinstance(self._enforcer, MosquittoEnforcer) and self._enforcer.rights == "per_device"
+
+    async def apply_broker_changes(self, changes: list[Any]) -> None:
+        if self._enforcer is not None:
+            await self._enforcer.apply(changes)
+
     def cut_off(self, device_ids: list[bytes]) -> None:
         """Cut devices off at the broker now (in the background)."""
         if self._enforcer is not None and self._tasks is not None and device_ids:
@@ -332,6 +392,11 @@ class Gateway:
         assert self._enforcer is not None
         try:
             await self._enforcer.apply([CutOff(device_id=d.hex()) for d in cut] + enroll)
+            if cut and getattr(self._enforcer, "connection_log", None) is not None:
+                for did in cut:  # seen gone in the broker's log (a failure was alerted instead)
+                    if did.hex() not in self._cut_failed:
+                        self.metrics.inc("cut_off_confirmed")
+                        self.audit.append("cut_off_confirmed", device=did.hex())
         except (BrokerError, OSError):
             log.exception("broker enforcement failed; retried at the next ledger change")
             self.metrics.inc("enforcement_errors")
@@ -342,6 +407,9 @@ class Gateway:
         # that coincides with its future's completion or its timeout (see ``_serving``).
         while self._serving():
             try:
+                if self._source is None and not await self._open_ledger():
+                    raise ConnectionError("ledger still unreachable")
+                assert self._source is not None
                 async with asyncio.timeout(30):
                     await self.index.sync(self._source)
                 if not self.ledger_ok:
@@ -433,6 +501,7 @@ class Gateway:
                     on_message=self.traffic.on_message,
                     keepalive=b.keepalive,
                     timeout=b.connect_timeout,
+                    tls=self._tls,
                 )
                 await client.subscribe(self.traffic.subscriptions())
             except MqttError as exc:

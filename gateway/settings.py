@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,16 @@ class BrokerSettings:
     keepalive: int = 30
     connect_timeout: float = 10.0
     accounts: int = 1  # broker usernames for this gateway: gateway-<id>, gateway-<id>.1, ... (local tools)
+    tls_ca: Path | None = None  # MQTT over TLS: the CA file that signed the broker's certificate
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The client TLS context (certificate and host name verified), or None for plain TCP."""
+        if self.tls_ca is None:
+            return None
+        try:
+            return ssl.create_default_context(cafile=str(self.tls_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(f"broker.tls_ca: cannot load {self.tls_ca} ({exc})") from None
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -74,6 +85,9 @@ class EnforcementSettings:
     reload_command: str = ""  # else a command, e.g. "systemctl --no-ask-password reload mosquitto"
     file_group: str | None = None
     rights: str = "patterns"
+    # mosquitto's log file (log_dest file, connection_messages true): every cut-off is confirmed there,
+    # and a device still connected is reported and kicked (gateway.broker._connections)
+    broker_log: Path | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("mosquitto", "none"):
@@ -144,9 +158,14 @@ class DefenceSettings:
     lockout_max: float = 300.0
     clone_quarantine: bool = True  # cut a device off locally when a clone is detected
     max_tracked_devices: int = 200_000
+    data_rate: float = 50.0  # DATA messages per second per device, checked before the MAC
+    data_burst: int = 200
+    data_flood_after: int = 1_000  # refused DATA messages in one session before it is ended
 
     def __post_init__(self) -> None:
-        for name in ("device_rate", "global_rate", "lockout_base", "lockout_max"):
+        if self.data_burst < 1 or self.data_flood_after < 1:
+            raise SettingsError("defence.data_burst and data_flood_after must be >= 1")
+        for name in ("device_rate", "global_rate", "lockout_base", "lockout_max", "data_rate"):
             _positive(f"defence.{name}", getattr(self, name))
         if self.device_burst < 1 or self.global_burst < 1 or self.lockout_after < 1:
             raise SettingsError("defence bursts and lockout_after must be >= 1")

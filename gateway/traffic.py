@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from device_agent.core import events as ev
 from device_agent.core import gateway as core_gateway
-from device_agent.core import topics
+from device_agent.core import topics, wire
 from device_agent.core.session import Session
 
 from .audit import AuditUnavailable
-from .defence import Defence
+from .broker import Change, Demote, Grant
+from .defence import DataLimiter, Defence
 
 if TYPE_CHECKING:
     from .audit import AuditLog
@@ -34,8 +35,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("diams.gateway.traffic")
 
-_FAILURES = frozenset({"bad_otp", "bad_proof", "counter_window", "timeout", "stale_epoch", "clone"})
+_FAILURES = frozenset({"bad_otp", "bad_proof", "timeout", "stale_epoch", "clone"})
 AUDIT_EVERY = 10.0  # seconds between audit records of repeated rejections for one device
+NO_SESSION_EVERY = 1.0  # seconds between "no session" signals to one device
+NO_SESSION_REJECT = wire.encode(wire.REJECT, wire.NO_SESSION, 0)
 
 
 Publish = Callable[[str, bytes], bool]  # topic, payload -> whether it was handed to the broker
@@ -67,6 +70,7 @@ class Traffic:
         staleness: Callable[[], float],
         clock: Callable[[], float],
         publish: Publish,
+        broker_changes: Callable[[list[Change]], Awaitable[None]] | None = None,
     ) -> None:
         s = settings
         self.gateway_id = s.gateway_id
@@ -92,9 +96,21 @@ class Traffic:
             max_tracked=d.max_tracked_devices,
             now=clock(),
         )
+        self.data_limiter = DataLimiter(
+            rate=d.data_rate,
+            burst=d.data_burst,
+            flood_after=d.data_flood_after,
+            max_tracked=d.max_tracked_devices,
+            now=clock(),
+        )
         self._quarantine = d.clone_quarantine
+        # enforcement.rights = "per_device": the broker enforcer's apply(), for Grant and Demote
+        self._broker_changes = broker_changes
+        self._per_device = broker_changes is not None
+        self._background_tasks: set[asyncio.Task[None]] = set()
         self._max_staleness = s.offline.max_staleness
         self._audited: dict[tuple[bytes, str], float] = {}
+        self._signalled: dict[bytes, float] = {}  # device -> when it was last told "no session"
 
     def __repr__(self) -> str:
         return f"Traffic({self.gateway_id}, sessions={len(self.sessions)})"
@@ -134,14 +150,20 @@ class Traffic:
             return
         reply, events = self.role.receive(did, payload, now)
         durable = None
+        granted = False
         for e in events:
             t = type(e)
             if t is core_gateway.CounterAccepted:
                 entry = self.devices.entries[did]
                 durable = self.counters.accept(did, entry.epoch, e.counter, e.nonce)
+                if e.jump > self.role.window:  # accepted (no lockout after an outage), but visible
+                    self.metrics.inc("counter_resync")
+                    self._audit("counter_resync", device=did.hex(), counter=e.counter, jump=e.jump)
             elif t is ev.Authenticated:
                 if not self._authenticated(did, e, now):
                     reply = None  # the log could not record it: no RESULT, the device tries again
+                else:
+                    granted = self._per_device
             elif t is ev.Rejected:
                 self._rejected(did, e.reason, e.counter, now)
             elif t is core_gateway.CloneDetected:
@@ -149,7 +171,9 @@ class Traffic:
         if reply is None:
             return
         topic = topics.handshake_down(self.gateway_id, did.hex())
-        if durable is None:
+        if granted:  # per_device rights: the RESULT leaves once the broker lets the device send data
+            self._background(self._grant_then_send(did, topic, reply))
+        elif durable is None:
             self.publish(topic, reply)
         else:
             durable.add_done_callback(lambda f: self._after_commit(f, topic, reply))
@@ -172,6 +196,7 @@ class Traffic:
             log.error("session for %s withheld: %s", did.hex(), exc)
             return False
         self.sessions[did] = event.session
+        self.data_limiter.reset(did)
         self.defence.succeeded(did)
         self.metrics.inc("authenticated")
         return True
@@ -212,17 +237,60 @@ class Traffic:
             self.drop_session(did, "clone")
         self.clones.put_nowait(CloneAlarm(device_id=did, counter=counter))
 
+    async def _grant_then_send(self, did: bytes, topic: str, reply: bytes) -> None:
+        """``enforcement.rights = "per_device"``: Grant the device its policy's streams at the broker,
+        and send the RESULT only once the broker enforces it (a reload: up to ~1 s, batched)."""
+        served = self.devices.served.get(did)
+        streams = served.publish if served is not None else frozenset()
+        assert self._broker_changes is not None
+        try:
+            await self._broker_changes([Grant(device_id=did.hex(), streams=streams)])
+        except Exception as exc:
+            log.error("grant for %s failed (%s): session withdrawn", did.hex(), exc)
+            self.metrics.inc("handshake_refused", "grant_failed")
+            self.drop_session(did, "grant_failed")
+            return
+        if did in self.sessions:
+            self.metrics.inc("grants")
+            self.publish(topic, reply)
+
     def drop_session(self, did: bytes, why: str) -> None:
         if self.sessions.pop(did, None) is not None:
             self.metrics.inc("sessions_ended", why)
+            if self._per_device:  # back to handshake topics only at the broker
+                self._background(self._demote(did))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background_tasks.add(task)  # a reference until it ends (the loop keeps only weak ones)
+        task.add_done_callback(self._background_tasks.discard)
+
+    async def _demote(self, did: bytes) -> None:
+        assert self._broker_changes is not None
+        try:
+            await self._broker_changes([Demote(device_id=did.hex())])
+            self.metrics.inc("demotes")
+        except Exception as exc:
+            log.error("demote of %s failed (%s)", did.hex(), exc)
+            self.metrics.inc("enforcement_errors")
 
     # ---- data ----
     def on_data(self, did: bytes, stream: bytes, payload: bytes) -> None:
         session = self.sessions.get(did)
         if session is None:
             self.metrics.inc("data_dropped", "no_session")
+            self._no_session(did)
             return
         now = self.clock()
+        limited = self.data_limiter.admit(did, now)  # before the MAC: a flood costs a dict look-up
+        if limited:
+            self.metrics.inc("data_dropped", "rate_limited")
+            if limited == "flooding":
+                self.drop_session(did, "flood")
+                self.data_limiter.reset(did)
+                self._audit("data_flood", device=did.hex())
+                log.warning("device %s sent data far past its rate: session ended", did.hex())
+            return
         data, reason = session.open(stream, payload, now)
         if reason is not None:
             self.metrics.inc("data_dropped", reason)
@@ -240,6 +308,25 @@ class Traffic:
         assert data is not None
         self.metrics.inc("data_verified")
         self.publish(topics.verified(self.gateway_id, did.hex(), name), data)
+
+    def _no_session(self, did: bytes) -> None:
+        """Data came without a session (this gateway restarted, or lifted a quarantine): tell the device,
+        at most once per ``NO_SESSION_EVERY`` seconds, so that it re-authenticates instead of sending
+        into the void. The signal is an unauthenticated REJECT on its handshake topic: a forged one can
+        at most make a device run one handshake (the agents' policy ignores it within a few seconds of
+        a success and while a handshake runs)."""
+        if did not in self.devices.entries:
+            return  # not a device this gateway serves: nothing to offer it
+        now = self.clock()
+        last = self._signalled.get(did)
+        if last is not None and now - last < NO_SESSION_EVERY:
+            return
+        if len(self._signalled) > 100_000:
+            self._signalled.clear()
+        self._signalled[did] = now
+        self.metrics.inc("no_session_signals")
+        self._audit_rejection(did, "data_no_session", now)
+        self.publish(topics.handshake_down(self.gateway_id, did.hex()), NO_SESSION_REJECT)
 
     def send_command(self, did: bytes, name: str, payload: bytes) -> bool:
         """Send a MAC'd COMMAND to an authenticated device; False when it has no session."""

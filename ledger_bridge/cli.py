@@ -679,7 +679,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     va.add_argument("--count", type=int, help="expect this many records")
     va.set_defaults(handler=cmd_verify_anchor)
+    _add_reseal_command(sub)
     return p
+
+
+# ---- firmware update: the owner's one step (ledger_bridge/firmware.py) ----
+def _add_reseal_command(sub: Any) -> None:
+    rs = sub.add_parser(
+        "reseal",
+        help="owner: after a firmware update (or a deauthorization), publish new sealed keys for every "
+        "gateway each device is authorized for",
+    )
+    rs.add_argument("bundles", nargs="+", metavar="OWNER_JSON",
+                    help="<id>.owner.json from diams-agent provision")
+    rs.add_argument("--gateway", action="append", metavar="ID",
+                    help="only these gateways (default: every gateway ever authorized on the channel)")
+    rs.set_defaults(handler=cmd_reseal)
+
+
+async def cmd_reseal(args: argparse.Namespace) -> int:
+    from .firmware import device_from_owner_bundle, reseal
+
+    devices = []
+    for path in args.bundles:
+        try:
+            devices.append(device_from_owner_bundle(json.loads(Path(path).read_text("utf-8"))))
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    gateways = None
+    if args.gateway:
+        gateways = [parse_bytes32(g, name="gateway_id", allow_text=True) for g in args.gateway]
+    signer = _signer(args)
+    async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
+        report = await reseal(ledger, ledger.actor(signer), devices, gateways=gateways)
+    print(report.summary())
+    return 0
 
 
 if __name__ == "__main__":

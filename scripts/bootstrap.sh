@@ -42,6 +42,10 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || [ -x /usr/sbin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)
 command -v stress-ng >/dev/null 2>&1 || need_apt+=(stress-ng)
+# systemd-analyze verifies the installed units (tests/field/test_install_pi.py); python3-venv is what
+# scripts/install-pi.sh makes the service venv with.
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+/usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: apt-get install ${need_apt[*]}"
   $SUDO apt-get update -qq

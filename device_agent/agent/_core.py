@@ -9,10 +9,12 @@ from typing import Any
 from device_agent.core import device as _device
 from device_agent.core import identity as _identity
 from device_agent.core import keys as _keys
+from device_agent.core import wire as _wire
 
 _K: Any = _keys
 _I: Any = _identity
 _D: Any = _device
+_W: Any = _wire
 
 SECRET_LEN: int = _K.SECRET_LEN
 SALT_LEN: int = _I.SALT_LEN
@@ -43,3 +45,8 @@ def claim_hash(device_id: bytes, claim_code: bytes) -> bytes:
 def device_role(device_id: bytes, gateway_id: bytes, k_dg: bytes, epoch: int) -> Any:
     """A fresh ``DeviceRole`` (one per handshake attempt)."""
     return _D.DeviceRole(device_id, gateway_id, k_dg, epoch)
+
+
+def no_session_signal(payload: bytes) -> bool:
+    """Whether a handshake-topic message is a gateway's "no session for you" signal."""
+    return bool(_W.no_session_signal(payload))

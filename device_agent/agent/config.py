@@ -84,6 +84,7 @@ class AgentConfig:
     reconnect_base_s: float = 5.0
     counter_block: int = 16
     streams: tuple[StreamConfig, ...] = field(default_factory=tuple)
+    broker_tls_ca: Path | None = None  # MQTT over TLS: the CA that signed the broker's certificate
 
     def __post_init__(self) -> None:
         if not _T.is_device_id(self.device_id):
@@ -129,6 +130,7 @@ _LAYOUT: dict[tuple[str, str], str] = {
     ("broker", "host"): "broker_host",
     ("broker", "port"): "broker_port",
     ("broker", "keepalive_s"): "keepalive_s",
+    ("broker", "tls_ca"): "broker_tls_ca",
     ("gateways", "ids"): "gateways",
     ("gateways", "answer_timeout_s"): "answer_timeout_s",
     ("session", "reauth_margin_s"): "reauth_margin_s",

@@ -25,6 +25,7 @@ from device_agent.core.events import Authenticated, Rejected
 from . import _core
 from .counters import CounterFile
 from .keystore import DeviceSecret
+from .reasons import explain
 
 __all__ = ["AgentDriver", "Publish"]
 
@@ -76,6 +77,7 @@ class AgentDriver:
         self.connect_due = False  # the policy says: dial the broker now
         self._role: Any = None
         self._role_gateway: str | None = None
+        self.last_refusal: tuple[str, str, float] | None = None  # (gateway, reason, clock): for `status`
 
     def __repr__(self) -> str:
         return (f"AgentDriver({self.device_hex}, online={self.policy.online}, "
@@ -180,6 +182,11 @@ class AgentDriver:
         return Publish(str(_T.handshake_up(gateway, self.device_hex)), hello)
 
     def _handshake_message(self, gateway: str, payload: bytes, now: float) -> list[Publish]:
+        if _core.no_session_signal(payload):  # never for the role: it would end a handshake in flight
+            self.stats["no_session_signals"] += 1
+            if gateway == self.session_gateway:
+                log.warning("gateway %s holds no session for this device: re-authenticating", gateway)
+            return self.no_session(gateway, now)
         attempt = self.policy.attempt
         if self._role is None or attempt is None or attempt[0] != gateway or self._role_gateway != gateway:
             self.stats["stray_messages"] += 1
@@ -195,7 +202,13 @@ class AgentDriver:
             return out + self._do(self.policy.authenticated(gateway, event.session.expires, now), now)
         if isinstance(event, Rejected):
             self._role = None
-            log.warning("handshake with %s failed (%s)", gateway, event.reason)
+            if event.reason == "stale_epoch" and event.epoch > attempt[1]:
+                log.info("%s hints epoch %d (tried %d): retrying under it", gateway, event.epoch, attempt[1])
+            else:
+                self.last_refusal = (gateway, event.reason, now)
+                hinted = attempt[1] != self.policy.epoch  # a trial epoch: the one a stale_epoch hint named
+                log.warning("handshake with %s failed (%s: %s)", gateway, event.reason,
+                            explain(event.reason, after_epoch_hint=hinted))
             return out + self._do(self.policy.rejected(gateway, event.reason, event.epoch, now), now)
         return out + self.tick(now)
 

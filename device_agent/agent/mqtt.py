@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +36,7 @@ from .keystore import DeviceSecret
 __all__ = ["AgentStatus", "MqttAgent"]
 
 _IDLE_WAKE_S = 1.0
+_jitter = random.SystemRandom()
 
 log = logging.getLogger("diams.agent")
 
@@ -47,6 +50,11 @@ class AgentStatus:
     stats: dict[str, int]
 
 
+def refusal_delay(base: float, n: int) -> float:
+    """Full jitter U(0, min(15 * base, base * 2^n)) before dialling again after the n-th refused login."""
+    return _jitter.uniform(0.0, min(15 * base, base * (1 << min(n, 8))))
+
+
 class MqttAgent:
     def __init__(
         self,
@@ -55,6 +63,7 @@ class MqttAgent:
         *,
         on_command: Callable[[str, bytes], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_status: Callable[[MqttAgent], None] | None = None,
     ) -> None:
         self.config = config
         self._clock = clock
@@ -68,6 +77,15 @@ class MqttAgent:
             backoff_base=config.backoff_base_s, backoff_cap=config.backoff_cap_s,
             reconnect_base=config.reconnect_base_s, block=config.counter_block, on_command=on_command,
         )
+        # A refused login (revoked, suspended, not enrolled) will not clear in seconds: after one, the
+        # next dial waits this long full-jitter backoff (base = the backoff cap, cap 15x that).
+        # TODO(topics): this belongs in the core's AgentPolicy.login_refused with the other backoffs.
+        self.refusals = 0  # refused logins in a row
+        self._refused_until = 0.0
+        self.broker_refused = False
+        self.last_refusal: tuple[str, str | None, str, float] | None = None  # (by, gateway, reason, clock)
+        self._last_publish: tuple[str, float] | None = None
+        self._on_status = on_status
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -77,6 +95,8 @@ class MqttAgent:
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=config.device_id,
                                    protocol=paho.MQTTv311)
         self._client.username_pw_set(config.device_id, password)
+        if config.broker_tls_ca is not None:  # verifies the broker's certificate and host name
+            self._client.tls_set_context(ssl.create_default_context(cafile=str(config.broker_tls_ca)))
         self._client.on_socket_open = self._on_socket_open
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -94,8 +114,11 @@ class MqttAgent:
         with self._lock:
             sealed = self.driver.seal(stream, bytes(payload), self._clock())
         if sealed is None:
+            log.warning("data on %s not sent: no live session (%s)", stream,
+                        "the broker refuses the login" if self.broker_refused else "not authenticated")
             return False
         self._send([sealed])
+        self._last_publish = (stream, self._clock())
         return True
 
     def stop(self) -> None:
@@ -124,7 +147,7 @@ class MqttAgent:
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
-        self._inbox.put(("connect", not reason.is_failure))
+        self._inbox.put(("connect", (not reason.is_failure, str(reason))))
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
@@ -155,11 +178,22 @@ class MqttAgent:
     def _handle(self, kind: str, value: Any) -> None:
         now = self._clock()
         if kind == "connect":
-            if not value:
-                log.warning("broker refused the login")
+            if not value[0]:
+                delay = refusal_delay(self.config.backoff_cap_s, self.refusals)
+                self.refusals += 1
+                self._refused_until = now + delay
+                self.broker_refused = True
+                self.last_refusal = ("broker", None, value[1], now)
+                log.error("broker %s:%d refused the login (%s): this device may be revoked or suspended on "
+                          "the ledger, or not enrolled at the broker yet (the gateway removes a device's "
+                          "account when it may no longer connect); next try in %.0f s (long backoff while "
+                          "refused)", self.config.broker_host, self.config.broker_port, value[1], delay)
                 with self._lock:
                     self.driver.login_refused(now)
                 return
+            self.broker_refused = False
+            self._refused_until = 0.0
+            self.refusals = 0
             with self._lock:
                 self._connected = True
                 self.connects += 1
@@ -193,6 +227,24 @@ class MqttAgent:
                 continue
             self.publish(s.name, data.strip())
 
+    def _status(self) -> None:
+        if self._on_status is not None:
+            self._on_status(self)
+
+    def _wait_refused(self, seconds: float) -> None:
+        self._wait(seconds)
+
+    def _say_lost(self, rc: Any, was_connected: bool, delay: float) -> None:
+        gateway = self.driver.session_gateway
+        if was_connected and self._last_publish and self._clock() - self._last_publish[1] < 1.0:
+            # Mosquitto drops a client whose publish its ACL refuses, without a word.
+            self.driver.stats["data_refused_suspected"] += 1
+            log.warning("connection dropped right after DATA on %r: the broker may have refused it "
+                        "(a stream the device's policy does not allow?)", self._last_publish[0])
+        kept = f"; session with {gateway} kept until it ends or the gateway drops it" if gateway else ""
+        log.warning("connection to the broker lost (%s)%s; reconnecting in %.2f s", paho.error_string(rc),
+                    kept, delay)
+
     def run(self) -> None:
         """Connect, authenticate and serve until ``stop()``; reconnects with jittered backoff."""
         due: dict[str, float] = {}
@@ -210,6 +262,11 @@ class MqttAgent:
                     if not due_now:
                         self._wait(_IDLE_WAKE_S if deadline is None else max(0.0, deadline - now))
                         continue
+                    if now < self._refused_until:
+                        self._status()
+                        self._wait_refused(self._refused_until - now)
+                        if self._stop.is_set():
+                            break
                     linked = self._dial()
                     if not linked:
                         with self._lock:
@@ -232,20 +289,24 @@ class MqttAgent:
                 if rc != paho.MQTT_ERR_SUCCESS:
                     now = self._clock()
                     with self._lock:
+                        was_connected = self._connected
                         self._connected = False
                         self.driver.disconnected(now)
                         deadline = self.driver.next_deadline()
                     linked = False
                     if self._stop.is_set():
                         break
-                    log.info("connection lost (%s); reconnecting in %.2f s", paho.error_string(rc),
-                             0.0 if deadline is None else max(0.0, deadline - now))
+                    if not self.broker_refused:
+                        wait = 0.0 if deadline is None else max(0.0, deadline - now)
+                        self._say_lost(rc, was_connected, wait)
+                    self._status()
                     continue
                 now = self._clock()
                 with self._lock:
                     out = self.driver.tick(now)
                 self._send(out)
                 self._streams_due(now, due)
+                self._status()
         finally:
             try:
                 self._client.disconnect()

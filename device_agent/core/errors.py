@@ -15,7 +15,7 @@ REASONS = (
     "stale_epoch",        # 4  HELLO names another identity epoch than the ledger's
     "bad_otp",            # 5  HOTP value does not verify (garbage, wrong key, wrong firmware)
     "replay",             # 6  counter already used and no live proof followed
-    "counter_window",     # 7  counter beyond the resynchronisation window
+    "counter_window",     # 7  retired: gateways accept any counter above the floor (kept for the code)
     "bad_proof",          # 8  device's PROOF tag does not verify
     "timeout",            # 9  peer did not answer in time
     "rate_limited",       # 10
@@ -27,6 +27,9 @@ REASONS = (
     "bad_result",         # 16 device side: RESULT tag does not verify
     "forged",             # 17 data/command MAC does not verify
     "expired",            # 18 session lifetime over
+    "no_session",         # 19 gateway -> device, REJECT on the handshake topic: "I hold no session for
+                          #    you" (it restarted, or lifted a quarantine); unauthenticated: at most
+                          #    one handshake follows (core/policy.py, AgentPolicy.no_session)
 )
 
 

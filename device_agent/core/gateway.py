@@ -1,9 +1,13 @@
 # The gateway role: sans-IO, one object serving every device of one gateway.
 #
 # Strategy: reject as much as possible before doing any work. A HELLO costs at most one HMAC
-# before a challenge is committed to: unknown device, inactive device, wrong epoch, counter beyond
-# the window and malformed bytes are refused on table look-ups alone, and a bad HOTP value after
-# one HMAC. A counter at or below the last accepted one is a replay, unless it carries a valid
+# before a challenge is committed to: unknown device, inactive device, wrong epoch and malformed
+# bytes are refused on table look-ups alone, and a bad HOTP value after one HMAC. Any counter above
+# the floor is accepted, however far: the HELLO carries its counter explicitly and the HOTP value
+# covers it, so a far counter is no easier to forge than a near one, and refusing it would turn an
+# outage (every retry spends a counter) into a lockout. A jump beyond ``window`` is only reported
+# (``CounterAccepted.jump``); the adapter rate-limits HELLOs per device, which is what bounds guessing.
+# A counter at or below the last accepted one is a replay, unless it carries a valid
 # HOTP value and no handshake is pending for the device: then the gateway issues a challenge it
 # will never grant (a "clone probe"); a valid PROOF to it can only come from a live holder of the
 # device's key using a counter already spent: a cloned device. A replayed HELLO never gets that far,
@@ -26,10 +30,11 @@ from .session import Session
 class CounterAccepted:
     """Gateway: the adapter must make this counter and nonce durable BEFORE it sends the reply."""
 
-    def __init__(self, device_id, counter, nonce=None):
+    def __init__(self, device_id, counter, nonce=None, jump=1):
         self.device_id = device_id
         self.counter = counter
         self.nonce = nonce
+        self.jump = jump  # counter - previous floor: large after an outage (retries spend counters)
 
     def __repr__(self):
         return "CounterAccepted(%s, %d)" % (_hex(self.device_id), self.counter)
@@ -88,7 +93,7 @@ class GatewayRole:
         self.gateway_id = gateway_id
         self._lookup = lookup
         self._random = random
-        self.window = window
+        self.window = window  # jumps beyond it are reported (CounterAccepted.jump), never refused
         self.proof_timeout = proof_timeout
         self.max_pending = max_pending
         self._pending = {}  # device_id -> _Pending, in deadline order (insertion order)
@@ -140,8 +145,6 @@ class GatewayRole:
             return self._reject(device_id, "not_active", counter)
         if epoch != entry.epoch:
             return self._reject(device_id, "stale_epoch", counter, entry.epoch)
-        if counter > entry.counter + self.window:
-            return self._reject(device_id, "counter_window", counter)
         stale = counter <= entry.counter
         pending = self._pending.get(device_id)
         if stale and (pending is not None or (counter == entry.counter and d_nonce == entry.nonce)):
@@ -158,9 +161,10 @@ class GatewayRole:
             reply, rejected = self._reject(device_id, "bad_otp", counter)
             return reply, events + rejected
         if not stale:
+            jump = counter - entry.counter
             entry.counter = counter
             entry.nonce = d_nonce
-            events.append(CounterAccepted(device_id, counter, d_nonce))
+            events.append(CounterAccepted(device_id, counter, d_nonce, jump))
         g_nonce = self._random(wire.NONCE_LEN)
         t = transcript(device_id, self.gateway_id, epoch, counter, d_nonce, g_nonce)
         self._advance(device_id, "hello", _Pending(entry, counter, t, now + self.proof_timeout, stale))

@@ -5,7 +5,7 @@
 # RemoteProtocolError("bad_message") and nothing else on any input.
 import struct
 
-from .errors import RemoteProtocolError
+from .errors import REASONS, RemoteProtocolError
 
 VERSION = 1
 
@@ -83,3 +83,14 @@ def decode_sealed(message, mtype):
         raise RemoteProtocolError("bad_message")
     seq = struct.unpack_from(">I", message, 1)[0]
     return seq, bytes(message[5:n - TAG_LEN]), bytes(message[n - TAG_LEN:])
+
+
+NO_SESSION = REASONS.index("no_session")
+
+
+def no_session_signal(payload):
+    """Whether ``payload`` is the gateway's "no session for you" REJECT (never for a role to handle)."""
+    try:
+        return decode(payload, REJECT)[0] == NO_SESSION
+    except RemoteProtocolError:
+        return False

@@ -25,7 +25,7 @@ except ImportError:  # older ports
 
 from umqtt.simple import MQTTClient
 
-from device_agent.core import keys, policy, topics
+from device_agent.core import keys, policy, topics, wire
 from device_agent.core.device import DeviceRole
 from device_agent.core.events import Authenticated, Rejected
 
@@ -77,6 +77,7 @@ class Agent:
         self._dial = False
         self.session = None
         self.gateway = None
+        self.last_refusal = None  # the last REJECT reason (printed when it happens)
 
     def __repr__(self):
         return "Agent(%s, gateway=%s)" % (self.dhex, self.gateway)
@@ -155,6 +156,10 @@ class Agent:
                 self._command(t[3], msg)
 
     def _handshake(self, gw, msg):
+        if wire.no_session_signal(msg):  # the gateway lost our session: at most one handshake follows
+            self.stats["no_session_signals"] = self.stats.get("no_session_signals", 0) + 1
+            self.no_session(gw)
+            return
         a = self.policy.attempt
         if self._role is None or a is None or a[0] != gw:
             return
@@ -169,6 +174,9 @@ class Agent:
             self._do(self.policy.authenticated(gw, ev.session.expires, now))
         elif isinstance(ev, Rejected):
             self._role = None
+            if not (ev.reason == "stale_epoch" and ev.epoch > a[1]):  # a hint is retried at once: no refusal
+                self.last_refusal = ev.reason
+                print("diams: refused by", gw, "at epoch", a[1], ":", ev.reason)
             self._do(self.policy.rejected(gw, ev.reason, ev.epoch, now))
 
     def _command(self, name, msg):

@@ -60,10 +60,11 @@ def compiled() -> Path:
 
 def start(*, host: str, port: int, device_hex: str, secret: bytes, fw: bytes, gateways: list[str],
           state: Path, answer_ms: int = 3000, n_data: int = 3, heap: str = HEAP,
-          path: list[Path] | None = None) -> subprocess.Popen[str]:
-    """``path``: directories searched first (default: the compiled agent, as a board runs it)."""
+          path: list[Path] | None = None, only: bool = False) -> subprocess.Popen[str]:
+    """``path``: directories searched first (default: the compiled agent, as a board runs it); with
+    ``only``, nothing else from the checkout (e.g. a mip install target)."""
     assert runner.MICROPYTHON, "micropython is not installed"
-    dirs = [str(p) for p in (path or [compiled()])] + [str(REPO), str(VENDOR), ".frozen"]
+    dirs = [str(p) for p in (path or [compiled()])] + ([] if only else [str(REPO), str(VENDOR)]) + [".frozen"]
     env = {**os.environ, "MICROPYPATH": ":".join(dirs)}
     args = [runner.MICROPYTHON, "-X", f"heapsize={heap}", str(SCRIPT), host, str(port), device_hex,
             secret.hex(), fw.hex(), ",".join(gateways), str(state), str(answer_ms), str(n_data)]

@@ -8,7 +8,9 @@ note on clustered brokers, ``_mosquitto`` for the reload strategy, ``_names`` fo
 
 from __future__ import annotations
 
-from ._errors import BrokerError, InvalidIdentifier, ReloadFailed, UnknownDevice
+from ._canary import CanaryAnswer, canary_login
+from ._connections import ConnectionLog
+from ._errors import BrokerError, InvalidIdentifier, ReloadFailed, UnknownDevice, UnsafeBroker
 from ._interface import AuthorizeGateway, BrokerEnforcer, Change, CutOff, Demote, Enroll, Grant, RemoveGateway
 from ._mosquitto import MosquittoEnforcer, Reloader, RightsMode, mosquitto_config_lines, sighup_reloader
 from ._names import (
@@ -33,12 +35,14 @@ from ._names import (
     verified_topic,
 )
 from ._secret import BrokerSecret, mosquitto_sha512_hash
+from ._version import MIN_SAFE_VERSION, check_mosquitto_version, parse_mosquitto_version
 
 __all__ = [
     "ANY",
     "COMMAND",
     "DATA",
     "HANDSHAKE",
+    "MIN_SAFE_VERSION",
     "PREFIX",
     "USER",
     "VERIFIED",
@@ -46,7 +50,9 @@ __all__ = [
     "BrokerEnforcer",
     "BrokerError",
     "BrokerSecret",
+    "CanaryAnswer",
     "Change",
+    "ConnectionLog",
     "CutOff",
     "Demote",
     "Enroll",
@@ -58,9 +64,12 @@ __all__ = [
     "RemoveGateway",
     "RightsMode",
     "UnknownDevice",
+    "UnsafeBroker",
+    "canary_login",
     "check_command",
     "check_device_id",
     "check_gateway_id",
+    "check_mosquitto_version",
     "check_stream",
     "command_topic",
     "data_topic",
@@ -70,6 +79,7 @@ __all__ = [
     "handshake_up",
     "mosquitto_config_lines",
     "mosquitto_sha512_hash",
+    "parse_mosquitto_version",
     "sighup_reloader",
     "topic_filter",
     "verified_topic",

@@ -4,6 +4,7 @@
     ├── InvalidIdentifier        (also ValueError) a device/gateway id, stream or command name is malformed
     ├── UnknownDevice            (also KeyError) rights granted to a device that was never enrolled
     └── ReloadFailed             the files could not be written or the broker could not be told to reload
+        └── UnsafeBroker         the broker's version is known to be crashable or bypassable (or unknown)
 
 Messages name the offending identifier but never a credential.
 """
@@ -28,3 +29,7 @@ class UnknownDevice(BrokerError, KeyError):
 
 class ReloadFailed(BrokerError):
     """Writing the access files or signalling the broker failed; the change is not live."""
+
+
+class UnsafeBroker(ReloadFailed):
+    """The running broker is a version access control cannot rely on; the message says what to install."""

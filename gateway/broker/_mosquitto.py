@@ -26,6 +26,16 @@ What the broker does on reload (mosquitto 2.0.11, measured in tests/broker/ and 
   gets PUBACK 0x87) and the connection stays up; deliveries to subscriptions the ACL no longer allows
   stop. Subscribing outside the ACL is acknowledged but nothing is delivered.
 
+Safety of the broker itself, checked rather than trusted:
+- every reload proof also reads the running broker's version (``$SYS/broker/version``) and refuses a
+  mosquitto known to be crashable, or bypassable, before authentication (``_version``): apply() raises
+  ``UnsafeBroker`` and nothing more is enforced on it;
+- with ``connection_log`` (mosquitto's log file), every publication that removed devices is
+  *confirmed*: each removed device must be absent from the broker's connections (``_connections``).
+  A device still connected is reported (``on_unconfirmed``: the gateway audits it and counts it) and
+  kicked: the enforcer gives it a one-time credential, logs in with it (the broker closes the old
+  connection of that client id), and removes it again, up to ``kick_attempts`` times.
+
 The broker config must contain the lines from ``mosquitto_config_lines()``: ``use_username_as_clientid``
 stops a device from kicking another by reusing its client id; ``max_packet_size`` stops a device from
 disconnecting its gateway with a packet larger than the gateway's client accepts.
@@ -35,16 +45,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
 import signal
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal
 
-from ._canary import CANARY_USERNAME, canary_accepted
+from ._canary import CANARY_USERNAME, CanaryAnswer, canary_login, connect_packet, open_socket
+from ._connections import ConnectionLog
 from ._errors import ReloadFailed, UnknownDevice
 from ._interface import AuthorizeGateway, BrokerEnforcer, Change, CutOff, Demote, Enroll, Grant, RemoveGateway
 from ._mosquitto_files import (
@@ -55,17 +68,22 @@ from ._mosquitto_files import (
     write_atomically,
 )
 from ._secret import BrokerSecret, mosquitto_sha512_hash
+from ._version import check_mosquitto_version
 
 log = logging.getLogger(__name__)
 
 Reloader = Callable[[], None]
 RightsMode = Literal["patterns", "per_device"]
+CanaryProbe = Callable[[str, int, str, float], CanaryAnswer]
+# (device id, kick attempts so far, confirmed now): called on the event loop after each publication
+UnconfirmedHandler = Callable[[str, int, bool], None]
 
 
 # Largest MQTT packet the broker takes from any client. DIAMS messages are at most a DATA message
 # (13 + 16,384 bytes) plus its topic; the gateway's own client refuses packets over 1 MiB by closing
 # its connection, so without this limit one device could disconnect its gateway with a 2 MiB publish.
 MAX_PACKET_SIZE = 65_536
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
 
 
 def mosquitto_config_lines(
@@ -82,6 +100,8 @@ def mosquitto_config_lines(
         "use_username_as_clientid true",
         "set_tcp_nodelay true",
         f"max_packet_size {int(max_packet_size)}",
+        # bounded memory per client: QoS 1 messages queued for a slow or absent subscriber
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
     ]
 
 
@@ -126,6 +146,12 @@ class MosquittoEnforcer(BrokerEnforcer):
         file_mode: int = 0o640,
         file_group: str | None = None,
         durable_files: bool = False,
+        connection_log: ConnectionLog | None = None,
+        on_unconfirmed: UnconfirmedHandler | None = None,
+        confirm_timeout: float = 1.0,
+        kick_attempts: int = 3,
+        canary_probe: CanaryProbe | None = None,
+        broker_tls: ssl.SSLContext | None = None,
     ) -> None:
         if min_reload_interval < 0 or urgent_reload_interval < 0:
             raise ValueError("reload intervals must be >= 0")
@@ -160,6 +186,17 @@ class MosquittoEnforcer(BrokerEnforcer):
         self.reload_count = 0
         self.signal_count = 0
         self.last_reload_seconds = 0.0  # signal → reload proven (or signal sent, without an address)
+        self.broker_version: tuple[int, int, int] | None = None
+        self.connection_log = connection_log
+        self.on_unconfirmed = on_unconfirmed
+        self.confirm_timeout = confirm_timeout
+        self.kick_attempts = kick_attempts
+        self.broker_tls = broker_tls  # the canary and kick logins speak TLS when the broker does
+        self.canary_probe: CanaryProbe = canary_probe or functools.partial(canary_login, tls=broker_tls)
+        self._removed: set[str] = set()  # devices removed since the last publication: to confirm
+        self.confirmed_count = 0
+        self.unconfirmed_count = 0
+        self.kick_count = 0
 
     def __repr__(self) -> str:
         return (
@@ -191,6 +228,7 @@ class MosquittoEnforcer(BrokerEnforcer):
         for change in batch:
             if isinstance(change, Enroll):
                 urgent |= change.device_id in self._devices  # a new password drops the live session
+                self._removed.discard(change.device_id)
                 self._devices[change.device_id] = DeviceRecord(mosquitto_sha512_hash(change.secret), None)
                 dirty = True
             elif isinstance(change, Grant):
@@ -205,6 +243,8 @@ class MosquittoEnforcer(BrokerEnforcer):
                     dirty |= per_device and old_or_none.streams is not None
             elif isinstance(change, CutOff):
                 gone = self._devices.pop(change.device_id, None) is not None
+                if gone:
+                    self._removed.add(change.device_id)
                 urgent |= gone
                 dirty |= gone
             elif isinstance(change, AuthorizeGateway):
@@ -308,13 +348,15 @@ class MosquittoEnforcer(BrokerEnforcer):
             self._wakeup.clear()
             generation, self._urgent = self._generation, False
             gateways, devices = list(self._gateways.items()), list(self._devices.items())
+            removed, self._removed = self._removed, set()
             try:
-                await asyncio.to_thread(self._write_and_reload, gateways, devices)
+                reports = await asyncio.to_thread(self._write_and_reload, gateways, devices, removed)
             except Exception as exc:  # waiters must never hang: every failure reaches them
                 failure = exc if isinstance(exc, ReloadFailed) else ReloadFailed(
                     f"unexpected error while publishing access files: {type(exc).__name__}"
                 )
                 log.warning("broker access files not published: %s", failure)
+                self._removed |= removed - set(self._devices)  # still to confirm at the next publication
                 self._last_reload = time.monotonic()
                 self._settle(generation, failure)
                 continue
@@ -323,11 +365,39 @@ class MosquittoEnforcer(BrokerEnforcer):
             self.reload_count += 1
             log.debug("broker reload %d: %d devices, %.1f ms", self.reload_count, len(devices),
                       self.last_reload_seconds * 1000)
+            for device_id, attempts, confirmed in reports:
+                if self.on_unconfirmed is not None:
+                    self.on_unconfirmed(device_id, attempts, confirmed)
             self._settle(generation, None)
             if self._generation > self._published and self._waiters:
                 self._wakeup.set()
 
     def _write_and_reload(
+        self,
+        gateways: list[tuple[str, GatewayRecord]],
+        devices: list[tuple[str, DeviceRecord]],
+        removed: set[str] = frozenset(),  # type: ignore[assignment]
+    ) -> list[tuple[str, int, bool]]:
+        """Publish; -> (device, kick attempts, confirmed) for each removed device not gone at once."""
+        self._publish_files(gateways, devices)
+        if not removed or self.connection_log is None:
+            return []
+        reports = []
+        for device_id in self._still_connected(removed):
+            self.unconfirmed_count += 1
+            confirmed = False
+            attempts = 0
+            while not confirmed and attempts < self.kick_attempts:
+                attempts += 1
+                log.error("revoked device %s is still connected after the reload; kicking it (attempt %d)",
+                          device_id, attempts)
+                self._kick(gateways, devices, device_id)
+                confirmed = not self._still_connected({device_id})
+            reports.append((device_id, attempts, confirmed))
+        self.confirmed_count += len(removed) - sum(1 for r in reports if not r[2])
+        return reports
+
+    def _publish_files(
         self, gateways: list[tuple[str, GatewayRecord]], devices: list[tuple[str, DeviceRecord]]
     ) -> None:
         canary = secrets.token_urlsafe(18) if self._broker_address is not None else None
@@ -340,6 +410,43 @@ class MosquittoEnforcer(BrokerEnforcer):
         if canary is not None:
             self._await_reload(canary, started)
         self.last_reload_seconds = time.monotonic() - started
+
+    def _still_connected(self, device_ids: set[str]) -> list[str]:
+        """The devices the broker's log still shows connected, after waiting ``confirm_timeout``."""
+        assert self.connection_log is not None
+        deadline = time.monotonic() + self.confirm_timeout
+        while True:
+            try:
+                self.connection_log.poll()
+            except OSError as exc:
+                raise ReloadFailed(f"cannot read the broker log to confirm a cut-off: {exc}") from exc
+            left = sorted(d for d in device_ids if self.connection_log.is_connected(d))
+            if not left or time.monotonic() >= deadline:
+                return left
+            time.sleep(0.01)
+
+    def _kick(
+        self,
+        gateways: list[tuple[str, GatewayRecord]],
+        devices: list[tuple[str, DeviceRecord]],
+        device_id: str,
+    ) -> None:
+        """End a connection the reload left up: log in as the device with a one-time credential (the
+        broker closes the older connection of that client id), then remove the credential again."""
+        self.kick_count += 1
+        kick = secrets.token_urlsafe(18)
+        with_kick = [*devices, (device_id, DeviceRecord(mosquitto_sha512_hash(BrokerSecret(kick)), None))]
+        self._publish_files(gateways, with_kick)
+        if self._broker_address is not None:
+            host, port = self._broker_address
+            try:
+                with open_socket(host, port, self.reload_timeout, self.broker_tls) as sock:
+                    sock.sendall(connect_packet(device_id, kick, client_id=device_id))
+                    sock.recv(4)
+                    sock.sendall(b"\xe0\x00")  # DISCONNECT
+            except OSError as exc:
+                log.warning("kick of %s failed: %s", device_id, exc)
+        self._publish_files(gateways, devices)
 
     def _signal(self) -> None:
         try:
@@ -363,7 +470,9 @@ class MosquittoEnforcer(BrokerEnforcer):
                     f"the broker did not load the new access files within {self.reload_timeout} s"
                 )
             try:
-                if canary_accepted(host, port, canary, timeout=remaining):
+                answer = self.canary_probe(host, port, canary, remaining)
+                if answer.accepted:
+                    self.broker_version = check_mosquitto_version(answer.version)
                     return
             except OSError as exc:
                 raise ReloadFailed(f"could not check the broker's reload at {host}:{port}: {exc}") from exc
@@ -381,5 +490,5 @@ class MosquittoEnforcer(BrokerEnforcer):
                 if error is None:
                     future.set_result(None)
                 else:
-                    future.set_exception(ReloadFailed(str(error)))
+                    future.set_exception(type(error)(str(error)))
         self._waiters = remaining

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._canary import CANARY_USERNAME, VERSION_TOPIC
 from ._names import (
     ANY,
     COMMAND,
@@ -37,16 +38,22 @@ from ._names import (
     topic_filter,
 )
 
-# Applies to every user: a device's own handshake topics, with any gateway (fail-over needs that).
-PRE_AUTH_PATTERNS = (
-    f"pattern write {topic_filter(HANDSHAKE, ANY, USER, UP)}",
-    f"pattern read {topic_filter(HANDSHAKE, ANY, USER, DOWN)}",
-)
+
+# Applies to every user: a device's own handshake topics, with each registered gateway (fail-over needs
+# that; the gateway level is never a `+`, so no device can park messages under a made-up gateway id).
+def pre_auth_patterns(gateway_id: str) -> tuple[str, str]:
+    return (
+        f"pattern write {topic_filter(HANDSHAKE, gateway_id, USER, UP)}",
+        f"pattern read {topic_filter(HANDSHAKE, gateway_id, USER, DOWN)}",
+    )
+
+
 # rights="patterns": every enrolled device may also use its own data and command topics.
-DATA_PATTERNS = (
-    f"pattern write {topic_filter(DATA, ANY, USER)}",
-    f"pattern read {topic_filter(COMMAND, ANY, USER)}",
-)
+def data_patterns(gateway_id: str) -> tuple[str, str]:
+    return (
+        f"pattern write {topic_filter(DATA, gateway_id, USER)}",
+        f"pattern read {topic_filter(COMMAND, gateway_id, USER)}",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +87,12 @@ def render_acl_file(
     *,
     per_device: bool,
 ) -> str:
-    lines = ["# Written by diams gateway.broker: do not edit, it is rewritten whole.", *PRE_AUTH_PATTERNS]
-    if not per_device:
-        lines.extend(DATA_PATTERNS)
+    gateways = list(gateways)
+    lines = ["# Written by diams gateway.broker: do not edit, it is rewritten whole."]
+    for gateway_id, _ in gateways:
+        lines.extend(pre_auth_patterns(gateway_id))
+        if not per_device:
+            lines.extend(data_patterns(gateway_id))
     lines.append("")
     for gateway_id, gw in gateways:
         for n in range(gw.connections):
@@ -100,9 +110,13 @@ def render_acl_file(
         if not per_device or record.streams is None:
             continue
         lines.append(f"user {device_id}")
-        lines.extend(f"topic write {topic_filter(DATA, ANY, device_id, stream)}" for stream in record.streams)
-        lines.append(f"topic read {topic_filter(COMMAND, ANY, device_id)}")
+        for gateway_id, _ in gateways:
+            data = (topic_filter(DATA, gateway_id, device_id, stream) for stream in record.streams)
+            lines.extend(f"topic write {topic}" for topic in data)
+            lines.append(f"topic read {topic_filter(COMMAND, gateway_id, device_id)}")
         lines.append("")
+    # last: the reload canary reads the broker's version (checked at every reload: see _version)
+    lines += [f"user {CANARY_USERNAME}", f"topic read {VERSION_TOPIC}", ""]
     return "\n".join(lines)
 
 

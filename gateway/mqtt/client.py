@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -80,7 +81,9 @@ class MqttClient(asyncio.Protocol):
         timeout: float = 10.0,
         max_packet: int = 1 << 20,
         clean: bool = True,
+        tls: ssl.SSLContext | None = None,
     ) -> MqttClient:
+        """``tls``: MQTT over TLS with this context (it verifies the broker's certificate and name)."""
         loop = asyncio.get_running_loop()
         try:
             _, proto = await asyncio.wait_for(
@@ -90,9 +93,13 @@ class MqttClient(asyncio.Protocol):
                     ),
                     host,
                     port,
+                    ssl=tls,
+                    server_hostname=host if tls is not None else None,
                 ),
                 timeout,
             )
+        except ssl.SSLError as exc:
+            raise MqttConnectError(f"TLS with the broker at {host}:{port} failed ({exc.reason})") from None
         except (OSError, TimeoutError) as exc:
             raise MqttConnectError(
                 f"cannot reach the broker at {host}:{port} ({type(exc).__name__})"

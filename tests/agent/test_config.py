@@ -76,7 +76,9 @@ def test_environment_overrides_are_typed_and_named(provisioned):
 
 
 def test_stream_tables_are_checked_too(provisioned, tmp_path):
-    base = provisioned.prov.config_file.read_text()
+    provisioned_text = provisioned.prov.config_file.read_text()
+    assert len(load_config(provisioned.prov.config_file, environ={}).streams) == 1  # provision's example
+    base = provisioned_text.split("[[streams]]")[0]
     path = tmp_path / "streams.toml"
     path.write_text(base + '\n[[streams]]\nname = "telemetry"\nintervl_s = 3\n')
     with pytest.raises(ConfigError, match=r"unknown setting streams\[0\]\.intervl_s"):

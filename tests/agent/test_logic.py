@@ -246,3 +246,25 @@ def test_a_refused_login_schedules_the_next_dial_with_backoff(tmp_path):
     assert not driver.connect_due and driver.next_deadline() is not None
     driver.tick(driver.next_deadline() or 0.0)
     assert driver.connect_due and driver.all_stats()["login_refused"] == 1
+
+
+def test_the_gateways_no_session_signal_on_the_wire_starts_one_handshake_and_never_ends_one(tmp_path):
+    """The REJECT(no_session) a restarted gateway sends on the handshake topic reaches the policy's
+    no-session event, never the handshake role: a forged one cannot end a handshake in flight."""
+    from device_agent.core import wire
+
+    dev = Device(tmp_path)
+    driver = _driver(tmp_path, dev)
+    entry = entry_for(dev.secret, dev.device_id, "gw-a", dev.fw, lifetime=1000)
+    role = GatewayRole(b"gw-a", {dev.device_id: entry}.get, os.urandom)
+    signal = wire.encode(wire.REJECT, wire.NO_SESSION, 0)
+    down = str(topics.handshake_down("gw-a", driver.device_hex))
+    hello = driver.connected(0.0)
+    assert driver.message(down, signal, 0.1) == [] and driver.policy.attempt is not None  # not ended
+    _pump(driver, role, hello, 0.2)
+    assert driver.authenticated
+    again = driver.message(down, signal, 60.0)  # the gateway restarted: one new handshake
+    assert [topics.parse(p.topic)[3] for p in again] == [topics.UP] and not driver.authenticated
+    assert driver.message(down, signal, 60.1) == []
+    _pump(driver, role, again, 60.2)
+    assert driver.authenticated and driver.all_stats()["no_session_signals"] == 3

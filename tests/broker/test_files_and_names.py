@@ -151,7 +151,7 @@ def test_files_are_replaced_atomically_with_the_right_mode(tmp_path: Path) -> No
     def reader() -> None:
         while not stop.is_set():
             text = enforcer.acl_file.read_text()
-            if not text.endswith("/+\n"):
+            if not text.endswith("topic read $SYS/broker/version\n"):
                 seen_bad.append(text[-80:])
 
     thread = threading.Thread(target=reader)
@@ -180,12 +180,14 @@ def test_acl_lists_exactly_the_granted_topics(tmp_path: Path) -> None:
                     Grant(device_id=DEV, streams=frozenset({"temp", "hum"}))])
     enforcer.write_files()
     acl = enforcer.acl_file.read_text()
-    writes = [f"topic write {topic_filter(DATA, ANY, DEV, s)}" for s in ("hum", "temp")]
-    assert "\n".join([f"user {DEV}", *writes, ""]) in acl
+    writes = [f"topic write {topic_filter(DATA, 'gw', DEV, s)}" for s in ("hum", "temp")]
+    assert "\n".join([f"user {DEV}", *writes]) in acl
     assert "fedcba9876543210" not in acl  # enrolled only: covered by the two %u patterns
-    pre_auth = [f"pattern write {topic_filter(HANDSHAKE, ANY, USER, 'up')}",
-                f"pattern read {topic_filter(HANDSHAKE, ANY, USER, 'down')}"]
-    assert "\n".join([*pre_auth, "", ""]) in acl
+    # the gateway level of every pattern is a registered gateway id, never `+`
+    pre_auth = [f"pattern write {topic_filter(HANDSHAKE, 'gw', USER, 'up')}",
+                f"pattern read {topic_filter(HANDSHAKE, 'gw', USER, 'down')}"]
+    assert "\n".join([*pre_auth, ""]) in acl
+    assert "/+/%u/" not in acl and f"/+/{DEV}/" not in acl
     # a gateway reads its own handshakes and data, writes only topics that carry its own id
     assert "\n".join([
         f"user {gateway_username('gw')}",
@@ -201,14 +203,15 @@ def test_acl_lists_exactly_the_granted_topics(tmp_path: Path) -> None:
 def test_patterns_mode_has_no_device_blocks(tmp_path: Path) -> None:
     enforcer = make_enforcer(tmp_path)
     assert enforcer.rights == "patterns"
-    enforcer.stage([Enroll(device_id=DEV, secret=BrokerSecret.generate()),
+    enforcer.stage([AuthorizeGateway(gateway_id="gw", secret=BrokerSecret.generate()),
+                    Enroll(device_id=DEV, secret=BrokerSecret.generate()),
                     Grant(device_id=DEV, streams=frozenset({"temp"}))])
     enforcer.write_files()
     acl = enforcer.acl_file.read_text()
     assert DEV not in acl
-    data = [f"pattern write {topic_filter(DATA, ANY, USER)}",
-            f"pattern read {topic_filter(COMMAND, ANY, USER)}"]
-    assert "\n".join([*data, ""]) in acl
+    data = [f"pattern write {topic_filter(DATA, 'gw', USER)}",
+            f"pattern read {topic_filter(COMMAND, 'gw', USER)}"]
+    assert "\n".join([*data, ""]) in acl and "/+/%u/" not in acl
     assert enforcer.streams_of(DEV) == {"temp"}
 
 

@@ -255,10 +255,13 @@ def test_old_epoch_hello_gets_stale_epoch_with_the_ledger_epoch():
 
 
 @pytest.mark.parametrize(("floor", "counter", "outcome"), [
-    (-1, 0, "challenge"), (-1, 5, "challenge"), (-1, 6, "counter_window"),
-    (10, 16, "challenge"), (10, 17, "counter_window"), (10, 0xFFFFFFFF, "counter_window"),
+    (-1, 0, "challenge"), (-1, 5, "challenge"), (-1, 6, "challenge"),
+    (10, 16, "challenge"), (10, 17, "challenge"), (10, 0xFFFFFFFF, "challenge"),
+    (10, 10, "replay"), (10, 3, "challenge_probe"),
 ])
-def test_counter_beyond_window_is_refused(floor, counter, outcome):
+def test_any_counter_above_the_floor_gets_a_challenge(floor, counter, outcome):
+    """The look-ahead window is no cliff any more (a 24 h outage must not lock a device out): only
+    used counters are refused (or probed for a clone)."""
     f = Fleet()
     did = f.device_ids[0]
     f.entries[b"gw-a"][did].counter = floor
@@ -266,8 +269,12 @@ def test_counter_beyond_window_is_refused(floor, counter, outcome):
     reply, ev = gw.receive(did, f.device(did, b"gw-a").hello(counter, os.urandom(8)), 0.0)
     if outcome == "challenge":
         assert wire.message_type(reply) == wire.CHALLENGE and ev[0].counter == counter
+        assert f.entries[b"gw-a"][did].counter == counter
+    elif outcome == "challenge_probe":  # a used counter with a valid OTP: a clone probe, floor kept
+        assert wire.message_type(reply) == wire.CHALLENGE and ev == []
+        assert f.entries[b"gw-a"][did].counter == floor
     else:
-        assert ev[0].reason == outcome and f.entries[b"gw-a"][did].counter == floor
+        assert f.entries[b"gw-a"][did].counter == floor
 
 
 @pytest.mark.parametrize(("holder", "expected"), [
@@ -435,3 +442,22 @@ def test_no_false_clone_alert_from_a_hello_whose_nonce_was_rewritten():
     net.deliver(0)  # the genuine HELLO, late
     _drain(net)
     assert net.stats["clone"] == 0
+
+
+def test_dropping_more_hellos_than_the_window_is_no_lasting_denial_of_service():
+    """The attacker on the path drops 3 windows' worth of HELLOs (each one spent a counter), then
+    lets the next through: the device authenticates at once. Delivering the dropped HELLOs afterwards
+    (below the floor now) grants nothing, and the properties hold at every step."""
+    net = Net(6, n_devices=1, n_gateways=1, window=6)
+    for _ in range(3 * 6 + 1):
+        net.start(0, 0)
+        net.drop_next()
+        net.tick(net.device_timeout + 0.1)
+    net.start(0, 0)
+    for _ in range(4):  # HELLO, CHALLENGE, PROOF, RESULT
+        net.deliver_next()
+    assert net.stats["gw_auth"] == 1 and net.stats["dev_auth"] == 1
+    for i in range(3 * 6 + 1):  # the dropped HELLOs, replayed late: at most clone probes, never granted
+        net.deliver(i)
+        net.tick(6.0)
+    assert net.stats["gw_auth"] == 1

@@ -13,7 +13,7 @@ __all__ = ["eventually", "raw_device_client", "verified_listener"]
 
 
 async def verified_listener(
-    port: int, gw: Any, topic: str = topics.every(topics.VERIFIED)
+    port: int, gw: Any, topic: str = topics.every(topics.VERIFIED), tls: Any = None
 ) -> tuple[MqttClient, list[Any]]:
     """Applications read verified data; tests listen with the gateway's second broker account."""
     got: list[Any] = []
@@ -25,6 +25,7 @@ async def verified_listener(
         username=user,
         password=gw._broker_password,
         on_message=lambda t, p: got.append((t, p)),
+        tls=tls,
     )
     await c.subscribe([(topic, 1)])
     return c, got

@@ -5,21 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firmware_sim.broker import MosquittoBroker, mosquitto_binary
+from firmware_sim.broker import MosquittoBroker, free_port, mosquitto_binary
 from firmware_sim.device import SimDevice
 from firmware_sim.site import FIRMWARE, POLICY, SitePlan, account_name, admit_gateways, enforce_on, enroll
 from firmware_sim.site import gateway_settings as site_gateway_settings
-from gateway.broker import BrokerSecret, MosquittoEnforcer
+from gateway.broker import BrokerSecret, ConnectionLog, MosquittoEnforcer, RightsMode
 from gateway.service import Gateway
-from gateway.settings import DefenceSettings, LedgerSettings, OfflineSettings, ProtocolSettings
+from gateway.settings import (
+    BrokerSettings,
+    DefenceSettings,
+    LedgerSettings,
+    OfflineSettings,
+    ProtocolSettings,
+)
 from ledger_bridge import EthereumTesterBackend, Ledger
 from ledger_bridge.enrollment import GatewayPublicKey, ProvisionedDevice
 from tests.conftest import require
+from tests.tls import make_test_ca
 
 __all__ = ["FIRMWARE", "POLICY", "Site", "site", "start_gateway", "stop_gateway"]
 
@@ -34,11 +42,14 @@ class Site:
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     keys: dict[str, GatewayPublicKey] = field(default_factory=dict)
     enforcer: MosquittoEnforcer | None = None  # the broker's, managed by the first gateway
+    tls_ca: Path | None = None  # the broker's listener speaks TLS only (certificate from this test CA)
+    plain_port: int | None = None  # with tls and plain_listener: a plain loopback listener too
 
     def sim(self, i: int, gateway_id: str = "gw-a", **kw: Any) -> SimDevice:
-        return SimDevice(
-            self.devices[i], gateway_id=gateway_id, host="127.0.0.1", port=self.broker.port, **kw
-        )
+        if self.tls_ca is not None:
+            kw.setdefault("tls", ssl.create_default_context(cafile=str(self.tls_ca)))
+        port = self.broker.port if kw.get("tls") is not None or self.plain_port is None else self.plain_port
+        return SimDevice(self.devices[i], gateway_id=gateway_id, host="127.0.0.1", port=port, **kw)
 
 
 async def start_gateway(
@@ -48,7 +59,8 @@ async def start_gateway(
         gateway_id,
         key_dir=tmp,
         broker=site.broker,
-        accounts=2,
+        broker_settings=BrokerSettings(host=site.broker.host, port=site.broker.port, accounts=2,
+                                       tls_ca=site.tls_ca),
         ledger=overrides.pop(
             "ledger",
             LedgerSettings(
@@ -95,12 +107,32 @@ async def site(
     policy_streams: tuple[str, ...] = ("telemetry", "status"),
     gateway_settings: dict[str, Any] | None = None,
     ledger_backend: Any = None,
+    rights: RightsMode = "patterns",
+    tls: bool = False,
+    plain_listener: bool = False,
 ) -> AsyncIterator[Site]:
     """``gateway_settings``: keyword overrides for every gateway (``protocol=``, ``defence=``,
     ``offline=``, ``ledger=``), as ``start_gateway`` takes them. ``ledger_backend``: eth-tester when None."""
     require(mosquitto_binary() is not None, "mosquitto")
     broker = MosquittoBroker()
-    enforcer = enforce_on(broker, min_reload_interval=0.3, urgent_reload_interval=0.1)
+    tls_lines: list[str] = []
+    ca = None
+    plain_port = None
+    if tls:  # the one listener speaks TLS only, with a certificate from a fresh test CA
+        ca = make_test_ca(broker.directory, write=broker.write_file)
+        tls_lines = ca.mosquitto_lines()
+        if plain_listener:  # and a second, plain listener on loopback (same accounts): TLS vs plain
+            plain_port = free_port()
+            tls_lines.append(f"listener {plain_port} 127.0.0.1")
+    enforcer = enforce_on(
+        broker,
+        extra_config=tls_lines,
+        min_reload_interval=0.3,
+        urgent_reload_interval=0.1,
+        rights=rights,
+        connection_log=ConnectionLog(broker.log_path),  # every cut-off confirmed in the broker's log
+        broker_tls=None if ca is None else ssl.create_default_context(cafile=str(ca.ca_file)),
+    )
     broker_secrets = {gid: BrokerSecret.generate().reveal() for gid in gateway_ids}
     # two accounts per gateway: the daemon's, and one for tests listening as an application would
     admit_gateways(enforcer, broker_secrets, connections=2)
@@ -117,6 +149,8 @@ async def site(
                 devices=list(enrolled.devices),
                 keys=dict(enrolled.gateway_keys),
                 enforcer=enforcer,
+                tls_ca=None if ca is None else ca.ca_file,
+                plain_port=plain_port,
             )
             first = True
             try:

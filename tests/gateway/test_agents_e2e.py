@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import ssl
 from pathlib import Path
 
 import pytest
@@ -64,19 +65,22 @@ async def _listener(s: Site) -> tuple[MqttClient, list[tuple[bytes, bytes]]]:
         username="gateway-gw-a.1",
         password=s.actors["broker-gw-a"],
         on_message=lambda t, p: got.append((t, p)),
+        tls=None if s.tls_ca is None else ssl.create_default_context(cafile=str(s.tls_ca)),
     )
     await c.subscribe([(topics.every(topics.VERIFIED), 1)])
     return c, got
 
 
-async def test_pi_agent_with_the_gateway_daemon(tmp_path: Path) -> None:
-    async with site(tmp_path, n_devices=1) as s:
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_pi_agent_with_the_gateway_daemon(tmp_path: Path, tls: bool) -> None:
+    async with site(tmp_path, n_devices=1, tls=tls) as s:
         (tmp_path / "pi").mkdir()
         dev = Device(tmp_path / "pi", serial="PI-E2E")
         await _onboard(s, dev)
         listener, got = await _listener(s)
         commands: list[tuple[str, bytes]] = []
-        agent = dev.agent(dev.config(s.broker), on_command=lambda n, p: commands.append((n, p)))
+        config = dev.config(s.broker, broker_tls_ca=s.tls_ca)
+        agent = dev.agent(config, on_command=lambda n, p: commands.append((n, p)))
         with running(agent):
             assert await eventually(lambda: agent.snapshot().gateway == "gw-a"), agent.snapshot()
             agent.publish("telemetry", b'{"t": 19.5}')

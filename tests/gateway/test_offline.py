@@ -5,6 +5,7 @@ included) when the ledger returns. The index's clock is skewed to cross the boun
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import urllib.error
 import urllib.request
@@ -136,3 +137,69 @@ async def test_gateway_starting_without_a_ledger_serves_known_devices_from_its_i
         gw._source = LedgerSource(s.ledger)
         await asyncio.wait_for(asyncio.shield(dev.client.closed), 5)
         assert gw.ledger_ok and dev.device_id not in gw.devices.entries
+
+
+class _NodeDown:
+    """``build_ledger()``'s result while the node is down (opening it fails as RpcBackend's does), and
+    the site's open ledger once ``up`` is set (entered, never closed: the site owns it)."""
+
+    def __init__(self, ledger) -> None:
+        self.ledger, self.up, self.attempts = ledger, False, 0
+
+    def __call__(self) -> _NodeDown:
+        return self
+
+    async def __aenter__(self):
+        self.attempts += 1
+        if not self.up:
+            raise LedgerUnavailable("no EVM node answering at http://127.0.0.1:9 (test)")
+        return self.ledger
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+async def test_a_gateway_booting_while_the_ledger_node_is_down_serves_then_catches_up(tmp_path):
+    """``run`` opens the ledger itself: with the node down, it boots from the index within the bound."""
+    from gateway.service import Gateway, GatewayError
+
+    async with site(tmp_path, n_devices=2) as s:
+        kept, revoked = s.sim(0), s.sim(1)
+        for d in (kept, revoked):
+            await d.connect()
+            assert isinstance(await d.authenticate(), events.Authenticated)
+        old = s.gateways["gw-a"]
+        settings, enforcer = old.settings, old._enforcer
+        await stop_gateway(s, "gw-a")
+        await s.actors["owner"].revoke(revoked.device_id)  # while the gateway is down
+
+        node = _NodeDown(s.ledger)
+        gw = Gateway(settings, actor=s.actors["account-gw-a"], enforcer=enforcer,
+                     broker_password=s.actors["broker-gw-a"])
+        gw._build_ledger = node  # type: ignore[method-assign]
+        await gw.__aenter__()
+        ready = asyncio.Event()
+        task = asyncio.create_task(gw.serve(ready=ready.set))
+        try:
+            await asyncio.wait_for(ready.wait(), 15)
+            assert not gw.ledger_ok and node.attempts >= 1
+            assert "ledger unreachable" in gw.readiness()[1]
+            assert isinstance(await kept.authenticate(), events.Authenticated)  # from the index
+            node.up = True  # the node returns: the gateway opens it, catches up and cuts off
+            assert await eventually(lambda: gw.ledger_ok, 15)
+            assert await eventually(lambda: revoked.device_id not in gw.devices.entries, 5)
+            await asyncio.wait_for(asyncio.shield(revoked.client.closed), 5)
+            assert isinstance(await kept.authenticate(), events.Authenticated)
+        finally:
+            gw.stop()
+            await asyncio.wait_for(task, 10)
+            await gw.__aexit__(None, None, None)
+
+        # beyond the staleness bound, an index is no ground to serve from: the gateway says why
+        stale = Gateway(dataclasses.replace(settings, offline=OfflineSettings(max_staleness=0.001)),
+                        actor=s.actors["account-gw-a"], enforcer=enforcer, broker_password="x" * 32)
+        stale._build_ledger = _NodeDown(s.ledger)  # type: ignore[method-assign]
+        await asyncio.sleep(0.01)
+        with pytest.raises(GatewayError, match=r"ledger is unreachable .* beyond offline.max_staleness"):
+            await stale.__aenter__()
+        await kept.close()

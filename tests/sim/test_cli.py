@@ -36,7 +36,8 @@ async def test_cli_runs_scenarios_reports_and_takes_fresh_identities(tmp_path, c
         rc = await asyncio.to_thread(main, [*argv, "steady", "firmware_mismatch", "counter_window"])
         out = capsys.readouterr().out
         assert rc == 0, out
-        assert "ALL CHECKS HELD" in out and "bad_otp 2" in out and "counter_window 2" in out
+        # counter_window: the jumped counters are accepted now (its checks are in ALL CHECKS HELD)
+        assert "ALL CHECKS HELD" in out and "bad_otp 2" in out
         assert (tmp_path / "spare.used").read_text().strip() == "7"
         report = json.loads((tmp_path / "r" / "report.json").read_text())
         assert [x["name"] for x in report["scenarios"]] == ["steady", "firmware_mismatch", "counter_window"]

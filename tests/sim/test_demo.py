@@ -53,7 +53,8 @@ def test_demo_runs_every_check_and_stops_by_itself(run_root):
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]
     assert "DEMO PASSED" in out and "ALL CHECKS HELD" in out
-    for name in ("steady", "replay", "clone", "revoked", "firmware_mismatch", "counter_window"):
+    names = ("steady", "replay", "clone", "revoked", "firmware_mismatch", "counter_window", "firmware_update")
+    for name in names:
         assert f"[ok  ] {name}" in out, out
     assert "gateway stopped (exit 0)" in out and "ledger-node stopped (exit 0)" in out
     assert "mosquitto stopped" in out

@@ -9,9 +9,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from firmware_sim.fleet import Backoff, Observer, Pacer, SiteAccess
+from firmware_sim.fleet import Backoff, Observer, Pacer, SiteAccess, ledger_firmware_update
 from firmware_sim.report import FleetReport
 from firmware_sim.scenarios import SCENARIOS, ScenarioParams, identities_needed, run_scenario
+from ledger_bridge import Role, Signer
+from ledger_bridge.index import onchain_gateway_id
 from tests.gateway.stack import site
 
 pytestmark = pytest.mark.asyncio
@@ -34,6 +36,16 @@ async def test_every_scenario_ends_as_the_protocol_requires(tmp_path):
             await asyncio.to_thread(s.broker.restart)
             await observer.reconnect()  # a client like any other: it comes back too
 
+        maintainer = Signer.generate(label="maintainer")
+        await s.ledger.fund(maintainer.address, 10**19)
+        await s.actors["admin"].grant_role(Role.MAINTAINER, maintainer.address)
+        update = ledger_firmware_update(
+            s.ledger,
+            maintainer=s.ledger.actor(maintainer),
+            owner=s.actors["owner"],
+            gateways=[onchain_gateway_id(b"gw-a")],
+        )
+
         access = SiteAccess(
             host="127.0.0.1",
             port=s.broker.port,
@@ -43,6 +55,7 @@ async def test_every_scenario_ends_as_the_protocol_requires(tmp_path):
             restart_broker=restart,
             observer=observer,
             gateway_metric=metric,
+            update_firmware=update,
             pacer=Pacer(200.0),
             backoff=Backoff(base=0.5, cap=4.0),
             rng=random.Random(5),
@@ -57,9 +70,11 @@ async def test_every_scenario_ends_as_the_protocol_requires(tmp_path):
     for name, r in by_name.items():
         assert r.ok, (name, r.checks, dict(r.outcomes), text)
     assert by_name["firmware_mismatch"].outcomes["bad_otp"] == 2
-    assert by_name["counter_window"].outcomes["counter_window"] == 2
+    assert by_name["counter_window"].outcomes["authenticated"] == 2  # no lockout after a jump
     assert by_name["clone"].outcomes["clone:clone"] == 2
     assert by_name["revoked"].outcomes["cut_off"] == 2
+    assert by_name["firmware_update"].outcomes["old_image_bad_otp"] == 1
+    assert by_name["firmware_update"].messages_verified == by_name["firmware_update"].messages_sent == 2
     assert by_name["steady"].messages_verified == by_name["steady"].messages_sent > 0
     json_path, svg_path = report.write(tmp_path / "out")
     data = json.loads(json_path.read_text())
