@@ -58,7 +58,7 @@ from gateway.settings import (
 from ledger_bridge import Ledger, Role, RpcBackend, Signer
 from ledger_bridge.enrollment import ProvisionedDevice
 from ledger_bridge.index import onchain_gateway_id
-from ledger_bridge.keystore import create_keystore
+from ledger_bridge.keystore import DEFAULT_SCRYPT_N, create_keystore
 
 from .broker import MosquittoBroker, free_port
 from .fleet import (
@@ -94,7 +94,7 @@ POLICY = hashlib.sha256(b"policy: demo sensors").digest()
 ATTACKS = ("replay", "clone", "revoked", "firmware_mismatch", "counter_window")
 UPDATES = ("firmware_update",)  # the maintainer records image 2.0, the owner re-seals
 SPARE_IDENTITIES = 40  # enrolled for later `diams-sim --site` runs
-KEYSTORE_SCRYPT_N = 2**14  # lighter than the default 2**18 (256 MB per decryption) for a demo's five keys
+KEYSTORE_SCRYPT_N = DEFAULT_SCRYPT_N  # eth-keyfile's default: the floor ledger_bridge.keystore enforces
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -13,9 +13,11 @@ it is anchored and on close. A crash loses at most the last interval's records; 
 detected and dropped when the log is reopened, and the chain stays verifiable.
 
 Verifying (``diams-gateway audit verify [--anchors [--config]]``): ``verify_file`` checks the chain;
-``check_anchors`` recomputes each anchored batch's Merkle root *from the log* and, given a ledger,
-asks the chain for that root: someone who rewrites the log and its hash chain and the ``.anchors``
-sidecar still cannot make the recomputed roots appear on chain.
+``check_anchors`` recomputes anchored batches' Merkle roots *from the log*. Without a ledger it checks
+the ``.anchors`` sidecar (a local convenience, nothing more). With a ledger the chain is the truth: the
+batches come from this gateway's ``Anchored`` events and its next sequence number on chain, never from
+the sidecar, and every one of them must be reproduced by the log. Someone who rewrites the log, its
+hash chain, and empties or rewrites the sidecar still fails: the chain lists the batches it must match.
 """
 
 from __future__ import annotations
@@ -208,7 +210,8 @@ def batch_root(path: Path, first_seq: int, last_seq: int) -> tuple[int, bytes]:
 
 
 class _AnchorReader(Protocol):
-    async def anchor(self, merkle_root: bytes) -> Any: ...
+    async def anchors(self, gateway_id: bytes) -> Any: ...
+    async def next_anchor_seq(self, gateway_id: bytes) -> int: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -235,8 +238,74 @@ def anchor_records(path: Path) -> list[dict[str, Any]]:
 async def check_anchors(
     path: Path, ledger: _AnchorReader | None = None, *, gateway_id: bytes | None = None
 ) -> list[AnchorCheck]:
-    """Recompute every anchored batch from the log; with ``ledger``, find each recomputed root on chain
-    (same count and sequence range, anchored by ``gateway_id``, the 32-byte on-chain id, when given)."""
+    """Recompute anchored batches from the log. Without ``ledger``: the sidecar's records. With it
+    (``gateway_id``, the 32-byte on-chain id, required): every batch this gateway anchored on chain,
+    whatever the sidecar says, plus a check that the chain's event list reaches its next sequence."""
+    if ledger is None:
+        return _check_sidecar(path)
+    if gateway_id is None:
+        raise ValueError("checking against the chain needs the gateway's on-chain id")
+    on_chain = sorted(await ledger.anchors(gateway_id), key=lambda a: a.first_seq)
+    next_seq = int(await ledger.next_anchor_seq(gateway_id))
+    logged = _log_hashes(path)
+    last_logged = max(logged, default=0)
+    out = []
+    for a in on_chain:
+        first, last = int(a.first_seq), int(a.last_seq)
+        hashes = [logged[s] for s in range(first, last + 1) if s in logged]
+        root = merkle_root([leaf_hash(h) for h in hashes]) if hashes else b""
+        problem = ""
+        if last > last_logged:
+            problem = f"the log ends at record {last_logged}, before this anchored batch ends"
+        elif len(hashes) != a.count or root != bytes(a.merkle_root):
+            problem = "the log does not reproduce the root anchored on chain (records altered or removed)"
+        out.append(
+            AnchorCheck(
+                first_seq=first,
+                last_seq=last,
+                count=len(hashes),
+                root=bytes(a.merkle_root).hex(),
+                tx=getattr(a, "transaction_hash", ""),
+                on_chain=True,
+                problem=problem,
+            )
+        )
+    covered = max((int(a.last_seq) for a in on_chain), default=0)
+    if next_seq and next_seq != covered + 1:  # the node's event list is missing batches: never pass
+        out.append(
+            AnchorCheck(
+                first_seq=covered + 1,
+                last_seq=next_seq - 1,
+                count=0,
+                root="",
+                tx="",
+                on_chain=True,
+                problem=f"the chain's next sequence is {next_seq} but its "
+                f"Anchored events cover up to {covered}: the event list is incomplete",
+            )
+        )
+    chain_roots = {bytes(a.merkle_root).hex() for a in on_chain}
+    for rec in anchor_records(path):  # local records the chain does not know: reported, never trusted
+        if rec.get("root") not in chain_roots:
+            out.append(
+                AnchorCheck(
+                    first_seq=int(rec["first_seq"]),
+                    last_seq=int(rec["last_seq"]),
+                    count=int(rec["count"]),
+                    root=str(rec["root"]),
+                    tx=str(rec.get("tx", "")),
+                    on_chain=False,
+                    problem="the sidecar names a root this gateway never anchored on chain",
+                )
+            )
+    return out
+
+
+def _log_hashes(path: Path) -> dict[int, bytes]:
+    return {int(r["seq"]): bytes.fromhex(r["hash"]) for r in records(path)}
+
+
+def _check_sidecar(path: Path) -> list[AnchorCheck]:
     out = []
     for a in anchor_records(path):
         first, last = int(a["first_seq"]), int(a["last_seq"])
@@ -244,24 +313,6 @@ async def check_anchors(
         problem = ""
         if count != a["count"] or root.hex() != a["root"]:
             problem = "the log no longer matches the local anchor record"
-        on_chain = False
-        if ledger is not None:
-            try:
-                record = await ledger.anchor(root)
-            except Exception as exc:  # an unknown root reverts (UnknownAnchor); an outage is reported
-                chain_problem = f"root not found on chain ({type(exc).__name__}: {exc})"
-            else:
-                on_chain = True
-                if (record.count, record.first_seq, record.last_seq) != (count, first, last):
-                    chain_problem = (
-                        f"on-chain record covers {record.first_seq}..{record.last_seq} "
-                        f"({record.count} records)"
-                    )
-                elif gateway_id is not None and bytes(record.gateway_id) != gateway_id:
-                    chain_problem = f"anchored by another gateway (0x{bytes(record.gateway_id).hex()})"
-                else:
-                    chain_problem = ""
-            problem = "; ".join(p for p in (problem, chain_problem) if p)
         out.append(
             AnchorCheck(
                 first_seq=first,
@@ -269,7 +320,7 @@ async def check_anchors(
                 count=count,
                 root=root.hex(),
                 tx=str(a.get("tx", "")),
-                on_chain=on_chain,
+                on_chain=False,
                 problem=problem,
             )
         )

@@ -22,6 +22,7 @@ from .model import (
     PolicyRecord,
     Role,
     TxOutcome,
+    policy_key,
 )
 
 __all__ = [
@@ -51,4 +52,5 @@ __all__ = [
     "TxOutcome",
     "create_keystore",
     "load_signer",
+    "policy_key",
 ]

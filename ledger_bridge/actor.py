@@ -50,6 +50,10 @@ class ActorHandle:
     async def register_device(self, registration: DeviceRegistration) -> TxOutcome:
         return await self._tx("registerDevice", _registration_tuple(registration))
 
+    async def register_device_key(self, device_id: bytes, x25519_public_key: bytes) -> TxOutcome:
+        """Manufacturer: the device's static X25519 public key (made on the device), before any claim."""
+        return await self._tx("registerDeviceKey", check_device_id(device_id), _b32(x25519_public_key))
+
     async def batch_limit(self, operation: str = "registerMany") -> int:
         """How many items one batch transaction of `operation` may carry on this chain (at most MAX_BATCH)."""
 
@@ -106,6 +110,10 @@ class ActorHandle:
             gas=base + per_item * len(device_ids),
         )
 
+    async def confirm_rekey(self, device_id: bytes, key_commitment: bytes) -> TxOutcome:
+        """Owner: the device was re-keyed (key confirmation passed); bumps the epoch."""
+        return await self._tx("confirmRekey", check_device_id(device_id), _b32(key_commitment))
+
     async def suspend(self, device_id: bytes) -> TxOutcome:
         return await self._tx("suspend", check_device_id(device_id))
 
@@ -130,12 +138,24 @@ class ActorHandle:
         )
 
     async def set_policy(self, device_id: bytes, policy_id: bytes) -> TxOutcome:
+        """Give the device this owner's own policy named ``policy_id`` (the name it was defined under)."""
         return await self._tx("setPolicy", check_device_id(device_id), _b32(policy_id))
+
+    async def use_shared_policy(self, device_id: bytes, policy_key: bytes) -> TxOutcome:
+        """Give the device a policy by its full on-chain id (``model.policy_key``): own, or shared by its
+        author."""
+        return await self._tx("useSharedPolicy", check_device_id(device_id), _b32(policy_key))
 
     async def define_policy(
         self, policy_id: bytes, *, publish: Sequence[str], subscribe: Sequence[str]
     ) -> TxOutcome:
+        """Define or change this actor's policy named ``policy_id``; its on-chain id is
+        ``model.policy_key(self.address, policy_id)``: nobody else can define or change it."""
         return await self._tx("definePolicy", _b32(policy_id), _streams(publish), _streams(subscribe))
+
+    async def share_policy(self, policy_id: bytes) -> TxOutcome:
+        """Let other owners use this actor's policy named ``policy_id``; it is frozen from then on."""
+        return await self._tx("sharePolicy", _b32(policy_id))
 
     # ---- gateways ----
     async def register_gateway(
@@ -144,6 +164,19 @@ class ActorHandle:
         return await self._tx(
             "registerGateway", _b32(gateway_id), _b32(x25519_public_key), to_checksum_address(account)
         )
+
+    async def rotate_gateway_key(self, gateway_id: bytes, *, x25519_public_key: bytes) -> TxOutcome:
+        """Operator (or admin): a new sealing key; the gateway's grants stop counting until re-sealed
+        under a bumped epoch."""
+        return await self._tx("rotateGatewayKey", _b32(gateway_id), _b32(x25519_public_key))
+
+    async def change_gateway_account(self, gateway_id: bytes, account: str) -> TxOutcome:
+        """Operator (or admin): a new signing account for anchors and clone alerts."""
+        return await self._tx("changeGatewayAccount", _b32(gateway_id), to_checksum_address(account))
+
+    async def remove_gateway(self, gateway_id: bytes) -> TxOutcome:
+        """Operator (or admin): retire the gateway for good (grants, account and id)."""
+        return await self._tx("removeGateway", _b32(gateway_id))
 
     async def authorize_gateway(
         self, device_id: bytes, gateway_id: bytes, *, sealed_key: bytes, key_commitment: bytes

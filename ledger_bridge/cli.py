@@ -35,7 +35,7 @@ from .actor import ActorHandle
 from .backends import EthereumTesterBackend, LedgerBackend, RpcBackend
 from .csv_import import parse_bytes32, parse_device_id, read_rows, register_rows
 from .errors import LedgerError
-from .keystore import DEFAULT_SCRYPT_N, Signer, create_keystore, load_signer
+from .keystore import DEFAULT_SCRYPT_N, Signer, check_private_file, create_keystore, load_signer
 from .ledger import Ledger
 from .model import Channel, DeviceRegistration, DeviceState, Role, TxOutcome
 
@@ -93,6 +93,7 @@ def _channel(args: argparse.Namespace) -> Channel:
 
 def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
     if getattr(args, "passphrase_file", None):
+        check_private_file(Path(args.passphrase_file), "passphrase file")
         return Path(args.passphrase_file).read_text("utf-8").rstrip("\n")
     if os.environ.get(PASSPHRASE_ENV):
         return os.environ[PASSPHRASE_ENV]
@@ -371,14 +372,10 @@ async def cmd_list_devices(args: argparse.Namespace) -> int:
 
 async def cmd_verify_anchor(args: argparse.Namespace) -> int:
     root = parse_bytes32(args.root, name="root")
+    gateway_id = parse_bytes32(args.gateway_id, name="gateway", allow_text=True)
     async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
-        anchor = await ledger.anchor(root)
+        anchor = await ledger.anchor(root, gateway_id=gateway_id)  # anchors are keyed by (gateway, root)
     mismatches = []
-    if (
-        args.gateway_id
-        and parse_bytes32(args.gateway_id, name="gateway", allow_text=True) != anchor.gateway_id
-    ):
-        mismatches.append("gateway differs")
     if args.count is not None and args.count != anchor.count:
         mismatches.append(f"count differs (expected {args.count})")
     lines = [
@@ -396,9 +393,23 @@ def _action_command(action: ops.Action) -> Callable[[argparse.Namespace], Awaita
     async def run(args: argparse.Namespace) -> int:
         dev = parse_device_id(args.device_id)
         params = {p: getattr(args, p) for p in action.params}
+        if "claim_code" in params:  # a file or stdin, never argv (visible to every user in ps)
+            params["claim_code"] = _claim_code_text(params["claim_code"])
         return await _with_actor(args, lambda a, _: ops.run_action(a, action.name, dev, params))
 
     return run
+
+
+def _claim_code_text(source: str) -> str:
+    if source == "-":
+        text = sys.stdin.readline()
+    else:
+        check_private_file(Path(source), "claim code file")
+        text = Path(source).read_text("utf-8")
+    code = text.rstrip("\r\n")
+    if not code:
+        raise ValueError("the claim code is empty")
+    return code
 
 
 async def cmd_authorize(args: argparse.Namespace) -> int:
@@ -561,7 +572,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp = command(sub, action.name, f"{action.who}: {action.help}")
         sp.add_argument("device_id", help="the device, 16 hex digits")
         for name in action.params:
-            sp.add_argument(name, help=ops.PARAM_HELP[name])
+            if name == "claim_code":
+                sp.add_argument(
+                    "--code-file",
+                    dest="claim_code",
+                    required=True,
+                    metavar="FILE",
+                    help="file holding the claim code (0600), or - for standard input; never argv",
+                )
+            else:
+                sp.add_argument(name, help=ops.PARAM_HELP[name])
         sp.set_defaults(handler=_action_command(action))
 
     rec = command(
@@ -652,7 +672,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     va = command(sub, "verify-anchor", "check that a Merkle root of authentications is anchored")
     va.add_argument("root", help="the Merkle root, 0x + 64 hex")
-    va.add_argument("--gateway-id", help="expect this gateway (name or 0x + 64 hex)")
+    va.add_argument(
+        "--gateway-id",
+        required=True,
+        help="the gateway that anchored it (name or 0x + 64 hex; anchors are per gateway)",
+    )
     va.add_argument("--count", type=int, help="expect this many records")
     va.set_defaults(handler=cmd_verify_anchor)
     _add_reseal_command(sub)

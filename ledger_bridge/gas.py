@@ -12,7 +12,7 @@ T = TypeVar("T")
 
 #: Gas limit per operation: measured gas (docs/LEDGER.md) plus a margin. Batches: (base, per item).
 GAS_BUDGETS: Mapping[str, int] = {
-    "deployRegistry": 3_200_000,
+    "deployRegistry": 3_800_000,
     "deployAuthLog": 900_000,
     "grantRole": 120_000,
     "revokeRole": 80_000,
@@ -31,9 +31,16 @@ GAS_BUDGETS: Mapping[str, int] = {
     "authorizeGateway": 260_000,
     "deauthorizeGateway": 100_000,
     "definePolicy": 500_000,
+    "sharePolicy": 80_000,
     "setPolicy": 100_000,
+    "useSharedPolicy": 100_000,
+    "rotateGatewayKey": 80_000,
+    "changeGatewayAccount": 80_000,
+    "removeGateway": 80_000,
+    "registerDeviceKey": 80_000,
+    "confirmRekey": 80_000,
     "anchor": 200_000,
-    "cloneAlert": 80_000,
+    "cloneAlert": 100_000,
 }
 BATCH_GAS: Mapping[str, tuple[int, int]] = {
     "registerMany": (60_000, 130_000),

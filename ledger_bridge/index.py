@@ -64,8 +64,13 @@ _LOSSES = frozenset(
         "FirmwareRecorded",
         "GatewayDeauthorized",
         "CloneAlert",
+        "GatewayKeyRotated",
+        "GatewayRemoved",
+        "DeviceRekeyed",
     }
 )
+# Gateway events that void every grant of that gateway: its devices lose rights with it.
+_GATEWAY_LOSSES = frozenset({"GatewayKeyRotated", "GatewayRemoved"})
 
 
 # Events after which a clone alert no longer quarantines the device (as a gateway's local quarantine).
@@ -411,6 +416,12 @@ class IdentityIndex:
             db.execute("DELETE FROM blocks WHERE number > ?", (ancestor,))
             devices = {bytes(d) for d, _, _ in gone if d is not None}
             gateways = {bytes(g) for _, g, p in gone if g is not None and p is None}
+            if db.execute(
+                "SELECT 1 FROM journal WHERE name IN ('GatewayKeyRotated', 'GatewayRemoved') LIMIT 1"
+            ).fetchone():  # these touch every grant of a gateway: rebuild everything rather than pick
+                devices.update(bytes(d) for (d,) in db.execute("SELECT id FROM devices"))
+                gateways.update(bytes(g) for (g,) in db.execute("SELECT id FROM gateways"))
+                db.execute("DELETE FROM grants")
             policies = {bytes(p) for _, _, p in gone if p is not None}
             for d in devices:
                 db.execute("DELETE FROM devices WHERE id = ?", (d,))
@@ -448,6 +459,9 @@ class IdentityIndex:
                     "INSERT OR REPLACE INTO journal VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (ev.block_number, ev.log_index, ev.name, device, gateway, policy, _dump_args(args)),
                 )
+                if ev.name in _GATEWAY_LOSSES:
+                    for (served,) in db.execute("SELECT device FROM grants WHERE gateway = ?", (gateway,)):
+                        losses[bytes(served)] = None
                 _apply(db, ev.name, args, ev.block_number)
                 if device is not None:
                     (losses if ev.name in _LOSSES else others)[device] = None
@@ -490,7 +504,7 @@ def _load_args(text: str) -> dict[str, Any]:
 def _touches(
     name: str, a: Mapping[str, Any], devices: set[bytes], gateways: set[bytes], policies: set[bytes]
 ) -> bool:
-    if name == "GatewayRegistered":
+    if name in ("GatewayRegistered", "GatewayAccountChanged") or name in _GATEWAY_LOSSES:
         return a["gatewayId"] in gateways
     if name == "PolicyDefined":
         return a["policyId"] in policies
@@ -533,6 +547,8 @@ def _apply(db: sqlite3.Connection, name: str, a: Mapping[str, Any], block: int) 
         db.execute(
             "UPDATE devices SET state=?, epoch=?, block=? WHERE id=?", (int(state), a["epoch"], block, d)
         )
+    elif name == "DeviceRekeyed":  # a new device secret: every grant of the old epoch is void
+        db.execute("UPDATE devices SET epoch=?, block=? WHERE id=?", (a["epoch"], block, d))
     elif name == "FirmwareRecorded":
         db.execute(
             "UPDATE devices SET firmware=?, epoch=?, block=? WHERE id=?",
@@ -560,3 +576,11 @@ def _apply(db: sqlite3.Connection, name: str, a: Mapping[str, Any], block: int) 
             "INSERT OR REPLACE INTO gateways VALUES (?, ?, ?, ?)",
             (a["gatewayId"], a["x25519PublicKey"], a["account"], a["operator"]),
         )
+    elif name == "GatewayKeyRotated":  # grants sealed to the old key stop counting (the chain agrees)
+        db.execute("DELETE FROM grants WHERE gateway = ?", (a["gatewayId"],))
+        db.execute("UPDATE gateways SET x25519=? WHERE id=?", (a["x25519PublicKey"], a["gatewayId"]))
+    elif name == "GatewayAccountChanged":
+        db.execute("UPDATE gateways SET account=? WHERE id=?", (a["account"], a["gatewayId"]))
+    elif name == "GatewayRemoved":
+        db.execute("DELETE FROM grants WHERE gateway = ?", (a["gatewayId"],))
+        db.execute("DELETE FROM gateways WHERE id = ?", (a["gatewayId"],))

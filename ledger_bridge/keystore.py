@@ -13,9 +13,22 @@ from eth_account.signers.local import LocalAccount
 
 from .errors import KeystoreError
 
-#: scrypt cost of new keystores; eth_account's default. Tests may lower it, never below MIN_SCRYPT_N.
+#: scrypt cost of new keystores: eth-keyfile's default (2**18, 256 MiB per decryption). Keystores cheaper
+#: than MIN_SCRYPT_N are refused when created and when loaded; only tests lower the floor (monkeypatch).
 DEFAULT_SCRYPT_N = 2**18
-MIN_SCRYPT_N = 2**10
+MIN_SCRYPT_N = DEFAULT_SCRYPT_N
+
+
+def check_private_file(path: Path, what: str = "file") -> None:
+    """Refuse a secret file (keystore, passphrase, claim code) that the group or others may read or write."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise KeystoreError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    if mode & 0o077:
+        raise KeystoreError(
+            f"{what} {path} is accessible to group or others (mode {mode & 0o777:o}): chmod 600 it"
+        )
 
 
 class Signer:
@@ -68,7 +81,9 @@ def create_keystore(
 
 
 def load_signer(path: Path, passphrase: str) -> Signer:
-    """Decrypt the keystore at `path`. A wrong passphrase is a KeystoreError naming only the file."""
+    """Decrypt the keystore at `path` (mode 0600, scrypt cost at least MIN_SCRYPT_N). A wrong passphrase is
+    a KeystoreError naming only the file."""
+    check_private_file(Path(path), "keystore")
     try:
         blob = json.loads(Path(path).read_text("utf-8"))
     except OSError as exc:
@@ -79,7 +94,11 @@ def load_signer(path: Path, passphrase: str) -> Signer:
 
 
 def signer_from_blob(blob: Any, passphrase: str, *, name: str = "the keystore") -> Signer:
-    """Decrypt a keystore already read (e.g. uploaded to the console); errors name `name` only."""
+    """Decrypt a keystore already read (e.g. uploaded to the console); errors name `name` only. A
+    keystore cheaper than MIN_SCRYPT_N is refused before any decryption."""
+    n = _scrypt_n(blob)
+    if n is not None and n < MIN_SCRYPT_N:
+        raise KeystoreError(f"keystore {name} uses a scrypt cost of {n}, below the minimum {MIN_SCRYPT_N}")
     try:
         key = Account.decrypt(blob, passphrase)
     except ValueError:
@@ -88,3 +107,14 @@ def signer_from_blob(blob: Any, passphrase: str, *, name: str = "the keystore") 
         raise KeystoreError(f"keystore {name} is malformed") from exc
     label = blob.get("diams_label", "") if isinstance(blob, dict) else ""
     return Signer(Account.from_key(key), label=str(label))
+
+
+def _scrypt_n(blob: Any) -> int | None:
+    """The scrypt cost n of a keystore blob; None for another KDF (pbkdf2 is refused by eth_account)."""
+    try:
+        crypto = blob.get("crypto") or blob.get("Crypto")
+        if crypto.get("kdf") != "scrypt":
+            return None
+        return int(crypto["kdfparams"]["n"])
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None

@@ -227,7 +227,12 @@ class Ledger:
     async def gateway(self, gateway_id: bytes) -> GatewayRecord:
         raw = await self.call(self.registry.functions.gateway(gateway_id))
         return GatewayRecord(
-            gateway_id=gateway_id, x25519_public_key=bytes(raw[0]), account=raw[1], operator=raw[2]
+            gateway_id=gateway_id,
+            x25519_public_key=bytes(raw[0]),
+            account=raw[1],
+            operator=raw[2],
+            generation=int(raw[3]),
+            removed=bool(raw[4]),
         )
 
     async def grant(self, device_id: bytes, gateway_id: bytes) -> GrantRecord:
@@ -239,6 +244,7 @@ class Ledger:
             key_commitment=bytes(raw[1]),
             sealed_key=bytes(raw[2]),
             current=bool(current),
+            generation=int(raw[3]),
         )
 
     async def is_authorized(self, device_id: bytes, gateway_id: bytes) -> bool:
@@ -247,13 +253,20 @@ class Ledger:
         )
 
     async def policy(self, policy_id: bytes) -> PolicyRecord:
+        """A policy by its on-chain id (``policy_key(author, name)``, or a device's ``policy_id``)."""
         raw = await self.call(self.registry.functions.policy(policy_id))
         return PolicyRecord(
             policy_id=policy_id,
             author=raw[0],
             publish_streams=split_streams(raw[1]),
             subscribe_streams=split_streams(raw[2]),
+            shared=bool(raw[3]),
         )
+
+    async def device_key(self, device_id: bytes) -> tuple[bytes, bool]:
+        """-> (the device's static X25519 public key, zero when none; whether a re-key is due)."""
+        key, pending = await self.call(self.registry.functions.deviceKey(check_device_id(device_id)))
+        return bytes(key), bool(pending)
 
     async def maintainer_approved(self, device_id: bytes, maintainer: str) -> bool:
         fn = self.registry.functions.maintainerApproved(
@@ -266,8 +279,10 @@ class Ledger:
             await self.call(self.registry.functions.hasRole(role.role_id, to_checksum_address(account)))
         )
 
-    async def anchor(self, merkle_root: bytes) -> AnchorRecord:
-        raw = await self.call(self.auth_log.functions.anchorOf(merkle_root))
+    async def anchor(self, merkle_root: bytes, *, gateway_id: bytes) -> AnchorRecord:
+        """The anchor of ``merkle_root`` by ``gateway_id`` (the 32-byte on-chain id); anchors are keyed by
+        (gateway, root). An unknown pair raises `LedgerRevert` ``UnknownAnchor``."""
+        raw = await self.call(self.auth_log.functions.anchorOf(gateway_id, merkle_root))
         return AnchorRecord(
             merkle_root=merkle_root,
             gateway_id=bytes(raw[0]),
@@ -277,6 +292,74 @@ class Ledger:
             block_number=raw[4],
             timestamp=raw[5],
         )
+
+    async def anchors(self, gateway_id: bytes) -> list[AnchorRecord]:
+        """Every batch ``gateway_id`` anchored, from the chain's ``Anchored`` events, oldest first."""
+        topic0 = "0x" + bytes(event_abi_to_log_topic(self._event_abi(self.auth_log, "Anchored"))).hex()
+        gid = "0x" + gateway_id.hex()
+        start = self.channel.deployed_block
+
+        def work() -> list[Any]:
+            query: dict[str, Any] = {
+                "fromBlock": start,
+                "toBlock": "latest",
+                "address": self.auth_log.address,
+                "topics": [topic0, gid],
+            }
+            return list(self.w3.eth.get_logs(query))  # type: ignore[arg-type]
+
+        out = []
+        for log in await self._run(work):
+            ev = self._decode(log)
+            if ev is None:
+                continue
+            args: dict[str, Any] = dict(ev.args)
+            if bytes(args["gatewayId"]) != gateway_id:
+                continue
+            out.append(
+                AnchorRecord(
+                    merkle_root=bytes(args["merkleRoot"]),
+                    gateway_id=gateway_id,
+                    count=int(args["count"]),
+                    first_seq=int(args["firstSeq"]),
+                    last_seq=int(args["lastSeq"]),
+                    block_number=ev.block_number,
+                    timestamp=0,
+                    transaction_hash=ev.transaction_hash,
+                )
+            )
+        return out
+
+    async def anchors_of_root(self, merkle_root: bytes) -> list[AnchorRecord]:
+        """Every gateway's anchor of ``merkle_root`` (anchors are keyed by (gateway, root)), oldest first."""
+        topic0 = "0x" + bytes(event_abi_to_log_topic(self._event_abi(self.auth_log, "Anchored"))).hex()
+        start = self.channel.deployed_block
+
+        def work() -> list[Any]:
+            query = {
+                "fromBlock": start,
+                "toBlock": "latest",
+                "address": self.auth_log.address,
+                "topics": [topic0, None, "0x" + merkle_root.hex()],
+            }
+            return list(self.w3.eth.get_logs(query))  # type: ignore[arg-type]
+
+        found = []
+        for log in await self._run(work):
+            ev = self._decode(log)
+            if ev is None:
+                continue
+            args: dict[str, Any] = dict(ev.args)
+            found.append(await self.anchor(merkle_root, gateway_id=bytes(args["gatewayId"])))
+        return found
+
+    async def next_anchor_seq(self, gateway_id: bytes) -> int:
+        """The first sequence number ``gateway_id``'s next batch must start at (0: never anchored)."""
+        return int(await self.call(self.auth_log.functions.nextSeq(gateway_id)))
+
+    @staticmethod
+    def _event_abi(contract: Contract, name: str) -> Any:
+        return next(i for i in contract.abi if i.get("type") == "event" and i.get("name") == name)
 
     async def clone_alert_count(self, device_id: bytes) -> int:
         return int(await self.call(self.auth_log.functions.cloneAlertCount(check_device_id(device_id))))

@@ -122,6 +122,8 @@ class GatewayRecord:
     x25519_public_key: bytes
     account: str
     operator: str
+    generation: int = 0  # moves on every key rotation and on removal
+    removed: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,14 +136,18 @@ class GrantRecord:
     key_commitment: bytes
     sealed_key: bytes
     current: bool
+    generation: int = 0  # the gateway key generation it was sealed to
 
 
 @dataclass(frozen=True, kw_only=True)
 class PolicyRecord:
+    """`policy_id` is the on-chain id, `policy_key(author, name)`; a shared policy is frozen."""
+
     policy_id: bytes
     author: str
     publish_streams: tuple[str, ...]
     subscribe_streams: tuple[str, ...]
+    shared: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,6 +159,7 @@ class AnchorRecord:
     last_seq: int
     block_number: int
     timestamp: int
+    transaction_hash: str = ""  # set when read from the Anchored event
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +180,17 @@ class TxOutcome:
     transaction_hash: str
     block_number: int
     gas_used: int
+
+
+def policy_key(author: str, name: bytes) -> bytes:
+    """The on-chain id of ``author``'s policy ``name`` (32 bytes): keccak256(abi.encode(author, name)),
+    as the registry's ``policyKey`` computes it. Policies live in their author's namespace."""
+    from eth_abi.abi import encode
+    from eth_utils.address import to_checksum_address
+
+    if len(name) != 32:
+        raise ValueError("a policy name is 32 bytes")
+    return bytes(keccak(encode(["address", "bytes32"], [to_checksum_address(author), name])))
 
 
 def check_device_id(device_id: bytes) -> bytes:

@@ -9,8 +9,10 @@ Strategy: the embedded chain takes an exclusive file lock, so exactly one proces
 process is that one. Requests (single or batch, ``POST /``) are translated from the JSON-RPC wire
 format into eth-tester's Python values with web3's own eth-tester formatters, run on the chain's
 synchronous provider in a worker thread (the chain serialises calls itself), and the answers are
-translated back to the wire format (camelCase keys, hex quantities). ``anvil_setBalance`` is served
-from the chain's faucet, so ``RpcBackend.fund`` works as it does on anvil (the balance can only grow).
+translated back to the wire format (camelCase keys, hex quantities). A call that reverts answers as
+geth and anvil do (code 3, the revert bytes in ``data``), so clients decode custom errors by name.
+``anvil_setBalance`` is served from the chain's faucet, so ``RpcBackend.fund`` works as it does on
+anvil (the balance can only grow).
 The node listens on loopback by default: it has no authentication, like a development node.
 """
 
@@ -30,6 +32,7 @@ from aiohttp import web
 from web3.providers.eth_tester.middleware import request_formatters, result_formatters
 
 from .embedded import EmbeddedChain, EmbeddedChainError
+from .reverts import revert_data_of
 
 __all__ = ["LedgerNode", "main", "to_wire"]
 
@@ -39,6 +42,7 @@ MAX_BODY = 16 * 1024 * 1024
 _INVALID_REQUEST = -32600
 _PARSE_ERROR = -32700
 _INTERNAL = -32603
+_REVERTED = 3  # geth's and anvil's code for "execution reverted", with the revert bytes in `data`
 
 
 def to_wire(value: Any) -> Any:
@@ -127,7 +131,11 @@ class LedgerNode:
         except EmbeddedChainError as exc:
             log.error("embedded chain: %s", exc)
             return _error(rid, _INTERNAL, f"embedded chain: {exc}")
-        except Exception as exc:  # a bad parameter shape must not take the node down
+        except Exception as exc:  # a revert, or a bad parameter shape: neither may take the node down
+            data = revert_data_of(exc)
+            if data is not None:  # as geth and anvil answer: code 3 with the revert data, so names survive
+                error = {"code": _REVERTED, "message": "execution reverted", "data": "0x" + data.hex()}
+                return {"jsonrpc": "2.0", "id": rid, "error": error}
             return _error(rid, _INVALID_REQUEST, f"{type(exc).__name__}: {exc}")
         answer["id"] = rid
         if "result" in answer:

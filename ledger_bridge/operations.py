@@ -190,8 +190,29 @@ async def gateway_info(ledger: Ledger, name: str) -> GatewayInfo:
     )
 
 
-async def policy_info(ledger: Ledger, name: str) -> PolicyRecord:
-    pid = name_id(name, what="policy")
+async def policy_info(ledger: Ledger, name: str, *, author: str | None = None) -> PolicyRecord:
+    """A policy by its author's name for it (policies live in their author's namespace: the on-chain id
+    is ``policy_key(author, name)``), or by its full on-chain id (0x + 64 hex). Without ``author`` the
+    name must be defined by exactly one author on this channel."""
+    from .model import policy_key
+
+    if name.startswith("0x") and len(name) == 66:
+        pid = parse_bytes32(name, name="policy")
+    elif author is not None:
+        pid = policy_key(author, name_id(name, what="policy"))
+    else:
+        local = name_id(name, what="policy")
+        keys = {
+            bytes(e.args["policyId"])  # type: ignore[call-overload]
+            for e in await ledger.events()
+            if e.name == "PolicyDefined"
+            and policy_key(str(e.args["author"]), local) == bytes(e.args["policyId"])  # type: ignore[call-overload]
+        }
+        if len(keys) > 1:
+            raise LedgerError(f"several owners define a policy named {name}: give its 0x id")
+        if not keys:
+            raise LedgerError(f"policy {name} is not defined on this channel")
+        pid = keys.pop()
     try:
         record = await ledger.policy(pid)
     except LedgerRevert as exc:
@@ -549,7 +570,7 @@ async def onboard_rows(
     Manufactured, claim code matching), so a bad row is reported by line and the others still land."""
     report = OnboardReport()
     pid = name_id(policy, what="policy")
-    await policy_info(ledger, policy)  # refuse an undefined policy before any transaction
+    await policy_info(ledger, policy, author=owner.address)  # refuse an undefined policy before any tx
     infos = [await gateway_info(ledger, g) for g in gateways]
     ready: list[OnboardRow] = []
     for i, row in enumerate(rows, 1):

@@ -55,13 +55,41 @@ _TEMPLATES: Mapping[str, _Fmt] = {
     "NotGatewayAccount": lambda a: f"{a['account']} is not the account of gateway 0x{a['gatewayId'].hex()}",
     "BadSealedKey": lambda a: f"a sealed key of {a['length']} bytes is not acceptable",
     "UnknownPolicy": lambda a: f"policy 0x{a['policyId'].hex()} is not defined",
-    "NotPolicyAuthor": lambda a: f"{a['account']} did not define policy 0x{a['policyId'].hex()}",
+    "PolicyFrozen": lambda a: f"policy 0x{a['policyId'].hex()} is shared, so nobody may change it",
+    "PolicyNotShared": lambda a: (
+        f"policy 0x{a['policyId'].hex()} belongs to another owner and was not shared with {a['account']}"
+    ),
+    "NotGatewayOperator": lambda a: (
+        f"{a['account']} is neither the operator of gateway 0x{a['gatewayId'].hex()} nor a channel admin"
+    ),
+    "EpochNotBumped": lambda a: (
+        f"gateway 0x{a['gatewayId'].hex()} changed its key after {_dev(a)} was sealed to it at epoch "
+        f"{a['epoch']}: deauthorize it first (bumps the epoch), then seal for the new key"
+    ),
+    "NotManufacturer": lambda a: f"{a['account']} is not the manufacturer of {_dev(a)}",
+    "DeviceKeyExists": lambda a: f"{_dev(a)} already has a registered device key",
+    "NoDeviceKey": lambda a: f"{_dev(a)} has no registered device key, so it cannot be re-keyed",
+    "RekeyPending": lambda a: (
+        f"{_dev(a)} changed owner: re-key it and record the confirmation (confirm-rekey) before "
+        "authorizing gateways"
+    ),
+    "NotServingGateway": lambda a: f"gateway 0x{a['gatewayId'].hex()} is not authorized for {_dev(a)}",
+    "StreamsTooLong": lambda a: f"stream lists of {a['length']} bytes are too long",
+    "InvalidRegistry": lambda a: "the registry address is not acceptable",
+    "BadBatch": lambda a: (
+        f"a batch of {a['count']} records over sequences {a['firstSeq']}..{a['lastSeq']} is malformed"
+    ),
+    "AccessControlBadConfirmation": lambda a: "an account can only renounce its own roles",
     "SequenceReplay": lambda a: (
         f"gateway 0x{a['gatewayId'].hex()} already anchored up to sequence "
         f"{a['nextExpected'] - 1}; batch starts at {a['firstSeq']}"
     ),
-    "UnknownAnchor": lambda a: f"no anchor with Merkle root 0x{a['merkleRoot'].hex()}",
-    "AnchorExists": lambda a: f"Merkle root 0x{a['merkleRoot'].hex()} is already anchored",
+    "UnknownAnchor": lambda a: (
+        f"gateway 0x{a['gatewayId'].hex()} anchored no batch with Merkle root 0x{a['merkleRoot'].hex()}"
+    ),
+    "AnchorExists": lambda a: (
+        f"gateway 0x{a['gatewayId'].hex()} already anchored Merkle root 0x{a['merkleRoot'].hex()}"
+    ),
 }
 
 

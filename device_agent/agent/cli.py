@@ -120,6 +120,39 @@ def _cmd_provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_device_key(args: argparse.Namespace) -> int:
+    from .rekey import device_public_key
+
+    try:
+        config = load_config(Path(args.config))
+        print(device_public_key(config.key_file, create=True).hex())
+    except (ConfigError, KeyStoreError, OSError) as exc:
+        print(f"diams-agent device-key: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_rekey(args: argparse.Namespace) -> int:
+    from device_agent.core.rekey import RekeyError
+
+    from .rekey import run_rekey
+
+    def write_line(text: str) -> None:
+        print(text, flush=True)
+
+    try:
+        config = load_config(Path(args.config))
+        run_rekey(config.key_file, config.device_id_bytes, sys.stdin.readline, write_line)
+    except (ConfigError, KeyStoreError, OSError) as exc:
+        print(f"diams-agent rekey: {exc}", file=sys.stderr)
+        return 2
+    except RekeyError as exc:
+        print(f"diams-agent rekey: refused ({exc.reason}); the device secret is unchanged", file=sys.stderr)
+        return 1
+    print("diams-agent rekey: new device secret committed", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diams-agent", description="DIAMS device agent")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -147,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--out", required=True, help="directory for the key, record, CSV and owner bundle")
     prov.add_argument("--gateway", action="append", help="gateway id for the generated config (repeatable)")
     prov.set_defaults(func=_cmd_provision)
+    dkey = sub.add_parser("device-key", help="make (once) the device's X25519 key; print its public key")
+    dkey.add_argument("--config", required=True, help="TOML configuration file")
+    dkey.set_defaults(func=_cmd_device_key)
+    rk = sub.add_parser("rekey", help="re-key with a new owner over stdin/stdout (hex lines)")
+    rk.add_argument("--config", required=True, help="TOML configuration file")
+    rk.set_defaults(func=_cmd_rekey)
     return parser
 
 

@@ -142,3 +142,15 @@ def heap_args() -> list[str]:
     i = v["inputs"]
     return [v["device_id"], i["gateway_id"], v["gateway_key"], str(i["epoch"]), str(i["counter"]),
             i["device_nonce"], v["challenge"], v["result"], v["command_config"]]
+
+
+# Re-keying at transfer (device_agent/core/rekey.py): what a board loads only when re-keying.
+REKEY_MODULES = ("__init__", "crypto", "rekey", "x25519")
+
+
+def rekey_args() -> list[str]:
+    """scripts/rekey_device.py's arguments, from the pinned re-keying vector."""
+    v = json.loads((VECTORS / "rekey_transcript.json").read_text())
+    i = v["inputs"]
+    return [i["device_id"], i["secret"], i["device_static_private"], i["device_ephemeral_private"],
+            i["device_nonce"], v["init"], v["confirm"]]

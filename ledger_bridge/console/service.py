@@ -278,7 +278,10 @@ class ConsoleService:
             "proof_valid": verify_inclusion(leaves[index], proof, root),
         }
         try:
-            on_chain = await self.ledger.anchor(root)
+            anchored = await self.ledger.anchors_of_root(root)  # keyed by (gateway, root): any gateway's
+            if not anchored:
+                raise LedgerError("no gateway anchored this root")
+            on_chain = anchored[0]
         except LedgerError as exc:
             result.update(on_chain=False, included=False, problem=f"root not anchored on chain ({exc})")
             return result

@@ -4,6 +4,7 @@ pragma solidity 0.8.37;
 /// @notice The only thing the audit log needs from the registry: who a gateway's account is.
 interface IGatewayDirectory {
     function gatewayAccount(bytes32 gatewayId) external view returns (address);
+    function isAuthorized(bytes8 id, bytes32 gatewayId) external view returns (bool);
 }
 
 /// @title DIAMS authentication evidence (one deployment per channel, bound to its registry)
@@ -22,7 +23,8 @@ contract AuthenticationLog {
 
     IGatewayDirectory public immutable registry;
 
-    mapping(bytes32 => Anchor) private _anchors;
+    /// Keyed by (gateway, root): another gateway anchoring the same root first takes nothing from this one.
+    mapping(bytes32 => mapping(bytes32 => Anchor)) private _anchors;
     /// Sequence numbers anchored so far per gateway: batches must move forward, never overlap.
     mapping(bytes32 => uint256) public nextSeq;
     mapping(bytes8 => uint32) public cloneAlertCount;
@@ -31,8 +33,9 @@ contract AuthenticationLog {
     error NotGatewayAccount(bytes32 gatewayId, address account);
     error BadBatch(uint64 count, uint64 firstSeq, uint64 lastSeq);
     error SequenceReplay(bytes32 gatewayId, uint64 firstSeq, uint256 nextExpected);
-    error AnchorExists(bytes32 merkleRoot);
-    error UnknownAnchor(bytes32 merkleRoot);
+    error AnchorExists(bytes32 gatewayId, bytes32 merkleRoot);
+    error UnknownAnchor(bytes32 gatewayId, bytes32 merkleRoot);
+    error NotServingGateway(bytes8 id, bytes32 gatewayId);
 
     event Anchored(bytes32 indexed gatewayId, bytes32 indexed merkleRoot, uint64 count, uint64 firstSeq,
         uint64 lastSeq);
@@ -52,22 +55,24 @@ contract AuthenticationLog {
         }
         uint256 next = nextSeq[gatewayId];
         if (firstSeq < next) revert SequenceReplay(gatewayId, firstSeq, next);
-        if (_anchors[merkleRoot].count != 0) revert AnchorExists(merkleRoot);
-        _anchors[merkleRoot] = Anchor(gatewayId, count, firstSeq, lastSeq, uint64(block.number),
+        if (_anchors[gatewayId][merkleRoot].count != 0) revert AnchorExists(gatewayId, merkleRoot);
+        _anchors[gatewayId][merkleRoot] = Anchor(gatewayId, count, firstSeq, lastSeq, uint64(block.number),
             uint64(block.timestamp));
         nextSeq[gatewayId] = uint256(lastSeq) + 1;
         emit Anchored(gatewayId, merkleRoot, count, firstSeq, lastSeq);
     }
 
+    /// Only from a gateway authorized for that device (current grant): nobody else can smear a device.
     function cloneAlert(bytes8 id, bytes32 gatewayId, uint32 counter) external {
         _onlyGateway(gatewayId);
+        if (!registry.isAuthorized(id, gatewayId)) revert NotServingGateway(id, gatewayId);
         ++cloneAlertCount[id];
         emit CloneAlert(id, gatewayId, counter);
     }
 
-    function anchorOf(bytes32 merkleRoot) external view returns (Anchor memory a) {
-        a = _anchors[merkleRoot];
-        if (a.count == 0) revert UnknownAnchor(merkleRoot);
+    function anchorOf(bytes32 gatewayId, bytes32 merkleRoot) external view returns (Anchor memory a) {
+        a = _anchors[gatewayId][merkleRoot];
+        if (a.count == 0) revert UnknownAnchor(gatewayId, merkleRoot);
     }
 
     function _onlyGateway(bytes32 gatewayId) private view {

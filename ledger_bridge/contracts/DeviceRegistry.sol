@@ -38,22 +38,30 @@ contract DeviceRegistry is AccessControl {
         bytes32 claimHash;
     }
 
+    /// `generation` moves on every key rotation and on removal: grants sealed to an older generation's
+    /// key no longer count. A removed gateway keeps its record (operator, removed) so its id is never reused.
     struct Gateway {
         bytes32 x25519PublicKey;
         address account;
         address operator;
+        uint32 generation;
+        bool removed;
     }
 
     struct Grant {
         uint32 epoch;
         bytes32 keyCommitment;
         bytes sealedKey;
+        uint32 generation;
     }
 
+    /// Policies live in their author's namespace: id = policyKey(author, name), so nobody can squat a
+    /// predictable id of another owner. A shared policy is frozen: others may use it, nobody changes it.
     struct Policy {
         address author;
         string publishStreams;
         string subscribeStreams;
+        bool shared;
     }
 
     // ---- the lifecycle table: allowed source states per operation (bit i = State(i)) ----
@@ -82,6 +90,11 @@ contract DeviceRegistry is AccessControl {
     mapping(bytes32 => Policy) private _policies;
     /// maintainer approvals are bound to the owner who gave them: a new owner starts with none.
     mapping(bytes8 => mapping(address => address)) private _maintainerApprovedBy;
+    /// The device's static X25519 public key, made on the device at manufacture (re-keying, PROTOCOL 2.3).
+    mapping(bytes8 => bytes32) private _deviceKeys;
+    /// Set when a device with a key changes owner: no gateway may be authorized until the new owner has
+    /// re-keyed the device (the previous owner knows S) and recorded the key confirmation.
+    mapping(bytes8 => bool) private _rekeyPending;
 
     // ---- errors ----
     error DeviceExists(bytes8 id);
@@ -100,7 +113,14 @@ contract DeviceRegistry is AccessControl {
     error BadSealedKey(uint256 length);
     error LengthMismatch(uint256 expected, uint256 actual);
     error UnknownPolicy(bytes32 policyId);
-    error NotPolicyAuthor(bytes32 policyId, address account);
+    error PolicyFrozen(bytes32 policyId);
+    error PolicyNotShared(bytes32 policyId, address account);
+    error NotGatewayOperator(bytes32 gatewayId, address account);
+    error EpochNotBumped(bytes8 id, bytes32 gatewayId, uint32 epoch);
+    error DeviceKeyExists(bytes8 id);
+    error NotManufacturer(bytes8 id, address account);
+    error NoDeviceKey(bytes8 id);
+    error RekeyPending(bytes8 id);
     error StreamsTooLong(uint256 length);
 
     // ---- events (one per state change) ----
@@ -124,6 +144,12 @@ contract DeviceRegistry is AccessControl {
     event PolicyDefined(bytes32 indexed policyId, address indexed author, string publishStreams,
         string subscribeStreams);
     event PolicySet(bytes8 indexed id, bytes32 indexed policyId);
+    event PolicyShared(bytes32 indexed policyId, address indexed author);
+    event DeviceKeyRegistered(bytes8 indexed id, bytes32 x25519PublicKey);
+    event DeviceRekeyed(bytes8 indexed id, address indexed owner, bytes32 keyCommitment, uint32 epoch);
+    event GatewayKeyRotated(bytes32 indexed gatewayId, bytes32 x25519PublicKey, uint32 generation);
+    event GatewayAccountChanged(bytes32 indexed gatewayId, address indexed account);
+    event GatewayRemoved(bytes32 indexed gatewayId, uint32 generation);
 
     constructor(address admin) {
         if (admin == address(0)) revert InvalidAddress(admin);
@@ -153,6 +179,29 @@ contract DeviceRegistry is AccessControl {
         emit DeviceRegistered(r.id, msg.sender, r.model, r.firmwareHash, r.characteristics);
     }
 
+    /// The manufacturer registers the device's static X25519 public key, once, before anyone claims it.
+    function registerDeviceKey(bytes8 id, bytes32 x25519PublicKey) external {
+        Device storage d = _transition(id, _M);
+        if (msg.sender != d.manufacturer) revert NotManufacturer(id, msg.sender);
+        if (x25519PublicKey == bytes32(0)) revert EmptyValue("x25519PublicKey");
+        if (_deviceKeys[id] != bytes32(0)) revert DeviceKeyExists(id);
+        _deviceKeys[id] = x25519PublicKey;
+        emit DeviceKeyRegistered(id, x25519PublicKey);
+    }
+
+    /// The owner records that it re-keyed the device (key confirmation passed): `keyCommitment` =
+    /// HMAC(S', "diams/v1/rekey-commitment"). Bumps the epoch (every key from the old S is void) and
+    /// lifts the block on authorizing gateways set at acceptTransfer.
+    function confirmRekey(bytes8 id, bytes32 keyCommitment) external {
+        Device storage d = _transition(id, _LIVE);
+        _onlyOwner(id, d);
+        if (_deviceKeys[id] == bytes32(0)) revert NoDeviceKey(id);
+        if (keyCommitment == bytes32(0)) revert EmptyValue("keyCommitment");
+        _rekeyPending[id] = false;
+        uint32 epoch = ++d.epoch;
+        emit DeviceRekeyed(id, msg.sender, keyCommitment, epoch);
+    }
+
     // ---- lifecycle ----
     /// Revealing the claim code in a public mempool lets an observer front-run it: see docs/LEDGER.md.
     function claim(bytes8 id, bytes calldata claimCode) external {
@@ -164,9 +213,11 @@ contract DeviceRegistry is AccessControl {
     }
 
     /// An owner takes a batch of new devices into service in one transaction: claim each with its
-    /// code, give it `policyId`, activate it. All or nothing; the same events as one by one.
-    function onboardMany(bytes8[] calldata ids, bytes[] calldata claimCodes, bytes32 policyId) external {
+    /// code, give it the owner's own policy `policyName`, activate it. All or nothing; the same events
+    /// as one by one.
+    function onboardMany(bytes8[] calldata ids, bytes[] calldata claimCodes, bytes32 policyName) external {
         if (claimCodes.length != ids.length) revert LengthMismatch(ids.length, claimCodes.length);
+        bytes32 policyId = policyKey(msg.sender, policyName);
         for (uint256 i = 0; i < ids.length; ++i) {
             _claim(ids[i], claimCodes[i]);
             _setPolicy(ids[i], policyId);
@@ -213,6 +264,13 @@ contract DeviceRegistry is AccessControl {
         d.pendingOwner = address(0);
         d.state = State.Claimed;
         emit TransferAccepted(id, msg.sender);
+        if (_deviceKeys[id] != bytes32(0)) _rekeyPending[id] = true;
+        // the previous owner's private policy would let it steer the new owner's device: drop it
+        bytes32 pid = d.policyId;
+        if (pid != bytes32(0) && !_policies[pid].shared && _policies[pid].author != msg.sender) {
+            d.policyId = bytes32(0);
+            emit PolicySet(id, bytes32(0));
+        }
     }
 
     /// The owner withdraws an offer (e.g. to a mistyped address); the epoch stays bumped, so the owner
@@ -267,9 +325,47 @@ contract DeviceRegistry is AccessControl {
         if (gatewayId == bytes32(0)) revert EmptyValue("gatewayId");
         if (x25519PublicKey == bytes32(0)) revert EmptyValue("x25519PublicKey");
         if (account == address(0)) revert InvalidAddress(account);
-        if (_gateways[gatewayId].account != address(0)) revert GatewayExists(gatewayId);
-        _gateways[gatewayId] = Gateway(x25519PublicKey, account, msg.sender);
+        if (_gateways[gatewayId].operator != address(0)) revert GatewayExists(gatewayId);
+        _gateways[gatewayId] = Gateway(x25519PublicKey, account, msg.sender, 0, false);
         emit GatewayRegistered(gatewayId, account, msg.sender, x25519PublicKey);
+    }
+
+    /// A new X25519 key (the old one is lost or exposed): every grant sealed to the old key stops
+    /// counting at once, and since the old key opens the current epoch's sealed K_dg, an owner must bump
+    /// the device's epoch (deauthorizeGateway) before sealing for the new key (EpochNotBumped otherwise).
+    function rotateGatewayKey(bytes32 gatewayId, bytes32 x25519PublicKey) external {
+        Gateway storage g = _gatewayOf(gatewayId);
+        if (x25519PublicKey == bytes32(0)) revert EmptyValue("x25519PublicKey");
+        g.x25519PublicKey = x25519PublicKey;
+        uint32 generation = ++g.generation;
+        emit GatewayKeyRotated(gatewayId, x25519PublicKey, generation);
+    }
+
+    /// A new signing account (anchors, clone alerts); the sealing key and the grants are unchanged.
+    function changeGatewayAccount(bytes32 gatewayId, address account) external {
+        Gateway storage g = _gatewayOf(gatewayId);
+        if (account == address(0)) revert InvalidAddress(account);
+        g.account = account;
+        emit GatewayAccountChanged(gatewayId, account);
+    }
+
+    /// Retires a gateway for good: its account can no longer anchor or alert, its grants stop counting,
+    /// its id is never registered again.
+    function removeGateway(bytes32 gatewayId) external {
+        Gateway storage g = _gatewayOf(gatewayId);
+        g.removed = true;
+        g.account = address(0);
+        uint32 generation = ++g.generation;
+        emit GatewayRemoved(gatewayId, generation);
+    }
+
+    /// A live gateway that msg.sender may manage: the operator that registered it, or a channel admin.
+    function _gatewayOf(bytes32 gatewayId) private view returns (Gateway storage g) {
+        g = _gateways[gatewayId];
+        if (g.operator == address(0) || g.removed) revert UnknownGateway(gatewayId);
+        if (msg.sender != g.operator && !hasRole(DEFAULT_ADMIN_ROLE, msg.sender)) {
+            revert NotGatewayOperator(gatewayId, msg.sender);
+        }
     }
 
     function authorizeGateway(bytes8 id, bytes32 gatewayId, bytes calldata sealedKey, bytes32 keyCommitment)
@@ -293,46 +389,78 @@ contract DeviceRegistry is AccessControl {
     function _authorize(bytes8 id, bytes32 gatewayId, bytes calldata sealedKey, bytes32 keyCommitment) private {
         Device storage d = _transition(id, _LIVE);
         _onlyOwner(id, d);
-        if (_gateways[gatewayId].account == address(0)) revert UnknownGateway(gatewayId);
+        if (_rekeyPending[id]) revert RekeyPending(id);
+        Gateway storage gw = _gateways[gatewayId];
+        if (gw.account == address(0)) revert UnknownGateway(gatewayId);
         if (sealedKey.length == 0 || sealedKey.length > MAX_SEALED_KEY) revert BadSealedKey(sealedKey.length);
         if (keyCommitment == bytes32(0)) revert EmptyValue("keyCommitment");
-        _grants[id][gatewayId] = Grant(d.epoch, keyCommitment, sealedKey);
+        Grant storage old = _grants[id][gatewayId];
+        if (old.keyCommitment != bytes32(0) && old.epoch == d.epoch && old.generation != gw.generation) {
+            revert EpochNotBumped(id, gatewayId, d.epoch);
+        }
+        _grants[id][gatewayId] = Grant(d.epoch, keyCommitment, sealedKey, gw.generation);
         emit GatewayAuthorized(id, gatewayId, d.epoch, keyCommitment, sealedKey);
     }
 
     /// Bumps the epoch: every gateway's key for this device is invalid until the owner re-publishes.
+    /// Also accepted for a grant of this epoch sealed to a rotated or removed gateway key.
     function deauthorizeGateway(bytes8 id, bytes32 gatewayId) external {
         Device storage d = _transition(id, _LIVE);
         _onlyOwner(id, d);
-        if (!_isAuthorized(d, _grants[id][gatewayId])) revert GatewayNotAuthorized(id, gatewayId);
+        Grant storage g = _grants[id][gatewayId];
+        if (g.keyCommitment == bytes32(0) || g.epoch != d.epoch) revert GatewayNotAuthorized(id, gatewayId);
         delete _grants[id][gatewayId];
         uint32 epoch = ++d.epoch;
         emit GatewayDeauthorized(id, gatewayId, epoch);
     }
 
     // ---- policies ----
-    function definePolicy(bytes32 policyId, string calldata publishStreams, string calldata subscribeStreams)
+    /// The on-chain id of `author`'s policy `name`: nobody else can define or change it.
+    function policyKey(address author, bytes32 name) public pure returns (bytes32) {
+        return keccak256(abi.encode(author, name));
+    }
+
+    /// Defines or changes msg.sender's policy `name` (its id: policyKey(msg.sender, name)).
+    function definePolicy(bytes32 name, string calldata publishStreams, string calldata subscribeStreams)
         external
     {
-        if (policyId == bytes32(0)) revert EmptyValue("policyId");
+        if (name == bytes32(0)) revert EmptyValue("policyId");
         uint256 len = bytes(publishStreams).length + bytes(subscribeStreams).length;
         if (len > MAX_STREAMS) revert StreamsTooLong(len);
+        bytes32 policyId = policyKey(msg.sender, name);
         Policy storage p = _policies[policyId];
-        if (p.author != address(0) && p.author != msg.sender) revert NotPolicyAuthor(policyId, msg.sender);
+        if (p.shared) revert PolicyFrozen(policyId);
         p.author = msg.sender;
         p.publishStreams = publishStreams;
         p.subscribeStreams = subscribeStreams;
         emit PolicyDefined(policyId, msg.sender, publishStreams, subscribeStreams);
     }
 
-    function setPolicy(bytes8 id, bytes32 policyId) external {
+    /// Lets other owners use msg.sender's policy `name`; from then on it is frozen (read-only to all).
+    function sharePolicy(bytes32 name) external {
+        bytes32 policyId = policyKey(msg.sender, name);
+        Policy storage p = _policies[policyId];
+        if (p.author == address(0)) revert UnknownPolicy(policyId);
+        p.shared = true;
+        emit PolicyShared(policyId, msg.sender);
+    }
+
+    /// Gives the device its owner's own policy `name`.
+    function setPolicy(bytes8 id, bytes32 name) external {
+        _setPolicy(id, policyKey(msg.sender, name));
+    }
+
+    /// Gives the device a policy by its full id: the owner's own, or one its author shared.
+    function useSharedPolicy(bytes8 id, bytes32 policyId) external {
         _setPolicy(id, policyId);
     }
 
     function _setPolicy(bytes8 id, bytes32 policyId) private {
         Device storage d = _transition(id, _LIVE);
         _onlyOwner(id, d);
-        if (_policies[policyId].author == address(0)) revert UnknownPolicy(policyId);
+        Policy storage p = _policies[policyId];
+        if (p.author == address(0)) revert UnknownPolicy(policyId);
+        if (p.author != msg.sender && !p.shared) revert PolicyNotShared(policyId, msg.sender);
         d.policyId = policyId;
         emit PolicySet(id, policyId);
     }
@@ -349,9 +477,10 @@ contract DeviceRegistry is AccessControl {
         return (d.state, d.epoch);
     }
 
+    /// A registered gateway's record, removed ones included (`removed` set).
     function gateway(bytes32 gatewayId) external view returns (Gateway memory) {
         Gateway memory g = _gateways[gatewayId];
-        if (g.account == address(0)) revert UnknownGateway(gatewayId);
+        if (g.operator == address(0)) revert UnknownGateway(gatewayId);
         return g;
     }
 
@@ -362,17 +491,22 @@ contract DeviceRegistry is AccessControl {
 
     function grant(bytes8 id, bytes32 gatewayId) external view returns (Grant memory g, bool current) {
         g = _grants[id][gatewayId];
-        current = _isAuthorized(_devices[id], g);
+        current = _isAuthorized(_devices[id], g, gatewayId);
     }
 
     function isAuthorized(bytes8 id, bytes32 gatewayId) external view returns (bool) {
-        return _isAuthorized(_devices[id], _grants[id][gatewayId]);
+        return _isAuthorized(_devices[id], _grants[id][gatewayId], gatewayId);
     }
 
     function policy(bytes32 policyId) external view returns (Policy memory) {
         Policy memory p = _policies[policyId];
         if (p.author == address(0)) revert UnknownPolicy(policyId);
         return p;
+    }
+
+    /// The device's static X25519 public key (zero when none was registered) and whether a re-key is due.
+    function deviceKey(bytes8 id) external view returns (bytes32 x25519PublicKey, bool rekeyPending) {
+        return (_deviceKeys[id], _rekeyPending[id]);
     }
 
     function maintainerApproved(bytes8 id, address maintainer) external view returns (bool) {
@@ -397,8 +531,10 @@ contract DeviceRegistry is AccessControl {
         }
     }
 
-    function _isAuthorized(Device storage d, Grant memory g) private view returns (bool) {
-        return g.keyCommitment != bytes32(0) && g.epoch == d.epoch && _isLive(d.state);
+    function _isAuthorized(Device storage d, Grant memory g, bytes32 gatewayId) private view returns (bool) {
+        Gateway storage gw = _gateways[gatewayId];
+        return g.keyCommitment != bytes32(0) && g.epoch == d.epoch && _isLive(d.state) && !gw.removed
+            && g.generation == gw.generation;
     }
 
     function _isLive(State s) private pure returns (bool) {

@@ -58,7 +58,7 @@ async def test_enroll_watch_and_revoke_in_a_browser(tmp_path: Path) -> None:
         keystores = {}
         for name, role in (("manufacturer", Role.MANUFACTURER), ("owner", None)):
             keystores[name] = tmp_path / f"{name}.json"
-            signer = create_keystore(keystores[name], PASS, label=name, scrypt_n=1024)
+            signer = create_keystore(keystores[name], PASS, label=name)
             await ledger.fund(signer.address, 10 * ETH)
             if role:
                 await s.actors["admin"].grant_role(role, signer.address)

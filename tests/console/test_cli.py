@@ -30,7 +30,7 @@ def test_console_command_serves_and_stops(tmp_path: Path) -> None:
         )
         return done.stdout
 
-    address = ledger("keys", "create", "--out", str(tmp_path / "admin.json"), "--scrypt-n", "1024").strip()
+    address = ledger("keys", "create", "--out", str(tmp_path / "admin.json")).strip()
     ledger(*chain, "fund", address)
     ledger(
         *chain, "--keystore", str(tmp_path / "admin.json"), "deploy", "--out", str(tmp_path / "channel.json")

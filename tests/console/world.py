@@ -78,7 +78,7 @@ async def world(
         keystores, signers = {}, {}
         for name in PASSPHRASES:
             keystores[name] = tmp / f"{name}.json"
-            signers[name] = create_keystore(keystores[name], PASSPHRASES[name], label=name, scrypt_n=1024)
+            signers[name] = create_keystore(keystores[name], PASSPHRASES[name], label=name)
             await ledger.fund(signers[name].address, 100 * ETH)
         await ledger.deploy(admin=signers["admin"])
         actors = {n: ledger.actor(s) for n, s in signers.items()}

@@ -274,7 +274,7 @@ async def test_anchor_puts_the_merkle_root_on_chain_and_a_tampered_log_no_longer
         assert tx is not None and tx.startswith("0x")
         [record] = anchor_records(log)
         root = bytes.fromhex(record["root"])
-        on_chain = await s.ledger.anchor(root)
+        on_chain = await s.ledger.anchor(root, gateway_id=onchain_gateway_id(b"gw-a"))
         assert (on_chain.count, on_chain.first_seq, on_chain.last_seq) == (count, 1, count)
         assert on_chain.gateway_id == onchain_gateway_id(b"gw-a") and on_chain.block_number > 0
         assert gw.metrics.get("anchors") == 1
@@ -304,14 +304,16 @@ async def test_anchor_puts_the_merkle_root_on_chain_and_a_tampered_log_no_longer
         lines[0]["root"] = new_root.hex()
         (forged / "audit.log.anchors").write_text("".join(json.dumps(x) + "\n" for x in lines))
         with pytest.raises(LedgerError):
-            await s.ledger.anchor(new_root)
+            await s.ledger.anchor(new_root, gateway_id=gid)
         checks = await check_anchors(forged / "audit.log", s.ledger, gateway_id=gid)
-        assert not checks[0].on_chain and "root not found on chain" in checks[0].problem
+        assert [c.on_chain for c in checks] == [True, True, False]
+        assert "does not reproduce the root anchored on chain" in checks[0].problem
         # every later record's hash changed with it, so every later anchor fails too
-        assert not checks[1].on_chain and "root not found on chain" in checks[1].problem
+        assert "does not reproduce the root anchored on chain" in checks[1].problem
+        assert "the sidecar names a root this gateway never anchored" in checks[2].problem
         # and the records anchored by another gateway are not taken for this one's
         checks = await check_anchors(log, s.ledger, gateway_id=onchain_gateway_id(b"gw-other"))
-        assert all("anchored by another gateway" in c.problem for c in checks)
+        assert checks and all("never anchored on chain" in c.problem for c in checks)
 
 
 @pytest.mark.asyncio
@@ -509,9 +511,37 @@ def test_audit_verify_with_config_finds_the_anchors_on_the_ledger(tmp_path, caps
     assert out.count(": ok on chain") == 2 and "2 of 2 anchors match on chain" in out
     assert "1 records not anchored yet" in out
 
+    shutil.copy(path, state / "good.log")
     _rewrite_chain(path, {"device": "ffffffffffffffff"})  # consistent chain, sidecar untouched
     assert main(["audit", "verify", str(path)]) == 0
     capsys.readouterr()
     assert main(["audit", "verify", str(path), "--anchors", "--config", str(config)]) == 1
     out = capsys.readouterr().out
-    assert out.count("root not found on chain") == 2 and "0 of 2 anchors match on chain" in out
+    assert out.count("the log does not reproduce the root anchored on chain") == 2
+    assert "0 of 2 anchors match on chain" in out
+
+    # regression (issue 10): the sidecar emptied, then removed: the chain still lists both batches
+    sidecar = path.with_name("audit.log.anchors")
+    for tamper in (lambda: sidecar.write_text(""), sidecar.unlink):
+        tamper()
+        assert main(["audit", "verify", str(path), "--anchors", "--config", str(config)]) == 1
+        out = capsys.readouterr().out
+        assert out.count("the log does not reproduce the root anchored on chain") == 2, out
+        assert "0 of 2 anchors match on chain" in out
+
+    # a log cut short before the anchored records end fails too, whatever its own chain says
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:4]))
+    assert main(["audit", "verify", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["audit", "verify", str(path), "--anchors", "--config", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert "the log ends at record 4, before this anchored batch ends" in out
+
+    # a sidecar naming a root the gateway never anchored is reported, not trusted
+    shutil.copy(state / "good.log", path)
+    sidecar.write_text(json.dumps({"first_seq": 7, "last_seq": 7, "count": 1, "root": "ab" * 32}) + "\n")
+    assert main(["audit", "verify", str(path), "--anchors", "--config", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert "2 of 3 anchors match on chain" in out
+    assert "the sidecar names a root this gateway never anchored on chain" in out

@@ -34,7 +34,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
     tmp = tmp_path_factory.mktemp("preflight")
     passphrase = secrets.token_urlsafe(12)
-    account = create_keystore(tmp / "gw.keystore", passphrase, scrypt_n=1024)
+    account = create_keystore(tmp / "gw.keystore", passphrase)  # the enforced floor, 2**18
     _secret(tmp / "gw.passphrase", passphrase.encode())
     pub = generate_gateway_key(tmp / "gw.key")
     _secret(tmp / "broker.password", secrets.token_urlsafe(24).encode())

@@ -124,7 +124,7 @@ async def _recipes(tmp_path: Path, s: object, url: str) -> None:
         )
     )
     for name, role in (("manufacturer", Role.MANUFACTURER), ("owner", None)):
-        signer = create_keystore(work / f"{name}.json", passphrase, label=name, scrypt_n=1024)
+        signer = create_keystore(work / f"{name}.json", passphrase, label=name)
         await ledger.fund(signer.address, 10 * ETH)
         if role is not None:
             await admin.grant_role(role, signer.address)

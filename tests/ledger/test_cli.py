@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-from ledger_bridge import Ledger, cli, load_signer
+from ledger_bridge import Ledger, cli, keystore, load_signer
 
 from .helpers import claim_code, device_id
 
@@ -36,6 +37,7 @@ def actors(
     tmp_path: Path, rpc: tuple[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> dict[str, tuple[Path, str]]:
     monkeypatch.setenv(cli.PASSPHRASE_ENV, PASS)
+    monkeypatch.setattr(keystore, "MIN_SCRYPT_N", 1024)  # tests only: the CLI's floor is 2**18
     made = {}
     for name in ("admin", "manufacturer", "owner", "operator", "gateway"):
         path = tmp_path / f"{name}.json"
@@ -54,6 +56,7 @@ def test_cli_full_flow_with_bad_csv_rows(
     rpc: tuple[str, str],
     actors: dict[str, tuple[Path, str]],
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     channel = tmp_path / "channel.json"
     admin, mfr, owner = actors["admin"], actors["manufacturer"], actors["owner"]
@@ -113,8 +116,19 @@ def test_cli_full_flow_with_bad_csv_rows(
         assert secret not in out
 
     dev = good[0].hex()
+    code_file = tmp_path / "claim.code"
+    code_file.write_text(claim_code(good[0]).decode() + "\n")
+    code_file.chmod(0o644)  # readable by others: refused, the claim code stays secret until used
+    code, out, err = run(
+        capsys, *ch, "--keystore", str(owner[0]), "claim", dev, "--code-file", str(code_file)
+    )
+    assert code == 1 and "claim code file" in err and "accessible to group or others" in err
+    code_file.chmod(0o600)
+    with pytest.raises(SystemExit):  # the claim code is never an argument
+        cli.main([*ch, "--keystore", str(owner[0]), "claim", dev, claim_code(good[0]).decode()])
+    capsys.readouterr()
     steps = [
-        ("claim", dev, claim_code(good[0]).decode()),
+        ("claim", dev, "--code-file", str(code_file)),
         ("activate", dev),
         ("suspend", dev),
         ("activate", dev),
@@ -122,7 +136,8 @@ def test_cli_full_flow_with_bad_csv_rows(
     for step in steps:
         code, out, err = run(capsys, *ch, "--keystore", str(owner[0]), *step)
         assert code == 0, (step, err)
-    code, out, err = run(capsys, *ch, "--keystore", str(owner[0]), "claim", good[1].hex(), "wrong code")
+    monkeypatch.setattr("sys.stdin", io.StringIO("wrong code\n"))  # from standard input
+    code, out, err = run(capsys, *ch, "--keystore", str(owner[0]), "claim", good[1].hex(), "--code-file", "-")
     assert (
         code == 1
         and err.strip()
@@ -202,10 +217,15 @@ def test_cli_full_flow_with_bad_csv_rows(
         capsys, *ch, "verify-anchor", "0x" + root.hex(), "--gateway-id", "gw-1", "--count", "4"
     )
     assert code == 0 and out.strip().endswith("verified") and "4 records, sequence 1..4" in out
-    code, out, _ = run(capsys, *ch, "verify-anchor", "0x" + root.hex(), "--count", "5")
+    code, out, _ = run(
+        capsys, *ch, "verify-anchor", "0x" + root.hex(), "--gateway-id", "gw-1", "--count", "5"
+    )
     assert code == 1 and "MISMATCH: count differs (expected 5)" in out
 
-    code, out, err = run(capsys, *ch, "verify-anchor", "0x" + os.urandom(32).hex())
+    code, out, err = run(capsys, *ch, "verify-anchor", "0x" + os.urandom(32).hex(), "--gateway-id", "gw-1")
+    assert code == 1 and "UnknownAnchor: gateway 0x" in err and "anchored no batch with Merkle root" in err
+    # anchors are keyed by (gateway, root): the same root asked of another gateway is unknown
+    code, out, err = run(capsys, *ch, "verify-anchor", "0x" + root.hex(), "--gateway-id", "gw-2")
     assert code == 1 and "UnknownAnchor" in err
 
 
@@ -221,3 +241,15 @@ def test_cli_wrong_passphrase_and_missing_backend(
     assert code == 1 and "wrong passphrase for keystore" in err and "not it" not in err
     code, _, err = run(capsys, "show", "device", "0x" + "01" * 8)
     assert code == 1 and "choose a backend" in err
+    # a passphrase file others may read is refused before it is read; 0600 is used
+    monkeypatch.delenv(cli.PASSPHRASE_ENV)
+    pass_file = tmp_path / "admin.passphrase"
+    pass_file.write_text(PASS + "\n")
+    pass_file.chmod(0o644)
+    argv = [*rpc, "--keystore", str(actors["admin"][0]), "--passphrase-file", str(pass_file), "deploy"]
+    code, _, err = run(capsys, *argv)
+    assert code == 1 and "passphrase file" in err and "accessible to group or others" in err
+    assert PASS not in err
+    pass_file.chmod(0o600)
+    code, _, err = run(capsys, *argv, "--out", str(tmp_path / "channel.json"))
+    assert code == 0, err

@@ -16,7 +16,7 @@ from device_agent.core import identity
 from gateway.audit import AuditLog
 from ledger_bridge import Ledger, cli
 from ledger_bridge.embedded import EmbeddedBackend
-from ledger_bridge.model import Channel
+from ledger_bridge.model import Channel, policy_key
 from ledger_bridge.sealing import generate_gateway_key, load_gateway_key, unseal
 
 PASS = "workflow passphrase"
@@ -34,6 +34,7 @@ def world(
 ) -> dict[str, object]:
     """A channel with a manufacturer, an owner, an operator and a gateway account, each its own keystore."""
     monkeypatch.setenv(cli.PASSPHRASE_ENV, PASS)
+    monkeypatch.setattr("ledger_bridge.keystore.MIN_SCRYPT_N", 1024)  # tests only: the floor is 2**18
     chain = ("--embedded", str(tmp_path / "chain.sqlite"))
     keys = {}
     for name in ("admin", "manufacturer", "owner", "operator", "gateway"):
@@ -144,8 +145,11 @@ def test_owner_workflow_end_to_end(
 
     # the third one by single commands, sealing from its bundle
     d3 = ids[2]
+    code_file = tmp_path / "claim.code"
+    code_file.write_text(bundle2["claim_code"] + "\n")
+    code_file.chmod(0o600)
     for step in (
-        ("claim", d3, bundle2["claim_code"]),
+        ("claim", d3, "--code-file", str(code_file)),
         ("set-policy", d3, "sensors"),
         ("activate", d3),
         ("authorize-gateway", d3, "gw-1", "--bundle", str(factory / f"{d3}.owner.json")),
@@ -178,7 +182,9 @@ def test_owner_workflow_end_to_end(
                 )
                 assert identity.key_commitment(k.k_dg) == g.key_commitment
                 rec = await ledger.device(dev)
-                assert rec.state.label == "Active" and rec.policy_id == b"sensors".ljust(32, b"\0")
+                # policies live in their author's namespace: the owner's "sensors"
+                sensors = policy_key(rec.owner, b"sensors".ljust(32, b"\0"))
+                assert rec.state.label == "Active" and rec.policy_id == sensors
 
     import asyncio
 
@@ -187,7 +193,11 @@ def test_owner_workflow_end_to_end(
     # lists from a local index, filtered
     code, out, _ = run(capsys, *ch, "list", "devices", "--state", "Active")
     assert code == 0 and out.splitlines()[-1] == "3 shown of 3 matching (offset 0)"
-    assert all(d in out for d in ids) and "sensors" in out
+    # the policy column shows the on-chain id: policies live in their author's namespace, and the chain
+    # keeps no name for them (issue 10); the owner's "sensors" is policy_key(owner, "sensors")
+    owner_address = keys["owner"][1]  # type: ignore[index]
+    sensors_key = "0x" + policy_key(owner_address, b"sensors".ljust(32, b"\0")).hex()
+    assert all(d in out for d in ids) and sensors_key[:12] in out
     code, out, _ = run(capsys, *ch, "list", "devices", "--gateway", "gw-1", "--prefix", ids[1][:6], "--json")
     found = json.loads(out)
     assert ids[1] in [r["device_id"] for r in found["devices"]]
@@ -206,7 +216,7 @@ def test_owner_workflow_end_to_end(
     audit.close()
     code, out, _ = run(capsys, *ch, "show", "device", d3, "--audit-log", str(audit_path))
     assert code == 0
-    assert "state         Active (epoch 0)" in out and "policy        sensors" in out
+    assert "state         Active (epoch 0)" in out and f"policy        {sensors_key}" in out
     assert "gateway       gw-1: sealed key for epoch 0, current" in out
     events = [line.split()[4] for line in out.splitlines() if line.startswith("  block")]
     assert events == [
@@ -221,7 +231,7 @@ def test_owner_workflow_end_to_end(
     assert [a.split()[2] for a in auth_lines] == ["rejected", "authenticated"]
     code, out, _ = run(capsys, *ch, "show", "device", d3, "--audit-log", str(audit_path), "--json")
     doc = json.loads(out)
-    assert doc["policy"] == "sensors" and [a["event"] for a in doc["authentications"]] == [
+    assert doc["policy"] == sensors_key and [a["event"] for a in doc["authentications"]] == [
         "rejected",
         "authenticated",
     ]

@@ -4,6 +4,7 @@ foreign errors and secrets are handled at the bridge's boundary."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -94,7 +95,7 @@ async def test_unfunded_actor_gets_a_clear_error_not_a_key() -> None:
 
 def test_keystore_round_trip_and_secrets_stay_out(tmp_path: Path) -> None:
     path = tmp_path / "owner.json"
-    signer = create_keystore(path, "correct horse", label="owner", scrypt_n=2**10)
+    signer = create_keystore(path, "correct horse", label="owner")  # eth-keyfile's default cost, 2**18
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     loaded = load_signer(path, "correct horse")
     assert loaded.address == signer.address and loaded.label == "owner"
@@ -107,9 +108,24 @@ def test_keystore_round_trip_and_secrets_stay_out(tmp_path: Path) -> None:
     assert "wrong passphrase" in str(wrong.value) and "wrong passphrase for keystore" in str(wrong.value)
     assert "correct horse" not in str(wrong.value)
     with pytest.raises(KeystoreError, match="already exists"):
-        create_keystore(path, "x", scrypt_n=2**10)
-    with pytest.raises(KeystoreError, match="below the minimum"):
-        create_keystore(tmp_path / "weak.json", "x", scrypt_n=2)
+        create_keystore(path, "x")
+    for weak in (2, 2**10, 2**17):  # the old floor was 2**10: nothing under eth-keyfile's default now
+        with pytest.raises(KeystoreError, match="below the minimum"):
+            create_keystore(tmp_path / "weak.json", "x", scrypt_n=weak)
+    assert json.loads(path.read_text())["crypto"]["kdfparams"]["n"] >= 2**18
+    # a weak keystore made elsewhere is refused when loaded, and so is one others may read
+    import eth_account
+
+    weak = tmp_path / "weak-elsewhere.json"
+    weak.write_text(
+        json.dumps(eth_account.Account.encrypt(os.urandom(32), "x", kdf="scrypt", iterations=2**10))
+    )
+    weak.chmod(0o600)
+    with pytest.raises(KeystoreError, match="scrypt cost of 1024, below the minimum"):
+        load_signer(weak, "x")
+    path.chmod(0o640)
+    with pytest.raises(KeystoreError, match="accessible to group or others"):
+        load_signer(path, "correct horse")
     with pytest.raises(KeystoreError, match="empty passphrase"):
         create_keystore(tmp_path / "empty.json", "")
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ledger_bridge import DeviceState, LedgerRevert
+from ledger_bridge import DeviceState, LedgerRevert, policy_key
 
 from .conftest import Actors
 from .helpers import FIRMWARE, claim_code, commitment, device_id, gateway_id, registration, sealed_key
@@ -52,8 +52,9 @@ async def test_full_lifecycle(channel: Actors) -> None:
     pid = hashlib.sha256(b"sensors").digest()
     await owner.define_policy(pid, publish=["telemetry", "status"], subscribe=["config"])
     await owner.set_policy(dev, pid)
-    assert (await ledger.device(dev)).policy_id == pid
-    assert (await ledger.policy(pid)).publish_streams == ("telemetry", "status")
+    key = policy_key(owner.address, pid)  # policies live in their author's namespace
+    assert (await ledger.device(dev)).policy_id == key
+    assert (await ledger.policy(key)).publish_streams == ("telemetry", "status")
 
     # suspend and resume; deauthorizing bumps the epoch and invalidates every key
     await owner.suspend(dev)
@@ -77,6 +78,8 @@ async def test_full_lifecycle(channel: Actors) -> None:
     await new_owner.accept_transfer(dev)
     record = await ledger.device(dev)
     assert (record.state, record.owner, record.epoch) == (DeviceState.CLAIMED, new_owner.address, 3)
+    # the previous owner's private policy does not follow the device (its author could steer it)
+    assert record.policy_id == bytes(32)
     # the previous owner's maintainer approval does not carry over
     assert not await ledger.maintainer_approved(dev, channel.maintainer.address)
     with pytest.raises(LedgerRevert) as refused:
@@ -86,8 +89,10 @@ async def test_full_lifecycle(channel: Actors) -> None:
     # audit evidence from the gateway's own account
     root = hashlib.sha256(b"batch 1").digest()
     await channel.gateway.anchor(gw, merkle_root=root, count=10, first_seq=1, last_seq=10)
-    anchored = await ledger.anchor(root)
+    anchored = await ledger.anchor(root, gateway_id=gw)
     assert (anchored.gateway_id, anchored.count, anchored.first_seq, anchored.last_seq) == (gw, 10, 1, 10)
+    # a clone alert needs a gateway the device's owner authorized for the current epoch
+    await new_owner.authorize_gateway(dev, gw, sealed_key=sealed, key_commitment=commitment(sealed))
     await channel.gateway.clone_alert(dev, gw, counter=7)
     assert await ledger.clone_alert_count(dev) == 1
 
@@ -115,6 +120,8 @@ async def test_full_lifecycle(channel: Actors) -> None:
         "GatewayAuthorized",
         "TransferStarted",
         "TransferAccepted",
+        "PolicySet",  # the previous owner's private policy is dropped
+        "GatewayAuthorized",
         "CloneAlert",
         "DeviceDecommissioned",
     ]
@@ -188,7 +195,7 @@ async def test_anchor_rules(channel: Actors) -> None:
     with pytest.raises(LedgerRevert, match="AnchorExists"):
         await g.anchor(gw, merkle_root=root, count=1, first_seq=10, last_seq=10)
     with pytest.raises(LedgerRevert, match="UnknownAnchor"):
-        await channel.ledger.anchor(os.urandom(32))
+        await channel.ledger.anchor(os.urandom(32), gateway_id=gw)
 
 
 @pytest.mark.asyncio

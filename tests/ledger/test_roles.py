@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ledger_bridge import DeviceState, LedgerRevert, Role, TxOutcome
+from ledger_bridge import DeviceState, LedgerRevert, Role, TxOutcome, policy_key
 from ledger_bridge.actor import ActorHandle
 
 from .conftest import Actors
@@ -147,11 +147,22 @@ CASES: dict[str, Case] = {
     "setPolicy is the owner's": Case(
         lambda ch, who, dev: who.set_policy(dev, POLICY), "stranger", "owner", "NotOwner"
     ),
-    "definePolicy: only its author redefines it": Case(
-        lambda ch, who, dev: who.define_policy(POLICY, publish=["telemetry"], subscribe=[]),
+    "rotateGatewayKey is the gateway operator's": Case(
+        lambda ch, who, dev: who.rotate_gateway_key(GW, x25519_public_key=hashlib.sha256(dev).digest()),
         "stranger",
-        "owner",
-        "NotPolicyAuthor",
+        "operator",
+        "NotGatewayOperator",
+        (),
+    ),
+    "changeGatewayAccount is the gateway operator's": Case(
+        lambda ch, who, dev: who.change_gateway_account(GW, ch.stranger.address),
+        "gateway",
+        "operator",
+        "NotGatewayOperator",
+        (),
+    ),
+    "removeGateway is the gateway operator's (or an admin's)": Case(
+        lambda ch, who, dev: who.remove_gateway(GW), "owner", "admin", "NotGatewayOperator", ()
     ),
     "anchor: only the gateway's account": Case(
         lambda ch, who, dev: who.anchor(
@@ -163,7 +174,11 @@ CASES: dict[str, Case] = {
         (),
     ),
     "cloneAlert: only the gateway's account": Case(
-        lambda ch, who, dev: who.clone_alert(dev, GW, counter=3), "owner", "gateway", "NotGatewayAccount", ()
+        lambda ch, who, dev: who.clone_alert(dev, GW, counter=3),
+        "owner",
+        "gateway",
+        "NotGatewayAccount",
+        ("claim", "authorize"),
     ),
 }
 
@@ -260,5 +275,5 @@ async def test_onboard_many_is_all_or_nothing(channel: Actors) -> None:
         assert (record.state, record.owner, record.policy_id) == (
             DeviceState.ACTIVE,
             ch.owner.address,
-            POLICY,
+            policy_key(ch.owner.address, POLICY),
         )

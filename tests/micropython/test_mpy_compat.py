@@ -31,7 +31,9 @@ def test_every_core_module_compiles_and_loads(tmp_path):
     require(runner.MICROPYTHON is not None and runner.MPY_CROSS is not None, "micropython and mpy-cross")
     sizes = runner.compile_modules(tmp_path, ALL_MODULES)
     assert all(size > 0 for size in sizes.values())
-    proc = runner.run("import_all.py", *ALL_MODULES, path=[tmp_path])
+    # 128K: every core module at once, the re-keying ones (rekey, x25519) included, which a board loads
+    # only when re-keying; the device's own budget is tests/micropython/test_mpy_heap.py's.
+    proc = runner.run("import_all.py", *ALL_MODULES, path=[tmp_path], heap="128K")
     assert proc.returncode == 0, proc.stderr
     files = runner.json_lines(proc.stdout)["files"]
     assert files == {m: str(tmp_path / "device_agent" / "core" / f"{m}.mpy") for m in ALL_MODULES}

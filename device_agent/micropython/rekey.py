@@ -1,0 +1,45 @@
+# mypy: ignore-errors
+# (MicroPython code: checked by mpy-cross and run under the real unix port in tests/micropython_agent/.)
+#
+# Re-keying at transfer on the MicroPython agent (docs/PROTOCOL.md 2.3): the device's side of
+# device_agent.core.rekey with the pure-Python X25519, over any line channel (the console or a serial
+# line the new owner's tool talks to: hex lines, INIT in, REPLY out, CONFIRM in).
+#
+# Loaded only when re-keying, never by agent.py: it is not part of the handshake's flash or heap
+# budget (bench/bench_rekey.py measures it). The static private key is a hex file made once at
+# manufacture (make_device_key); S is replaced by S' (temp file + rename) only after the owner's
+# CONFIRM verifies, so a failed or interrupted exchange leaves S as it was.
+import os
+
+from device_agent.core import rekey
+from device_agent.core.x25519 import public_key, x25519
+
+
+def _read_hex(path):
+    with open(path) as f:
+        return bytes.fromhex(f.read().strip())
+
+
+def _write_hex(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(data.hex() + "\n")
+    os.rename(tmp, path)
+
+
+def make_device_key(static_path, random=os.urandom):
+    """The device's static X25519 public key; the private key is made (once) if the file is absent."""
+    try:
+        private = _read_hex(static_path)
+    except OSError:
+        private = random(32)
+        _write_hex(static_path, private)
+    return public_key(private)
+
+
+def run(device_id, key_path, static_path, read_line, write_line, random=os.urandom):
+    """One exchange; on success S' replaces S in key_path -> True. Raises rekey.RekeyError."""
+    role = rekey.DeviceRekey(device_id, _read_hex(key_path), _read_hex(static_path), x25519, random)
+    write_line(role.init(bytes.fromhex(read_line().strip())).hex())
+    _write_hex(key_path, role.confirm(bytes.fromhex(read_line().strip())))
+    return True
