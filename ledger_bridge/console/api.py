@@ -367,8 +367,11 @@ def _account(text: str) -> str:
 
 async def policy(request: web.Request) -> web.Response:
     _require(request)
-    record = await ops.policy_info(request.app[SERVICE].ledger, request.match_info["name"])
-    return web.json_response({**ops.jsonable(record), "name": ops.id_text(record.policy_id)})
+    asked = request.match_info["name"]
+    record = await ops.policy_info(request.app[SERVICE].ledger, asked)
+    # the chain keeps no policy names (ids are policy_key(author, name)): a name asked for is echoed
+    shown = ops.id_text(record.policy_id) if asked.startswith("0x") else asked
+    return web.json_response({**ops.jsonable(record), "name": shown})
 
 
 async def define_policy(request: web.Request) -> web.Response:

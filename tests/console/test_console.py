@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 from aiohttp import FormData
 from eth_account import Account
+from web3 import Web3
 
 from device_agent.core import identity
 from ledger_bridge.console import ConsoleSettings
+from ledger_bridge.model import policy_key
+from ledger_bridge.operations import name_id
 from ledger_bridge.sealing import load_gateway_key, unseal
 from tests.console.world import PASSPHRASES, World, world
 
@@ -93,11 +96,15 @@ async def test_every_route_and_the_whole_workflow(tmp_path: Path, caplog: pytest
         page = await (await c.get(f"/devices?prefix={dev0[:5]}&gateway=gw-1")).text()
         assert dev0 in page
         page = await (await c.get(f"/devices/{dev0}")).text()
+        # policies live in their author's namespace and the chain keeps no name: the page shows the id
+        owner_keystore = json.loads(w.keystores["owner"].read_text())
+        owner_address = Web3.to_checksum_address("0x" + owner_keystore["address"])
+        sensors = "0x" + policy_key(owner_address, name_id("sensors", what="policy")).hex()
         for text in (
             "DeviceRegistered",
             "GatewayAuthorized",
             "gw-1",
-            "sensors",
+            sensors,
             "characteristics commitment",
             "authenticated",
             "bad_proof",
@@ -148,7 +155,7 @@ async def test_every_route_and_the_whole_workflow(tmp_path: Path, caplog: pytest
         row = await (await c.get(f"/api/devices/{dev0}", headers=owner)).json()
         assert (
             row["state"] == "Active"
-            and row["policy"] == "sensors"
+            and row["policy"] == sensors
             and row["gateways"][0]["gateway"] == "gw-1"
         )
         assert (await c.get("/api/devices/" + "cd" * 8, headers=owner)).status == 404
