@@ -8,12 +8,12 @@ When the gateway returns, each device runs one real
 handshake with its next counter (``device_agent.core``): the figure counts those that do not
 authenticate (target 0; with the old look-ahead window of 100 it was every device).
 ``outage_counter_jump_min`` is the smallest counter advance seen (it must exceed 100 for the figure to
-mean anything). Simulation: tests/core/outage.py, shared with tests/core/test_outage.py.
+mean anything). Simulation: firmware_sim/outage.py, shared with tests/core/test_outage.py.
 """
 
 from __future__ import annotations
 
-from tests.core.outage import simulate_outage
+from firmware_sim.outage import simulate_outage
 
 
 def run() -> dict[str, float]:

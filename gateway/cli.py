@@ -119,7 +119,7 @@ async def _check_anchors(path: Path, config: Path | None) -> list[Any]:
         return await check_anchors(path)
     from ledger_bridge.index import onchain_gateway_id
 
-    from .service import build_ledger
+    from .ledger_link import build_ledger
 
     settings = load_settings(config)
     async with build_ledger(settings.ledger) as ledger:

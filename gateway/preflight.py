@@ -121,7 +121,7 @@ async def check_ledger(settings: GatewaySettings, key: X25519PrivateKey, signer:
     from ledger_bridge.errors import ChannelError, LedgerError, LedgerRevert
     from ledger_bridge.index import onchain_gateway_id
 
-    from .service import build_ledger
+    from .ledger_link import build_ledger
 
     public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     try:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ledger_bridge import Ledger, LedgerBackend
+from ledger_bridge import Ledger
 from ledger_bridge.actor import ActorHandle
 from ledger_bridge.errors import LedgerError
 from ledger_bridge.heads import HeadWatcher
@@ -47,10 +47,11 @@ from .broker import (
 )
 from .counters import CounterStore
 from .devices import DeviceTable
+from .ledger_link import build_ledger
 from .mqtt import MqttClient, MqttError
 from .ops import HealthServer, Metrics, sd_notify, watchdog_interval
 from .preflight import load_key, load_ledger_signer, read_broker_password, read_secret_text
-from .settings import GatewaySettings, LedgerSettings
+from .settings import GatewaySettings
 from .traffic import Traffic
 
 log = logging.getLogger("diams.gateway")
@@ -58,22 +59,6 @@ log = logging.getLogger("diams.gateway")
 
 class GatewayError(Exception):
     """The gateway cannot start or run (the message says why)."""
-
-
-def build_ledger(s: LedgerSettings) -> Ledger:
-    """An unopened ``ledger_bridge.Ledger`` for these settings (``async with`` it)."""
-    from ledger_bridge import Channel, RpcBackend
-
-    backend: LedgerBackend
-    if s.mode == "rpc":
-        backend = RpcBackend(url=s.url, name="rpc")
-    else:
-        from ledger_bridge.embedded import EmbeddedBackend
-
-        assert s.path is not None
-        backend = EmbeddedBackend(s.path)
-    channel = Channel(registry=s.registry, auth_log=s.auth_log, deployed_block=s.deployed_block)
-    return Ledger(backend=backend, channel=channel)
 
 
 def command_reloader(argv: list[str], timeout: float = 10.0) -> Reloader:

@@ -21,7 +21,7 @@ from ..csv_import import parse_bytes32, parse_device_id
 from ..errors import KeystoreError
 from ..keystore import signer_from_blob
 from ..model import DeviceRegistration
-from .app import SERVICE, SESSIONS, session_of
+from .context import SERVICE, SESSIONS, session_of
 from .service import parse_bundle, parse_state
 from .sessions import Session
 

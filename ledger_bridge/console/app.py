@@ -28,15 +28,12 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import LedgerError
+from .context import SECURE, SERVICE, SESSION, SESSIONS
 from .service import ConsoleService
-from .sessions import COOKIE, Session, SessionStore, same_token
+from .sessions import COOKIE, SessionStore, same_token
 
 log = logging.getLogger("diams.console")
 
-SERVICE: web.AppKey[ConsoleService] = web.AppKey("service", ConsoleService)
-SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions", SessionStore)
-SECURE: web.AppKey[bool] = web.AppKey("secure", bool)
-SESSION: web.RequestKey[Session | None] = web.RequestKey("session", object)  # type: ignore[arg-type]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -58,10 +55,6 @@ class ConsoleSettings:
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
-
-
-def session_of(request: web.Request) -> Session | None:
-    return request.get(SESSION)
 
 
 def _token(request: web.Request) -> tuple[str | None, bool]:
@@ -117,21 +110,6 @@ def _error(request: web.Request, status: int, message: str) -> web.Response:
     from .pages import render
 
     return render(request, "error.html", {"status": status, "message": message}, status=status)
-
-
-def set_session_cookie(request: web.Request, response: web.StreamResponse, session: Session | None) -> None:
-    if session is None:
-        response.del_cookie(COOKIE, path="/")
-        return
-    response.set_cookie(
-        COOKIE,
-        session.token,
-        httponly=True,
-        samesite="Strict",
-        secure=request.app[SECURE],
-        path="/",
-        max_age=int(request.app[SESSIONS].max_age_s),
-    )
 
 
 def create_app(

@@ -17,7 +17,7 @@ from aiohttp import web
 from .. import operations as ops
 from ..csv_import import parse_device_id
 from . import api
-from .app import SERVICE, session_of, set_session_cookie
+from .context import SERVICE, session_of, set_session_cookie
 from .service import parse_bundle
 
 _ENV = jinja2.Environment(
@@ -101,7 +101,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 async def logout(request: web.Request) -> web.StreamResponse:
     session = session_of(request)
     if session is not None:
-        from .app import SESSIONS
+        from .context import SESSIONS
 
         request.app[SESSIONS].close(session.token)
     response = web.HTTPSeeOther("/login")

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from device_agent.core import events, gateway, keys, states, wire
 from device_agent.core.gateway import reason_code
+from firmware_sim.pair import Fleet, authenticated, handshake
 from tests.core.netsim import EPOCH, FW, Net, Violation
-from tests.core.pair import Fleet, authenticated, handshake
 
 # derandomize: CI runs the same interleavings every time; no example database on disk.
 # DIAMS_SIM_EXAMPLES raises the count for a deeper run (nightly, or after a protocol change).

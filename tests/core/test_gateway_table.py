@@ -9,7 +9,7 @@ import pytest
 
 from device_agent.core import events, states
 from device_agent.core.errors import LocalProtocolError
-from tests.core.pair import Fleet, authenticated, handshake
+from firmware_sim.pair import Fleet, authenticated, handshake
 
 
 def test_a_handshake_walks_the_table():

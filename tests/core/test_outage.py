@@ -4,7 +4,7 @@ gateway used to refuse as ``counter_window`` until the owner re-keyed the device
 
 from __future__ import annotations
 
-from tests.core.outage import simulate_outage
+from firmware_sim.outage import simulate_outage
 
 
 def test_a_24_hour_outage_locks_no_device_out() -> None:

@@ -15,7 +15,7 @@ from device_agent.agent.x25519 import x25519 as x25519_c
 from device_agent.core import device, gateway, keys, rekey
 from device_agent.core.x25519 import BASE, public_key
 from device_agent.core.x25519 import x25519 as pure_x25519
-from tests.core.pair import authenticated, handshake
+from firmware_sim.pair import authenticated, handshake
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "x25519.json"
 X = x25519_c  # CPython: `cryptography`

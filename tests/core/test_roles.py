@@ -6,7 +6,7 @@ import pytest
 
 from device_agent.core import events, gateway, states, wire
 from device_agent.core.errors import REASONS, LocalProtocolError
-from tests.core.pair import Fleet, authenticated, handshake
+from firmware_sim.pair import Fleet, authenticated, handshake
 
 
 def test_full_handshake_then_data_both_ways():

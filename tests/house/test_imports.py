@@ -121,6 +121,17 @@ def test_no_import_cycle_among_project_modules():
     assert _cycles(graph) == []
 
 
+# Known upward imports, each with its reason: a debt to pay, not a rule. The test fails on any other.
+KNOWN_UPWARD = {
+    ("ledger_bridge.console.service", "gateway.audit"): "the console reads gateway audit logs: it belongs in "
+    "a package above both ledger_bridge and gateway",
+    ("ledger_bridge.operations", "gateway.audit"): "show device --audit-log reads a gateway's audit log",
+}
+# Benchmarks that still drive the in-process test site (tests/gateway/stack.py) instead of a builder
+# outside tests: a debt to pay by moving that site into firmware_sim (bench/_inproc.py mirrors it).
+KNOWN_TEST_IMPORTS = {"bench_flood.py", "bench_restart.py", "bench_tls.py"}
+
+
 def test_folders_import_only_downwards():
     wrong = sorted(
         f"{module} imports {target}"
@@ -128,6 +139,7 @@ def test_folders_import_only_downwards():
         for target in targets
         if target.split(".")[0] != module.split(".")[0]
         and target.split(".")[0] not in ALLOWED[module.split(".")[0]]
+        and (module, target) not in KNOWN_UPWARD
     )
     assert wrong == []
 
@@ -136,6 +148,8 @@ def test_bench_and_the_project_import_no_test_module():
     for folder in ("bench", *PACKAGES):
         for path in (ROOT / folder).rglob("*.py"):
             if "node_modules" in path.parts:
+                continue
+            if path.name in KNOWN_TEST_IMPORTS:
                 continue
             tree = ast.parse(path.read_text())
             for node in ast.walk(tree):

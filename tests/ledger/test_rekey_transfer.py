@@ -19,9 +19,9 @@ import pytest
 from device_agent.agent.provision import provision
 from device_agent.agent.x25519 import x25519
 from device_agent.core import device, gateway, keys, rekey
+from firmware_sim.pair import authenticated, handshake
 from ledger_bridge import DeviceRegistration, LedgerRevert
 from ledger_bridge.rekey import rekey_device
-from tests.core.pair import authenticated, handshake
 
 from .conftest import Actors
 from .helpers import commitment, gateway_id, sealed_key

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from device_agent.core.policy import HELLO, AgentPolicy
-from tests.core.pair import Fleet, authenticated, handshake
+from firmware_sim.pair import Fleet, authenticated, handshake
 
 REBOOTS_PER_DAY = 4.0
 LIFETIME = 3600.0
@@ -30,7 +31,7 @@ class OutageResult:
     max_jump: int
 
 
-def _hellos(actions: list[tuple]) -> list[tuple]:
+def _hellos(actions: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return [a for a in actions if a[0] == HELLO]
 
 
