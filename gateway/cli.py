@@ -150,7 +150,7 @@ def _secret_file_problems(settings: GatewaySettings) -> list[str]:
     return problems
 
 
-def _check_config(config: Path | None) -> int:
+def _check_config(config: Path | None, offline: bool = False) -> int:
     """A real preflight: the settings, every secret file opened as ``run`` opens it (the keystore with
     its passphrase), key lengths and addresses, then the ledger reached and this gateway's registration
     (id, key and account) confirmed. Exit 2 for a configuration problem, 1 when the ledger is down."""
@@ -163,6 +163,9 @@ def _check_config(config: Path | None) -> int:
     if problems:
         return 2
     key, signer = check_static(settings)
+    if offline:  # at install time, before the ledger is reachable
+        print(f"configuration ok (offline: the ledger was not asked): gateway {settings.gateway_id}")
+        return 0
     try:
         registration = asyncio.run(check_ledger(settings, key, signer))
     except LedgerUnreachable as exc:
@@ -184,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path)
     check = sub.add_parser("check-config", help="validate the configuration and its secret files")
     check.add_argument("--config", type=Path)
+    check.add_argument(
+        "--offline", action="store_true", help="settings, secret files, keys and addresses only: no ledger"
+    )
     keys = sub.add_parser("keys", help="create the gateway's X25519 key and broker password")
     keys.add_argument("--out", type=Path, required=True)
     audit = sub.add_parser("audit", help="audit log tools")
@@ -202,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return asyncio.run(_run(args.config))
         if args.command == "check-config":
-            return _check_config(args.config)
+            return _check_config(args.config, args.offline)
         if args.command == "keys":
             return _keys(args.out)
         return _audit_verify(args.path, args.anchors, args.config)

@@ -132,6 +132,8 @@ async def test_firmware_update_on_both_agents(tmp_path: Path, caplog: pytest.Log
             identities = [
                 device_from_owner_bundle(json.loads(d.prov.owner_file.read_text())) for d in (pi, mpy)
             ]
+            # policies live in their author's namespace: this owner defines its own (same name, same streams)
+            await owner.define_policy(POLICY, publish=["telemetry", "status"], subscribe=["config"])
             await onboard(
                 manufacturer=s.actors["manufacturer"],
                 owner=owner,

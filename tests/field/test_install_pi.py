@@ -34,6 +34,7 @@ from tests.agent.helpers import Device
 from tests.conftest import require
 from tests.gateway.stack import site
 from tests.gateway.test_agents_e2e import _listener, _onboard
+from tests.tls import make_test_ca
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "install-pi.sh"
@@ -225,14 +226,20 @@ def test_pi_install_gateway_layout(target_root: Path) -> None:
     _, verr = verify.communicate(timeout=120)
     assert verify.returncode == 0, verr
     assert "diams-gateway.service" not in verr, verr
-    # the installed gateway reads the installed configuration with its credentials
+    # the installed gateway reads the installed configuration with its credentials; the broker's CA is
+    # the site's own (the example config names /etc/diams-gateway/broker-ca.crt): one from a test CA here
+    config = target_root / "etc/diams-gateway/gateway.toml"
+    ca_file = target_root / "etc/diams-gateway/broker-ca.crt"
+    (target_root / "test-ca").mkdir()
+    ca_file.write_bytes(make_test_ca(target_root / "test-ca").ca_file.read_bytes())
+    config.write_text(config.read_text().replace('"/etc/diams-gateway/broker-ca.crt"', f'"{ca_file}"'))
     check = subprocess.run([str(target_root / VENV.lstrip("/") / "bin/python"), "-m", "gateway.cli",
-                            "check-config", "--config", str(target_root / "etc/diams-gateway/gateway.toml")],
+                            "check-config", "--offline", "--config", str(config)],
                            capture_output=True, text=True, timeout=120,
                            env={**os.environ,
                                 "CREDENTIALS_DIRECTORY": str(target_root / "etc/diams-gateway/credentials")})
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "configuration ok: gateway gw-site-1" in check.stdout
+    assert "configuration ok (offline" in check.stdout and "gw-site-1" in check.stdout
     # re-running keeps keys and configuration (never overwrites)
     key_before = (target_root / "etc/diams-gateway/credentials/gateway.key").read_bytes()
     again = install("gateway", "--root", target_root)
