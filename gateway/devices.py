@@ -132,7 +132,9 @@ class DeviceTable:
             self.without_policy.add(did)
             log.warning(
                 "device %s has no access policy (or one allowing no stream): its data will be dropped; "
-                "the owner sets one with `diams-ledger set-policy %s <policy>`", did.hex(), did.hex()
+                "the owner sets one with `diams-ledger set-policy %s <policy>`",
+                did.hex(),
+                did.hex(),
             )
 
     def _forget(self, did: bytes) -> None:
@@ -163,13 +165,28 @@ class DeviceTable:
             self._quarantined = {(d, e) for d, e in self._quarantined if d != did}
             self.counters.lift_quarantine(did)
 
-    def refresh(self, changed: Iterable[bytes]) -> tuple[list[bytes], list[Enroll]]:
-        """Apply the index's changes -> (devices to cut off, enrolments to apply)."""
+    def refresh(
+        self, changed: Iterable[bytes], since_block: int | None = None
+    ) -> tuple[list[bytes], list[Enroll]]:
+        """Apply the index's changes (of blocks ``since_block`` on) -> (devices to cut off, enrolments).
+
+        A clone quarantine is lifted when the owner acted on the ledger: the device left the servable
+        states, or (suspend and activate in one batch) an owner action is among these blocks."""
         cut: list[bytes] = []
         enroll: list[Enroll] = []
         for did in changed:
             old = self.served.get(did)
             view = self.index.device(did)
+            if (
+                view is not None
+                and view.servable
+                and not view.clone_alert
+                and since_block is not None
+                and any(d == did for d, _ in self._quarantined)
+                and self.index.owner_acted(did, since_block)
+            ):
+                self._lift_quarantine(did)
+                old = None  # served again from scratch: active, and enrolled at the broker
             if view is None or not view.servable:
                 if old is not None:
                     self._forget(did)

@@ -396,7 +396,7 @@ class Gateway:
         await self._enforcer.apply(changes)
 
     def _on_ledger_changes(self, report: SyncReport) -> None:
-        cut, enroll = self.devices.refresh(report.changed)
+        cut, enroll = self.devices.refresh(report.changed, since_block=report.from_block)
         for did in cut:
             self.traffic.drop_session(did, "ledger")
             try:

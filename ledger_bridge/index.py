@@ -335,6 +335,16 @@ class IdentityIndex:
             for r in self._db.execute("SELECT id, x25519, account, operator FROM gateways ORDER BY id")
         ]
 
+    def owner_acted(self, device_id: bytes, since_block: int) -> bool:
+        """Whether the device's owner acted on it (suspend, revoke, transfer, firmware) at or after
+        ``since_block``: what lifts a gateway's clone quarantine."""
+        marks = ",".join("?" * len(_OWNER_ACTIONS))
+        row = self._db.execute(
+            f"SELECT 1 FROM journal WHERE device = ? AND block >= ? AND name IN ({marks}) LIMIT 1",  # noqa: S608
+            [device_id, since_block, *sorted(_OWNER_ACTIONS)],
+        ).fetchone()
+        return row is not None
+
     def journal(self, *, names: Sequence[str], limit: int = 20) -> list[dict[str, Any]]:
         """The latest events of the given names (e.g. clone alerts), newest first."""
         marks = ",".join("?" * len(names))

@@ -108,6 +108,7 @@ async def test_firmware_update_on_both_agents(tmp_path: Path, caplog: pytest.Log
             keystore, passfile = tmp_path / "owner.json", tmp_path / "owner.pass"
             owner_signer = create_keystore(keystore, PASSPHRASE, label="owner-fw", scrypt_n=MIN_SCRYPT_N)
             passfile.write_text(PASSPHRASE + "\n")
+            passfile.chmod(0o600)  # a passphrase file others can read is refused
             maintainer_signer = Signer.generate(label="maintainer")
             for signer in (owner_signer, maintainer_signer):
                 await ledger.fund(signer.address, 10 * ETH)
