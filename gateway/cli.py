@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from device_agent.agent.observe import JsonFormatter  # one JSON log format for the agent and the gateway
+
 from .broker import UnsafeBroker
 from .preflight import ConfigurationError
 from .settings import GatewaySettings, SettingsError, load_settings
@@ -28,23 +30,10 @@ from .settings import GatewaySettings, SettingsError, load_settings
 log = logging.getLogger("diams.gateway")
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
-
-
 def _setup_logging(level: str, json_logs: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        _JsonFormatter() if json_logs else logging.Formatter("%(levelname)s %(name)s: %(message)s")
+        JsonFormatter() if json_logs else logging.Formatter("%(levelname)s %(name)s: %(message)s")
     )
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
