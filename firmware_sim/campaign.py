@@ -456,7 +456,10 @@ class Campaign:
         assert broker is not None
         observer = VerifiedObserver(self.now)
         await observer.start(
-            broker.host, broker.port, username=f"gateway-{GATEWAY_ID}.1", password=self.demo.gateway_password
+            broker.host,
+            broker.port,
+            username=self.demo.observer_username,
+            password=self.demo.observer_password,
         )
         self.observer = observer
         site = self.site_access(spare, observer)

@@ -46,7 +46,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn
 from rich.progress import Progress as RichProgress
 
-from gateway.broker import BrokerSecret
+from gateway.broker import AuthorizeApplication, BrokerSecret, application_username
 from gateway.settings import (
     BrokerSettings,
     EnforcementSettings,
@@ -89,6 +89,7 @@ from .site import (
 __all__ = ["main"]
 
 GATEWAY_ID = "gw-demo"
+OBSERVER = "observer"  # the application account (app-observer) that reads the verified data
 FIRMWARE = hashlib.sha256(b"diams demo firmware 1.0").digest()
 POLICY = hashlib.sha256(b"policy: demo sensors").digest()
 ATTACKS = ("replay", "clone", "revoked", "firmware_mismatch", "counter_window")
@@ -157,6 +158,10 @@ class Demo:
         self.steady_seconds = steady_seconds
         self.dir = run_dir
         self.broker: MosquittoBroker | None = None
+        # who reads the verified data: a read-only application account of its own on Mosquitto, a
+        # gateway account on the RabbitMQ cluster (its http enforcer has no application accounts)
+        self.observer_username = application_username(OBSERVER)
+        self.observer_password = BrokerSecret.generate().reveal()
         self.children: list[Process] = []
         self.console: asyncio.Task[None] | None = None
         self.console_url = ""
@@ -169,7 +174,12 @@ class Demo:
         self.broker = broker
         self.gateway_password = BrokerSecret.generate().reveal()
         # the gateway's own accounts exist before it starts (it rewrites both files once running)
-        admit_gateways(enforce_on(broker), {GATEWAY_ID: self.gateway_password}, connections=2)
+        admit_gateways(
+            enforce_on(broker),
+            {GATEWAY_ID: self.gateway_password},
+            connections=2,
+            extra=[AuthorizeApplication(name=OBSERVER, secret=BrokerSecret(self.observer_password))],
+        )
         broker.start()
         where = f", files in {broker.directory}" if broker.requested_directory else ""
         say(f"mosquitto on {broker.host}:{broker.port} (pid {broker.pid}), log {broker.log_path}{where}")
@@ -178,6 +188,7 @@ class Demo:
     def start_cluster(self) -> RabbitCluster:
         """``--broker rabbitmq-cluster``: 3 RabbitMQ nodes asking the gateway's endpoint (mode "http")."""
         self.gateway_password = BrokerSecret.generate().reveal()
+        self.observer_username, self.observer_password = f"gateway-{GATEWAY_ID}.1", self.gateway_password
         self.authz_port = free_port()
         cluster = RabbitCluster(nodes=3, auth_url=f"http://127.0.0.1:{self.authz_port}/auth")
         self.cluster = cluster
@@ -215,8 +226,12 @@ class Demo:
             acl_file=self.broker.directory / "acl",
             pid_file=self.broker.pid_path,
             file_group=self.broker.file_group,
-            broker_log=self.broker.log_path,  # cut-offs confirmed in the broker's log
+            broker_log=self.broker.log_path,  # cut-offs confirmed, and the version read, in the broker's log
+            applications=f"{OBSERVER}={self._observer_password_file()}",
         )
+
+    def _observer_password_file(self) -> Path:
+        return _write_secret(self.dir / "gateway" / "observer.password", self.observer_password)
 
     async def start_ledger_node(self) -> str:
         ready = self.dir / "ledger" / "node.url"
@@ -406,10 +421,7 @@ class Demo:
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
 
         observer = await Observer().start(
-            host,
-            port,
-            username=f"gateway-{GATEWAY_ID}.1",
-            password=self.gateway_password,
+            host, port, username=self.observer_username, password=self.observer_password
         )
         site = SiteAccess(
             host=host,
@@ -474,8 +486,8 @@ class Demo:
             "broker": broker,
             "gateway_id": GATEWAY_ID,
             "observer": {
-                "username": f"gateway-{GATEWAY_ID}.1",
-                "password_file": str(self.dir / "gateway" / "broker.password"),
+                "username": self.observer_username,
+                "password_file": str(self._observer_password_file()),
             },
             "metrics_url": f"http://127.0.0.1:{http_port}/metrics",
             "ledger": {"url": url, "channel_file": str(self.dir / "channel.json")},

@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.broker import AuthorizeGateway, BrokerSecret, Change, MosquittoEnforcer, mosquitto_config_lines
+from gateway.broker import (
+    AuthorizeGateway,
+    BrokerSecret,
+    Change,
+    ConnectionLog,
+    MosquittoEnforcer,
+    mosquitto_config_lines,
+)
 from gateway.settings import BrokerSettings, GatewaySettings, HttpSettings, LedgerSettings
 from ledger_bridge import Ledger, Role, Signer
 from ledger_bridge.actor import ActorHandle
@@ -92,10 +99,16 @@ def enforce_on(
 ) -> MosquittoEnforcer:
     """Point ``broker`` (not started yet) at password/ACL files in its directory; -> their enforcer.
 
-    ``enforcer_options`` go to ``MosquittoEnforcer`` (e.g. ``min_reload_interval``)."""
+    As in production, the broker refuses retained messages, so the enforcer reads the broker's version
+    in its log (``connection_log``, which also confirms cut-offs). ``enforcer_options`` go to
+    ``MosquittoEnforcer`` (e.g. ``min_reload_interval``)."""
     passwords, acl = broker.directory / "passwords", broker.directory / "acl"
-    broker.extra_config = [*mosquitto_config_lines(passwords, acl), *extra_config]
-    options: dict[str, Any] = {"rights": "patterns", **enforcer_options}
+    broker.extra_config = [*mosquitto_config_lines(passwords, acl, retain_available=False), *extra_config]
+    options: dict[str, Any] = {
+        "rights": "patterns",
+        "connection_log": ConnectionLog(broker.log_path),
+        **enforcer_options,
+    }
     return MosquittoEnforcer(
         password_file=passwords,
         acl_file=acl,

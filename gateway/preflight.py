@@ -18,6 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from .broker import BrokerSecret
 from .settings import GatewaySettings
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
@@ -55,6 +56,21 @@ def load_key(settings: GatewaySettings) -> X25519PrivateKey:
             f"key_file: {settings.key_file} holds {len(raw)} bytes, not a 32-byte X25519 private key"
         )
     return X25519PrivateKey.from_private_bytes(raw)
+
+
+def read_application_password(name: str, path: Path) -> BrokerSecret:
+    """An application account's broker password (``enforcement.applications``), checked like ours."""
+    key = f"enforcement.applications ({name})"
+    password = read_secret_text(key, path)
+    if len(password) < MIN_BROKER_PASSWORD:
+        raise ConfigurationError(
+            f"{key}: the password in {path} has {len(password)} characters, at least {MIN_BROKER_PASSWORD} "
+            "are needed"
+        )
+    try:
+        return BrokerSecret(password)
+    except ValueError as exc:
+        raise ConfigurationError(f"{key}: {exc}") from None
 
 
 def read_broker_password(settings: GatewaySettings) -> str | None:
@@ -111,6 +127,8 @@ def check_static(settings: GatewaySettings) -> tuple[X25519PrivateKey, Any]:
     """Everything that needs no network: secret files, key lengths, addresses. -> (key, signer)."""
     key = load_key(settings)
     read_broker_password(settings)
+    for name, path in settings.enforcement.application_files().items():
+        read_application_password(name, path)
     settings.broker.tls_context()  # broker.tls_ca: a readable CA file
     check_addresses(settings)
     return key, load_ledger_signer(settings)

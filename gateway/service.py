@@ -30,6 +30,7 @@ from ledger_bridge.index import IdentityIndex, IndexStorageError, LedgerSource, 
 
 from .audit import AuditLog, AuditUnavailable
 from .broker import (
+    AuthorizeApplication,
     AuthorizeGateway,
     BrokerEnforcer,
     BrokerError,
@@ -50,7 +51,13 @@ from .devices import DeviceTable
 from .ledger_link import build_ledger
 from .mqtt import MqttClient, MqttError
 from .ops import HealthServer, Metrics, sd_notify, watchdog_interval
-from .preflight import load_key, load_ledger_signer, read_broker_password, read_secret_text
+from .preflight import (
+    load_key,
+    load_ledger_signer,
+    read_application_password,
+    read_broker_password,
+    read_secret_text,
+)
 from .settings import GatewaySettings
 from .traffic import Traffic
 
@@ -392,6 +399,8 @@ class Gateway:
                     connections=self.settings.broker.accounts,
                 )
             )
+        for name, path in self.settings.enforcement.application_files().items():
+            changes.append(AuthorizeApplication(name=name, secret=read_application_password(name, path)))
         changes += self.devices.enrollments()
         await self._enforcer.apply(changes)
 

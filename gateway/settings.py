@@ -102,6 +102,9 @@ class EnforcementSettings:
     # mosquitto's log file (log_dest file, connection_messages true): every cut-off is confirmed there,
     # and a device still connected is reported and kicked (gateway.broker._connections)
     broker_log: Path | None = None
+    # read-only broker accounts for applications, "name=/path/to/0600-password-file,...": account
+    # app-<name> may only receive the verified topics (mode = "mosquitto")
+    applications: str = ""
     # mode = "http": the endpoint the broker asks, the other gateways' endpoints ("gw-b=http://h:p/auth,
     # ..."), and the broker's management API (comma-separated node URLs) to close connections
     http_host: str = "127.0.0.1"
@@ -119,6 +122,8 @@ class EnforcementSettings:
             if not 0 <= getattr(self, name) < 65536:
                 raise SettingsError(f"enforcement.{name} must be 0..65535, got {getattr(self, name)}")
         self.peers()  # checked now
+        if self.application_files() and self.mode != "mosquitto":
+            raise SettingsError("enforcement.applications needs enforcement.mode = 'mosquitto'")
         if self.mode == "http" and self.management_urls and (
             not self.management_user or self.management_password_file is None
         ):
@@ -132,6 +137,21 @@ class EnforcementSettings:
         if self.rights not in ("patterns", "per_device"):
             raise SettingsError(f"enforcement.rights must be 'patterns' or 'per_device', got {self.rights!r}")
 
+
+    def application_files(self) -> dict[str, Path]:
+        """``applications`` as {application name: password file}."""
+        found: dict[str, Path] = {}
+        for item in filter(None, (a.strip() for a in self.applications.split(","))):
+            name, sep, path = (part.strip() for part in item.partition("="))
+            if not sep or not topics.is_gateway_id(name) or not path:
+                raise SettingsError(
+                    f"enforcement.applications: {item!r} is not name=/path/to/password-file "
+                    "(name: 1-32 characters of [a-z0-9-])"
+                )
+            if name in found:
+                raise SettingsError(f"enforcement.applications: {name!r} appears twice")
+            found[name] = Path(path)
+        return found
 
     def peers(self) -> dict[str, str]:
         """``http_peers`` as {gateway id: endpoint URL}."""

@@ -1,7 +1,8 @@
 """Access control at the MQTT broker: who may connect, publish and subscribe where.
 
 The gateway drives a ``BrokerEnforcer`` with small change values (``Enroll``, ``Grant``, ``Demote``,
-``CutOff``, ``AuthorizeGateway``, ``RemoveGateway``); ``MosquittoEnforcer`` implements it with
+``CutOff``, ``AuthorizeGateway``, ``RemoveGateway``, and read-only application accounts with
+``AuthorizeApplication``, ``RemoveApplication``); ``MosquittoEnforcer`` implements it with
 mosquitto's password and ACL files and batched SIGHUP reloads; ``HttpEnforcer`` answers a clustered
 broker's HTTP authorization requests (``AuthzServer``) from memory and closes connections through the
 broker's management API. See ``_interface`` for the states and a
@@ -16,7 +17,18 @@ from ._errors import BrokerError, InvalidIdentifier, ReloadFailed, UnknownDevice
 from ._http_enforcer import ConnectionCloser, HttpEnforcer, RabbitManagement
 from ._http_rights import AccessRules, Verdict
 from ._http_server import AuthzServer
-from ._interface import AuthorizeGateway, BrokerEnforcer, Change, CutOff, Demote, Enroll, Grant, RemoveGateway
+from ._interface import (
+    AuthorizeApplication,
+    AuthorizeGateway,
+    BrokerEnforcer,
+    Change,
+    CutOff,
+    Demote,
+    Enroll,
+    Grant,
+    RemoveApplication,
+    RemoveGateway,
+)
 from ._mosquitto import MosquittoEnforcer, Reloader, RightsMode, mosquitto_config_lines, sighup_reloader
 from ._names import (
     ANY,
@@ -26,6 +38,7 @@ from ._names import (
     PREFIX,
     USER,
     VERIFIED,
+    application_username,
     check_command,
     check_device_id,
     check_gateway_id,
@@ -52,6 +65,7 @@ __all__ = [
     "USER",
     "VERIFIED",
     "AccessRules",
+    "AuthorizeApplication",
     "AuthorizeGateway",
     "AuthzServer",
     "BrokerEnforcer",
@@ -71,11 +85,13 @@ __all__ = [
     "RabbitManagement",
     "ReloadFailed",
     "Reloader",
+    "RemoveApplication",
     "RemoveGateway",
     "RightsMode",
     "UnknownDevice",
     "UnsafeBroker",
     "Verdict",
+    "application_username",
     "canary_login",
     "check_command",
     "check_device_id",

@@ -5,8 +5,12 @@ SIGHUP that arrives during a reload is lost, and nothing tells the sender when a
 published password file therefore carries a fresh canary credential; a CONNECT with it succeeds only
 once the broker runs on that file (the CONNECT waits while the single-threaded broker reloads). The
 same login reads the running broker's version from ``$SYS/broker/version`` (retained, readable by the
-canary account only), which the enforcer checks at every reload (``_version``). No MQTT library is
-needed for CONNECT/SUBSCRIBE/PUBLISH/DISCONNECT, so this speaks the few packets directly.
+canary account only), which the enforcer checks at every reload (``_version``). A broker with
+``retain_available false`` (devices may not retain) keeps no retained message, that one included: the
+SUBSCRIBE is followed by a PINGREQ, and since mosquitto sends retained messages right after the SUBACK,
+a PINGRESP that comes first means "no version here" at once (the enforcer then reads the version from
+the broker's log). No MQTT library is needed for CONNECT/SUBSCRIBE/PUBLISH/PINGREQ/DISCONNECT, so this
+speaks the few packets directly.
 """
 
 from __future__ import annotations
@@ -71,7 +75,8 @@ def _read_packet(sock: socket.socket) -> tuple[int, bytes] | None:
 
 def _read_version(sock: socket.socket) -> str | None:
     topic = VERSION_TOPIC.encode()
-    sock.sendall(bytes([0x82, 2 + 2 + len(topic) + 1]) + b"\x00\x01" + _utf8(VERSION_TOPIC) + b"\x00")
+    subscribe = bytes([0x82, 2 + 2 + len(topic) + 1]) + b"\x00\x01" + _utf8(VERSION_TOPIC) + b"\x00"
+    sock.sendall(subscribe + b"\xc0\x00")  # SUBSCRIBE, PINGREQ
     while True:
         packet = _read_packet(sock)
         if packet is None:
@@ -80,6 +85,8 @@ def _read_version(sock: socket.socket) -> str | None:
         if kind == 0x90:  # SUBACK: 0x80 means the ACL refused; nothing will come
             if body[2:3] == b"\x80":
                 return None
+        elif kind == 0xD0:  # PINGRESP before any retained version: the broker keeps none
+            return None
         elif kind >> 4 == 3:  # PUBLISH (QoS 0: topic, then payload)
             size = struct.unpack("!H", body[:2])[0]
             if body[2 : 2 + size] == topic:

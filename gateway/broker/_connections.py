@@ -10,7 +10,8 @@ usernames, since ``use_username_as_clientid``): a *refused* CONNECT that reuses 
 ``Client <id> disconnected, not authorised.``, which an attacker can produce at will; it says nothing
 about the live connection and is ignored. mosquitto refuses control characters in client ids, so a
 client id cannot start a forged line. A broker restart (``mosquitto version ... starting``) empties
-the set.
+the set, and its version is kept (``version``): a broker with ``retain_available false`` has no
+retained ``$SYS/broker/version``, and the enforcer then checks this one instead.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ _GONE = (
     re.compile(_STAMP + r"Client " + _ID + r" has exceeded timeout, disconnecting\."),
     re.compile(_STAMP + r"Socket error on client " + _ID + r", disconnecting\."),
 )
-_STARTING = re.compile(_STAMP + r"mosquitto version \S+ starting")
+_STARTING = re.compile(_STAMP + r"mosquitto version (\S+) starting")
+_RUNNING = re.compile(_STAMP + r"mosquitto version (\S+) running")
 
 
 class ConnectionLog:
@@ -40,6 +42,7 @@ class ConnectionLog:
         self._partial = b""
         self.connected: set[str] = set()
         self.lines = 0
+        self.version: str | None = None  # "mosquitto version X.Y.Z" of the last start seen in the log
 
     def __repr__(self) -> str:
         return f"ConnectionLog({str(self.path)!r}, connected={len(self.connected)})"
@@ -69,8 +72,11 @@ class ConnectionLog:
             if found is not None:
                 self.connected.discard(found.group(1))
                 return
-        if _STARTING.fullmatch(line):
-            self.connected.clear()
+        found = _STARTING.fullmatch(line) or _RUNNING.fullmatch(line)
+        if found is not None:
+            self.version = f"mosquitto version {found.group(1)}"
+            if found.re is _STARTING:
+                self.connected.clear()
 
     def is_connected(self, device_id: str) -> bool:
         return device_id in self.connected

@@ -26,10 +26,21 @@ from urllib.parse import quote
 
 import aiohttp
 
-from ._errors import ReloadFailed, UnknownDevice
+from ._errors import BrokerError, ReloadFailed, UnknownDevice
 from ._http_rights import AccessRules, DeviceRights, GatewayAccount
 from ._http_server import AuthzServer
-from ._interface import AuthorizeGateway, BrokerEnforcer, Change, CutOff, Demote, Enroll, Grant, RemoveGateway
+from ._interface import (
+    AuthorizeApplication,
+    AuthorizeGateway,
+    BrokerEnforcer,
+    Change,
+    CutOff,
+    Demote,
+    Enroll,
+    Grant,
+    RemoveApplication,
+    RemoveGateway,
+)
 from ._names import gateway_username
 
 log = logging.getLogger("diams.gateway.broker.http")
@@ -152,6 +163,8 @@ class HttpEnforcer(BrokerEnforcer):
                 enrolled.discard(change.device_id)
             elif isinstance(change, Grant) and change.device_id not in enrolled:
                 raise UnknownDevice(f"cannot grant rights to device {change.device_id}: it is not enrolled")
+            elif isinstance(change, AuthorizeApplication | RemoveApplication):
+                raise BrokerError("read-only application accounts are enforced by mosquitto only, not http")
             elif not isinstance(change, Demote | AuthorizeGateway | RemoveGateway | Grant):
                 raise TypeError(f"not a broker change: {type(change).__name__}")
         devices, gateways = self.rules.devices, self.rules.gateways
@@ -180,7 +193,7 @@ class HttpEnforcer(BrokerEnforcer):
                 gateways[gid] = GatewayAccount(password=password, connections=change.connections)
                 if old_gw is not None and old_gw.password != password:
                     close.update((gateway_username(gid, n), None) for n in range(old_gw.connections))
-            else:
+            elif isinstance(change, RemoveGateway):
                 old_gw = gateways.pop(change.gateway_id, None)
                 if old_gw is not None:
                     gid = change.gateway_id

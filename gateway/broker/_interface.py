@@ -15,7 +15,8 @@ A device's rights at the broker go through three states (only these transitions 
   Enroll of an enrolled device replaces its credential, which also drops a live connection.
 
 Gateways have their own accounts (``AuthorizeGateway``): receive their handshake ``up`` topics and all
-data, publish ``down``, verified data and commands.
+data, publish ``down``, verified data and commands. Applications have read-only accounts of their own
+(``AuthorizeApplication``): they receive the verified topics and nothing else.
 
 Clustered brokers (not built; the same interface fits). EMQX would keep no files: its HTTP
 authentication and authorization hooks (``authentication`` with ``mechanism = password_based,
@@ -34,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from ._names import check_device_id, check_gateway_id, check_stream
+from ._names import application_username, check_device_id, check_gateway_id, check_stream
 from ._secret import BrokerSecret
 
 
@@ -109,7 +110,32 @@ class RemoveGateway:
         check_gateway_id(self.gateway_id)
 
 
-Change = Enroll | Grant | Demote | CutOff | AuthorizeGateway | RemoveGateway
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AuthorizeApplication:
+    """Create or update an application's read-only account ``app-<name>``: it may only receive the
+    verified topics (data some gateway verified), never publish, and shares no gateway's secret."""
+
+    name: str
+    secret: BrokerSecret = field(repr=False)
+
+    def __post_init__(self) -> None:
+        application_username(self.name)
+        if not isinstance(self.secret, BrokerSecret):
+            raise TypeError("AuthorizeApplication.secret must be a BrokerSecret")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RemoveApplication:
+    name: str
+
+    def __post_init__(self) -> None:
+        application_username(self.name)
+
+
+Change = (
+    Enroll | Grant | Demote | CutOff | AuthorizeGateway | RemoveGateway | AuthorizeApplication
+    | RemoveApplication
+)
 
 
 class BrokerEnforcer(abc.ABC):

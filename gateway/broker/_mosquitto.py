@@ -59,7 +59,18 @@ from typing import Literal
 from ._canary import CANARY_USERNAME, CanaryAnswer, canary_login, connect_packet, open_socket
 from ._connections import ConnectionLog
 from ._errors import ReloadFailed, UnknownDevice
-from ._interface import AuthorizeGateway, BrokerEnforcer, Change, CutOff, Demote, Enroll, Grant, RemoveGateway
+from ._interface import (
+    AuthorizeApplication,
+    AuthorizeGateway,
+    BrokerEnforcer,
+    Change,
+    CutOff,
+    Demote,
+    Enroll,
+    Grant,
+    RemoveApplication,
+    RemoveGateway,
+)
 from ._mosquitto_files import (
     DeviceRecord,
     GatewayRecord,
@@ -87,9 +98,20 @@ MAX_QUEUED_BYTES = 64 * 1024 * 1024
 
 
 def mosquitto_config_lines(
-    password_file: Path, acl_file: Path, *, max_packet_size: int = MAX_PACKET_SIZE
+    password_file: Path,
+    acl_file: Path,
+    *,
+    max_packet_size: int = MAX_PACKET_SIZE,
+    retain_available: bool = True,
 ) -> list[str]:
-    """The mosquitto.conf lines this enforcer relies on (``max_packet_size``: see MAX_PACKET_SIZE)."""
+    """The mosquitto.conf lines this enforcer relies on (``max_packet_size``: see MAX_PACKET_SIZE).
+
+    ``retain_available=False`` (what production and the demo use) makes the broker disconnect any
+    client that publishes a retained message, so no device can park data in the broker's memory
+    (mosquitto's ACL file cannot refuse retain per account; no DIAMS client ever retains). The broker
+    then keeps no retained ``$SYS/broker/version`` either: give the enforcer the broker's log
+    (``connection_log``), where it reads the version instead.
+    """
     for path in (password_file, acl_file):
         if any(c.isspace() for c in str(path)):
             raise ValueError(f"mosquitto.conf cannot hold a path with whitespace: {str(path)!r}")
@@ -102,6 +124,7 @@ def mosquitto_config_lines(
         f"max_packet_size {int(max_packet_size)}",
         # bounded memory per client: QoS 1 messages queued for a slow or absent subscriber
         f"max_queued_bytes {MAX_QUEUED_BYTES}",
+        *([] if retain_available else ["retain_available false"]),
     ]
 
 
@@ -176,6 +199,8 @@ class MosquittoEnforcer(BrokerEnforcer):
         self._durable = durable_files
         self._devices: dict[str, DeviceRecord] = {}
         self._gateways: dict[str, GatewayRecord] = {}
+        self._applications: dict[str, str] = {}  # name -> password hash (read-only accounts)
+        self._application_rows: list[tuple[str, str]] = []
         self._generation = 0  # bumped by every change that alters the files
         self._published = 0  # the generation the broker has been told to load
         self._urgent = False
@@ -221,7 +246,10 @@ class MosquittoEnforcer(BrokerEnforcer):
                 enrolled.discard(change.device_id)
             elif isinstance(change, Grant) and change.device_id not in enrolled:
                 raise UnknownDevice(f"cannot grant rights to device {change.device_id}: it is not enrolled")
-            elif not isinstance(change, Demote | AuthorizeGateway | RemoveGateway | Grant):
+            elif not isinstance(
+                change,
+                Demote | AuthorizeGateway | RemoveGateway | Grant | AuthorizeApplication | RemoveApplication,
+            ):
                 raise TypeError(f"not a broker change: {type(change).__name__}")
         urgent = dirty = False
         per_device = self.rights == "per_device"
@@ -253,6 +281,14 @@ class MosquittoEnforcer(BrokerEnforcer):
                     mosquitto_sha512_hash(change.secret), change.connections
                 )
                 dirty = True
+            elif isinstance(change, AuthorizeApplication):
+                urgent |= change.name in self._applications
+                self._applications[change.name] = mosquitto_sha512_hash(change.secret)
+                dirty = True
+            elif isinstance(change, RemoveApplication):
+                gone = self._applications.pop(change.name, None) is not None
+                urgent |= gone
+                dirty |= gone
             else:
                 gone = self._gateways.pop(change.gateway_id, None) is not None
                 urgent |= gone
@@ -281,6 +317,7 @@ class MosquittoEnforcer(BrokerEnforcer):
 
         For the initial state, before the broker starts: what is staged counts as published.
         """
+        self._application_rows = sorted(self._applications.items())
         self._write(list(self._gateways.items()), list(self._devices.items()), canary=None)
         self._published = self._generation
 
@@ -293,9 +330,12 @@ class MosquittoEnforcer(BrokerEnforcer):
         extra = [] if canary is None else [(CANARY_USERNAME, mosquitto_sha512_hash(BrokerSecret(canary)))]
         mode, group, durable = self._file_mode, self._file_group, self._durable
         # The ACL first, the password file last: the canary proves that the broker has read both.
-        acl = render_acl_file(gateways, devices, per_device=self.rights == "per_device")
+        applications = self._application_rows
+        per_device = self.rights == "per_device"
+        names = [name for name, _ in applications]
+        acl = render_acl_file(gateways, devices, per_device=per_device, applications=names)
         write_atomically(self.acl_file, acl, mode=mode, group=group, durable=durable)
-        passwords = render_password_file(gateways, devices, extra)
+        passwords = render_password_file(gateways, devices, extra, applications=applications)
         write_atomically(self.password_file, passwords, mode=mode, group=group, durable=durable)
 
     # -- publication ---------------------------------------------------------------------------------
@@ -348,6 +388,7 @@ class MosquittoEnforcer(BrokerEnforcer):
             self._wakeup.clear()
             generation, self._urgent = self._generation, False
             gateways, devices = list(self._gateways.items()), list(self._devices.items())
+            self._application_rows = sorted(self._applications.items())  # a snapshot for the writer thread
             removed, self._removed = self._removed, set()
             try:
                 reports = await asyncio.to_thread(self._write_and_reload, gateways, devices, removed)
@@ -472,7 +513,7 @@ class MosquittoEnforcer(BrokerEnforcer):
             try:
                 answer = self.canary_probe(host, port, canary, remaining)
                 if answer.accepted:
-                    self.broker_version = check_mosquitto_version(answer.version)
+                    self.broker_version = check_mosquitto_version(answer.version or self._logged_version())
                     return
             except OSError as exc:
                 raise ReloadFailed(f"could not check the broker's reload at {host}:{port}: {exc}") from exc
@@ -480,6 +521,16 @@ class MosquittoEnforcer(BrokerEnforcer):
                 self._signal()
                 signalled = time.monotonic()
             time.sleep(0.005)
+
+    def _logged_version(self) -> str | None:
+        """The version in the broker's log: with ``retain_available false`` $SYS keeps none."""
+        if self.connection_log is None:
+            return None
+        try:
+            self.connection_log.poll()
+        except OSError as exc:
+            raise ReloadFailed(f"cannot read the broker log for the broker's version: {exc}") from exc
+        return self.connection_log.version
 
     def _settle(self, generation: int, error: ReloadFailed | None) -> None:
         remaining = []

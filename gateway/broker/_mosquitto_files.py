@@ -6,9 +6,11 @@ place, so a failed write or a lost reload is repaired by the next one. Per-devic
 enrolled device costs one password line and no ACL line. ``user`` blocks are expensive in mosquitto
 2.0: each topic line and each connected client on reload searches the list of users linearly, so N
 blocks cost O(N^2) per reload (measured: 10,000 blocks → ~0.5 s with no client connected, ~0.8 s with
-10,000 connected; 1,000 blocks → ~0.05-0.1 s). Gateways always get ``user`` blocks; devices get one
-only in the ``per_device`` rights mode, while GRANTED. Usernames are validated identifiers, so no line
-can be injected.
+10,000 connected; 1,000 blocks → ~0.05-0.1 s). Gateways and applications always get ``user`` blocks;
+devices get one only in the ``per_device`` rights mode, while GRANTED. An application's block starts
+with ``topic deny`` lines: mosquitto checks a user's own lines before the patterns and a matching
+denial ends the check, so the ``pattern`` lines (which apply to every user) give it nothing.
+Usernames are validated identifiers, so no line can be injected.
 
 The broker must be able to read the files after it dropped root (user ``mosquitto``): each file is
 created with ``mode`` and, when given, ``group``, before it is renamed over the old one.
@@ -33,6 +35,7 @@ from ._names import (
     UP,
     USER,
     VERIFIED,
+    application_username,
     every,
     gateway_username,
     topic_filter,
@@ -72,8 +75,11 @@ def render_password_file(
     gateways: Iterable[tuple[str, GatewayRecord]],
     devices: Iterable[tuple[str, DeviceRecord]],
     extra: Iterable[tuple[str, str]] = (),
+    *,
+    applications: Iterable[tuple[str, str]] = (),
 ) -> str:
     lines = [f"{username}:{password_hash}" for username, password_hash in extra]
+    lines.extend(f"{application_username(name)}:{password_hash}" for name, password_hash in applications)
     for gateway_id, gw in gateways:
         lines.extend(f"{gateway_username(gateway_id, n)}:{gw.password_hash}" for n in range(gw.connections))
     lines.extend(f"{device_id}:{record.password_hash}" for device_id, record in devices)
@@ -86,6 +92,7 @@ def render_acl_file(
     devices: Iterable[tuple[str, DeviceRecord]],
     *,
     per_device: bool,
+    applications: Iterable[str] = (),
 ) -> str:
     gateways = list(gateways)
     lines = ["# Written by diams gateway.broker: do not edit, it is rewritten whole."]
@@ -115,6 +122,11 @@ def render_acl_file(
             lines.extend(f"topic write {topic}" for topic in data)
             lines.append(f"topic read {topic_filter(COMMAND, gateway_id, device_id)}")
         lines.append("")
+    for name in applications:
+        # read-only: the denials come first and override the `pattern` lines, which apply to every user
+        lines.append(f"user {application_username(name)}")
+        lines.extend(f"topic deny {every(kind)}" for kind in (HANDSHAKE, DATA, COMMAND))
+        lines += [f"topic read {every(VERIFIED)}", ""]
     # last: the reload canary reads the broker's version (checked at every reload: see _version)
     lines += [f"user {CANARY_USERNAME}", f"topic read {VERSION_TOPIC}", ""]
     return "\n".join(lines)

@@ -28,6 +28,7 @@ VERIFIED: str = _T.VERIFIED
 UP: str = _T.UP
 DOWN: str = _T.DOWN
 _GATEWAY_USER_PREFIX = "gateway-"
+_APPLICATION_USER_PREFIX = "app-"
 
 
 def _checked(fn: Callable[..., Any], *args: Any) -> str:
@@ -60,6 +61,15 @@ def gateway_username(gateway_id: str, connection: int = 0) -> str:
         raise ValueError("connection index must be >= 0")
     base = _GATEWAY_USER_PREFIX + gateway_id
     return base if connection == 0 else f"{base}.{connection}"
+
+
+def application_username(name: str) -> str:
+    """The broker username of an application's read-only account (never a device id or a gateway's)."""
+    try:
+        _T.check_gateway_id(name)  # the same rule: 1-32 characters of [a-z0-9-]
+    except ValueError:
+        raise InvalidIdentifier(f"invalid application name {name!r}: 1-32 characters of [a-z0-9-]") from None
+    return _APPLICATION_USER_PREFIX + name
 
 
 def handshake_up(gateway_id: str, device_id: str) -> str:

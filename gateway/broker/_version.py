@@ -36,7 +36,9 @@ def check_mosquitto_version(text: str | None) -> tuple[int, int, int]:
     if text is None:
         raise UnsafeBroker(
             "could not read the broker's version from $SYS/broker/version (is sys_interval 0, or is "
-            f"this not mosquitto?); refusing to enforce access on an unknown broker: {INSTALL_HINT}"
+            "this not mosquitto?) nor from its log (with retain_available false, $SYS keeps no version: "
+            "set enforcement.broker_log); refusing to enforce access on an unknown broker: "
+            f"{INSTALL_HINT}"
         )
     version = parse_mosquitto_version(text)
     if version is None:

@@ -18,6 +18,7 @@ from firmware_sim.broker import MosquittoBroker, mosquitto_binary
 from gateway.broker import (
     AuthorizeGateway,
     BrokerSecret,
+    ConnectionLog,
     MosquittoEnforcer,
     Reloader,
     RightsMode,
@@ -50,11 +51,15 @@ def make_enforced_broker(
     min_reload_interval: float = 0.2,
     urgent_reload_interval: float = 0.1,
     reload: Reloader | None = None,
+    retain_available: bool = False,
 ) -> tuple[MosquittoBroker, MosquittoEnforcer]:
-    """A broker (not started) whose password and ACL files belong to a new enforcer."""
+    """A broker (not started) whose password and ACL files belong to a new enforcer.
+
+    As in production: retained messages refused, so the enforcer reads the broker's version in its log.
+    """
     broker = MosquittoBroker()
     password_file, acl_file = broker.directory / "passwords", broker.directory / "acl"
-    broker.extra_config = mosquitto_config_lines(password_file, acl_file)
+    broker.extra_config = mosquitto_config_lines(password_file, acl_file, retain_available=retain_available)
     enforcer = MosquittoEnforcer(
         password_file=password_file,
         acl_file=acl_file,
@@ -64,6 +69,7 @@ def make_enforced_broker(
         min_reload_interval=min_reload_interval,
         urgent_reload_interval=urgent_reload_interval,
         file_group=broker.file_group,
+        connection_log=ConnectionLog(broker.log_path),
     )
     return broker, enforcer
 
