@@ -4,6 +4,8 @@ It is what the gateway daemon will do on the wire (answer handshakes on G's hand
 verify DATA on G's data topics with the session's MAC, send sealed COMMANDs) and nothing else: no
 ledger, no broker enforcement. Tests that use it can later take the real daemon instead.
 ``silent=True`` makes a gateway that listens and never answers (for failover tests).
+Like the daemon, it answers DATA that comes without a session with the no-session REJECT (at most once a
+second per device); ``forget()`` drops a session, as a gateway restart would.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from device_agent.core import keys, topics
+from device_agent.core import keys, topics, wire
 from device_agent.core.events import Authenticated
 from device_agent.core.gateway import DeviceEntry, GatewayRole
 
@@ -48,6 +50,8 @@ class Responder:
         self.verified: queue.Queue[tuple[str, str, bytes]] = queue.Queue()
         self.data_refused: list[str] = []
         self.hellos = 0
+        self.no_session_signals = 0
+        self._signalled: dict[bytes, float] = {}
         self.authentications = 0
         self.events: list[Any] = []
         self._lock = threading.Lock()
@@ -104,14 +108,25 @@ class Responder:
                 if reply is not None:
                     client.publish(topics.handshake_down(self.gateway_id, parts[4]), reply, qos=1)
             elif parts[2] == topics.DATA:
-                session = self.sessions.get(bytes.fromhex(parts[4]))
+                did = bytes.fromhex(parts[4])
+                session = self.sessions.get(did)
                 if session is None:
+                    if did in self.entries and now - self._signalled.get(did, -1e9) >= 1.0:
+                        self._signalled[did] = now
+                        self.no_session_signals += 1
+                        signal = wire.encode(wire.REJECT, wire.NO_SESSION, 0)
+                        client.publish(topics.handshake_down(self.gateway_id, parts[4]), signal, qos=1)
                     return
                 payload, reason = session.open(parts[5].encode(), bytes(msg.payload), now)
                 if payload is None:
                     self.data_refused.append(str(reason))
                 else:
                     self.verified.put((parts[4], parts[5], bytes(payload)))
+
+    def forget(self, device_hex: str) -> None:
+        """Drop the device's session, as a gateway restart does: its data now get the no-session signal."""
+        with self._lock:
+            self.sessions.pop(bytes.fromhex(device_hex), None)
 
     def send_command(self, device_hex: str, name: str, payload: bytes) -> None:
         with self._lock:

@@ -47,7 +47,8 @@ class Agent:
 
     def __init__(self, device_id, secret, firmware_hash, gateways, server, port=1883, epoch=0,
                  state_path="diams.state", block=16, answer_ms=5000, keepalive=30, on_command=None,
-                 reauth_margin=60, backoff_base_ms=500, backoff_cap_ms=60000, reconnect_base_ms=5000):
+                 reauth_margin=60, backoff_base_ms=500, backoff_cap_ms=60000, reconnect_base_ms=5000,
+                 min_reauth=10):
         self.device_id = device_id
         self.dhex = device_id.hex()
         self._secret = secret
@@ -57,9 +58,10 @@ class Agent:
         self.policy = policy.AgentPolicy(
             names, os.urandom, state=_read(state_path), epoch=epoch, answer_timeout=answer_ms / 1000,
             reauth_margin=reauth_margin, backoff_base=backoff_base_ms / 1000,
-            backoff_cap=backoff_cap_ms / 1000, reconnect_base=reconnect_base_ms / 1000, block=block)
+            backoff_cap=backoff_cap_ms / 1000, reconnect_base=reconnect_base_ms / 1000, block=block,
+            min_reauth=min_reauth)
         self.stats = self.policy.stats
-        for k in ("hellos", "authenticated", "commands_ok", "commands_dropped"):
+        for k in ("hellos", "authenticated", "commands_ok", "commands_dropped", "no_session_signals"):
             self.stats[k] = 0
         self.on_command = on_command
         self.writes = 0
@@ -157,7 +159,7 @@ class Agent:
 
     def _handshake(self, gw, msg):
         if wire.no_session_signal(msg):  # the gateway lost our session: at most one handshake follows
-            self.stats["no_session_signals"] = self.stats.get("no_session_signals", 0) + 1
+            self.stats["no_session_signals"] += 1
             self.no_session(gw)
             return
         a = self.policy.attempt

@@ -1,6 +1,7 @@
 """No silent loss after a gateway restart: devices streaming data learn within seconds that the gateway
 holds no session for them (REJECT no_session on their handshake topic), re-authenticate, and their
-data verify again. What was lost meanwhile is counted (the figure is gateway_restart_recovery_s)."""
+data verify again. What was lost meanwhile is counted (the figure is gateway_restart_recovery_s). The
+same after a clone quarantine is lifted."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 
 from device_agent.core import events
 from firmware_sim.device import SimDevice
+from gateway.mqtt import MqttConnectError
+from gateway.settings import ProtocolSettings
 from tests.gateway.helpers import eventually, verified_listener
 from tests.gateway.stack import site, start_gateway, stop_gateway
 
@@ -77,3 +80,63 @@ async def test_every_streaming_device_regains_a_session_after_a_gateway_restart(
         await listener.close()
         for d in devs:
             await d.close()
+
+
+FAST_PROBES = {"protocol": ProtocolSettings(proof_timeout=0.3, session_lifetime=600)}
+
+
+async def test_a_device_regains_a_session_when_its_clone_quarantine_is_lifted(tmp_path) -> None:
+    """The quarantine ended the device's session at the gateway; the device, let back in by its owner,
+    still holds that session and streams under it. It must learn (REJECT no_session) and re-authenticate,
+    not have its data dropped until the session's lifetime (600 s here) ends."""
+    async with site(tmp_path, n_devices=1, gateway_settings=FAST_PROBES) as s:
+        gw = s.gateways["gw-a"]
+        original, clone = s.sim(0), s.sim(0)  # the same identity and the same counter state
+        original.policy.min_reauth = 1.0  # see the restart test: the lift comes seconds after the success
+        did = original.device_id
+        listener, got = await verified_listener(s.broker.port, gw)
+        await original.connect()
+        for _ in range(2):
+            assert isinstance(await original.authenticate(), events.Authenticated)
+        original.send_data("telemetry", b"before")
+        assert await eventually(lambda: any(p == b"before" for _, p in got), 5)
+        await original.close()  # one connection per device id: they take turns
+        await clone.connect()
+        assert getattr(await clone.authenticate(), "reason", None) == "clone"
+        await asyncio.wait_for(asyncio.shield(clone.client.closed), 5)
+        assert did not in gw.traffic.sessions
+
+        await s.actors["owner"].suspend(did)  # the owner deals with the copy, then lets the device back
+        assert await eventually(lambda: did not in gw.devices.entries)
+        await s.actors["owner"].activate(did)
+        assert await eventually(lambda: did in gw.devices.entries and gw.devices.entries[did].active)
+        for _ in range(100):
+            try:
+                await original.connect(timeout=3)
+                break
+            except MqttConnectError:
+                await asyncio.sleep(0.1)
+        assert original.session is not None, "the device still believes in its old session"
+        signals_before = gw.metrics.get("no_session_signals")
+        lifted_at = time.monotonic()
+        mark = len(got)
+        sent: list[int] = []
+        stop = asyncio.Event()
+        task = asyncio.create_task(_stream(original, sent, stop))
+        try:
+            assert await eventually(lambda: len(got) > mark, 15), dict(gw.metrics.counters)
+            recovered_s = time.monotonic() - lifted_at
+            await asyncio.sleep(1.0)  # and it goes on streaming under the new session
+        finally:
+            stop.set()
+            await task
+        await asyncio.sleep(0.5)
+        verified = sum(1 for _, p in got[mark:] if p.startswith(original.hex.encode()))
+        assert original.stats.no_session_signals >= 1, "told, not left to time out"
+        assert gw.metrics.get("no_session_signals") > signals_before
+        assert original.stats.authenticated >= 3
+        print(f"after the lift: data verified again in {recovered_s:.1f} s; lost {len(sent) - verified} "
+              f"of {len(sent)} messages")
+        await listener.close()
+        await original.close()
+        await clone.close()

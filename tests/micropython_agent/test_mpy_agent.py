@@ -99,4 +99,37 @@ def test_run_loop_reauthenticates_on_command_under_micropython(broker, tmp_path)
                 proc.kill()
                 proc.communicate()
     assert readings == [b"r2", b"r3", b"r4", b"r5", b"r6"]
-    assert r == {"authenticated": 2, "hellos": 2, "commands_ok": 1} and gw.authentications == 2
+    assert r == {"authenticated": 2, "hellos": 2, "commands_ok": 1, "no_session_signals": 0}
+    assert gw.authentications == 2
+
+
+def test_no_session_signal_makes_the_agent_reauthenticate_under_micropython(broker, tmp_path):
+    """The gateway lost the session (a restart, a lifted quarantine): the agent's data get the no-session
+    REJECT, and the agent, under the real MicroPython, re-authenticates instead of sending into the void."""
+    import subprocess
+
+    dev = Device(tmp_path, serial="MPY-4")
+    entries = {dev.device_id: entry_for(dev.secret, dev.device_id, "gw-a", dev.fw)}
+    dirs = [str(mpyagent.compiled()), str(mpyagent.REPO), str(mpyagent.VENDOR), ".frozen"]
+    env = {**os.environ, "MICROPYPATH": ":".join(dirs)}
+    script = mpyagent.SCRIPT.parent / "run_loop.py"
+    with Responder(broker.host, broker.port, "gw-a", entries) as gw:
+        proc = subprocess.Popen(
+            [mpyagent.runner.MICROPYTHON, "-X", f"heapsize={mpyagent.HEAP}", str(script), broker.host,
+             str(broker.port), dev.device_hex, dev.secret.hex(), dev.fw.hex(), "gw-a", str(tmp_path / "st"),
+             "300", "14", "1"],  # a reading every 0.3 s; 14 readings; min_reauth 1 s (default 10)
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert gw.next_verified(timeout=20)[2] == b"r1"
+            gw.forget(dev.device_hex)
+            after = [gw.next_verified(timeout=10)[2] for _ in range(3)]  # verified again: a new session
+            r = _results(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert gw.no_session_signals >= 1 and r["no_session_signals"] >= 1
+    assert r["authenticated"] == 2 and gw.authentications == 2, (r, gw.authentications)
+    lost = int(after[0][1:]) - 2  # readings sent under the forgotten session, before the new one
+    print(f"MicroPython agent: data verified again from {after[0]!r}; {lost} readings lost meanwhile")
+    assert after == [after[0], b"r%d" % (int(after[0][1:]) + 1), b"r%d" % (int(after[0][1:]) + 2)]
