@@ -5,7 +5,9 @@ core spends an HMAC. Handshake messages pass ``Defence`` (per device and global 
 data messages of an authenticated device pass ``DataLimiter`` (a per-device bucket) before their MAC
 is checked, and a device that keeps sending far past its rate loses its session (it must handshake
 again, at the handshake rate), so one device cannot make the gateway spend its time on its data.
-Data without a session never reach either: a dict miss drops them.
+Data without a session never reach either: a dict miss drops them. What a device sends before it
+authenticates and is refused (handshakes past its rate, data without a session) is bounded too:
+``PreAuthBan`` has the broker cut off a device that keeps it up, for a while.
 Per-device state is bounded (least recently seen devices are forgotten first),
 so a flood of messages for random device ids costs bounded memory. A device that fails handshakes
 ``lockout_after`` times in a row is locked out for ``lockout_base * 2**k`` seconds (capped); a success
@@ -163,3 +165,53 @@ class DataLimiter:
         """A new session: a full bucket and a clean record."""
         self._buckets.pop(device_id, None)
         self._refused.pop(device_id, None)
+
+
+class PreAuthBan:
+    """Bounds what one device costs the gateway *before* it authenticates, where no session key can
+    tell its messages apart: handshake messages past its rate (``Defence``) and DATA without a session
+    are dropped at the price of a dict look-up, but a device publishing as fast as the broker lets it
+    (tens of thousands of messages a second) would still fill the gateway's one MQTT connection and
+    delay everyone's handshakes. Each refused pre-authentication message takes a token from the
+    device's bucket (``rate`` per second, ``burst``); a device that empties it is *banned*: the gateway
+    cuts it off at the broker (its connection is closed, a reconnect refused) for ``ban_seconds``, then
+    enrols it again. Honest devices never come near it: they retry at the handshake rate, and after a
+    gateway restart send data at their own pace until told (once a second) to re-authenticate.
+    ``refused`` -> True exactly once per ban; bounded state, like ``Defence``."""
+
+    def __init__(self, *, rate: float, burst: int, ban_seconds: float, max_tracked: int, now: float) -> None:
+        if rate <= 0 or burst < 1 or ban_seconds <= 0 or max_tracked < 1:
+            raise ValueError("PreAuthBan needs rate > 0, burst >= 1, ban_seconds > 0, max_tracked >= 1")
+        self.rate = rate
+        self.burst = burst
+        self.ban_seconds = ban_seconds
+        self.max_tracked = max_tracked
+        self._buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
+        self._banned_until: dict[bytes, float] = {}
+
+    def __repr__(self) -> str:
+        return f"PreAuthBan(rate={self.rate}, burst={self.burst}, banned={len(self._banned_until)})"
+
+    def refused(self, device_id: bytes, now: float) -> bool:
+        """One pre-authentication message of this device was refused -> True: ban it now."""
+        if self.banned(device_id, now):
+            return False
+        bucket = self._buckets.get(device_id)
+        if bucket is None:
+            bucket = self._buckets[device_id] = TokenBucket(self.rate, self.burst, now)
+            if len(self._buckets) > self.max_tracked:
+                self._buckets.popitem(last=False)
+        if bucket.take(now):
+            return False
+        del self._buckets[device_id]
+        self._banned_until[device_id] = now + self.ban_seconds
+        return True
+
+    def banned(self, device_id: bytes, now: float) -> bool:
+        until = self._banned_until.get(device_id)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self._banned_until[device_id]
+        return False

@@ -37,6 +37,7 @@ from .broker import (
     BrokerSecret,
     ConnectionLog,
     Demote,
+    Enroll,
     Grant,
     HttpEnforcer,
     MosquittoEnforcer,
@@ -234,6 +235,7 @@ class Gateway:
                     tg.create_task(self.head_watcher.run())
                 tg.create_task(self._sweep_loop())
                 tg.create_task(self._clone_loop())
+                tg.create_task(self._ban_loop())
                 tg.create_task(self._audit_sync_loop())
                 tg.create_task(self._anchor_loop())
                 tg.create_task(self._watchdog_loop())
@@ -516,6 +518,24 @@ class Gateway:
             if self.settings.defence.clone_quarantine:
                 self.cut_off([alarm.device_id])
             await self.report_clone(alarm.device_id, alarm.counter)
+
+    async def _ban_loop(self) -> None:
+        """Answer Traffic's pre-authentication bans: cut the device off at the broker now, and enrol it
+        again once the ban ends (if it is still served: the ledger may have moved on meanwhile)."""
+        while self._serving():
+            did = await self.traffic.bans.get()
+            self.traffic.drop_session(did, "preauth_flood")
+            self.cut_off([did])
+            if self._tasks is not None:
+                self._tasks.create_task(self._lift_ban(did, self.traffic.preauth.ban_seconds))
+
+    async def _lift_ban(self, did: bytes, after: float) -> None:
+        await asyncio.sleep(after)
+        served, entry = self.devices.served.get(did), self.devices.entries.get(did)
+        if served is None or entry is None or not entry.active or self._enforcer is None:
+            return
+        await self._apply_changes([], [Enroll(device_id=did.hex(), secret=served.broker_secret)])
+        log.info("device %s: pre-authentication ban over, enrolled at the broker again", did.hex())
 
     async def report_clone(self, device_id: bytes, counter: int) -> None:
         if self._actor is None:

@@ -225,11 +225,20 @@ class DefenceSettings:
     data_rate: float = 50.0  # DATA messages per second per device, checked before the MAC
     data_burst: int = 200
     data_flood_after: int = 1_000  # refused DATA messages in one session before it is ended
+    # refused pre-authentication messages (handshakes past the rate, data without a session): a
+    # device's allowance refills at preauth_rate/s up to preauth_burst; past it, the broker cuts the
+    # device off for preauth_ban seconds (gateway.defence.PreAuthBan)
+    preauth_rate: float = 100.0
+    preauth_burst: int = 5_000
+    preauth_ban: float = 60.0
 
     def __post_init__(self) -> None:
         if self.data_burst < 1 or self.data_flood_after < 1:
             raise SettingsError("defence.data_burst and data_flood_after must be >= 1")
-        for name in ("device_rate", "global_rate", "lockout_base", "lockout_max", "data_rate"):
+        if self.preauth_burst < 1:
+            raise SettingsError("defence.preauth_burst must be >= 1")
+        for name in ("device_rate", "global_rate", "lockout_base", "lockout_max", "data_rate", "preauth_rate",
+                     "preauth_ban"):
             _positive(f"defence.{name}", getattr(self, name))
         if self.device_burst < 1 or self.global_burst < 1 or self.lockout_after < 1:
             raise SettingsError("defence bursts and lockout_after must be >= 1")

@@ -24,7 +24,7 @@ from device_agent.core.session import Session
 
 from .audit import AuditUnavailable
 from .broker import Change, Demote, Grant
-from .defence import DataLimiter, Defence
+from .defence import DataLimiter, Defence, PreAuthBan
 
 if TYPE_CHECKING:
     from .audit import AuditLog
@@ -107,6 +107,15 @@ class Traffic:
             max_tracked=d.max_tracked_devices,
             now=clock(),
         )
+        self.preauth = PreAuthBan(
+            rate=d.preauth_rate,
+            burst=d.preauth_burst,
+            ban_seconds=d.preauth_ban,
+            max_tracked=d.max_tracked_devices,
+            now=clock(),
+        )
+        # devices to cut off at the broker for a while (PreAuthBan): the gateway drains it
+        self.bans: asyncio.Queue[bytes] = asyncio.Queue()
         self._quarantine = d.clone_quarantine
         # enforcement.rights = "per_device": the broker enforcer's apply(), for Grant and Demote
         self._broker_changes = broker_changes
@@ -147,6 +156,7 @@ class Traffic:
         verdict = self.defence.admit(did, now)
         if not verdict.allowed:
             self.metrics.inc("handshake_refused", verdict.reason)
+            self._preauth_refused(did, now)
             return
         if self.staleness() > self._max_staleness:
             self.metrics.inc("handshake_refused", "index_stale")
@@ -286,6 +296,7 @@ class Traffic:
         if session is None:
             self.metrics.inc("data_dropped", "no_session")
             self._no_session(did)
+            self._preauth_refused(did, self.clock())
             return
         now = self.clock()
         limited = self.data_limiter.admit(did, now)  # before the MAC: a flood costs a dict look-up
@@ -314,6 +325,16 @@ class Traffic:
         assert data is not None
         self.metrics.inc("data_verified")
         self.publish(topics.verified(self.gateway_id, did.hex(), name), data)
+
+    def _preauth_refused(self, did: bytes, now: float) -> None:
+        """A refused message from a device that has no session: past its allowance, ban it at the broker."""
+        if did not in self.devices.entries or not self.preauth.refused(did, now):
+            return
+        self.metrics.inc("preauth_bans")
+        self._audit("preauth_flood", device=did.hex(), ban_seconds=self.preauth.ban_seconds)
+        log.warning("device %s kept sending refused messages before authenticating: cut off at the broker "
+                    "for %.0f s", did.hex(), self.preauth.ban_seconds)
+        self.bans.put_nowait(did)
 
     def _no_session(self, did: bytes) -> None:
         """Data came without a session (this gateway restarted, or lifted a quarantine): tell the device,

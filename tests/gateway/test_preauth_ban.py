@@ -1,0 +1,82 @@
+"""A bound on what one device costs before it authenticates: refused pre-authentication messages (handshakes
+past its rate, data without a session) beyond an allowance get the device cut off at the real broker for a
+while, then enrolled again; other devices authenticate meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from device_agent.core import events, topics
+from gateway.defence import PreAuthBan
+from gateway.mqtt import MqttConnectError
+from gateway.settings import DefenceSettings
+from tests.gateway.helpers import eventually
+from tests.gateway.stack import site
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_the_allowance_refills_and_a_ban_is_called_once_then_expires() -> None:
+    ban = PreAuthBan(rate=10.0, burst=5, ban_seconds=2.0, max_tracked=2, now=0.0)
+    d = b"\x01" * 8
+    assert [ban.refused(d, 0.0) for _ in range(5)] == [False] * 5
+    assert ban.refused(d, 0.5) is False  # 5 tokens back after 0.5 s at 10/s: a steady trickle never bans
+    assert [ban.refused(d, 0.5) for _ in range(5)] == [False] * 4 + [True]
+    assert ban.banned(d, 1.0) and ban.refused(d, 1.0) is False  # called once per ban
+    assert not ban.banned(d, 2.6)
+    assert ban.refused(d, 2.6) is False  # a fresh allowance after the ban
+    for i in range(5):  # bounded state: the least recently seen devices are forgotten
+        ban.refused(bytes([i]) * 8, 3.0)
+    assert len(ban._buckets) == 2
+    with pytest.raises(ValueError):
+        PreAuthBan(rate=0, burst=1, ban_seconds=1, max_tracked=1, now=0.0)
+
+
+async def test_a_device_flooding_before_it_authenticates_is_cut_off_for_a_while(tmp_path) -> None:
+    defence = DefenceSettings(preauth_rate=10.0, preauth_burst=300, preauth_ban=3.0)
+    async with site(tmp_path, n_devices=2, gateway_settings={"defence": defence}) as s:
+        gw = s.gateways["gw-a"]
+        flooder, victim = s.sim(0), s.sim(1)
+        for d in (flooder, victim):
+            await d.connect()
+        topic = str(topics.data("gw-a", flooder.hex, "telemetry"))
+        for i in range(3_000):  # no session: each is dropped, and refused against its allowance
+            flooder.replay(topic, b"junk %d" % i)
+        assert await eventually(lambda: gw.metrics.get("preauth_bans") == 1, 15), dict(gw.metrics.counters)
+        banned_at = time.monotonic()
+        assert await eventually(lambda: flooder.client.closed.done(), 5), "the broker closed its connection"
+        assert '"event":"preauth_flood"' in (gw.settings.state_dir / "audit.log").read_text()
+        with pytest.raises(MqttConnectError):
+            await flooder.connect(timeout=3)
+        assert isinstance(await victim.authenticate(), events.Authenticated)
+        # the ban ends by itself: enrolled again, it may authenticate
+        for _ in range(100):
+            try:
+                await flooder.connect(timeout=3)
+                break
+            except MqttConnectError:
+                await asyncio.sleep(0.2)
+        assert time.monotonic() - banned_at >= 2.5
+        assert isinstance(await flooder.authenticate(), events.Authenticated)
+        assert gw.metrics.get("preauth_bans") == 1
+        for d in (flooder, victim):
+            await d.close()
+
+
+async def test_an_honest_device_streaming_after_a_gateway_restart_is_never_banned(tmp_path) -> None:
+    """Data at an honest pace without a session (the gateway restarted) stay far below the allowance."""
+    defence = DefenceSettings(preauth_rate=20.0, preauth_burst=30, preauth_ban=3.0)
+    async with site(tmp_path, n_devices=1, gateway_settings={"defence": defence}) as s:
+        gw = s.gateways["gw-a"]
+        dev = s.sim(0)
+        await dev.connect()
+        topic = str(topics.data("gw-a", dev.hex, "telemetry"))
+        for i in range(60):  # twice the burst, at no more than the rate (20/s): the allowance refills
+            dev.replay(topic, b"sessionless %d" % i)
+            await asyncio.sleep(0.05)
+        assert await eventually(lambda: gw.metrics.get("data_dropped", "no_session") == 60, 5)
+        assert gw.metrics.get("preauth_bans") == 0 and not dev.client.closed.done()
+        await dev.close()
