@@ -1,7 +1,7 @@
 """The gateway daemon end to end: handshake throughput and latency against the plain MQTT ceiling,
 revocation cut-off, and legitimate success under a flood. One run, one broker, ~2-3 minutes.
 
-Setup (``bench._site``): a private mosquitto 2.0.11 (``set_tcp_nodelay true``, the password + ACL files
+Setup (``bench._site``): a private mosquitto 2.0.21 (``set_tcp_nodelay true``, the password + ACL files
 of the gateway's ``MosquittoEnforcer``, ``%u`` patterns), an anvil node on loopback, and
 ``BENCH_GATEWAY_DEVICES`` (default 10,000) devices onboarded for gateway ``gw-a`` with
 ``ledger_bridge.enrollment.onboard``, plus 30 broker accounts the ledger does not know (flooders) and

@@ -15,6 +15,7 @@ import queue
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -41,7 +42,9 @@ class Responder:
         entries: dict[bytes, DeviceEntry] | None = None,
         *,
         silent: bool = False,
+        tls_ca: Path | None = None,
     ) -> None:
+        """``tls_ca``: MQTT over TLS, the broker's certificate verified against this CA file."""
         self.gateway_id = gateway_id
         self.entries = dict(entries or {})
         self.silent = silent
@@ -61,6 +64,8 @@ class Responder:
             CallbackAPIVersion.VERSION2, client_id=f"responder-{gateway_id}-{os.getpid()}"
         )
         self.client.username_pw_set(f"responder-{gateway_id}")
+        if tls_ca is not None:
+            self.client.tls_set(ca_certs=str(tls_ca))
         self.client.on_socket_open = lambda c, u, s: s.setsockopt(  # type: ignore[attr-defined]
             socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
         )

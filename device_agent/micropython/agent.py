@@ -14,8 +14,13 @@
 # ends; K_dg lives only inside the role (as K_otp/K_mac). Waiting is select.poll on the MQTT socket,
 # so the board sleeps instead of spinning. The subscription callback only queues (topic, message):
 # umqtt can deliver a message while it waits for a PUBACK or SUBACK, so nothing protocol-related
-# runs inside it.
+# runs inside it. MQTT over TLS (``tls_ca``: the CA certificate that signed the broker's, PEM or DER):
+# MicroPython's ``ssl`` (mbedTLS) verifies the broker's certificate and its name (the ``server``
+# given, host name or IP address); umqtt.simple 1.3.4 wraps its socket with ``import ussl``, a name
+# MicroPython >= 1.23 no longer has, so the agent registers a small ``ussl`` of its own there (newer
+# umqtt takes the object as its ``ssl=`` argument directly).
 import os
+import sys
 import time
 
 try:
@@ -34,6 +39,42 @@ def _now():
     return time.time()
 
 
+def _der(ca):
+    """A CA certificate as DER bytes (mbedTLS here does not take the PEM text)."""
+    if ca[:10] == b"-----BEGIN":
+        from binascii import a2b_base64
+        ca = a2b_base64(b"".join(line for line in ca.split(b"\n") if line and line[:5] != b"-----"))
+    return ca
+
+
+class _Tls:
+    """``wrap_socket`` with a context that requires the broker's certificate to chain to ``ca`` and to
+    name the server: umqtt.simple 1.3.4's ``ussl``, and newer umqtt's ``ssl=`` argument."""
+
+    def __init__(self, ca):
+        import ssl
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.ctx.load_verify_locations(cadata=_der(ca))
+
+    def wrap_socket(self, sock, server_hostname=None, **_):
+        if not server_hostname:
+            raise ValueError("TLS needs the server's name to verify it")
+        return self.ctx.wrap_socket(sock, server_hostname=server_hostname)
+
+
+def _tls_for(ca):
+    """(ssl, ssl_params) for umqtt: verification of the broker's certificate against ``ca``."""
+    try:
+        import ussl  # an older port: umqtt's own import, given the CA and the name in ssl_params
+        tls = True
+        del ussl
+    except ImportError:
+        tls = _Tls(ca)
+        sys.modules["ussl"] = tls
+    return tls, {"server_hostname": None, "cert_reqs": 2, "cadata": _der(ca)}  # 2: CERT_REQUIRED
+
+
 def _read(path):
     try:
         with open(path) as f:
@@ -48,7 +89,7 @@ class Agent:
     def __init__(self, device_id, secret, firmware_hash, gateways, server, port=1883, epoch=0,
                  state_path="diams.state", block=16, answer_ms=5000, keepalive=30, on_command=None,
                  reauth_margin=60, backoff_base_ms=500, backoff_cap_ms=60000, reconnect_base_ms=5000,
-                 min_reauth=10):
+                 min_reauth=10, tls_ca=None):
         self.device_id = device_id
         self.dhex = device_id.hex()
         self._secret = secret
@@ -70,8 +111,13 @@ class Agent:
         for g in names:
             self._up[g] = topics.handshake_up(g, self.dhex)
             self._down[topics.handshake_down(g, self.dhex).encode()] = g
+        tls, tls_params = (False, {}) if tls_ca is None else _tls_for(tls_ca)
+        self._tls = bool(tls_params)
+        if tls_params:
+            tls_params["server_hostname"] = server
         self.client = MQTTClient(self.dhex, server, port, user=self.dhex,
-                                 password=keys.broker_password(secret, device_id), keepalive=keepalive)
+                                 password=keys.broker_password(secret, device_id), keepalive=keepalive,
+                                 ssl=tls, ssl_params=tls_params)
         self.client.set_callback(self._queue)
         self._inbox = []
         self._poller = None
@@ -95,6 +141,8 @@ class Agent:
         except OSError:
             raise
         except Exception as exc:  # umqtt raises MQTTException(rc) when the broker refuses the login
+            if self._tls and isinstance(exc, ValueError):  # mbedTLS: the certificate did not verify
+                raise OSError("TLS: %s" % (str(exc).strip(),)) from None
             self._do(self.policy.login_refused(_now()))
             raise OSError("broker refused the login: %r" % (exc,)) from None
         try:  # Nagle + delayed ACK would add ~40 ms to every handshake step
