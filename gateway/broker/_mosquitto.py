@@ -27,8 +27,9 @@ What the broker does on reload (mosquitto 2.0.11, measured in tests/broker/ and 
   stop. Subscribing outside the ACL is acknowledged but nothing is delivered.
 
 Safety of the broker itself, checked rather than trusted:
-- every reload proof also reads the running broker's version (``$SYS/broker/version``) and refuses a
-  mosquitto known to be crashable, or bypassable, before authentication (``_version``): apply() raises
+- every reload proof also reads the running broker's version (``$SYS/broker/version``; from the
+  broker's log when ``retain_available false`` leaves $SYS without it) and refuses a mosquitto known
+  to be crashable, or bypassable, before authentication (``_version``): apply() raises
   ``UnsafeBroker`` and nothing more is enforced on it;
 - with ``connection_log`` (mosquitto's log file), every publication that removed devices is
   *confirmed*: each removed device must be absent from the broker's connections (``_connections``).
