@@ -646,7 +646,7 @@ def openapi() -> dict[str, Any]:
             + "_".join(part.strip("{}") for part in r.path.strip("/").split("/")),
             "parameters": r.params,
             "responses": {
-                "202" if r.handler in (job_register, job_onboard) else "200": {
+                "202" if r.method == "POST" and r.response is JOB else "200": {  # a job started
                     "description": "ok",
                     "content": {"application/json": {"schema": r.response}},
                 },
