@@ -117,6 +117,8 @@ class OwnerBundle:
     secret: bytes = field(repr=False)
     salt: bytes = field(repr=False)
     claim_code: bytes = field(repr=False)
+    #: S' once the owner re-keyed the device (``diams-ledger rekey`` writes it into the bundle)
+    rekeyed_secret: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, path: Path) -> OwnerBundle:
@@ -131,6 +133,9 @@ class OwnerBundle:
                 secret=bytes.fromhex(str(raw["secret"])),
                 salt=bytes.fromhex(str(raw["salt"])),
                 claim_code=str(raw["claim_code"]).encode(),
+                rekeyed_secret=(
+                    bytes.fromhex(str(raw["rekeyed_secret"])) if raw.get("rekeyed_secret") else None
+                ),
             )
         except (KeyError, ValueError, TypeError) as exc:
             # the message names the field, never its value (the bundle holds secrets)
@@ -149,7 +154,17 @@ class OwnerBundle:
             firmware_hash=self.firmware_hash,
             salt=self.salt,
             claim_code=self.claim_code,
+            rekeyed_secret=self.rekeyed_secret,
         )
+
+    @staticmethod
+    def record_rekey(path: Path, new_secret: bytes) -> None:
+        """Write S' into the bundle at ``path`` (0600, atomically): keys are sealed from it from now on."""
+        from device_agent.agent.keystore import write_private
+
+        raw = json.loads(path.read_text("utf-8"))
+        raw["rekeyed_secret"] = new_secret.hex()
+        write_private(path, (json.dumps(raw, indent=2) + "\n").encode())
 
 
 # ---- reads ----

@@ -221,6 +221,7 @@ def test_owner_workflow_end_to_end(
     events = [line.split()[4] for line in out.splitlines() if line.startswith("  block")]
     assert events == [
         "DeviceRegistered",
+        "DeviceKeyRegistered",  # provisioning made the device key; register --csv registered it
         "DeviceClaimed",
         "PolicySet",
         "DeviceActivated",
