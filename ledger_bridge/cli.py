@@ -250,6 +250,7 @@ async def cmd_show_device(args: argparse.Namespace) -> int:
                     {
                         "device": record,
                         "policy": detail.policy_name,
+                        "policy_id": record.policy_id,
                         "grants": detail.grants,
                         "clone_alerts": detail.clone_alerts,
                         "history": [
@@ -314,7 +315,8 @@ async def cmd_show_gateway(args: argparse.Namespace) -> int:
 async def cmd_show_policy(args: argparse.Namespace) -> int:
     async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
         record = await ops.policy_info(ledger, args.policy)
-    _emit(args, {**ops.jsonable(record), "name": ops.id_text(record.policy_id)}, ops.policy_text(record))
+        name = ops.policy_label(await ledger.policy_name(record.policy_id), record.policy_id)
+    _emit(args, {**ops.jsonable(record), "name": name}, ops.policy_text(record, name))
     return 0
 
 
@@ -361,7 +363,7 @@ async def cmd_list_devices(args: argparse.Namespace) -> int:
         f"{'device':<18} {'state':<14} {'epoch':>5}  {'policy':<16} owner",
         *(
             f"{r['device_id']:<18} {r['state']:<14} {r['epoch']:>5}  "
-            f"{(ops.id_text(r['policy']) if r['policy'] else '-'):<16} {r['owner'] or '-'}"
+            f"{ops.policy_label(r['policy_name'], r['policy']) or '-':<16} {r['owner'] or '-'}"
             for r in rows
         ),
         f"{len(rows)} shown of {total} matching (offset {args.offset})",

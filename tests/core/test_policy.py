@@ -127,7 +127,9 @@ def test_forged_hints_write_nothing_of_their_own() -> None:
 
 
 @given(st.lists(st.tuples(st.booleans(), st.integers(1, 3), st.booleans()), max_size=30))
-def test_no_counter_is_sent_twice_under_one_epoch_across_restarts(steps: list[tuple[bool, int, bool]]) -> None:
+def test_no_counter_is_sent_twice_under_one_epoch_across_restarts(
+    steps: list[tuple[bool, int, bool]],
+) -> None:
     """Trials under hinted epochs write nothing, reboots lose everything not written, and adoptions
     (a success under a hint) move on: still no (gateway, epoch, counter) is ever sent twice."""
     sent: set[tuple[str, int, int]] = set()

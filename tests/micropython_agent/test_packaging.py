@@ -67,8 +67,8 @@ def test_installed_file_set_imports_under_micropython(tmp_path):
                           env={**os.environ, "MICROPYPATH": f"{lib}:.frozen"}, capture_output=True, text=True,
                           timeout=30)
     assert proc.returncode == 0, proc.stderr
-    from device_agent.core import keys
     from device_agent.agent.x25519 import x25519
+    from device_agent.core import keys
     private = bytes.fromhex((tmp_path / "dk").read_text().strip())
     assert proc.stdout.split() == [bytes(8).hex(), keys.broker_password(bytes(32), bytes(8)),
                                    x25519(private, b"\x09" + bytes(31)).hex()]
