@@ -701,7 +701,9 @@ def _add_rekey_command(sub: Any) -> None:
     rk.add_argument("--gateway", required=True, help="the gateway whose broker account is used (e.g. gw-1)")
     rk.add_argument("--broker-password-file", required=True, metavar="FILE",
                     help="that account's broker password (0600), or - for standard input; never argv")
-    rk.add_argument("--broker-username", help="default: the gateway's account, gateway-<gateway>")
+    rk.add_argument("--broker-username", required=True,
+                    help="an account of that gateway no running connection uses, e.g. gateway-gw-1.1 (the "
+                    "broker lets one connection a username: the gateway's own would be dropped)")
     rk.add_argument("--tls-ca", type=Path, help="the broker's CA certificate (a TLS listener)")
     rk.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the device (default 30)")
     rk.set_defaults(handler=cmd_rekey)
@@ -722,7 +724,7 @@ async def cmd_rekey(args: argparse.Namespace) -> int:
     if not sep or not host or not port.isdigit():
         raise ValueError("--broker must be HOST:PORT")
     password = _claim_code_text(args.broker_password_file, "broker password")
-    username = args.broker_username or f"gateway-{args.gateway}"
+    username = args.broker_username
     signer = _signer(args)
     async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
         with MqttRekeyChannel(host=host, port=int(port), gateway_id=args.gateway, device_id=dev,
