@@ -5,12 +5,12 @@ daemons in this process (``bench._inproc``), 1,000 devices onboarded and authori
 gateways, a maintainer approved for each, and every device authenticated once on image 1.0.
 
 Timed, from the first transaction to the last verified message: the maintainer records image 2.0 for
-every device (one transaction each: the contract has no batch form; each moves the device to epoch 1
-and the gateways cut it off), the owner re-seals the keys of both gateways for every device
-(``ledger_bridge.firmware.reseal``: reads each device and grant, then ``authorizeGatewayMany`` in
-batches), and every device comes back on image 2.0 (connect, handshake under epoch 1, one DATA message)
-until the gateway has verified the data of all of them. Target: <= 120 s.
-Parts: ``firmware_record_s``, ``firmware_reseal_s``, ``firmware_back_s``.
+every device (``recordFirmwareMany``, as many devices per transaction as the block gas limit allows;
+each device moves to epoch 1 and the gateways cut it off), the owner re-seals the keys of both gateways
+for every device (``ledger_bridge.firmware.reseal``: ``grantStatus`` reads a few dozen devices per view
+call, then ``authorizeGatewayMany`` in batches), and every device comes back on image 2.0 (connect,
+handshake under epoch 1, one DATA message) until the gateway has verified the data of all of them.
+Target: <= 120 s. Parts: ``firmware_record_s``, ``firmware_reseal_s``, ``firmware_back_s``.
 """
 
 from __future__ import annotations
@@ -79,16 +79,23 @@ async def _run() -> dict[str, float]:
                 d.device_id in gw.devices.entries for gw in s.gateways.values() for d in s.devices
             ):
                 await asyncio.sleep(0.2)
+            indexed = {
+                gid: sum(d.device_id in gw.devices.entries for d in s.devices)
+                for gid, gw in s.gateways.items()
+            }
+            if min(indexed.values()) < N_DEVICES:
+                raise RuntimeError(f"the gateways did not index the fleet within 300 s: {indexed}")
             await asyncio.sleep(2.0)
             before = [access.device(d) for d in s.devices]
             ok = await gather_limited([once(d) for d in before])
             for d in before:
                 await d.close()
             print(f"   {sum(ok)}/{N_DEVICES} devices authenticated on image 1.0", flush=True)
+            if sum(ok) < N_DEVICES * 0.99:  # the figure would time something else than an update
+                raise RuntimeError(f"only {sum(ok)}/{N_DEVICES} devices authenticated before the update")
 
             t0 = time.monotonic()
-            for d in s.devices:
-                await maintainer.record_firmware(d.device_id, new_image)
+            await maintainer.record_firmware_many([d.device_id for d in s.devices], new_image)
             t1 = time.monotonic()
             updated = [dataclasses.replace(d, firmware_hash=new_image) for d in s.devices]
             on_chain = [onchain_gateway_id(g.encode()) for g in gateways]
@@ -120,6 +127,8 @@ async def _run() -> dict[str, float]:
             await observer.close()
             await ledger.__aexit__(None, None, None)
             await maintainer_ledger.__aexit__(None, None, None)
+    if verified < N_DEVICES:
+        raise RuntimeError(f"only {verified}/{N_DEVICES} devices came back with data verified")
     return {
         "firmware_update_devices": float(N_DEVICES),
         "firmware_update_fleet_s": t3 - t0,
