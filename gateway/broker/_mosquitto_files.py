@@ -32,6 +32,7 @@ from ._names import (
     DATA,
     DOWN,
     HANDSHAKE,
+    REKEY,
     UP,
     USER,
     VERIFIED,
@@ -43,11 +44,15 @@ from ._names import (
 
 
 # Applies to every user: a device's own handshake topics, with each registered gateway (fail-over needs
-# that; the gateway level is never a `+`, so no device can park messages under a made-up gateway id).
-def pre_auth_patterns(gateway_id: str) -> tuple[str, str]:
+# that; the gateway level is never a `+`, so no device can park messages under a made-up gateway id),
+# and its own re-key topics (docs/PROTOCOL.md 2.3), whose other end is that gateway's account (the new
+# owner's tool runs the exchange with it).
+def pre_auth_patterns(gateway_id: str) -> tuple[str, ...]:
     return (
         f"pattern write {topic_filter(HANDSHAKE, gateway_id, USER, UP)}",
         f"pattern read {topic_filter(HANDSHAKE, gateway_id, USER, DOWN)}",
+        f"pattern write {topic_filter(REKEY, gateway_id, USER, UP)}",
+        f"pattern read {topic_filter(REKEY, gateway_id, USER, DOWN)}",
     )
 
 
@@ -111,6 +116,8 @@ def render_acl_file(
                 f"topic read {every(VERIFIED)}",
                 f"topic write {topic_filter(VERIFIED, gateway_id)}",
                 f"topic write {topic_filter(COMMAND, gateway_id)}",
+                f"topic read {topic_filter(REKEY, gateway_id, ANY, UP)}",
+                f"topic write {topic_filter(REKEY, gateway_id, ANY, DOWN)}",
                 "",
             ]
     for device_id, record in devices:
@@ -125,7 +132,7 @@ def render_acl_file(
     for name in applications:
         # read-only: the denials come first and override the `pattern` lines, which apply to every user
         lines.append(f"user {application_username(name)}")
-        lines.extend(f"topic deny {every(kind)}" for kind in (HANDSHAKE, DATA, COMMAND))
+        lines.extend(f"topic deny {every(kind)}" for kind in (HANDSHAKE, REKEY, DATA, COMMAND))
         lines += [f"topic read {every(VERIFIED)}", ""]
     # last: the reload canary reads the broker's version (checked at every reload: see _version)
     lines += [f"user {CANARY_USERNAME}", f"topic read {VERSION_TOPIC}", ""]

@@ -383,9 +383,10 @@ def _account(text: str) -> str:
 async def policy(request: web.Request) -> web.Response:
     _require(request)
     asked = request.match_info["name"]
-    record = await ops.policy_info(request.app[SERVICE].ledger, asked)
-    # the chain keeps no policy names (ids are policy_key(author, name)): a name asked for is echoed
-    shown = ops.id_text(record.policy_id) if asked.startswith("0x") else asked
+    ledger = request.app[SERVICE].ledger
+    record = await ops.policy_info(ledger, asked)
+    # the name its author gave it, from PolicyDefined (ids are policy_key(author, name))
+    shown = ops.policy_label(await ledger.policy_name(record.policy_id), record.policy_id)
     return web.json_response({**ops.jsonable(record), "name": shown})
 
 

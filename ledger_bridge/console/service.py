@@ -132,14 +132,14 @@ class ConsoleService:
     def devices(self, **filters: Any) -> dict[str, Any]:
         total, rows = self.index.search(**filters)
         for r in rows:
-            r["policy"] = ops.id_text(r["policy"]) if r["policy"] else None
+            r["policy"] = ops.policy_label(r.pop("policy_name"), r["policy"])
         return {"total": total, "offset": filters.get("offset", 0), "devices": rows}
 
     def device_summary(self, device_id: bytes) -> dict[str, Any] | None:
         """One device from the index (the hot path of `GET /api/devices/{id}`)."""
         row = self.index.device_row(device_id)
         if row is not None:
-            row["policy"] = ops.id_text(row["policy"]) if row["policy"] else None
+            row["policy"] = ops.policy_label(row.pop("policy_name"), row["policy"])
             for g in row["gateways"]:
                 g["gateway"] = ops.id_text(g["gateway"])
         return row

@@ -97,6 +97,7 @@ async def test_an_application_account_reads_verified_data_and_can_write_nothing(
             handshake_down(gw_id, D1),  # forge a REJECT to a device
             handshake_up(gw_id, D1),
             f"{topics.PREFIX}/{HANDSHAKE}/{gw_id}/app-dash/up",  # the `%u` patterns give it nothing either
+            f"{topics.PREFIX}/{topics.REKEY}/{gw_id}/app-dash/up",
             data_topic(gw_id, D1, "temp"),
             command_topic(gw_id, D1, "reboot"),
         ]
