@@ -124,6 +124,14 @@ class OwnerBundle:
     def load(cls, path: Path) -> OwnerBundle:
         try:
             raw = json.loads(path.read_text("utf-8"))
+        except ValueError:  # not JSON (or not UTF-8): nothing of it is quoted
+            raise ValueError(f"{path.name} is not a device owner bundle (not JSON)") from None
+        return cls.parse(raw, name=path.name)
+
+    @classmethod
+    def parse(cls, raw: Any, *, name: str = "owner bundle") -> OwnerBundle:
+        """A bundle already read as JSON; ValueError naming `name` and the field, never a value."""
+        try:
             bundle = cls(
                 device_id=parse_device_id(str(raw["device_id"])),
                 model=str(raw["model"]),
@@ -140,9 +148,9 @@ class OwnerBundle:
         except (KeyError, ValueError, TypeError) as exc:
             # the message names the field, never its value (the bundle holds secrets)
             what = f"missing field {exc}" if isinstance(exc, KeyError) else "a field is malformed"
-            raise ValueError(f"{path.name} is not a device owner bundle ({what})") from None
+            raise ValueError(f"{name} is not a device owner bundle ({what})") from None
         if bundle.device().device_id != bundle.device_id:
-            raise ValueError(f"{path.name}: the secret does not derive device 0x{bundle.device_id.hex()}")
+            raise ValueError(f"{name}: the secret does not derive device 0x{bundle.device_id.hex()}")
         return bundle
 
     def device(self) -> ProvisionedDevice:

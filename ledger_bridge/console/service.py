@@ -380,10 +380,13 @@ class ConsoleService:
             devices, errors = [], []
             for n, (name, data) in enumerate(sorted(bundles.items()), 1):
                 try:
-                    devices.append(parse_bundle(data).device())
-                except ValueError as exc:  # the message names a field, never a value
-                    reason = str(exc).replace("bundle.owner.json", name)  # parse_bundle's file name
-                    errors.append({"line": n, "device_id": "", "reason": reason})
+                    try:
+                        raw = json.loads(data)
+                    except ValueError:
+                        raise ValueError(f"{name} is not a device owner bundle (not JSON)") from None
+                    devices.append(ops.OwnerBundle.parse(raw, name=name).device())
+                except ValueError as exc:  # the message names the file and a field, never a value
+                    errors.append({"line": n, "device_id": "", "reason": str(exc)})
             job.errors = errors
             if not devices:
                 job.summary = "nothing re-sealed: no valid owner bundle"
