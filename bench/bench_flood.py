@@ -1,7 +1,7 @@
 """``victim_handshake_p99_ms_under_data_flood``: one authenticated device sends valid DATA as fast as it
 can while the others re-authenticate; the 99th percentile of their handshake latency (target ≤ 50 ms).
 
-Setup: ``tests.gateway.stack.site`` (private mosquitto with enforcement, in-process EVM, the gateway
+Setup: ``firmware_sim.inproc.site`` (private mosquitto with enforcement, in-process EVM, the gateway
 daemon in this process, default defences: ``defence.data_rate`` 50/s, burst 200, a session ended after
 1,000 refused messages) with ``BENCH_FLOOD_VICTIMS`` (default 200; the issue's figure is for 1,000)
 victims, each a ``SimDevice`` on its own connection, re-authenticating in a closed loop with a 0.2 s
@@ -25,8 +25,8 @@ from typing import Any
 
 from device_agent.core import events, topics
 from firmware_sim.device import SimDevice
+from firmware_sim.inproc import site
 from gateway.settings import DefenceSettings
-from tests.gateway.stack import site
 
 VICTIMS = int(os.environ.get("BENCH_FLOOD_VICTIMS", "200"))
 WINDOW_S = float(os.environ.get("BENCH_FLOOD_WINDOW_S", "8"))
