@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from .config import ConfigError, load_config
-from .keystore import KeyStoreError, load_secret
+from .keystore import KeystoreError, load_secret
 from .provision import provision
 
 __all__ = ["main"]
@@ -48,7 +48,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(Path(args.config))
         secret = load_secret(config.key_file)
-    except (ConfigError, KeyStoreError) as exc:
+    except (ConfigError, KeystoreError) as exc:
         print(f"diams-agent: {exc}", file=sys.stderr)
         return 2
 
@@ -126,7 +126,7 @@ def _cmd_device_key(args: argparse.Namespace) -> int:
     try:
         config = load_config(Path(args.config))
         print(device_public_key(config.key_file, create=True).hex())
-    except (ConfigError, KeyStoreError, OSError) as exc:
+    except (ConfigError, KeystoreError, OSError) as exc:
         print(f"diams-agent device-key: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -143,7 +143,7 @@ def _cmd_rekey(args: argparse.Namespace) -> int:
     try:
         config = load_config(Path(args.config))
         run_rekey(config.key_file, config.device_id_bytes, sys.stdin.readline, write_line)
-    except (ConfigError, KeyStoreError, OSError) as exc:
+    except (ConfigError, KeystoreError, OSError) as exc:
         print(f"diams-agent rekey: {exc}", file=sys.stderr)
         return 2
     except RekeyError as exc:

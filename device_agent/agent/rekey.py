@@ -16,7 +16,7 @@ from pathlib import Path
 
 from device_agent.core import rekey
 
-from .keystore import DeviceSecret, KeyStoreError, check_private, load_secret, save_secret, write_private
+from .keystore import DeviceSecret, KeystoreError, check_private, load_secret, save_secret, write_private
 from .x25519 import x25519
 
 __all__ = ["device_public_key", "run_rekey", "static_key_path"]
@@ -33,7 +33,7 @@ def device_public_key(key_file: Path, *, create: bool = False) -> bytes:
     path = static_key_path(key_file)
     if not path.exists():
         if not create:
-            raise KeyStoreError(f"no device key at {path} (made at manufacture: diams-agent device-key)")
+            raise KeystoreError(f"no device key at {path} (made at manufacture: diams-agent device-key)")
         write_private(path, os.urandom(32).hex().encode() + b"\n")
     public: bytes = x25519(_load_static(path), _BASE)
     return public
@@ -44,9 +44,9 @@ def _load_static(path: Path) -> bytes:
     try:
         raw = bytes.fromhex(path.read_text(encoding="ascii", errors="replace").strip())
     except ValueError:
-        raise KeyStoreError(f"device key {path} does not hold hex digits") from None
+        raise KeystoreError(f"device key {path} does not hold hex digits") from None
     if len(raw) != 32:
-        raise KeyStoreError(f"device key {path} must hold 32 bytes as hex")
+        raise KeystoreError(f"device key {path} must hold 32 bytes as hex")
     return raw
 
 
