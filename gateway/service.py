@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from device_agent.systemd import sd_notify, watchdog_interval
 from ledger_bridge import Ledger
 from ledger_bridge.actor import ActorHandle
 from ledger_bridge.errors import LedgerError
@@ -49,7 +50,7 @@ from .counters import CounterStore
 from .devices import DeviceTable
 from .ledger_link import build_ledger
 from .mqtt import MqttClient, MqttError
-from .ops import HealthServer, Metrics, sd_notify, watchdog_interval
+from .ops import HealthServer, Metrics
 from .preflight import load_key, load_ledger_signer, read_broker_password, read_secret_text
 from .settings import GatewaySettings
 from .traffic import Traffic

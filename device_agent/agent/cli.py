@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from types import FrameType
 
+from ..systemd import sd_notify
 from .config import ConfigError, load_config
 from .keystore import KeystoreError, load_secret
 from .provision import provision
@@ -25,21 +24,6 @@ from .provision import provision
 __all__ = ["main"]
 
 log = logging.getLogger("diams.agent")
-
-
-def sd_notify(state: str) -> bool:
-    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET", "")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(state.encode(), address)
-    except OSError:
-        return False
-    return True
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
