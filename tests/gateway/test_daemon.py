@@ -63,8 +63,11 @@ async def test_handshake_data_and_policy(tmp_path):
         other = s.sim(1)
         await other.connect()
         assert isinstance(await other.authenticate(), events.Authenticated)
-        other.client.publish(data, dev.session.seal(b"telemetry", b"spoof"), qos=1)
-        await asyncio.sleep(0.3)
+        await other.client.publish_acked(data, dev.session.seal(b"telemetry", b"spoof"))
+        # acknowledged: the broker has routed or dropped it, so anything it let through reaches the
+        # gateway before a message the device sends now
+        dev.send_data("telemetry", b"after")
+        assert await eventually(lambda: b"after" in [p for _, p in got])
         assert b"spoof" not in [p for _, p in got]
         audit = (gw.settings.state_dir / "audit.log").read_text()
         assert '"event":"authenticated"' in audit and dev.hex in audit
@@ -118,8 +121,8 @@ async def test_counters_survive_a_gateway_restart_and_replays_never_authenticate
         await stop_gateway(s, "gw-a")
         gw = await start_gateway(s, "gw-a", tmp_path, enforcer=enforcer)
         assert gw.devices.entries[dev.device_id].counter == dev.counter  # floor restored from disk
-        dev.replay(dev.up, captured_hello)  # an attacker's replay: a probe challenge, never a session
-        await asyncio.sleep(0.3)
+        dev.replay(dev.up, captured_hello)  # an attacker's replay: refused and counted, never a session
+        assert await eventually(lambda: gw.metrics.get("rejected", "replay") == 1)
         assert dev.device_id not in gw.traffic.sessions
         assert isinstance(await dev.authenticate(), events.Authenticated)
         assert gw.metrics.get("authenticated") == 1
