@@ -2,7 +2,7 @@
 can while 1,000 others re-authenticate; the 99th percentile of their handshake latency (target ≤ 50 ms).
 
 Strategy: the figure is about what the flood costs the *gateway*, so the load is generated outside its
-process. The bench process runs the site (``tests.gateway.stack.site``: private mosquitto with
+process. The bench process runs the site (``firmware_sim.inproc.site``: private mosquitto with
 enforcement, in-process EVM, the gateway daemon, default defences). Two child processes (spawned, so
 they share nothing with the gateway but the broker):
 
@@ -168,7 +168,7 @@ async def _collect(out: Any, n: int, timeout: float) -> dict[str, Any]:
 
 
 async def _run(tmp: Path) -> dict[str, float]:
-    from tests.gateway.stack import site
+    from firmware_sim.inproc import site
 
     async with site(tmp, n_devices=VICTIMS + 1, gateway_settings={"defence": BENCH_DEFENCE}) as s:
         gw = s.gateways[GATEWAY]

@@ -1,7 +1,7 @@
 """``gateway_restart_recovery_s``: devices streaming data, the gateway stopped and started again; seconds
 from the stop until every device's data verify again (target ≤ 10 s).
 
-Setup: ``tests.gateway.stack.site`` (a private mosquitto with the enforcer's files, an in-process
+Setup: ``firmware_sim.inproc.site`` (a private mosquitto with the enforcer's files, an in-process
 EVM, the gateway daemon in this process) with ``BENCH_RESTART_DEVICES`` devices (default 300; the
 issue's figure is for 1,000), each a ``SimDevice`` on its own MQTT connection, all in this process
 (so the load generator competes with the gateway for the 2 cores). Each device authenticates, then
@@ -26,9 +26,8 @@ from pathlib import Path
 
 from device_agent.core import events
 from firmware_sim.device import SimDevice
+from firmware_sim.inproc import site, start_gateway, stop_gateway
 from gateway.mqtt import MqttConnectError
-from tests.gateway.helpers import verified_listener
-from tests.gateway.stack import site, start_gateway, stop_gateway
 
 # 1,000 is the issue's fleet; the in-process EVM's index sync makes that run take ~5 min here: default 300
 N = int(os.environ.get("BENCH_RESTART_DEVICES", "300"))
@@ -71,7 +70,7 @@ async def _run(tmp: Path) -> dict[str, float]:
         await asyncio.sleep(1.5)  # the enforcer's batched reload
         for i in range(0, N, 100):  # the broker learns the enrolments from the index (batched reloads)
             await asyncio.gather(*(_connect(d) for d in devs[i : i + 100]))
-        listener, got = await verified_listener(s.broker.port, gw)
+        listener, got = await s.listener("gw-a")
         stop = asyncio.Event()
         sent: dict[bytes, list[int]] = {d.device_id: [] for d in devs}
         tasks = [asyncio.create_task(_stream(d, sent[d.device_id], stop)) for d in devs]

@@ -1,7 +1,7 @@
 """``e2e_handshakes_per_s_tls`` and ``e2e_tls_vs_plain``: handshakes per second with the devices on MQTT
 over TLS, and its ratio to the same run over plain TCP (target ≥ 0.7).
 
-Setup: ``tests.gateway.stack.site(tls=True, plain_listener=True)``: one mosquitto with a TLS listener
+Setup: ``firmware_sim.inproc.site(tls=True, plain_listener=True)``: one mosquitto with a TLS listener
 (certificate from a test CA made with ``cryptography``, TLS 1.2, ECDSA P-256) and a plain loopback
 listener with the same accounts; the gateway daemon (in this process) on the TLS listener in both runs.
 ``BENCH_TLS_DEVICES`` (default 200) ``SimDevice``s, each its own connection, authenticate in a closed
@@ -23,8 +23,8 @@ from typing import Any
 
 from device_agent.core import events
 from firmware_sim.device import SimDevice
+from firmware_sim.inproc import site
 from gateway.settings import DefenceSettings
-from tests.gateway.stack import site
 
 DEVICES = int(os.environ.get("BENCH_TLS_DEVICES", "200"))
 WINDOW_S = float(os.environ.get("BENCH_TLS_WINDOW_S", "6"))

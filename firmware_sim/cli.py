@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from device_agent.private import KeystoreError
 from gateway.mqtt import MqttError
 
 from .fleet import Observer, Pacer, Progress, SiteAccess, metrics_reader
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_run(args))
     except KeyboardInterrupt:
         return 130
-    except (MqttError, OSError, ValueError, KeyError) as exc:
+    except (MqttError, KeystoreError, OSError, ValueError, KeyError) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 

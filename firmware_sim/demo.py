@@ -46,6 +46,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn
 from rich.progress import Progress as RichProgress
 
+from device_agent.private import write_private
 from gateway.broker import AuthorizeApplication, BrokerSecret, application_username
 from gateway.settings import (
     BrokerSettings,
@@ -104,9 +105,7 @@ def say(text: str) -> None:
 
 
 def _write_secret(path: Path, text: str) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    write_private(path, text.encode())
     return path
 
 

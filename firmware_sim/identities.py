@@ -7,10 +7,10 @@ each device's secret to act as that device, exactly as the owner's key store hol
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from device_agent.private import check_private, write_private
 from ledger_bridge.enrollment import ProvisionedDevice
 
 __all__ = ["load_identities", "save_identities"]
@@ -22,14 +22,11 @@ def save_identities(path: Path, devices: Sequence[ProvisionedDevice]) -> None:
     rows = [
         {"model": d.model, "serial": d.serial, **{k: getattr(d, k).hex() for k in _BYTES}} for d in devices
     ]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(rows, f)
+    write_private(path, json.dumps(rows).encode())
 
 
 def load_identities(path: Path) -> list[ProvisionedDevice]:
-    if path.stat().st_mode & 0o077:
-        raise PermissionError(f"{path} holds device secrets: it must not be group- or world-readable")
+    check_private(path, "identity file")  # it holds device secrets
     rows = json.loads(path.read_text())
     return [
         ProvisionedDevice(model=r["model"], serial=r["serial"], **{k: bytes.fromhex(r[k]) for k in _BYTES})

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.agent.observe import JsonFormatter  # one JSON log format for the agent and the gateway
+from device_agent.private import KeystoreError, check_private, write_private
 
 from .broker import UnsafeBroker
 from .preflight import ConfigurationError
@@ -52,9 +53,7 @@ async def _run(config: Path | None) -> int:
 
 
 def _write_secret(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    write_private(path, data, exclusive=True)
 
 
 def _keys(out: Path) -> int:
@@ -128,14 +127,13 @@ def _secret_file_problems(settings: GatewaySettings) -> list[str]:
         if path is None:
             continue
         try:
-            mode = path.stat().st_mode
+            check_private(path, "file")
             with open(path, "rb"):
                 pass
+        except KeystoreError as exc:
+            problems.append(f"{name}: {exc}")
         except OSError as exc:
             problems.append(f"{name}: cannot read {path} ({exc.strerror})")
-            continue
-        if mode & 0o077:
-            problems.append(f"{name}: {path} must not be readable by group or others (chmod 600)")
     return problems
 
 

@@ -1,13 +1,9 @@
-"""Operations surface: Prometheus metrics, /healthz /readyz /metrics over HTTP, and sd_notify.
-
-sd_notify is a datagram to ``$NOTIFY_SOCKET`` (systemd's protocol, a few lines; no dependency).
-"""
+"""Operations surface: Prometheus metrics and /healthz /readyz /metrics over HTTP (systemd's
+sd_notify and watchdog live in ``device_agent.systemd``, shared with the agent)."""
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -122,29 +118,3 @@ class HealthServer:
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render().encode(), content_type="text/plain", charset="utf-8",
                             headers={"X-Content-Type-Options": "nosniff"})
-
-
-def sd_notify(message: str) -> bool:
-    """Send one notification to systemd; False when not running under it."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(address)
-            s.sendall(message.encode())
-    except OSError as exc:
-        log.warning("sd_notify failed: %s", exc)
-        return False
-    return True
-
-
-def watchdog_interval() -> float | None:
-    """Half of systemd's WatchdogSec for this process, or None when no watchdog is set."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid != str(os.getpid())):
-        return None
-    return int(usec) / 2e6

@@ -18,6 +18,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from device_agent.private import KeystoreError, check_private
+
 from .broker import BrokerSecret
 from .settings import GatewaySettings
 
@@ -32,13 +34,12 @@ class ConfigurationError(Exception):
 
 def _secret_bytes(key: str, path: Path) -> bytes:
     try:
-        mode = path.stat().st_mode
-        data = path.read_bytes()
+        check_private(path, "file")
+        return path.read_bytes()
+    except KeystoreError as exc:
+        raise ConfigurationError(f"{key}: {exc}") from None
     except OSError as exc:
         raise ConfigurationError(f"{key}: cannot read {path} ({exc.strerror})") from None
-    if mode & 0o077:
-        raise ConfigurationError(f"{key}: {path} must not be readable by group or others (chmod 600)")
-    return data
 
 
 def read_secret_text(key: str, path: Path) -> str:
@@ -97,7 +98,6 @@ def load_ledger_signer(settings: GatewaySettings) -> Any:
     if s.passphrase_file is None:
         raise ConfigurationError("ledger.passphrase_file: required with ledger.keystore")
     from ledger_bridge import load_signer
-    from ledger_bridge.errors import KeystoreError
 
     try:
         passphrase = _secret_bytes("ledger.passphrase_file", s.passphrase_file).decode().strip()

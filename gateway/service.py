@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ledger_bridge import Ledger
+from device_agent.systemd import sd_notify, watchdog_interval
+from ledger_bridge import Ledger, Signer
 from ledger_bridge.actor import ActorHandle
 from ledger_bridge.errors import LedgerError
 from ledger_bridge.heads import HeadWatcher
@@ -51,7 +52,7 @@ from .counters import CounterStore
 from .devices import DeviceTable
 from .ledger_link import build_ledger
 from .mqtt import MqttClient, MqttError
-from .ops import HealthServer, Metrics, sd_notify, watchdog_interval
+from .ops import HealthServer, Metrics
 from .preflight import (
     load_key,
     load_ledger_signer,
@@ -90,6 +91,14 @@ def command_reloader(argv: list[str], timeout: float = 10.0) -> Reloader:
 
 
 class Gateway:
+    # Opened by ``__aenter__`` (each opens a file under ``state_dir``, so building a Gateway touches no
+    # disk) and closed by ``__aexit__``: typed here so that every reader sees them, and mypy checks them.
+    counters: CounterStore
+    audit: AuditLog
+    index: IdentityIndex
+    devices: DeviceTable
+    traffic: Traffic
+
     def __init__(
         self,
         settings: GatewaySettings,
@@ -112,7 +121,7 @@ class Gateway:
         self._clock = clock
         self._random = random_bytes
         self._tls = settings.broker.tls_context()
-        self._signer: Any = None
+        self._signer: Signer | None = None
         self._cut_failed: set[str] = set()  # revoked devices the broker still shows connected
         self._source: LedgerSource | None = None
         self._stack = contextlib.AsyncExitStack()

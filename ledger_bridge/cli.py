@@ -30,12 +30,14 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from device_agent.private import check_private
+
 from . import operations as ops
 from .actor import ActorHandle
 from .backends import EthereumTesterBackend, LedgerBackend, RpcBackend
 from .csv_import import parse_bytes32, parse_device_id, read_rows, register_rows
-from .errors import LedgerError
-from .keystore import DEFAULT_SCRYPT_N, Signer, check_private_file, create_keystore, load_signer
+from .errors import KeystoreError, LedgerError
+from .keystore import DEFAULT_SCRYPT_N, Signer, create_keystore, load_signer
 from .ledger import Ledger
 from .model import Channel, DeviceRegistration, DeviceState, Role, TxOutcome
 
@@ -50,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(result, Awaitable):
             result = asyncio.run(_awaited(result))
         return int(result)
-    except (LedgerError, ValueError, OSError) as exc:
+    except (LedgerError, KeystoreError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -93,7 +95,7 @@ def _channel(args: argparse.Namespace) -> Channel:
 
 def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
     if getattr(args, "passphrase_file", None):
-        check_private_file(Path(args.passphrase_file), "passphrase file")
+        check_private(Path(args.passphrase_file), "passphrase file")
         return Path(args.passphrase_file).read_text("utf-8").rstrip("\n")
     if os.environ.get(PASSPHRASE_ENV):
         return os.environ[PASSPHRASE_ENV]
@@ -407,7 +409,7 @@ def _claim_code_text(source: str, what: str = "claim code") -> str:
     if source == "-":
         text = sys.stdin.readline()
     else:
-        check_private_file(Path(source), f"{what} file")
+        check_private(Path(source), f"{what} file")
         text = Path(source).read_text("utf-8")
     code = text.rstrip("\r\n")
     if not code:
@@ -716,7 +718,7 @@ async def cmd_rekey(args: argparse.Namespace) -> int:
 
     dev = parse_device_id(args.device_id)
     bundle_path = Path(args.bundle)
-    check_private_file(bundle_path, "owner bundle")
+    check_private(bundle_path, "owner bundle")
     bundle = ops.OwnerBundle.load(bundle_path)
     if bundle.device_id != dev:
         raise ValueError(f"{bundle_path.name} is the bundle of device 0x{bundle.device_id.hex()}")

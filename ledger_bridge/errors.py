@@ -3,9 +3,12 @@
     LedgerError
     ├── LedgerRevert          the chain refused a transaction or call; `.error` names the custom error
     ├── LedgerUnavailable     the node cannot be reached, timed out, or answered nonsense
-    ├── KeystoreError         a keystore file is missing, malformed, or its passphrase is wrong
     ├── ArtifactError         compiled contract artifacts are missing or malformed
     └── ChannelError          no channel attached, or the addresses hold no DIAMS contracts
+
+    KeystoreError             a keystore, passphrase or claim-code file is missing, malformed, open to
+                              others, or the passphrase is wrong: ``device_agent.private``'s, the one
+                              error of every secret file (not a LedgerError: no ledger is involved)
 
 Messages never carry secrets: no private key, passphrase or claim code is ever formatted into one.
 """
@@ -13,6 +16,17 @@ Messages never carry secrets: no private key, passphrase or claim code is ever f
 from __future__ import annotations
 
 from typing import Any
+
+from device_agent.private import KeystoreError
+
+__all__ = [
+    "ArtifactError",
+    "ChannelError",
+    "KeystoreError",
+    "LedgerError",
+    "LedgerRevert",
+    "LedgerUnavailable",
+]
 
 
 class LedgerError(Exception):
@@ -30,10 +44,6 @@ class LedgerRevert(LedgerError):
 
 class LedgerUnavailable(LedgerError):
     """The backend (node, embedded chain) cannot be reached or did not answer in time."""
-
-
-class KeystoreError(LedgerError):
-    """A keystore file cannot be created, read or decrypted."""
 
 
 class ArtifactError(LedgerError):

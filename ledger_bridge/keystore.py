@@ -4,31 +4,18 @@ JSON from eth_account). The private key lives only inside a `Signer` and never s
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from .errors import KeystoreError
+from device_agent.private import KeystoreError, check_private, write_private
 
 #: scrypt cost of new keystores: eth-keyfile's default (2**18, 256 MiB per decryption). Keystores cheaper
 #: than MIN_SCRYPT_N are refused when created and when loaded; only tests lower the floor (monkeypatch).
 DEFAULT_SCRYPT_N = 2**18
 MIN_SCRYPT_N = DEFAULT_SCRYPT_N
-
-
-def check_private_file(path: Path, what: str = "file") -> None:
-    """Refuse a secret file (keystore, passphrase, claim code) that the group or others may read or write."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise KeystoreError(f"cannot read {what} {path}: {exc.strerror}") from exc
-    if mode & 0o077:
-        raise KeystoreError(
-            f"{what} {path} is accessible to group or others (mode {mode & 0o777:o}): chmod 600 it"
-        )
 
 
 class Signer:
@@ -68,22 +55,19 @@ def create_keystore(
     blob = Account.encrypt(account.key, passphrase, kdf="scrypt", iterations=scrypt_n)
     if label:
         blob["diams_label"] = label
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
     try:
-        fd = os.open(path, flags, 0o600)
+        write_private(Path(path), json.dumps(blob).encode(), exclusive=not overwrite)
     except FileExistsError as exc:
         raise KeystoreError(f"keystore {path} already exists") from exc
     except OSError as exc:
         raise KeystoreError(f"cannot create keystore {path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(blob, fh)
     return Signer(account, label=label)
 
 
 def load_signer(path: Path, passphrase: str) -> Signer:
     """Decrypt the keystore at `path` (mode 0600, scrypt cost at least MIN_SCRYPT_N). A wrong passphrase is
     a KeystoreError naming only the file."""
-    check_private_file(Path(path), "keystore")
+    check_private(Path(path), "keystore")
     try:
         blob = json.loads(Path(path).read_text("utf-8"))
     except OSError as exc:

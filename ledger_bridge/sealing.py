@@ -29,8 +29,6 @@ context as ``info``, the same 96 bytes.
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +41,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from device_agent.core.crypto import ct_equal
 from device_agent.core.identity import key_commitment
 from device_agent.core.keys import lp
+from device_agent.private import KeystoreError, check_private, write_private
 
 SEALED_LEN = 96
 BROKER_PASSWORD_LEN = 16
@@ -117,17 +116,16 @@ def generate_gateway_key(path: Path) -> bytes:
     """Create the gateway's X25519 private key in a new 0600 file; -> the public key to register."""
     key = X25519PrivateKey.generate()
     raw = key.private_bytes(_RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(raw)
+    write_private(path, raw, exclusive=True)
     return public_bytes(key.public_key())
 
 
 def load_gateway_key(path: Path) -> X25519PrivateKey:
     """Load the gateway's private key; refuse a file that group or others can read."""
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SealError(f"{path} must not be readable by group or others (chmod 600)")
+    try:
+        check_private(path, "gateway key")
+    except KeystoreError as exc:
+        raise SealError(str(exc)) from None
     raw = path.read_bytes()
     if len(raw) != 32:
         raise SealError(f"{path} does not hold a 32-byte X25519 private key")

@@ -11,13 +11,13 @@ secret and registration record) and ``cli`` (``diams-agent``).
 from __future__ import annotations
 
 from .config import AgentConfig, ConfigError, StreamConfig, load_config
-from .keystore import DeviceSecret, KeyStoreError, load_secret
+from .keystore import DeviceSecret, KeystoreError, load_secret
 
 __all__ = [
     "AgentConfig",
     "ConfigError",
     "DeviceSecret",
-    "KeyStoreError",
+    "KeystoreError",
     "StreamConfig",
     "load_config",
     "load_secret",

@@ -11,35 +11,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from types import FrameType
 
+from ..systemd import sd_notify
 from .config import ConfigError, load_config
-from .keystore import KeyStoreError, load_secret
+from .keystore import KeystoreError, load_secret
 from .provision import provision
 
 __all__ = ["main"]
 
 log = logging.getLogger("diams.agent")
-
-
-def sd_notify(state: str) -> bool:
-    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET", "")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(state.encode(), address)
-    except OSError:
-        return False
-    return True
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -48,7 +32,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(Path(args.config))
         secret = load_secret(config.key_file)
-    except (ConfigError, KeyStoreError) as exc:
+    except (ConfigError, KeystoreError) as exc:
         print(f"diams-agent: {exc}", file=sys.stderr)
         return 2
 
@@ -126,7 +110,7 @@ def _cmd_device_key(args: argparse.Namespace) -> int:
     try:
         config = load_config(Path(args.config))
         print(device_public_key(config.key_file, create=True).hex())
-    except (ConfigError, KeyStoreError, OSError) as exc:
+    except (ConfigError, KeystoreError, OSError) as exc:
         print(f"diams-agent device-key: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -143,7 +127,7 @@ def _cmd_rekey(args: argparse.Namespace) -> int:
     try:
         config = load_config(Path(args.config))
         run_rekey(config.key_file, config.device_id_bytes, sys.stdin.readline, write_line)
-    except (ConfigError, KeyStoreError, OSError) as exc:
+    except (ConfigError, KeystoreError, OSError) as exc:
         print(f"diams-agent rekey: {exc}", file=sys.stderr)
         return 2
     except RekeyError as exc:

@@ -24,7 +24,7 @@ from device_agent.core.events import Authenticated, Rejected
 
 from . import _core
 from .counters import CounterFile
-from .keystore import DeviceSecret, KeyStoreError
+from .keystore import DeviceSecret, KeystoreError
 from .reasons import explain
 from .rekey import RekeyResponder
 
@@ -233,7 +233,7 @@ class AgentDriver:
             log.warning("re-key message via %s refused (%s); the device secret is unchanged",
                         gateway, exc.reason)
             return []
-        except KeyStoreError as exc:
+        except KeystoreError as exc:
             self.stats["rekey_refused_no_device_key"] += 1
             log.error("re-key via %s impossible: %s", gateway, exc)
             return []

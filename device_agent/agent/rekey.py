@@ -20,7 +20,7 @@ from pathlib import Path
 
 from device_agent.core import rekey
 
-from .keystore import DeviceSecret, KeyStoreError, check_private, load_secret, save_secret, write_private
+from .keystore import DeviceSecret, KeystoreError, check_private, load_secret, save_secret, write_private
 from .x25519 import x25519
 
 __all__ = ["RekeyResponder", "device_public_key", "run_rekey", "static_key_path"]
@@ -37,7 +37,7 @@ def device_public_key(key_file: Path, *, create: bool = False) -> bytes:
     path = static_key_path(key_file)
     if not path.exists():
         if not create:
-            raise KeyStoreError(f"no device key at {path} (made at manufacture: diams-agent device-key)")
+            raise KeystoreError(f"no device key at {path} (made at manufacture: diams-agent device-key)")
         write_private(path, os.urandom(32).hex().encode() + b"\n")
     public: bytes = x25519(_load_static(path), _BASE)
     return public
@@ -48,9 +48,9 @@ def _load_static(path: Path) -> bytes:
     try:
         raw = bytes.fromhex(path.read_text(encoding="ascii", errors="replace").strip())
     except ValueError:
-        raise KeyStoreError(f"device key {path} does not hold hex digits") from None
+        raise KeystoreError(f"device key {path} does not hold hex digits") from None
     if len(raw) != 32:
-        raise KeyStoreError(f"device key {path} must hold 32 bytes as hex")
+        raise KeystoreError(f"device key {path} must hold 32 bytes as hex")
     return raw
 
 
@@ -84,7 +84,7 @@ class RekeyResponder:
     ``message(secret, payload) -> (reply or None, S' or None)``: an INIT gets a REPLY; the CONFIRM that
     verifies commits S' to ``key_file`` (durably, before it is returned) and returns it. A QoS 1
     duplicate of the pending INIT gets the same REPLY again (a fresh one would make the owner's CONFIRM
-    fail). Raises ``rekey.RekeyError`` (nothing changed) or ``KeyStoreError`` (no device key)."""
+    fail). Raises ``rekey.RekeyError`` (nothing changed) or ``KeystoreError`` (no device key)."""
 
     def __init__(self, key_file: Path, device_id: bytes, random: Callable[[int], bytes] = os.urandom) -> None:
         self._key_file = key_file

@@ -12,7 +12,7 @@ from device_agent.agent import cli
 from device_agent.agent.config import ConfigError
 from device_agent.agent.counters import CounterFile, read_epoch
 from device_agent.agent.driver import AgentDriver
-from device_agent.agent.keystore import DeviceSecret, KeyStoreError, load_secret
+from device_agent.agent.keystore import DeviceSecret, KeystoreError, load_secret
 from device_agent.agent.provision import CSV_COLUMNS
 from device_agent.core import identity, policy, topics
 from device_agent.core.gateway import GatewayRole
@@ -27,7 +27,7 @@ from .helpers import Device
 def test_key_file_readable_by_others_is_refused(tmp_path, mode):
     dev = Device(tmp_path)
     os.chmod(dev.prov.key_file, mode)
-    with pytest.raises(KeyStoreError, match="chmod 600") as info:
+    with pytest.raises(KeystoreError, match="chmod 600") as info:
         load_secret(dev.prov.key_file)
     assert dev.secret.hex() not in str(info.value)
 
@@ -48,7 +48,7 @@ def test_secret_never_shows_in_repr_or_str(tmp_path):
     with pytest.raises(TypeError):
         import pickle
         pickle.dumps(s)
-    with pytest.raises(KeyStoreError):
+    with pytest.raises(KeystoreError):
         DeviceSecret(b"short")
 
 

@@ -37,6 +37,7 @@ from tests.broker.clients import Probe
 from tests.broker.conftest import GATEWAY_ID as GW
 from tests.broker.conftest import EnforcedBroker, running_enforced_broker
 from tests.conftest import require
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio]
 
@@ -115,8 +116,8 @@ async def test_demote_keeps_the_connection_but_refuses_data(enforced: EnforcedBr
     d1 = device_probe(enforced, D1, secrets[D1])
     assert d1.publish(data_topic(GW, D1, "temp")).value == NO_SUBSCRIBERS  # allowed, nobody listening
     await enforced.enforcer.demote(D1)
-    await asyncio.sleep(0.1)  # the broker reloads on its next loop iteration after SIGHUP
-    assert d1.publish(data_topic(GW, D1, "temp")).value == NOT_AUTHORIZED
+    # the broker reloads on its next loop iteration after SIGHUP: refused from then on
+    assert await eventually(lambda: d1.publish(data_topic(GW, D1, "temp")).value == NOT_AUTHORIZED)
     assert d1.publish(handshake_up(enforced.gateway_id, D1)).value == NO_SUBSCRIBERS
     assert not d1.disconnected.is_set()
     d1.close()
@@ -127,10 +128,8 @@ async def test_cut_off_drops_a_connected_device_and_refuses_it_on_reconnect(enfo
     await enforced.enforcer.grant(D1, ["temp"])
     d1 = device_probe(enforced, D1, secrets[D1])
     d2 = device_probe(enforced, D2, secrets[D2])
-    started = time.monotonic()
     await enforced.enforcer.cut_off(D1)
-    assert await asyncio.to_thread(d1.disconnected.wait, 3.0)
-    assert time.monotonic() - started < 2.0  # paho notices a closed socket up to ~1 s late
+    assert await asyncio.to_thread(d1.disconnected.wait, 3.0)  # how fast: bench's revocation figures
     d1.client.loop_stop()
     again = Probe(enforced.broker, D1, secrets[D1].reveal())
     assert again.connect().value == NOT_AUTHORIZED
@@ -155,7 +154,8 @@ async def test_a_device_cannot_kick_another_by_reusing_its_client_id(enforced: E
     secrets = await enroll(enforced, D1, D2)
     d1 = device_probe(enforced, D1, secrets[D1])
     d2 = device_probe(enforced, D2, secrets[D2], client_id=D1)  # the broker uses the username instead
-    await asyncio.sleep(0.3)
+    # a take-over would have closed d1 when d2's CONNECT was handled; d1's round trip comes after it
+    assert d1.publish(data_topic(GW, D1, "temp")) is not None
     assert not d1.disconnected.is_set()
     assert not d2.disconnected.is_set()
     d1.close()
@@ -201,8 +201,10 @@ async def test_reloads_are_spaced_by_the_interval_and_cut_offs_wait_less() -> No
         t1 = time.monotonic()
         await env.enforcer.apply([CutOff(device_id=D2)])
         urgent = time.monotonic() - t1
-    assert 0.55 <= ordinary < 1.5
-    assert 0.05 <= urgent < 0.45
+    # the floors are the behaviour (reloads spaced, a cut-off waits its shorter interval); how long they
+    # take on a loaded machine is bench's business: only that a cut-off waits less than an enrolment
+    assert ordinary >= 0.55
+    assert 0.05 <= urgent < ordinary
 
 
 async def test_no_secret_reaches_the_logs(enforced: EnforcedBroker, caplog: pytest.LogCaptureFixture) -> None:
@@ -260,10 +262,8 @@ async def test_patterns_mode_isolates_devices_and_needs_no_reload_for_grants(
     gw.publish(command_topic(GW, D2, "reboot"), b"not mine")
     gw.publish(handshake_down(env.gateway_id, D2), b"not mine either")
     assert [m.payload for m in d1.drain()] == [b"mine"]
-    started = time.monotonic()
     await env.enforcer.cut_off(D1)
     assert await asyncio.to_thread(d1.disconnected.wait, 3.0)
-    assert time.monotonic() - started < 2.0
     d1.client.loop_stop()
     assert Probe(env.broker, D1, secrets[D1].reveal()).connect().value == NOT_AUTHORIZED
     gw.close()

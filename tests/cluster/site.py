@@ -19,6 +19,7 @@ from typing import Any
 from device_agent.core import topics
 from firmware_sim.broker import free_port
 from firmware_sim.device import SimDevice
+from firmware_sim.inproc import stop_gateway
 from firmware_sim.rabbitmq import ADMIN, RabbitCluster
 from firmware_sim.site import SitePlan, account_name, enroll
 from gateway.broker import BrokerSecret, HttpEnforcer, RabbitManagement
@@ -33,7 +34,7 @@ from gateway.settings import (
 )
 from ledger_bridge import EthereumTesterBackend, Ledger
 from ledger_bridge.enrollment import ProvisionedDevice
-from tests.gateway.helpers import eventually
+from tests.waiting import eventually
 
 
 @dataclass
@@ -132,13 +133,6 @@ async def start_gateway(site: ClusterSite, gateway_id: str, tmp: Path, node: int
         raise
     site.gateways[gateway_id] = gw
     return gw
-
-
-async def stop_gateway(site: ClusterSite, gateway_id: str) -> None:
-    gw = site.gateways.pop(gateway_id)
-    gw.stop()
-    await asyncio.wait_for(site.tasks.pop(gateway_id), 10)
-    await gw.__aexit__(None, None, None)
 
 
 async def crash_gateway(site: ClusterSite, gateway_id: str) -> Gateway:

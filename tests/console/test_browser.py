@@ -7,7 +7,6 @@ Screenshots of the main pages go to run/screenshots/ (printed at the end)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from ledger_bridge.operations import OwnerBundle
 from tests.conftest import require
 from tests.gateway.helpers import eventually
 from tests.gateway.stack import site
+from tests.waiting import enrolled_at_broker
 
 ETH = 10**18
 
@@ -142,7 +142,7 @@ async def test_enroll_watch_and_revoke_in_a_browser(tmp_path: Path) -> None:
                 # the device authenticates through the gateway and Mosquitto
                 did = bytes.fromhex(did_hex)
                 assert await eventually(lambda: did in gw.devices.entries, 15)
-                await asyncio.sleep(0.6)  # the enforcer's batched reload puts its broker password in place
+                await enrolled_at_broker(s.enforcer, did_hex)  # the broker has its password (a reload)
                 device = SimDevice(
                     OwnerBundle.load(prov.owner_file).device(),
                     gateway_id="gw-1",

@@ -154,7 +154,8 @@ async def test_firmware_update_on_both_agents(tmp_path: Path, caplog: pytest.Log
                 )
 
             assert await eventually(lambda: served_at(0)), "the gateways never saw the devices"
-            await asyncio.sleep(0.6)  # the enforcer's batched reload puts the broker passwords in place
+            for d in (pi, mpy):  # the broker has their passwords (a batched reload)
+                await waiting.enrolled_at_broker(s.enforcer, d.device_id.hex())
             listener, got = await _listener(s)
             topic = topics.verified("gw-a", pi.device_hex, "telemetry").encode()
 

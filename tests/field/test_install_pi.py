@@ -29,12 +29,12 @@ from pathlib import Path
 import pytest
 
 from device_agent.core import topics
+from firmware_sim.tls import make_test_ca
 from tests import waiting
 from tests.agent.helpers import Device
 from tests.conftest import require
 from tests.gateway.stack import site
 from tests.gateway.test_agents_e2e import _listener, _onboard
-from tests.tls import make_test_ca
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "install-pi.sh"

@@ -248,9 +248,7 @@ async def test_sd_notify_ready_watchdog_and_stopping_on_a_real_socket(tmp_path, 
             async with site(tmp_path, n_devices=1):
                 # READY=1 once connected and subscribed (watchdog pings may precede it)
                 assert [m for m in drain() if m != "WATCHDOG=1"] == ["READY=1"], got
-                await asyncio.sleep(0.55)
-                pings = drain().count("WATCHDOG=1")
-                assert pings >= 3, got
+                assert await eventually(lambda: drain().count("WATCHDOG=1") >= 3, 10), got
                 assert "STOPPING=1" not in got
             assert drain()[-1] == "STOPPING=1"
             assert got.count("READY=1") == 1
@@ -328,7 +326,10 @@ async def test_no_secret_reaches_the_logs_of_a_full_run(tmp_path, caplog):
         dev.send_data("telemetry", b"21.5")
         dev.client.publish(dev.up, b"\x11garbage", qos=1)  # a refused message is logged too
         assert gw.traffic.send_command(dev.device_id, "config", b"interval=60")
-        await asyncio.sleep(0.3)
+        # all three handled (and logged) before the revocation
+        assert await eventually(lambda: gw.metrics.get("data_verified") == 1)
+        assert await eventually(lambda: gw.metrics.get("rejected", "bad_message") == 1)
+        assert await eventually(lambda: dev.stats.commands == [b"interval=60"])
         await s.actors["owner"].revoke(other.device_id)
         await asyncio.wait_for(asyncio.shield(other.client.closed), 5)
         await gw.anchor_now()

@@ -12,6 +12,7 @@ from gateway.mqtt import MqttConnectError
 from gateway.settings import DefenceSettings, ProtocolSettings
 from tests.gateway.helpers import eventually
 from tests.gateway.stack import site, start_gateway, stop_gateway
+from tests.waiting import enrolled_at_broker
 
 pytestmark = pytest.mark.asyncio
 
@@ -58,10 +59,7 @@ async def test_clone_that_is_behind_is_detected_reported_and_cut_off(tmp_path):
         assert await eventually(lambda: '"event":"clone_detected"' in (
             gw.settings.state_dir / "audit.log").read_text())
         # reported on chain by the gateway's account
-        for _ in range(100):
-            if await s.ledger.clone_alert_count(did) >= 1:
-                break
-            await asyncio.sleep(0.05)
+        assert await eventually(lambda: s.ledger.clone_alert_count(did), 10)
         assert await s.ledger.clone_alert_count(did) == 1
         # quarantine: cut off at the broker, and neither copy is let back in
         await eventually(lambda: clone.client.closed.done(), 5)
@@ -97,11 +95,7 @@ async def test_quarantine_survives_a_gateway_restart_until_the_owner_acts(tmp_pa
         assert await eventually(lambda: did not in gw.devices.entries)
         await s.actors["owner"].activate(did)
         assert await eventually(lambda: did in gw.devices.entries and gw.devices.entries[did].active)
-        for _ in range(50):
-            try:
-                await original.connect(timeout=3)
-                break
-            except MqttConnectError:
-                await asyncio.sleep(0.1)
+        await enrolled_at_broker(s.enforcer, did.hex())  # the broker takes it back (a batched reload)
+        await original.connect(timeout=3)
         assert isinstance(await original.authenticate(), events.Authenticated)
         await original.close()

@@ -1,7 +1,7 @@
 """No silent loss after a gateway restart: devices streaming data learn within seconds that the gateway
 holds no session for them (REJECT no_session on their handshake topic), re-authenticate, and their
-data verify again. What was lost meanwhile is counted (the figure is gateway_restart_recovery_s). The
-same after a clone quarantine is lifted."""
+data verify again. How long that takes and what was lost meanwhile are bench_restart's figures
+(gateway_restart_recovery_s, gateway_restart_lost_messages). The same after a clone quarantine is lifted."""
 
 from __future__ import annotations
 
@@ -53,30 +53,22 @@ async def test_every_streaming_device_regains_a_session_after_a_gateway_restart(
         tasks = [asyncio.create_task(_stream(d, sent[d.device_id], stop)) for d in devs]
         try:
             assert await eventually(lambda: len({p.split()[0] for _, p in got}) == N, 20)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # past the devices' min_reauth guard (1 s, above): the policy's time
             enforcer = gw._enforcer
             await stop_gateway(s, "gw-a")
-            down_at = time.monotonic()
             await asyncio.sleep(0.5)  # data sent meanwhile reach no gateway at all
             gw = await start_gateway(s, "gw-a", tmp_path, enforcer=enforcer)
             mark = len(got)
             assert await eventually(lambda: len({p.split()[0] for _, p in got[mark:]}) == N, 20), (
                 dict(gw.metrics.counters)
             )
-            recovered_s = time.monotonic() - down_at
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.sleep(0.5)
-        verified = {d.device_id: 0 for d in devs}
-        for _, p in got:
-            verified[bytes.fromhex(p.split()[0].decode())] += 1
-        lost = sum(len(sent[d]) - verified[d] for d in sent)
         assert gw.metrics.get("no_session_signals") >= 1
         assert all(d.stats.no_session_signals >= 1 for d in devs), "every device was told, none timed out"
         assert all(d.stats.authenticated >= 2 for d in devs)
-        print(f"recovered in {recovered_s:.1f} s; lost {lost} of {sum(map(len, sent.values()))} messages")
-        assert recovered_s < 15
+        # how fast, and how many messages the restart cost: bench_restart's figures, not asserted here
         await listener.close()
         for d in devs:
             await d.close()

@@ -25,6 +25,7 @@ from ledger_bridge.index import LedgerSource
 from ledger_bridge.model import LedgerEvent
 from tests.gateway.helpers import eventually
 from tests.gateway.stack import FIRMWARE, POLICY, site, start_gateway, stop_gateway
+from tests.waiting import enrolled_at_broker
 
 pytestmark = pytest.mark.asyncio
 
@@ -108,12 +109,8 @@ async def test_offline_serving_bound_and_catch_up(tmp_path):
         assert (await asyncio.to_thread(_readyz, port)) == (200, "ready\n")
         assert isinstance(await kept.authenticate(), events.Authenticated)
         assert await eventually(lambda: newcomer.device_id in gw.devices.entries)
-        for _ in range(50):  # enrolment at the broker follows the index (a batched reload)
-            try:
-                await fresh.connect(timeout=3)
-                break
-            except MqttConnectError:
-                await asyncio.sleep(0.1)
+        await enrolled_at_broker(s.enforcer, fresh.hex)  # enrolment at the broker follows the index
+        await fresh.connect(timeout=3)
         assert isinstance(await fresh.authenticate(), events.Authenticated)
         for d in (kept, fresh):
             await d.close()

@@ -1,6 +1,11 @@
-"""Figures quoted in the README come from bench/results.json: each quoted figure is listed here with
-the result it stands for, and checked against the committed run; a figure in the README's Figures
-section that no claim covers fails too (so a new one cannot be added by hand)."""
+"""Figures quoted in the README and docs/ come from bench/results.json.
+
+README: each quoted figure is listed here with the result it stands for, and checked against the
+committed run; a figure in the README's Figures section that no claim covers fails too (so a new one
+cannot be added by hand). docs/*.md: a table row that names a figure of bench/results.json (in
+backticks) quotes its value, checked the same way; figures that bench/ does not produce (one-off
+experiments, published numbers) say where they come from in the text around them
+(docs/BENCHMARKS.md is generated from the results and not checked here)."""
 
 from __future__ import annotations
 
@@ -56,3 +61,45 @@ def test_every_figure_in_the_figures_section_is_a_claim():
     covered = " ".join(" ".join(text.split()) for text, _ in CLAIMS)
     for number in re.findall(r"\d[\d,.]*", section):
         assert number.rstrip(".,") in covered, f"{number} in the README's Figures section is not checked"
+
+
+DOCS = sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "BENCHMARKS.md")
+NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def _doc_rows() -> list[tuple[str, list[str], list[float]]]:
+    """(doc:line, the results it names, the numbers its figure cell quotes) per table row."""
+    rows = []
+    for doc in DOCS:
+        for n, line in enumerate(doc.read_text().splitlines(), 1):
+            if not line.startswith("|"):
+                continue
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            for i, cell in enumerate(cells):
+                keys = [k for k in re.findall(r"`([a-z0-9_]+)`", cell) if k in RESULTS]
+                if keys:
+                    quoted = [c for c in cells[i + 1 :] if NUMBER.search(c)]
+                    numbers = [float(x.replace(",", "")) for x in NUMBER.findall(quoted[0])] if quoted else []
+                    rows.append((f"{doc.name}:{n}", keys, numbers))
+                    break
+    return rows
+
+
+DOC_ROWS = _doc_rows()
+
+
+def test_the_docs_quote_figures_of_the_committed_run():
+    assert {"AGENT.md", "GATEWAY.md", "SIMULATOR.md"} <= {where.split(":")[0] for where, _, _ in DOC_ROWS}
+
+
+@pytest.mark.parametrize(("where", "keys", "numbers"), DOC_ROWS, ids=[r[0] for r in DOC_ROWS])
+def test_each_figure_quoted_in_a_docs_table_matches_the_committed_run(where, keys, numbers):
+    assert len(numbers) >= len(keys), f"{where} names {keys} but quotes no figure for each"
+    for key, quoted in zip(keys, numbers, strict=False):
+        assert about(RESULTS[key], quoted), (
+            f"{where}: {key} is {RESULTS[key]:,.1f} in bench/results.json, quoted {quoted:,}"
+        )
+
+
+def test_a_drifted_docs_figure_would_fail():
+    assert not about(RESULTS["mpy_agent_heap_peak_bytes"], RESULTS["mpy_agent_heap_peak_bytes"] * 1.5)

@@ -127,10 +127,6 @@ KNOWN_UPWARD = {
     "a package above both ledger_bridge and gateway",
     ("ledger_bridge.operations", "gateway.audit"): "show device --audit-log reads a gateway's audit log",
 }
-# Benchmarks that still drive the in-process test site (tests/gateway/stack.py) instead of a builder
-# outside tests: a debt to pay by moving that site into firmware_sim (bench/_inproc.py mirrors it).
-KNOWN_TEST_IMPORTS = {"bench_flood.py", "bench_restart.py", "bench_tls.py"}
-
 
 def test_folders_import_only_downwards():
     wrong = sorted(
@@ -148,8 +144,6 @@ def test_bench_and_the_project_import_no_test_module():
     for folder in ("bench", *PACKAGES):
         for path in (ROOT / folder).rglob("*.py"):
             if "node_modules" in path.parts:
-                continue
-            if path.name in KNOWN_TEST_IMPORTS:
                 continue
             tree = ast.parse(path.read_text())
             for node in ast.walk(tree):

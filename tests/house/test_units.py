@@ -22,6 +22,12 @@ def test_a_restarting_unit_does_not_restart_on_a_configuration_error(unit):
         assert "2" in service.get("RestartPreventExitStatus", "").split(), unit.name
 
 
+@pytest.mark.parametrize("unit", UNITS, ids=[u.name for u in UNITS])
+def test_a_unit_names_no_web_address(unit):
+    """The project has no published address: a URL in a unit would be invented (one was)."""
+    assert "http://" not in unit.read_text() and "https://" not in unit.read_text(), unit.name
+
+
 def test_every_cli_exits_2_on_a_configuration_error(tmp_path):
     from device_agent.agent.cli import main as agent
     from gateway.cli import main as gateway

@@ -10,6 +10,7 @@ from web3 import Web3
 from ledger_bridge.anvil import AnvilNode, anvil_binary
 from ledger_bridge.heads import HeadWatcher
 from tests.conftest import require
+from tests.waiting import eventually
 
 
 @pytest.mark.asyncio
@@ -22,24 +23,14 @@ async def test_heads_arrive_and_the_watcher_survives_a_node_restart():
     try:
         await asyncio.wait_for(watcher.connected.wait(), 10)
         Web3(Web3.HTTPProvider(node.url)).provider.make_request("evm_mine", [])
-        for _ in range(200):
-            if seen:
-                break
-            await asyncio.sleep(0.02)
+        assert await eventually(lambda: seen)
         assert seen == [1]
         node.stop()
-        for _ in range(200):
-            if not watcher.connected.is_set():
-                break
-            await asyncio.sleep(0.02)
-        assert not watcher.connected.is_set()
+        assert await eventually(lambda: not watcher.connected.is_set())
         node = AnvilNode(port=node.port).start()
         await asyncio.wait_for(watcher.connected.wait(), 10)
         Web3(Web3.HTTPProvider(node.url)).provider.make_request("evm_mine", [])
-        for _ in range(200):
-            if len(seen) == 2:
-                break
-            await asyncio.sleep(0.02)
+        assert await eventually(lambda: len(seen) == 2)
         assert seen == [1, 1]  # a fresh chain: its first block again
     finally:
         task.cancel()

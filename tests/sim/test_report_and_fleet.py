@@ -12,6 +12,7 @@ from collections import Counter
 
 import pytest
 
+from device_agent.private import KeystoreError
 from firmware_sim.fleet import Backoff, FleetStats, Pacer, parse_metrics
 from firmware_sim.identities import load_identities, save_identities
 from firmware_sim.report import FleetReport, ScenarioResult, histogram_svg, percentiles
@@ -96,7 +97,7 @@ def test_identities_round_trip_in_a_private_file(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o600
     assert load_identities(path) == devices
     path.chmod(0o644)
-    with pytest.raises(PermissionError):
+    with pytest.raises(KeystoreError, match="chmod 600"):
         load_identities(path)
 
 

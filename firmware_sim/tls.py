@@ -1,5 +1,6 @@
-"""A test CA made with ``cryptography``: a CA certificate and a broker certificate for 127.0.0.1, written
-where the broker can read them, plus the mosquitto.conf lines that turn the last listener into TLS."""
+"""A throwaway CA made with ``cryptography`` for a site's TLS listener (tests, bench): a CA certificate
+and a broker certificate for 127.0.0.1, written where the broker can read them, plus the mosquitto.conf
+lines that turn the last listener into TLS. Its key is generated per call and never leaves the site."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from cryptography.x509.oid import NameOID
 
 @dataclass(frozen=True)
 class TestCA:
+    __test__ = False  # not a pytest test class, though its name says "Test"
+
     ca_file: Path
     cert_file: Path
     key_file: Path
