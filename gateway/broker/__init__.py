@@ -13,8 +13,8 @@ from __future__ import annotations
 from ._canary import CanaryAnswer, canary_login
 from ._connections import ConnectionLog
 from ._errors import BrokerError, InvalidIdentifier, ReloadFailed, UnknownDevice, UnsafeBroker
-from ._http_enforcer import ConnectionCloser, HttpEnforcer, RabbitManagement
-from ._http_rights import AccessRules, Verdict
+from ._http_enforcer import BrokerAccounts, ConnectionCloser, HttpEnforcer, RabbitManagement
+from ._http_rights import AccessRules, AccountPermissions, Verdict, gateway_account_permissions
 from ._http_server import AuthzServer
 from ._interface import AuthorizeGateway, BrokerEnforcer, Change, CutOff, Demote, Enroll, Grant, RemoveGateway
 from ._mosquitto import MosquittoEnforcer, Reloader, RightsMode, mosquitto_config_lines, sighup_reloader
@@ -52,8 +52,10 @@ __all__ = [
     "USER",
     "VERIFIED",
     "AccessRules",
+    "AccountPermissions",
     "AuthorizeGateway",
     "AuthzServer",
+    "BrokerAccounts",
     "BrokerEnforcer",
     "BrokerError",
     "BrokerSecret",
@@ -85,6 +87,7 @@ __all__ = [
     "command_topic",
     "data_topic",
     "every",
+    "gateway_account_permissions",
     "gateway_username",
     "handshake_down",
     "handshake_up",
