@@ -34,14 +34,26 @@ data from all of them.
 endpoint, subscriptions, a QoS 1 queue each. ``cluster_kib_per_device_connection``: the
 cluster's memory growth (management API ``mem_used``, all nodes) per connected device.
 ``cluster_authz_questions_per_handshake``: the endpoint's decisions (the gateway's ``authz_*``
-counters) per completed handshake over the e2e windows: the broker's cost of asking, since RabbitMQ
-caches only 12 allowed topics per connection and the gateway publishes on one ``down`` topic per device.
+counters) per completed handshake over the e2e windows: the broker's cost of asking. RabbitMQ caches
+only 12 allowed topics per connection and the gateway publishes on one ``down`` topic per device, so
+with gateway accounts asked of the endpoint nearly every reply costs a question; as internal users the
+broker decides them itself.
 
 ``authz_decisions_per_s``: the endpoint alone (``gateway.broker.AuthzServer``, 10,000 devices in its
-table) in its own process, so on at most one core; a load process keeps 32 keep-alive connections
-busy with a mix of questions as RabbitMQ asks them (per login: user, vhost; per new topic: topic and
-resource), 16 requests in flight per connection. ``authz_cpu_us_per_decision`` is the endpoint's CPU
-per decision and ``authz_decisions_per_cpu_s`` its inverse: what one core of endpoint CPU answers.
+table) in its own process, so on at most one core. ``AUTHZ_LOAD_PROCESSES`` load processes, each with
+blocking raw sockets: ``AUTHZ_CONNECTIONS`` keep-alive connections with ``AUTHZ_DEPTH`` pipelined
+requests written at once on each, replies counted by their blank line (no parsing); a mix of questions
+as RabbitMQ asks them (per login: user, vhost; per new topic: topic and resource).
+``authz_cpu_us_per_decision`` is the endpoint's CPU per decision and ``authz_decisions_per_cpu_s`` its
+inverse: what one core of endpoint CPU answers. What bounded the rate shows in the CPU shares:
+``authz_server_cpu_share`` (the endpoint's CPU / wall time: ~1.0 means the endpoint itself was the
+bound) and ``authz_loadgen_cpu_share`` / ``authz_loadgen_cpu_us_per_decision`` (the load processes'
+own CPU, from ``time.process_time`` in each). On a shared machine a share well below 1.0 for both
+means neither got a core: the rate is then the machine's, not the endpoint's.
+
+``BENCH_CLUSTER_GATEWAY_ACCOUNTS`` = ``broker`` (default: the gateway's accounts are RabbitMQ internal
+users, ``enforcement.gateway_accounts = "broker"``) or ``endpoint`` (the broker asks the endpoint for
+them too), to compare the two schemes.
 """
 
 from __future__ import annotations
@@ -51,6 +63,7 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
+import socket
 import statistics
 import tempfile
 import time
@@ -79,6 +92,12 @@ REVOKED = 3
 RR_USER, RR_GATEWAY = "gateway-rr", "rr"
 REQUESTER_USER = "bench-requester"
 AUTHZ_SECONDS = 4.0
+# "broker": the gateway's accounts are RabbitMQ internal users (the broker decides its topics itself);
+# "endpoint": the broker asks the endpoint for them too (the previous scheme, for comparison)
+GATEWAY_ACCOUNTS = os.environ.get("BENCH_CLUSTER_GATEWAY_ACCOUNTS", "broker")
+AUTHZ_LOAD_PROCESSES = 2
+AUTHZ_CONNECTIONS = 4  # per load process
+AUTHZ_DEPTH = 64  # requests pipelined per connection
 
 
 # -- processes --------------------------------------------------------------------------------------------
@@ -148,37 +167,41 @@ def _authz_requests() -> list[bytes]:
     return out
 
 
-def run_authz_load(port: int, seconds: float, connections: int, depth: int, started: Any, done: Any) -> None:
-    asyncio.run(_authz_load(port, seconds, connections, depth, started, done))
-
-
-async def _authz_load(
-    port: int, seconds: float, connections: int, depth: int, started: Any, done: Any
+def run_authz_load(
+    port: int, seconds: float, connections: int, depth: int, started: Any, done: Any, cpu: Any
 ) -> None:
+    """One load process: blocking raw sockets, ``depth`` pipelined requests written at once on each of
+    ``connections`` keep-alive connections, replies counted by their blank line (no parsing): a few
+    hundred ns of this process's CPU per request, so the endpoint is what bounds the rate."""
     requests = _authz_requests()
     batches = [b"".join(requests[i : i + depth]) for i in range(0, len(requests) - depth, depth)]
-    total = 0
-    streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(connections)]
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
+    for sock in socks:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     started.set()
+    total, i = 0, 0
+    cpu0 = time.process_time()
     deadline = time.perf_counter() + seconds
-
-    async def one(offset: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal total
-        i = offset
+    try:
         while time.perf_counter() < deadline:
-            writer.write(batches[i % len(batches)])
-            i += 1
-            got = 0
-            while got < depth:  # every reply has exactly one blank line
-                chunk = await reader.read(65536)
-                if not chunk:
-                    return
-                got += chunk.count(b"\r\n\r\n")
-            total += depth
-        writer.close()
-
-    await asyncio.gather(*(one(c * 7, r, w) for c, (r, w) in enumerate(streams)))
+            for sock in socks:  # every connection has a batch in flight while the others are read
+                sock.sendall(batches[i % len(batches)])
+                i += 1
+            for sock in socks:
+                got, tail = 0, b""
+                while got < depth:
+                    chunk = sock.recv(1 << 20)
+                    if not chunk:
+                        raise RuntimeError("the endpoint closed a load connection")
+                    # a blank line split over two reads is counted once: keep the last 3 bytes
+                    got += (tail + chunk).count(b"\r\n\r\n")
+                    tail = chunk[-3:]
+                total += depth
+    finally:
+        for sock in socks:
+            sock.close()
     done.value = total
+    cpu.value = time.process_time() - cpu0
 
 
 def _proc(ctx: Any, target: Any, *args: Any) -> Any:
@@ -190,30 +213,48 @@ def _proc(ctx: Any, target: Any, *args: Any) -> Any:
 async def _authz_alone() -> dict[str, float]:
     ctx = multiprocessing.get_context("spawn")
     port_box, ready, stop = ctx.Value("i", 0), ctx.Event(), ctx.Event()
-    decisions, done = ctx.Value("q", 0), ctx.Value("q", 0)
+    decisions = ctx.Value("q", 0)
     server = _proc(ctx, run_authz_server, port_box, ready, stop, decisions)
+    loads: list[Any] = []
     try:
         if not await asyncio.to_thread(ready.wait, 60):
             raise RuntimeError("the authz server did not start")
-        started = ctx.Event()
-        load = _proc(ctx, run_authz_load, port_box.value, AUTHZ_SECONDS, 32, 16, started, done)
-        if not await asyncio.to_thread(started.wait, 60):
-            raise RuntimeError("the authz load did not start")
+        dones, starts, cpus = [], [], []
+        for _ in range(AUTHZ_LOAD_PROCESSES):
+            started, done, load_cpu = ctx.Event(), ctx.Value("q", 0), ctx.Value("d", 0.0)
+            args = (port_box.value, AUTHZ_SECONDS, AUTHZ_CONNECTIONS, AUTHZ_DEPTH, started, done, load_cpu)
+            loads.append(_proc(ctx, run_authz_load, *args))
+            dones.append(done)
+            starts.append(started)
+            cpus.append(load_cpu)
+        for started in starts:
+            if not await asyncio.to_thread(started.wait, 60):
+                raise RuntimeError("the authz load did not start")
         cpu0, t0 = _cpu_seconds(server.pid), time.perf_counter()
-        await asyncio.to_thread(load.join, AUTHZ_SECONDS + 30)
+        for p in loads:
+            await asyncio.to_thread(p.join, AUTHZ_SECONDS + 30)
         elapsed, cpu = time.perf_counter() - t0, _cpu_seconds(server.pid) - cpu0
     finally:
         stop.set()
         await asyncio.to_thread(server.join, 10)
         if server.is_alive():
             server.kill()
-    answered = done.value
+        for p in loads:
+            if p.is_alive():
+                p.kill()
+    answered = sum(d.value for d in dones)
+    load_cpu = sum(c.value for c in cpus)  # each load process's own CPU over its loop
+    if any(p.exitcode != 0 for p in loads):
+        raise RuntimeError("an authz load process failed")
     return {
         "authz_decisions_per_s": answered / elapsed,
         "authz_cpu_us_per_decision": cpu / max(1, answered) * 1e6,
-        # what one core of endpoint CPU answers (the measured rate is bound by the load generator here)
+        # what one core of endpoint CPU answers
         "authz_decisions_per_cpu_s": answered / max(1e-9, cpu),
+        # ~1.0: the endpoint used a whole core, so it (not the load) bounded the rate
         "authz_server_cpu_share": cpu / elapsed,
+        "authz_loadgen_cpu_share": load_cpu / elapsed,
+        "authz_loadgen_cpu_us_per_decision": load_cpu / max(1, answered) * 1e6,
     }
 
 
@@ -387,6 +428,7 @@ async def _run() -> dict[str, float]:
                 management_urls=",".join(cluster.management_urls),
                 management_user=ADMIN,
                 management_password_file=secret_dir / "management",
+                gateway_accounts=GATEWAY_ACCOUNTS,
             ),
         )
         gw_ready, gw_stop = ctx.Event(), ctx.Event()

@@ -182,6 +182,33 @@ async def test_gateway_accounts_are_broker_users_held_to_their_own_topics(tmp_pa
         await dev.close()
 
 
+async def test_a_session_end_closes_the_connection_through_the_management_api(tmp_path, rabbit):
+    cluster, shared_port = rabbit
+    async with cluster_site(tmp_path, cluster, shared_port, n_devices=2) as s:
+        listener, got = await s.listener("gw-a", node=0)
+        dev = s.sim(0, gateway_id="gw-a", node=2)  # the gateway sits on node 0, the device on node 2
+        await dev.connect()
+        assert isinstance(await dev.authenticate(timeout=10), events.Authenticated)
+        dev.send_data("telemetry", b"before")
+        assert await eventually(lambda: len(got) == 1, 10), got
+        gw = s.gateways["gw-a"]
+        closed_before = s.enforcer("gw-a").closed_connections
+        gw.traffic.drop_session(dev.device_id, "expired")  # as a session's end of life does
+        assert await _closed(dev.client), "the broker kept a connection whose session ended"
+        assert s.enforcer("gw-a").closed_connections == closed_before + 1
+        # still enrolled: it logs in again, but its data topics wait for a new session
+        await dev.connect()
+        dev.replay(topics.data("gw-a", dev.hex, "telemetry"), b"\x00" * 48)
+        assert await _closed(dev.client), "data published without a session were accepted"
+        assert s.refusals("no_session") >= 1
+        await dev.connect()
+        assert isinstance(await dev.authenticate(timeout=10), events.Authenticated)
+        dev.send_data("telemetry", b"after")
+        assert await eventually(lambda: [p for _, p in got] == [b"before", b"after"], 10), got
+        await listener.close()
+        await dev.close()
+
+
 async def test_a_node_dies_mid_fleet_and_its_devices_reconnect_elsewhere_and_reauthenticate(tmp_path, rabbit):
     cluster, shared_port = rabbit
     async with cluster_site(tmp_path, cluster, shared_port, n_devices=6) as s:
