@@ -63,6 +63,7 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
+import random
 import socket
 import statistics
 import tempfile
@@ -70,6 +71,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bench.bench_gateway as bench_gateway
 from bench._gateway_proc import run_responder
 from bench._site import GATEWAY_ID, build_site
 from bench.bench_gateway import (
@@ -92,6 +94,15 @@ REVOKED = 3
 RR_USER, RR_GATEWAY = "gateway-rr", "rr"
 REQUESTER_USER = "bench-requester"
 AUTHZ_SECONDS = 4.0
+# A closed loop of 1,000 devices on a cluster that manages ~100-150 round trips/s on the shared
+# machine queues each handshake's two round trips behind 1,000 others (~15 s): with bench_gateway's 5 s
+# a handshake would time out and start over, and the loop would measure its own timeouts (0-4
+# handshakes/s seen), not the cluster. The plain requesters wait without a timeout; so do the devices
+# here (up to HANDSHAKE_PATIENCE_S), and the windows are long enough for the pipeline to fill.
+HANDSHAKE_PATIENCE_S = 60.0
+FAILOVER_BOUND_S = 120.0  # the fail-over figure is NaN past this (cluster_failover_devices_back says how far)
+ROUND_S = float(os.environ.get("BENCH_CLUSTER_ROUND_S", "3" if N_DEVICES <= 100 else "15"))
+CONNECT_BATCH = int(os.environ.get("BENCH_CLUSTER_CONNECT_BATCH", "50"))  # connections opened at once
 # "broker": the gateway's accounts are RabbitMQ internal users (the broker decides its topics itself);
 # "endpoint": the broker asks the endpoint for them too (the previous scheme, for comparison)
 GATEWAY_ACCOUNTS = os.environ.get("BENCH_CLUSTER_GATEWAY_ACCOUNTS", "broker")
@@ -261,6 +272,14 @@ async def _authz_alone() -> dict[str, float]:
 # -- the cluster run -----------------------------------------------------------------------------------------
 
 
+class PatientSimDevice(SimDevice):
+    """A device of the closed loop that waits for its handshake as a plain requester waits for its
+    reply (see ``HANDSHAKE_PATIENCE_S``)."""
+
+    async def authenticate(self, *, timeout: float = 5.0) -> object:
+        return await super().authenticate(timeout=max(timeout, HANDSHAKE_PATIENCE_S))
+
+
 class ClusterPlainLoad(PlainLoad):
     """``bench_gateway``'s plain requesters, spread over the nodes, as one internal RabbitMQ user."""
 
@@ -298,8 +317,9 @@ async def _connect_retrying(dev: SimDevice, attempts: int = 5) -> None:
             await asyncio.sleep(0.5)
 
 
-async def _paced_batches(make: Any, n: int, size: int = 25) -> list[Any]:
-    """Connect in small batches: each connection costs the cluster a mirrored queue (slow on 2 cores)."""
+async def _paced_batches(make: Any, n: int, size: int = 0) -> list[Any]:
+    """Connect in batches: each connection costs the cluster a login and a queue (slow on 2 cores)."""
+    size = size or CONNECT_BATCH
     out: list[Any] = []
     for i in range(0, n, size):
         out += await asyncio.gather(*(make(k) for k in range(i, min(n, i + size))))
@@ -359,7 +379,11 @@ async def _revocations(site: Any, sims: list[SimDevice]) -> list[float]:
 
 async def _failover(
     cluster: RabbitCluster, sims: list[SimDevice], listener_got: list[Any]
-) -> tuple[float, int]:
+) -> tuple[float, int, int]:
+    """Kill node 2; its devices reconnect to the other nodes (backing off with jitter, as firmware
+    does: a tight retry loop of hundreds of clients is a storm the surviving nodes then serve first),
+    re-authenticate and send one data message each. -> (seconds until the gateway verified data from
+    all of them, or NaN if not within ``FAILOVER_BOUND_S``; devices on the node; devices back)."""
     victims = [s for s in sims if s.port == cluster.nodes[2].mqtt_port]
     survivors = [cluster.nodes[0].mqtt_port, cluster.nodes[1].mqtt_port]
     listener_got.clear()
@@ -370,25 +394,34 @@ async def _failover(
         assert dev.client is not None
         await asyncio.wait_for(asyncio.shield(dev.client.closed), 30)
         dev.port = survivors[k % 2]
-        for _ in range(100):
+        delay = 0.2
+        while time.perf_counter() - t0 < FAILOVER_BOUND_S:
             try:
                 await dev.connect(timeout=10)
-                break
             except Exception:
-                await asyncio.sleep(0.1)
-        for _ in range(5):
+                await dev.close()
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(5.0, delay * 2)
+                continue
             if isinstance(await dev.authenticate(timeout=10), events.Authenticated):
-                break
-        dev.send_data("telemetry", dev.hex.encode())
+                dev.send_data("telemetry", dev.hex.encode())
+                return
+            await dev.close()
 
-    await asyncio.gather(*(move(k, d) for k, d in enumerate(victims)))
     wanted = {d.hex.encode() for d in victims}
-    deadline = time.perf_counter() + 60
-    while time.perf_counter() < deadline and not wanted <= {p for _, p in listener_got}:
+
+    def back() -> int:
+        return len(wanted & {p for _, p in listener_got})
+
+    await asyncio.gather(*(move(k, d) for k, d in enumerate(victims)), return_exceptions=True)
+    while time.perf_counter() - t0 < FAILOVER_BOUND_S and back() < len(wanted):
         await asyncio.sleep(0.02)
-    if not wanted <= {p for _, p in listener_got}:
-        raise RuntimeError("not every device of the killed node came back within 60 s")
-    return time.perf_counter() - t0, len(victims)
+    seconds = time.perf_counter() - t0 if back() == len(wanted) else float("nan")
+    return seconds, len(victims), back()
+
+
+def _phase(what: str, since: float) -> None:
+    print(f"   {what} in {time.perf_counter() - since:.1f} s", flush=True)
 
 
 async def _run() -> dict[str, float]:
@@ -444,15 +477,18 @@ async def _run() -> dict[str, float]:
                 raise RuntimeError(f"{what} did not become ready")
 
         plain = ClusterPlainLoad(site, ports, rr_password)
+        t_phase = time.perf_counter()
         await plain.connect([f"e{i:015x}" for i in range(N_DEVICES)])
+        _phase("plain requesters connected", t_phase)
         devices = site.devices[:N_DEVICES]
-        sims = [
-            SimDevice(d, gateway_id=GATEWAY_ID, host="127.0.0.1", port=ports[k % NODES])
+        sims: list[SimDevice] = [
+            PatientSimDevice(d, gateway_id=GATEWAY_ID, host="127.0.0.1", port=ports[k % NODES])
             for k, d in enumerate(devices)
         ]
         memory_before = _cluster_memory(cluster)
         t_connect = time.perf_counter()
         await _paced_batches(lambda k: _connect_retrying(sims[k]), len(sims))
+        _phase("devices connected", t_connect)
         results["cluster_device_connects_per_s"] = len(sims) / (time.perf_counter() - t_connect)
         await asyncio.sleep(2.0)  # the management statistics lag a little
         results["cluster_kib_per_device_connection"] = (
@@ -460,7 +496,12 @@ async def _run() -> dict[str, float]:
         )
         pids = {"gw": gw.pid, "loadgen": os.getpid()}
         before = await asyncio.to_thread(_gateway_counters, metrics_port)
-        mixed = await _ceiling_and_e2e(plain, sims, {"responder": rr.pid, "loadgen": os.getpid()}, pids)
+        # bench_gateway's windows, ROUND_S long here (its module setting, read when the windows run)
+        saved_round_s, bench_gateway.ROUND_S = bench_gateway.ROUND_S, ROUND_S
+        try:
+            mixed = await _ceiling_and_e2e(plain, sims, {"responder": rr.pid, "loadgen": os.getpid()}, pids)
+        finally:
+            bench_gateway.ROUND_S = saved_round_s
         after = await asyncio.to_thread(_gateway_counters, metrics_port)
         handshakes = after.get("authenticated", 0) - before.get("authenticated", 0)
         questions = sum(v - before.get(k, 0) for k, v in after.items() if k.startswith("authz_"))
@@ -487,7 +528,9 @@ async def _run() -> dict[str, float]:
         results["cluster_revocation_cutoff_max_ms"] = max(cut)
 
         # fail-over: every device authenticated, then node 2 dies
+        t_phase = time.perf_counter()
         await _gather_in_batches([s.authenticate(timeout=10) for s in sims])
+        _phase("fleet authenticated", t_phase)
         got: list[Any] = []
         listener = await MqttClient.connect(
             "127.0.0.1",
@@ -499,10 +542,13 @@ async def _run() -> dict[str, float]:
         )
         await listener.subscribe([(topics.every(topics.VERIFIED), 1)])
         await asyncio.to_thread(cluster.mirror_mqtt_queues)
-        await asyncio.sleep(5.0)  # mirrors of the existing (empty) queues start and synchronise
-        seconds, moved = await _failover(cluster, sims, got)
+        await asyncio.sleep(max(5.0, N_DEVICES / 100))  # mirrors of the existing (empty) queues start
+        t_phase = time.perf_counter()
+        seconds, moved, returned = await _failover(cluster, sims, got)
+        _phase(f"fail-over: {returned} of {moved} devices back", t_phase)
         results["cluster_node_failover_s"] = seconds
         results["cluster_failover_devices"] = float(moved)
+        results["cluster_failover_devices_back"] = float(returned)
         await listener.close()
         await asyncio.gather(*(s.close() for s in sims), return_exceptions=True)
     finally:
