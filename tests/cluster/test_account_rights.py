@@ -133,3 +133,49 @@ async def test_a_failed_account_write_is_an_error_not_silence():
         await enforcer.apply([AuthorizeGateway(gateway_id="gw-a", secret=BrokerSecret.generate())])
     # the endpoint still knows the account: the broker asks it while its own copy is missing
     assert "gw-a" in enforcer.rules.gateways
+
+
+@pytest.mark.asyncio
+async def test_rabbit_management_writes_topic_rights_before_the_vhost_right():
+    """Against a recording HTTP server: the order of the calls is what keeps an account from ever
+    existing with every topic (RabbitMQ allows every topic to a user without topic permissions)."""
+    from aiohttp import web
+
+    from gateway.broker import RabbitManagement
+
+    seen: list[tuple[str, str, dict[str, object] | None]] = []
+    status = {"DELETE": 404, "PUT": 201}
+
+    async def record(request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else None
+        seen.append((request.method, request.raw_path, body))
+        return web.Response(status=status[request.method])
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    dead = "http://127.0.0.1:1"  # a node that is down: the next URL is tried
+    management = RabbitManagement([dead, f"http://127.0.0.1:{port}"], username="admin", password="pw-admin")
+    try:
+        rights = gateway_account_permissions("gateway-gw-a.1")
+        await management.put_account("gateway-gw-a.1", "pw-gateway-0123456789", rights)
+        assert [(m, path) for m, path, _ in seen] == [
+            ("PUT", "/api/users/gateway-gw-a.1"),
+            ("PUT", "/api/topic-permissions/%2F/gateway-gw-a.1"),
+            ("PUT", "/api/permissions/%2F/gateway-gw-a.1"),
+        ]
+        assert seen[0][2] == {"password": "pw-gateway-0123456789", "tags": ""}
+        assert seen[1][2] == {"exchange": "amq.topic", "write": rights.topic_write, "read": rights.topic_read}
+        await management.delete_account("gateway-gw-a.1")  # 404: already gone is fine
+        assert seen[-1][:2] == ("DELETE", "/api/users/gateway-gw-a.1")
+        status["PUT"] = 500
+        with pytest.raises(ReloadFailed, match="HTTP 500") as failed:
+            await management.put_account("gateway-gw-a.1", "pw-gateway-0123456789", rights)
+        assert "pw-" not in str(failed.value) and "pw-" not in repr(management)
+    finally:
+        await management.aclose()
+        await runner.cleanup()
