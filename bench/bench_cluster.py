@@ -97,8 +97,9 @@ AUTHZ_SECONDS = 4.0
 # A closed loop of 1,000 devices on a cluster that manages ~100-150 round trips/s on the shared
 # machine queues each handshake's two round trips behind 1,000 others (~15 s): with bench_gateway's 5 s
 # a handshake would time out and start over, and the loop would measure its own timeouts (0-4
-# handshakes/s seen), not the cluster. The plain requesters wait without a timeout; so do the devices
-# here (up to HANDSHAKE_PATIENCE_S), and the windows are long enough for the pipeline to fill.
+# handshakes/s seen), not the cluster; so would the gateway's proof timeout (bench/_site.py: 5 s). The
+# plain requesters wait without a timeout; so do the devices and the gateway's challenges here (up to
+# HANDSHAKE_PATIENCE_S), and the windows are long enough for the pipeline to fill.
 HANDSHAKE_PATIENCE_S = 60.0
 FAILOVER_BOUND_S = 120.0  # the fail-over figure is NaN past this (cluster_failover_devices_back says how far)
 ROUND_S = float(os.environ.get("BENCH_CLUSTER_ROUND_S", "3" if N_DEVICES <= 100 else "15"))
@@ -455,6 +456,9 @@ async def _run() -> dict[str, float]:
             spec.settings,
             http=HttpSettings(port=metrics_port),
             broker=dataclasses.replace(spec.settings.broker, port=ports[0]),
+            # a challenge waits for its proof as long as the device waits for its result (the site's
+            # 5 s would refuse proofs that queued behind 1,000 others; see HANDSHAKE_PATIENCE_S)
+            protocol=dataclasses.replace(spec.settings.protocol, proof_timeout=HANDSHAKE_PATIENCE_S),
             enforcement=EnforcementSettings(
                 mode="http",
                 http_port=shared_port,
