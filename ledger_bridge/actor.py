@@ -7,7 +7,7 @@ actor may do it, and a refusal comes back as `LedgerRevert` in words.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from eth_utils.address import to_checksum_address
 
@@ -197,22 +197,16 @@ class ActorHandle:
 
         if not len(device_ids) == len(sealed_keys) == len(key_commitments):
             raise ValueError("device_ids, sealed_keys and key_commitments differ in length")
-        base, per_item = BATCH_GAS["authorizeGatewayMany"]
-        size = await self.batch_limit("authorizeGatewayMany")
-        outcomes = []
-        for start in range(0, len(device_ids), size):
-            ids = [check_device_id(d) for d in device_ids[start : start + size]]
-            outcomes.append(
-                await self._tx(
-                    "authorizeGatewayMany",
-                    ids,
-                    _b32(gateway_id),
-                    list(sealed_keys[start : start + size]),
-                    [_b32(c) for c in key_commitments[start : start + size]],
-                    gas=base + per_item * len(ids),
-                )
-            )
-        return outcomes
+        return await self._batched(
+            "authorizeGatewayMany",
+            device_ids,
+            lambda ids, part: (
+                ids,
+                _b32(gateway_id),
+                list(sealed_keys[part]),
+                [_b32(c) for c in key_commitments[part]],
+            ),
+        )
 
     async def deauthorize_gateway(self, device_id: bytes, gateway_id: bytes) -> TxOutcome:
         return await self._tx("deauthorizeGateway", check_device_id(device_id), _b32(gateway_id))
@@ -220,6 +214,39 @@ class ActorHandle:
     # ---- maintainer ----
     async def record_firmware(self, device_id: bytes, firmware_hash: bytes) -> TxOutcome:
         return await self._tx("recordFirmware", check_device_id(device_id), _b32(firmware_hash))
+
+    async def record_firmware_many(
+        self, device_ids: Sequence[bytes], firmware_hash: bytes | Sequence[bytes]
+    ) -> list[TxOutcome]:
+        """Record a new image for many devices (one hash for all, or one each), in as few transactions as
+        fit. A refused batch raises `LedgerRevert` and changes nothing; the batches before it are on chain."""
+
+        if isinstance(firmware_hash, bytes):
+            hashes: list[bytes] = [firmware_hash] * len(device_ids)
+        else:
+            hashes = list(firmware_hash)
+        if len(hashes) != len(device_ids):
+            raise ValueError("device_ids and firmware hashes differ in length")
+        return await self._batched(
+            "recordFirmwareMany", device_ids, lambda ids, part: (ids, [_b32(h) for h in hashes[part]])
+        )
+
+    async def _batched(
+        self,
+        operation: str,
+        device_ids: Sequence[bytes],
+        arguments: Callable[[list[bytes], slice], tuple[Any, ...]],
+    ) -> list[TxOutcome]:
+        """One `operation` transaction per batch of devices, as many per batch as the block gas limit
+        allows; `arguments(ids, part)` gives a batch's call arguments (`part` slices the other columns)."""
+        base, per_item = BATCH_GAS[operation]
+        size = await self.batch_limit(operation)
+        outcomes = []
+        for start in range(0, len(device_ids), size):
+            part = slice(start, start + size)
+            ids = [check_device_id(d) for d in device_ids[part]]
+            outcomes.append(await self._tx(operation, *arguments(ids, part), gas=base + per_item * len(ids)))
+        return outcomes
 
     # ---- gateway account (authentication log) ----
     async def anchor(

@@ -324,6 +324,21 @@ async def job_onboard(request: web.Request) -> web.Response:
     return web.json_response(job.view(), status=202)
 
 
+async def job_reseal(request: web.Request) -> web.Response:
+    session = _require(request)
+    body = await _json(request)
+    bundles = body.get("bundles")
+    if not isinstance(bundles, dict) or not bundles or not all(isinstance(v, dict) for v in bundles.values()):
+        raise ValueError("bundles maps file names to owner bundles (JSON objects), at least one")
+    job = request.app[SERVICE].reseal_job(
+        _actor(request, session),
+        session.address,
+        {str(k): json.dumps(v).encode() for k, v in bundles.items()},
+        gateways=_list(body, "gateways"),
+    )
+    return web.json_response(job.view(), status=202)
+
+
 async def job_status(request: web.Request) -> web.Response:
     session = _require(request)
     job = request.app[SERVICE].jobs.get(request.match_info["job_id"])
@@ -549,6 +564,14 @@ ROUTES: list[Route] = [
         handler=job_onboard,
         summary="Owner: claim, set the policy, activate and authorize a CSV batch (a job)",
         body=_body(["csv", "policy"], {"csv": S, "policy": S, "gateways": SL, "bundles": OBJECT}),
+        response=JOB,
+    ),
+    Route(
+        method="POST",
+        path="/api/jobs/reseal",
+        handler=job_reseal,
+        summary="Owner: after a firmware update, new sealed keys for every stale grant (a job)",
+        body=_body(["bundles"], {"bundles": OBJECT, "gateways": SL}),
         response=JOB,
     ),
     Route(
