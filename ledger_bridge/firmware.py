@@ -27,30 +27,15 @@ from .actor import ActorHandle
 from .enrollment import GatewayPublicKey, ProvisionedDevice, sealed_grants
 from .ledger import Ledger
 from .model import DeviceState
+from .operations import OwnerBundle
 
 __all__ = ["ResealReport", "authorized_gateways", "device_from_owner_bundle", "reseal", "update_firmware"]
 
 
 def device_from_owner_bundle(bundle: Mapping[str, Any]) -> ProvisionedDevice:
-    """The owner's bundle (``<id>.owner.json`` from ``diams-agent provision``) as a ProvisionedDevice."""
-    try:
-        device = ProvisionedDevice(
-            secret=bytes.fromhex(bundle["secret"]),
-            model=str(bundle["model"]),
-            serial=str(bundle["serial"]),
-            mac=bytes.fromhex(str(bundle["mac"]).replace(":", "")),
-            firmware_hash=bytes.fromhex(bundle["firmware_hash"]),
-            salt=bytes.fromhex(bundle["salt"]),
-            claim_code=str(bundle["claim_code"]).encode(),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        # the message names the field, never a value (the bundle holds the device's secret)
-        raise ValueError(f"not an owner bundle ({type(exc).__name__}: missing or bad field)") from None
-    if len(device.secret) != 32:
-        raise ValueError("not an owner bundle (the secret must be 32 bytes)")
-    if "device_id" in bundle and bundle["device_id"] != device.device_id.hex():
-        raise ValueError("owner bundle: its device_id does not match its secret and characteristics")
-    return device
+    """The owner's bundle (``<id>.owner.json`` from ``diams-agent provision``) as a ProvisionedDevice,
+    with S' when the owner re-keyed the device (keys are then derived from it)."""
+    return OwnerBundle.parse(bundle).device()
 
 
 @dataclass(frozen=True, kw_only=True)

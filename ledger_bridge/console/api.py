@@ -383,9 +383,10 @@ def _account(text: str) -> str:
 async def policy(request: web.Request) -> web.Response:
     _require(request)
     asked = request.match_info["name"]
-    record = await ops.policy_info(request.app[SERVICE].ledger, asked)
-    # the chain keeps no policy names (ids are policy_key(author, name)): a name asked for is echoed
-    shown = ops.id_text(record.policy_id) if asked.startswith("0x") else asked
+    ledger = request.app[SERVICE].ledger
+    record = await ops.policy_info(ledger, asked)
+    # the name its author gave it, from PolicyDefined (ids are policy_key(author, name))
+    shown = ops.policy_label(await ledger.policy_name(record.policy_id), record.policy_id)
     return web.json_response({**ops.jsonable(record), "name": shown})
 
 
@@ -646,7 +647,7 @@ def openapi() -> dict[str, Any]:
             + "_".join(part.strip("{}") for part in r.path.strip("/").split("/")),
             "parameters": r.params,
             "responses": {
-                "202" if r.handler in (job_register, job_onboard) else "200": {
+                "202" if r.method == "POST" and r.response is JOB else "200": {  # a job started
                     "description": "ok",
                     "content": {"application/json": {"schema": r.response}},
                 },

@@ -132,14 +132,14 @@ class ConsoleService:
     def devices(self, **filters: Any) -> dict[str, Any]:
         total, rows = self.index.search(**filters)
         for r in rows:
-            r["policy"] = ops.id_text(r["policy"]) if r["policy"] else None
+            r["policy"] = ops.policy_label(r.pop("policy_name"), r["policy"])
         return {"total": total, "offset": filters.get("offset", 0), "devices": rows}
 
     def device_summary(self, device_id: bytes) -> dict[str, Any] | None:
         """One device from the index (the hot path of `GET /api/devices/{id}`)."""
         row = self.index.device_row(device_id)
         if row is not None:
-            row["policy"] = ops.id_text(row["policy"]) if row["policy"] else None
+            row["policy"] = ops.policy_label(row.pop("policy_name"), row["policy"])
             for g in row["gateways"]:
                 g["gateway"] = ops.id_text(g["gateway"])
         return row
@@ -380,10 +380,13 @@ class ConsoleService:
             devices, errors = [], []
             for n, (name, data) in enumerate(sorted(bundles.items()), 1):
                 try:
-                    devices.append(parse_bundle(data).device())
-                except ValueError as exc:  # the message names a field, never a value
-                    reason = str(exc).replace("bundle.owner.json", name)  # parse_bundle's file name
-                    errors.append({"line": n, "device_id": "", "reason": reason})
+                    try:
+                        raw = json.loads(data)
+                    except ValueError:
+                        raise ValueError(f"{name} is not a device owner bundle (not JSON)") from None
+                    devices.append(ops.OwnerBundle.parse(raw, name=name).device())
+                except ValueError as exc:  # the message names the file and a field, never a value
+                    errors.append({"line": n, "device_id": "", "reason": str(exc)})
             job.errors = errors
             if not devices:
                 job.summary = "nothing re-sealed: no valid owner bundle"

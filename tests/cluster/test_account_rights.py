@@ -27,7 +27,7 @@ USERS = ("gateway-gw-a", "gateway-gw-a.1", "gateway-b2")
 
 # routing keys as RabbitMQ hands them over: "/" -> ".", "+" -> "*"; right and wrong shapes, each level
 LEVELS = {
-    "kind": [topics.HANDSHAKE, topics.DATA, topics.COMMAND, topics.VERIFIED, "x", "*", "#"],
+    "kind": [topics.HANDSHAKE, topics.DATA, topics.COMMAND, topics.VERIFIED, topics.REKEY, "x", "*", "#"],
     "gateway": ["gw-a", "gw-b", "b2", "*", "#", "gw-a\n"],
     "device": [DEV, "*", "#", "a.b", ""],
     "last": [topics.UP, topics.DOWN, "telemetry", "*", "#", "up\n", "x y", None],

@@ -10,6 +10,8 @@ import os
 import pytest
 
 from ledger_bridge import DeviceState, LedgerRevert
+from ledger_bridge.enrollment import ProvisionedDevice
+from ledger_bridge.firmware import device_from_owner_bundle
 from ledger_bridge.gas import CALL_GAS, GRANT_STATUS_CELLS
 
 from .conftest import Actors
@@ -122,3 +124,30 @@ async def test_a_default_sized_grant_status_call_fits_the_view_gas(channel: Acto
     print(f"grantStatus({len(ids)} devices x {len(gateways)} gateways): {used} gas")
     assert used < CALL_GAS * 0.8, used
     assert all(all(s.current.values()) for s in await ch.ledger.grant_status(ids, gateways))
+
+
+def test_reseal_seals_from_the_rekeyed_secret_when_the_bundle_has_one() -> None:
+    """After a re-key at transfer the owner's bundle carries S' (diams-ledger rekey writes it): re-sealing
+    after a firmware update must derive the gateways' keys from S', or the re-keyed device is refused."""
+    d = ProvisionedDevice.generate(model="sensor", serial="RK1", firmware_hash=FW2)
+    bundle = {
+        "device_id": d.device_id.hex(),
+        "model": d.model,
+        "serial": d.serial,
+        "mac": d.mac.hex(),
+        "firmware_hash": d.firmware_hash.hex(),
+        "secret": d.secret.hex(),
+        "salt": d.salt.hex(),
+        "claim_code": d.claim_code.decode("latin-1"),
+    }
+    s_prime = os.urandom(32)
+    before = device_from_owner_bundle(bundle)
+    after = device_from_owner_bundle({**bundle, "rekeyed_secret": s_prime.hex()})
+    assert after.device_id == before.device_id and after.current_secret == s_prime
+    rekeyed = ProvisionedDevice(**{**before.__dict__, "rekeyed_secret": s_prime})
+    assert after.gateway_keys(b"gw-1", 2).k_dg == rekeyed.gateway_keys(b"gw-1", 2).k_dg
+    assert after.gateway_keys(b"gw-1", 2).k_dg != before.gateway_keys(b"gw-1", 2).k_dg
+    with pytest.raises(
+        ValueError, match=r"owner bundle is not a device owner bundle \(missing field 'salt'\)"
+    ):
+        device_from_owner_bundle({k: v for k, v in bundle.items() if k != "salt"})
