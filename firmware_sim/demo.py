@@ -217,6 +217,7 @@ class Demo:
                 management_urls=",".join(self.cluster.management_urls),
                 management_user=ADMIN,
                 management_password_file=management,
+                gateway_accounts="broker",
             )
         assert self.broker is not None
         return EnforcementSettings(

@@ -121,6 +121,7 @@ def _secret_file_problems(settings: GatewaySettings) -> list[str]:
         "broker.password_file": settings.broker.password_file,
         "ledger.keystore": settings.ledger.keystore,
         "ledger.passphrase_file": settings.ledger.passphrase_file,
+        "enforcement.management_password_file": settings.enforcement.management_password_file,
     }
     problems = []
     for name, path in named.items():

@@ -320,6 +320,7 @@ class Gateway:
             listen=(e.http_host, e.http_port),
             peers=e.peers(),
             shared_listen=(e.http_host, e.http_shared_port) if e.http_shared_port else None,
+            accounts=closer if e.gateway_accounts == "broker" else None,
         )
 
     # ---- sessions (enforcers that see them: data topics only while a session is live) ----

@@ -114,6 +114,10 @@ class EnforcementSettings:
     management_urls: str = ""
     management_user: str = ""
     management_password_file: Path | None = None
+    # where gateway accounts live: "endpoint" (the broker asks this endpoint, as for devices) or
+    # "broker" (RabbitMQ internal users written through the management API: the broker decides a
+    # gateway's own topics itself, and only device questions reach the endpoint; docs/GATEWAY.md §4a)
+    gateway_accounts: str = "endpoint"
 
     def __post_init__(self) -> None:
         if self.mode not in ("mosquitto", "http", "none"):
@@ -130,6 +134,12 @@ class EnforcementSettings:
             raise SettingsError(
                 "enforcement.management_urls needs management_user and management_password_file"
             )
+        if self.gateway_accounts not in ("endpoint", "broker"):
+            raise SettingsError(
+                f"enforcement.gateway_accounts must be 'endpoint' or 'broker', got {self.gateway_accounts!r}"
+            )
+        if self.mode == "http" and self.gateway_accounts == "broker" and not self.management_urls:
+            raise SettingsError("enforcement.gateway_accounts = 'broker' needs enforcement.management_urls")
         if self.mode == "mosquitto" and (self.password_file is None or self.acl_file is None):
             raise SettingsError("enforcement.mode = 'mosquitto' needs enforcement.password_file and acl_file")
         if self.mode == "mosquitto" and self.pid_file is None and not self.reload_command:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from ._canary import CanaryAnswer, canary_login
 from ._connections import ConnectionLog
 from ._errors import BrokerError, InvalidIdentifier, ReloadFailed, UnknownDevice, UnsafeBroker
-from ._http_enforcer import ConnectionCloser, HttpEnforcer, RabbitManagement
-from ._http_rights import AccessRules, Verdict
+from ._http_enforcer import BrokerAccounts, ConnectionCloser, HttpEnforcer, RabbitManagement
+from ._http_rights import AccessRules, AccountPermissions, Verdict, gateway_account_permissions
 from ._http_server import AuthzServer
 from ._interface import (
     AuthorizeApplication,
@@ -65,9 +65,11 @@ __all__ = [
     "USER",
     "VERIFIED",
     "AccessRules",
+    "AccountPermissions",
     "AuthorizeApplication",
     "AuthorizeGateway",
     "AuthzServer",
+    "BrokerAccounts",
     "BrokerEnforcer",
     "BrokerError",
     "BrokerSecret",
@@ -101,6 +103,7 @@ __all__ = [
     "command_topic",
     "data_topic",
     "every",
+    "gateway_account_permissions",
     "gateway_username",
     "handshake_down",
     "handshake_up",

@@ -10,6 +10,15 @@ RabbitMQ's ``DELETE /api/connections/username/{name}``, EMQX's ``DELETE /api/v5/
 ``apply()`` returns once those calls are answered; a failed call raises ``ReloadFailed`` (the table is
 already changed, so the client is refused at its next login or new topic in any case).
 
+Gateway accounts may live in the broker itself (``accounts``, RabbitMQ's internal users written through
+its management API with ``gateway_account_permissions``): with RabbitMQ's ``auth_backends.1 = internal``
+the broker then decides a gateway's logins and topics without asking, and only device questions reach
+the endpoint. RabbitMQ 3.10 remembers 12 allowed topics per connection, and a gateway replies on one
+topic per device: asked over HTTP, nearly every reply would cost a question. The endpoint still knows
+the accounts (a fallback while the broker's copy is missing, with the same answers). An account is
+written before it may enter the virtual host (user, then topic permissions, then permissions: never a
+moment with every topic), and deleted when the gateway is removed.
+
 Grant is also offered synchronously (``stage``): the gateway grants data topics in the same loop turn
 that authenticates a device, before the reply that lets the device send data leaves.
 """
@@ -20,14 +29,22 @@ import abc
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
 from ._errors import BrokerError, ReloadFailed, UnknownDevice
-from ._http_rights import AccessRules, DeviceRights, GatewayAccount
+from ._http_rights import (
+    AccessRules,
+    AccountPermissions,
+    DeviceRights,
+    GatewayAccount,
+    gateway_account_permissions,
+)
 from ._http_server import AuthzServer
 from ._interface import (
     AuthorizeApplication,
@@ -57,10 +74,24 @@ class ConnectionCloser(abc.ABC):
         """Release resources."""
 
 
-class RabbitManagement(ConnectionCloser):
+class BrokerAccounts(abc.ABC):
+    """Accounts kept by the broker itself (RabbitMQ internal users), cluster-wide."""
+
+    @abc.abstractmethod
+    async def put_account(self, username: str, password: str, rights: AccountPermissions) -> None:
+        """Create or update the account; return once the broker holds it with exactly ``rights``."""
+
+    @abc.abstractmethod
+    async def delete_account(self, username: str) -> None:
+        """Return once the account is gone (absent is fine)."""
+
+
+class RabbitManagement(ConnectionCloser, BrokerAccounts):
     """RabbitMQ's management API; ``urls`` of several nodes are tried in turn (a node may be down)."""
 
-    def __init__(self, urls: Iterable[str], *, username: str, password: str, timeout: float = 3.0) -> None:
+    def __init__(
+        self, urls: Iterable[str], *, username: str, password: str, timeout: float = 3.0, vhost: str = "/"
+    ) -> None:
         self.urls = [u.rstrip("/") for u in urls]
         if not self.urls:
             raise ValueError("RabbitManagement needs at least one management URL")
@@ -68,28 +99,47 @@ class RabbitManagement(ConnectionCloser):
         self._headers = {"Authorization": f"Basic {token}", "X-Reason": "diams: access withdrawn"}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._vhost = quote(vhost, safe="")
         self.calls = 0
 
     def __repr__(self) -> str:  # never the credential
         return f"RabbitManagement({self.urls})"
 
-    async def close_user(self, username: str) -> None:
+    async def _call(self, method: str, path: str, what: str, body: dict[str, Any] | None = None) -> None:
+        """``method`` ``/api<path>`` on the first node that answers; 404 counts as done for DELETE."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
+        data = None if body is None else json.dumps(body).encode()
+        headers = self._headers if body is None else {**self._headers, "content-type": "application/json"}
+        ok = (200, 201, 204, 404) if method == "DELETE" else (200, 201, 204)
         last = "no management URL answered"
         for base in self.urls:
             try:
-                async with self._session.delete(
-                    f"{base}/api/connections/username/{quote(username, safe='')}",
-                    headers=self._headers,
-                ) as response:
+                url = f"{base}/api{path}"
+                async with self._session.request(method, url, data=data, headers=headers) as r:
                     self.calls += 1
-                    if response.status in (200, 204, 404):
+                    if r.status in ok:
                         return
-                    last = f"{base}: HTTP {response.status}"
+                    last = f"{base}: HTTP {r.status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 last = f"{base}: {type(exc).__name__}"
-        raise ReloadFailed(f"could not close the connections of {username}: {last}")
+        raise ReloadFailed(f"could not {what}: {last}")
+
+    async def close_user(self, username: str) -> None:
+        name = quote(username, safe="")
+        await self._call("DELETE", f"/connections/username/{name}", f"close the connections of {username}")
+
+    async def put_account(self, username: str, password: str, rights: AccountPermissions) -> None:
+        name, what = quote(username, safe=""), f"write the broker account {username}"
+        await self._call("PUT", f"/users/{name}", what, {"password": password, "tags": ""})
+        topic = {"exchange": "amq.topic", "write": rights.topic_write, "read": rights.topic_read}
+        await self._call("PUT", f"/topic-permissions/{self._vhost}/{name}", what, topic)
+        regular = {"configure": rights.configure, "write": rights.write, "read": rights.read}
+        await self._call("PUT", f"/permissions/{self._vhost}/{name}", what, regular)
+
+    async def delete_account(self, username: str) -> None:
+        name = quote(username, safe="")
+        await self._call("DELETE", f"/users/{name}", f"delete the broker account {username}")
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
@@ -114,9 +164,11 @@ class HttpEnforcer(BrokerEnforcer):
         peers: dict[str, str] | None = None,
         count: Callable[[str, str], None] | None = None,
         shared_listen: tuple[str, int] | None = None,
+        accounts: BrokerAccounts | None = None,
     ) -> None:
         self.rules = AccessRules(gateway_id=gateway_id)
         self.closer = closer
+        self.accounts = accounts
         self.server = (
             None
             if listen is None
@@ -201,7 +253,42 @@ class HttpEnforcer(BrokerEnforcer):
         return list(close)
 
     async def apply(self, changes: Iterable[Change]) -> None:
-        await self.close_connections(self.stage(changes))
+        batch = list(changes)
+        before = {gid: account.connections for gid, account in self.rules.gateways.items()}
+        close = self.stage(batch)
+        if self.accounts is not None:
+            await self._write_accounts(batch, before)
+        await self.close_connections(close)
+
+    async def _write_accounts(self, batch: list[Change], before: dict[str, int]) -> None:
+        """The broker's copy of the gateway accounts that ``batch`` changed (``accounts``)."""
+        assert self.accounts is not None
+        puts: dict[str, str] = {}
+        deletes: set[str] = set()
+        for change in batch:
+            if isinstance(change, AuthorizeGateway):
+                gid, n = change.gateway_id, change.connections
+                names = [gateway_username(gid, k) for k in range(n)]
+                deletes.update(gateway_username(gid, k) for k in range(n, max(n, before.get(gid, 0))))
+                deletes.difference_update(names)
+                puts.update((name, change.secret.reveal()) for name in names)
+            elif isinstance(change, RemoveGateway):
+                gid = change.gateway_id
+                names = [gateway_username(gid, k) for k in range(before.get(gid, 0))]
+                deletes.update(names)
+                for name in names:
+                    puts.pop(name, None)
+        accounts = self.accounts
+        results = await asyncio.gather(
+            *(accounts.put_account(u, pw, gateway_account_permissions(u)) for u, pw in puts.items()),
+            *(accounts.delete_account(u) for u in sorted(deletes)),
+            return_exceptions=True,
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            first = failures[0]
+            why = str(first) if isinstance(first, ReloadFailed) else type(first).__name__
+            raise ReloadFailed(f"{len(failures)} of {len(results)} broker account writes failed; {why}")
 
     async def close_connections(self, usernames: list[str]) -> None:
         if not usernames or self.closer is None:
@@ -229,3 +316,6 @@ class HttpEnforcer(BrokerEnforcer):
         if self.closer is not None:
             with contextlib.suppress(Exception):
                 await self.closer.aclose()
+        if isinstance(self.accounts, ConnectionCloser) and self.accounts is not self.closer:
+            with contextlib.suppress(Exception):
+                await self.accounts.aclose()

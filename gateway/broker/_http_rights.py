@@ -23,6 +23,10 @@ topic shapes are ``device_agent.core.topics``'):
   data and command topics under its own id, and the re-key topics under its id (read ``up``, write
   ``down``: the new owner's tool runs a re-key with the gateway's account). Its rights follow from its
   name, so any gateway's endpoint can answer them.
+  On RabbitMQ a gateway account may instead be an internal user of the broker
+  (``gateway_account_permissions``: the same table as regular expressions), so that the broker decides
+  its topics itself: a gateway publishes on one ``down`` topic per device, and RabbitMQ 3.10 remembers
+  only 12 allowed topics per connection, so otherwise nearly every gateway reply asks this endpoint.
 Questions only another gateway can answer (its account's password, a session it holds) come back as
 ``Verdict.forward_to`` that gateway; the server asks that gateway's endpoint, or refuses.
 
@@ -224,3 +228,58 @@ def _gateway_topic(gid: str, rest: list[str], permission: str) -> Verdict:
         if allowed == permission and _within(rest, right):
             return ALLOW
     return _deny("gateway_rights")
+
+
+# -- the same gateway rights as RabbitMQ internal-user permissions -----------------------------------------
+
+_LEVEL_RE = r"[A-Za-z0-9_-]+"  # _NAME without its length bound (a right over longer names is no wider)
+_ANY_RE = r"(?:\*|" + _LEVEL_RE + ")"  # one level: a name, or the "+" of a filter (a "*" in a binding key)
+# the very end of the name: "$" would also match before a final newline (in PCRE as in Python)
+_END = r"(?![\s\S])"
+_REST_RE = r"(?:\.(?:\*|#|" + _LEVEL_RE + "))*"  # "#": any further levels, wildcards included
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPermissions:
+    """A broker account's rights as RabbitMQ internal-user permissions: regular expressions over
+    resource names (``configure``/``write``/``read``) and, on the MQTT exchange, over routing keys
+    (``topic_write``/``topic_read``). A user with no topic permission may use every topic, so both
+    are always set."""
+
+    configure: str
+    write: str
+    read: str
+    topic_write: str
+    topic_read: str
+
+
+def _right_regex(levels: tuple[str, ...]) -> str:
+    parts = [re.escape(level) for level in _PREFIX]
+    tail = ""
+    for level in levels:
+        if level == "#":
+            tail = _REST_RE
+            break
+        parts.append(_ANY_RE if level == ANY else re.escape(level))
+    return r"\.".join(parts) + tail
+
+
+def gateway_account_permissions(username: str, exchange: str = MQTT_EXCHANGE) -> AccountPermissions:
+    """The rights of gateway account ``username`` (``gateway-<gw>[.<n>]``) as RabbitMQ permissions:
+    exactly what ``AccessRules`` answers for it (``tests/cluster`` checks the two agree)."""
+    m = _GATEWAY_USER.fullmatch(username)
+    if m is None:
+        raise ValueError(f"not a gateway account name: {username!r}")
+    rights = _gateway_rights(m.group(1))
+
+    def topics_for(permission: str) -> str:
+        return "^(?:" + "|".join(_right_regex(r) for p, r in rights if p == permission) + ")" + _END
+
+    queues = re.escape(f"mqtt-subscription-{username}qos") + "[01]"
+    return AccountPermissions(
+        configure=f"^{queues}{_END}",
+        write=f"^(?:{re.escape(exchange)}|{queues}){_END}",
+        read=f"^(?:{re.escape(exchange)}|{queues}){_END}",
+        topic_write=topics_for("write"),
+        topic_read=topics_for("read"),
+    )

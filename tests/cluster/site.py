@@ -4,7 +4,8 @@ gateway daemons enforcing through their HTTP endpoints (``enforcement.mode = "ht
 The cluster's nodes all ask one shared endpoint port, on which every gateway listens (SO_REUSEPORT):
 the kernel spreads the broker's connections over the live gateways, so any of them can die. Each
 gateway also listens on its own port, where the others forward the questions only it can answer
-(its account, the sessions it holds). Gateway ``i`` connects to node ``i % nodes``.
+(its account, the sessions it holds). Gateway ``i`` connects to node ``i % nodes``. Gateway accounts
+are RabbitMQ internal users (``enforcement.gateway_accounts = "broker"``) unless a test says otherwise.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class ClusterSite:
     actors: dict[str, Any]
     devices: list[ProvisionedDevice]
     private_ports: dict[str, int]
+    gateway_accounts: str = "broker"
     gateways: dict[str, Gateway] = field(default_factory=dict)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
@@ -84,9 +86,11 @@ class ClusterSite:
 
 async def start_gateway(site: ClusterSite, gateway_id: str, tmp: Path, node: int) -> Gateway:
     c = site.cluster
+    management = RabbitManagement(c.management_urls, username=ADMIN, password=c.admin_password)
     enforcer = HttpEnforcer(
         gateway_id=gateway_id,
-        closer=RabbitManagement(c.management_urls, username=ADMIN, password=c.admin_password),
+        closer=management,
+        accounts=management if site.gateway_accounts == "broker" else None,
         listen=("127.0.0.1", site.private_ports[gateway_id]),
         shared_listen=("127.0.0.1", site.shared_port),
         peers={
@@ -156,6 +160,7 @@ async def cluster_site(
     *,
     n_devices: int,
     gateway_ids: tuple[str, ...] = ("gw-a", "gw-b"),
+    gateway_accounts: str = "broker",
 ) -> AsyncIterator[ClusterSite]:
     async with Ledger(backend=EthereumTesterBackend()) as ledger:
         enrollment = await enroll(ledger, SitePlan(gateway_ids=gateway_ids, devices=n_devices), key_dir=tmp)
@@ -170,6 +175,7 @@ async def cluster_site(
             actors=actors,
             devices=devices,
             private_ports={gid: free_port() for gid in gateway_ids},
+            gateway_accounts=gateway_accounts,
         )
         try:
             for i, gid in enumerate(gateway_ids):

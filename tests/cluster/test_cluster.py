@@ -11,6 +11,7 @@ import asyncio
 import pytest
 
 from device_agent.core import events, topics
+from gateway.broker import gateway_account_permissions
 from gateway.mqtt import MqttClient, MqttConnectError, MqttError
 from tests.cluster.site import ClusterSite, cluster_site, crash_gateway
 from tests.gateway.helpers import eventually, raw_device_client
@@ -123,6 +124,89 @@ async def test_a_gateway_dies_and_the_other_keeps_authorizing(tmp_path, rabbit):
         await listener.close()
         for d in moved.values():
             await d.close()  # type: ignore[attr-defined]
+
+
+async def _refused_subscription(client: MqttClient, topic: str) -> bool:
+    """RabbitMQ answers a refused subscription by closing the connection (or a 0x80 in the SUBACK)."""
+    try:
+        granted = await client.subscribe([(topic, 1)], timeout=5)
+    except MqttError:
+        return True
+    return granted == [0x80] or await _closed(client, 5)
+
+
+async def test_gateway_accounts_are_broker_users_held_to_their_own_topics(tmp_path, rabbit):
+    cluster, shared_port = rabbit
+    async with cluster_site(tmp_path, cluster, shared_port, n_devices=2) as s:
+        # each gateway wrote its accounts into the broker, with the endpoint's rights as permissions
+        for user in ("gateway-gw-a", "gateway-gw-a.1", "gateway-gw-b"):
+            want = gateway_account_permissions(user)
+            (perm,) = cluster.management(f"/topic-permissions/%2F/{user}")
+            assert perm["exchange"] == "amq.topic"
+            assert (perm["write"], perm["read"]) == (want.topic_write, want.topic_read)
+        # the broker decides a gateway account's login and topics itself: the endpoint is not asked
+        def asked() -> int:
+            return sum(
+                gw.metrics.get("authz_allowed", q) for gw in s.gateways.values() for q in ("user", "topic")
+            )
+
+        before = asked()
+        listener, got = await s.listener("gw-a", node=2)
+        assert asked() == before
+        # a device's questions still reach the endpoint; its verified data reach the application
+        dev = s.sim(0, gateway_id="gw-a", node=1)
+        await dev.connect()
+        assert isinstance(await dev.authenticate(timeout=10), events.Authenticated)
+        dev.send_data("telemetry", b"via-internal-accounts")
+        assert await eventually(lambda: len(got) == 1, 10), got
+        assert asked() > before
+        # outside its topics a gateway account is refused by the broker: a device's data topic
+        listener.publish(topics.data("gw-a", dev.hex, "telemetry"), b"forged", qos=0)
+        assert await _closed(listener), "a gateway account published on a device's data topic"
+        # another gateway's handshakes, and everything
+        for topic in (topics.topic_filter(topics.HANDSHAKE, "gw-b", topics.ANY, topics.UP), "#"):
+            other, _ = await s.listener("gw-a", node=0, topic=topics.every(topics.VERIFIED))
+            assert await _refused_subscription(other, topic), topic
+            await other.close()
+        # a wrong password: refused by the broker's account and by the endpoint alike
+        with pytest.raises(MqttConnectError):
+            await MqttClient.connect(
+                "127.0.0.1",
+                s.port_of(0),
+                client_id="gateway-gw-a.1",
+                username="gateway-gw-a.1",
+                password="not-the-password-000000",
+                on_message=lambda t, p: None,
+                timeout=5,
+            )
+        await dev.close()
+
+
+async def test_a_session_end_closes_the_connection_through_the_management_api(tmp_path, rabbit):
+    cluster, shared_port = rabbit
+    async with cluster_site(tmp_path, cluster, shared_port, n_devices=2) as s:
+        listener, got = await s.listener("gw-a", node=0)
+        dev = s.sim(0, gateway_id="gw-a", node=2)  # the gateway sits on node 0, the device on node 2
+        await dev.connect()
+        assert isinstance(await dev.authenticate(timeout=10), events.Authenticated)
+        dev.send_data("telemetry", b"before")
+        assert await eventually(lambda: len(got) == 1, 10), got
+        gw = s.gateways["gw-a"]
+        closed_before = s.enforcer("gw-a").closed_connections
+        gw.traffic.drop_session(dev.device_id, "expired")  # as a session's end of life does
+        assert await _closed(dev.client), "the broker kept a connection whose session ended"
+        assert s.enforcer("gw-a").closed_connections == closed_before + 1
+        # still enrolled: it logs in again, but its data topics wait for a new session
+        await dev.connect()
+        dev.replay(topics.data("gw-a", dev.hex, "telemetry"), b"\x00" * 48)
+        assert await _closed(dev.client), "data published without a session were accepted"
+        assert s.refusals("no_session") >= 1
+        await dev.connect()
+        assert isinstance(await dev.authenticate(timeout=10), events.Authenticated)
+        dev.send_data("telemetry", b"after")
+        assert await eventually(lambda: [p for _, p in got] == [b"before", b"after"], 10), got
+        await listener.close()
+        await dev.close()
 
 
 async def test_a_node_dies_mid_fleet_and_its_devices_reconnect_elsewhere_and_reauthenticate(tmp_path, rabbit):
