@@ -724,11 +724,17 @@ class Campaign:
                     "attacks": [a.__dict__ for a in self.attacks],
                     "revocations": [r.__dict__ for r in self.revocations],
                     "invariants": [v.__dict__ for v in verdicts],
-                    "honest": {h.dev.hex: {"sent": h.sent, "errors": h.errors, "sessions": len(h.completed),
-                                   "verified": len(self.observer.seen.get(h.dev.hex, ()))}
-                       for h in self.honest},
-            "gateway_metrics": getattr(self, "gateway_metrics", {}),
-            "campaign_invariants_broken": broken,
+                    "honest": {
+                        h.dev.hex: {
+                            "sent": h.sent,
+                            "errors": h.errors,
+                            "sessions": len(h.completed),
+                            "verified": len(self.observer.seen.get(h.dev.hex, ())),
+                        }
+                        for h in self.honest
+                    },
+                    "gateway_metrics": getattr(self, "gateway_metrics", {}),
+                    "campaign_invariants_broken": broken,
                     "campaign_recovery_p99_s": None if math.isinf(p99) else p99,
                 },
                 indent=2,

@@ -115,7 +115,7 @@ def fuzz_requests(rng: random.Random, n: int, paths: Sequence[str], host: str) -
         elif body_kind == 1:
             body = json.dumps(rng.choice(_BODIES)).encode()
         elif body_kind == 2:
-            body = os.urandom(rng.randint(1, 2000))
+            body = rng.randbytes(rng.randint(1, 2000))
         elif body_kind == 3:
             body = b'{"a":' * rng.randint(1, 3000)  # deep, unterminated JSON
         else:
