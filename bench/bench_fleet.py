@@ -12,8 +12,8 @@ Figures per size N: ``fleet_<N>_handshakes_per_s`` (authenticated devices over t
 connect to the last verified message), ``fleet_<N>_handshake_p99_ms``, ``fleet_<N>_sim_rss_mb`` (the
 simulator's peak RSS with N devices and connections) and ``fleet_<N>_gateway_rss_mb`` (the gateway's
 RSS afterwards: it holds the sessions of every size run so far, so it is read against the cumulative
-count, ``fleet_<N>_gateway_sessions``). The plot ``docs/bench/fleet_sweep.svg`` draws them. A size that
-fails stops the sweep there and says so (``fleet_largest_ok``).
+count, ``fleet_<N>_gateway_sessions``). ``bench/report.py`` draws them as ``docs/bench/fleet_sweep.svg``.
+A size that fails stops the sweep there and says so (``fleet_largest_ok``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from pathlib import Path
 from bench._gateway_proc import run_gateway
 from bench._site import GATEWAY_ID, build_site
 from bench.bench_sim import _simulate
-from bench.report import PLOTS
 from gateway.settings import DefenceSettings
 
 SIZES = tuple(int(x) for x in os.environ.get("BENCH_FLEET_SIZES", "100,300,1000,3000,10000").split(","))
@@ -40,52 +39,6 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def sweep_svg(points: list[tuple[int, float, float, float]]) -> str:
-    """Two panels over fleet size (log scale): handshakes/s, and simulator and gateway RSS (MB)."""
-    import math
-
-    width, height, pad = 720, 300, 50
-    panel = (width - 3 * pad) // 2
-    xs = [math.log10(n) for n, *_ in points]
-    x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-
-    def px(n: int, i: int) -> float:
-        return pad + i * (panel + pad) + (math.log10(n) - x_lo) / (x_hi - x_lo) * panel
-
-    def py(v: float, top: float) -> float:
-        return height - pad - v / (top or 1) * (height - 2 * pad)
-
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        'font-family="sans-serif" font-size="11">',
-        f'<text x="{pad}" y="18" font-size="13">Handshakes/s and memory against fleet size (log x)</text>',
-    ]
-    series = [
-        (0, "handshakes/s", [(n, h) for n, h, _, _ in points], "#2b6cb0"),
-        (1, "simulator RSS MB", [(n, s) for n, _, s, _ in points], "#c05621"),
-        (1, "gateway RSS MB", [(n, g) for n, _, _, g in points], "#2f855a"),
-    ]
-    tops = {0: max(h for _, h, _, _ in points) * 1.1, 1: max(max(s, g) for _, _, s, g in points) * 1.1}
-    for i in (0, 1):
-        x0 = pad + i * (panel + pad)
-        out.append(
-            f'<line x1="{x0}" y1="{height - pad}" x2="{x0 + panel}" y2="{height - pad}" stroke="#333"/>'
-        )
-        out.append(f'<line x1="{x0}" y1="{pad}" x2="{x0}" y2="{height - pad}" stroke="#333"/>')
-        out.append(f'<text x="{x0 - 4}" y="{pad - 4}" text-anchor="start">{tops[i]:,.0f}</text>')
-        for n, *_ in points:
-            out.append(f'<text x="{px(n, i):.0f}" y="{height - pad + 14}" text-anchor="middle">{n:,}</text>')
-    for k, (i, label, pts, colour) in enumerate(series):
-        path = " ".join(f"{px(n, i):.1f},{py(v, tops[i]):.1f}" for n, v in pts)
-        out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
-        for n, v in pts:
-            out.append(f'<circle cx="{px(n, i):.1f}" cy="{py(v, tops[i]):.1f}" r="3" fill="{colour}"/>')
-        x0 = pad + i * (panel + pad)
-        out.append(f'<text x="{x0 + 8}" y="{pad + 14 + 14 * (k - i)}" fill="{colour}">{label}</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
 
 
 async def _run() -> dict[str, float]:
@@ -100,7 +53,6 @@ async def _run() -> dict[str, float]:
     gw = ctx.Process(target=run_gateway, args=(spec, gw_ready, gw_stop), daemon=True)
     gw.start()
     results: dict[str, float] = {}
-    points: list[tuple[int, float, float, float]] = []
     offset = sessions = 0
     try:
         if not await asyncio.to_thread(gw_ready.wait, 120):
@@ -139,7 +91,6 @@ async def _run() -> dict[str, float]:
                 f"fleet_{n}_gateway_sessions": float(sessions),
             }
             results["fleet_largest_ok"] = float(n)
-            points.append((n, hs, figures["sim_rss_mb"], gw_rss))
             print(
                 f"   {n:>6} devices: {hs:,.0f} handshakes/s, sim {figures['sim_rss_mb']:.0f} MB, "
                 f"gateway {gw_rss:.0f} MB ({time.monotonic() - t0:.0f} s)",
@@ -151,9 +102,6 @@ async def _run() -> dict[str, float]:
         if gw.is_alive():
             gw.kill()
         await site.close()
-    if points:
-        PLOTS.mkdir(parents=True, exist_ok=True)
-        (PLOTS / "fleet_sweep.svg").write_text(sweep_svg(points))
     return results
 
 
