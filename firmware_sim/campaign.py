@@ -364,8 +364,8 @@ class Campaign:
                 (self.dir / "console.url").unlink(missing_ok=True)
                 await asyncio.sleep(self.rng.uniform(1, 3))
                 await demo.start_console(self.url)
-                status = await asyncio.to_thread(_http_status, demo.console_url + "/login")
-                note = f"console back, /login {status}"
+                status = await asyncio.to_thread(_http_status, demo.console_url.rstrip("/") + "/login")
+                note = f"console back, /login {status}" if status else "console did NOT come back"
         elif kind == "kill_mid_handshake":
             victims = self.rng.sample(self.honest, k=max(1, len(self.honest) // 10))
             for h in victims:
@@ -603,6 +603,7 @@ class Campaign:
 
     async def _wait_all_verified(self, *, since: float, timeout: float) -> None:
         deadline = self.now() + timeout
+        missing = self.honest
         while self.now() < deadline:
             missing = [
                 h for h in self.honest if not any(t >= since for t in self.observer.seen.get(h.dev.hex, ()))
@@ -610,6 +611,11 @@ class Campaign:
             if not missing:
                 return
             await asyncio.sleep(0.25)
+        stuck = ", ".join(
+            f"{h.dev.hex} (sessions {len(h.completed)}, errors {h.errors}, rejected {h.dev.stats.rejected})"
+            for h in missing[:3]
+        )
+        say(f"  {len(missing)} devices without verified data {timeout:.0f} s after {since:.0f} s: {stuck}")
 
     async def _final_round(self) -> None:
         async def one(h: Honest) -> None:
@@ -758,7 +764,7 @@ def _onchain_gateway_id() -> bytes:
 
 
 def _http_status(url: str) -> int | None:
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, ValueError):
         return _http_get(url, timeout=10)[0]
     return None
 
