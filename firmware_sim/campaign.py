@@ -591,12 +591,7 @@ class Campaign:
         unknown = sorted(set(faults) - set(FAULTS)) + sorted(set(attacks) - set(ATTACKS))
         if unknown:
             raise ValueError(f"unknown fault or attack {unknown}: faults {FAULTS}, attacks {ATTACKS}")
-        out = []
-        for _ in range(4):
-            self.rng.shuffle(faults)
-            self.rng.shuffle(attacks)
-            out += list(zip(faults, attacks + attacks, strict=False))
-        return out
+        return schedule(self.rng, faults, attacks)
 
     def _allowed_attacks(self) -> list[str]:
         return [a for a in os.environ.get("CAMPAIGN_ATTACKS", "").split(",") if a] or list(ATTACKS)
@@ -755,6 +750,21 @@ class Campaign:
             await self.observer.close()
         await self.demo.shutdown()
         self.unmount_state_dir()
+
+
+def schedule(
+    rng: random.Random, faults: list[str], attacks: list[str], rounds: int = 4
+) -> list[tuple[str, str]]:
+    """(fault, attack) pairs: each round shuffles both and pairs every fault and every attack at least
+    once (the shorter list is cycled), so a short campaign still runs each kind early."""
+    out: list[tuple[str, str]] = []
+    for _ in range(rounds):
+        f, a = list(faults), list(attacks)
+        rng.shuffle(f)
+        rng.shuffle(a)
+        n = max(len(f), len(a))
+        out += [(f[i % len(f)], a[i % len(a)]) for i in range(n)]
+    return out
 
 
 def _onchain_gateway_id() -> bytes:
