@@ -11,12 +11,15 @@ state directory (counters, audit log) on a small tmpfs of its own so that the di
 honest fleet streams data for the whole run, each device re-authenticating whenever it must. A seeded
 schedule alternates faults and attacks:
 
-- faults: ``kill -9`` and restart of the gateway, the broker and the ledger node; devices killed in the
-  middle of a handshake; stress-ng loading both cores; device clocks jumping; the audit log's file system
-  filled, then freed. After each fault the campaign waits for the fleet to come back;
-- attacks: the simulator's scenarios (replay, clone, revocation mid-session, firmware mismatch, counter
-  beyond the window), a flood of junk on handshake and data topics, and brute force on one device's OTP
-  with its captured broker password.
+- faults: ``kill -9`` and restart of the gateway, the broker, the ledger node and the console; devices
+  killed in the middle of a handshake; stress-ng loading both cores; device clocks jumping; the audit
+  log's file system filled, then freed. After each fault the campaign waits for the fleet to come back;
+- attacks: the simulator's scenarios (replay, clone, firmware mismatch, counter beyond the window),
+  revocation mid-session, a flood of junk on handshake and data topics, brute force on one device's OTP
+  with its captured broker password, and (``firmware_sim.campaign_attacks``) the previous owner after a
+  transfer, the pre-authentication broker sequences, an authenticated device flooding valid data, and
+  fuzzed HTTP requests to the console's API and the gateway's endpoint. Each round of the seeded
+  schedule pairs every fault and every attack at least once.
 
 The verdict (``firmware_sim.invariants.check``) rests on evidence, not on the campaign's own logs: the
 gateway's audit log and its on-chain anchors (``diams-gateway audit verify --anchors --config``), the
