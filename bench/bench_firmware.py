@@ -5,12 +5,12 @@ daemons in this process (``bench._inproc``), 1,000 devices onboarded and authori
 gateways, a maintainer approved for each, and every device authenticated once on image 1.0.
 
 Timed, from the first transaction to the last verified message: the maintainer records image 2.0 for
-every device (one transaction each: the contract has no batch form; each moves the device to epoch 1
-and the gateways cut it off), the owner re-seals the keys of both gateways for every device
-(``ledger_bridge.firmware.reseal``: reads each device and grant, then ``authorizeGatewayMany`` in
-batches), and every device comes back on image 2.0 (connect, handshake under epoch 1, one DATA message)
-until the gateway has verified the data of all of them. Target: <= 120 s.
-Parts: ``firmware_record_s``, ``firmware_reseal_s``, ``firmware_back_s``.
+every device (``recordFirmwareMany``, as many devices per transaction as the block gas limit allows;
+each device moves to epoch 1 and the gateways cut it off), the owner re-seals the keys of both gateways
+for every device (``ledger_bridge.firmware.reseal``: ``grantStatus`` reads a few dozen devices per view
+call, then ``authorizeGatewayMany`` in batches), and every device comes back on image 2.0 (connect,
+handshake under epoch 1, one DATA message) until the gateway has verified the data of all of them.
+Target: <= 120 s. Parts: ``firmware_record_s``, ``firmware_reseal_s``, ``firmware_back_s``.
 """
 
 from __future__ import annotations
@@ -87,8 +87,7 @@ async def _run() -> dict[str, float]:
             print(f"   {sum(ok)}/{N_DEVICES} devices authenticated on image 1.0", flush=True)
 
             t0 = time.monotonic()
-            for d in s.devices:
-                await maintainer.record_firmware(d.device_id, new_image)
+            await maintainer.record_firmware_many([d.device_id for d in s.devices], new_image)
             t1 = time.monotonic()
             updated = [dataclasses.replace(d, firmware_hash=new_image) for d in s.devices]
             on_chain = [onchain_gateway_id(g.encode()) for g in gateways]

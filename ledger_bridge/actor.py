@@ -221,6 +221,33 @@ class ActorHandle:
     async def record_firmware(self, device_id: bytes, firmware_hash: bytes) -> TxOutcome:
         return await self._tx("recordFirmware", check_device_id(device_id), _b32(firmware_hash))
 
+    async def record_firmware_many(
+        self, device_ids: Sequence[bytes], firmware_hash: bytes | Sequence[bytes]
+    ) -> list[TxOutcome]:
+        """Record a new image for many devices (one hash for all, or one each), in as few transactions as
+        fit. A refused batch raises `LedgerRevert` and changes nothing; the batches before it are on chain."""
+
+        if isinstance(firmware_hash, bytes):
+            hashes: list[bytes] = [firmware_hash] * len(device_ids)
+        else:
+            hashes = list(firmware_hash)
+        if len(hashes) != len(device_ids):
+            raise ValueError("device_ids and firmware hashes differ in length")
+        base, per_item = BATCH_GAS["recordFirmwareMany"]
+        size = await self.batch_limit("recordFirmwareMany")
+        outcomes = []
+        for start in range(0, len(device_ids), size):
+            ids = [check_device_id(d) for d in device_ids[start : start + size]]
+            outcomes.append(
+                await self._tx(
+                    "recordFirmwareMany",
+                    ids,
+                    [_b32(h) for h in hashes[start : start + size]],
+                    gas=base + per_item * len(ids),
+                )
+            )
+        return outcomes
+
     # ---- gateway account (authentication log) ----
     async def anchor(
         self, gateway_id: bytes, *, merkle_root: bytes, count: int, first_seq: int, last_seq: int

@@ -695,6 +695,16 @@ def _add_reseal_command(sub: Any) -> None:
     rs.add_argument("--gateway", action="append", metavar="ID",
                     help="only these gateways (default: every gateway ever authorized on the channel)")
     rs.set_defaults(handler=cmd_reseal)
+    rf = sub.add_parser(
+        "record-firmware-many",
+        help="maintainer: record one new firmware hash for many devices (epoch + 1 each), a few hundred "
+        "per transaction; a batch with one device you may not update changes nothing",
+    )
+    rf.add_argument("firmware_hash", help="SHA-256 of the new image, 0x + 64 hex")
+    rf.add_argument("device_ids", nargs="*", metavar="DEVICE_ID", help="devices, 16 hex digits each")
+    rf.add_argument("--ids-file", metavar="FILE",
+                    help="more device ids, one per line ('#' starts a comment)")
+    rf.set_defaults(handler=cmd_record_firmware_many)
 
 
 async def cmd_reseal(args: argparse.Namespace) -> int:
@@ -713,6 +723,32 @@ async def cmd_reseal(args: argparse.Namespace) -> int:
     async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
         report = await reseal(ledger, ledger.actor(signer), devices, gateways=gateways)
     print(report.summary())
+    return 0
+
+
+async def cmd_record_firmware_many(args: argparse.Namespace) -> int:
+    firmware_hash = parse_bytes32(args.firmware_hash, name="firmware_hash")
+    texts = [(f"argument {n}", t) for n, t in enumerate(args.device_ids, 1)]
+    if args.ids_file:
+        lines = Path(args.ids_file).read_text("utf-8").splitlines()
+        texts += [(f"{args.ids_file}:{n}", t.split("#", 1)[0].strip()) for n, t in enumerate(lines, 1)]
+    ids: list[bytes] = []
+    for where, text in texts:
+        if not text:
+            continue
+        try:
+            ids.append(parse_device_id(text))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    if not ids:
+        raise ValueError("no device ids: give them as arguments or with --ids-file")
+    if len(set(ids)) != len(ids):
+        raise ValueError("a device id is listed twice")
+    signer = _signer(args)
+    async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
+        outcomes = await ledger.actor(signer).record_firmware_many(ids, firmware_hash)
+    print(f"recorded 0x{firmware_hash.hex()} for {len(ids)} devices in {len(outcomes)} transactions; "
+          "their owners re-seal next (diams-ledger reseal)")
     return 0
 
 

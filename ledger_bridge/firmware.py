@@ -4,7 +4,8 @@ Strategy: K_dg = f(S, D, G, epoch, firmware hash) (PROTOCOL.md section 3), and r
 (``record_firmware``, the maintainer's step) moves the device to epoch + 1. Every gateway's sealed key
 is then stale: the gateways stop serving the device (and cut it off at the broker) until its owner
 publishes new ones. ``reseal`` is the owner's one step after that: for each device it reads the epoch
-and firmware hash now on the chain and the grant of every candidate gateway; a gateway whose grant
+and firmware hash now on the chain and the grant of every candidate gateway (``grantStatus``, a few
+dozen devices per view call); a gateway whose grant
 exists but is not current gets a new key, derived from the owner's bundle (the secret never leaves
 this process) under the chain's epoch and firmware hash, sealed to that gateway's X25519 key and
 published per gateway in batches (``authorizeGatewayMany``). Current grants are skipped, so running
@@ -98,21 +99,23 @@ async def reseal(
     epochs: dict[bytes, int] = {}
     current = 0
     not_live: list[bytes] = []
-    for n, d in enumerate(devices, 1):
-        record = await ledger.device(d.device_id)
-        if record.state is not DeviceState.ACTIVE:
-            not_live.append(d.device_id)
-            continue
-        on_chain = dataclasses.replace(d, firmware_hash=record.firmware_hash)
-        epochs[d.device_id] = record.epoch
-        for g in candidates:
-            grant = await ledger.grant(d.device_id, g)
-            if grant.current:
-                current += 1
-            elif grant.sealed_key:
-                todo[g].append(on_chain)
-        if progress and n % 100 == 0:
-            progress("read", n)
+    step = 100
+    for start in range(0, len(devices), step):
+        chunk = devices[start : start + step]
+        statuses = await ledger.grant_status([d.device_id for d in chunk], candidates)
+        for d, status in zip(chunk, statuses, strict=True):
+            if status.state is not DeviceState.ACTIVE:
+                not_live.append(d.device_id)
+                continue
+            on_chain = dataclasses.replace(d, firmware_hash=status.firmware_hash)
+            epochs[d.device_id] = status.epoch
+            for g in candidates:
+                if status.current[g]:
+                    current += 1
+                elif status.granted[g]:
+                    todo[g].append(on_chain)
+        if progress:
+            progress("read", start + len(chunk))
     transactions = 0
     done: list[bytes] = []
     resealed = 0
@@ -154,8 +157,7 @@ async def update_firmware(
         for d in devices:
             if not await ledger.maintainer_approved(d.device_id, maintainer.address):
                 await owner.approve_maintainer(d.device_id, maintainer.address)
-    for d in devices:
-        await maintainer.record_firmware(d.device_id, firmware_hash)
+    await maintainer.record_firmware_many([d.device_id for d in devices], firmware_hash)
     updated = [dataclasses.replace(d, firmware_hash=firmware_hash) for d in devices]
     report = await reseal(ledger, owner, updated, gateways=gateways)
     return [(d, report.epochs[d.device_id]) for d in updated if d.device_id in report.epochs], report

@@ -46,10 +46,14 @@ BATCH_GAS: Mapping[str, tuple[int, int]] = {
     "registerMany": (60_000, 130_000),
     "authorizeGatewayMany": (60_000, 150_000),
     "onboardMany": (60_000, 110_000),
+    "recordFirmwareMany": (60_000, 30_000),
 }
 #: Gas of a view call: generous for every view here, small enough that an in-process EVM (which checks
 #: that the caller could pay for it) accepts a modestly funded caller.
 CALL_GAS = 1_000_000
+#: ``grantStatus`` view calls: devices x (1 + gateways) per call, to stay well inside CALL_GAS (about 8,000
+#: gas per cell measured with two gateways, every grant present; tests/ledger/test_firmware_batch.py).
+GRANT_STATUS_CELLS = 72
 #: Devices per registerMany transaction (FACTS: ~200 per transaction fits a 30M gas block).
 MAX_BATCH = 200
 

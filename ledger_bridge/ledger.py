@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from eth_utils.abi import event_abi_to_log_topic
@@ -28,7 +28,7 @@ from web3.contract import Contract
 from .artifacts import load_artifact
 from .backends import LedgerBackend
 from .errors import ChannelError, LedgerError, LedgerRevert, LedgerUnavailable
-from .gas import CALL_GAS, GAS_BUDGETS
+from .gas import CALL_GAS, GAS_BUDGETS, GRANT_STATUS_CELLS
 from .keystore import Signer
 from .model import (
     ZERO_ADDRESS,
@@ -38,6 +38,7 @@ from .model import (
     DeviceState,
     GatewayRecord,
     GrantRecord,
+    GrantStatus,
     LedgerEvent,
     PolicyRecord,
     Role,
@@ -246,6 +247,30 @@ class Ledger:
             current=bool(current),
             generation=int(raw[3]),
         )
+
+    async def grant_status(
+        self, device_ids: Sequence[bytes], gateway_ids: Sequence[bytes], *, per_call: int | None = None
+    ) -> list[GrantStatus]:
+        """Many devices' state and grants for `gateway_ids`, one view call per `per_call` devices (an owner
+        re-sealing a fleet; `grant` per device and gateway is one call each)."""
+        gateways = list(gateway_ids)
+        per_call = per_call or max(1, GRANT_STATUS_CELLS // (1 + len(gateways)))
+        out: list[GrantStatus] = []
+        for start in range(0, len(device_ids), per_call):
+            ids = [check_device_id(d) for d in device_ids[start : start + per_call]]
+            rows = await self.call(self.registry.functions.grantStatus(ids, gateways))
+            for did, (state, epoch, firmware, granted, current) in zip(ids, rows, strict=True):
+                out.append(
+                    GrantStatus(
+                        device_id=did,
+                        state=DeviceState(state),
+                        epoch=int(epoch),
+                        firmware_hash=bytes(firmware),
+                        granted=dict(zip(gateways, map(bool, granted), strict=True)),
+                        current=dict(zip(gateways, map(bool, current), strict=True)),
+                    )
+                )
+        return out
 
     async def is_authorized(self, device_id: bytes, gateway_id: bytes) -> bool:
         return bool(

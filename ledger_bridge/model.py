@@ -140,6 +140,19 @@ class GrantRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
+class GrantStatus:
+    """One device's grants as an owner re-sealing a fleet reads them (``Ledger.grant_status``): per
+    gateway asked, whether it holds a sealed key (`granted`) and whether that key is current."""
+
+    device_id: bytes
+    state: DeviceState
+    epoch: int
+    firmware_hash: bytes
+    granted: Mapping[bytes, bool]
+    current: Mapping[bytes, bool]
+
+
+@dataclass(frozen=True, kw_only=True)
 class PolicyRecord:
     """`policy_id` is the on-chain id, `policy_key(author, name)`; a shared policy is frozen."""
 

@@ -55,6 +55,14 @@ contract DeviceRegistry is AccessControl {
         uint32 generation;
     }
 
+    struct GrantStatus {
+        State state;
+        uint32 epoch;
+        bytes32 firmwareHash;
+        bool[] granted;
+        bool[] current;
+    }
+
     /// Policies live in their author's namespace: id = policyKey(author, name), so nobody can squat a
     /// predictable id of another owner. A shared policy is frozen: others may use it, nobody changes it.
     struct Policy {
@@ -310,6 +318,18 @@ contract DeviceRegistry is AccessControl {
     }
 
     function recordFirmware(bytes8 id, bytes32 newHash) external onlyRole(MAINTAINER_ROLE) {
+        _recordFirmware(id, newHash);
+    }
+
+    /// A fleet's update in one transaction: each device as by recordFirmware, all or none.
+    function recordFirmwareMany(bytes8[] calldata ids, bytes32[] calldata newHashes)
+        external onlyRole(MAINTAINER_ROLE)
+    {
+        if (newHashes.length != ids.length) revert LengthMismatch(ids.length, newHashes.length);
+        for (uint256 i = 0; i < ids.length; ++i) _recordFirmware(ids[i], newHashes[i]);
+    }
+
+    function _recordFirmware(bytes8 id, bytes32 newHash) private {
         Device storage d = _transition(id, _LIVE);
         if (_maintainerApprovedBy[id][msg.sender] != d.owner) revert MaintainerNotApproved(id, msg.sender);
         if (newHash == bytes32(0)) revert EmptyValue("firmwareHash");
@@ -491,7 +511,28 @@ contract DeviceRegistry is AccessControl {
 
     function grant(bytes8 id, bytes32 gatewayId) external view returns (Grant memory g, bool current) {
         g = _grants[id][gatewayId];
-        current = _isAuthorized(_devices[id], g, gatewayId);
+        current = _isAuthorized(_devices[id], _grants[id][gatewayId], gatewayId);
+    }
+
+    /// Many devices' grants in one call (an owner re-sealing a fleet): each device's state, epoch and
+    /// firmware hash, and per gateway whether it holds a grant and whether that grant is current. An
+    /// unknown device comes back Unregistered with no grants.
+    function grantStatus(bytes8[] calldata ids, bytes32[] calldata gatewayIds)
+        external view returns (GrantStatus[] memory out)
+    {
+        out = new GrantStatus[](ids.length);
+        for (uint256 i = 0; i < ids.length; ++i) {
+            Device storage d = _devices[ids[i]];
+            GrantStatus memory s = out[i];
+            (s.state, s.epoch, s.firmwareHash) = (d.state, d.epoch, d.firmwareHash);
+            s.granted = new bool[](gatewayIds.length);
+            s.current = new bool[](gatewayIds.length);
+            for (uint256 j = 0; j < gatewayIds.length; ++j) {
+                Grant storage g = _grants[ids[i]][gatewayIds[j]];
+                s.granted[j] = g.keyCommitment != bytes32(0);
+                s.current[j] = s.granted[j] && _isAuthorized(d, g, gatewayIds[j]);
+            }
+        }
     }
 
     function isAuthorized(bytes8 id, bytes32 gatewayId) external view returns (bool) {
@@ -531,7 +572,7 @@ contract DeviceRegistry is AccessControl {
         }
     }
 
-    function _isAuthorized(Device storage d, Grant memory g, bytes32 gatewayId) private view returns (bool) {
+    function _isAuthorized(Device storage d, Grant storage g, bytes32 gatewayId) private view returns (bool) {
         Gateway storage gw = _gateways[gatewayId];
         return g.keyCommitment != bytes32(0) && g.epoch == d.epoch && _isLive(d.state) && !gw.removed
             && g.generation == gw.generation;

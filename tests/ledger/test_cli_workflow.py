@@ -243,6 +243,44 @@ def test_owner_workflow_end_to_end(
     code, out, _ = run(capsys, *ch, "show", "device", d3, "--json")
     assert [h["event"] for h in json.loads(out)["history"]][-2:] == ["DeviceSuspended", "DeviceActivated"]
 
+    # a firmware update for the fleet: the maintainer records one hash for all three devices in one
+    # transaction, the owner re-seals from the bundles; bad id lists are refused with where they went wrong
+    chain = ch[: ch.index("--channel")]
+    maint = str(tmp_path / "maintainer.json")
+    code, maint_address, _ = run(
+        capsys, "keys", "create", "--out", maint, "--label", "m", "--scrypt-n", "1024"
+    )
+    assert code == 0 and run(capsys, *chain, "fund", maint_address.strip())[0] == 0
+    assert (
+        run(capsys, *ch, "--keystore", keys["admin"][0], "grant-role", "maintainer", maint_address.strip())[0]
+        == 0
+    )
+    for d in ids:
+        assert run(capsys, *ch, "--keystore", owner, "approve-maintainer", d, maint_address.strip())[0] == 0
+    image = "0x" + "ab" * 32
+    listing = tmp_path / "fleet.txt"
+    listing.write_text(f"# the fleet\n{ids[0]}\n{ids[1]}  # second\n\nnot-an-id\n")
+    code, out, err = run(
+        capsys, *ch, "--keystore", maint, "record-firmware-many", image, "--ids-file", str(listing)
+    )
+    assert code == 1 and err == f"error: {listing}:5: device_id must be 16 hex digits, not all zero\n", err
+    code, out, err = run(capsys, *ch, "--keystore", maint, "record-firmware-many", image, ids[0], ids[0])
+    assert code == 1 and err == "error: a device id is listed twice\n"
+    listing.write_text(f"# the fleet\n{ids[0]}\n{ids[1]}  # second\n")
+    code, out, err = run(
+        capsys, *ch, "--keystore", maint, "record-firmware-many", image, ids[2], "--ids-file", str(listing)
+    )
+    assert code == 0 and out.startswith(f"recorded {image} for 3 devices in 1 transactions"), err
+    code, out, _ = run(capsys, *ch, "show", "device", ids[0])
+    assert (
+        "state         Active (epoch 1)" in out and "current" not in out.split("gateway")[1].splitlines()[0]
+    )
+    bundles = [str(factory / f"{d}.owner.json") for d in ids]
+    code, out, err = run(capsys, *ch, "--keystore", owner, "reseal", *bundles)
+    assert code == 0 and out.startswith("re-sealed 3 keys for 3 devices"), err
+    code, out, err = run(capsys, *ch, "--keystore", owner, "reseal", *bundles)
+    assert code == 0 and out.startswith("re-sealed 0 keys for 3 devices") and "3 already current" in out, err
+
 
 def test_missing_passphrase_and_no_terminal_is_one_line(
     world: dict[str, object], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
