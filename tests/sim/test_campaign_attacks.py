@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import time
 
 import pytest
 from aiohttp import web
@@ -108,3 +109,33 @@ async def test_the_enforced_broker_refuses_every_pre_authentication_login() -> N
             )
             == 0
         )
+
+
+@pytest.mark.asyncio
+async def test_the_counters_a_device_sent_are_those_the_gateway_audited_also_after_a_no_session_signal(
+    tmp_path,
+) -> None:
+    """The campaign's evidence of honesty: a device's HELLOs as sent. Guessing them from the policy's
+    state (as the campaign first did) took the HELLO a no-session signal starts for a forged one."""
+    import json
+
+    from device_agent.core import events
+    from tests.gateway.stack import site
+
+    async with site(tmp_path, n_devices=1) as s:
+        gw = s.gateways["gw-a"]
+        dev = s.sim(0)
+        await dev.connect()
+        assert isinstance(await dev.authenticate(), events.Authenticated)
+        dev._clock = lambda: time.monotonic() + 60  # past the policy's floor between signal-led handshakes
+        assert dev.no_session()  # what the gateway's "no session" REJECT makes the policy do
+        assert isinstance(await dev.authenticate(), events.Authenticated)
+        assert isinstance(await dev.authenticate(), events.Authenticated)
+        await dev.close()
+        audit = gw.settings.state_dir / "audit.log"
+        audited = [
+            (r["epoch"], r["counter"])
+            for r in map(json.loads, audit.read_text().splitlines())
+            if r["event"] == "authenticated"
+        ]
+    assert dev.hellos == audited and len(audited) == 3
