@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -386,6 +387,11 @@ class Campaign:
     # ---- attacks --------------------------------------------------------------------------------------
 
     async def attack(self, name: str, site: SiteAccess) -> AttackOutcome:
+        started = self.now()
+        outcome = await self._attack(name, site)
+        return dataclasses.replace(outcome, started=started)
+
+    async def _attack(self, name: str, site: SiteAccess) -> AttackOutcome:
         if name in SCENARIO_ATTACKS:
             result = await run_scenario(site, name, self.params)
             failed = [c for c, held in result.checks.items() if not held]
@@ -703,7 +709,7 @@ class Campaign:
         ]
         events_ = sorted(
             [(f.started, f"fault: {f.kind}", f.note) for f in self.faults]
-            + [(0.0, f"attack: {a.name}", a.detail) for a in self.attacks]
+            + [(a.started, f"attack: {a.name}", a.detail) for a in self.attacks]
         )
         lines += [f"| {t:.0f} | {what} | {note} |" for t, what, note in events_ if t] + [
             f"| — | {what} | {note} |" for t, what, note in events_ if not t

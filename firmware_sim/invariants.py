@@ -52,6 +52,7 @@ class AttackOutcome:
     name: str
     held: bool
     detail: str = ""
+    started: float = 0.0  # campaign seconds (0: not recorded)
 
 
 @dataclass(kw_only=True)
