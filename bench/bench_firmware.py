@@ -79,12 +79,20 @@ async def _run() -> dict[str, float]:
                 d.device_id in gw.devices.entries for gw in s.gateways.values() for d in s.devices
             ):
                 await asyncio.sleep(0.2)
+            indexed = {
+                gid: sum(d.device_id in gw.devices.entries for d in s.devices)
+                for gid, gw in s.gateways.items()
+            }
+            if min(indexed.values()) < N_DEVICES:
+                raise RuntimeError(f"the gateways did not index the fleet within 300 s: {indexed}")
             await asyncio.sleep(2.0)
             before = [access.device(d) for d in s.devices]
             ok = await gather_limited([once(d) for d in before])
             for d in before:
                 await d.close()
             print(f"   {sum(ok)}/{N_DEVICES} devices authenticated on image 1.0", flush=True)
+            if sum(ok) < N_DEVICES * 0.99:  # the figure would time something else than an update
+                raise RuntimeError(f"only {sum(ok)}/{N_DEVICES} devices authenticated before the update")
 
             t0 = time.monotonic()
             await maintainer.record_firmware_many([d.device_id for d in s.devices], new_image)
@@ -119,6 +127,8 @@ async def _run() -> dict[str, float]:
             await observer.close()
             await ledger.__aexit__(None, None, None)
             await maintainer_ledger.__aexit__(None, None, None)
+    if verified < N_DEVICES:
+        raise RuntimeError(f"only {verified}/{N_DEVICES} devices came back with data verified")
     return {
         "firmware_update_devices": float(N_DEVICES),
         "firmware_update_fleet_s": t3 - t0,

@@ -7,7 +7,7 @@ actor may do it, and a refusal comes back as `LedgerRevert` in words.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from eth_utils.address import to_checksum_address
 
@@ -197,22 +197,16 @@ class ActorHandle:
 
         if not len(device_ids) == len(sealed_keys) == len(key_commitments):
             raise ValueError("device_ids, sealed_keys and key_commitments differ in length")
-        base, per_item = BATCH_GAS["authorizeGatewayMany"]
-        size = await self.batch_limit("authorizeGatewayMany")
-        outcomes = []
-        for start in range(0, len(device_ids), size):
-            ids = [check_device_id(d) for d in device_ids[start : start + size]]
-            outcomes.append(
-                await self._tx(
-                    "authorizeGatewayMany",
-                    ids,
-                    _b32(gateway_id),
-                    list(sealed_keys[start : start + size]),
-                    [_b32(c) for c in key_commitments[start : start + size]],
-                    gas=base + per_item * len(ids),
-                )
-            )
-        return outcomes
+        return await self._batched(
+            "authorizeGatewayMany",
+            device_ids,
+            lambda ids, part: (
+                ids,
+                _b32(gateway_id),
+                list(sealed_keys[part]),
+                [_b32(c) for c in key_commitments[part]],
+            ),
+        )
 
     async def deauthorize_gateway(self, device_id: bytes, gateway_id: bytes) -> TxOutcome:
         return await self._tx("deauthorizeGateway", check_device_id(device_id), _b32(gateway_id))
@@ -233,19 +227,25 @@ class ActorHandle:
             hashes = list(firmware_hash)
         if len(hashes) != len(device_ids):
             raise ValueError("device_ids and firmware hashes differ in length")
-        base, per_item = BATCH_GAS["recordFirmwareMany"]
-        size = await self.batch_limit("recordFirmwareMany")
+        return await self._batched(
+            "recordFirmwareMany", device_ids, lambda ids, part: (ids, [_b32(h) for h in hashes[part]])
+        )
+
+    async def _batched(
+        self,
+        operation: str,
+        device_ids: Sequence[bytes],
+        arguments: Callable[[list[bytes], slice], tuple[Any, ...]],
+    ) -> list[TxOutcome]:
+        """One `operation` transaction per batch of devices, as many per batch as the block gas limit
+        allows; `arguments(ids, part)` gives a batch's call arguments (`part` slices the other columns)."""
+        base, per_item = BATCH_GAS[operation]
+        size = await self.batch_limit(operation)
         outcomes = []
         for start in range(0, len(device_ids), size):
-            ids = [check_device_id(d) for d in device_ids[start : start + size]]
-            outcomes.append(
-                await self._tx(
-                    "recordFirmwareMany",
-                    ids,
-                    [_b32(h) for h in hashes[start : start + size]],
-                    gas=base + per_item * len(ids),
-                )
-            )
+            part = slice(start, start + size)
+            ids = [check_device_id(d) for d in device_ids[part]]
+            outcomes.append(await self._tx(operation, *arguments(ids, part), gas=base + per_item * len(ids)))
         return outcomes
 
     # ---- gateway account (authentication log) ----

@@ -250,6 +250,7 @@ async def cmd_show_device(args: argparse.Namespace) -> int:
                     {
                         "device": record,
                         "policy": detail.policy_name,
+                        "policy_id": record.policy_id,
                         "grants": detail.grants,
                         "clone_alerts": detail.clone_alerts,
                         "history": [
@@ -314,7 +315,8 @@ async def cmd_show_gateway(args: argparse.Namespace) -> int:
 async def cmd_show_policy(args: argparse.Namespace) -> int:
     async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
         record = await ops.policy_info(ledger, args.policy)
-    _emit(args, {**ops.jsonable(record), "name": ops.id_text(record.policy_id)}, ops.policy_text(record))
+        name = ops.policy_label(await ledger.policy_name(record.policy_id), record.policy_id)
+    _emit(args, {**ops.jsonable(record), "name": name}, ops.policy_text(record, name))
     return 0
 
 
@@ -361,7 +363,7 @@ async def cmd_list_devices(args: argparse.Namespace) -> int:
         f"{'device':<18} {'state':<14} {'epoch':>5}  {'policy':<16} owner",
         *(
             f"{r['device_id']:<18} {r['state']:<14} {r['epoch']:>5}  "
-            f"{(ops.id_text(r['policy']) if r['policy'] else '-'):<16} {r['owner'] or '-'}"
+            f"{ops.policy_label(r['policy_name'], r['policy']) or '-':<16} {r['owner'] or '-'}"
             for r in rows
         ),
         f"{len(rows)} shown of {total} matching (offset {args.offset})",
@@ -400,15 +402,16 @@ def _action_command(action: ops.Action) -> Callable[[argparse.Namespace], Awaita
     return run
 
 
-def _claim_code_text(source: str) -> str:
+def _claim_code_text(source: str, what: str = "claim code") -> str:
+    """A secret from a 0600 file or standard input ("-"), never argv."""
     if source == "-":
         text = sys.stdin.readline()
     else:
-        check_private_file(Path(source), "claim code file")
+        check_private_file(Path(source), f"{what} file")
         text = Path(source).read_text("utf-8")
     code = text.rstrip("\r\n")
     if not code:
-        raise ValueError("the claim code is empty")
+        raise ValueError(f"the {what} is empty")
     return code
 
 
@@ -680,7 +683,71 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--count", type=int, help="expect this many records")
     va.set_defaults(handler=cmd_verify_anchor)
     _add_reseal_command(sub)
+    _add_rekey_command(sub)
     return p
+
+
+# ---- re-keying at transfer: the new owner's one step (ledger_bridge/rekey.py, PROTOCOL.md 2.3) ----
+def _add_rekey_command(sub: Any) -> None:
+    rk = sub.add_parser(
+        "rekey",
+        help="new owner, after accept-transfer: agree a fresh device secret with the device over the site's "
+        "broker (the previous owner's S stops working), record the confirmation on chain",
+    )
+    rk.add_argument("device_id", help="the device, 16 hex digits")
+    rk.add_argument("--bundle", required=True,
+                    help="the device's owner bundle (<id>.owner.json): S is read from it, S' written into it")
+    rk.add_argument("--broker", required=True, metavar="HOST:PORT", help="the site's MQTT broker")
+    rk.add_argument("--gateway", required=True, help="the gateway whose broker account is used (e.g. gw-1)")
+    rk.add_argument("--broker-password-file", required=True, metavar="FILE",
+                    help="that account's broker password (0600), or - for standard input; never argv")
+    rk.add_argument("--broker-username", required=True,
+                    help="an account of that gateway no running connection uses, e.g. gateway-gw-1.1 (the "
+                    "broker lets one connection a username: the gateway's own would be dropped)")
+    rk.add_argument("--tls-ca", type=Path, help="the broker's CA certificate (a TLS listener)")
+    rk.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the device (default 30)")
+    rk.set_defaults(handler=cmd_rekey)
+
+
+async def cmd_rekey(args: argparse.Namespace) -> int:
+    from device_agent.core import rekey as core_rekey
+
+    from .rekey import MqttRekeyChannel, RekeyTimeout, rekey_device
+
+    dev = parse_device_id(args.device_id)
+    bundle_path = Path(args.bundle)
+    check_private_file(bundle_path, "owner bundle")
+    bundle = ops.OwnerBundle.load(bundle_path)
+    if bundle.device_id != dev:
+        raise ValueError(f"{bundle_path.name} is the bundle of device 0x{bundle.device_id.hex()}")
+    host, sep, port = args.broker.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError("--broker must be HOST:PORT")
+    password = _claim_code_text(args.broker_password_file, "broker password")
+    username = args.broker_username
+    signer = _signer(args)
+    async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
+        with MqttRekeyChannel(host=host, port=int(port), gateway_id=args.gateway, device_id=dev,
+                              username=username, password=password, tls_ca=args.tls_ca,
+                              timeout=args.timeout) as channel:
+            try:
+                await rekey_device(
+                    ledger, ledger.actor(signer), dev, secret=bundle.device().current_secret, channel=channel,
+                    keep=lambda s: ops.OwnerBundle.record_rekey(bundle_path, s),
+                )
+            except core_rekey.RekeyError as exc:
+                raise ValueError(
+                    f"re-key refused ({exc.reason}): not the registered device's answer (an impostor or a "
+                    "substituted key); nothing recorded, the device keeps its secret"
+                ) from None
+            except RekeyTimeout as exc:
+                raise ValueError(str(exc)) from None
+        _, epoch = await ledger.device_state(dev)
+    _emit(args, {"device_id": dev.hex(), "epoch": epoch, "bundle": str(bundle_path)},
+          f"re-keyed 0x{dev.hex()}: the device and {bundle_path.name} hold the new secret, confirmation on "
+          f"chain (epoch {epoch}); now authorize gateways: diams-ledger authorize-gateway {dev.hex()} "
+          f"<gateway> --bundle {bundle_path}")
+    return 0
 
 
 # ---- firmware update: the owner's one step (ledger_bridge/firmware.py) ----

@@ -2,7 +2,9 @@
 
 CSV columns (header required): `device_id` (16 hex digits), `model` (text of at most 32 bytes, or 0x + 64
 hex), `firmware_hash`, `characteristics` (0x + 64 hex each), and `claim_hash` (0x + 64 hex) or `claim_code`
-(text; hashed here as the protocol core does, and never printed).
+(text; hashed here as the protocol core does, and never printed); optionally `device_key` (the device's
+static X25519 public key, 0x + 64 hex, made by `diams-agent provision`), registered right after its device
+(`registerDeviceKey`) so that a later owner can re-key it (docs/PROTOCOL.md 2.3).
 
 Strategy: rows that fail local checks are reported at once; the rest go on chain in batches. When the
 chain refuses a batch because of one device (`DeviceExists`), that row is reported and the batch is sent
@@ -99,6 +101,9 @@ def read_rows(path: Path) -> tuple[list[tuple[int, DeviceRegistration]], list[Ro
                     firmware_hash=parse_bytes32(row.get("firmware_hash") or "", name="firmware_hash"),
                     characteristics=parse_bytes32(row.get("characteristics") or "", name="characteristics"),
                     claim_hash=ch,
+                    device_key=(
+                        parse_bytes32(row["device_key"], name="device_key") if row.get("device_key") else None
+                    ),
                 )
             except ValueError as exc:
                 bad.append(RowError(line=line, device_id=raw_id, reason=str(exc)))
@@ -142,6 +147,16 @@ async def register_rows(
             report.registered += len(pending)
             report.transactions += len(outcomes)
             done += len(pending)
+            for line, r in pending:
+                if r.device_key is None:
+                    continue
+                try:  # one transaction a device (registerMany carries no keys)
+                    await actor.register_device_key(r.device_id, r.device_key)
+                    report.transactions += 1
+                except LedgerRevert as exc:
+                    report.errors.append(
+                        RowError(line=line, device_id=r.device_id.hex(), reason=f"device key: {exc}")
+                    )
             pending = []
         if progress is not None:
             progress(done, len(rows))

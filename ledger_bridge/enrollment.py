@@ -31,6 +31,9 @@ class ProvisionedDevice:
     firmware_hash: bytes
     salt: bytes = field(repr=False)
     claim_code: bytes = field(repr=False)
+    #: S' after a re-key at transfer (docs/PROTOCOL.md 2.3): the keys come from it from then on, while
+    #: the device id stays the one ``secret`` derived at manufacture
+    rekeyed_secret: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def generate(
@@ -67,15 +70,20 @@ class ProvisionedDevice:
             claim_hash=identity.claim_hash(self.device_id, self.claim_code),
         )
 
+    @property
+    def current_secret(self) -> bytes:
+        """The secret the device holds now: S' after a re-key, S before."""
+        return self.secret if self.rekeyed_secret is None else self.rekeyed_secret
+
     def gateway_keys(self, gateway_id: bytes, epoch: int) -> GatewayKeys:
         did = self.device_id
         return GatewayKeys(
-            k_dg=keys.gateway_key(self.secret, did, gateway_id, epoch, self.firmware_hash),
-            broker_password=bytes.fromhex(keys.broker_password(self.secret, did)),
+            k_dg=keys.gateway_key(self.current_secret, did, gateway_id, epoch, self.firmware_hash),
+            broker_password=bytes.fromhex(keys.broker_password(self.current_secret, did)),
         )
 
     def broker_password(self) -> str:
-        return str(keys.broker_password(self.secret, self.device_id))
+        return str(keys.broker_password(self.current_secret, self.device_id))
 
 
 @dataclass(frozen=True, kw_only=True)

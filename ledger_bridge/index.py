@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS grants (device BLOB NOT NULL, gateway BLOB NOT NULL, 
 CREATE TABLE IF NOT EXISTS gateways (id BLOB PRIMARY KEY, x25519 BLOB NOT NULL, account TEXT NOT NULL,
     operator TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS policies (id BLOB PRIMARY KEY, publish TEXT NOT NULL, subscribe TEXT NOT NULL,
-    author TEXT NOT NULL) WITHOUT ROWID;
+    author TEXT NOT NULL, name BLOB) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS clone_alerts (device BLOB NOT NULL, epoch INTEGER NOT NULL,
     PRIMARY KEY (device, epoch)) WITHOUT ROWID;
 """
@@ -180,6 +180,9 @@ class IdentityIndex:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(policies)")}
+            if "name" not in columns:  # an index written before PolicyDefined carried the name
+                self._db.execute("ALTER TABLE policies ADD COLUMN name BLOB")
         except sqlite3.Error as exc:
             raise IndexError_(f"cannot open identity index {path}: {exc}") from None
         if self._meta("watermark") is None:
@@ -283,9 +286,13 @@ class IdentityIndex:
         clause = " AND ".join(where)
         count_sql = f"SELECT COUNT(*) FROM devices d{join} WHERE {clause}"  # noqa: S608 - fixed clauses, values bound
         total = int(self._db.execute(count_sql, params).fetchone()[0])
+        page_sql = (
+            "SELECT d.id, d.state, d.epoch, d.owner, d.manufacturer, d.policy, d.block,"  # noqa: S608 - values bound
+            f" (SELECT p.name FROM policies p WHERE p.id = d.policy) FROM devices d{join}"
+            f" WHERE {clause} ORDER BY d.id LIMIT ? OFFSET ?"
+        )
         rows = self._db.execute(
-            f"SELECT d.id, d.state, d.epoch, d.owner, d.manufacturer, d.policy, d.block FROM devices d{join}"  # noqa: S608
-            f" WHERE {clause} ORDER BY d.id LIMIT ? OFFSET ?",
+            page_sql,
             [*params, limit, offset],
         ).fetchall()
         return total, [
@@ -296,6 +303,7 @@ class IdentityIndex:
                 "owner": r[3],
                 "manufacturer": r[4],
                 "policy": None if r[5] is None else bytes(r[5]),
+                "policy_name": _name(r[7]),
                 "block": r[6],
             }
             for r in rows
@@ -304,7 +312,8 @@ class IdentityIndex:
     def device_row(self, device_id: bytes) -> dict[str, Any] | None:
         """One device for displays: its row and every gateway holding a key (two indexed reads)."""
         row = self._db.execute(
-            "SELECT state, epoch, owner, manufacturer, policy, firmware, block FROM devices WHERE id = ?",
+            "SELECT state, epoch, owner, manufacturer, policy, firmware, block,"
+            " (SELECT p.name FROM policies p WHERE p.id = devices.policy) FROM devices WHERE id = ?",
             (device_id,),
         ).fetchone()
         if row is None:
@@ -319,6 +328,7 @@ class IdentityIndex:
             "owner": row[2],
             "manufacturer": row[3],
             "policy": None if row[4] is None else bytes(row[4]),
+            "policy_name": _name(row[7]),
             "firmware_hash": "0x" + bytes(row[5]).hex(),
             "block": row[6],
             "gateways": [{"gateway": bytes(g), "epoch": e, "current": e == row[1]} for g, e in grants],
@@ -507,6 +517,18 @@ def _dump_args(args: Mapping[str, object]) -> str:
     )
 
 
+def _name(value: bytes | None) -> str | None:
+    """A policy's bytes32 name as text (its author's name for it), None when unknown or not text."""
+    if value is None:
+        return None
+    raw = bytes(value).rstrip(b"\0")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text if text and text.isprintable() else None
+
+
 def _load_args(text: str) -> dict[str, Any]:
     return {k: (bytes.fromhex(v["hex"]) if isinstance(v, dict) else v) for k, v in json.loads(text).items()}
 
@@ -574,8 +596,8 @@ def _apply(db: sqlite3.Connection, name: str, a: Mapping[str, Any], block: int) 
         db.execute("UPDATE devices SET epoch=?, block=? WHERE id=?", (a["epoch"], block, d))
     elif name == "PolicyDefined":
         db.execute(
-            "INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?)",
-            (a["policyId"], a["publishStreams"], a["subscribeStreams"], a["author"]),
+            "INSERT OR REPLACE INTO policies (id, publish, subscribe, author, name) VALUES (?, ?, ?, ?, ?)",
+            (a["policyId"], a["publishStreams"], a["subscribeStreams"], a["author"], a.get("name")),
         )
     elif name == "PolicySet":
         db.execute("UPDATE devices SET policy=?, block=? WHERE id=?", (a["policyId"], block, d))

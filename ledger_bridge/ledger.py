@@ -288,6 +288,16 @@ class Ledger:
             shared=bool(raw[3]),
         )
 
+    async def policy_name(self, policy_id: bytes) -> bytes | None:
+        """The name its author gave a policy (``PolicyDefined``'s ``name``), None if never defined."""
+        topic = "0x" + policy_id.hex()
+        names = [
+            e.args["name"]
+            for e in await self.events(device_topic=topic)
+            if e.name == "PolicyDefined" and e.args.get("policyId") == policy_id
+        ]
+        return bytes(names[-1]) if names and isinstance(names[-1], bytes) else None
+
     async def device_key(self, device_id: bytes) -> tuple[bytes, bool]:
         """-> (the device's static X25519 public key, zero when none; whether a re-key is due)."""
         key, pending = await self.call(self.registry.functions.deviceKey(check_device_id(device_id)))

@@ -93,12 +93,17 @@ class DeviceRegistration:
     firmware_hash: bytes
     characteristics: bytes
     claim_hash: bytes
+    #: the device's static X25519 public key (made on the device at manufacture; PROTOCOL.md 2.3),
+    #: registered with registerDeviceKey right after the device: what lets a new owner re-key it
+    device_key: bytes | None = None
 
     def __post_init__(self) -> None:
         check_device_id(self.device_id)
         for name in ("model", "firmware_hash", "characteristics", "claim_hash"):
             if len(getattr(self, name)) != 32:
                 raise ValueError(f"{name} must be 32 bytes")
+        if self.device_key is not None and (len(self.device_key) != 32 or not any(self.device_key)):
+            raise ValueError("device_key must be 32 bytes, not all zero")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -117,6 +117,8 @@ class OwnerBundle:
     secret: bytes = field(repr=False)
     salt: bytes = field(repr=False)
     claim_code: bytes = field(repr=False)
+    #: S' once the owner re-keyed the device (``diams-ledger rekey`` writes it into the bundle)
+    rekeyed_secret: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, path: Path) -> OwnerBundle:
@@ -131,6 +133,9 @@ class OwnerBundle:
                 secret=bytes.fromhex(str(raw["secret"])),
                 salt=bytes.fromhex(str(raw["salt"])),
                 claim_code=str(raw["claim_code"]).encode(),
+                rekeyed_secret=(
+                    bytes.fromhex(str(raw["rekeyed_secret"])) if raw.get("rekeyed_secret") else None
+                ),
             )
         except (KeyError, ValueError, TypeError) as exc:
             # the message names the field, never its value (the bundle holds secrets)
@@ -149,7 +154,17 @@ class OwnerBundle:
             firmware_hash=self.firmware_hash,
             salt=self.salt,
             claim_code=self.claim_code,
+            rekeyed_secret=self.rekeyed_secret,
         )
+
+    @staticmethod
+    def record_rekey(path: Path, new_secret: bytes) -> None:
+        """Write S' into the bundle at ``path`` (0600, atomically): keys are sealed from it from now on."""
+        from device_agent.agent.keystore import write_private
+
+        raw = json.loads(path.read_text("utf-8"))
+        raw["rekeyed_secret"] = new_secret.hex()
+        write_private(path, (json.dumps(raw, indent=2) + "\n").encode())
 
 
 # ---- reads ----
@@ -239,10 +254,24 @@ class DeviceDetail:
     grants: list[GrantRecord]
     timeline: list[TimelineEntry]
     clone_alerts: int
+    policy_label: str = ""  # the policy's name (from PolicyDefined), else its 0x id; "" without a policy
 
     @property
     def policy_name(self) -> str:
-        return "" if self.record.policy_id == bytes(32) else id_text(self.record.policy_id)
+        if self.record.policy_id == bytes(32):
+            return ""
+        return self.policy_label or id_text(self.record.policy_id)
+
+
+def policy_label(name: bytes | str | None, policy_id: bytes | None) -> str | None:
+    """How a policy is shown: the name its author gave it, else its on-chain id; None for no policy."""
+    if policy_id is None or policy_id == bytes(32):
+        return None
+    if isinstance(name, bytes):
+        name = id_text(name) if name.rstrip(b"\0") else None
+        if name is not None and name.startswith("0x"):
+            name = None
+    return name or "0x" + policy_id.hex()
 
 
 async def device_detail(ledger: Ledger, device_id: bytes) -> DeviceDetail:
@@ -261,18 +290,27 @@ async def device_detail(ledger: Ledger, device_id: bytes) -> DeviceDetail:
     for e in history:
         if e.block_number not in times:
             times[e.block_number] = await ledger.block_timestamp(e.block_number)
-    timeline = [_timeline_entry(e, times[e.block_number]) for e in history]
+    labels: dict[bytes, str] = {}  # policy id -> its name, for the current policy and the history's
+    for pid in {record.policy_id, *(e.args.get("policyId") for e in history if e.name == "PolicySet")}:
+        if isinstance(pid, bytes) and pid != bytes(32):
+            labels[pid] = policy_label(await ledger.policy_name(pid), pid) or ""
+    timeline = [_timeline_entry(e, times[e.block_number], labels) for e in history]
     alerts = sum(1 for e in history if e.name == "CloneAlert")
-    return DeviceDetail(record=record, grants=grants, timeline=timeline, clone_alerts=alerts)
+    label = labels.get(record.policy_id, "")
+    return DeviceDetail(
+        record=record, grants=grants, timeline=timeline, clone_alerts=alerts, policy_label=label
+    )
 
 
-def _timeline_entry(e: LedgerEvent, when: int) -> TimelineEntry:
+def _timeline_entry(e: LedgerEvent, when: int, policies: Mapping[bytes, str]) -> TimelineEntry:
     details: dict[str, Any] = {}
     for k, v in e.args.items():
         if k == "id":
             continue
         if k == "sealedKey":
             details[k] = f"{len(v)} bytes" if isinstance(v, bytes) else v
+        elif k == "policyId" and isinstance(v, bytes) and v in policies:
+            details[k] = policies[v]
         elif k in ("gatewayId", "policyId", "model") and isinstance(v, bytes):
             details[k] = id_text(v)
         else:
@@ -633,9 +671,9 @@ async def onboard_rows(
     return report
 
 
-def policy_text(record: PolicyRecord) -> str:
+def policy_text(record: PolicyRecord, name: str | None = None) -> str:
     return (
-        f"policy      {id_text(record.policy_id)}\n"
+        f"policy      {name or id_text(record.policy_id)}\n"
         f"id          0x{record.policy_id.hex()}\n"
         f"author      {record.author}\n"
         f"publish     {', '.join(record.publish_streams) or '(nothing)'}\n"

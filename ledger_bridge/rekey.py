@@ -1,4 +1,4 @@
-"""The new owner's side of re-keying at transfer (docs/PROTOCOL.md 2.3), over any channel to the device.
+"""The new owner's side of re-keying at transfer (docs/PROTOCOL.md 2.3), over MQTT or any other channel.
 
     new_secret = await rekey_device(ledger, owner, device_id, secret=S, channel=...)
 
@@ -8,20 +8,34 @@ and records the key confirmation on chain (``confirmRekey``: bumps the epoch, li
 authorizing gateways). A substituted key fails the device's confirmation tag: ``RekeyError``, nothing
 recorded, S unchanged. Keep S until the device has authenticated under S' (if CONFIRM is lost, the
 device still holds S and the exchange can be run again with it).
+
+``MqttRekeyChannel`` is the channel to a running agent: INIT and CONFIRM on the device's re-key
+``down`` topic under gateway G, REPLY from its ``up`` topic (``device_agent.core.topics``), through the
+site's broker with gateway G's account, the one account besides the device's own that the broker's ACL
+lets use them (gateway/broker). ``diams-ledger rekey`` is the owner's one command for all of it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from typing import Protocol
+import queue
+import socket
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
 
 from device_agent.agent.x25519 import x25519
 from device_agent.core import rekey
+from device_agent.core import topics as _topics
 
 from .actor import ActorHandle
 from .ledger import Ledger
 
-__all__ = ["RekeyChannel", "rekey_device"]
+__all__ = ["MqttRekeyChannel", "RekeyChannel", "RekeyTimeout", "rekey_device"]
+
+_T: Any = _topics
 
 
 class RekeyChannel(Protocol):
@@ -29,18 +43,128 @@ class RekeyChannel(Protocol):
     async def send(self, message: bytes) -> None: ...
 
 
+class RekeyTimeout(Exception):
+    """The device did not answer in time (not connected, no device key, or it refused INIT)."""
+
+
 async def rekey_device(
-    ledger: Ledger, owner: ActorHandle, device_id: bytes, *, secret: bytes, channel: RekeyChannel
+    ledger: Ledger,
+    owner: ActorHandle,
+    device_id: bytes,
+    *,
+    secret: bytes,
+    channel: RekeyChannel,
+    keep: Callable[[bytes], None] | None = None,
 ) -> bytes:
-    """-> S' (32 bytes), after the device proved it holds the registered key and the chain recorded it."""
+    """-> S' (32 bytes), after the device proved it holds the registered key and the chain recorded it.
+
+    ``keep(S')`` runs before CONFIRM leaves, so S' is stored before the device can switch to it."""
     public, _ = await ledger.device_key(device_id)
     if public == bytes(32):
         raise ValueError("the device has no registered device key: it cannot be re-keyed")
     _, epoch = await ledger.device_state(device_id)
     role = rekey.OwnerRekey(device_id, epoch, secret, public, x25519, os.urandom)
     confirm = role.reply(await channel.request(role.start()))
-    await channel.send(confirm)
     new_secret: bytes | None = role.new_secret
     assert new_secret is not None
+    if keep is not None:
+        keep(new_secret)
+    await channel.send(confirm)
     await owner.confirm_rekey(device_id, rekey.key_commitment(new_secret))
     return new_secret
+
+
+class MqttRekeyChannel:
+    """The exchange over the broker, with gateway ``gateway_id``'s account (paho, its own loop thread).
+
+    Use as ``with MqttRekeyChannel(...) as ch:``; ``request`` waits ``timeout`` seconds for the REPLY.
+    Messages are QoS 1, retain 0 (PROTOCOL.md 6); an answer of the wrong shape is skipped, not trusted
+    (the exchange's tags decide)."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        gateway_id: str,
+        device_id: bytes,
+        username: str,
+        password: str,
+        tls_ca: Path | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self._down = str(_T.rekey_down(gateway_id, device_id.hex()))
+        self._up = str(_T.rekey_up(gateway_id, device_id.hex()))
+        self._host, self._port, self._timeout = host, port, timeout
+        self._replies: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._ready: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=username, protocol=paho.MQTTv311)
+        self._client.username_pw_set(username, password)
+        if tls_ca is not None:
+            self._client.tls_set_context(ssl.create_default_context(cafile=str(tls_ca)))
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        self._client.on_socket_open = self._on_socket_open
+
+    def __repr__(self) -> str:
+        return f"MqttRekeyChannel({self._down} @ {self._host}:{self._port})"
+
+    @staticmethod
+    def _on_socket_open(client: Any, userdata: Any, sock: Any) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self._ready.put(f"the broker refused the login ({reason})")
+        else:
+            client.subscribe(self._up, qos=1)
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: Any, reasons: Any, properties: Any) -> None:
+        failed = any(getattr(r, "is_failure", False) for r in reasons)
+        self._ready.put("the broker refused the subscription" if failed else "")
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        payload = bytes(msg.payload)
+        if msg.topic == self._up and len(payload) == rekey.REPLY_LEN and payload[0] == rekey.REPLY:
+            self._replies.put(payload)
+
+    def __enter__(self) -> MqttRekeyChannel:
+        try:
+            self._client.connect(self._host, self._port, keepalive=30)
+        except OSError as exc:
+            where = f"{self._host}:{self._port}"
+            raise ConnectionError(f"broker {where} unreachable: {exc.strerror or exc}") from None
+        self._client.loop_start()
+        try:
+            problem = self._ready.get(timeout=self._timeout)
+        except queue.Empty:
+            problem = "no answer from the broker"
+        if problem:
+            self.__exit__()
+            raise ConnectionError(f"broker {self._host}:{self._port}: {problem}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    async def request(self, message: bytes) -> bytes:
+        self._client.publish(self._down, message, qos=1).wait_for_publish(self._timeout)
+        try:
+            return await asyncio.to_thread(self._replies.get, True, self._timeout)
+        except queue.Empty:
+            raise RekeyTimeout(
+                f"no REPLY within {self._timeout:.0f} s: is the agent connected to this broker, with its "
+                "device key, and does it still hold the secret given?"
+            ) from None
+
+    async def send(self, message: bytes) -> None:
+        info = self._client.publish(self._down, message, qos=1)
+        await asyncio.to_thread(info.wait_for_publish, self._timeout)

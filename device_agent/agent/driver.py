@@ -24,8 +24,9 @@ from device_agent.core.events import Authenticated, Rejected
 
 from . import _core
 from .counters import CounterFile
-from .keystore import DeviceSecret
+from .keystore import DeviceSecret, KeyStoreError
 from .reasons import explain
+from .rekey import RekeyResponder
 
 __all__ = ["AgentDriver", "Publish"]
 
@@ -59,6 +60,8 @@ class AgentDriver:
         block: int = 16,
         random: Callable[[int], bytes] = os.urandom,
         on_command: Callable[[str, bytes], None] | None = None,
+        rekey: RekeyResponder | None = None,
+        on_rekey: Callable[[DeviceSecret], None] | None = None,
     ) -> None:
         self.device_id = device_id
         self.device_hex = device_id.hex()
@@ -67,6 +70,8 @@ class AgentDriver:
         self.counters = counters
         self._random = random
         self._on_command = on_command
+        self._rekey = rekey
+        self._on_rekey = on_rekey
         self.policy: Any = _P.AgentPolicy(
             gateways, random, state=counters.read(), epoch=epoch, answer_timeout=answer_timeout,
             reauth_margin=reauth_margin, backoff_base=backoff_base, backoff_cap=backoff_cap,
@@ -87,6 +92,8 @@ class AgentDriver:
 
     def subscriptions(self) -> list[str]:
         subs = [str(_T.handshake_down(g, self.device_hex)) for g in self.policy.gateways]
+        if self._rekey is not None:
+            subs += [str(_T.rekey_down(g, self.device_hex)) for g in self.policy.gateways]
         return [*subs, str(_T.topic_filter(_T.COMMAND, _T.ANY, self.device_hex))]
 
     @property
@@ -137,6 +144,8 @@ class AgentDriver:
                 return self._handshake_message(gateway, payload, now)
             if kind == _T.COMMAND and gateway == self.session_gateway:
                 return self._command(last, payload, now)
+            if kind == _T.REKEY and last == _T.DOWN and self._rekey is not None:
+                return self._rekey_message(gateway, payload, now)
         self.stats["stray_messages"] += 1
         return []
 
@@ -211,6 +220,33 @@ class AgentDriver:
                             explain(event.reason, after_epoch_hint=hinted))
             return out + self._do(self.policy.rejected(gateway, event.reason, event.epoch, now), now)
         return out + self.tick(now)
+
+    def _rekey_message(self, gateway: str, payload: bytes, now: float) -> list[Publish]:
+        """Re-keying at transfer (docs/PROTOCOL.md 2.3): INIT -> REPLY; a verified CONFIRM commits S'."""
+        from device_agent.core.rekey import RekeyError
+
+        assert self._rekey is not None
+        try:
+            reply, new_secret = self._rekey.message(self._secret.reveal(), payload)
+        except RekeyError as exc:
+            self.stats["rekey_refused_" + str(exc.reason)] += 1
+            log.warning("re-key message via %s refused (%s); the device secret is unchanged",
+                        gateway, exc.reason)
+            return []
+        except KeyStoreError as exc:
+            self.stats["rekey_refused_no_device_key"] += 1
+            log.error("re-key via %s impossible: %s", gateway, exc)
+            return []
+        out = [Publish(str(_T.rekey_up(gateway, self.device_hex)), reply)] if reply is not None else []
+        if new_secret is not None:
+            self._secret = DeviceSecret(new_secret)
+            self.stats["rekeyed"] += 1
+            log.info("re-keyed via %s: new device secret committed; the new owner authorizes gateways next",
+                     gateway)
+            if self._on_rekey is not None:
+                self._on_rekey(self._secret)
+            out += self.request_reauth(now)  # handshakes from now on use keys from S'
+        return out
 
     def _command(self, name: str, message: bytes, now: float) -> list[Publish]:
         if self.session is None:

@@ -32,6 +32,7 @@ from .config import AgentConfig
 from .counters import CounterFile
 from .driver import AgentDriver, Publish
 from .keystore import DeviceSecret
+from .rekey import RekeyResponder
 
 __all__ = ["AgentStatus", "MqttAgent"]
 
@@ -76,6 +77,7 @@ class MqttAgent:
             answer_timeout=config.answer_timeout_s, reauth_margin=config.reauth_margin_s,
             backoff_base=config.backoff_base_s, backoff_cap=config.backoff_cap_s,
             reconnect_base=config.reconnect_base_s, block=config.counter_block, on_command=on_command,
+            rekey=RekeyResponder(config.key_file, config.device_id_bytes), on_rekey=self._rekeyed,
         )
         # A refused login (revoked, suspended, not enrolled) will not clear in seconds: after one, the
         # next dial waits this long full-jitter backoff (base = the backoff cap, cap 15x that).
@@ -101,6 +103,11 @@ class MqttAgent:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+
+    def _rekeyed(self, secret: DeviceSecret) -> None:
+        """S' is committed: the next logins use the broker password derived from it (3.4)."""
+        self._client.username_pw_set(self.config.device_id,
+                                     _core.broker_password(secret.reveal(), self.config.device_id_bytes))
 
     def __repr__(self) -> str:
         return f"MqttAgent({self.config.device_id} @ {self.config.broker_host}:{self.config.broker_port})"

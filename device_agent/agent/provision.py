@@ -3,12 +3,14 @@
 Writes into ``out``:
 
 * ``<id>.key``          S as hex, 0600: flashed into the device (the agent's ``key_file``);
+* ``<id>.key.x25519``   the device's static X25519 private key, 0600, flashed with it (re-keying at
+                        transfer, docs/PROTOCOL.md 2.3); its public half goes into the record and CSV;
 * ``<id>.owner.json``   0600, handed to the owner with the device: S, the commitment salt, the claim
                         code and the characteristics (to open the commitment later);
 * ``<id>.json``         the public registration record;
 * ``registration.csv``  one row appended per device, the columns of ``diams-ledger register --csv``
                         (``ledger_bridge/csv_import.py``): device_id, model, firmware_hash,
-                        characteristics, claim_hash;
+                        characteristics, claim_hash, device_key (registered with the device);
 * ``<id>.agent.toml``   a starting agent configuration.
 
 Nothing secret is printed: stdout gets the public record only.
@@ -27,10 +29,14 @@ from pathlib import Path
 
 from . import _core
 from .keystore import DeviceSecret, save_secret, write_private
+from .rekey import static_key_path
+from .x25519 import x25519
+
+_BASE = b"\x09" + bytes(31)
 
 __all__ = ["CSV_COLUMNS", "Provisioned", "RegistrationRecord", "parse_mac", "provision"]
 
-CSV_COLUMNS = ("device_id", "model", "firmware_hash", "characteristics", "claim_hash")
+CSV_COLUMNS = ("device_id", "model", "firmware_hash", "characteristics", "claim_hash", "device_key")
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
 
 
@@ -49,6 +55,7 @@ class RegistrationRecord:
     firmware_hash: str
     characteristics: str
     claim_hash: str
+    device_key: str  # 0x + the device's static X25519 public key (PROTOCOL.md 2.3)
 
     def as_row(self) -> list[str]:
         return [getattr(self, c) for c in CSV_COLUMNS]
@@ -78,16 +85,22 @@ def provision(*, model: str, serial: str, mac: str, firmware: Path, out: Path,
     claim_code = secrets.token_hex(16)
     did = _core.derive_device_id(secret.reveal(), model, serial, mac_bytes)
     commitment = _core.characteristics_commitment(salt, model, serial, mac_bytes, fw_hash)
+    # The static key pair is made here, on the provisioning station, and flashed with S: a board that can
+    # make it itself at first boot (device_agent.micropython.rekey.make_device_key) keeps the private
+    # half from ever leaving it; the manufacturer registers the public half either way.
+    static = secrets.token_bytes(32)
     record = RegistrationRecord(
         device_id=did.hex(),
         model=model,
         firmware_hash="0x" + fw_hash.hex(),
         characteristics="0x" + commitment.hex(),
         claim_hash="0x" + _core.claim_hash(did, claim_code.encode()).hex(),
+        device_key="0x" + x25519(static, _BASE).hex(),
     )
     out.mkdir(parents=True, exist_ok=True)
     key_file = out / f"{did.hex()}.key"
     save_secret(key_file, secret)
+    write_private(static_key_path(key_file), static.hex().encode() + b"\n")
     owner = {
         "device_id": did.hex(), "secret": secret.reveal().hex(), "salt": salt.hex(), "claim_code": claim_code,
         "model": model, "serial": serial, "mac": mac_bytes.hex(":"), "firmware_hash": fw_hash.hex(),

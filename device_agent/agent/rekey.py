@@ -2,14 +2,18 @@
 
 The device's static X25519 key pair lives beside the secret: ``<key_file>.x25519`` (0600, the private
 key as hex), made once at manufacture (``diams-agent device-key``, which prints the public key for the
-manufacturer's ``registerDeviceKey``). ``diams-agent rekey`` runs one exchange over standard input and
-output (hex lines: INIT in, REPLY out, CONFIRM in), the console or serial line the new owner's tool talks
-to, and replaces S by S' (atomically, 0600) only after the owner's confirmation verifies. The protocol
-itself is ``device_agent.core.rekey``; this module only moves bytes and files.
+manufacturer's ``registerDeviceKey``; ``diams-agent provision`` makes it too). The running agent answers
+a re-key over MQTT (``RekeyResponder``, fed by the driver from its re-key ``down`` topics,
+``topics.rekey_down``, its REPLY published on ``topics.rekey_up``); ``diams-agent rekey`` runs one
+exchange over standard input and output instead (hex lines: INIT in, REPLY out, CONFIRM in), for a
+console or serial line. Either way S is replaced by S'
+(atomically, 0600) only after the owner's confirmation verifies. The protocol itself is
+``device_agent.core.rekey``; this module only moves bytes and files.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +23,7 @@ from device_agent.core import rekey
 from .keystore import DeviceSecret, KeyStoreError, check_private, load_secret, save_secret, write_private
 from .x25519 import x25519
 
-__all__ = ["device_public_key", "run_rekey", "static_key_path"]
+__all__ = ["RekeyResponder", "device_public_key", "run_rekey", "static_key_path"]
 
 _BASE = b"\x09" + bytes(31)
 
@@ -72,3 +76,42 @@ def _hex(line: str) -> bytes:
         return bytes.fromhex(line.strip())
     except ValueError:
         raise rekey.RekeyError("bad_message") from None
+
+
+class RekeyResponder:
+    """The device's side of one re-key at a time, message by message (the MQTT agent's driver feeds it).
+
+    ``message(secret, payload) -> (reply or None, S' or None)``: an INIT gets a REPLY; the CONFIRM that
+    verifies commits S' to ``key_file`` (durably, before it is returned) and returns it. A QoS 1
+    duplicate of the pending INIT gets the same REPLY again (a fresh one would make the owner's CONFIRM
+    fail). Raises ``rekey.RekeyError`` (nothing changed) or ``KeyStoreError`` (no device key)."""
+
+    def __init__(self, key_file: Path, device_id: bytes, random: Callable[[int], bytes] = os.urandom) -> None:
+        self._key_file = key_file
+        self._device_id = device_id
+        self._random = random
+        self._role: rekey.DeviceRekey | None = None
+        self._init: tuple[bytes, bytes] | None = None  # (INIT, our REPLY) of the pending exchange
+
+    def __repr__(self) -> str:
+        return f"RekeyResponder({self._device_id.hex()}, pending={self._role is not None})"
+
+    def message(self, secret: bytes, payload: bytes) -> tuple[bytes | None, bytes | None]:
+        kind = payload[0] if payload else -1
+        if kind == rekey.INIT:
+            if self._init is not None and hmac.compare_digest(payload, self._init[0]):
+                return self._init[1], None
+            fresh = rekey.DeviceRekey(
+                self._device_id, secret, _load_static(static_key_path(self._key_file)), x25519, self._random
+            )
+            reply: bytes = fresh.init(payload)
+            self._role, self._init = fresh, (payload, reply)
+            return reply, None
+        if kind == rekey.CONFIRM:
+            pending, self._role, self._init = self._role, None, None
+            if pending is None:
+                raise rekey.RekeyError("not_started")
+            new_secret: bytes = pending.confirm(payload)
+            save_secret(self._key_file, DeviceSecret(new_secret))
+            return None, new_secret
+        raise rekey.RekeyError("bad_message")

@@ -17,7 +17,18 @@
 #   memory; after a restart the agent continues past the reserved block (the unused rest is a gap).
 # * Epochs (section 5): a stale_epoch REJECT hinting a higher epoch than the one tried is retried at
 #   once under the hint, committed only when that handshake succeeds. Any other failure forgets the
-#   trial epoch, so a forged hint (REJECT is unauthenticated) costs one attempt and nothing more.
+#   trial epoch, so a forged hint (REJECT is unauthenticated) costs one attempt and nothing more: in
+#   particular no flash write and no line in the counter file. That needs care, because a counter must
+#   never be sent twice under one (gateway, epoch), reboots included, and nothing about the trial
+#   epoch is written. So a trial HELLO takes its counter from the *committed* epoch's durable
+#   sequence for that gateway (the same reservation, the same next value): every counter that
+#   sequence hands out is unique across reboots, whichever epoch it is sent under, and a gateway
+#   accepts any c above its floor (gaps included). When an epoch is adopted (a handshake under it
+#   succeeded, or the agent starts with a higher configured epoch) every gateway's counters *continue*
+#   under it from where the older epochs' sequences were, instead of restarting at 0: a trial may
+#   have spent some of them under that very epoch, unsaved. The hint's only costs are that counter
+#   (the reservation write it may need is the one any HELLO needs every `block` counters) and the
+#   attempt; tests/core/test_policy.py checks both and the no-reuse property across restarts.
 # * Failover: no answer within `answer_timeout`, or a REJECT, moves on to the next gateway at once; a
 #   whole failed round waits a full-jitter backoff U(0, min(cap, base * 2^n)). A success resets both
 #   and the agent stays with the gateway that answered.
@@ -93,10 +104,11 @@ class AgentPolicy:
         self.min_reauth = min_reauth
         self.epoch = epoch
         self.reserved = {}
+        self.next = {}
         if state:
             saved, self.reserved = parse_counters(state)
             self.epoch = max(epoch, saved)
-        self.next = {}
+        self._adopt(self.epoch)
         self.stats = {}
         self.online = False
         self.attempt = None       # (gateway, epoch, counter, deadline) of the handshake in flight
@@ -179,10 +191,7 @@ class AgentPolicy:
         self._count("authenticated")
         out = []
         if a[1] > self.epoch:
-            self.epoch = a[1]
-            for key in list(self.reserved):
-                if key[1] < a[1]:
-                    del self.reserved[key]
+            self._adopt(a[1])
             out.append((SAVE, self.state()))
         return out + self.tick(now)
 
@@ -273,10 +282,20 @@ class AgentPolicy:
             self._reconnect_n += 1
         return self.tick(now)
 
+    def _adopt(self, epoch):
+        """``epoch`` becomes the committed one; counters of older epochs carry over (see the header)."""
+        self.epoch = epoch
+        for table in (self.reserved, self.next):
+            for key in list(table):
+                if key[1] < epoch:
+                    value = table.pop(key)
+                    mine = (key[0], epoch)
+                    table[mine] = max(table.get(mine, -1), value)
+
     def _hello(self, now):
         gateway = self.gateways[self._index]
         epoch = self.epoch if self._trial is None else self._trial
-        key = (gateway, epoch)
+        key = (gateway, self.epoch)  # a trial epoch draws on the committed epoch's durable counters
         top = self.reserved.get(key, -1)
         counter = self.next.get(key, top + 1)
         if counter > MAX_COUNTER:

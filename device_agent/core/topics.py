@@ -5,6 +5,9 @@
 #   diams/v1/d/<G>/<D>/<stream>   device D -> gateway G: DATA, after authentication with G
 #   diams/v1/c/<G>/<D>/<name>     gateway G -> device D: COMMAND, after authentication
 #   diams/v1/v/<G>/<D>/<stream>   gateway G -> applications: data G verified, republished
+#   diams/v1/rk/<G>/<D>/down      the new owner's tool (with gateway G's broker account) -> device D:
+#                                 re-key INIT, CONFIRM (docs/PROTOCOL.md 2.3)
+#   diams/v1/rk/<G>/<D>/up        device D -> the new owner's tool: re-key REPLY
 #
 # Strategy: every topic has the same six levels (prefix, kind, gateway, device, last), so one
 # builder and one parser serve all of them. Identifiers are checked against one rule each before
@@ -17,7 +20,7 @@
 # Subscription filters and ACL lines use the same builder with a wildcard in place of an
 # identifier: ANY ("+") anywhere, and the broker's username substitution USER ("%u") as a device.
 # Builders raise ValueError on a bad identifier (the caller's mistake); parse() returns None for any
-# topic that is not exactly one of the five forms (a peer's mistake, counted by the caller).
+# topic that is not exactly one of the six forms (a peer's mistake, counted by the caller).
 # MicroPython-safe: stdlib only, no re (checks are str.strip with a character set).
 
 PREFIX = "diams/v1"
@@ -25,6 +28,7 @@ HANDSHAKE = "hs"
 DATA = "d"
 COMMAND = "c"
 VERIFIED = "v"
+REKEY = "rk"
 UP = "up"
 DOWN = "down"
 ANY = "+"    # MQTT single-level wildcard, for filters
@@ -33,7 +37,8 @@ USER = "%u"  # Mosquitto acl_file pattern: the connecting client's username (a d
 _HEX = "0123456789abcdef"
 _GATEWAY_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-"
 _NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
-_KINDS = (HANDSHAKE, DATA, COMMAND, VERIFIED)
+_KINDS = (HANDSHAKE, DATA, COMMAND, VERIFIED, REKEY)
+_DIRECTED = (HANDSHAKE, REKEY)  # last level "up" or "down"
 _NAMED = (DATA, COMMAND, VERIFIED)
 _P0, _P1 = PREFIX.split("/")
 _LEVELS = 6
@@ -86,9 +91,9 @@ def _build(kind, gateway, device, last, wild):
         check_gateway_id(gateway)
     if not (wild and (device == ANY or device == USER)):
         check_device_id(device)
-    if kind == HANDSHAKE:
+    if kind in _DIRECTED:
         if last != UP and last != DOWN:
-            _bad("handshake direction", last, "'up' or 'down'")
+            _bad("handshake direction" if kind == HANDSHAKE else "re-key direction", last, "'up' or 'down'")
     elif last != ANY or not wild:
         check_name(last, "command name" if kind == COMMAND else "stream name")
     return "/".join((PREFIX, kind, gateway, device, last))
@@ -114,10 +119,18 @@ def verified(gateway, device, stream):
     return _build(VERIFIED, gateway, device, stream, False)
 
 
+def rekey_up(gateway, device):
+    return _build(REKEY, gateway, device, UP, False)
+
+
+def rekey_down(gateway, device):
+    return _build(REKEY, gateway, device, DOWN, False)
+
+
 def topic_filter(kind, gateway=ANY, device=ANY, last=ANY):
     """A subscription filter or ACL topic: identifiers, ANY, or USER in the device's place."""
     if kind not in _KINDS:
-        _bad("topic kind", kind, "one of hs, d, c, v")
+        _bad("topic kind", kind, "one of hs, d, c, v, rk")
     return _build(kind, gateway, device, last, True)
 
 
@@ -126,14 +139,15 @@ def every(kind=None):
     if kind is None:
         return PREFIX + "/#"
     if kind not in _KINDS:
-        _bad("topic kind", kind, "one of hs, d, c, v")
+        _bad("topic kind", kind, "one of hs, d, c, v, rk")
     return PREFIX + "/" + kind + "/#"
 
 
 def parse(topic):
     """A concrete topic -> (kind, gateway, device, last), or None when it is not a DIAMS v1 topic.
 
-    ``topic`` is str or bytes (as MQTT clients deliver it); ``last`` is "up"/"down" for handshakes,
+    ``topic`` is str or bytes (as MQTT clients deliver it); ``last`` is "up"/"down" for handshakes and
+    re-keying,
     the stream or command name otherwise. Every identifier is checked: a returned tuple is safe.
     The checks are inlined (not is_*()): the gateway runs this on every message.
     """
@@ -149,7 +163,7 @@ def parse(topic):
     if (len(device) != 16 or device.strip(_HEX) or not 0 < len(gateway) <= 32
             or gateway.strip(_GATEWAY_CHARS)):
         return None
-    if kind == HANDSHAKE:
+    if kind == HANDSHAKE or kind == REKEY:
         if last != UP and last != DOWN:
             return None
     elif kind not in _NAMED or not 0 < len(last) <= 64 or last.strip(_NAME_CHARS):

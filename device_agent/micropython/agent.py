@@ -47,7 +47,8 @@ class Agent:
 
     def __init__(self, device_id, secret, firmware_hash, gateways, server, port=1883, epoch=0,
                  state_path="diams.state", block=16, answer_ms=5000, keepalive=30, on_command=None,
-                 reauth_margin=60, backoff_base_ms=500, backoff_cap_ms=60000, reconnect_base_ms=5000):
+                 reauth_margin=60, backoff_base_ms=500, backoff_cap_ms=60000, reconnect_base_ms=5000,
+                 rekey_files=None):
         self.device_id = device_id
         self.dhex = device_id.hex()
         self._secret = secret
@@ -65,9 +66,16 @@ class Agent:
         self.writes = 0
         self._up = {}
         self._down = {}  # the down topic as umqtt delivers it (bytes) -> gateway: no parse per message
+        # re-keying at transfer (PROTOCOL.md 2.3): with rekey_files = (key_path, static_key_path), the
+        # agent answers on its re-key topics; rekey.py is imported only when an exchange starts
+        self._rekey_files = rekey_files
+        self._rekeyer = None
+        self._rk = {}
         for g in names:
             self._up[g] = topics.handshake_up(g, self.dhex)
             self._down[topics.handshake_down(g, self.dhex).encode()] = g
+            if rekey_files:
+                self._rk[topics.rekey_down(g, self.dhex).encode()] = g
         self.client = MQTTClient(self.dhex, server, port, user=self.dhex,
                                  password=keys.broker_password(secret, device_id), keepalive=keepalive)
         self.client.set_callback(self._queue)
@@ -100,6 +108,8 @@ class Agent:
         except (OSError, AttributeError, TypeError):
             pass
         for t in self._down:
+            self.client.subscribe(t, 1)
+        for t in self._rk:
             self.client.subscribe(t, 1)
         self.client.subscribe(topics.topic_filter(topics.COMMAND, topics.ANY, self.dhex), 1)
         self._poller = select.poll()
@@ -151,6 +161,10 @@ class Agent:
             if gw is not None:
                 self._handshake(gw, msg)
                 continue
+            gw = self._rk.get(topic)
+            if gw is not None:
+                self._rekey(gw, msg)
+                continue
             t = topics.parse(topic)
             if t is not None and t[0] == topics.COMMAND and t[1] == self.gateway and t[2] == self.dhex:
                 self._command(t[3], msg)
@@ -178,6 +192,30 @@ class Agent:
                 self.last_refusal = ev.reason
                 print("diams: refused by", gw, "at epoch", a[1], ":", ev.reason)
             self._do(self.policy.rejected(gw, ev.reason, ev.epoch, now))
+
+    def _rekey(self, gw, msg):
+        from device_agent.core.rekey import RekeyError
+
+        if self._rekeyer is None:
+            from device_agent.micropython.rekey import Responder
+
+            self._rekeyer = Responder(self.device_id, self._rekey_files[0], self._rekey_files[1])
+        try:
+            reply, new_secret = self._rekeyer.message(self._secret, msg)
+        except (RekeyError, OSError) as exc:
+            reason = getattr(exc, "reason", "no_device_key")
+            key = "rekey_refused_" + reason
+            self.stats[key] = self.stats.get(key, 0) + 1
+            print("diams: re-key via", gw, "refused:", reason)
+            return
+        if reply is not None:
+            self.client.publish(topics.rekey_up(gw, self.dhex), reply)
+        if new_secret is not None:
+            self._secret = new_secret
+            self.client.pswd = keys.broker_password(new_secret, self.device_id)  # the next logins
+            self.stats["rekeyed"] = self.stats.get("rekeyed", 0) + 1
+            print("diams: re-keyed via", gw, "- the new owner authorizes gateways next")
+            self._do(self.policy.reauth(_now()))
 
     def _command(self, name, msg):
         if self.session is None:

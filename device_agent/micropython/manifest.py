@@ -24,8 +24,13 @@ package(
         "core/errors.py",
         "core/topics.py",
         "core/policy.py",
+        # re-keying at transfer (docs/PROTOCOL.md 2.3): imported only when a re-key starts, so it
+        # costs flash here and no heap during handshakes
+        "core/rekey.py",
+        "core/x25519.py",
         "micropython/__init__.py",
         "micropython/agent.py",
+        "micropython/rekey.py",
     ),
     base_path="../..",
 )

@@ -2,8 +2,9 @@
 # (MicroPython code: checked by mpy-cross and run under the real unix port in tests/micropython_agent/.)
 #
 # Re-keying at transfer on the MicroPython agent (docs/PROTOCOL.md 2.3): the device's side of
-# device_agent.core.rekey with the pure-Python X25519, over any line channel (the console or a serial
-# line the new owner's tool talks to: hex lines, INIT in, REPLY out, CONFIRM in).
+# device_agent.core.rekey with the pure-Python X25519, over MQTT (Responder: agent.py feeds it what
+# arrives on the device's re-key down topics, given rekey_files) or any line channel (run(): the console
+# or a serial line the new owner's tool talks to: hex lines, INIT in, REPLY out, CONFIRM in).
 #
 # Loaded only when re-keying, never by agent.py: it is not part of the handshake's flash or heap
 # budget (bench/bench_rekey.py measures it). The static private key is a hex file made once at
@@ -43,3 +44,41 @@ def run(device_id, key_path, static_path, read_line, write_line, random=os.urand
     write_line(role.init(bytes.fromhex(read_line().strip())).hex())
     _write_hex(key_path, role.confirm(bytes.fromhex(read_line().strip())))
     return True
+
+
+class Responder:
+    """One re-key at a time, message by message: ``message(secret, payload) -> (reply, S')``.
+
+    An INIT gets a REPLY (a duplicate of the pending INIT, as QoS 1 may deliver, the same REPLY); the
+    CONFIRM that verifies replaces S by S' in key_path (before S' is returned). Raises
+    rekey.RekeyError (nothing changed) or OSError (no static key file)."""
+
+    def __init__(self, device_id, key_path, static_path, random=os.urandom):
+        self.device_id = device_id
+        self.key_path = key_path
+        self.static_path = static_path
+        self._random = random
+        self._role = None
+        self._init = None  # (INIT, our REPLY): public bytes, so a plain compare is fine
+
+    def message(self, secret, payload):
+        kind = payload[0] if payload else -1
+        if kind == rekey.INIT:
+            if self._init is not None and payload == self._init[0]:
+                return self._init[1], None
+            role = rekey.DeviceRekey(self.device_id, secret, _read_hex(self.static_path), x25519,
+                                     self._random)
+            reply = role.init(payload)
+            self._role = role
+            self._init = (bytes(payload), reply)
+            return reply, None
+        if kind == rekey.CONFIRM:
+            role = self._role
+            self._role = None
+            self._init = None
+            if role is None:
+                raise rekey.RekeyError("not_started")
+            new_secret = role.confirm(payload)
+            _write_hex(self.key_path, new_secret)
+            return None, new_secret
+        raise rekey.RekeyError("bad_message")

@@ -10,7 +10,8 @@ dict look-up and at most one constant-time compare per question.
 Rights (the same layout as the Mosquitto files, but exact, since nothing here costs a reload; the
 topic shapes are ``device_agent.core.topics``'):
 - a device (username = its 16-hex id, client id = the same) that is ENROLLED publishes its handshake
-  ``up`` topics and subscribes its handshake ``down`` and command topics, with any gateway; only while
+  ``up`` topics and subscribes its handshake ``down`` and command topics, with any gateway (and the
+  same two directions of its re-key topics, docs/PROTOCOL.md 2.3); only while
   GRANTED by gateway G (a live session there) does it publish its data topics of gateway G, and only
   for the streams of its policy. Nothing else: no data before authentication. Subscribing to its own
   commands is allowed before authentication because devices subscribe when they connect (RabbitMQ
@@ -19,8 +20,9 @@ topic shapes are ``device_agent.core.topics``'):
   by the gateway only to a live session.
 - a gateway account (``gateway-<gw>`` or ``gateway-<gw>.<n>``) has the Mosquitto ACL's rights: read
   its handshake ``up`` and data topics and all verified data, write its handshake ``down``, verified
-  data and command topics under its own id. Its rights follow from its name, so any gateway's
-  endpoint can answer them.
+  data and command topics under its own id, and the re-key topics under its id (read ``up``, write
+  ``down``: the new owner's tool runs a re-key with the gateway's account). Its rights follow from its
+  name, so any gateway's endpoint can answer them.
 Questions only another gateway can answer (its account's password, a session it holds) come back as
 ``Verdict.forward_to`` that gateway; the server asks that gateway's endpoint, or refuses.
 
@@ -34,7 +36,7 @@ import hmac
 import re
 from dataclasses import dataclass, field
 
-from device_agent.core.topics import ANY, COMMAND, DATA, DOWN, HANDSHAKE, UP, VERIFIED
+from device_agent.core.topics import ANY, COMMAND, DATA, DOWN, HANDSHAKE, REKEY, UP, VERIFIED
 
 from ._names import PREFIX
 
@@ -163,7 +165,7 @@ class AccessRules:
         record = self.devices.get(did)
         if record is None:
             return _deny("unknown_device")
-        if kind == HANDSHAKE:
+        if kind == HANDSHAKE or kind == REKEY:  # re-key: docs/PROTOCOL.md 2.3, the same directions
             wanted = "write" if leaf == UP else "read" if leaf == DOWN else None
             return ALLOW if permission == wanted else _deny("not_own_topic")
         if kind == COMMAND:
@@ -192,6 +194,8 @@ def _gateway_rights(gid: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
         ("read", (VERIFIED, "#")),
         ("write", (VERIFIED, gid, ANY, ANY)),
         ("write", (COMMAND, gid, ANY, ANY)),
+        ("read", (REKEY, gid, ANY, UP)),
+        ("write", (REKEY, gid, ANY, DOWN)),
     )
 
 

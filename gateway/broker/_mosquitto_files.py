@@ -30,6 +30,7 @@ from ._names import (
     DATA,
     DOWN,
     HANDSHAKE,
+    REKEY,
     UP,
     USER,
     VERIFIED,
@@ -40,11 +41,15 @@ from ._names import (
 
 
 # Applies to every user: a device's own handshake topics, with each registered gateway (fail-over needs
-# that; the gateway level is never a `+`, so no device can park messages under a made-up gateway id).
-def pre_auth_patterns(gateway_id: str) -> tuple[str, str]:
+# that; the gateway level is never a `+`, so no device can park messages under a made-up gateway id),
+# and its own re-key topics (docs/PROTOCOL.md 2.3), whose other end is that gateway's account (the new
+# owner's tool runs the exchange with it).
+def pre_auth_patterns(gateway_id: str) -> tuple[str, ...]:
     return (
         f"pattern write {topic_filter(HANDSHAKE, gateway_id, USER, UP)}",
         f"pattern read {topic_filter(HANDSHAKE, gateway_id, USER, DOWN)}",
+        f"pattern write {topic_filter(REKEY, gateway_id, USER, UP)}",
+        f"pattern read {topic_filter(REKEY, gateway_id, USER, DOWN)}",
     )
 
 
@@ -104,6 +109,8 @@ def render_acl_file(
                 f"topic read {every(VERIFIED)}",
                 f"topic write {topic_filter(VERIFIED, gateway_id)}",
                 f"topic write {topic_filter(COMMAND, gateway_id)}",
+                f"topic read {topic_filter(REKEY, gateway_id, ANY, UP)}",
+                f"topic write {topic_filter(REKEY, gateway_id, ANY, DOWN)}",
                 "",
             ]
     for device_id, record in devices:

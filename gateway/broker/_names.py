@@ -2,7 +2,7 @@
 package's error type.
 
 The layout and the identifier rules live once, in ``device_agent.core.topics`` (its header draws the
-five topic forms). Every identifier is checked before it reaches a topic, a password-file line or an
+six topic forms). Every identifier is checked before it reaches a topic, a password-file line or an
 ACL line: MQTT wildcards (``+ #``), level separators, ``$``, ``:``, whitespace and control characters
 could otherwise widen a device's rights or inject a line into a file. This module re-exports the
 builders under the names the broker package uses, raising ``InvalidIdentifier``.
@@ -25,6 +25,7 @@ HANDSHAKE: str = _T.HANDSHAKE
 DATA: str = _T.DATA
 COMMAND: str = _T.COMMAND
 VERIFIED: str = _T.VERIFIED
+REKEY: str = _T.REKEY
 UP: str = _T.UP
 DOWN: str = _T.DOWN
 _GATEWAY_USER_PREFIX = "gateway-"

@@ -324,6 +324,21 @@ async def job_onboard(request: web.Request) -> web.Response:
     return web.json_response(job.view(), status=202)
 
 
+async def job_reseal(request: web.Request) -> web.Response:
+    session = _require(request)
+    body = await _json(request)
+    bundles = body.get("bundles")
+    if not isinstance(bundles, dict) or not bundles or not all(isinstance(v, dict) for v in bundles.values()):
+        raise ValueError("bundles maps file names to owner bundles (JSON objects), at least one")
+    job = request.app[SERVICE].reseal_job(
+        _actor(request, session),
+        session.address,
+        {str(k): json.dumps(v).encode() for k, v in bundles.items()},
+        gateways=_list(body, "gateways"),
+    )
+    return web.json_response(job.view(), status=202)
+
+
 async def job_status(request: web.Request) -> web.Response:
     session = _require(request)
     job = request.app[SERVICE].jobs.get(request.match_info["job_id"])
@@ -368,9 +383,10 @@ def _account(text: str) -> str:
 async def policy(request: web.Request) -> web.Response:
     _require(request)
     asked = request.match_info["name"]
-    record = await ops.policy_info(request.app[SERVICE].ledger, asked)
-    # the chain keeps no policy names (ids are policy_key(author, name)): a name asked for is echoed
-    shown = ops.id_text(record.policy_id) if asked.startswith("0x") else asked
+    ledger = request.app[SERVICE].ledger
+    record = await ops.policy_info(ledger, asked)
+    # the name its author gave it, from PolicyDefined (ids are policy_key(author, name))
+    shown = ops.policy_label(await ledger.policy_name(record.policy_id), record.policy_id)
     return web.json_response({**ops.jsonable(record), "name": shown})
 
 
@@ -552,6 +568,14 @@ ROUTES: list[Route] = [
         response=JOB,
     ),
     Route(
+        method="POST",
+        path="/api/jobs/reseal",
+        handler=job_reseal,
+        summary="Owner: after a firmware update, new sealed keys for every stale grant (a job)",
+        body=_body(["bundles"], {"bundles": OBJECT, "gateways": SL}),
+        response=JOB,
+    ),
+    Route(
         method="GET",
         path="/api/jobs/{job_id}",
         handler=job_status,
@@ -623,7 +647,7 @@ def openapi() -> dict[str, Any]:
             + "_".join(part.strip("{}") for part in r.path.strip("/").split("/")),
             "parameters": r.params,
             "responses": {
-                "202" if r.handler in (job_register, job_onboard) else "200": {
+                "202" if r.method == "POST" and r.response is JOB else "200": {  # a job started
                     "description": "ok",
                     "content": {"application/json": {"schema": r.response}},
                 },

@@ -361,11 +361,7 @@ async def enroll_csv(request: web.Request) -> web.StreamResponse:
     if request.match_info["kind"] == "register":
         job = svc.register_csv_job(actor, session.address, text)
     else:
-        bundles = {
-            Path(f.filename).name: f.file.read(100_000)
-            for f in form.getall("bundles", [])
-            if isinstance(f, web.FileField) and f.filename
-        }
+        bundles = _bundles(form)
         gateways = [str(g) for g in form.getall("gateway", []) if str(g)]
         job = svc.onboard_csv_job(
             actor,
@@ -375,6 +371,26 @@ async def enroll_csv(request: web.Request) -> web.StreamResponse:
             gateways=gateways,
             bundles=bundles,
         )
+    raise web.HTTPSeeOther(f"/jobs/{job.id}")
+
+
+def _bundles(form: Any) -> dict[str, bytes]:
+    return {
+        Path(f.filename).name: f.file.read(100_000)
+        for f in form.getall("bundles", [])
+        if isinstance(f, web.FileField) and f.filename
+    }
+
+
+async def reseal(request: web.Request) -> web.StreamResponse:
+    session = _signed_in(request)
+    form = await request.post()
+    bundles = _bundles(form)
+    if not bundles:
+        raise ValueError("choose the devices' owner bundles (<id>.owner.json)")
+    svc = request.app[SERVICE]
+    gateways = [str(g) for g in form.getall("gateway", []) if str(g)]
+    job = svc.reseal_job(svc.ledger.actor(session.signer), session.address, bundles, gateways=gateways)
     raise web.HTTPSeeOther(f"/jobs/{job.id}")
 
 
@@ -484,6 +500,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/enroll/device", enroll_device)
     r.add_post("/enroll/csv/{kind:register|onboard}", enroll_csv)
     r.add_post("/enroll/policy", define_policy)
+    r.add_post("/enroll/reseal", reseal)
     r.add_get("/jobs/{job_id}", job_page)
     r.add_get("/gateways", gateways)
     r.add_post("/gateways", register_gateway)

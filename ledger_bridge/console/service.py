@@ -24,6 +24,7 @@ from typing import Any
 from .. import operations as ops
 from ..csv_import import read_rows, register_rows
 from ..errors import LedgerError
+from ..firmware import reseal
 from ..index import IdentityIndex, LedgerSource
 from ..ledger import Ledger
 from ..merkle import inclusion_proof, leaf_hash, merkle_root, verify_inclusion
@@ -131,14 +132,14 @@ class ConsoleService:
     def devices(self, **filters: Any) -> dict[str, Any]:
         total, rows = self.index.search(**filters)
         for r in rows:
-            r["policy"] = ops.id_text(r["policy"]) if r["policy"] else None
+            r["policy"] = ops.policy_label(r.pop("policy_name"), r["policy"])
         return {"total": total, "offset": filters.get("offset", 0), "devices": rows}
 
     def device_summary(self, device_id: bytes) -> dict[str, Any] | None:
         """One device from the index (the hot path of `GET /api/devices/{id}`)."""
         row = self.index.device_row(device_id)
         if row is not None:
-            row["policy"] = ops.id_text(row["policy"]) if row["policy"] else None
+            row["policy"] = ops.policy_label(row.pop("policy_name"), row["policy"])
             for g in row["gateways"]:
                 g["gateway"] = ops.id_text(g["gateway"])
         return row
@@ -368,6 +369,36 @@ class ConsoleService:
             )
 
         return self.start_job("onboard", owner, work)
+
+    def reseal_job(
+        self, actor: Any, owner: str, bundles: dict[str, bytes], *, gateways: Sequence[str]
+    ) -> Job:
+        """After a firmware update (or a deauthorization): new sealed keys for every stale grant of the
+        devices whose owner bundles were given (``ledger_bridge.firmware.reseal``)."""
+
+        async def work(job: Job) -> None:
+            devices, errors = [], []
+            for n, (name, data) in enumerate(sorted(bundles.items()), 1):
+                try:
+                    devices.append(parse_bundle(data).device())
+                except ValueError as exc:  # the message names a field, never a value
+                    reason = str(exc).replace("bundle.owner.json", name)  # parse_bundle's file name
+                    errors.append({"line": n, "device_id": "", "reason": reason})
+            job.errors = errors
+            if not devices:
+                job.summary = "nothing re-sealed: no valid owner bundle"
+                return
+            ids = [(await ops.gateway_info(self.ledger, g)).gateway_id for g in gateways] or None
+            job.step, job.total = "reading", len(devices)
+
+            def progress(step: str, done: int) -> None:
+                job.step, job.done = step, done
+
+            report = await reseal(self.ledger, actor, devices, gateways=ids, progress=progress)
+            job.done = len(devices)
+            job.summary = report.summary() + (f"; {len(errors)} bundles refused" if errors else "")
+
+        return self.start_job("reseal", owner, work)
 
 
 def parse_state(text: str | None) -> DeviceState | None:

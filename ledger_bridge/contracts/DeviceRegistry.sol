@@ -149,7 +149,9 @@ contract DeviceRegistry is AccessControl {
     event GatewayAuthorized(bytes8 indexed id, bytes32 indexed gatewayId, uint32 epoch, bytes32 keyCommitment,
         bytes sealedKey);
     event GatewayDeauthorized(bytes8 indexed id, bytes32 indexed gatewayId, uint32 epoch);
-    event PolicyDefined(bytes32 indexed policyId, address indexed author, string publishStreams,
+    /// `name` is the author's name for it (policyId = policyKey(author, name)): the one place the chain
+    /// keeps it, for indexes and consoles to show.
+    event PolicyDefined(bytes32 indexed policyId, address indexed author, bytes32 name, string publishStreams,
         string subscribeStreams);
     event PolicySet(bytes8 indexed id, bytes32 indexed policyId);
     event PolicyShared(bytes32 indexed policyId, address indexed author);
@@ -453,7 +455,7 @@ contract DeviceRegistry is AccessControl {
         p.author = msg.sender;
         p.publishStreams = publishStreams;
         p.subscribeStreams = subscribeStreams;
-        emit PolicyDefined(policyId, msg.sender, publishStreams, subscribeStreams);
+        emit PolicyDefined(policyId, msg.sender, name, publishStreams, subscribeStreams);
     }
 
     /// Lets other owners use msg.sender's policy `name`; from then on it is frozen (read-only to all).

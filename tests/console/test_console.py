@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -17,6 +18,7 @@ from eth_account import Account
 from web3 import Web3
 
 from device_agent.core import identity
+from ledger_bridge import Role, Signer, load_signer
 from ledger_bridge.console import ConsoleSettings
 from ledger_bridge.model import policy_key
 from ledger_bridge.operations import name_id
@@ -96,7 +98,8 @@ async def test_every_route_and_the_whole_workflow(tmp_path: Path, caplog: pytest
         page = await (await c.get(f"/devices?prefix={dev0[:5]}&gateway=gw-1")).text()
         assert dev0 in page
         page = await (await c.get(f"/devices/{dev0}")).text()
-        # policies live in their author's namespace and the chain keeps no name: the page shows the id
+        # policies live in their author's namespace (ids are policy_key(author, name)); PolicyDefined
+        # carries the name, and the page shows it rather than the id
         owner_keystore = json.loads(w.keystores["owner"].read_text())
         owner_address = Web3.to_checksum_address("0x" + owner_keystore["address"])
         sensors = "0x" + policy_key(owner_address, name_id("sensors", what="policy")).hex()
@@ -104,7 +107,7 @@ async def test_every_route_and_the_whole_workflow(tmp_path: Path, caplog: pytest
             "DeviceRegistered",
             "GatewayAuthorized",
             "gw-1",
-            sensors,
+            "<dd>sensors</dd>",
             "characteristics commitment",
             "authenticated",
             "bad_proof",
@@ -112,7 +115,7 @@ async def test_every_route_and_the_whole_workflow(tmp_path: Path, caplog: pytest
             "revoke",
         ):
             assert text in page, text
-        assert "(you)" in page
+        assert "(you)" in page and sensors not in page
         assert (await c.get("/devices/zz")).status == 400
         assert (await c.get("/devices/" + "ab" * 8)).status == 409  # not registered: the ledger says so
         page = await (await c.get(f"/devices/{dev0}/actions/suspend")).text()
@@ -155,7 +158,7 @@ async def test_every_route_and_the_whole_workflow(tmp_path: Path, caplog: pytest
         row = await (await c.get(f"/api/devices/{dev0}", headers=owner)).json()
         assert (
             row["state"] == "Active"
-            and row["policy"] == sensors
+            and row["policy"] == "sensors"
             and row["gateways"][0]["gateway"] == "gw-1"
         )
         assert (await c.get("/api/devices/" + "cd" * 8, headers=owner)).status == 404
@@ -214,7 +217,8 @@ async def test_every_route_and_the_whole_workflow(tmp_path: Path, caplog: pytest
         assert r.status == 303 and r.headers["Location"].startswith("/jobs/")
         job_id = r.headers["Location"].rsplit("/", 1)[1]
         job = await wait_job(w, job_id, {"X-CSRF-Token": mcsrf})
-        assert job["summary"] == "registered 2 devices in 1 transactions; 2 rows failed", job
+        # one batch, then one registerDeviceKey for each device key that provisioning made
+        assert job["summary"] == "registered 2 devices in 3 transactions; 2 rows failed", job
         reasons = {e["line"]: e["reason"] for e in job["errors"]}  # type: ignore[union-attr]
         assert "DeviceExists" in reasons[2] and "device_id must be 16 hex digits" in reasons[5]
         page = await (await c.get(f"/jobs/{job_id}")).text()
@@ -295,6 +299,57 @@ async def test_every_route_and_the_whole_workflow(tmp_path: Path, caplog: pytest
             json={"gateway": "gw-1", "bundle": json.loads(bundle_path.read_text())},
         )
         assert r.status == 400 and "another device" in (await r.json())["error"]
+
+        # ---- a firmware update: a maintainer records a new image for the three devices onboarded above,
+        # the owner re-seals gw-1's keys from their bundles (API for two, page for the third)
+        maint = Signer.generate(label="maintainer")
+        await w.ledger.fund(maint.address, 10**18)
+        admin_s = load_signer(w.keystores["admin"], PASSPHRASES["admin"])
+        owner_s = load_signer(w.keystores["owner"], PASSPHRASES["owner"])
+        await w.ledger.actor(admin_s).grant_role(Role.MAINTAINER, maint.address)
+        updated = [bytes.fromhex(r_["device_id"]) for r_ in reg_rows]
+        for d in updated:
+            await w.ledger.actor(owner_s).approve_maintainer(d, maint.address)
+        image2 = hashlib.sha256(b"image 2").digest()
+        await w.ledger.actor(maint).record_firmware_many(updated, image2)
+        gw1 = b"gw-1".ljust(32, b"\0")
+        assert not any([(await w.ledger.grant(d, gw1)).current for d in updated])
+        bundle_of = {d: json.loads((w.factory / f"{d.hex()}.owner.json").read_text()) for d in updated}
+        r = await c.post("/api/jobs/reseal", headers=owner, json={"bundles": {}})
+        assert r.status == 400 and "at least one" in (await r.json())["error"]
+        r = await c.post(
+            "/api/jobs/reseal",
+            headers=owner,
+            json={
+                "bundles": {
+                    **{f"{d.hex()}.owner.json": bundle_of[d] for d in updated[:2]},
+                    "stray.owner.json": {"device_id": updated[2].hex()},
+                },
+                "gateways": ["gw-1"],
+            },
+        )
+        assert r.status == 202, await r.text()
+        job = await wait_job(w, (await r.json())["id"], owner)
+        assert job["summary"].startswith("re-sealed 2 keys for 2 devices"), job  # type: ignore[union-attr]
+        assert job["summary"].endswith("; 1 bundles refused"), job  # type: ignore[union-attr]
+        [refused] = job["errors"]  # type: ignore[misc]
+        assert refused["reason"].startswith("stray.owner.json is not a device owner bundle (missing field")
+        form = FormData()
+        form.add_field("csrf", csrf)
+        third = w.factory / f"{updated[2].hex()}.owner.json"
+        form.add_field("bundles", third.read_bytes(), filename=third.name)
+        r = await c.post("/enroll/reseal", data=form, allow_redirects=False)
+        assert r.status == 303, await r.text()
+        job = await wait_job(w, r.headers["Location"].rsplit("/", 1)[1], {"X-CSRF-Token": csrf})
+        assert job["summary"].startswith("re-sealed 1 keys for 1 devices"), job  # type: ignore[union-attr]
+        page = await (await c.get(r.headers["Location"])).text()
+        assert "re-sealed 1 keys" in page
+        for d in updated:
+            g = await w.ledger.grant(d, gw1)
+            assert g.current and g.epoch == 1
+            k = unseal(g.sealed_key, load_gateway_key(w.gateway_key), d, b"gw-1", 1, g.key_commitment)
+            assert identity.key_commitment(k.k_dg) == g.key_commitment
+        assert "re-seal keys (owner)" in await (await c.get("/enroll")).text()
 
         # ---- the operator registers a gateway (API and page)
         op = bearer(await w.login("operator"))

@@ -83,23 +83,84 @@ def test_epoch_hint_retried_at_once_and_committed_only_after_success() -> None:
     pol = make()
     run(pol, [
         ("connected", (0.0,), [(SAVE,), (HELLO, "gw-a", 0, 0)]),
-        ("rejected", ("gw-a", "stale_epoch", 3, 0.1), [(SAVE,), (HELLO, "gw-a", 3, 0)]),
+        # no write for the trial: its counter is the committed epoch's next (reserved, durable)
+        ("rejected", ("gw-a", "stale_epoch", 3, 0.1), [(HELLO, "gw-a", 3, 1)]),
     ])
     assert pol.epoch == 0
     actions = pol.authenticated("gw-a", 100.0, 0.2)
     assert kinds(actions) == [(SAVE,)] and pol.epoch == 3
-    assert p.parse_counters(actions[0][1]) == (3, {("gw-a", 3): 3})  # older epochs' counters dropped
+    # older epochs' counters carry over into the adopted one, and the sequence continues
+    assert p.parse_counters(actions[0][1]) == (3, {("gw-a", 3): 3})
+    assert kinds(pol.reauth(90.0)) == [(HELLO, "gw-a", 3, 2)]
 
 
 def test_a_forged_epoch_hint_costs_one_attempt_and_commits_nothing() -> None:
     pol = make(gateways=("gw-a",))
     run(pol, [
         ("connected", (0.0,), [(SAVE,), (HELLO, "gw-a", 0, 0)]),
-        ("rejected", ("gw-a", "stale_epoch", 0xFFFFFF, 0.1), [(SAVE,), (HELLO, "gw-a", 0xFFFFFF, 0)]),
+        ("rejected", ("gw-a", "stale_epoch", 0xFFFFFF, 0.1), [(HELLO, "gw-a", 0xFFFFFF, 1)]),  # no SAVE
         ("rejected", ("gw-a", "stale_epoch", 0, 0.2), []),  # the real gateway: a lower hint is a failure
-        ("tick", (1.2,), [(HELLO, "gw-a", 0, 1)]),  # trial forgotten: the committed epoch again
+        ("tick", (1.2,), [(HELLO, "gw-a", 0, 2)]),  # trial forgotten: the committed epoch again
     ])
     assert pol.epoch == 0 and pol.stats["epoch_hints"] == 1 and pol.stats["failed_stale_epoch"] == 1
+    assert pol.state() == "0\ngw-a 0 3\n"  # the file never names the hinted epoch
+
+
+def test_forged_hints_write_nothing_of_their_own() -> None:
+    """A hint never costs a flash write (issue 10, item 5): many forged hints, block 4; the only writes
+    are the block reservations that the same number of HELLOs costs anyway, and the counter file never
+    gains a line."""
+    pol = make(gateways=("gw-a",), block=4)
+    writes, hellos = 0, 0
+    pol.connected(0.0)
+    now = 0.0
+    for n in range(40):
+        now += 100.0
+        hinted = pol.rejected("gw-a", "stale_epoch", 1000 + n, now)  # a forged hint at each attempt
+        writes += sum(1 for a in hinted if a[0] == SAVE)
+        hellos += sum(1 for a in hinted if a[0] == HELLO)
+        failed = pol.rejected("gw-a", "bad_otp", 0, now + 0.1) + pol.tick(now + 50.0)
+        writes += sum(1 for a in failed if a[0] == SAVE)
+        hellos += sum(1 for a in failed if a[0] == HELLO)
+    assert writes == hellos // 4  # one reservation a block of counters, hints or not
+    assert pol.state().count("\n") == 2 and pol.epoch == 0
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 3), st.booleans()), max_size=30))
+def test_no_counter_is_sent_twice_under_one_epoch_across_restarts(
+    steps: list[tuple[bool, int, bool]],
+) -> None:
+    """Trials under hinted epochs write nothing, reboots lose everything not written, and adoptions
+    (a success under a hint) move on: still no (gateway, epoch, counter) is ever sent twice."""
+    sent: set[tuple[str, int, int]] = set()
+    saved = None
+    pol = make(gateways=("gw-a",), block=3)
+    now = 0.0
+
+    def note(actions: list[tuple[Any, ...]]) -> None:
+        nonlocal saved
+        for a in actions:
+            if a[0] == SAVE:
+                saved = a[1]
+            elif a[0] == HELLO:
+                assert a[1:] not in sent, a
+                sent.add(a[1:])
+
+    note(pol.connected(now))
+    for reboot, hint, succeed in steps:
+        now += 100.0
+        if reboot:
+            pol = make(gateways=("gw-a",), block=3, state=saved)
+            note(pol.connected(now))
+        if pol.attempt is None:
+            note(pol.tick(now + 60.0))
+            now += 60.0
+        note(pol.rejected("gw-a", "stale_epoch", pol.epoch + hint, now + 0.1))
+        if succeed:
+            note(pol.authenticated("gw-a", now + 1000.0, now + 0.2))
+            note(pol.reauth(now + 0.3))
+        else:
+            note(pol.rejected("gw-a", "bad_otp", 0, now + 0.2))
 
 
 def test_lower_or_equal_hints_are_failures() -> None:

@@ -45,6 +45,13 @@ def test_filters_and_acl_forms() -> None:
         t.every("x")
     with pytest.raises(ValueError, match="handshake direction"):
         t.topic_filter(t.HANDSHAKE, "gw-a", t.ANY, t.ANY)
+    # re-keying at transfer (PROTOCOL.md 2.3): the handshake's shape, its own kind
+    assert t.rekey_down("gw-a", D) == f"{t.PREFIX}/rk/gw-a/{D}/down"
+    assert t.parse(t.rekey_up("gw-a", D)) == (t.REKEY, "gw-a", D, t.UP)
+    assert t.topic_filter(t.REKEY, "gw-a", t.USER, t.UP) == f"{t.PREFIX}/rk/gw-a/%u/up"
+    assert t.parse(f"{t.PREFIX}/rk/gw-a/{D}/telemetry") is None
+    with pytest.raises(ValueError, match="re-key direction"):
+        t.topic_filter(t.REKEY, "gw-a", t.ANY, t.ANY)
     # a wildcard is never accepted where a concrete topic is built
     wild = (lambda: t.data(t.ANY, D, "x"), lambda: t.data("g", t.USER, "x"), lambda: t.data("g", D, "#"))
     for call in wild:
@@ -121,7 +128,7 @@ def test_parse_never_crashes_and_what_it_accepts_rebuilds(topic: str | bytes) ->
 
 # A topic written by hand: the prefix with a topic kind or "#", a kind level followed by a wildcard,
 # a placeholder or an f-string field, or a handshake direction at the end of a piece.
-_TOPIC_LITERAL = re.compile(r"diams/v1/(hs|d|c|v|#)(/|$)|(^|/)(hs|d|c|v)/(\+|\{|%|<|$)|/(up|down)$")
+_TOPIC_LITERAL = re.compile(r"diams/v1/(hs|d|c|v|rk|#)(/|$)|(^|/)(hs|d|c|v|rk)/(\+|\{|%|<|$)|/(up|down)$")
 _KEY_LABEL = re.compile(r"^diams/v1/[a-z-]+$")  # HKDF/HMAC labels ("diams/v1/up" is K_up's), not topics
 _SCANNED = ("device_agent", "gateway", "ledger_bridge", "firmware_sim", "bench", "tests", "scripts")
 _EXEMPT = {Path("device_agent/core/topics.py"), Path("tests/core/test_topics.py")}

@@ -193,11 +193,12 @@ def test_owner_workflow_end_to_end(
     # lists from a local index, filtered
     code, out, _ = run(capsys, *ch, "list", "devices", "--state", "Active")
     assert code == 0 and out.splitlines()[-1] == "3 shown of 3 matching (offset 0)"
-    # the policy column shows the on-chain id: policies live in their author's namespace, and the chain
-    # keeps no name for them (issue 10); the owner's "sensors" is policy_key(owner, "sensors")
+    # the policy column shows its name: policies live in their author's namespace (the owner's "sensors"
+    # is policy_key(owner, "sensors")), and PolicyDefined carries the name into the index
     owner_address = keys["owner"][1]  # type: ignore[index]
     sensors_key = "0x" + policy_key(owner_address, b"sensors".ljust(32, b"\0")).hex()
-    assert all(d in out for d in ids) and sensors_key[:12] in out
+    assert all(d in out for d in ids) and sensors_key[:12] not in out
+    assert all(line.split()[3] == "sensors" for line in out.splitlines() if line.split()[0] in ids[:2])
     code, out, _ = run(capsys, *ch, "list", "devices", "--gateway", "gw-1", "--prefix", ids[1][:6], "--json")
     found = json.loads(out)
     assert ids[1] in [r["device_id"] for r in found["devices"]]
@@ -216,11 +217,12 @@ def test_owner_workflow_end_to_end(
     audit.close()
     code, out, _ = run(capsys, *ch, "show", "device", d3, "--audit-log", str(audit_path))
     assert code == 0
-    assert "state         Active (epoch 0)" in out and f"policy        {sensors_key}" in out
+    assert "state         Active (epoch 0)" in out and "policy        sensors\n" in out
     assert "gateway       gw-1: sealed key for epoch 0, current" in out
     events = [line.split()[4] for line in out.splitlines() if line.startswith("  block")]
     assert events == [
         "DeviceRegistered",
+        "DeviceKeyRegistered",  # provisioning made the device key; register --csv registered it
         "DeviceClaimed",
         "PolicySet",
         "DeviceActivated",
@@ -231,7 +233,8 @@ def test_owner_workflow_end_to_end(
     assert [a.split()[2] for a in auth_lines] == ["rejected", "authenticated"]
     code, out, _ = run(capsys, *ch, "show", "device", d3, "--audit-log", str(audit_path), "--json")
     doc = json.loads(out)
-    assert doc["policy"] == sensors_key and [a["event"] for a in doc["authentications"]] == [
+    assert doc["policy"] == "sensors" and doc["policy_id"] == sensors_key
+    assert [a["event"] for a in doc["authentications"]] == [
         "rejected",
         "authenticated",
     ]

@@ -180,3 +180,36 @@ async def test_a_full_disk_keeps_nothing_of_a_sync_and_the_next_one_catches_up(c
     report = await index.sync(source)
     assert set(report.changed) == set(ids) and index.device(ids[0]).state is DeviceState.ACTIVE
     index.close()
+
+
+@pytest.mark.asyncio
+async def test_the_index_keeps_policy_names_from_policy_defined(channel: Actors, tmp_path):
+    """PolicyDefined carries the author's name for a policy (its id is policy_key(author, name), which
+    names nothing): the index keeps it, and so does an index written before the column existed."""
+    import sqlite3
+
+    from ledger_bridge.model import policy_key
+
+    ch = channel
+    old = tmp_path / "old.sqlite"
+    db = sqlite3.connect(old)
+    db.execute("CREATE TABLE policies (id BLOB PRIMARY KEY, publish TEXT NOT NULL, subscribe TEXT NOT NULL,"
+               " author TEXT NOT NULL) WITHOUT ROWID")
+    db.close()
+    name = b"sensors".ljust(32, b"\0")
+    d = device_id(1, tag=0xE2)
+    await ch.manufacturer.register_many([registration(d)])
+    await ch.owner.define_policy(name, publish=["telemetry"], subscribe=[])
+    await ch.owner.claim(d, claim_code(d))
+    await ch.owner.set_policy(d, name)
+    pid = policy_key(ch.owner.address, name)
+    assert await ch.ledger.policy_name(pid) == name
+    assert await ch.ledger.policy_name(bytes(32)) is None
+    for path in (tmp_path / "new.sqlite", old):
+        index = IdentityIndex(path, gateway_id=GW, start_block=ch.ledger.channel.deployed_block)
+        await index.sync(LedgerSource(ch.ledger))
+        row = index.device_row(d)
+        assert row is not None and row["policy"] == pid and row["policy_name"] == "sensors"
+        _, rows = index.search(prefix=d.hex())
+        assert rows[0]["policy_name"] == "sensors"
+        index.close()

@@ -8,6 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from device_agent.agent.x25519 import x25519
 from device_agent.core import rekey
 from firmware_sim.mpy import runner
@@ -71,3 +73,53 @@ def test_a_forged_confirm_leaves_the_secret_unchanged(tmp_path):
     _, out, code = _exchange(did, secret, public, key, static, confirm_override=b"\x23" + os.urandom(16))
     assert code == 1 and out == "refused owner_confirmation"
     assert bytes.fromhex(key.read_text().strip()) == secret
+
+
+@pytest.mark.micropython
+@pytest.mark.broker
+def test_the_micropython_agent_rekeys_over_mqtt(broker, tmp_path: Path) -> None:
+    """The running MicroPython agent answers the new owner's tool on its re-key topics (the same
+    MqttRekeyChannel that `diams-ledger rekey` uses): S' replaces S in its key file and its next broker
+    login uses P from S'; an INIT from a stranger is refused first and changes nothing."""
+    import asyncio
+    import json
+
+    from device_agent.core import keys
+    from firmware_sim.mpy import agent as mpyagent
+    from ledger_bridge.rekey import MqttRekeyChannel, RekeyTimeout
+
+    require(mpyagent.umqtt_available(), "umqtt.simple in .vendor/micropython")
+    did, secret, key, static, public = _device(tmp_path)
+    env = {**os.environ, "MICROPYPATH": f"{runner.REPO}:{mpyagent.VENDOR}:.frozen"}
+    # from sources, compiled at import: more heap than a board's frozen agent needs (test_packaging.py)
+    proc = subprocess.Popen(
+        [str(runner.MICROPYTHON), "-X", "heapsize=128K", str(runner.SCRIPTS / "rekey_mqtt.py"), broker.host,
+         str(broker.port), did.hex(), str(key), str(static), (b"\x01" * 32).hex(), "gw-a",
+         str(tmp_path / "state"), "60"],
+        env=env, cwd=runner.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and json.loads(proc.stdout.readline()) == {"ready": True}
+
+        async def owner(with_secret: bytes) -> bytes | None:
+            role = rekey.OwnerRekey(did, 3, with_secret, public, X, os.urandom)
+            with MqttRekeyChannel(host=broker.host, port=broker.port, gateway_id="gw-a", device_id=did,
+                                  username="gateway-gw-a", password="x" * 16, timeout=5.0) as ch:
+                try:
+                    confirm = role.reply(await ch.request(role.start()))
+                except RekeyTimeout:  # the stranger's INIT gets no REPLY
+                    return None
+                await ch.send(confirm)
+            return role.new_secret
+
+        assert asyncio.run(owner(os.urandom(32))) is None  # not keyed by S: no answer
+        new_secret = asyncio.run(owner(secret))
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result == {"rekeyed": 1, "refused": ["rekey_refused_bad_init"],
+                      "password": keys.broker_password(new_secret, did)}
+    assert new_secret is not None and bytes.fromhex(key.read_text().strip()) == new_secret != secret

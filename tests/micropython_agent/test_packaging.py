@@ -15,8 +15,10 @@ from firmware_sim.mpy import runner
 from tests.conftest import require
 
 PKG = runner.REPO / "device_agent" / "micropython"
+# the re-key modules (PROTOCOL.md 2.3) are installed too, and imported only when a re-key starts
+REKEY = ["device_agent/core/rekey.py", "device_agent/core/x25519.py", "device_agent/micropython/rekey.py"]
 EXPECTED = (["device_agent/__init__.py"] + [f"device_agent/core/{m}.py" for m in runner.AGENT_MODULES]
-            + ["device_agent/micropython/__init__.py", "device_agent/micropython/agent.py"])
+            + ["device_agent/micropython/__init__.py", "device_agent/micropython/agent.py"] + REKEY)
 
 
 def _package_json() -> dict:
@@ -56,15 +58,20 @@ def test_installed_file_set_imports_under_micropython(tmp_path):
     shutil.copytree(mpyagent.VENDOR / "umqtt", lib / "umqtt")
     code = ("from device_agent.micropython.agent import Agent\n"
             "a = Agent(bytes(8), bytes(32), bytes(32), ['gw-a'], '127.0.0.1', state_path='%s')\n"
-            "print(a.client.user, a.client.pswd)\n") % (tmp_path / "st")
+            "print(a.client.user, a.client.pswd)\n"
+            "from device_agent.micropython import rekey\n"
+            "print(rekey.make_device_key('%s').hex())\n") % (tmp_path / "st", tmp_path / "dk")
     # From .py sources the board compiles each module at import: that peak needs more than the
     # compiled agent's heap (mpyagent.HEAP); a 96 KB heap holds it (an ESP32 has ~100+ KB after Wi-Fi).
     proc = subprocess.run([runner.MICROPYTHON, "-X", "heapsize=96K", "-c", code], cwd=tmp_path,
                           env={**os.environ, "MICROPYPATH": f"{lib}:.frozen"}, capture_output=True, text=True,
                           timeout=30)
     assert proc.returncode == 0, proc.stderr
+    from device_agent.agent.x25519 import x25519
     from device_agent.core import keys
-    assert proc.stdout.split() == [bytes(8).hex(), keys.broker_password(bytes(32), bytes(8))]
+    private = bytes.fromhex((tmp_path / "dk").read_text().strip())
+    assert proc.stdout.split() == [bytes(8).hex(), keys.broker_password(bytes(32), bytes(8)),
+                                   x25519(private, b"\x09" + bytes(31)).hex()]
 
 
 @pytest.mark.micropython
