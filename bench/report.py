@@ -10,6 +10,7 @@ their raw samples with ``save_histogram``. Nothing in the document is typed by h
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -151,6 +152,68 @@ def bar_svg(items: Sequence[tuple[str, float]], *, title: str, unit: str) -> str
     return "\n".join(out) + "\n"
 
 
+def sweep_svg(points: list[tuple[int, float, float, float]]) -> str:
+    """Two panels over fleet size (log scale): handshakes/s, and simulator and gateway RSS (MB)."""
+    width, height, pad = 720, 300, 50
+    panel = (width - 3 * pad) // 2
+    xs = [math.log10(n) for n, *_ in points]
+    x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+
+    def px(n: int, i: int) -> float:
+        return pad + i * (panel + pad) + (math.log10(n) - x_lo) / (x_hi - x_lo) * panel
+
+    def py(v: float, top: float) -> float:
+        return height - pad - v / (top or 1) * (height - 2 * pad)
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="11">',
+        f'<text x="{pad}" y="18" font-size="13">Handshakes/s and memory against fleet size (log x)</text>',
+    ]
+    series = [
+        (0, "handshakes/s", [(n, h) for n, h, _, _ in points], "#2b6cb0"),
+        (1, "simulator RSS MB", [(n, s) for n, _, s, _ in points], "#c05621"),
+        (1, "gateway RSS MB", [(n, g) for n, _, _, g in points], "#2f855a"),
+    ]
+    tops = {0: max(h for _, h, _, _ in points) * 1.1, 1: max(max(s, g) for _, _, s, g in points) * 1.1}
+    for i in (0, 1):
+        x0 = pad + i * (panel + pad)
+        out.append(
+            f'<line x1="{x0}" y1="{height - pad}" x2="{x0 + panel}" y2="{height - pad}" stroke="#333"/>'
+        )
+        out.append(f'<line x1="{x0}" y1="{pad}" x2="{x0}" y2="{height - pad}" stroke="#333"/>')
+        out.append(f'<text x="{x0 - 4}" y="{pad - 4}" text-anchor="start">{tops[i]:,.0f}</text>')
+        for n, *_ in points:
+            out.append(f'<text x="{px(n, i):.0f}" y="{height - pad + 14}" text-anchor="middle">{n:,}</text>')
+    for k, (i, label, pts, colour) in enumerate(series):
+        path = " ".join(f"{px(n, i):.1f},{py(v, tops[i]):.1f}" for n, v in pts)
+        out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        for n, v in pts:
+            out.append(f'<circle cx="{px(n, i):.1f}" cy="{py(v, tops[i]):.1f}" r="3" fill="{colour}"/>')
+        x0 = pad + i * (panel + pad)
+        out.append(f'<text x="{x0 + 8}" y="{pad + 14 + 14 * (k - i)}" fill="{colour}">{label}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def fleet_points(results: Mapping[str, float]) -> list[tuple[int, float, float, float]]:
+    """(N, handshakes/s, simulator RSS MB, gateway RSS MB) for each fleet size ``bench_fleet`` measured."""
+    sizes = sorted(
+        int(name.split("_")[1])
+        for name in results
+        if name.startswith("fleet_") and name.endswith("_handshakes_per_s") and name.split("_")[1].isdigit()
+    )
+    return [
+        (
+            n,
+            float(results[f"fleet_{n}_handshakes_per_s"]),
+            float(results.get(f"fleet_{n}_sim_rss_mb", 0.0)),
+            float(results.get(f"fleet_{n}_gateway_rss_mb", 0.0)),
+        )
+        for n in sizes
+    ]
+
+
 def save_histogram(name: str, values_ms: Sequence[float], *, title: str, plots: Path = PLOTS) -> Path:
     """For benchmarks: keep a latency histogram of raw samples as docs/bench/<name>.svg."""
     plots.mkdir(parents=True, exist_ok=True)
@@ -239,8 +302,12 @@ def write_report(
         if items:
             (plots / f"{stem}.svg").write_text(bar_svg(items, title=title, unit=unit))
             pictures.append((f"{rel}/{stem}.svg", title))
+    points = fleet_points(results)
+    if points:
+        (plots / "fleet_sweep.svg").write_text(sweep_svg(points))
+        pictures.append((f"{rel}/fleet_sweep.svg", "Handshakes/s and memory against fleet size"))
     for svg in sorted(plots.glob("*.svg")):
-        if svg.stem not in ("throughput", "latency"):
+        if svg.stem not in ("throughput", "latency", "fleet_sweep"):
             pictures.append((f"{rel}/{svg.name}", svg.stem.replace("_", " ")))
     doc.write_text(render(results, meta, load_targets(), pictures))
     return doc

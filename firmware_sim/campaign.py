@@ -11,12 +11,15 @@ state directory (counters, audit log) on a small tmpfs of its own so that the di
 honest fleet streams data for the whole run, each device re-authenticating whenever it must. A seeded
 schedule alternates faults and attacks:
 
-- faults: ``kill -9`` and restart of the gateway, the broker and the ledger node; devices killed in the
-  middle of a handshake; stress-ng loading both cores; device clocks jumping; the audit log's file system
-  filled, then freed. After each fault the campaign waits for the fleet to come back;
-- attacks: the simulator's scenarios (replay, clone, revocation mid-session, firmware mismatch, counter
-  beyond the window), a flood of junk on handshake and data topics, and brute force on one device's OTP
-  with its captured broker password.
+- faults: ``kill -9`` and restart of the gateway, the broker, the ledger node and the console; devices
+  killed in the middle of a handshake; stress-ng loading both cores; device clocks jumping; the audit
+  log's file system filled, then freed. After each fault the campaign waits for the fleet to come back;
+- attacks: the simulator's scenarios (replay, clone, firmware mismatch, counter beyond the window),
+  revocation mid-session, a flood of junk on handshake and data topics, brute force on one device's OTP
+  with its captured broker password, and (``firmware_sim.campaign_attacks``) the previous owner after a
+  transfer, the pre-authentication broker sequences, an authenticated device flooding valid data, and
+  fuzzed HTTP requests to the console's API and the gateway's endpoint. Each round of the seeded
+  schedule pairs every fault and every attack at least once.
 
 The verdict (``firmware_sim.invariants.check``) rests on evidence, not on the campaign's own logs: the
 gateway's audit log and its on-chain anchors (``diams-gateway audit verify --anchors --config``), the
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -47,6 +51,7 @@ from device_agent.core import events, topics
 from gateway.mqtt import MqttConnectError, MqttError
 from ledger_bridge.enrollment import ProvisionedDevice
 
+from . import campaign_attacks
 from .demo import GATEWAY_ID, ROOT, Demo, Process, _http_get, say
 from .device import SimDevice
 from .fleet import Observer, Pacer, SiteAccess, gather_limited, metrics_reader, parse_metrics
@@ -63,10 +68,21 @@ FAULTS = (
     "clock_jump",
     "disk_full",
     "kill_mid_handshake",
+    "kill_console",
 )
 SCENARIO_ATTACKS = ("replay", "clone", "firmware_mismatch", "counter_window")
-ATTACKS = (*SCENARIO_ATTACKS, "revocation", "junk_flood", "brute_force")
+ATTACKS = (
+    *SCENARIO_ATTACKS,
+    "revocation",
+    "junk_flood",
+    "brute_force",
+    "previous_owner",
+    "preauth_sequences",
+    "data_flood",
+    "api_fuzz",
+)
 STATE_TMPFS_BYTES = 32 * 1024 * 1024
+ANSWER_TIMEOUT_S = 5.0  # the agent's default answer_timeout_s
 
 
 @dataclass
@@ -153,6 +169,7 @@ class Campaign:
         config, http_port = demo.write_gateway_config(url, site.channel, extra["files"])
         self.gateway_config, self.http_port, self.url = config, http_port, url
         await demo.start_gateway(config, http_port)
+        await demo.start_console(url)
         self.owner = extra["actors"]["owner"]
         return fleet[: self.n_devices], fleet[self.n_devices :], site
 
@@ -218,33 +235,37 @@ class Campaign:
         )
 
     async def honest_loop(self, h: Honest) -> None:
+        """An honest device as the agents behave (``device_agent.core.policy``): a lost link or a
+        refused login and a failed handshake each have their own full-jitter backoff, and a link that
+        comes back resets the first. The bases are shorter than the agent's defaults (reconnect 5 s),
+        which are sized for 10,000 devices dialling one broker; this fleet is 100."""
         dev = h.dev
-        attempt = 0
+        dials = handshakes = 0
         while not self.stop_fleet.is_set():
             try:
                 if dev.client is None or not dev.client.is_open:
                     await dev.connect(timeout=10)
                     dev.session = None
+                    dials = 0
                 if self._needs_handshake(dev):
-                    h.counters.add((dev.epoch, dev.counter + 1))
-                    result = await dev.authenticate(timeout=4)
+                    result = await dev.authenticate(timeout=ANSWER_TIMEOUT_S)
                     if isinstance(result, events.Authenticated):
                         h.completed.append((dev.epoch, dev.counter, self.now()))
-                        attempt = 0
+                        handshakes = 0
                     else:
-                        attempt += 1
-                        await asyncio.sleep(min(8.0, 0.5 * 2 ** min(attempt, 4)) * self.rng.random())
+                        await asyncio.sleep(self.rng.uniform(0, min(8.0, 0.5 * 2**handshakes)))
+                        handshakes += 1
                     continue
                 dev.send_data("telemetry", b'{"t":%d}' % int(self.now() * 1000))
                 h.sent += 1
                 await asyncio.sleep(1.0 + self.rng.random() * 0.2)
             except (MqttError, OSError, TimeoutError):
                 h.errors += 1
-                attempt += 1
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(dev.close(), 2)
                 dev.client = None
-                await asyncio.sleep(min(8.0, 0.3 * 2 ** min(attempt, 4)) * self.rng.random())
+                await asyncio.sleep(self.rng.uniform(0, min(8.0, 0.5 * 2**dials)))
+                dials += 1
 
     def _needs_handshake(self, dev: SimDevice) -> bool:
         session = dev.session
@@ -336,6 +357,19 @@ class Campaign:
                 await asyncio.sleep(hold)
                 filler.unlink(missing_ok=True)
                 note = f"audit file system full for {hold:.0f} s"
+        elif kind == "kill_console":
+            console = next((c for c in demo.children if c.name == "console"), None)
+            if console is None:
+                note = "not injected: no console running"
+            else:
+                console.proc.kill()
+                console.stop()
+                demo.children.remove(console)
+                (self.dir / "console.url").unlink(missing_ok=True)
+                await asyncio.sleep(self.rng.uniform(1, 3))
+                await demo.start_console(self.url)
+                status = await asyncio.to_thread(_http_status, demo.console_url.rstrip("/") + "/login")
+                note = f"console back, /login {status}" if status else "console did NOT come back"
         elif kind == "kill_mid_handshake":
             victims = self.rng.sample(self.honest, k=max(1, len(self.honest) // 10))
             for h in victims:
@@ -353,6 +387,11 @@ class Campaign:
     # ---- attacks --------------------------------------------------------------------------------------
 
     async def attack(self, name: str, site: SiteAccess) -> AttackOutcome:
+        started = self.now()
+        outcome = await self._attack(name, site)
+        return dataclasses.replace(outcome, started=started)
+
+    async def _attack(self, name: str, site: SiteAccess) -> AttackOutcome:
         if name in SCENARIO_ATTACKS:
             result = await run_scenario(site, name, self.params)
             failed = [c for c, held in result.checks.items() if not held]
@@ -363,7 +402,63 @@ class Campaign:
             return await self._junk_flood(site)
         if name == "brute_force":
             return await self._brute_force(site)
+        if name == "previous_owner":
+            from .demo import POLICY
+
+            return await campaign_attacks.previous_owner(
+                site,
+                ledger=self.demo._ledger,
+                owner=self.owner,
+                policy_id=POLICY,
+                gateway_id=_onchain_gateway_id(),
+            )
+        if name == "preauth_sequences":
+            broker = self.demo.broker
+            assert broker is not None
+            return await campaign_attacks.preauth_sequences(
+                host=broker.host,
+                port=broker.port,
+                broker=broker,
+                gateway_client_id=f"gateway-{GATEWAY_ID}",
+                device_ids=[h.dev.hex for h in self.honest[:2]],
+                after=self._fleet_served,
+            )
+        if name == "data_flood":
+            from gateway.settings import DefenceSettings
+
+            d = DefenceSettings()
+            return await campaign_attacks.data_flood(
+                site,
+                seconds=5.0,
+                rate=d.data_rate,
+                burst=d.data_burst,
+                seen=lambda hex_: len(self.observer.seen.get(hex_, ())),
+                ready=self._gateway_answers,
+            )
+        if name == "api_fuzz":
+            return await campaign_attacks.api_fuzz(
+                self.rng,
+                console_url=self.demo.console_url,
+                keys=self.dir / "keys",
+                gateway_port=self.http_port,
+            )
         raise ValueError(name)
+
+    async def _gateway_answers(self) -> bool:
+        with contextlib.suppress(OSError):
+            status, _ = await asyncio.to_thread(_http_get, f"http://127.0.0.1:{self.http_port}/readyz")
+            return bool(status == 200)
+        return False
+
+    async def _fleet_served(self) -> tuple[bool, str]:
+        """Every honest device's data verified again after now (the site still serves the fleet)."""
+        since = self.now()
+        await self._wait_all_verified(since=since, timeout=self.recovery_bound_s * 2)
+        missing = [
+            h for h in self.honest if not any(t >= since for t in self.observer.seen.get(h.dev.hex, ()))
+        ]
+        served = len(self.honest) - len(missing)
+        return not missing, f"{served} of {len(self.honest)} honest devices served after"
 
     async def _revocation(self, site: SiteAccess) -> AttackOutcome:
         devs = [site.device(i) for i in site.take(2)]
@@ -437,7 +532,7 @@ class Campaign:
         wrong.client = dev.client
         assert wrong.client is not None
         wrong.client.on_message = wrong._on_message
-        for _ in range(40):
+        for _ in range(25):
             tries += 1
             try:
                 result = await wrong.authenticate(timeout=1.5)
@@ -487,6 +582,10 @@ class Campaign:
             self.attacks.append(outcome)
             say(f"attack {attack}: {'held' if outcome.held else 'BROKEN'} ({outcome.detail})")
             await self._supervise_gateway()
+        if not self.revocations and "revocation" in self._allowed_attacks():
+            outcome = await self.attack("revocation", site)  # the cut-off bound needs its evidence
+            self.attacks.append(outcome)
+            say(f"attack revocation: {'held' if outcome.held else 'BROKEN'} ({outcome.detail})")
         self.stop_fleet.set()
         for task, ended in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
             if isinstance(ended, BaseException):  # a bug in the campaign itself: say so, loudly
@@ -500,19 +599,18 @@ class Campaign:
 
     def _schedule(self) -> list[tuple[str, str]]:
         faults = [f for f in os.environ.get("CAMPAIGN_FAULTS", "").split(",") if f] or list(FAULTS)
-        attacks = [a for a in os.environ.get("CAMPAIGN_ATTACKS", "").split(",") if a] or list(ATTACKS)
+        attacks = self._allowed_attacks()
         unknown = sorted(set(faults) - set(FAULTS)) + sorted(set(attacks) - set(ATTACKS))
         if unknown:
             raise ValueError(f"unknown fault or attack {unknown}: faults {FAULTS}, attacks {ATTACKS}")
-        out = []
-        for _ in range(4):
-            self.rng.shuffle(faults)
-            self.rng.shuffle(attacks)
-            out += list(zip(faults, attacks + attacks, strict=False))
-        return out
+        return schedule(self.rng, faults, attacks)
+
+    def _allowed_attacks(self) -> list[str]:
+        return [a for a in os.environ.get("CAMPAIGN_ATTACKS", "").split(",") if a] or list(ATTACKS)
 
     async def _wait_all_verified(self, *, since: float, timeout: float) -> None:
         deadline = self.now() + timeout
+        missing = self.honest
         while self.now() < deadline:
             missing = [
                 h for h in self.honest if not any(t >= since for t in self.observer.seen.get(h.dev.hex, ()))
@@ -520,6 +618,11 @@ class Campaign:
             if not missing:
                 return
             await asyncio.sleep(0.25)
+        stuck = ", ".join(
+            f"{h.dev.hex} (sessions {len(h.completed)}, errors {h.errors}, rejected {h.dev.stats.rejected})"
+            for h in missing[:3]
+        )
+        say(f"  {len(missing)} devices without verified data {timeout:.0f} s after {since:.0f} s: {stuck}")
 
     async def _final_round(self) -> None:
         async def one(h: Honest) -> None:
@@ -528,7 +631,6 @@ class Campaign:
                 try:
                     if dev.client is None or not dev.client.is_open:
                         await dev.connect(timeout=10)
-                    h.counters.add((dev.epoch, dev.counter + 1))
                     result = await dev.authenticate(timeout=5)
                 except (MqttError, OSError):
                     dev.client = None
@@ -580,7 +682,7 @@ class Campaign:
     async def verdict(self) -> int:
         records, verified = await self._audit_evidence()
         evidence = Evidence(
-            honest_counters={h.dev.hex: h.counters for h in self.honest},
+            honest_counters={h.dev.hex: set(h.dev.hellos) for h in self.honest},
             completed={h.dev.hex: h.completed for h in self.honest},
             audit={GATEWAY_ID: records},
             audit_verified={GATEWAY_ID: verified},
@@ -610,7 +712,7 @@ class Campaign:
         ]
         events_ = sorted(
             [(f.started, f"fault: {f.kind}", f.note) for f in self.faults]
-            + [(0.0, f"attack: {a.name}", a.detail) for a in self.attacks]
+            + [(a.started, f"attack: {a.name}", a.detail) for a in self.attacks]
         )
         lines += [f"| {t:.0f} | {what} | {note} |" for t, what, note in events_ if t] + [
             f"| — | {what} | {note} |" for t, what, note in events_ if not t
@@ -635,11 +737,17 @@ class Campaign:
                     "attacks": [a.__dict__ for a in self.attacks],
                     "revocations": [r.__dict__ for r in self.revocations],
                     "invariants": [v.__dict__ for v in verdicts],
-                    "honest": {h.dev.hex: {"sent": h.sent, "errors": h.errors, "sessions": len(h.completed),
-                                   "verified": len(self.observer.seen.get(h.dev.hex, ()))}
-                       for h in self.honest},
-            "gateway_metrics": getattr(self, "gateway_metrics", {}),
-            "campaign_invariants_broken": broken,
+                    "honest": {
+                        h.dev.hex: {
+                            "sent": h.sent,
+                            "errors": h.errors,
+                            "sessions": len(h.completed),
+                            "verified": len(self.observer.seen.get(h.dev.hex, ())),
+                        }
+                        for h in self.honest
+                    },
+                    "gateway_metrics": getattr(self, "gateway_metrics", {}),
+                    "campaign_invariants_broken": broken,
                     "campaign_recovery_p99_s": None if math.isinf(p99) else p99,
                 },
                 indent=2,
@@ -654,6 +762,33 @@ class Campaign:
             await self.observer.close()
         await self.demo.shutdown()
         self.unmount_state_dir()
+
+
+def schedule(
+    rng: random.Random, faults: list[str], attacks: list[str], rounds: int = 4
+) -> list[tuple[str, str]]:
+    """(fault, attack) pairs: each round shuffles both and pairs every fault and every attack at least
+    once (the shorter list is cycled), so a short campaign still runs each kind early."""
+    out: list[tuple[str, str]] = []
+    for _ in range(rounds):
+        f, a = list(faults), list(attacks)
+        rng.shuffle(f)
+        rng.shuffle(a)
+        n = max(len(f), len(a))
+        out += [(f[i % len(f)], a[i % len(a)]) for i in range(n)]
+    return out
+
+
+def _onchain_gateway_id() -> bytes:
+    from ledger_bridge.index import onchain_gateway_id
+
+    return bytes(onchain_gateway_id(GATEWAY_ID.encode()))
+
+
+def _http_status(url: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return _http_get(url, timeout=10)[0]
+    return None
 
 
 async def _main() -> int:

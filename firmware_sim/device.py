@@ -75,6 +75,7 @@ class SimDevice:
         self.session = None
         self.stats = DeviceStats()
         self.sent_messages: list[bytes] = []  # what an eavesdropper on the up topic would capture
+        self.hellos: list[tuple[int, int]] = []  # (epoch, counter) of every HELLO this device sent
         self._outcome: asyncio.Future[object] | None = None
         self._started = 0.0
         self._cached_key: tuple[tuple[str, int, bytes], bytes] | None = None
@@ -141,6 +142,7 @@ class SimDevice:
         _, epoch, counter = self._next_hello(now)
         self.role = DeviceRole(self.device_id, self.gateway_id.encode(), self._key(epoch), epoch)
         hello = self.role.hello(counter, os.urandom(8))
+        self.hellos.append((epoch, counter))
         loop = asyncio.get_running_loop()
         self._outcome = loop.create_future()
         self._started = self._clock()

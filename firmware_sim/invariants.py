@@ -17,7 +17,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AttackOutcome", "Evidence", "Fault", "Invariant", "Revocation", "check", "recovery_times"]
+__all__ = [
+    "AttackOutcome",
+    "Evidence",
+    "Fault",
+    "Invariant",
+    "Revocation",
+    "check",
+    "recovery_by_fault",
+    "recovery_times",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +52,7 @@ class AttackOutcome:
     name: str
     held: bool
     detail: str = ""
+    started: float = 0.0  # campaign seconds (0: not recorded)
 
 
 @dataclass(kw_only=True)
@@ -75,17 +85,24 @@ def _authenticated(evidence: Evidence) -> Iterable[tuple[str, Mapping[str, Any]]
                 yield gateway, rec
 
 
-def recovery_times(evidence: Evidence) -> list[float]:
-    """For each (fault, honest device): seconds from the fault's end to the device's next verified data.
+def recovery_by_fault(evidence: Evidence) -> list[tuple[Fault, list[float]]]:
+    """For each fault, for each honest device: seconds from the fault's end to its next verified data.
 
     A device with no verified data after a fault counts as ``inf``."""
-    out: list[float] = []
     devices = [d for d in evidence.honest_counters if d not in evidence.excluded]
+    out = []
     for fault in evidence.faults:
+        times = []
         for device in devices:
             after = [t for t in evidence.verified_data.get(device, ()) if t >= fault.ended]
-            out.append(min(after) - fault.ended if after else math.inf)
+            times.append(min(after) - fault.ended if after else math.inf)
+        out.append((fault, times))
     return out
+
+
+def recovery_times(evidence: Evidence) -> list[float]:
+    """Every (fault, honest device) recovery time of ``recovery_by_fault``, flat."""
+    return [t for _, times in recovery_by_fault(evidence) for t in times]
 
 
 def _p99(values: Sequence[float]) -> float:
@@ -189,6 +206,11 @@ def check(evidence: Evidence, *, recovery_bound_s: float, cutoff_bound_s: float)
     # 5. Every legitimate device back (data verified) within N s of the end of each fault.
     times = recovery_times(evidence)
     slow = sum(1 for t in times if t > recovery_bound_s)
+    late_faults = [
+        f"{f.kind}@{f.ended:.0f}s: {sum(t > recovery_bound_s for t in ts)} late, worst {max(ts):.1f} s"
+        for f, ts in recovery_by_fault(evidence)
+        if any(t > recovery_bound_s for t in ts)
+    ]
     verdicts.append(
         Invariant(
             name=f"legitimate devices back within {recovery_bound_s:g} s of each fault",
@@ -196,6 +218,7 @@ def check(evidence: Evidence, *, recovery_bound_s: float, cutoff_bound_s: float)
             detail=(
                 f"{len(evidence.faults)} faults x {len(times) // max(1, len(evidence.faults))} devices, "
                 f"p99 {_p99(times):.1f} s, {slow} late"
+                + (f" ({'; '.join(late_faults)})" if late_faults else "")
             )
             if evidence.faults
             else "no fault was injected",

@@ -158,7 +158,13 @@ class AuditLog:
         )
 
     def mark_anchored(self, anchor: Anchor, tx: str) -> None:
-        """Record that ``anchor`` is on chain (transaction ``tx``)."""
+        """Record that ``anchor`` is on chain (transaction ``tx``).
+
+        The chain is the truth: the next anchor starts after this one even when the sidecar line
+        cannot be written (disk full). Then ``AuditUnavailable`` is raised, no partial line is left in
+        the sidecar, and a gateway started later learns where to go on from the chain
+        (``anchored_through``)."""
+        self.anchored_through(anchor.last_seq)
         line = {
             "first_seq": anchor.first_seq,
             "last_seq": anchor.last_seq,
@@ -166,17 +172,43 @@ class AuditLog:
             "root": anchor.root.hex(),
             "tx": tx,
         }
-        with open(self.anchors_path, "a") as f:
-            f.write(json.dumps(line, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        drop = anchor.last_seq - self.anchored_seq
-        self._since = self._since[drop:]
-        self.anchored_seq = anchor.last_seq
+        try:
+            _append_durably(self.anchors_path, (json.dumps(line, sort_keys=True) + "\n").encode())
+        except OSError as exc:
+            raise AuditUnavailable(
+                f"audit anchors {self.anchors_path}: the record of anchor {anchor.first_seq}.."
+                f"{anchor.last_seq} (on chain, tx {tx}) not written ({exc.strerror or exc})"
+            ) from None
+
+    def anchored_through(self, last_seq: int) -> None:
+        """Records up to ``last_seq`` are anchored on chain: the next anchor starts after them."""
+        last_seq = min(last_seq, self.seq)
+        if last_seq <= self.anchored_seq:
+            return
+        self._since = self._since[last_seq - self.anchored_seq :]
+        self.anchored_seq = last_seq
 
     def close(self) -> None:
         self.sync()
         self._f.close()
+
+
+def _append_durably(path: Path, data: bytes) -> None:
+    """Append ``data`` and fsync it; on a failed or short write, nothing of it stays in the file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def records(path: Path) -> Iterator[dict[str, Any]]:

@@ -65,6 +65,15 @@ from .traffic import Traffic
 
 log = logging.getLogger("diams.gateway")
 
+RECONNECT_CAP_S = 2.0  # one client per gateway: no herd to spread, and every device waits for it
+
+
+def reconnect_delay(attempt: int, uniform: Callable[[float, float], float]) -> float:
+    """Seconds before the gateway's next broker dial after ``attempt`` failed ones: full jitter,
+    growing from 0.2 s and capped at ``RECONNECT_CAP_S`` (the campaign saw a 10 s cap keep a whole
+    fleet without its gateway for 6 s after the broker was back)."""
+    return uniform(0.0, min(RECONNECT_CAP_S, 0.2 * 2 ** min(attempt, 6)))
+
 
 class GatewayError(Exception):
     """The gateway cannot start or run (the message says why)."""
@@ -116,6 +125,7 @@ class Gateway:
         self.metrics = Metrics()
         self._ledger = ledger
         self._actor = actor
+        self._anchors_reconciled = False  # the chain's next anchor sequence was read once
         self._enforcer = enforcer
         self._broker_password = broker_password
         self._clock = clock
@@ -495,15 +505,39 @@ class Gateway:
     async def _anchor_loop(self) -> None:
         while self._serving():
             await asyncio.sleep(self.settings.ledger.anchor_interval)
-            await self.anchor_now()
+            try:
+                await self.anchor_now()
+            except OSError as exc:  # the log cannot be synced (disk full, I/O error): next interval
+                log.error("audit anchor: %s; retried next interval", exc)
+                self.metrics.inc("anchor_errors")
 
     async def anchor_now(self) -> str | None:
         """Anchor the audit records not yet on chain; -> transaction hash, or None."""
-        anchor = self.audit.next_anchor()
-        if anchor is None or self._actor is None:
-            return None
         from ledger_bridge.index import onchain_gateway_id
 
+        if self._actor is None:
+            return None
+        if not self._anchors_reconciled and self._ledger is not None:
+            # the sidecar may lack the record of an anchor that is on chain (a disk that was full, a
+            # kill between the transaction and the write): the chain says where the next one starts
+            try:
+                chain_next = await self._ledger.next_anchor_seq(
+                    onchain_gateway_id(self.settings.gateway_id_bytes)
+                )
+            except LedgerError as exc:
+                log.warning("audit anchor: cannot read the chain's next sequence (%s); retried", exc)
+                self.metrics.inc("anchor_errors")
+                return None
+            if chain_next > self.audit.anchored_seq + 1:
+                log.warning(
+                    "audit anchor: the chain has records up to %d anchored; going on from there",
+                    chain_next - 1,
+                )
+                self.audit.anchored_through(chain_next - 1)
+            self._anchors_reconciled = True
+        anchor = self.audit.next_anchor()
+        if anchor is None:
+            return None
         try:
             tx = await self._actor.anchor(
                 onchain_gateway_id(self.settings.gateway_id_bytes),
@@ -516,7 +550,11 @@ class Gateway:
             log.warning("audit anchor failed (%s: %s); retried next interval", type(exc).__name__, exc)
             self.metrics.inc("anchor_errors")
             return None
-        self.audit.mark_anchored(anchor, tx.transaction_hash)
+        try:
+            self.audit.mark_anchored(anchor, tx.transaction_hash)
+        except AuditUnavailable as exc:  # on chain all the same; the chain tells a restarted gateway
+            log.error("%s", exc)
+            self.metrics.inc("audit_unavailable", "anchor")
         self.metrics.inc("anchors")
         return str(tx.transaction_hash)
 
@@ -584,7 +622,7 @@ class Gateway:
             except MqttError as exc:
                 attempt += 1
                 turn += 1
-                delay = random.uniform(0, min(10.0, 0.2 * 2 ** min(attempt, 6)))
+                delay = reconnect_delay(attempt, random.uniform)
                 log.warning("broker: %s; retrying in %.1fs", exc, delay)
                 self.metrics.inc("mqtt_connect_errors")
                 await asyncio.sleep(delay)

@@ -220,7 +220,9 @@ class AgentPolicy:
         if gateway != self.session_gateway and self.session_gateway is not None:
             self._count("no_session_ignored")
             return self.tick(now)
-        recent = self._authenticated_at is not None and now - self._authenticated_at < self.min_reauth
+        # a clock stepped back (an RTC corrected) makes the elapsed time negative: not "recent", or the
+        # device would ignore a restarted gateway until its clock caught up (found by the campaign)
+        recent = self._authenticated_at is not None and 0 <= now - self._authenticated_at < self.min_reauth
         if self.attempt is not None or self._start_at is not None or recent:
             self._count("no_session_ignored")
             return self.tick(now)

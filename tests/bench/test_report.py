@@ -52,3 +52,22 @@ def test_committed_benchmarks_md_is_what_the_results_render(tmp_path: Path) -> N
     doc = report.write_report(plots=plots, doc=tmp_path / "BENCHMARKS.md")
     committed = (REPO / "docs" / "BENCHMARKS.md").read_text()
     assert doc.read_text() == committed, "docs/BENCHMARKS.md is stale: run `python -m bench.report`"
+
+
+def test_the_fleet_sweep_is_drawn_from_the_figures_bench_fleet_measured() -> None:
+    results = {
+        "fleet_1000_handshakes_per_s": 900.0,
+        "fleet_100_handshakes_per_s": 300.0,
+        "fleet_100_sim_rss_mb": 60.0,
+        "fleet_100_gateway_rss_mb": 90.0,
+        "fleet_1000_sim_rss_mb": 80.0,
+        "fleet_1000_gateway_rss_mb": 95.0,
+        "fleet_largest_ok": 1000.0,
+        "sim_rss_mb": 1.0,
+    }
+    points = report.fleet_points(results)
+    assert points == [(100, 300.0, 60.0, 90.0), (1000, 900.0, 80.0, 95.0)]
+    doc = xml.dom.minidom.parseString(report.sweep_svg(points))
+    assert len(doc.getElementsByTagName("polyline")) == 3  # handshakes/s, simulator RSS, gateway RSS
+    assert len(doc.getElementsByTagName("circle")) == 6
+    assert report.fleet_points({"sim_rss_mb": 1.0}) == []  # no sweep measured: no picture

@@ -198,6 +198,20 @@ def test_no_session_signal_can_at_most_start_one_handshake() -> None:
     assert pol.stats["no_session"] == 1 and pol.stats["no_session_ignored"] == 5
 
 
+def test_a_clock_stepped_back_does_not_make_a_restarted_gateways_signal_look_forged() -> None:
+    """Found by the campaign: after the device's clock stepped back an hour, every no-session signal
+    looked "just after" the last authentication and was ignored, so the device kept sending data
+    into a restarted gateway that dropped it, for an hour."""
+    pol = make(min_reauth=10.0)
+    pol.connected(5000.0)
+    pol.authenticated("gw-a", 10_000.0, 5000.1)
+    stepped_back = 5000.1 - 3600.0 + 30.0  # the clock was corrected, then the gateway restarted
+    assert kinds(pol.no_session("gw-a", stepped_back)) == [(END_SESSION, "no_session"), (HELLO, "gw-a", 0, 1)]
+    # and the floor between two signal-led handshakes holds again from the new authentication
+    pol.authenticated("gw-a", stepped_back + 1000.0, stepped_back + 0.1)
+    assert pol.no_session("gw-a", stepped_back + 5.0) == []
+
+
 def test_disconnect_abandons_the_attempt_and_reconnects_with_backoff() -> None:
     pol = make(gateways=("gw-a",), random=ZERO)
     run(pol, [

@@ -315,6 +315,52 @@ async def test_anchor_puts_the_merkle_root_on_chain_and_a_tampered_log_no_longer
 
 
 @pytest.mark.asyncio
+async def test_an_anchor_whose_sidecar_line_cannot_be_written_neither_kills_nor_stalls_anchoring(
+    tmp_path, monkeypatch
+):
+    """Found by the campaign: a full disk made the sidecar write raise inside the anchor loop and the
+    gateway died; and a sidecar missing an anchor that is on chain made every later anchor revert."""
+    import errno
+
+    import gateway.audit as audit_mod
+
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:  # only the sidecar's file system is full
+        if not os.readlink(f"/proc/self/fd/{fd}").endswith(".anchors"):
+            return real_write(fd, data)
+        real_write(fd, bytes(data)[:7])  # a partial line reaches the file before the error...
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async with site(tmp_path, n_devices=1) as s:
+        gw = s.gateways["gw-a"]
+        gid = onchain_gateway_id(b"gw-a")
+        log = gw.settings.state_dir / "audit.log"
+        gw.audit.append("operator_note", note="first batch")
+        monkeypatch.setattr(audit_mod.os, "write", full_disk)
+        assert await gw.anchor_now() is not None  # on chain; the gateway goes on
+        assert gw.metrics.get("audit_unavailable", "anchor") == 1
+        sidecar = log.with_name("audit.log.anchors")
+        assert not sidecar.exists() or sidecar.read_bytes() == b""  # ...and was cut off again
+        monkeypatch.setattr(audit_mod.os, "write", real_write)
+        gw.audit.append("operator_note", note="second batch")
+        assert await gw.anchor_now() is not None  # starts after the first anchor, not at record 1
+        # a gateway started later reads the sidecar, which lacks the first anchor: the chain says more
+        gw.audit.append("operator_note", note="third batch")
+        gw.audit.close()
+        gw.audit = gw.traffic.audit = restarted = AuditLog(log)
+        gw._anchors_reconciled = False
+        try:
+            assert gw.audit.anchored_seq == 2
+            assert await gw.anchor_now() is not None
+            checks = await check_anchors(log, s.ledger, gateway_id=gid)
+        finally:
+            restarted.close()
+        assert [(c.on_chain, c.problem) for c in checks] == [(True, "")] * 3
+        assert [(c.first_seq, c.last_seq) for c in checks] == [(1, 1), (2, 2), (3, 3)]
+
+
+@pytest.mark.asyncio
 async def test_no_secret_reaches_the_logs_of_a_full_run(tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     async with site(tmp_path, n_devices=2) as s:

@@ -234,3 +234,14 @@ async def test_revocation_during_a_broker_outage_is_enforced_when_it_returns(tmp
         assert isinstance(await kept.authenticate(), events.Authenticated)
         assert revoked.device_id not in gw.traffic.sessions
         await kept.close()
+
+
+async def test_the_gateway_redials_the_broker_within_two_seconds_however_long_it_was_gone() -> None:
+    """Found by the campaign: the redial delay grew to 10 s, so after a broker kill -9 of a few seconds
+    the gateway stayed away up to 6 s longer and its whole fleet with it. Full jitter stays."""
+    from gateway.service import reconnect_delay
+
+    worst = [reconnect_delay(n, lambda lo, hi: hi) for n in range(1, 40)]
+    assert max(worst) <= 2.0
+    assert worst[0] < worst[2]  # it still grows from a short first delay
+    assert reconnect_delay(5, lambda lo, hi: lo) == 0.0  # and is drawn from [0, bound]

@@ -121,3 +121,18 @@ def test_devices_taken_out_on_purpose_are_not_expected_back() -> None:
 
 def test_a_device_that_never_came_back_counts_as_infinitely_late() -> None:
     assert recovery_p99(broken(verified_data={"aa": [2.0], "bb": []})) == math.inf
+
+
+def test_each_round_of_the_schedule_pairs_every_fault_and_every_attack() -> None:
+    import random
+
+    from firmware_sim.campaign import ATTACKS, FAULTS, schedule
+
+    pairs = schedule(random.Random(3), list(FAULTS), list(ATTACKS), rounds=2)
+    n = max(len(FAULTS), len(ATTACKS))
+    assert len(pairs) == 2 * n
+    for first in (pairs[:n], pairs[n:]):
+        assert {f for f, _ in first} == set(FAULTS) and {a for _, a in first} == set(ATTACKS)
+    assert schedule(random.Random(3), list(FAULTS), list(ATTACKS)) == schedule(
+        random.Random(3), list(FAULTS), list(ATTACKS)
+    )  # a seed replays a campaign
