@@ -195,7 +195,8 @@ class AuditLog:
 
 def _append_durably(path: Path, data: bytes) -> None:
     """Append ``data`` and fsync it; on a failed or short write, nothing of it stays in the file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    # not secret (0640): the console, in the gateway's group, reads audit logs
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     try:
         size = os.fstat(fd).st_size
         try:

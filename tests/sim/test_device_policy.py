@@ -18,7 +18,8 @@ def test_counters_grow_from_the_configured_one_and_epoch_hints_wait_for_a_succes
     assert dev._next_hello(0.0) == ("gw-a", 1, 6) and dev.counter == 6
     dev._learn(dev.policy.rejected("gw-a", "stale_epoch", 2, 0.1))  # the hint: tried next, not committed
     assert dev.epoch == 1
-    assert dev._next_hello(0.2) == ("gw-a", 2, 0)
+    # a hint costs no flash write: the trial epoch's counter continues the committed epoch's sequence
+    assert dev._next_hello(0.2) == ("gw-a", 2, 7)
     dev._learn(dev.policy.authenticated("gw-a", 1000.0, 0.3))
     assert dev.epoch == 2 and dev.flash.startswith("2\n")
 
