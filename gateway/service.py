@@ -27,7 +27,7 @@ from ledger_bridge import Ledger, Signer
 from ledger_bridge.actor import ActorHandle
 from ledger_bridge.errors import LedgerError
 from ledger_bridge.heads import HeadWatcher
-from ledger_bridge.index import IdentityIndex, IndexStorageError, LedgerSource, SyncReport
+from ledger_bridge.index import IdentityIndex, IndexStorageError, LedgerSource, SyncReport, SyncWindow
 
 from .audit import AuditLog, AuditUnavailable
 from .broker import (
@@ -142,6 +142,7 @@ class Gateway:
         self.mqtt_connected = asyncio.Event()
         self.head_watcher: HeadWatcher | None = None  # with ledger.ws_url: its ``connected`` is a signal
         self.ledger_ok = False
+        self._window = SyncWindow()  # blocks per index sync: shrinks when a sync times out
         self.health: HealthServer | None = None
 
     def __repr__(self) -> str:
@@ -398,13 +399,18 @@ class Gateway:
             self.devices.load_all()
             return
         try:
-            await asyncio.wait_for(self.index.sync(self._source), 30)
+            async with asyncio.timeout(self.settings.ledger.sync_timeout):
+                report = await self.index.sync(self._source, max_blocks=self._window.blocks)
+            self._window.completed(report)
             self.ledger_ok = True
         except (LedgerError, TimeoutError) as exc:  # offline start: serve from the index as it is
+            if isinstance(exc, TimeoutError):
+                self._window.timed_out()
             log.warning(
-                "ledger unavailable at start (%s: %s); serving %d devices from the index",
+                "ledger unavailable at start (%s: %s); serving %d devices from the index "
+                "and catching up in the background",
                 type(exc).__name__,
-                exc,
+                exc or f"no sync within {self.settings.ledger.sync_timeout:.0f} s",
                 len(self.index.servable_ids()),
             )
         self.devices.load_all()
@@ -477,11 +483,14 @@ class Gateway:
                 if self._source is None and not await self._open_ledger():
                     raise ConnectionError("ledger still unreachable")
                 assert self._source is not None
-                async with asyncio.timeout(30):
-                    await self.index.sync(self._source)
+                async with asyncio.timeout(self.settings.ledger.sync_timeout):
+                    report = await self.index.sync(self._source, max_blocks=self._window.blocks)
+                behind = self._window.completed(report)
                 if not self.ledger_ok:
                     log.info("ledger reachable again; index at block %d", self.index.watermark)
                 self.ledger_ok = True
+                if behind:
+                    continue  # catching up: the next batch at once
             except IndexStorageError as exc:
                 # The disk is full or failing: nothing of this sync was kept, and the next one fetches
                 # the same events again. Past offline.max_staleness, handshakes are refused (fail closed).
@@ -489,6 +498,10 @@ class Gateway:
                 log.error("identity index not updated: %s; retrying", exc)
                 await asyncio.sleep(min(5.0, interval * 10))
             except (LedgerError, TimeoutError) as exc:
+                if isinstance(exc, TimeoutError):
+                    self._window.timed_out()  # a smaller range next time: progress, however slow
+                    log.warning("ledger sync took over %.0f s; next over %d blocks",
+                                self.settings.ledger.sync_timeout, self._window.blocks)
                 if self.ledger_ok:
                     log.warning(
                         "ledger sync failed (%s: %s); serving from the index", type(exc).__name__, exc

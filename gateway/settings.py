@@ -187,6 +187,7 @@ class LedgerSettings:
     passphrase_file: Path | None = None
     confirmations: int = 0
     poll_interval: float = 0.2
+    sync_timeout: float = 30.0  # one index sync; past it the next covers fewer blocks (index.SyncWindow)
     anchor_interval: float = 60.0
 
     def __post_init__(self) -> None:
@@ -199,6 +200,7 @@ class LedgerSettings:
         if self.confirmations < 0:
             raise SettingsError("ledger.confirmations must be >= 0")
         _positive("ledger.poll_interval", self.poll_interval)
+        _positive("ledger.sync_timeout", self.sync_timeout)
         if self.ws_url and not self.ws_url.startswith(("ws://", "wss://")):
             raise SettingsError(f"ledger.ws_url must be a ws:// or wss:// URL, got {self.ws_url!r}")
         _positive("ledger.anchor_interval", self.anchor_interval)

@@ -160,6 +160,31 @@ class SyncReport:
     reorg_depth: int = 0
 
 
+class SyncWindow:
+    """How many blocks the next ``IdentityIndex.sync`` may cover. A sync that ran out of time is retried
+    over an eighth of its range, and each one that completes lets the window grow back (doubling, up to
+    `largest`): on a slow node, a busy machine or a long history with large batches, syncs still make
+    progress, one committed batch at a time, instead of timing out on the same range for ever."""
+
+    def __init__(self, largest: int = 5000) -> None:
+        if largest < 1:
+            raise ValueError("a sync window covers at least one block")
+        self.largest = largest
+        self.blocks = largest
+
+    def __repr__(self) -> str:
+        return f"SyncWindow({self.blocks} of {self.largest} blocks)"
+
+    def timed_out(self) -> None:
+        self.blocks = max(1, self.blocks // 8)
+
+    def completed(self, report: SyncReport) -> bool:
+        """Record a completed sync; -> True when it stopped at the window's end (more is waiting now)."""
+        full = report.to_block - report.from_block + 1 >= self.blocks
+        self.blocks = min(self.largest, self.blocks * 2)
+        return full
+
+
 class IdentityIndex:
     def __init__(
         self,

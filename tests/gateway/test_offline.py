@@ -18,7 +18,7 @@ from device_agent.core.device import DeviceRole
 from device_agent.core.keys import gateway_key
 from firmware_sim.device import SimDevice
 from gateway.mqtt import MqttConnectError
-from gateway.settings import OfflineSettings
+from gateway.settings import LedgerSettings, OfflineSettings
 from ledger_bridge.enrollment import ProvisionedDevice, onboard
 from ledger_bridge.errors import LedgerUnavailable
 from ledger_bridge.index import LedgerSource
@@ -200,3 +200,58 @@ async def test_a_gateway_booting_while_the_ledger_node_is_down_serves_then_catch
         with pytest.raises(GatewayError, match=r"ledger is unreachable .* beyond offline.max_staleness"):
             await stale.__aenter__()
         await kept.close()
+
+
+class _SlowOverWideRanges:
+    """A ledger source that answers a range of at most ``fast`` blocks at once and takes far longer than
+    the gateway's sync timeout for anything wider (large batches on a slow node or a busy machine)."""
+
+    def __init__(self, inner: LedgerSource, fast: int) -> None:
+        self.inner, self.fast, self.ranges = inner, fast, []
+
+    async def head(self) -> int:
+        return await self.inner.head()
+
+    async def block_hash(self, number: int) -> bytes | None:
+        return await self.inner.block_hash(number)
+
+    async def events(self, from_block: int, to_block: int) -> Sequence[LedgerEvent]:
+        self.ranges.append(to_block - from_block + 1)
+        if to_block - from_block + 1 > self.fast:
+            await asyncio.sleep(3600)
+        return await self.inner.events(from_block, to_block)
+
+
+async def test_a_sync_that_times_out_is_retried_over_fewer_blocks_until_the_fleet_is_served(
+    tmp_path, monkeypatch
+):
+    """A gateway whose every sync of the whole history times out used to serve nothing for ever; now a
+    timed-out sync is retried over fewer blocks, and the index catches up batch by batch."""
+    async with site(tmp_path, n_devices=4) as s:
+        enforcer = s.gateways["gw-a"]._enforcer
+        await stop_gateway(s, "gw-a")
+        (tmp_path / "gw-a" / "index.sqlite").unlink()  # a fresh gateway: the whole history to read
+        sources: list[_SlowOverWideRanges] = []
+
+        def slow(ledger):
+            sources.append(_SlowOverWideRanges(LedgerSource(ledger), fast=2))
+            return sources[-1]
+
+        monkeypatch.setattr("gateway.service.LedgerSource", slow)
+        settings = LedgerSettings(
+            mode="rpc",
+            url="http://unused",
+            poll_interval=0.05,
+            anchor_interval=3600,
+            deployed_block=s.ledger.channel.deployed_block,
+            sync_timeout=0.3,
+        )
+        gw = await start_gateway(s, "gw-a", tmp_path, enforcer=enforcer, ledger=settings)
+        served = lambda: all(d.device_id in gw.devices.entries for d in s.devices)  # noqa: E731
+        assert await eventually(served, 60), (sources[-1].ranges, len(gw.devices.entries))
+        assert max(sources[-1].ranges) > 2 and sources[-1].ranges[-1] <= 2  # shrank, then went on
+        await enrolled_at_broker(enforcer, s.devices[0].device_id.hex())
+        dev = s.sim(0)
+        await dev.connect()
+        assert isinstance(await dev.authenticate(), events.Authenticated)
+        await dev.close()

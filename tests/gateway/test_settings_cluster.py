@@ -67,7 +67,7 @@ def test_check_config_opens_the_management_password_file(
         f'management_user = "admin"\nmanagement_password_file = "{management}"\n'
     )
     assert main(["check-config", "--config", str(config)]) == 2  # missing
-    assert f"enforcement.management_password_file: cannot read {management}" in capsys.readouterr().err
+    assert f"enforcement.management_password_file: cannot read file {management}" in capsys.readouterr().err
     management.write_text("s3cret-management-password")
     management.chmod(0o640)
     assert main(["check-config", "--config", str(config)]) == 2  # readable by the group

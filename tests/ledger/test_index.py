@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from ledger_bridge import DeviceState
-from ledger_bridge.index import IdentityIndex, LedgerSource, onchain_gateway_id
+from ledger_bridge.index import IdentityIndex, LedgerSource, SyncReport, SyncWindow, onchain_gateway_id
 from tests.ledger.conftest import Actors
 from tests.ledger.helpers import claim_code, commitment, device_id, registration, sealed_key
 
@@ -213,3 +213,19 @@ async def test_the_index_keeps_policy_names_from_policy_defined(channel: Actors,
         _, rows = index.search(prefix=d.hex())
         assert rows[0]["policy_name"] == "sensors"
         index.close()
+
+
+def test_a_sync_window_shrinks_on_timeouts_and_grows_back_as_syncs_complete() -> None:
+    w = SyncWindow(largest=5000)
+    for expected in (625, 78, 9, 1, 1):
+        w.timed_out()
+        assert w.blocks == expected
+    # a sync that covered its whole window says more is waiting; one that reached the head does not
+    assert w.completed(SyncReport(from_block=10, to_block=10, events=3, changed=())) is True
+    assert w.blocks == 2
+    assert w.completed(SyncReport(from_block=11, to_block=11, events=0, changed=())) is False
+    for _ in range(20):
+        w.completed(SyncReport(from_block=1, to_block=1, events=0, changed=()))
+    assert w.blocks == 5000
+    with pytest.raises(ValueError):
+        SyncWindow(largest=0)
