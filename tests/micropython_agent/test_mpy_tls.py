@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from firmware_sim import tls
 from firmware_sim.agents import Device
 from firmware_sim.broker import MosquittoBroker, mosquitto_binary
 from firmware_sim.mpy import agent as mpyagent
 from firmware_sim.mpy import runner
 from firmware_sim.responder import Responder, entry_for
-from tests import tls
+from firmware_sim.tls import make_test_ca
 from tests.conftest import require
-from tests.tls import make_test_ca
 
 pytestmark = [pytest.mark.micropython, pytest.mark.broker]
 
