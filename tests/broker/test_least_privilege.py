@@ -96,8 +96,9 @@ async def test_an_application_account_reads_verified_data_and_can_write_nothing(
             verified_topic(gw_id, D1, "temp"),  # vouch for data in a gateway's name
             handshake_down(gw_id, D1),  # forge a REJECT to a device
             handshake_up(gw_id, D1),
-            f"{topics.PREFIX}/{HANDSHAKE}/{gw_id}/app-dash/up",  # the `%u` patterns give it nothing either
-            f"{topics.PREFIX}/{topics.REKEY}/{gw_id}/app-dash/up",
+            # the `%u` patterns give it nothing either (its name where a device id goes: no builder takes it)
+            "/".join((topics.PREFIX, HANDSHAKE, gw_id, "app-dash", topics.UP)),
+            "/".join((topics.PREFIX, topics.REKEY, gw_id, "app-dash", topics.UP)),
             data_topic(gw_id, D1, "temp"),
             command_topic(gw_id, D1, "reboot"),
         ]
