@@ -326,14 +326,18 @@ async def data_flood(
         dev.send_data("telemetry", b"{}")
         await asyncio.sleep(1.0)
     ended = dev.stats.no_session_signals > signals or dev.session is None
+    # or, past the session's end, the pre-authentication allowance ran out and the broker banned the
+    # device (defence.preauth_*): its connection is closed, which stops the flood at the broker
+    banned = dev.client is None or not dev.client.is_open
     with contextlib.suppress(Exception):
         await dev.close()
     return AttackOutcome(
         name="data_flood",
-        held=passed <= bound and ok_ready and ended,
+        held=passed <= bound and ok_ready and (ended or banned),
         detail=(
             f"{sent} valid messages in {elapsed:.1f} s, {passed} passed (bound {bound:.0f}); "
-            f"gateway ready {ok_ready}; device's session ended {ended}"
+            f"gateway ready {ok_ready}; device's session ended {ended}; connection closed by the "
+            f"broker {banned}"
         ),
     )
 
