@@ -43,7 +43,8 @@ def new_image(dev: Device) -> bytes:
     return hashlib.sha256(b"firmware 2.0 for " + dev.device_hex.encode()).digest()
 
 
-async def reseal_cli(node_url: str, channel: Path, keystore: Path, passfile: Path, *bundles: Path) -> str:
+async def ledger_cli(node_url: str, channel: Path, *args: str) -> str:
+    """``diams-ledger --rpc URL --channel FILE ARGS...`` as its own process; -> its output (exit 0)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -52,38 +53,30 @@ async def reseal_cli(node_url: str, channel: Path, keystore: Path, passfile: Pat
         node_url,
         "--channel",
         str(channel),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def reseal_cli(node_url: str, channel: Path, keystore: Path, passfile: Path, *bundles: Path) -> str:
+    return await ledger_cli(
+        node_url,
+        channel,
         "--keystore",
         str(keystore),
         "--passphrase-file",
         str(passfile),
         "reseal",
         *map(str, bundles),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
 
 
 async def show_device(node_url: str, channel: Path, device_hex: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ledger_bridge.cli",
-        "--rpc",
-        node_url,
-        "--channel",
-        str(channel),
-        "show",
-        "device",
-        "0x" + device_hex,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
+    return await ledger_cli(node_url, channel, "show", "device", "0x" + device_hex)
 
 
 def audit_records(path: Path) -> list[dict]:
@@ -200,9 +193,9 @@ async def test_firmware_update_on_both_agents(tmp_path: Path, caplog: pytest.Log
             updated = pi.agent(pi.config(s.broker, firmware_hash=new_image(pi)))
             with running(updated):
                 # either gateway: both were re-sealed, and the agent fails over when one is slow to answer
-                assert await eventually(
-                    lambda: updated.snapshot().gateway in ("gw-a", "gw-b"), timeout=30
-                ), updated.snapshot()
+                assert await eventually(lambda: updated.snapshot().gateway in ("gw-a", "gw-b"), timeout=30), (
+                    updated.snapshot()
+                )
                 assert updated.snapshot().epoch == 1
                 serving = updated.snapshot().gateway
                 assert serving is not None
@@ -232,6 +225,7 @@ async def test_firmware_update_on_both_agents(tmp_path: Path, caplog: pytest.Log
             assert rc == 0, err
             assert '"authenticated": false' in out, out
             assert "diams: refused by gw-a at epoch 1 : bad_otp" in out, out
+
             def verified() -> int:  # by either gateway (the agent may re-authenticate with the other)
                 return sum(gw.metrics.get("data_verified") for gw in gws)
 
