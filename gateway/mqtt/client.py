@@ -117,6 +117,9 @@ class MqttClient(asyncio.Protocol):
         try:
             rc = await asyncio.wait_for(asyncio.shield(proto._connack), timeout)
         except TimeoutError:
+            # nobody waits for this CONNACK any more: cancelled, connection_lost leaves it alone
+            # (an exception set on it would be logged as "never retrieved")
+            proto._connack.cancel()
             proto.abort()
             raise MqttTimeout(f"no CONNACK from {host}:{port} within {timeout}s") from None
         except MqttConnectionLost:
@@ -187,6 +190,10 @@ class MqttClient(asyncio.Protocol):
             self._ping = self._loop.call_later(self.keepalive * 0.75, self._on_ping_timer)
 
     def _on_ping_timer(self) -> None:
+        # the transport may be closing (close() or abort() called, connection_lost not yet run): a
+        # timer callback must not raise into the event loop
+        if self._transport is None or self._transport.is_closing() or self.closed.done():
+            return
         if self._pong_due:
             log.warning("%s: no PINGRESP within the keep-alive; closing", self.client_id)
             self.abort()
