@@ -101,6 +101,7 @@ async def _run(args: argparse.Namespace) -> int:
         host=host,
         port=port,
         ports=others,
+        subscribe_qos=0 if kind == "rabbitmq-cluster" else 1,
         gateway_id=site_file["gateway_id"],
         identities=_counted(identities, lambda n: used_path.write_text(f"{used + n}\n")),
         owner=owner,

@@ -427,6 +427,7 @@ class Demo:
             host=host,
             port=port,
             ports=tuple(self.cluster.mqtt_ports[1:]) if self.cluster is not None else (),
+            subscribe_qos=0 if self.cluster is not None else 1,
             gateway_id=GATEWAY_ID,
             identities=iter(fleet),
             owner=owner,

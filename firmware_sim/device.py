@@ -57,8 +57,15 @@ class SimDevice:
         firmware_hash: bytes | None = None,
         clock: Callable[[], float] = time.monotonic,
         tls: ssl.SSLContext | None = None,
+        subscribe_qos: int = 1,
     ) -> None:
+        if subscribe_qos not in (0, 1):
+            raise ValueError("subscribe_qos: 0 or 1")
         self.identity = identity
+        # QoS of the down and command subscriptions. 0 on a RabbitMQ 3.10 cluster: there a QoS 1
+        # subscription costs a durable (mirrored) queue per device, which a node's fail-over must move;
+        # with a clean session a QoS 0 one loses nothing more (GATEWAY.md section 4a).
+        self.subscribe_qos = subscribe_qos
         self.tls = tls  # MQTT over TLS with this context (verifies the broker), else plain TCP
         self.device_id = identity.device_id
         self.hex = self.device_id.hex()
@@ -122,7 +129,8 @@ class SimDevice:
             tls=self.tls,
         )
         commands = topics.topic_filter(topics.COMMAND, self.gateway_id, self.hex)
-        await self.client.subscribe([(self.down, 1), (commands, 1)])
+        qos = self.subscribe_qos
+        await self.client.subscribe([(self.down, qos), (commands, qos)], timeout=timeout)
 
     def _key(self, epoch: int | None = None) -> bytes:
         # K_dg changes only with the epoch or the firmware; an HKDF per handshake was measurable

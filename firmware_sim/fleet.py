@@ -199,6 +199,9 @@ class SiteAccess:
     gateway_id: str
     identities: Iterator[ProvisionedDevice]
     ports: tuple[int, ...] = ()  # a cluster's other nodes: devices are spread over (port, *ports)
+    # the devices' down/command subscriptions: 0 on a RabbitMQ 3.10 cluster (a transient queue per
+    # device instead of a durable, mirrored one: see SimDevice and GATEWAY.md section 4a)
+    subscribe_qos: int = 1
     window: int = 100
     initial_counter: int = 0  # the counter identities start from (> 0 when they authenticated before)
     owner: Any = None
@@ -224,6 +227,7 @@ class SiteAccess:
 
     def device(self, identity: ProvisionedDevice, **kw: Any) -> SimDevice:
         kw.setdefault("counter", self.initial_counter)
+        kw.setdefault("subscribe_qos", self.subscribe_qos)
         ports = (self.port, *self.ports)
         port = ports[identity.device_id[-1] % len(ports)]  # a device keeps its node across reconnects
         return SimDevice(identity, gateway_id=self.gateway_id, host=self.host, port=port, **kw)

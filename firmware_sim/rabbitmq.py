@@ -435,17 +435,19 @@ class RabbitCluster:
         raise RabbitError(f"management API {method} {path}: {last}")
 
     def mirror_mqtt_queues(self, copies: int = 2) -> None:
-        """Mirror each MQTT client's subscription queue on ``copies`` nodes (a policy).
+        """Mirror each MQTT client's QoS 1 subscription queue on ``copies`` nodes (a policy).
 
         RabbitMQ 3.10's MQTT plugin keeps a client's QoS 1 subscriptions in a durable classic queue on
         the node it connected to, even with a clean session. When that node dies the queue's record
         stays, its home is down, and the client cannot reconnect on another node (declaring or
         deleting the queue fails). A mirror elsewhere is promoted instead, and the clean session
-        then removes it as usual.
+        then removes it as usual. QoS 0 subscriptions live in a transient queue (``...qos0``), which
+        dies with its node and needs no mirror: the policy leaves them alone (devices on a cluster
+        subscribe at QoS 0, ``SimDevice(subscribe_qos=0)``; GATEWAY.md section 4a).
         """
         body = json.dumps(
             {
-                "pattern": "^mqtt-subscription-",
+                "pattern": "^mqtt-subscription-.*qos1$",
                 "apply-to": "queues",
                 "definition": {"ha-mode": "exactly", "ha-params": copies, "ha-sync-mode": "automatic"},
             }

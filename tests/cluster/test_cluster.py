@@ -19,8 +19,13 @@ from tests.gateway.helpers import eventually, raw_device_client
 pytestmark = pytest.mark.asyncio
 
 
-async def _authenticated(site: ClusterSite, placement: dict[int, tuple[str, int]]) -> dict[int, object]:
-    devs = {i: site.sim(i, gateway_id=gid, node=node) for i, (gid, node) in placement.items()}
+async def _authenticated(
+    site: ClusterSite, placement: dict[int, tuple[str, int]], qos: dict[int, int] | None = None
+) -> dict[int, object]:
+    devs = {
+        i: site.sim(i, gateway_id=gid, node=node, subscribe_qos=(qos or {}).get(i, 1))
+        for i, (gid, node) in placement.items()
+    }
     await asyncio.gather(*(d.connect() for d in devs.values()))
     results = await asyncio.gather(*(d.authenticate(timeout=10) for d in devs.values()))
     for i, r in zip(devs, results, strict=True):
@@ -213,9 +218,25 @@ async def test_a_node_dies_mid_fleet_and_its_devices_reconnect_elsewhere_and_rea
     cluster, shared_port = rabbit
     async with cluster_site(tmp_path, cluster, shared_port, n_devices=6) as s:
         placement = {i: ("gw-a" if i % 2 == 0 else "gw-b", i % 3) for i in range(6)}
-        devs = await _authenticated(s, placement)
+        # devices 2 and 5 sit on node 2: one subscribes at QoS 1 (a durable queue, which the mirror
+        # policy copies to a second node), the other at QoS 0 (a transient queue, never mirrored:
+        # it dies with its node)
+        qos = {i: 0 if i >= 3 else 1 for i in range(6)}
+        devs = await _authenticated(s, placement, qos)
+        queues = {q["name"]: q for q in cluster.management("/queues/%2F")}
+        for i, d in devs.items():
+            hexid = d.hex  # type: ignore[attr-defined]
+            if qos[i]:
+                q = queues[f"mqtt-subscription-{hexid}qos1"]
+                assert q["durable"] and q.get("policy") == "diams-mqtt-mirrors", q
+                assert f"mqtt-subscription-{hexid}qos0" not in queues
+            else:
+                q = queues[f"mqtt-subscription-{hexid}qos0"]
+                assert not q["durable"] and q["auto_delete"] and not q.get("policy"), q
+                assert f"mqtt-subscription-{hexid}qos1" not in queues
         listener, got = await s.listener("gw-a", node=0)
         on_node2 = [i for i in devs if placement[i][1] == 2]
+        assert {qos[i] for i in on_node2} == {0, 1}
         cluster.kill_node(2)
         for i in on_node2:
             assert await _closed(devs[i].client), i  # type: ignore[attr-defined]
