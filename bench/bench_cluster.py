@@ -23,15 +23,23 @@ round trips; target >= 0.5).
 time until the broker closed its connection (index poll 0.2 s, then ``DELETE
 /api/connections/username/<id>`` on the management API); median of ``REVOKED``.
 
-``cluster_node_failover_s``: the queue mirroring policy is set (``RabbitCluster.mirror_mqtt_queues``:
-without it a 3.10 client whose node died cannot reconnect elsewhere; the windows above run without
-it, since it copies every QoS 1 message), then node 2 is killed (SIGKILL) while the 1,000 devices
-are connected and authenticated; its devices see their connection drop, reconnect to the next node,
-re-authenticate and send one data message each; time from the kill until the gateway has verified
-data from all of them.
+``cluster_node_failover_s``: the queue mirroring policy is set (``RabbitCluster.mirror_mqtt_queues``,
+for QoS 1 subscription queues; the windows above run without it, since it copies every QoS 1
+message), then node 2 is killed (SIGKILL) while the 1,000 devices are connected and authenticated;
+its devices see their connection drop (they watch it from before the kill), reconnect to a surviving
+node (alternately node 0 and node 1; a failed dial backs off 0.2 s doubling to 5 s, with jitter; CONNACK
+and SUBACK are awaited ``FAILOVER_CONNECT_TIMEOUT_S``), re-authenticate and send one data message each;
+time from the kill until the gateway has verified data from all of them. The devices subscribe at
+``SUBSCRIBE_QOS`` (default 0: a transient queue per device that dies with its node; 1: a durable
+queue, mirrored, as before). Where the time went: ``cluster_failover_*`` (drop seen, connected and
+authenticated per device as seconds since the kill, each connect's own duration, failed dials, back-off
+slept, the surviving nodes' and the gateway's CPU per device moved).
 
-``cluster_device_connects_per_s``: the 1,000 devices connecting (25 at a time): login decided by the
-endpoint, subscriptions, a QoS 1 queue each. ``cluster_kib_per_device_connection``: the
+``cluster_device_connects_per_s``: the 1,000 devices connecting (``CONNECT_BATCH`` at a time): login
+decided by the endpoint, two subscriptions, a queue each. ``cluster_broker_cpu_ms_per_connect``,
+``cluster_gw_cpu_ms_per_connect``: the CPU (all nodes; the gateway) per device connection, a cost that
+does not depend on what else runs on the machine (the rate does); ``cluster_authz_questions_per_connect``
+the endpoint's decisions per connection. ``cluster_kib_per_device_connection``: the
 cluster's memory growth (management API ``mem_used``, all nodes) per connected device.
 ``cluster_authz_questions_per_handshake``: the endpoint's decisions (the gateway's ``authz_*``
 counters) per completed handshake over the e2e windows: the broker's cost of asking. RabbitMQ caches
@@ -50,6 +58,11 @@ inverse: what one core of endpoint CPU answers. What bounded the rate shows in t
 bound) and ``authz_loadgen_cpu_share`` / ``authz_loadgen_cpu_us_per_decision`` (the load processes'
 own CPU, from ``time.process_time`` in each). On a shared machine a share well below 1.0 for both
 means neither got a core: the rate is then the machine's, not the endpoint's.
+
+``BENCH_CLUSTER_DEVICES`` (default 1,000) sizes the fleet; ``BENCH_CLUSTER_FAILOVER_ONLY=1`` skips the
+endpoint alone, the windows and the revocations (the fail-over and the connection costs only, ~3 min);
+``BENCH_CLUSTER_SUBSCRIBE_QOS`` (0 or 1) and ``BENCH_CLUSTER_FAILOVER_CONNECT_TIMEOUT_S`` (default 30)
+compare the schemes.
 
 ``BENCH_CLUSTER_GATEWAY_ACCOUNTS`` = ``broker`` (default: the gateway's accounts are RabbitMQ internal
 users, ``enforcement.gateway_accounts = "broker"``) or ``endpoint`` (the broker asks the endpoint for
@@ -98,9 +111,21 @@ AUTHZ_SECONDS = 4.0
 # machine queues each handshake's two round trips behind 1,000 others (~15 s): with bench_gateway's 5 s
 # a handshake would time out and start over, and the loop would measure its own timeouts (0-4
 # handshakes/s seen), not the cluster; so would the gateway's proof timeout (bench/_site.py: 5 s). The
-# plain requesters wait without a timeout; so do the devices and the gateway's challenges here (up to
-# HANDSHAKE_PATIENCE_S), and the windows are long enough for the pipeline to fill.
+# plain requesters, the devices and the gateway's challenges all wait up to HANDSHAKE_PATIENCE_S here
+# (``ClusterPlainLoad.reply_timeout``), and the windows are long enough for the pipeline to fill.
 HANDSHAKE_PATIENCE_S = 60.0
+AUTH_HTTP_TIMEOUT_MS = int(os.environ.get("BENCH_CLUSTER_AUTH_HTTP_TIMEOUT_MS", "10000"))
+# the devices' down/command subscriptions: 0 (a transient queue per device; see SimDevice) or 1 (a
+# durable queue per device, mirrored for the fail-over: the previous scheme, for comparison)
+SUBSCRIBE_QOS = int(os.environ.get("BENCH_CLUSTER_SUBSCRIBE_QOS", "0"))
+# How long a reconnecting device waits for CONNACK and SUBACK. A surviving node takes hundreds of
+# reconnections at once and answers each late; a client that gives up at 10 s and dials again throws
+# away the login the node was about to finish and queues a new one behind the rest (seen: waves of
+# "no CONNACK within 10s" every ~10 s, 945 abandoned connections for 333 devices).
+FAILOVER_CONNECT_TIMEOUT_S = float(os.environ.get("BENCH_CLUSTER_FAILOVER_CONNECT_TIMEOUT_S", "30"))
+FAILOVER_FIRST_BACKOFF_S = float(os.environ.get("BENCH_CLUSTER_FIRST_BACKOFF_S", "0.2"))
+# skip the throughput windows and the revocations (to study the fail-over alone)
+FAILOVER_ONLY = os.environ.get("BENCH_CLUSTER_FAILOVER_ONLY", "") == "1"
 FAILOVER_BOUND_S = 120.0  # the fail-over figure is NaN past this (cluster_failover_devices_back says how far)
 ROUND_S = float(os.environ.get("BENCH_CLUSTER_ROUND_S", "3" if N_DEVICES <= 100 else "15"))
 CONNECT_BATCH = int(os.environ.get("BENCH_CLUSTER_CONNECT_BATCH", "50"))  # connections opened at once
@@ -282,7 +307,10 @@ class PatientSimDevice(SimDevice):
 
 
 class ClusterPlainLoad(PlainLoad):
-    """``bench_gateway``'s plain requesters, spread over the nodes, as one internal RabbitMQ user."""
+    """``bench_gateway``'s plain requesters, spread over the nodes, as one internal RabbitMQ user; they
+    wait for a reply as long as the devices wait for a handshake (``HANDSHAKE_PATIENCE_S``)."""
+
+    reply_timeout = HANDSHAKE_PATIENCE_S
 
     def __init__(self, site: Any, ports: list[int], password: str) -> None:
         super().__init__(site)
@@ -325,6 +353,28 @@ async def _paced_batches(make: Any, n: int, size: int = 0) -> list[Any]:
     for i in range(0, n, size):
         out += await asyncio.gather(*(make(k) for k in range(i, min(n, i + size))))
     return out
+
+
+def _broker_cpu_seconds(cluster: RabbitCluster, nodes: list[int] | None = None) -> float:
+    """CPU seconds used so far by the running nodes' processes (each node is its own process group:
+    the Erlang VM and its helpers)."""
+    groups = {
+        n.process.pid
+        for n in cluster.nodes
+        if n.process is not None and n.running and (nodes is None or n.index in nodes)
+    }
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) in groups:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _cluster_memory(cluster: RabbitCluster) -> float:
@@ -380,45 +430,94 @@ async def _revocations(site: Any, sims: list[SimDevice]) -> list[float]:
 
 async def _failover(
     cluster: RabbitCluster, sims: list[SimDevice], listener_got: list[Any]
-) -> tuple[float, int, int]:
+) -> tuple[float, int, int, dict[str, float]]:
     """Kill node 2; its devices reconnect to the other nodes (backing off with jitter, as firmware
     does: a tight retry loop of hundreds of clients is a storm the surviving nodes then serve first),
     re-authenticate and send one data message each. -> (seconds until the gateway verified data from
-    all of them, or NaN if not within ``FAILOVER_BOUND_S``; devices on the node; devices back)."""
+    all of them, or NaN if not within ``FAILOVER_BOUND_S``; devices on the node; devices back; where
+    the time went: per-device phase times, attempts and back-off)."""
     victims = [s for s in sims if s.port == cluster.nodes[2].mqtt_port]
     survivors = [cluster.nodes[0].mqtt_port, cluster.nodes[1].mqtt_port]
     listener_got.clear()
-    t0 = time.perf_counter()
-    await asyncio.to_thread(cluster.kill_node, 2)
+    dropped: list[float] = []  # the device saw its connection drop
+    connected: list[float] = []  # CONNACK and SUBACK on a surviving node
+    authenticated: list[float] = []
+    connect_s: list[float] = []  # each successful connect+subscribe's own duration
+    failed_connect_s: list[float] = []
+    backoff_s: list[float] = []  # per device, total time asleep between attempts
+    attempts: list[int] = []
+    failures: dict[str, int] = {}
 
     async def move(k: int, dev: SimDevice) -> None:
         assert dev.client is not None
         await asyncio.wait_for(asyncio.shield(dev.client.closed), 30)
+        dropped.append(time.perf_counter() - t0)
         dev.port = survivors[k % 2]
-        delay = 0.2
-        while time.perf_counter() - t0 < FAILOVER_BOUND_S:
-            try:
-                await dev.connect(timeout=10)
-            except Exception:
+        delay, slept, tries = FAILOVER_FIRST_BACKOFF_S, 0.0, 0
+        try:
+            while time.perf_counter() - t0 < FAILOVER_BOUND_S:
+                tries += 1
+                t_try = time.perf_counter()
+                try:
+                    await dev.connect(timeout=FAILOVER_CONNECT_TIMEOUT_S)
+                except Exception as exc:
+                    failed_connect_s.append(time.perf_counter() - t_try)
+                    why = f"{type(exc).__name__}: {str(exc).replace(dev.hex, '<id>')[:70]}"
+                    failures[why] = failures.get(why, 0) + 1
+                    await dev.close()
+                    pause = delay * random.uniform(0.5, 1.5)
+                    slept += pause
+                    await asyncio.sleep(pause)
+                    delay = min(5.0, delay * 2)
+                    continue
+                connect_s.append(time.perf_counter() - t_try)
+                connected.append(time.perf_counter() - t0)
+                if isinstance(await dev.authenticate(timeout=10), events.Authenticated):
+                    authenticated.append(time.perf_counter() - t0)
+                    dev.send_data("telemetry", dev.hex.encode())
+                    return
+                failures["handshake not authenticated"] = failures.get("handshake not authenticated", 0) + 1
                 await dev.close()
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(5.0, delay * 2)
-                continue
-            if isinstance(await dev.authenticate(timeout=10), events.Authenticated):
-                dev.send_data("telemetry", dev.hex.encode())
-                return
-            await dev.close()
+        finally:
+            attempts.append(tries)
+            backoff_s.append(slept)
 
     wanted = {d.hex.encode() for d in victims}
 
     def back() -> int:
         return len(wanted & {p for _, p in listener_got})
 
-    await asyncio.gather(*(move(k, d) for k, d in enumerate(victims)), return_exceptions=True)
+    # the devices watch their connections from before the kill: each reacts when its own drops (the
+    # kill itself returns only once the node's processes are gone, ~1-2 s later)
+    t0 = time.perf_counter()
+    moving = asyncio.gather(*(move(k, d) for k, d in enumerate(victims)), return_exceptions=True)
+    await asyncio.to_thread(cluster.kill_node, 2)
+    killed = time.perf_counter() - t0
+    await moving
     while time.perf_counter() - t0 < FAILOVER_BOUND_S and back() < len(wanted):
         await asyncio.sleep(0.02)
     seconds = time.perf_counter() - t0 if back() == len(wanted) else float("nan")
-    return seconds, len(victims), back()
+
+    def pct(xs: list[float], q: float) -> float:
+        return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+    breakdown = {
+        "cluster_failover_kill_s": killed,
+        "cluster_failover_dropped_max_s": max(dropped, default=float("nan")),
+        "cluster_failover_connected_p50_s": pct(connected, 0.5),
+        "cluster_failover_connected_max_s": max(connected, default=float("nan")),
+        "cluster_failover_authenticated_max_s": max(authenticated, default=float("nan")),
+        "cluster_failover_connect_p50_ms": pct(connect_s, 0.5) * 1000,
+        "cluster_failover_connect_p90_ms": pct(connect_s, 0.9) * 1000,
+        "cluster_failover_failed_connects": float(len(failed_connect_s)),
+        "cluster_failover_failed_connect_p50_ms": pct(failed_connect_s, 0.5) * 1000,
+        "cluster_failover_attempts_max": float(max(attempts, default=0)),
+        "cluster_failover_backoff_p50_s": pct(backoff_s, 0.5),
+        "cluster_failover_backoff_max_s": max(backoff_s, default=float("nan")),
+    }
+    for why, n in sorted(failures.items(), key=lambda kv: -kv[1])[:5]:
+        print(f"   fail-over failure x{n}: {why}", flush=True)
+    return seconds, len(victims), back(), breakdown
 
 
 def _phase(what: str, since: float) -> None:
@@ -427,12 +526,22 @@ def _phase(what: str, since: float) -> None:
 
 async def _run() -> dict[str, float]:
     results: dict[str, float] = {}
-    results.update(await _authz_alone())
-    print(f"   endpoint alone: {results['authz_decisions_per_s']:,.0f} decisions/s", flush=True)
+    if not FAILOVER_ONLY:
+        results.update(await _authz_alone())
+        print(f"   endpoint alone: {results['authz_decisions_per_s']:,.0f} decisions/s", flush=True)
     shared_port = free_port()
     # mirrored queues (what lets a dead node's clients reconnect elsewhere on 3.10) copy every QoS 1
     # message: the throughput windows run without them, the fail-over after the policy is set
-    cluster = RabbitCluster(nodes=NODES, auth_url=f"http://127.0.0.1:{shared_port}/auth", mirror_queues=False)
+    # auth_http.request_timeout: a question the endpoint does not answer in time is a refusal, and a
+    # refused publish closes the device's connection (RabbitMQ 3.10); on a loaded 2-core machine the
+    # gateway's loop, busy with 1,000 handshakes, answered some later than 2 s, and every such refusal
+    # became a reconnection (a login and a queue more). Answers come from memory: waiting is cheaper.
+    cluster = RabbitCluster(
+        nodes=NODES,
+        auth_url=f"http://127.0.0.1:{shared_port}/auth",
+        mirror_queues=False,
+        http_timeout_ms=AUTH_HTTP_TIMEOUT_MS,
+    )
     t0 = time.perf_counter()
     started = asyncio.create_task(asyncio.to_thread(cluster.start))
     site = None
@@ -482,55 +591,79 @@ async def _run() -> dict[str, float]:
 
         plain = ClusterPlainLoad(site, ports, rr_password)
         t_phase = time.perf_counter()
-        await plain.connect([f"e{i:015x}" for i in range(N_DEVICES)])
+        await plain.connect([] if FAILOVER_ONLY else [f"e{i:015x}" for i in range(N_DEVICES)])
         _phase("plain requesters connected", t_phase)
         devices = site.devices[:N_DEVICES]
         sims: list[SimDevice] = [
-            PatientSimDevice(d, gateway_id=GATEWAY_ID, host="127.0.0.1", port=ports[k % NODES])
+            PatientSimDevice(
+                d, gateway_id=GATEWAY_ID, host="127.0.0.1", port=ports[k % NODES], subscribe_qos=SUBSCRIBE_QOS
+            )
             for k, d in enumerate(devices)
         ]
         memory_before = _cluster_memory(cluster)
         t_connect = time.perf_counter()
+        cpu_before = _broker_cpu_seconds(cluster), _cpu_seconds(gw.pid)
+        asked_before = await asyncio.to_thread(_gateway_counters, metrics_port)
         await _paced_batches(lambda k: _connect_retrying(sims[k]), len(sims))
         _phase("devices connected", t_connect)
         results["cluster_device_connects_per_s"] = len(sims) / (time.perf_counter() - t_connect)
+        # what a connection costs, whatever else runs on the machine: the broker's CPU (all nodes)
+        # and the gateway's (its endpoint answers the login and the subscriptions' questions)
+        results["cluster_broker_cpu_ms_per_connect"] = (
+            (_broker_cpu_seconds(cluster) - cpu_before[0]) / len(sims) * 1000
+        )
+        results["cluster_gw_cpu_ms_per_connect"] = (_cpu_seconds(gw.pid) - cpu_before[1]) / len(sims) * 1000
+        asked = await asyncio.to_thread(_gateway_counters, metrics_port)
+        results["cluster_authz_questions_per_connect"] = sum(
+            v - asked_before.get(k, 0) for k, v in asked.items() if k.startswith("authz_")
+        ) / len(sims)
         await asyncio.sleep(2.0)  # the management statistics lag a little
         results["cluster_kib_per_device_connection"] = (
             (_cluster_memory(cluster) - memory_before) / 1024 / len(sims)
         )
-        pids = {"gw": gw.pid, "loadgen": os.getpid()}
-        before = await asyncio.to_thread(_gateway_counters, metrics_port)
-        # bench_gateway's windows, ROUND_S long here (its module setting, read when the windows run)
-        saved_round_s, bench_gateway.ROUND_S = bench_gateway.ROUND_S, ROUND_S
-        try:
-            mixed = await _ceiling_and_e2e(plain, sims, {"responder": rr.pid, "loadgen": os.getpid()}, pids)
-        finally:
-            bench_gateway.ROUND_S = saved_round_s
-        after = await asyncio.to_thread(_gateway_counters, metrics_port)
-        handshakes = after.get("authenticated", 0) - before.get("authenticated", 0)
-        questions = sum(v - before.get(k, 0) for k, v in after.items() if k.startswith("authz_"))
-        results["cluster_authz_questions_per_handshake"] = questions / max(1, handshakes)
-        rr_stop.set()
-        await plain.close()
-        results["cluster_mqtt_rr_ceiling_per_s"] = mixed["mqtt_rr_ceiling_per_s"]
-        results["cluster_mqtt_rr_p50_ms"] = mixed["mqtt_rr_p50_ms"]
-        results["cluster_e2e_handshakes_per_s"] = mixed["e2e_handshakes_per_s"]
-        results["cluster_e2e_saturated_p50_ms"] = mixed["e2e_saturated_p50_ms"]
-        results["cluster_e2e_rejected"] = mixed["e2e_rejected"]
-        results["cluster_e2e_vs_ceiling_ratio"] = mixed["e2e_vs_half_ceiling"]
-        results["cluster_gw_cpu_us_per_handshake"] = mixed.get("gw_cpu_us_per_handshake", float("nan"))
+        if not FAILOVER_ONLY:
+            pids = {"gw": gw.pid, "loadgen": os.getpid()}
+            before = await asyncio.to_thread(_gateway_counters, metrics_port)
+            # bench_gateway's windows, ROUND_S long here (its module setting, read when the windows run)
+            saved_round_s, bench_gateway.ROUND_S = bench_gateway.ROUND_S, ROUND_S
+            try:
+                plain_pids = {"responder": rr.pid, "loadgen": os.getpid()}
+                mixed = await _ceiling_and_e2e(plain, sims, plain_pids, pids)
+            finally:
+                bench_gateway.ROUND_S = saved_round_s
+            after = await asyncio.to_thread(_gateway_counters, metrics_port)
+            handshakes = after.get("authenticated", 0) - before.get("authenticated", 0)
+            questions = sum(v - before.get(k, 0) for k, v in after.items() if k.startswith("authz_"))
+            results["cluster_authz_questions_per_handshake"] = questions / max(1, handshakes)
+            rr_stop.set()
+            await plain.close()
+            results["cluster_mqtt_rr_ceiling_per_s"] = mixed["mqtt_rr_ceiling_per_s"]
+            results["cluster_mqtt_rr_p50_ms"] = mixed["mqtt_rr_p50_ms"]
+            results["cluster_e2e_handshakes_per_s"] = mixed["e2e_handshakes_per_s"]
+            results["cluster_e2e_saturated_p50_ms"] = mixed["e2e_saturated_p50_ms"]
+            results["cluster_e2e_rejected"] = mixed["e2e_rejected"]
+            results["cluster_e2e_vs_ceiling_ratio"] = mixed["e2e_vs_half_ceiling"]
+            results["cluster_gw_cpu_us_per_handshake"] = mixed.get("gw_cpu_us_per_handshake", float("nan"))
 
-        # revocation: devices on node 2, the gateway on node 0
-        extra = site.devices[N_DEVICES:]
-        targets = [SimDevice(d, gateway_id=GATEWAY_ID, host="127.0.0.1", port=ports[2]) for d in extra]
-        for t in targets:
-            await _connect_retrying(t)
-            if not isinstance(await t.authenticate(timeout=10), events.Authenticated):
-                raise RuntimeError("a revocation target did not authenticate")
-        cut = await _revocations(site, targets)
-        results["cluster_revocation_cutoff_ms"] = statistics.median(cut)
-        results["cluster_revocation_cutoff_max_ms"] = max(cut)
+            # revocation: devices on node 2, the gateway on node 0
+            extra = site.devices[N_DEVICES:]
+            targets = [
+                SimDevice(
+                    d, gateway_id=GATEWAY_ID, host="127.0.0.1", port=ports[2], subscribe_qos=SUBSCRIBE_QOS
+                )
+                for d in extra
+            ]
+            for t in targets:
+                await _connect_retrying(t)
+                if not isinstance(await t.authenticate(timeout=10), events.Authenticated):
+                    raise RuntimeError("a revocation target did not authenticate")
+            cut = await _revocations(site, targets)
+            results["cluster_revocation_cutoff_ms"] = statistics.median(cut)
+            results["cluster_revocation_cutoff_max_ms"] = max(cut)
 
+        else:
+            rr_stop.set()
+            await plain.close()
         # fail-over: every device authenticated, then node 2 dies
         t_phase = time.perf_counter()
         await _gather_in_batches([s.authenticate(timeout=10) for s in sims])
@@ -548,8 +681,18 @@ async def _run() -> dict[str, float]:
         await asyncio.to_thread(cluster.mirror_mqtt_queues)
         await asyncio.sleep(max(5.0, N_DEVICES / 100))  # mirrors of the existing (empty) queues start
         t_phase = time.perf_counter()
-        seconds, moved, returned = await _failover(cluster, sims, got)
+        cpu_before = _broker_cpu_seconds(cluster, [0, 1]), _cpu_seconds(gw.pid)
+        seconds, moved, returned, breakdown = await _failover(cluster, sims, got)
+        # the surviving nodes' and the gateway's CPU per device moved (reconnect, handshake, data)
+        breakdown["cluster_failover_broker_cpu_ms_per_device"] = (
+            (_broker_cpu_seconds(cluster, [0, 1]) - cpu_before[0]) / max(1, moved) * 1000
+        )
+        breakdown["cluster_failover_gw_cpu_ms_per_device"] = (
+            (_cpu_seconds(gw.pid) - cpu_before[1]) / max(1, moved) * 1000
+        )
         _phase(f"fail-over: {returned} of {moved} devices back", t_phase)
+        results.update(breakdown)
+        print("   " + ", ".join(f"{k[17:]}={v:.2f}" for k, v in breakdown.items()), flush=True)
         results["cluster_node_failover_s"] = seconds
         results["cluster_failover_devices"] = float(moved)
         results["cluster_failover_devices_back"] = float(returned)
