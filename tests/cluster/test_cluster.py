@@ -7,6 +7,7 @@ The tests share one cluster (module scope) and run in file order: the node is ki
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -200,7 +201,9 @@ async def test_a_session_end_closes_the_connection_through_the_management_api(tm
         closed_before = s.enforcer("gw-a").closed_connections
         gw.traffic.drop_session(dev.device_id, "expired")  # as a session's end of life does
         assert await _closed(dev.client), "the broker kept a connection whose session ended"
-        assert s.enforcer("gw-a").closed_connections == closed_before + 1
+        # counted when the management call returns, which may be after the device saw the close
+        enforcer = s.enforcer("gw-a")
+        assert await eventually(lambda: enforcer.closed_connections == closed_before + 1, 10)
         # still enrolled: it logs in again, but its data topics wait for a new session
         await dev.connect()
         dev.replay(topics.data("gw-a", dev.hex, "telemetry"), b"\x00" * 48)
@@ -223,7 +226,15 @@ async def test_a_node_dies_mid_fleet_and_its_devices_reconnect_elsewhere_and_rea
         # it dies with its node)
         qos = {i: 0 if i >= 3 else 1 for i in range(6)}
         devs = await _authenticated(s, placement, qos)
-        queues = {q["name"]: q for q in cluster.management("/queues/%2F")}
+        def queues_now() -> dict[str, Any]:
+            return {q["name"]: q for q in cluster.management("/queues/%2F")}
+
+        # the management API reports a queue's policy with its statistics (every few seconds)
+        mirrored = [f"mqtt-subscription-{d.hex}qos1" for i, d in devs.items() if qos[i]]  # type: ignore[attr-defined]
+        assert await eventually(
+            lambda: all(queues_now().get(n, {}).get("policy") for n in mirrored), 20, interval=0.5
+        ), queues_now()
+        queues = queues_now()
         for i, d in devs.items():
             hexid = d.hex  # type: ignore[attr-defined]
             if qos[i]:
