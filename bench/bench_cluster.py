@@ -62,7 +62,8 @@ means neither got a core: the rate is then the machine's, not the endpoint's.
 ``BENCH_CLUSTER_DEVICES`` (default 1,000) sizes the fleet; ``BENCH_CLUSTER_FAILOVER_ONLY=1`` skips the
 endpoint alone, the windows and the revocations (the fail-over and the connection costs only, ~3 min);
 ``BENCH_CLUSTER_SUBSCRIBE_QOS`` (0 or 1) and ``BENCH_CLUSTER_FAILOVER_CONNECT_TIMEOUT_S`` (default 30)
-compare the schemes.
+compare the schemes; ``BENCH_CLUSTER_KEEP_DIR=<dir>`` keeps the nodes' data and logs there (each
+survivor logs how long it took to delete the dead node's transient queues).
 
 ``BENCH_CLUSTER_GATEWAY_ACCOUNTS`` = ``broker`` (default: the gateway's accounts are RabbitMQ internal
 users, ``enforcement.gateway_accounts = "broker"``) or ``endpoint`` (the broker asks the endpoint for
@@ -536,8 +537,10 @@ async def _run() -> dict[str, float]:
     # refused publish closes the device's connection (RabbitMQ 3.10); on a loaded 2-core machine the
     # gateway's loop, busy with 1,000 handshakes, answered some later than 2 s, and every such refusal
     # became a reconnection (a login and a queue more). Answers come from memory: waiting is cheaper.
+    keep = os.environ.get("BENCH_CLUSTER_KEEP_DIR", "")  # keep the nodes' logs there (else removed)
     cluster = RabbitCluster(
         nodes=NODES,
+        directory=Path(keep) if keep else None,
         auth_url=f"http://127.0.0.1:{shared_port}/auth",
         mirror_queues=False,
         http_timeout_ms=AUTH_HTTP_TIMEOUT_MS,
