@@ -66,6 +66,7 @@ class SimDevice:
         # subscription costs a durable (mirrored) queue per device, which a node's fail-over must move;
         # with a clean session a QoS 0 one loses nothing more (GATEWAY.md section 4a).
         self.subscribe_qos = subscribe_qos
+        self.granted_qos: list[int] = []  # what the broker granted the last connection's subscriptions
         self.tls = tls  # MQTT over TLS with this context (verifies the broker), else plain TCP
         self.device_id = identity.device_id
         self.hex = self.device_id.hex()
@@ -130,7 +131,7 @@ class SimDevice:
         )
         commands = topics.topic_filter(topics.COMMAND, self.gateway_id, self.hex)
         qos = self.subscribe_qos
-        await self.client.subscribe([(self.down, qos), (commands, qos)], timeout=timeout)
+        self.granted_qos = await self.client.subscribe([(self.down, qos), (commands, qos)], timeout=timeout)
 
     def _key(self, epoch: int | None = None) -> bytes:
         # K_dg changes only with the epoch or the firmware; an HKDF per handshake was measurable

@@ -111,3 +111,34 @@ def test_the_gateways_exposition_parses_back():
     m.gauge("sessions", lambda: 2, "authenticated sessions")
     m.gauge("broken", lambda: 1 / 0, "a gauge that fails is left out, the scrape still works")
     assert parse_metrics(m.render()) == {("rejected", 'odd "reason"\\'): 3, ("authenticated", ""): 5}
+
+
+@pytest.mark.asyncio
+async def test_devices_subscribe_at_the_qos_the_site_asks():
+    """A cluster's fleet subscribes at QoS 0 (no durable queue per device on RabbitMQ 3.10); the
+    default stays QoS 1; the broker grants what was asked."""
+    from firmware_sim.broker import MosquittoBroker, mosquitto_binary
+    from firmware_sim.fleet import SiteAccess
+    from tests.conftest import require
+
+    require(mosquitto_binary() is not None, "mosquitto")
+    ids = [
+        ProvisionedDevice.generate(model="m", serial=f"Q{i}", firmware_hash=hashlib.sha256(b"f").digest())
+        for i in range(2)
+    ]
+    with pytest.raises(ValueError, match="subscribe_qos"):
+        SiteAccess(host="127.0.0.1", port=1, gateway_id="gw-a", identities=iter(ids)).device(
+            ids[0], subscribe_qos=2
+        )
+    with MosquittoBroker(extra_config=["allow_anonymous true"]) as broker:
+        granted = []
+        for qos, identity in zip((None, 0), ids, strict=True):
+            kw = {} if qos is None else {"subscribe_qos": qos}
+            site = SiteAccess(
+                host="127.0.0.1", port=broker.port, gateway_id="gw-a", identities=iter(ids), **kw
+            )
+            dev = site.device(identity)
+            await dev.connect(timeout=5)
+            granted.append(dev.granted_qos)
+            await dev.close()
+        assert granted == [[1, 1], [0, 0]]
