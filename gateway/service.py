@@ -429,6 +429,11 @@ class Gateway:
             )
         for name, path in self.settings.enforcement.application_files().items():
             changes.append(AuthorizeApplication(name=name, secret=read_application_password(name, path)))
+        for gid, path in self.settings.enforcement.peer_gateway_files().items():
+            secret = read_application_password(gid, path, "peer_gateways")
+            changes.append(
+                AuthorizeGateway(gateway_id=gid, secret=secret, connections=self.settings.broker.accounts)
+            )
         changes += self.devices.enrollments()
         await self._enforcer.apply(changes)
 
