@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from device_agent.core import events, policy, topics, wire
 from device_agent.core.device import DeviceRole
 from device_agent.core.keys import gateway_key
-from gateway.mqtt import MqttClient
+from gateway.mqtt import MqttClient, MqttError
 from ledger_bridge.enrollment import ProvisionedDevice
 
 
@@ -147,11 +147,16 @@ class SimDevice:
         self._outcome = loop.create_future()
         self._started = self._clock()
         self.stats.handshakes += 1
-        self._send(self.up, hello)
         # One timer instead of wait_for(shield(...)): that pair costs two extra tasks per handshake.
         timer = loop.call_later(timeout, _expire, self._outcome)
         try:
+            self._send(self.up, hello)
             result = await self._outcome
+        except (MqttError, OSError):
+            # the link broke under the handshake: the policy must not wait for an answer that cannot
+            # come (its attempt would stay in flight for ever; found by the campaign's mid-handshake kill)
+            self._learn(self.policy.disconnected(self._clock()))
+            raise
         finally:
             timer.cancel()
             self._outcome = None
