@@ -427,7 +427,7 @@ class Campaign:
                 work=self.dir / "rekey",
             )
             self.attacks.append(dataclasses.replace(outcome, started=started))
-            note = f"{'held' if outcome.held else 'BROKEN'}: {outcome.detail}"
+            note = f"{outcome.detail.split(' (')[0]}: {'held' if outcome.held else 'BROKEN'} (see mid_rekey)"
         elif kind == "kill_mid_handshake":
             victims = self.rng.sample(self.honest, k=max(1, len(self.honest) // 10))
             for h in victims:

@@ -19,7 +19,12 @@ from gateway.mqtt import MqttClient, MqttConnectError
 from gateway.preflight import ConfigurationError, read_application_password
 from gateway.settings import EnforcementSettings, SettingsError
 
-MOSQUITTO = {"mode": "mosquitto", "password_file": Path("/p"), "acl_file": Path("/a"), "pid_file": Path("/pid")}
+MOSQUITTO = {
+    "mode": "mosquitto",
+    "password_file": Path("/p"),
+    "acl_file": Path("/a"),
+    "pid_file": Path("/pid"),
+}
 
 
 def test_peer_gateways_are_id_equals_password_file() -> None:
@@ -51,7 +56,11 @@ async def _login(s: Site, gateway_id: str) -> bool:
     user = f"gateway-{gateway_id}"
     try:
         c = await MqttClient.connect(
-            "127.0.0.1", s.broker.port, client_id=f"{user}.probe", username=user, password=s.secrets[gateway_id]
+            "127.0.0.1",
+            s.broker.port,
+            client_id=f"{user}.probe",
+            username=user,
+            password=s.secrets[gateway_id],
         )
     except MqttConnectError:
         return False
