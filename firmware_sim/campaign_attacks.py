@@ -503,6 +503,7 @@ async def mid_rekey(
     from device_agent.agent.provision import provision
     from device_agent.agent.x25519 import x25519
     from device_agent.core import rekey as core_rekey
+    from device_agent.private import write_private
     from ledger_bridge.firmware import device_from_owner_bundle
     from ledger_bridge.keystore import Signer
     from ledger_bridge.operations import OwnerBundle
@@ -529,8 +530,7 @@ async def mid_rekey(
     await owner.transfer(did, signer.address)
     await new_owner.accept_transfer(did)
     bundle = work / f"device-{n}" / "new-owner.json"
-    bundle.write_text(made.owner_file.read_text())
-    bundle.chmod(0o600)
+    write_private(bundle, made.owner_file.read_bytes())  # handed over with the device
 
     def keep(s: bytes) -> None:
         OwnerBundle.record_rekey(bundle, s)
