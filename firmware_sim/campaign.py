@@ -64,7 +64,16 @@ from . import campaign_attacks
 from .demo import GATEWAY_ID, ROOT, Demo, Process, _http_get, say
 from .device import SimDevice
 from .fleet import Observer, Pacer, SiteAccess, gather_limited, metrics_reader, parse_metrics
-from .invariants import AttackOutcome, Evidence, Fault, Invariant, Revocation, check, recovery_p99
+from .invariants import (
+    AttackOutcome,
+    Evidence,
+    Fault,
+    Invariant,
+    Revocation,
+    check,
+    recovery_by_fault,
+    recovery_p99,
+)
 from .scenarios import ScenarioParams, identities_needed, run_scenario
 
 __all__ = ["Campaign", "main"]
@@ -769,6 +778,16 @@ class Campaign:
         verdicts = check(evidence, recovery_bound_s=self.recovery_bound_s, cutoff_bound_s=self.cutoff_bound_s)
         broken = sum(not v.held for v in verdicts)
         p99 = recovery_p99(evidence)
+        self.recovery = [
+            {
+                "fault": f.kind,
+                "ended": round(f.ended, 1),
+                "p50_s": _quantile(times, 0.5),
+                "p99_s": _quantile(times, 0.99),
+                "max_s": max(times, default=0.0),
+            }
+            for f, times in recovery_by_fault(evidence)
+        ]
         self.write(verdicts, broken, p99, "\n".join(out for _, out in verified.values()))
         return 0 if broken == 0 else 1
 
@@ -826,6 +845,7 @@ class Campaign:
                     "device_backoff": dataclasses.asdict(self.backoff),
                     "gateway_metrics": getattr(self, "gateway_metrics", {}),
                     "honest_loops_died": self.loops_died,
+                    "recovery_by_fault": getattr(self, "recovery", []),  # seconds, over the honest fleet
                     "campaign_invariants_broken": broken,
                     "campaign_recovery_p99_s": None if math.isinf(p99) else p99,
                 },
@@ -890,6 +910,13 @@ def schedule(
         n = max(len(f), len(a))
         out += [(f[i % len(f)], a[i % len(a)]) for i in range(n)]
     return out
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def _onchain_gateway_id() -> bytes:
