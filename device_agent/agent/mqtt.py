@@ -305,14 +305,14 @@ class MqttAgent:
                     with self._lock:
                         was_connected = self._connected
                         self._connected = False
-                        if not self._refused_link:  # a refused login was told to the policy already
+                        refused, self._refused_link = self._refused_link, False
+                        if not refused:  # a refused login was told to the policy already
                             self.driver.disconnected(now)
-                        self._refused_link = False
                         deadline = self.driver.next_deadline()
                     linked = False
                     if self._stop.is_set():
                         break
-                    if not self.broker_refused:
+                    if not refused and not self.broker_refused:
                         wait = 0.0 if deadline is None else max(0.0, deadline - now)
                         self._say_lost(rc, was_connected, wait)
                     self._status()
