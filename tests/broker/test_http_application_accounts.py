@@ -91,3 +91,13 @@ async def test_the_endpoint_answers_for_application_accounts_and_drops_a_removed
         await enforcer.apply([RemoveApplication(name="observer")])
         assert closer.closed == [APP, APP]
         assert await _post(port, "/auth/topic", read + "&resource=topic&name=amq.topic") == (200, b"deny")
+
+
+def test_the_settings_take_application_accounts_with_either_enforcer(tmp_path) -> None:
+    from gateway.settings import EnforcementSettings, SettingsError
+
+    password = tmp_path / "observer.password"
+    http = EnforcementSettings(mode="http", applications=f"observer={password}")
+    assert http.application_files() == {"observer": password}
+    with pytest.raises(SettingsError, match="'mosquitto' or 'http'"):
+        EnforcementSettings(mode="none", applications=f"observer={password}")
