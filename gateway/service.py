@@ -461,7 +461,8 @@ class Gateway:
 
     async def _apply_changes(self, cut: list[bytes], enroll: list[Any], cause: str = "ledger") -> None:
         """``cause`` of the cut-offs: ``ledger`` (the device may no longer connect: revoked, suspended,
-        no current grant, a new epoch), ``clone`` (quarantine) or ``preauth_flood`` (a ban, lifted later).
+        no current grant, a new epoch), ``clone`` (quarantine) or ``ban`` (pre-authentication or data flood,
+        lifted later).
         Their confirmations are counted apart (``cut_off_confirmed{reason}``): only ``ledger`` pairs with
         the ``cut_off`` counter."""
         from .broker import CutOff
@@ -590,7 +591,7 @@ class Gateway:
         while self._serving():
             did = await self.traffic.bans.get()
             self.traffic.drop_session(did, "preauth_flood")
-            self.cut_off([did], "preauth_flood")
+            self.cut_off([did], "ban")
             if self._tasks is not None:
                 self._tasks.create_task(self._lift_ban(did, self.traffic.preauth.ban_seconds))
 
