@@ -119,7 +119,8 @@ class EnforcementSettings:
     # and a device still connected is reported and kicked (gateway.broker._connections)
     broker_log: Path | None = None
     # read-only broker accounts for applications, "name=/path/to/0600-password-file,...": account
-    # app-<name> may only receive the verified topics (mode = "mosquitto")
+    # app-<name> may only receive the verified topics (mode = "mosquitto" or "http"; with "http", every
+    # gateway of a cluster lists the same applications: each endpoint answers for its own list)
     applications: str = ""
     # mode = "mosquitto", the other gateways sharing this broker (enforcement.mode = "none" on theirs),
     # "gw-b=/path/to/0600-password-file,...": their accounts (as many as our broker.accounts) and their
@@ -146,8 +147,8 @@ class EnforcementSettings:
             if not 0 <= getattr(self, name) < 65536:
                 raise SettingsError(f"enforcement.{name} must be 0..65535, got {getattr(self, name)}")
         self.peers()  # checked now
-        if self.application_files() and self.mode != "mosquitto":
-            raise SettingsError("enforcement.applications needs enforcement.mode = 'mosquitto'")
+        if self.application_files() and self.mode == "none":
+            raise SettingsError("enforcement.applications needs enforcement.mode = 'mosquitto' or 'http'")
         if self.peer_gateway_files() and self.mode != "mosquitto":
             raise SettingsError("enforcement.peer_gateways needs enforcement.mode = 'mosquitto'")
         if self.mode == "http" and self.management_urls and (
