@@ -18,7 +18,8 @@ PKG = runner.REPO / "device_agent" / "micropython"
 # the re-key modules (PROTOCOL.md 2.3) are installed too, and imported only when a re-key starts
 REKEY = ["device_agent/core/rekey.py", "device_agent/core/x25519.py", "device_agent/micropython/rekey.py"]
 EXPECTED = (["device_agent/__init__.py"] + [f"device_agent/core/{m}.py" for m in runner.AGENT_MODULES]
-            + ["device_agent/micropython/__init__.py", "device_agent/micropython/agent.py"] + REKEY)
+            + ["device_agent/micropython/__init__.py", "device_agent/micropython/agent.py",
+               "device_agent/micropython/tls.py"] + REKEY)
 
 
 def _package_json() -> dict:
