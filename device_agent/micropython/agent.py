@@ -30,7 +30,6 @@ from device_agent.core import keys, policy, topics, wire
 from device_agent.core.device import DeviceRole
 from device_agent.core.events import Authenticated, Rejected
 
-
 _now = time.time
 
 

@@ -7,9 +7,10 @@
 # or a serial line the new owner's tool talks to: hex lines, INIT in, REPLY out, CONFIRM in).
 #
 # Loaded only when re-keying (agent.py imports it when the first re-key message arrives): it is not
-# part of the handshake's flash or heap budget (bench/bench_rekey.py measures it). The static private key is a hex file made once at
-# manufacture (make_device_key); S is replaced by S' (temp file + rename) only after the owner's
-# CONFIRM verifies, so a failed or interrupted exchange leaves S as it was.
+# part of the handshake's flash or heap budget (bench/bench_rekey.py measures it). The static private
+# key is a hex file made once at manufacture (make_device_key); S is replaced by S' (temp file +
+# rename) only after the owner's CONFIRM verifies, so a failed or interrupted exchange leaves S as it
+# was.
 import os
 import time
 
