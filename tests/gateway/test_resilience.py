@@ -14,7 +14,7 @@ from device_agent.core.device import DeviceRole
 from device_agent.core.keys import gateway_key
 from gateway.mqtt import MqttConnectError
 from gateway.settings import DefenceSettings
-from tests.gateway.helpers import eventually, raw_device_client, verified_listener
+from tests.gateway.helpers import eventually, raw_device_client
 from tests.gateway.stack import site, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.asyncio
@@ -42,7 +42,7 @@ async def test_broker_restart_gateway_resubscribes_and_devices_reauthenticate(tm
         ), dict(gw.metrics.counters)
         for d in devs:
             await asyncio.wait_for(asyncio.shield(d.client.closed), 5)
-        listener, got = await verified_listener(s.broker.port, gw)
+        listener, got = await s.listener()
         for d in devs:
             await d.connect()
             assert isinstance(await d.authenticate(), events.Authenticated)
@@ -142,7 +142,7 @@ async def test_junk_on_data_topics_and_oversize_packets(tmp_path):
         dev.client.publish(dev.up, bytes(2 << 20), qos=1)
         await asyncio.wait_for(asyncio.shield(dev.client.closed), 5)
         # the gateway lives on: still one broker connection, and devices still authenticate
-        listener, got = await verified_listener(s.broker.port, gw)
+        listener, got = await s.listener()
         assert isinstance(await idle.authenticate(), events.Authenticated)
         idle.send_data("telemetry", b"fine")
         assert await eventually(lambda: got), dict(gw.metrics.counters)
