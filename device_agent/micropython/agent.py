@@ -44,7 +44,9 @@ class Agent:
         self.dhex = device_id.hex()
         self._secret = secret
         self._fw = firmware_hash
-        names = [g.decode() if isinstance(g, bytes) else g for g in gateways]
+        names = []  # a loop, not a comprehension: each comprehension is one more function in RAM
+        for g in gateways:
+            names.append(g.decode() if isinstance(g, bytes) else g)
         self.state_path = state_path
         try:
             with open(state_path) as f:
