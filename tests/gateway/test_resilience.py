@@ -180,8 +180,12 @@ async def test_flood_of_bogus_handshakes(tmp_path):
                 if k % 200 == 0:
                     await asyncio.sleep(0)
 
+        def handled() -> int:
+            c = gw.metrics.counters
+            return sum(v for (name, _), v in c.items() if name in ("handshake_refused", "rejected"))
+
         async def legit_handshakes() -> list[object]:
-            await asyncio.sleep(0.01)
+            assert await eventually(lambda: handled() > 0, 10, interval=0.001)  # the flood has arrived
             return list(await asyncio.gather(*(d.authenticate(timeout=10) for d in legit)))
 
         results = (await asyncio.gather(*(flood(i) for i in range(n_flooders)), legit_handshakes()))[-1]
@@ -190,10 +194,6 @@ async def test_flood_of_bogus_handshakes(tmp_path):
         for k in range(5000):
             gw.traffic.on_message(topics.handshake_up("gw-a", f"{k:016x}").encode(), b"\x11" + os.urandom(20))
         total = n_flooders * per_flooder
-
-        def handled() -> int:
-            c = gw.metrics.counters
-            return sum(v for (name, _), v in c.items() if name in ("handshake_refused", "rejected"))
 
         assert await eventually(lambda: handled() >= total, 20), dict(gw.metrics.counters)
         assert gw.traffic.defence.tracked <= 1000
