@@ -124,6 +124,15 @@ class Agent:
         self._poller.register(self.client.sock, select.POLLIN)
         self._do(self.policy.connected(_now()))
 
+    def _close(self):
+        self._poller = None
+        self._role = None
+        try:
+            self.client.sock.close()
+        except (OSError, AttributeError) as exc:  # already gone
+            print("diams: close:", exc)
+        self._do(self.policy.disconnected(_now()))
+
     # -- the policy's actions -----------------------------------------------------------------------
 
     def _do(self, actions):
@@ -271,10 +280,4 @@ class Agent:
                     self.poll(ms)
             except OSError as exc:
                 print("diams: connection:", exc)
-                self._poller = None
-                self._role = None
-                try:
-                    self.client.sock.close()
-                except (OSError, AttributeError):  # already gone
-                    pass
-                self._do(p.disconnected(_now()))
+                self._close()
