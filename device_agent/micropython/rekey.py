@@ -90,7 +90,7 @@ def on_message(agent, gateway, payload):
     """What agent.py hands over from its re-key down topic of ``gateway`` (given ``rekey_files``): the
     exchange runs in a Responder kept on the agent; after the CONFIRM the agent logs in, and
     authenticates, with S' (the new owner authorizes gateways next)."""
-    from device_agent.core import keys, topics
+    from device_agent.core import topics
 
     if agent._rekeyer is None:
         agent._rekeyer = Responder(agent.device_id, agent._rekey_files[0], agent._rekey_files[1])
@@ -106,8 +106,7 @@ def on_message(agent, gateway, payload):
     if reply is not None:
         agent.client.publish(topics.rekey_up(gateway, agent.dhex), reply)
     if new_secret is not None:
-        agent._secret = new_secret
-        agent.client.pswd = keys.broker_password(new_secret, agent.device_id)  # the next logins
+        agent._secret = new_secret  # the next logins' P_e derive from S' (agent.connect)
         stats["rekeyed"] = stats.get("rekeyed", 0) + 1
         print("diams: re-keyed via", gateway, "- the new owner authorizes gateways next")
         agent._do(agent.policy.reauth(time.time()))
