@@ -12,7 +12,7 @@ from device_agent.core import events, topics
 from gateway.mqtt import MqttConnectError
 from ledger_bridge.enrollment import sealed_grants
 from ledger_bridge.index import onchain_gateway_id
-from tests.gateway.helpers import eventually, verified_listener
+from tests.gateway.helpers import eventually
 from tests.gateway.stack import site
 from tests.waiting import enrolled_at_broker
 
@@ -26,7 +26,7 @@ async def test_suspension_cuts_a_live_session_and_reactivation_restores_it(tmp_p
         did = dev.device_id
         await dev.connect()
         assert isinstance(await dev.authenticate(), events.Authenticated)
-        listener, got = await verified_listener(s.broker.port, gw)
+        listener, got = await s.listener()
         dev.send_data("telemetry", b"before")
         assert await eventually(lambda: len(got) == 1)
         late = dev.session.seal(b"telemetry", b"after")  # sealed under the live session

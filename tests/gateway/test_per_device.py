@@ -7,7 +7,7 @@ import pytest
 
 from device_agent.core import events, topics
 from tests.broker.clients import Probe
-from tests.gateway.helpers import eventually, verified_listener
+from tests.gateway.helpers import eventually
 from tests.gateway.stack import site
 
 pytestmark = pytest.mark.asyncio
@@ -29,7 +29,7 @@ async def test_per_device_rights_follow_the_session(tmp_path) -> None:
 
         dev = s.sim(0)
         await dev.connect()
-        listener, got = await verified_listener(s.broker.port, gw)
+        listener, got = await s.listener()
         assert isinstance(await dev.authenticate(), events.Authenticated)
         assert gw._enforcer.state_of(hex_id) == "granted" and gw.metrics.get("grants") == 1
         dev.send_data("telemetry", b"right after the RESULT")
