@@ -51,7 +51,12 @@ async def _run() -> dict[str, float]:
 
             if not await until(lambda: did in gw.devices.entries, 60):
                 raise RuntimeError("the gateway never saw the device")
-            await asyncio.sleep(1.0)  # the enforcer's batched reload puts its broker password in place
+            # its broker account written and live (flush: the enforcer's batched reload is done)
+            assert s.enforcer is not None
+            enforcer = s.enforcer
+            if not await until(lambda: did.hex() in enforcer.password_file.read_text(), 60):
+                raise RuntimeError("the device's broker account was never written")
+            await enforcer.flush()
             with dev.prov.config_file.open("a") as fh:
                 fh.write('\n[[streams]]\nname = "telemetry"\nsource = "/proc/loadavg"\ninterval_s = 0.5\n')
             proc = subprocess.Popen(

@@ -14,6 +14,11 @@ simulator's peak RSS with N devices and connections) and ``fleet_<N>_gateway_rss
 RSS afterwards: it holds the sessions of every size run so far, so it is read against the cumulative
 count, ``fleet_<N>_gateway_sessions``). ``bench/report.py`` draws them as ``docs/bench/fleet_sweep.svg``.
 A size that fails stops the sweep there and says so (``fleet_largest_ok``).
+
+The sweep starts only once the gateway serves the whole onboarded fleet (its ``devices_servable``
+gauge): with 14,400 devices on a loaded machine the first sync may time out and the gateway then
+catches up in windows (``ledger_bridge.index.SyncWindow``) while already ready; a size run against a
+half-built index would measure refusals (``fleet_index_ready_s`` says how long that took).
 """
 
 from __future__ import annotations
@@ -23,15 +28,18 @@ import dataclasses
 import multiprocessing
 import os
 import time
+import urllib.request
 from pathlib import Path
 
 from bench._gateway_proc import run_gateway
 from bench._site import GATEWAY_ID, build_site
 from bench.bench_sim import _simulate
-from gateway.settings import DefenceSettings
+from firmware_sim.broker import free_port
+from gateway.settings import DefenceSettings, HttpSettings
 
 SIZES = tuple(int(x) for x in os.environ.get("BENCH_FLEET_SIZES", "100,300,1000,3000,10000").split(","))
 RATE = float(os.environ.get("BENCH_FLEET_RATE", "2000"))
+INDEX_TIMEOUT_S = 600.0
 
 
 def _rss_mb(pid: int) -> float:
@@ -41,14 +49,33 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _servable(url: str) -> int:
+    """The gateway's ``devices_servable`` gauge (0 while its endpoint does not answer)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:  # the bench's loopback URL
+            text = resp.read().decode()
+    except OSError:
+        return 0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "diams_devices_servable":
+                return int(sample.value)
+    return 0
+
+
 async def _run() -> dict[str, float]:
     site = await build_site(n_devices=sum(SIZES), n_unknown=0)
     print(f"   site ready ({sum(SIZES)} devices onboarded)", flush=True)
     ctx = multiprocessing.get_context("spawn")
     gw_ready, gw_stop = ctx.Event(), ctx.Event()
     spec = site.gateway_spec(defence=DefenceSettings(), poll_interval=0.2)
+    http_port = free_port()
     spec.settings = dataclasses.replace(
-        spec.settings, broker=dataclasses.replace(spec.settings.broker, accounts=2)
+        spec.settings,
+        broker=dataclasses.replace(spec.settings.broker, accounts=2),
+        http=HttpSettings(port=http_port),
     )
     gw = ctx.Process(target=run_gateway, args=(spec, gw_ready, gw_stop), daemon=True)
     gw.start()
@@ -57,6 +84,18 @@ async def _run() -> dict[str, float]:
     try:
         if not await asyncio.to_thread(gw_ready.wait, 120):
             raise RuntimeError("the gateway did not become ready")
+        t_index = time.monotonic()
+        url = f"http://127.0.0.1:{http_port}/metrics"
+        while (served := await asyncio.to_thread(_servable, url)) < sum(SIZES):
+            if time.monotonic() - t_index > INDEX_TIMEOUT_S:
+                raise RuntimeError(
+                    f"the gateway serves {served} of {sum(SIZES)} devices "
+                    f"{INDEX_TIMEOUT_S:.0f} s after it was ready"
+                )
+            await asyncio.sleep(0.5)
+        results["fleet_index_ready_s"] = time.monotonic() - t_index
+        ready_s = results["fleet_index_ready_s"]
+        print(f"   gateway serves all {sum(SIZES)} devices ({ready_s:.0f} s after ready)", flush=True)
         await asyncio.sleep(1.5)
         assert gw.pid is not None
         for n in SIZES:

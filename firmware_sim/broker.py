@@ -44,6 +44,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from ledger_bridge.anvil import free_port
+
 __all__ = ["MosquittoBroker", "MosquittoError", "free_port", "mosquitto_binary", "running_broker"]
 
 
@@ -60,12 +62,6 @@ def mosquitto_binary() -> str | None:
         if os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _broker_user() -> tuple[int, set[int]] | None:

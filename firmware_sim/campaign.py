@@ -4,16 +4,22 @@
     CAMPAIGN_SECONDS=300 make campaign     # the fault phase's length (default 540: done within 15 min)
     CAMPAIGN_DEVICES=50 CAMPAIGN_SEED=7 make campaign
     CAMPAIGN_FAULTS=disk_full,kill_gateway CAMPAIGN_ATTACKS=replay make campaign   # a subset
+    CAMPAIGN_DEVICE_BACKOFF=agent make campaign   # the honest devices back off as the agents do by default
 
 Strategy: the site is the demo's (``firmware_sim.demo.Demo``: a private Mosquitto with enforcement, the
-embedded ledger served by its own process, ``diams-gateway run`` as a subprocess), with the gateway's
-state directory (counters, audit log) on a small tmpfs of its own so that the disk can be filled. An
-honest fleet streams data for the whole run, each device re-authenticating whenever it must. A seeded
-schedule alternates faults and attacks:
+embedded ledger served by its own process, ``diams-gateway run`` as a subprocess) with two gateways on
+the one broker: ``gw-demo`` manages the broker's files and writes ``gw-demo-b``'s accounts too
+(``enforcement.peer_gateways``), ``gw-demo-b`` enforces nothing; every device is authorized for both and
+the honest fleet is split between them. ``gw-demo``'s state directory (counters, audit log) is on a small
+tmpfs of its own so that the disk can be filled. An honest fleet streams data for the whole run, each
+device re-authenticating whenever it must. A seeded schedule alternates faults and attacks:
 
-- faults: ``kill -9`` and restart of the gateway, the broker, the ledger node and the console; devices
-  killed in the middle of a handshake; stress-ng loading both cores; device clocks jumping; the audit
-  log's file system filled, then freed. After each fault the campaign waits for the fleet to come back;
+- faults: ``kill -9`` and restart of each gateway in turn, the broker, the ledger node and the console;
+  devices killed in the middle of a handshake; a device killed in the middle of a re-key at transfer
+  (``diams-agent rekey``, killed after INIT, after REPLY or after CONFIRM, then the new owner retries:
+  the device must end with the owner's new secret, confirmed on chain, and refuse the previous owner);
+  stress-ng loading both cores; device clocks jumping; the audit log's file system filled, then freed.
+  After each fault the campaign waits for the fleet to come back;
 - attacks: the simulator's scenarios (replay, clone, firmware mismatch, counter beyond the window),
   revocation mid-session, a flood of junk on handshake and data topics, brute force on one device's OTP
   with its captured broker password, and (``firmware_sim.campaign_attacks``) the previous owner after a
@@ -48,14 +54,26 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.core import events, topics
+from device_agent.private import write_private
+from gateway.broker import BrokerSecret
 from gateway.mqtt import MqttConnectError, MqttError
+from gateway.settings import EnforcementSettings
 from ledger_bridge.enrollment import ProvisionedDevice
 
 from . import campaign_attacks
 from .demo import GATEWAY_ID, ROOT, Demo, Process, _http_get, say
 from .device import SimDevice
 from .fleet import Observer, Pacer, SiteAccess, gather_limited, metrics_reader, parse_metrics
-from .invariants import AttackOutcome, Evidence, Fault, Invariant, Revocation, check, recovery_p99
+from .invariants import (
+    AttackOutcome,
+    Evidence,
+    Fault,
+    Invariant,
+    Revocation,
+    check,
+    recovery_by_fault,
+    recovery_p99,
+)
 from .scenarios import ScenarioParams, identities_needed, run_scenario
 
 __all__ = ["Campaign", "main"]
@@ -69,6 +87,7 @@ FAULTS = (
     "disk_full",
     "kill_mid_handshake",
     "kill_console",
+    "kill_mid_rekey",
 )
 SCENARIO_ATTACKS = ("replay", "clone", "firmware_mismatch", "counter_window")
 ATTACKS = (
@@ -81,6 +100,8 @@ ATTACKS = (
     "data_flood",
     "api_fuzz",
 )
+GATEWAY_B = "gw-demo-b"  # a second gateway on the same broker: enforcement "none", gw-demo manages the files
+GATEWAYS = (GATEWAY_ID, GATEWAY_B)
 STATE_TMPFS_BYTES = 32 * 1024 * 1024
 ANSWER_TIMEOUT_S = 5.0  # the agent's default answer_timeout_s
 
@@ -144,6 +165,11 @@ class Campaign:
         self.stop_fleet = asyncio.Event()
         self.state_mount: Path | None = None
         self.ledger_argv: list[str] | None = None
+        self.gateways: dict[str, Process] = {}  # gateway id -> its running daemon
+        self.gateway_configs: dict[str, tuple[Path, int]] = {}  # gateway id -> (TOML, HTTP port)
+        self._kills = 0  # kill_gateway takes the gateways in turn
+        self.loops_died: list[str] = []  # honest device loops that ended with an exception (a bug)
+        self.backoff = device_backoff(os.environ.get("CAMPAIGN_DEVICE_BACKOFF", "short"))
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -166,11 +192,32 @@ class Campaign:
         demo._plan = self._plan  # type: ignore[method-assign]
         site, fleet, extra = await demo.enroll(url)
         self.mount_state_dir()
-        config, http_port = demo.write_gateway_config(url, site.channel, extra["files"])
-        self.gateway_config, self.http_port, self.url = config, http_port, url
-        await demo.start_gateway(config, http_port)
+        # two gateways on the one Mosquitto: gw-demo manages its files and writes gw-demo-b's accounts
+        # too (enforcement.peer_gateways); gw-demo-b enforces nothing. Every device is authorized for
+        # both; the honest fleet is split between them.
+        gw_dir = self.dir / "gateway"
+        b_password = BrokerSecret.generate().reveal()
+        b_file = gw_dir / f"{GATEWAY_B}.peer.password"
+        write_private(b_file, b_password.encode())
+        enforcement = dataclasses.replace(demo._enforcement(gw_dir), peer_gateways=f"{GATEWAY_B}={b_file}")
+        self.gateway_configs[GATEWAY_ID] = demo.write_gateway_config(
+            url, site.channel, extra["files"], enforcement=enforcement
+        )
+        self.gateway_configs[GATEWAY_B] = demo.write_gateway_config(
+            url,
+            site.channel,
+            extra["files"],
+            gateway_id=GATEWAY_B,
+            broker_password=b_password,
+            enforcement=EnforcementSettings(mode="none"),
+        )
+        self.gateway_config, self.http_port = self.gateway_configs[GATEWAY_ID]
+        self.url = url
+        for gid in GATEWAYS:  # the managing one first: it writes the other's broker account
+            await self.start_gateway(gid)
         await demo.start_console(url)
         self.owner = extra["actors"]["owner"]
+        self.enrollment = site
         return fleet[: self.n_devices], fleet[self.n_devices :], site
 
     def _plan(self) -> Any:
@@ -178,7 +225,7 @@ class Campaign:
         from .site import SitePlan
 
         return SitePlan(
-            gateway_ids=(GATEWAY_ID,),
+            gateway_ids=GATEWAYS,
             devices=self.n_devices + self._identities_for_attacks() + 40,
             publish=("telemetry", "status"),
             policy_id=POLICY,
@@ -237,8 +284,8 @@ class Campaign:
     async def honest_loop(self, h: Honest) -> None:
         """An honest device as the agents behave (``device_agent.core.policy``): a lost link or a
         refused login and a failed handshake each have their own full-jitter backoff, and a link that
-        comes back resets the first. The bases are shorter than the agent's defaults (reconnect 5 s),
-        which are sized for 10,000 devices dialling one broker; this fleet is 100."""
+        comes back resets the first. The bases are ``self.backoff``: shorter than the agent's defaults
+        unless ``CAMPAIGN_DEVICE_BACKOFF=agent`` (see ``device_backoff``)."""
         dev = h.dev
         dials = handshakes = 0
         while not self.stop_fleet.is_set():
@@ -253,7 +300,7 @@ class Campaign:
                         h.completed.append((dev.epoch, dev.counter, self.now()))
                         handshakes = 0
                     else:
-                        await asyncio.sleep(self.rng.uniform(0, min(8.0, 0.5 * 2**handshakes)))
+                        await asyncio.sleep(self.backoff.handshake(self.rng, handshakes))
                         handshakes += 1
                     continue
                 dev.send_data("telemetry", b'{"t":%d}' % int(self.now() * 1000))
@@ -264,7 +311,7 @@ class Campaign:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(dev.close(), 2)
                 dev.client = None
-                await asyncio.sleep(self.rng.uniform(0, min(8.0, 0.5 * 2**dials)))
+                await asyncio.sleep(self.backoff.reconnect(self.rng, dials))
                 dials += 1
 
     def _needs_handshake(self, dev: SimDevice) -> bool:
@@ -277,33 +324,39 @@ class Campaign:
 
     # ---- faults ---------------------------------------------------------------------------------------
 
-    async def _gateway_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                status, _ = await asyncio.to_thread(_http_get, f"http://127.0.0.1:{self.http_port}/readyz")
-                if status == 200:
-                    return
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"the gateway was not ready again within {timeout} s:\n{self.demo.gateway.tail()}")
+    async def start_gateway(self, gid: str) -> None:
+        config, http_port = self.gateway_configs[gid]
+        name = "gateway" if gid == GATEWAY_ID else f"gateway-{gid}"
+        self.gateways[gid] = await self.demo.start_gateway(config, http_port, name=name)
+
+    def kill_gateway(self, gid: str) -> None:
+        """``kill -9``: no clean shutdown, no last anchor, sockets dropped by the kernel."""
+        gw = self.gateways.pop(gid)
+        gw.proc.kill()
+        gw.stop()
+        self.demo.children.remove(gw)
 
     async def _supervise_gateway(self) -> None:
         """What systemd's Restart= does: a gateway that died is started again."""
-        if not self.demo.gateway.alive():
-            say(f"gateway exited (code {self.demo.gateway.proc.returncode}); restarting it as systemd would")
-            self.demo.children.remove(self.demo.gateway)
-            await self.demo.start_gateway(self.gateway_config, self.http_port)
+        for gid in GATEWAYS:
+            gw = self.gateways[gid]
+            if not gw.alive():
+                say(f"gateway {gid} exited (code {gw.proc.returncode}); restarting it as systemd would")
+                self.demo.children.remove(gw)
+                await self.start_gateway(gid)
 
     async def fault(self, kind: str) -> Fault:
         started = self.now()
         note = ""
         demo = self.demo
-        if kind == "kill_gateway":
-            demo.gateway.proc.kill()
-            demo.gateway.stop()
-            demo.children.remove(demo.gateway)
-            await asyncio.sleep(self.rng.uniform(1, 4))
-            await demo.start_gateway(self.gateway_config, self.http_port)
+        if kind == "kill_gateway":  # each gateway in turn: the one managing the broker's files, the other
+            gid = GATEWAYS[self._kills % len(GATEWAYS)]
+            self._kills += 1
+            self.kill_gateway(gid)
+            down = self.rng.uniform(1, 4)
+            await asyncio.sleep(down)
+            await self.start_gateway(gid)
+            note = f"{gid} down {down:.1f} s ({'manages the broker files' if gid == GATEWAY_ID else 'peer'})"
         elif kind == "kill_broker":
             assert demo.broker is not None
             demo.broker.kill()
@@ -370,6 +423,20 @@ class Campaign:
                 await demo.start_console(self.url)
                 status = await asyncio.to_thread(_http_status, demo.console_url.rstrip("/") + "/login")
                 note = f"console back, /login {status}" if status else "console did NOT come back"
+        elif kind == "kill_mid_rekey":
+            from .demo import POLICY
+
+            outcome = await campaign_attacks.mid_rekey(
+                self.rng,
+                ledger=self.demo._ledger,
+                manufacturer=self.enrollment.actors["manufacturer"],
+                owner=self.owner,
+                gateway=self.enrollment.gateway_keys[GATEWAY_ID],
+                policy_id=POLICY,
+                work=self.dir / "rekey",
+            )
+            self.attacks.append(dataclasses.replace(outcome, started=started))
+            note = f"{outcome.detail.split(' (')[0]}: {'held' if outcome.held else 'BROKEN'} (see mid_rekey)"
         elif kind == "kill_mid_handshake":
             victims = self.rng.sample(self.honest, k=max(1, len(self.honest) // 10))
             for h in victims:
@@ -514,7 +581,7 @@ class Campaign:
         status, _ = await asyncio.to_thread(_http_get, f"http://127.0.0.1:{self.http_port}/readyz")
         return AttackOutcome(
             name="junk_flood",
-            held=status == 200 and self.demo.gateway.alive(),
+            held=status == 200 and self.gateways[GATEWAY_ID].alive(),
             detail=f"{sent} junk messages; gateway ready {status == 200}",
         )
 
@@ -561,10 +628,14 @@ class Campaign:
         self.honest = [
             Honest(
                 dev=SimDevice(
-                    i, gateway_id=GATEWAY_ID, host=broker.host, port=broker.port, clock=self.device_clock
+                    identity,
+                    gateway_id=GATEWAYS[n % len(GATEWAYS)],  # half the fleet on each gateway
+                    host=broker.host,
+                    port=broker.port,
+                    clock=self.device_clock,
                 )
             )
-            for i in fleet
+            for n, identity in enumerate(fleet)
         ]
         tasks = [asyncio.create_task(self.honest_loop(h)) for h in self.honest]
         say(f"{len(self.honest)} honest devices streaming; waiting for each one's data to verify")
@@ -587,13 +658,18 @@ class Campaign:
             self.attacks.append(outcome)
             say(f"attack revocation: {'held' if outcome.held else 'BROKEN'} ({outcome.detail})")
         self.stop_fleet.set()
-        for task, ended in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
+        for h, ended in zip(self.honest, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
             if isinstance(ended, BaseException):  # a bug in the campaign itself: say so, loudly
-                say(f"honest device loop {task.get_name()} died: {type(ended).__name__}: {ended}")
-        _, metrics_text = await asyncio.to_thread(_http_get, f"http://127.0.0.1:{self.http_port}/metrics")
-        self.gateway_metrics = {
-            f"{n}{{{r}}}" if r else n: v for (n, r), v in parse_metrics(metrics_text).items()
-        }
+                say(f"honest device loop of {h.dev.hex} died: {type(ended).__name__}: {ended!r}")
+                self.loops_died.append(f"{h.dev.hex}: {type(ended).__name__}")
+        self.gateway_metrics = {}
+        for gid in GATEWAYS:
+            _, text = await asyncio.to_thread(
+                _http_get, f"http://127.0.0.1:{self.gateway_configs[gid][1]}/metrics"
+            )
+            self.gateway_metrics[gid] = {
+                f"{n}{{{r}}}" if r else n: v for (n, r), v in parse_metrics(text).items()
+            }
         await self._final_round()
         return await self.verdict()
 
@@ -636,6 +712,9 @@ class Campaign:
                     dev.client = None
                     await asyncio.sleep(1)
                     continue
+                except Exception as exc:  # a bug in the campaign's device: this device counts as out
+                    say(f"final round: {dev.hex}: {type(exc).__name__}: {exc}")
+                    break
                 if isinstance(result, events.Authenticated):
                     h.completed.append((dev.epoch, dev.counter, self.now()))
                     h.authenticated_at_end = True
@@ -646,13 +725,14 @@ class Campaign:
 
         await gather_limited([one(h) for h in self.honest], limit=200)
 
-    async def _audit_evidence(self) -> tuple[list[dict[str, Any]], tuple[bool, str]]:
+    async def _audit_evidence(self, gid: str) -> tuple[list[dict[str, Any]], tuple[bool, str]]:
         # stop the gateway cleanly: it syncs and anchors what it holds (systemd's ExecStop does the same)
-        gw = self.demo.gateway
+        gw = self.gateways.pop(gid)
         rc = await asyncio.to_thread(gw.stop, 30.0)
         self.demo.children.remove(gw)
-        self.unmount_state_dir()
-        audit_path = self.dir / "gateway" / GATEWAY_ID / "audit.log"
+        if gid == GATEWAY_ID:
+            self.unmount_state_dir()
+        audit_path = self.dir / "gateway" / gid / "audit.log"
         records = []
         if audit_path.exists():
             for line in audit_path.read_text().splitlines():
@@ -669,23 +749,25 @@ class Campaign:
                 str(audit_path),
                 "--anchors",
                 "--config",
-                str(self.gateway_config),
+                str(self.gateway_configs[gid][0]),
             ],
             capture_output=True,
             text=True,
             check=False,
             cwd=ROOT,
         )
-        text = f"gateway exit {rc}\n{out.stdout}{out.stderr}"
+        text = f"{gid} exit {rc}\n{out.stdout}{out.stderr}"
         return records, (out.returncode == 0, text)
 
     async def verdict(self) -> int:
-        records, verified = await self._audit_evidence()
+        audit, verified = {}, {}
+        for gid in GATEWAYS:
+            audit[gid], verified[gid] = await self._audit_evidence(gid)
         evidence = Evidence(
             honest_counters={h.dev.hex: set(h.dev.hellos) for h in self.honest},
             completed={h.dev.hex: h.completed for h in self.honest},
-            audit={GATEWAY_ID: records},
-            audit_verified={GATEWAY_ID: verified},
+            audit=audit,
+            audit_verified=verified,
             verified_data=self.observer.seen,
             faults=self.faults,
             revocations=self.revocations,
@@ -696,14 +778,27 @@ class Campaign:
         verdicts = check(evidence, recovery_bound_s=self.recovery_bound_s, cutoff_bound_s=self.cutoff_bound_s)
         broken = sum(not v.held for v in verdicts)
         p99 = recovery_p99(evidence)
-        self.write(verdicts, broken, p99, verified[1])
+        self.recovery = [
+            {
+                "fault": f.kind,
+                "ended": round(f.ended, 1),
+                "p50_s": _quantile(times, 0.5),
+                "p99_s": _quantile(times, 0.99),
+                "max_s": max(times, default=0.0),
+            }
+            for f, times in recovery_by_fault(evidence)
+        ]
+        self.write(verdicts, broken, p99, "\n".join(out for _, out in verified.values()))
         return 0 if broken == 0 else 1
 
     def write(self, verdicts: list[Invariant], broken: int, p99: float, audit_output: str) -> None:
         lines = [
             "# DIAMS campaign",
             "",
-            f"seed {self.seed}, {len(self.honest)} honest devices, {self.now():.0f} s",
+            f"seed {self.seed}, {len(self.honest)} honest devices on {len(GATEWAYS)} gateways "
+            f"({', '.join(GATEWAYS)}: one broker, {GATEWAY_ID} manages its files), {self.now():.0f} s; "
+            f"device backoff {self.backoff.name} (reconnect base {self.backoff.reconnect_base:g} s, "
+            f"handshake base {self.backoff.handshake_base:g} s, cap {self.backoff.cap:g} s)",
             "",
             "## Injected",
             "",
@@ -746,7 +841,11 @@ class Campaign:
                         }
                         for h in self.honest
                     },
+                    "gateways": list(GATEWAYS),
+                    "device_backoff": dataclasses.asdict(self.backoff),
                     "gateway_metrics": getattr(self, "gateway_metrics", {}),
+                    "honest_loops_died": self.loops_died,
+                    "recovery_by_fault": getattr(self, "recovery", []),  # seconds, over the honest fleet
                     "campaign_invariants_broken": broken,
                     "campaign_recovery_p99_s": None if math.isinf(p99) else p99,
                 },
@@ -764,6 +863,40 @@ class Campaign:
         self.unmount_state_dir()
 
 
+@dataclass(frozen=True)
+class DeviceBackoff:
+    """Full-jitter backoffs of the honest devices: U(0, min(cap, base * 2^n))."""
+
+    name: str
+    handshake_base: float
+    reconnect_base: float
+    cap: float
+
+    def handshake(self, rng: random.Random, n: int) -> float:
+        return rng.uniform(0, min(self.cap, self.handshake_base * 2**n))
+
+    def reconnect(self, rng: random.Random, n: int) -> float:
+        return rng.uniform(0, min(self.cap, self.reconnect_base * 2**n))
+
+
+def device_backoff(name: str) -> DeviceBackoff:
+    """``short`` (default): 0.5 s bases, 8 s cap, for a 100-device fleet; ``agent``: the agents' own
+    defaults (``device_agent.core.policy.AgentPolicy``: reconnect 5 s, handshake 0.5 s, cap 60 s), which
+    are sized for 10,000 devices dialling one broker."""
+    if name == "short":
+        return DeviceBackoff("short", 0.5, 0.5, 8.0)
+    if name == "agent":
+        import inspect
+
+        from device_agent.core.policy import AgentPolicy
+
+        p = inspect.signature(AgentPolicy).parameters
+        return DeviceBackoff(
+            "agent", p["backoff_base"].default, p["reconnect_base"].default, p["backoff_cap"].default
+        )
+    raise ValueError(f"CAMPAIGN_DEVICE_BACKOFF must be 'short' or 'agent', got {name!r}")
+
+
 def schedule(
     rng: random.Random, faults: list[str], attacks: list[str], rounds: int = 4
 ) -> list[tuple[str, str]]:
@@ -777,6 +910,13 @@ def schedule(
         n = max(len(f), len(a))
         out += [(f[i % len(f)], a[i % len(a)]) for i in range(n)]
     return out
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def _onchain_gateway_id() -> bytes:

@@ -401,3 +401,205 @@ async def previous_owner(
             f"{sessions} sessions in {tries} tries with the old credentials {settle_s:g} s after the transfer"
         ),
     )
+
+
+# ---- a device killed in the middle of a re-key -------------------------------------------------------
+
+REKEY_KILL_POINTS = ("after_init", "after_reply", "after_confirm")
+
+
+class DeviceConsole:
+    """The device's side of a re-key as its console runs it: ``diams-agent rekey --config`` (hex lines
+    over stdin/stdout; the real agent code reading and replacing its key file), a channel for the owner's
+    ``ledger_bridge.rekey.rekey_device``. ``kill_at`` kills it (SIGKILL) at that point of the exchange."""
+
+    def __init__(self, config: Path, *, kill_at: str | None = None, timeout: float = 15.0) -> None:
+        if kill_at is not None and kill_at not in REKEY_KILL_POINTS:
+            raise ValueError(f"kill_at must be one of {REKEY_KILL_POINTS}, got {kill_at!r}")
+        self.config, self.kill_at, self.timeout = config, kill_at, timeout
+        self.proc: asyncio.subprocess.Process | None = None
+        self.killed = False
+
+    async def __aenter__(self) -> DeviceConsole:
+        import sys
+
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "device_agent.agent.cli", "rekey", "--config", str(self.config),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 10)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+    async def _kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()  # kill -9: nothing of the exchange survives but what the device wrote to disk
+        await self.proc.wait()
+        self.killed = True
+
+    async def _write(self, message: bytes) -> None:
+        from ledger_bridge.rekey import RekeyTimeout
+
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(message.hex().encode() + b"\n")
+            await self.proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            raise RekeyTimeout("the device's console is gone") from None
+
+    async def request(self, message: bytes) -> bytes:
+        from ledger_bridge.rekey import RekeyTimeout
+
+        if self.proc is not None and self.proc.returncode is not None and not self.killed:
+            await self.__aenter__()  # it refused an INIT and exited: the console prompts again
+        assert self.proc is not None and self.proc.stdout is not None
+        await self._write(message)
+        if self.kill_at == "after_init":
+            await self._kill()
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), self.timeout)
+        except TimeoutError:
+            raise RekeyTimeout("no REPLY in time") from None
+        if not line.strip():
+            await self.proc.wait()
+            raise RekeyTimeout("the device closed the exchange without a REPLY")
+        if self.kill_at == "after_reply":  # the device waits for CONFIRM, holding S' in memory only
+            await self._kill()
+        return bytes.fromhex(line.decode().strip())
+
+    async def send(self, message: bytes) -> None:
+        await self._write(message)
+        if self.kill_at == "after_confirm":  # CONFIRM handed over: the device may or may not have committed
+            await self._kill()
+
+
+async def mid_rekey(
+    rng: random.Random,
+    *,
+    ledger: Any,
+    manufacturer: Any,
+    owner: Any,
+    gateway: Any,
+    policy_id: bytes,
+    work: Path,
+    kill_at: str | None = None,
+) -> AttackOutcome:
+    """A device transferred and re-keyed by its new owner is killed at a random point of the exchange,
+    then restarted; the new owner retries as its tool does. The device must end holding the secret the
+    new owner holds and the chain confirmed (never locked out), and the previous owner (S) gets nothing.
+
+    The exchange runs over the device's console (``diams-agent rekey``), not MQTT: between
+    acceptTransfer and confirmRekey the device has no broker login unless enrolled by hand."""
+    from device_agent.agent.keystore import load_secret
+    from device_agent.agent.provision import provision
+    from device_agent.agent.x25519 import x25519
+    from device_agent.core import rekey as core_rekey
+    from device_agent.private import write_private
+    from ledger_bridge.firmware import device_from_owner_bundle
+    from ledger_bridge.keystore import Signer
+    from ledger_bridge.operations import OwnerBundle
+    from ledger_bridge.rekey import RekeyTimeout, rekey_device
+
+    kill_at = kill_at or rng.choice(REKEY_KILL_POINTS)
+    work.mkdir(parents=True, exist_ok=True)
+    firmware = work / "firmware.bin"
+    firmware.write_bytes(b"campaign re-key firmware")
+    n = len([p for p in work.iterdir() if p.is_dir()])
+    made = await asyncio.to_thread(
+        provision, model="diams-sensor", serial=f"RK{n:04d}", mac=f"02:00:00:00:{n // 256:02x}:{n % 256:02x}",
+        firmware=firmware, out=work / f"device-{n}", gateways=(gateway.gateway_id.decode(),),
+    )  # fmt: skip
+    bundle_raw = json.loads(made.owner_file.read_text())
+    identity = device_from_owner_bundle(bundle_raw)
+    did = identity.device_id
+    old_secret = identity.secret
+    device_key = bytes.fromhex(made.record.device_key.removeprefix("0x"))
+    await onboard_one(manufacturer, owner, identity, gateway, policy_id, device_key)
+    signer = Signer.generate(label="rekey-new-owner")
+    await ledger.fund(signer.address, 10**18)
+    new_owner = ledger.actor(signer)
+    await owner.transfer(did, signer.address)
+    await new_owner.accept_transfer(did)
+    bundle = work / f"device-{n}" / "new-owner.json"
+    write_private(bundle, made.owner_file.read_bytes())  # handed over with the device
+
+    def keep(s: bytes) -> None:
+        OwnerBundle.record_rekey(bundle, s)
+
+    async def exchange(kill: str | None) -> tuple[str, DeviceConsole]:
+        held = OwnerBundle.load(bundle)  # what `diams-ledger rekey` uses: S' once kept, then S
+        earlier = (held.secret,) if held.rekeyed_secret is not None else ()
+        async with DeviceConsole(made.config_file, kill_at=kill) as console:
+            try:
+                await rekey_device(
+                    ledger, new_owner, did, secret=held.device().current_secret, channel=console, keep=keep,
+                    earlier=earlier,
+                )  # fmt: skip
+            except (RekeyTimeout, core_rekey.RekeyError) as exc:
+                return f"{type(exc).__name__}: {exc}", console
+        return "re-keyed", console
+
+    first, console = await exchange(kill_at)
+    mid_state = "S" if load_secret(made.key_file).reveal() == old_secret else "S'"
+    retries = []
+    for _ in range(2):  # the new owner runs its command again (the device restarted)
+        outcome, _ = await exchange(None)
+        retries.append(outcome)
+        if outcome == "re-keyed":
+            break
+    held_secret = load_secret(made.key_file).reveal()
+    owner_secret = OwnerBundle.load(bundle).device().current_secret
+    _, pending = await ledger.device_key(did)
+    in_step = held_secret == owner_secret and not pending and held_secret != old_secret
+    # the previous owner, holding S, tries to start a re-key of its own: the device must refuse it
+    _, epoch = await ledger.device_state(did)
+    previous = core_rekey.OwnerRekey(did, epoch, old_secret, bytes(32), x25519, os.urandom)
+    async with DeviceConsole(made.config_file) as device_console:
+        from ledger_bridge.rekey import RekeyTimeout as _Timeout
+
+        try:
+            await device_console.request(previous.start())
+            previous_refused = False
+        except _Timeout:
+            previous_refused = True
+    previous_refused = previous_refused and load_secret(made.key_file).reveal() == held_secret
+    return AttackOutcome(
+        name="mid_rekey",
+        held=console.killed and in_step and previous_refused,
+        detail=(
+            f"device killed {kill_at.replace('_', ' ')} ({'killed' if console.killed else 'NOT killed'}; "
+            f"first exchange: {first}; the device then held {mid_state}); owner's retries: "
+            f"{', '.join(retries) or 'none'}; device and owner hold the same new secret: "
+            f"{held_secret == owner_secret and held_secret != old_secret}, "
+            f"re-key pending on chain: {pending}; previous owner's INIT refused: {previous_refused}"
+        ),
+    )
+
+
+async def onboard_one(
+    manufacturer: Any, owner: Any, identity: Any, gateway: Any, policy_id: bytes, device_key: bytes
+) -> None:
+    """What the manufacturer's ``register --csv`` (with the device key) and the owner's onboarding do."""
+    from ledger_bridge.enrollment import sealed_grants
+    from ledger_bridge.index import onchain_gateway_id
+
+    did = identity.device_id
+    await manufacturer.register_many([identity.registration()])
+    await manufacturer.register_device_key(did, device_key)
+    await owner.onboard_many([did], [identity.claim_code], policy_id)
+    boxes, commitments = sealed_grants([identity], gateway, 0)
+    await owner.authorize_gateway_many(
+        onchain_gateway_id(gateway.gateway_id),
+        device_ids=[did],
+        sealed_keys=boxes,
+        key_commitments=commitments,
+    )

@@ -332,14 +332,29 @@ class Demo:
         )
         return site, fleet[:n_fleet], {"actors": site.actors, "files": files}
 
-    def write_gateway_config(self, url: str, channel: Any, files: dict[str, Any]) -> tuple[Path, int]:
+    def write_gateway_config(
+        self,
+        url: str,
+        channel: Any,
+        files: dict[str, Any],
+        *,
+        gateway_id: str = GATEWAY_ID,
+        broker_password: str | None = None,
+        enforcement: EnforcementSettings | None = None,
+    ) -> tuple[Path, int]:
+        """The demo gateway's TOML (``gateway/gateway.toml``), or another gateway's
+        (``gateway/<id>.toml``, with its own ``broker_password`` and ``enforcement``)."""
         host, port = self._broker_address()
         gw_dir = self.dir / "gateway"
-        password_file = _write_secret(gw_dir / "broker.password", self.gateway_password)
+        own = gateway_id == GATEWAY_ID
+        password_file = _write_secret(
+            gw_dir / ("broker.password" if own else f"{gateway_id}.broker.password"),
+            self.gateway_password if broker_password is None else broker_password,
+        )
         http_port = free_port()
-        keystore, pass_file = files[account_name(GATEWAY_ID)]
+        keystore, pass_file = files[account_name(gateway_id)]
         settings = gateway_settings(
-            GATEWAY_ID,
+            gateway_id,
             key_dir=gw_dir,
             broker=self.broker,  # None with a cluster: broker_settings below say where
             ledger=LedgerSettings(
@@ -356,22 +371,24 @@ class Demo:
             broker_settings=BrokerSettings(
                 host=host, port=port, password_file=password_file, accounts=2, alternates=self._alternates()
             ),
-            enforcement=self._enforcement(gw_dir),
+            enforcement=self._enforcement(gw_dir) if enforcement is None else enforcement,
             protocol=ProtocolSettings(proof_timeout=3.0),
             http=HttpSettings(port=http_port),
         )
-        path = gw_dir / "gateway.toml"
+        path = gw_dir / ("gateway.toml" if own else f"{gateway_id}.toml")
         path.write_text("# written by firmware_sim.demo (firmware_sim.site)\n" + dump_settings(settings))
         return path, http_port
 
-    async def start_gateway(self, config: Path, http_port: int) -> None:
+    async def start_gateway(self, config: Path, http_port: int, name: str = "gateway") -> Process:
+        """``diams-gateway run`` as a child ``name`` (its log ``gateway/<name>.log``), once ready."""
         gw = Process(
-            "gateway",
+            name,
             [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
-            self.dir / "gateway" / "gateway.log",
+            self.dir / "gateway" / f"{name}.log",
         )
         self.children.append(gw)
-        self.gateway = gw
+        if name == "gateway":
+            self.gateway = gw
         deadline = time.monotonic() + 60
         while True:
             if not gw.alive():
@@ -384,6 +401,7 @@ class Demo:
                 raise RuntimeError(f"the gateway was not ready within 60 s:\n{gw.tail()}")
             await asyncio.sleep(0.1)
         say(f"diams-gateway run --config {config} (pid {gw.proc.pid}) is ready; metrics on :{http_port}")
+        return gw
 
     async def start_console(self, url: str) -> None:
         """`diams-console` on the demo's channel; each actor signs in with keys/<actor>.json."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from device_agent.core import events, policy, topics, wire
 from device_agent.core.device import DeviceRole
 from device_agent.core.keys import gateway_key
-from gateway.mqtt import MqttClient
+from gateway.mqtt import MqttClient, MqttError, MqttLoginRefused
 from ledger_bridge.enrollment import ProvisionedDevice
 
 
@@ -118,17 +118,26 @@ class SimDevice:
         return str(topics.handshake_down(self.gateway_id, self.hex))
 
     async def connect(self, *, timeout: float = 10.0) -> None:
-        self.client = await MqttClient.connect(
-            self.host,
-            self.port,
-            client_id=self.hex,
-            username=self.hex,
-            password=self.identity.broker_password(),
-            on_message=self._on_message,
-            keepalive=120,
-            timeout=timeout,
-            tls=self.tls,
-        )
+        """Log in with P of the policy's login epoch; a refused login tries the next epochs at once
+        while the policy's probe lasts (PROTOCOL.md 3.4), then raises ``MqttLoginRefused``."""
+        while True:
+            try:
+                self.client = await MqttClient.connect(
+                    self.host,
+                    self.port,
+                    client_id=self.hex,
+                    username=self.hex,
+                    password=self.identity.broker_password(int(self.policy.login_epoch)),
+                    on_message=self._on_message,
+                    keepalive=120,
+                    timeout=timeout,
+                    tls=self.tls,
+                )
+                break
+            except MqttLoginRefused:
+                actions = self.policy.login_refused(self._clock())
+                if not any(a[0] == policy.CONNECT for a in actions):
+                    raise
         commands = topics.topic_filter(topics.COMMAND, self.gateway_id, self.hex)
         qos = self.subscribe_qos
         self.granted_qos = await self.client.subscribe([(self.down, qos), (commands, qos)], timeout=timeout)
@@ -156,11 +165,16 @@ class SimDevice:
         self._outcome = loop.create_future()
         self._started = self._clock()
         self.stats.handshakes += 1
-        self._send(self.up, hello)
         # One timer instead of wait_for(shield(...)): that pair costs two extra tasks per handshake.
         timer = loop.call_later(timeout, _expire, self._outcome)
         try:
+            self._send(self.up, hello)
             result = await self._outcome
+        except (MqttError, OSError):
+            # the link broke under the handshake: the policy must not wait for an answer that cannot
+            # come (its attempt would stay in flight for ever; found by the campaign's mid-handshake kill)
+            self._learn(self.policy.disconnected(self._clock()))
+            raise
         finally:
             timer.cancel()
             self._outcome = None

@@ -27,6 +27,7 @@ from gateway.service import Gateway
 from gateway.settings import (
     BrokerSettings,
     DefenceSettings,
+    EnforcementSettings,
     LedgerSettings,
     OfflineSettings,
     ProtocolSettings,
@@ -111,7 +112,8 @@ async def start_gateway(
     site: Site, gateway_id: str, tmp: Path, *, enforcer: MosquittoEnforcer | None = None, **overrides: Any
 ) -> Gateway:
     """Start the gateway ``gateway_id`` in this process and wait until it serves. ``overrides``: the
-    settings sections ``ledger=``, ``protocol=``, ``defence=``, ``offline=``; the rest go to ``Gateway``."""
+    settings sections ``ledger=``, ``protocol=``, ``defence=``, ``offline=``, ``enforcement=`` (default
+    "none": the site's enforcer object, if passed, manages the broker); the rest go to ``Gateway``."""
     settings = site_gateway_settings(
         gateway_id,
         key_dir=tmp,
@@ -131,6 +133,7 @@ async def start_gateway(
         protocol=overrides.pop("protocol", ProtocolSettings(proof_timeout=3.0, session_lifetime=600)),
         defence=overrides.pop("defence", DefenceSettings()),
         offline=overrides.pop("offline", OfflineSettings()),
+        enforcement=overrides.pop("enforcement", EnforcementSettings()),
     )
     ledger, actor = site.ledger, site.actors[account_name(gateway_id)]
     if site.node is not None:  # its own connection (its own worker thread), as its own process has

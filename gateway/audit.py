@@ -18,6 +18,9 @@ the ``.anchors`` sidecar (a local convenience, nothing more). With a ledger the 
 batches come from this gateway's ``Anchored`` events and its next sequence number on chain, never from
 the sidecar, and every one of them must be reproduced by the log. Someone who rewrites the log, its
 hash chain, and empties or rewrites the sidecar still fails: the chain lists the batches it must match.
+
+Reading the log and the sidecar (``records``, ``anchor_records``, ``AuditError``) lives in
+``ledger_bridge.audit_trail``, below both the gateway and the console that read it.
 """
 
 from __future__ import annotations
@@ -29,21 +32,19 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ledger_bridge.audit_trail import AuditError as AuditError
+from ledger_bridge.audit_trail import anchor_records as anchor_records
+from ledger_bridge.audit_trail import records as records
 from ledger_bridge.merkle import leaf_hash, merkle_root
 
 log = logging.getLogger("diams.gateway.audit")
 
 URGENT = frozenset({"clone_detected", "cut_off", "cut_off_unconfirmed"})  # events the gateway acts on at once
 GENESIS = "0" * 64
-
-
-class AuditError(Exception):
-    """The audit log is unreadable or its chain is broken (the message says where)."""
 
 
 class AuditUnavailable(AuditError):
@@ -212,17 +213,6 @@ def _append_durably(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def records(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.endswith(b"\n"):
-                return
-            try:
-                yield json.loads(raw)
-            except ValueError:
-                raise AuditError(f"{path}:{n}: not a JSON record") from None
-
-
 def verify_file(path: Path) -> tuple[int, str]:
     """Check every link of the chain; -> (records, head hash), or raise AuditError naming the line."""
     prev, seq = GENESIS, 0
@@ -258,14 +248,6 @@ class AnchorCheck:
     tx: str
     on_chain: bool
     problem: str = ""
-
-
-def anchor_records(path: Path) -> list[dict[str, Any]]:
-    """The ``.anchors`` sidecar's records (empty when there is none)."""
-    sidecar = path.with_name(path.name + ".anchors")
-    if not sidecar.exists():
-        return []
-    return [json.loads(raw) for raw in sidecar.read_text().splitlines() if raw.strip()]
 
 
 async def check_anchors(

@@ -59,9 +59,10 @@ def load_key(settings: GatewaySettings) -> X25519PrivateKey:
     return X25519PrivateKey.from_private_bytes(raw)
 
 
-def read_application_password(name: str, path: Path) -> BrokerSecret:
-    """An application account's broker password (``enforcement.applications``), checked like ours."""
-    key = f"enforcement.applications ({name})"
+def read_application_password(name: str, path: Path, setting: str = "applications") -> BrokerSecret:
+    """An application account's broker password (``enforcement.applications``), or a peer gateway's
+    (``setting="peer_gateways"``), checked like ours."""
+    key = f"enforcement.{setting} ({name})"
     password = read_secret_text(key, path)
     if len(password) < MIN_BROKER_PASSWORD:
         raise ConfigurationError(
@@ -129,6 +130,8 @@ def check_static(settings: GatewaySettings) -> tuple[X25519PrivateKey, Any]:
     read_broker_password(settings)
     for name, path in settings.enforcement.application_files().items():
         read_application_password(name, path)
+    for gid, path in settings.enforcement.peer_gateway_files().items():
+        read_application_password(gid, path, "peer_gateways")
     settings.broker.tls_context()  # broker.tls_ca: a readable CA file
     check_addresses(settings)
     return key, load_ledger_signer(settings)

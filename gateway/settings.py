@@ -88,6 +88,22 @@ class BrokerSettings:
         return out
 
 
+def _named_files(key: str, value: str, what: str) -> dict[str, Path]:
+    """``"name=/path,name=/path"`` -> {name: path}; each name 1-32 characters of [a-z0-9-], once."""
+    found: dict[str, Path] = {}
+    for item in filter(None, (a.strip() for a in value.split(","))):
+        name, sep, path = (part.strip() for part in item.partition("="))
+        if not sep or not topics.is_gateway_id(name) or not path:
+            raise SettingsError(
+                f"enforcement.{key}: {item!r} is not {what}=/path/to/password-file "
+                f"({what}: 1-32 characters of [a-z0-9-])"
+            )
+        if name in found:
+            raise SettingsError(f"enforcement.{key}: {name!r} appears twice")
+        found[name] = Path(path)
+    return found
+
+
 @dataclass(frozen=True, kw_only=True)
 class EnforcementSettings:
     # "mosquitto" (password + ACL files, reloads: one broker), "http" (a clustered broker asks this
@@ -103,8 +119,13 @@ class EnforcementSettings:
     # and a device still connected is reported and kicked (gateway.broker._connections)
     broker_log: Path | None = None
     # read-only broker accounts for applications, "name=/path/to/0600-password-file,...": account
-    # app-<name> may only receive the verified topics (mode = "mosquitto")
+    # app-<name> may only receive the verified topics (mode = "mosquitto" or "http"; with "http", every
+    # gateway of a cluster lists the same applications: each endpoint answers for its own list)
     applications: str = ""
+    # mode = "mosquitto", the other gateways sharing this broker (enforcement.mode = "none" on theirs),
+    # "gw-b=/path/to/0600-password-file,...": their accounts (as many as our broker.accounts) and their
+    # devices' topic patterns are written here too, or our rewrite of the files would drop them
+    peer_gateways: str = ""
     # mode = "http": the endpoint the broker asks, the other gateways' endpoints ("gw-b=http://h:p/auth,
     # ..."), and the broker's management API (comma-separated node URLs) to close connections
     http_host: str = "127.0.0.1"
@@ -126,8 +147,10 @@ class EnforcementSettings:
             if not 0 <= getattr(self, name) < 65536:
                 raise SettingsError(f"enforcement.{name} must be 0..65535, got {getattr(self, name)}")
         self.peers()  # checked now
-        if self.application_files() and self.mode != "mosquitto":
-            raise SettingsError("enforcement.applications needs enforcement.mode = 'mosquitto'")
+        if self.application_files() and self.mode == "none":
+            raise SettingsError("enforcement.applications needs enforcement.mode = 'mosquitto' or 'http'")
+        if self.peer_gateway_files() and self.mode != "mosquitto":
+            raise SettingsError("enforcement.peer_gateways needs enforcement.mode = 'mosquitto'")
         if self.mode == "http" and self.management_urls and (
             not self.management_user or self.management_password_file is None
         ):
@@ -150,18 +173,11 @@ class EnforcementSettings:
 
     def application_files(self) -> dict[str, Path]:
         """``applications`` as {application name: password file}."""
-        found: dict[str, Path] = {}
-        for item in filter(None, (a.strip() for a in self.applications.split(","))):
-            name, sep, path = (part.strip() for part in item.partition("="))
-            if not sep or not topics.is_gateway_id(name) or not path:
-                raise SettingsError(
-                    f"enforcement.applications: {item!r} is not name=/path/to/password-file "
-                    "(name: 1-32 characters of [a-z0-9-])"
-                )
-            if name in found:
-                raise SettingsError(f"enforcement.applications: {name!r} appears twice")
-            found[name] = Path(path)
-        return found
+        return _named_files("applications", self.applications, "name")
+
+    def peer_gateway_files(self) -> dict[str, Path]:
+        """``peer_gateways`` as {gateway id: password file}."""
+        return _named_files("peer_gateways", self.peer_gateways, "gateway-id")
 
     def peers(self) -> dict[str, str]:
         """``http_peers`` as {gateway id: endpoint URL}."""
@@ -291,6 +307,8 @@ class GatewaySettings:
     def __post_init__(self) -> None:
         if not topics.is_gateway_id(self.gateway_id):  # the one rule, device_agent.core.topics
             raise SettingsError(f"gateway_id must be 1-32 characters of [a-z0-9-], got {self.gateway_id!r}")
+        if self.gateway_id in self.enforcement.peer_gateway_files():
+            raise SettingsError(f"enforcement.peer_gateways names this gateway ({self.gateway_id}) itself")
 
     @property
     def gateway_id_bytes(self) -> bytes:

@@ -28,10 +28,12 @@ def anvil_binary() -> Path | None:
     return Path(found) if found else None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now, for a runner to listen on (anvil here, Mosquitto in
+    firmware_sim.broker, which imports it: the one definition lives in the lower package)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 class AnvilNode:

@@ -736,6 +736,9 @@ async def cmd_rekey(args: argparse.Namespace) -> int:
                 await rekey_device(
                     ledger, ledger.actor(signer), dev, secret=bundle.device().current_secret, channel=channel,
                     keep=lambda s: ops.OwnerBundle.record_rekey(bundle_path, s),
+                    # an earlier exchange may have stopped after S' was kept but before the device
+                    # committed it: the device then still holds S
+                    earlier=(bundle.secret,) if bundle.rekeyed_secret is not None else (),
                 )
             except core_rekey.RekeyError as exc:
                 raise ValueError(

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from device_agent.core import identity
 
+from .audit_trail import records
 from .csv_import import parse_bytes32, parse_device_id
 from .enrollment import ProvisionedDevice
 from .errors import LedgerError, LedgerRevert
@@ -331,8 +332,6 @@ def _timeline_entry(e: LedgerEvent, when: int, policies: Mapping[bytes, str]) ->
 def authentications(audit_logs: Iterable[Path], device_id: bytes, *, limit: int = 50) -> list[dict[str, Any]]:
     """A device's records in gateways' audit logs (authenticated, rejected, clone alerts, cut-offs),
     newest first. The audit log is the gateway's evidence; the chain holds only its Merkle roots."""
-    from gateway.audit import records
-
     want = device_id.hex()
     found: list[dict[str, Any]] = []
     for path in audit_logs:

@@ -22,7 +22,7 @@ import os
 import queue
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,16 +55,29 @@ async def rekey_device(
     secret: bytes,
     channel: RekeyChannel,
     keep: Callable[[bytes], None] | None = None,
+    earlier: Sequence[bytes] = (),
 ) -> bytes:
     """-> S' (32 bytes), after the device proved it holds the registered key and the chain recorded it.
 
-    ``keep(S')`` runs before CONFIRM leaves, so S' is stored before the device can switch to it."""
+    ``keep(S')`` runs before CONFIRM leaves, so S' is stored before the device can switch to it.
+    ``earlier``: secrets the device may still hold, tried in turn (each with its own INIT) when it does
+    not answer the one before. An exchange interrupted after ``keep`` (the device killed before it
+    committed, or CONFIRM lost, even once the chain recorded it) leaves the device with S while the owner
+    holds S': the retry needs S, or the device is locked out (found by the campaign's mid-re-key kill)."""
     public, _ = await ledger.device_key(device_id)
     if public == bytes(32):
         raise ValueError("the device has no registered device key: it cannot be re-keyed")
     _, epoch = await ledger.device_state(device_id)
-    role = rekey.OwnerRekey(device_id, epoch, secret, public, x25519, os.urandom)
-    confirm = role.reply(await channel.request(role.start()))
+    candidates = [secret, *(s for s in earlier if s != secret)]
+    for n, candidate in enumerate(candidates):
+        role = rekey.OwnerRekey(device_id, epoch, candidate, public, x25519, os.urandom)
+        try:
+            answer = await channel.request(role.start())
+            break
+        except RekeyTimeout:  # a device holding another secret refuses INIT silently
+            if n == len(candidates) - 1:
+                raise
+    confirm = role.reply(answer)
     new_secret: bytes | None = role.new_secret
     assert new_secret is not None
     if keep is not None:

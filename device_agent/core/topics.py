@@ -34,14 +34,12 @@ DOWN = "down"
 ANY = "+"    # MQTT single-level wildcard, for filters
 USER = "%u"  # Mosquitto acl_file pattern: the connecting client's username (a device id)
 
+# Every module-level name costs a board heap (a qstr and a slot in the module's dict, ~50 bytes each
+# under MicroPython): the two prefix levels, the level count and the kind tuples are written where used.
 _HEX = "0123456789abcdef"
 _GATEWAY_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-"
 _NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 _KINDS = (HANDSHAKE, DATA, COMMAND, VERIFIED, REKEY)
-_DIRECTED = (HANDSHAKE, REKEY)  # last level "up" or "down"
-_NAMED = (DATA, COMMAND, VERIFIED)
-_P0, _P1 = PREFIX.split("/")
-_LEVELS = 6
 
 
 def _ok(value, chars, most):
@@ -91,7 +89,7 @@ def _build(kind, gateway, device, last, wild):
         check_gateway_id(gateway)
     if not (wild and (device == ANY or device == USER)):
         check_device_id(device)
-    if kind in _DIRECTED:
+    if kind == HANDSHAKE or kind == REKEY:  # last level "up" or "down"
         if last != UP and last != DOWN:
             _bad("handshake direction" if kind == HANDSHAKE else "re-key direction", last, "'up' or 'down'")
     elif last != ANY or not wild:
@@ -127,20 +125,22 @@ def rekey_down(gateway, device):
     return _build(REKEY, gateway, device, DOWN, False)
 
 
+def _check_kind(kind):
+    if kind not in _KINDS:
+        _bad("topic kind", kind, "one of " + ", ".join(_KINDS))
+    return kind
+
+
 def topic_filter(kind, gateway=ANY, device=ANY, last=ANY):
     """A subscription filter or ACL topic: identifiers, ANY, or USER in the device's place."""
-    if kind not in _KINDS:
-        _bad("topic kind", kind, "one of hs, d, c, v, rk")
-    return _build(kind, gateway, device, last, True)
+    return _build(_check_kind(kind), gateway, device, last, True)
 
 
 def every(kind=None):
     """The multi-level filter of one kind (``diams/v1/v/#``), or of every DIAMS topic."""
     if kind is None:
         return PREFIX + "/#"
-    if kind not in _KINDS:
-        _bad("topic kind", kind, "one of hs, d, c, v, rk")
-    return PREFIX + "/" + kind + "/#"
+    return PREFIX + "/" + _check_kind(kind) + "/#"
 
 
 def parse(topic):
@@ -157,7 +157,7 @@ def parse(topic):
         except (TypeError, ValueError):
             return None
     parts = topic.split("/")
-    if len(parts) != _LEVELS or parts[0] != _P0 or parts[1] != _P1:
+    if len(parts) != 6 or parts[0] != "diams" or parts[1] != "v1":  # PREFIX, then four levels
         return None
     kind, gateway, device, last = parts[2], parts[3], parts[4], parts[5]
     if (len(device) != 16 or device.strip(_HEX) or not 0 < len(gateway) <= 32
@@ -166,6 +166,7 @@ def parse(topic):
     if kind == HANDSHAKE or kind == REKEY:
         if last != UP and last != DOWN:
             return None
-    elif kind not in _NAMED or not 0 < len(last) <= 64 or last.strip(_NAME_CHARS):
+    elif (kind != DATA and kind != COMMAND and kind != VERIFIED) or not 0 < len(last) <= 64 \
+            or last.strip(_NAME_CHARS):
         return None
     return kind, gateway, device, last

@@ -14,13 +14,9 @@
 # ends; K_dg lives only inside the role (as K_otp/K_mac). Waiting is select.poll on the MQTT socket,
 # so the board sleeps instead of spinning. The subscription callback only queues (topic, message):
 # umqtt can deliver a message while it waits for a PUBACK or SUBACK, so nothing protocol-related
-# runs inside it. MQTT over TLS (``tls_ca``: the CA certificate that signed the broker's, PEM or DER):
-# MicroPython's ``ssl`` (mbedTLS) verifies the broker's certificate and its name (the ``server``
-# given, host name or IP address); umqtt.simple 1.3.4 wraps its socket with ``import ussl``, a name
-# MicroPython >= 1.23 no longer has, so the agent registers a small ``ussl`` of its own there (newer
-# umqtt takes the object as its ``ssl=`` argument directly).
+# runs inside it. MQTT over TLS (``tls_ca``) and re-keying (``rekey_files``) live in tls.py and
+# rekey.py, imported only when used: a device that uses neither keeps neither in its heap.
 import os
-import sys
 import time
 
 try:
@@ -34,53 +30,7 @@ from device_agent.core import keys, policy, topics, wire
 from device_agent.core.device import DeviceRole
 from device_agent.core.events import Authenticated, Rejected
 
-
-def _now():
-    return time.time()
-
-
-def _der(ca):
-    """A CA certificate as DER bytes (mbedTLS here does not take the PEM text)."""
-    if ca[:10] == b"-----BEGIN":
-        from binascii import a2b_base64
-        ca = a2b_base64(b"".join(line for line in ca.split(b"\n") if line and line[:5] != b"-----"))
-    return ca
-
-
-class _Tls:
-    """``wrap_socket`` with a context that requires the broker's certificate to chain to ``ca`` and to
-    name the server: umqtt.simple 1.3.4's ``ussl``, and newer umqtt's ``ssl=`` argument."""
-
-    def __init__(self, ca):
-        import ssl
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        self.ctx.verify_mode = ssl.CERT_REQUIRED
-        self.ctx.load_verify_locations(cadata=_der(ca))
-
-    def wrap_socket(self, sock, server_hostname=None, **_):
-        if not server_hostname:
-            raise ValueError("TLS needs the server's name to verify it")
-        return self.ctx.wrap_socket(sock, server_hostname=server_hostname)
-
-
-def _tls_for(ca):
-    """(ssl, ssl_params) for umqtt: verification of the broker's certificate against ``ca``."""
-    try:
-        import ussl  # an older port: umqtt's own import, given the CA and the name in ssl_params
-        tls = True
-        del ussl
-    except ImportError:
-        tls = _Tls(ca)
-        sys.modules["ussl"] = tls
-    return tls, {"server_hostname": None, "cert_reqs": 2, "cadata": _der(ca)}  # 2: CERT_REQUIRED
-
-
-def _read(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
+_now = time.time
 
 
 class Agent:
@@ -94,10 +44,17 @@ class Agent:
         self.dhex = device_id.hex()
         self._secret = secret
         self._fw = firmware_hash
-        names = [g.decode() if isinstance(g, bytes) else g for g in gateways]
+        names = []  # a loop, not a comprehension: each comprehension is one more function in RAM
+        for g in gateways:
+            names.append(g.decode() if isinstance(g, bytes) else g)
         self.state_path = state_path
+        try:
+            with open(state_path) as f:
+                state = f.read()
+        except OSError:
+            state = None
         self.policy = policy.AgentPolicy(
-            names, os.urandom, state=_read(state_path), epoch=epoch, answer_timeout=answer_ms / 1000,
+            names, os.urandom, state=state, epoch=epoch, answer_timeout=answer_ms / 1000,
             reauth_margin=reauth_margin, backoff_base=backoff_base_ms / 1000,
             backoff_cap=backoff_cap_ms / 1000, reconnect_base=reconnect_base_ms / 1000, block=block,
             min_reauth=min_reauth)
@@ -118,18 +75,20 @@ class Agent:
             self._down[topics.handshake_down(g, self.dhex).encode()] = g
             if rekey_files:
                 self._rk[topics.rekey_down(g, self.dhex).encode()] = g
-        tls, tls_params = (False, {}) if tls_ca is None else _tls_for(tls_ca)
-        self._tls = bool(tls_params)
-        if tls_params:
-            tls_params["server_hostname"] = server
-        self.client = MQTTClient(self.dhex, server, port, user=self.dhex,
-                                 password=keys.broker_password(secret, device_id), keepalive=keepalive,
-                                 ssl=tls, ssl_params=tls_params)
+        tls, tls_params = False, {}
+        if tls_ca is not None:
+            from device_agent.micropython.tls import for_umqtt
+
+            tls, tls_params = for_umqtt(tls_ca, server)
+        self._tls = tls_ca is not None
+        self.client = MQTTClient(self.dhex, server, port, user=self.dhex, password=None, keepalive=keepalive,
+                                 ssl=tls, ssl_params=tls_params)  # P_e is set at each dial
         self.client.set_callback(self._queue)
         self._inbox = []
         self._poller = None
         self._role = None
         self._dial = False
+        self._refused = False  # the link closes after a refused login the policy was told of
         self.session = None
         self.gateway = None
         self.last_refusal = None  # the last REJECT reason (printed when it happens)
@@ -143,15 +102,28 @@ class Agent:
         self._inbox.append((topic, msg))
 
     def connect(self):
-        try:
-            self.client.connect()
-        except OSError:
-            raise
-        except Exception as exc:  # umqtt raises MQTTException(rc) when the broker refuses the login
-            if self._tls and isinstance(exc, ValueError):  # mbedTLS: the certificate did not verify
-                raise OSError("TLS: %s" % (str(exc).strip(),)) from None
-            self._do(self.policy.login_refused(_now()))
-            raise OSError("broker refused the login: %r" % (exc,)) from None
+        """Dial and log in with P of the policy's login epoch; a refused login tries the next epochs
+        at once while the policy's probe lasts (PROTOCOL.md 3.4), then raises OSError."""
+        while True:
+            self.client.pswd = keys.broker_password(self._secret, self.device_id, self.policy.login_epoch)
+            try:
+                self.client.connect()
+                break
+            except OSError:
+                raise
+            except Exception as exc:  # umqtt raises MQTTException(rc) when the broker refuses the login
+                if self._tls and isinstance(exc, ValueError):  # mbedTLS: the certificate did not verify
+                    raise OSError("TLS: %s" % (str(exc).strip(),)) from None
+                try:
+                    self.client.sock.close()
+                except (OSError, AttributeError):
+                    pass
+                self._dial = False
+                self._do(self.policy.login_refused(_now()))
+                if not self._dial:  # the probe is over: the policy dials again after a backoff
+                    self._refused = True
+                    raise OSError("broker refused the login: %r" % (exc,)) from None
+                self._dial = False
         try:  # Nagle + delayed ACK would add ~40 ms to every handshake step
             self.client.sock.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY (same numbers on lwIP)
         except (OSError, AttributeError, TypeError):
@@ -165,11 +137,6 @@ class Agent:
         self._poller.register(self.client.sock, select.POLLIN)
         self._do(self.policy.connected(_now()))
 
-    def _wait(self, ms):
-        """Block up to ``ms`` for one MQTT packet; queued messages land in the inbox."""
-        if self._poller.poll(ms):
-            self.client.wait_msg()
-
     def _close(self):
         self._poller = None
         self._role = None
@@ -177,7 +144,10 @@ class Agent:
             self.client.sock.close()
         except (OSError, AttributeError) as exc:  # already gone
             print("diams: close:", exc)
-        self._do(self.policy.disconnected(_now()))
+        if self._refused:
+            self._refused = False
+        else:
+            self._do(self.policy.disconnected(_now()))
 
     # -- the policy's actions -----------------------------------------------------------------------
 
@@ -212,11 +182,24 @@ class Agent:
                 continue
             gw = self._rk.get(topic)
             if gw is not None:
-                self._rekey(gw, msg)
+                from device_agent.micropython.rekey import on_message
+
+                on_message(self, gw, msg)
                 continue
             t = topics.parse(topic)
-            if t is not None and t[0] == topics.COMMAND and t[1] == self.gateway and t[2] == self.dhex:
-                self._command(t[3], msg)
+            s = self.session
+            if s is None or t is None or t[0] != topics.COMMAND or t[1] != self.gateway or t[2] != self.dhex:
+                continue
+            name = t[3]
+            payload, _ = s.open(name.encode(), msg, _now())
+            if payload is None:
+                self.stats["commands_dropped"] += 1
+                continue
+            self.stats["commands_ok"] += 1
+            if name == "reauth":
+                self._do(self.policy.reauth(_now()))
+            elif self.on_command:
+                self.on_command(name, payload)
 
     def _handshake(self, gw, msg):
         if wire.no_session_signal(msg):  # the gateway lost our session: at most one handshake follows
@@ -242,43 +225,6 @@ class Agent:
                 print("diams: refused by", gw, "at epoch", a[1], ":", ev.reason)
             self._do(self.policy.rejected(gw, ev.reason, ev.epoch, now))
 
-    def _rekey(self, gw, msg):
-        from device_agent.core.rekey import RekeyError
-
-        if self._rekeyer is None:
-            from device_agent.micropython.rekey import Responder
-
-            self._rekeyer = Responder(self.device_id, self._rekey_files[0], self._rekey_files[1])
-        try:
-            reply, new_secret = self._rekeyer.message(self._secret, msg)
-        except (RekeyError, OSError) as exc:
-            reason = getattr(exc, "reason", "no_device_key")
-            key = "rekey_refused_" + reason
-            self.stats[key] = self.stats.get(key, 0) + 1
-            print("diams: re-key via", gw, "refused:", reason)
-            return
-        if reply is not None:
-            self.client.publish(topics.rekey_up(gw, self.dhex), reply)
-        if new_secret is not None:
-            self._secret = new_secret
-            self.client.pswd = keys.broker_password(new_secret, self.device_id)  # the next logins
-            self.stats["rekeyed"] = self.stats.get("rekeyed", 0) + 1
-            print("diams: re-keyed via", gw, "- the new owner authorizes gateways next")
-            self._do(self.policy.reauth(_now()))
-
-    def _command(self, name, msg):
-        if self.session is None:
-            return
-        payload, _ = self.session.open(name.encode(), msg, _now())
-        if payload is None:
-            self.stats["commands_dropped"] += 1
-            return
-        self.stats["commands_ok"] += 1
-        if name == "reauth":
-            self._do(self.policy.reauth(_now()))
-        elif self.on_command:
-            self.on_command(name, payload)
-
     def _failures(self):
         n = 0
         for k in self.stats:
@@ -300,9 +246,7 @@ class Agent:
                 return False
             wake = p.wake_at()
             ms = 1000 if wake is None else int((wake - _now()) * 1000) + 1
-            self._wait(min(max(ms, 0), 1000))
-            self._handle()
-            self._do(p.tick(_now()))
+            self.poll(min(max(ms, 0), 1000))
         return True
 
     def no_session(self, gateway):
@@ -318,8 +262,10 @@ class Agent:
         return True
 
     def poll(self, ms=0):
-        """Wait up to ``ms`` for messages and handle them (handshakes, commands); then the policy."""
-        self._wait(ms)
+        """Wait up to ``ms`` for an MQTT packet (queued messages land in the inbox) and handle them
+        (handshakes, commands); then the policy."""
+        if self._poller.poll(ms):
+            self.client.wait_msg()
         self._handle()
         self._do(self.policy.tick(_now()))
 

@@ -30,6 +30,8 @@ package(
         "core/x25519.py",
         "micropython/__init__.py",
         "micropython/agent.py",
+        # MQTT over TLS: imported only when the agent is given tls_ca
+        "micropython/tls.py",
         "micropython/rekey.py",
     ),
     base_path="../..",

@@ -6,11 +6,13 @@
 # arrives on the device's re-key down topics, given rekey_files) or any line channel (run(): the console
 # or a serial line the new owner's tool talks to: hex lines, INIT in, REPLY out, CONFIRM in).
 #
-# Loaded only when re-keying, never by agent.py: it is not part of the handshake's flash or heap
-# budget (bench/bench_rekey.py measures it). The static private key is a hex file made once at
-# manufacture (make_device_key); S is replaced by S' (temp file + rename) only after the owner's
-# CONFIRM verifies, so a failed or interrupted exchange leaves S as it was.
+# Loaded only when re-keying (agent.py imports it when the first re-key message arrives): it is not
+# part of the handshake's flash or heap budget (bench/bench_rekey.py measures it). The static private
+# key is a hex file made once at manufacture (make_device_key); S is replaced by S' (temp file +
+# rename) only after the owner's CONFIRM verifies, so a failed or interrupted exchange leaves S as it
+# was.
 import os
+import time
 
 from device_agent.core import rekey
 from device_agent.core.x25519 import public_key, x25519
@@ -82,3 +84,29 @@ class Responder:
             _write_hex(self.key_path, new_secret)
             return None, new_secret
         raise rekey.RekeyError("bad_message")
+
+
+def on_message(agent, gateway, payload):
+    """What agent.py hands over from its re-key down topic of ``gateway`` (given ``rekey_files``): the
+    exchange runs in a Responder kept on the agent; after the CONFIRM the agent logs in, and
+    authenticates, with S' (the new owner authorizes gateways next)."""
+    from device_agent.core import topics
+
+    if agent._rekeyer is None:
+        agent._rekeyer = Responder(agent.device_id, agent._rekey_files[0], agent._rekey_files[1])
+    stats = agent.stats
+    try:
+        reply, new_secret = agent._rekeyer.message(agent._secret, payload)
+    except (rekey.RekeyError, OSError) as exc:
+        reason = getattr(exc, "reason", "no_device_key")
+        key = "rekey_refused_" + reason
+        stats[key] = stats.get(key, 0) + 1
+        print("diams: re-key via", gateway, "refused:", reason)
+        return
+    if reply is not None:
+        agent.client.publish(topics.rekey_up(gateway, agent.dhex), reply)
+    if new_secret is not None:
+        agent._secret = new_secret  # the next logins' P_e derive from S' (agent.connect)
+        stats["rekeyed"] = stats.get("rekeyed", 0) + 1
+        print("diams: re-keyed via", gateway, "- the new owner authorizes gateways next")
+        agent._do(agent.policy.reauth(time.time()))

@@ -32,14 +32,16 @@ def umqtt_available(fetch: bool = True) -> bool:
 
 
 def compile_agent(dest: Path) -> int:
-    """What a board runs, compiled by mpy-cross into ``dest``: the core's agent modules, the agent and
-    umqtt.simple (a board freezes them, see manifest.py) -> the agent's own .mpy bytes."""
+    """What a board runs, compiled by mpy-cross into ``dest``: the core's agent modules, the agent (with
+    its TLS module, imported only given tls_ca) and umqtt.simple (a board freezes them, see manifest.py)
+    -> the agent's own .mpy bytes."""
     assert runner.MPY_CROSS, "mpy-cross is not installed"
     runner.compile_modules(dest, runner.AGENT_MODULES)
     (dest / "device_agent" / "micropython").mkdir(parents=True, exist_ok=True)
     (dest / "umqtt").mkdir(exist_ok=True)
     for name, src in (("device_agent/micropython/__init__", REPO / "device_agent/micropython/__init__.py"),
                       ("device_agent/micropython/agent", REPO / "device_agent/micropython/agent.py"),
+                      ("device_agent/micropython/tls", REPO / "device_agent/micropython/tls.py"),
                       ("umqtt/simple", VENDOR / "umqtt" / "simple.py")):
         subprocess.run([runner.MPY_CROSS, "-s", f"{name}.py", "-o", str(dest / f"{name}.mpy"), str(src)],
                        check=True, timeout=60, capture_output=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import operations as ops
+from ..audit_trail import anchor_records, records
 from ..csv_import import read_rows, register_rows
 from ..errors import LedgerError
 from ..firmware import reseal
@@ -190,8 +191,6 @@ class ConsoleService:
         ]
 
     def _audit_records(self, path: Path) -> list[dict[str, Any]]:
-        from gateway.audit import records
-
         try:
             st = path.stat()
         except OSError:
@@ -245,14 +244,10 @@ class ConsoleService:
         }
 
     def anchors(self) -> list[dict[str, Any]]:
-        from gateway.audit import anchor_records
-
         return [{**a, "log": path.name} for path in self.audit_logs for a in anchor_records(path)]
 
     async def check_inclusion(self, log_name: str, seq: int) -> dict[str, Any]:
         """Is audit record `seq` of `log_name` included under a Merkle root anchored on chain?"""
-        from gateway.audit import anchor_records
-
         path = next((p for p in self.audit_logs if p.name == log_name), None)
         if path is None:
             raise ValueError(f"no audit log named {log_name}")

@@ -176,7 +176,8 @@ async def test_firmware_update_on_both_agents(tmp_path: Path, caplog: pytest.Log
             assert "gw-a" in summary and "gw-b" in summary
             assert pi.secret.hex() not in summary
             assert await eventually(lambda: served_at(1)), "the gateways never took the new keys"
-            await asyncio.sleep(0.6)
+            for d in (pi, mpy):  # their broker accounts are live again (a batched reload): no fixed wait
+                await waiting.enrolled_at_broker(s.enforcer, d.device_id.hex())
             # running it again finds nothing to do
             again = await reseal_cli(node.url, channel, keystore, passfile, pi.prov.owner_file)
             assert "re-sealed 0 keys" in again and "2 already current" in again, again

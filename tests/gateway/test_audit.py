@@ -4,12 +4,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from gateway.audit import AuditError, AuditLog, batch_root, records, verify_file
 from ledger_bridge.merkle import inclusion_proof, leaf_hash, merkle_root, verify_inclusion
+from tests.waiting import wait_until
 
 
 def test_chain_verifies_and_reopens(tmp_path):
@@ -75,7 +75,9 @@ def test_kill_9_keeps_a_verifiable_chain(tmp_path):
     for _ in range(3):
         with subprocess.Popen([sys.executable, "-c", code, str(p)], stdout=subprocess.PIPE) as proc:
             assert proc.stdout.readline() == b"ready\n"
-            time.sleep(0.2)
+            # the crash point: mid-stream, once it has appended some records (the file grows by more)
+            size = p.stat().st_size if p.exists() else 0
+            wait_until(lambda: p.stat().st_size > size + 4096, 10, "records appended")
             proc.kill()
         log = AuditLog(p)  # recovers the torn tail if any
         n = log.seq

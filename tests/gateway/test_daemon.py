@@ -8,26 +8,11 @@ import os
 import pytest
 
 from device_agent.core import events, topics
-from gateway.mqtt import MqttClient, MqttConnectError
+from gateway.mqtt import MqttConnectError
 from tests.gateway.stack import site, start_gateway, stop_gateway
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
-
-
-async def _verified_listener(port: int, gw) -> tuple[MqttClient, list]:
-    """Applications read verified data; the test listens with the gateway's own account."""
-    got: list = []
-    c = await MqttClient.connect(
-        "127.0.0.1",
-        port,
-        client_id="gateway-gw-a.1",
-        username="gateway-gw-a.1",
-        password=gw._broker_password,
-        on_message=lambda t, p: got.append((t, p)),
-    )
-    await c.subscribe([(topics.every(topics.VERIFIED), 1)])
-    return c, got
 
 
 async def test_handshake_data_and_policy(tmp_path):
@@ -37,7 +22,7 @@ async def test_handshake_data_and_policy(tmp_path):
         await dev.connect()
         result = await dev.authenticate()
         assert isinstance(result, events.Authenticated), result
-        listener, got = await _verified_listener(s.broker.port, gw)
+        listener, got = await s.listener()
         dev.send_data("telemetry", b'{"t": 21.5}')
         dev.send_data("telemetry", b'{"t": 21.6}')
         ok = await eventually(lambda: len(got) == 2)

@@ -12,7 +12,7 @@ from device_agent.core import events, topics
 from gateway.mqtt import MqttConnectError
 from ledger_bridge.enrollment import sealed_grants
 from ledger_bridge.index import onchain_gateway_id
-from tests.gateway.helpers import eventually, verified_listener
+from tests.gateway.helpers import eventually
 from tests.gateway.stack import site
 from tests.waiting import enrolled_at_broker
 
@@ -26,7 +26,7 @@ async def test_suspension_cuts_a_live_session_and_reactivation_restores_it(tmp_p
         did = dev.device_id
         await dev.connect()
         assert isinstance(await dev.authenticate(), events.Authenticated)
-        listener, got = await verified_listener(s.broker.port, gw)
+        listener, got = await s.listener()
         dev.send_data("telemetry", b"before")
         assert await eventually(lambda: len(got) == 1)
         late = dev.session.seal(b"telemetry", b"after")  # sealed under the live session
@@ -72,14 +72,17 @@ async def test_deauthorizing_a_gateway_bumps_the_epoch_for_every_gateway(tmp_pat
         assert await eventually(lambda: did in a.devices.entries)
         assert a.devices.entries[did].epoch == 1 and did not in b.devices.entries
         await enrolled_at_broker(s.enforcer, dev.hex)
+        # the device still holds epoch 0: P_0 is refused at the broker, P_1 (probed at once) is taken,
+        # and its HELLO goes under epoch 1; epoch 1 is committed by that handshake only
         await dev.connect(timeout=3)
-        stale = await dev.authenticate()  # the device still holds epoch 0: refused with the hint
-        assert isinstance(stale, events.Rejected) and stale.reason == "stale_epoch", stale
+        assert dev.epoch == 0 and dev.policy.login_epoch == 1
+        assert isinstance(await dev.authenticate(), events.Authenticated)
+        assert dev.epoch == 1 and dev.hellos[-1][0] == 1
         await dev.close()
         renewed = s.sim(0, epoch=1, counter=dev.counter)
         await renewed.connect()
         assert isinstance(await renewed.authenticate(), events.Authenticated)
-        assert a.counters.floor(did, 1) == renewed.counter  # counters start afresh per epoch
+        assert a.counters.floor(did, 1) == renewed.counter
         old_gw = s.sim(0, gateway_id="gw-b", epoch=1, counter=5)
         await renewed.close()
         await old_gw.connect()

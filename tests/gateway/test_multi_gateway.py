@@ -10,7 +10,7 @@ import pytest
 
 from device_agent.core import events
 from firmware_sim.device import SimDevice
-from tests.gateway.helpers import eventually, verified_listener
+from tests.gateway.helpers import eventually
 from tests.gateway.stack import Site, site
 
 pytestmark = pytest.mark.asyncio
@@ -38,8 +38,12 @@ async def test_three_gateways_one_crashes_and_its_devices_fail_over(tmp_path):
             assert s.gateways[gid].metrics.get("authenticated") == 3
         # the fleet re-authenticates, and gw-b crashes in the middle of it: its socket drops as a dead
         # process's would (no DISCONNECT) and its tasks die without a graceful close
+        gw_b = s.gateways["gw-b"]
         round2 = asyncio.gather(*(d.authenticate(timeout=2.0) for d in devs))
-        await asyncio.sleep(0.005)
+        # the crash point: the round has reached gw-b (a handshake pending there, or already done)
+        assert await eventually(
+            lambda: gw_b.devices.role.pending > 0 or gw_b.metrics.get("authenticated") > 3, 5, interval=0
+        )
         crashed, task = s.gateways.pop("gw-b"), s.tasks.pop("gw-b")
         assert crashed.mqtt is not None
         crashed.mqtt.abort()
@@ -59,7 +63,7 @@ async def test_three_gateways_one_crashes_and_its_devices_fail_over(tmp_path):
                 devs[i] = dev
                 assert dev.gateway_id == "gw-c" and dev.counter == 1  # a fresh counter for the new pair
             # every device is served again: data from all nine is verified and republished
-            listener, got = await verified_listener(s.broker.port, s.gateways["gw-a"])
+            listener, got = await s.listener("gw-a")
             for d in devs:
                 d.send_data("telemetry", d.hex.encode())
             assert await eventually(lambda: len(got) == n), [t for t, _ in got]

@@ -12,9 +12,9 @@ import pytest
 
 from device_agent.core import events
 from firmware_sim.device import SimDevice
-from gateway.mqtt import MqttConnectError
 from gateway.settings import ProtocolSettings
-from tests.gateway.helpers import eventually, verified_listener
+from tests import waiting
+from tests.gateway.helpers import eventually
 from tests.gateway.stack import site, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.asyncio
@@ -43,20 +43,21 @@ async def test_every_streaming_device_regains_a_session_after_a_gateway_restart(
         devs = [s.sim(i) for i in range(N)]
         for d in devs:
             # The policy ignores the (unauthenticated) signal within min_reauth (10 s) of a success, so a
-            # forged one cannot keep a device handshaking; a restart seconds after the devices
-            # authenticated is that case, so the test shortens the guard instead of waiting 10 s.
-            d.policy.min_reauth = 1.0
+            # forged one cannot keep a device handshaking (tests/core/test_policy.py); a restart seconds
+            # after the devices authenticated is that case, so the test lifts the guard instead of
+            # waiting it out.
+            d.policy.min_reauth = 0.0
             await d.connect()
-        listener, got = await verified_listener(s.broker.port, gw)
+        listener, got = await s.listener()
         stop = asyncio.Event()
         sent: dict[bytes, list[int]] = {d.device_id: [] for d in devs}
         tasks = [asyncio.create_task(_stream(d, sent[d.device_id], stop)) for d in devs]
         try:
             assert await eventually(lambda: len({p.split()[0] for _, p in got}) == N, 20)
-            await asyncio.sleep(1.0)  # past the devices' min_reauth guard (1 s, above): the policy's time
             enforcer = gw._enforcer
             await stop_gateway(s, "gw-a")
-            await asyncio.sleep(0.5)  # data sent meanwhile reach no gateway at all
+            down = {d: len(sent[d]) for d in sent}  # data sent meanwhile reach no gateway at all
+            assert await eventually(lambda: all(len(sent[d]) > down[d] for d in sent), 10)
             gw = await start_gateway(s, "gw-a", tmp_path, enforcer=enforcer)
             mark = len(got)
             assert await eventually(lambda: len({p.split()[0] for _, p in got[mark:]}) == N, 20), (
@@ -84,9 +85,9 @@ async def test_a_device_regains_a_session_when_its_clone_quarantine_is_lifted(tm
     async with site(tmp_path, n_devices=1, gateway_settings=FAST_PROBES) as s:
         gw = s.gateways["gw-a"]
         original, clone = s.sim(0), s.sim(0)  # the same identity and the same counter state
-        original.policy.min_reauth = 1.0  # see the restart test: the lift comes seconds after the success
+        original.policy.min_reauth = 0.0  # see the restart test: the lift comes seconds after the success
         did = original.device_id
-        listener, got = await verified_listener(s.broker.port, gw)
+        listener, got = await s.listener()
         await original.connect()
         for _ in range(2):
             assert isinstance(await original.authenticate(), events.Authenticated)
@@ -102,12 +103,8 @@ async def test_a_device_regains_a_session_when_its_clone_quarantine_is_lifted(tm
         assert await eventually(lambda: did not in gw.devices.entries)
         await s.actors["owner"].activate(did)
         assert await eventually(lambda: did in gw.devices.entries and gw.devices.entries[did].active)
-        for _ in range(100):
-            try:
-                await original.connect(timeout=3)
-                break
-            except MqttConnectError:
-                await asyncio.sleep(0.1)
+        await waiting.enrolled_at_broker(s.enforcer, original.hex)  # its broker account is back, live
+        await original.connect(timeout=3)
         assert original.session is not None, "the device still believes in its old session"
         signals_before = gw.metrics.get("no_session_signals")
         lifted_at = time.monotonic()
@@ -118,16 +115,21 @@ async def test_a_device_regains_a_session_when_its_clone_quarantine_is_lifted(tm
         try:
             assert await eventually(lambda: len(got) > mark, 15), dict(gw.metrics.counters)
             recovered_s = time.monotonic() - lifted_at
-            await asyncio.sleep(1.0)  # and it goes on streaming under the new session
+            # and it goes on streaming under the new session
+            assert await eventually(lambda: len(got) > mark + 10, 15), dict(gw.metrics.counters)
         finally:
             stop.set()
             await task
-        await asyncio.sleep(0.5)
-        verified = sum(1 for _, p in got[mark:] if p.startswith(original.hex.encode()))
+
+        def verified() -> int:
+            return sum(1 for _, p in got[mark:] if p.startswith(original.hex.encode()))
+
+        await eventually(lambda: verified() == len(sent), 2)  # the last ones in flight (some are lost)
+        verified_n = verified()
         assert original.stats.no_session_signals >= 1, "told, not left to time out"
         assert gw.metrics.get("no_session_signals") > signals_before
         assert original.stats.authenticated >= 3
-        print(f"after the lift: data verified again in {recovered_s:.1f} s; lost {len(sent) - verified} "
+        print(f"after the lift: data verified again in {recovered_s:.1f} s; lost {len(sent) - verified_n} "
               f"of {len(sent)} messages")
         await listener.close()
         await original.close()

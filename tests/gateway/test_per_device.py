@@ -7,7 +7,7 @@ import pytest
 
 from device_agent.core import events, topics
 from tests.broker.clients import Probe
-from tests.gateway.helpers import eventually, verified_listener
+from tests.gateway.helpers import eventually
 from tests.gateway.stack import site
 
 pytestmark = pytest.mark.asyncio
@@ -22,14 +22,14 @@ async def test_per_device_rights_follow_the_session(tmp_path) -> None:
         hex_id = ident.device_id.hex()
         data_topic = str(topics.data("gw-a", hex_id, "telemetry"))
         # before authenticating: the broker refuses the device's data (an attacker holding only P)
-        raw = Probe(s.broker, hex_id, ident.broker_password())
+        raw = Probe(s.broker, hex_id, ident.broker_password(0))
         assert raw.connect() == 0
         assert raw.publish(data_topic, b"early").value == NOT_AUTHORIZED
         raw.close()
 
         dev = s.sim(0)
         await dev.connect()
-        listener, got = await verified_listener(s.broker.port, gw)
+        listener, got = await s.listener()
         assert isinstance(await dev.authenticate(), events.Authenticated)
         assert gw._enforcer.state_of(hex_id) == "granted" and gw.metrics.get("grants") == 1
         dev.send_data("telemetry", b"right after the RESULT")
@@ -41,7 +41,7 @@ async def test_per_device_rights_follow_the_session(tmp_path) -> None:
         assert await eventually(lambda: gw.metrics.get("demotes") == 1, 5)
         assert gw._enforcer.state_of(hex_id) == "enrolled"
         await dev.close()
-        raw = Probe(s.broker, hex_id, ident.broker_password())
+        raw = Probe(s.broker, hex_id, ident.broker_password(0))
         assert raw.connect() == 0
         assert raw.publish(data_topic, b"late").value == NOT_AUTHORIZED
         raw.close()

@@ -10,7 +10,7 @@ import pytest
 
 from device_agent.core import events
 from gateway.mqtt import MqttConnectError
-from tests.gateway.helpers import eventually, verified_listener
+from tests.gateway.helpers import eventually
 from tests.gateway.stack import site
 
 pytestmark = pytest.mark.asyncio
@@ -24,7 +24,7 @@ async def test_gateway_and_devices_over_tls(tmp_path) -> None:
         await dev.connect()
         assert isinstance(await dev.authenticate(), events.Authenticated)
         listener_tls = ssl.create_default_context(cafile=str(s.tls_ca))
-        listener, got = await verified_listener(s.broker.port, gw, tls=listener_tls)
+        listener, got = await s.listener(tls=listener_tls)
         dev.send_data("telemetry", b"over tls")
         assert await eventually(lambda: [p for _, p in got] == [b"over tls"], 5)
         # the enforcer's reload proof runs over TLS too: a revocation cuts the device off

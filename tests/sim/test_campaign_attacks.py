@@ -139,3 +139,33 @@ async def test_the_counters_a_device_sent_are_those_the_gateway_audited_also_aft
             if r["event"] == "authenticated"
         ]
     assert dev.hellos == audited and len(audited) == 3
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kill_at", ["after_init", "after_reply", "after_confirm"])
+async def test_a_device_killed_mid_rekey_is_never_locked_out_and_the_previous_owner_gets_nothing(
+    tmp_path, kill_at
+) -> None:
+    """The campaign's mid-re-key kill on a real chain (eth-tester) with the real device console
+    (``diams-agent rekey``): whatever the moment, the new owner's retry ends with the device and the
+    owner holding one new secret, confirmed on chain, and the previous owner's INIT refused."""
+    import random
+
+    from firmware_sim.campaign_attacks import mid_rekey
+    from firmware_sim.site import SitePlan, enroll
+    from ledger_bridge import EthereumTesterBackend, Ledger
+
+    plan = SitePlan(devices=0)
+    async with Ledger(backend=EthereumTesterBackend()) as ledger:
+        site = await enroll(ledger, plan, key_dir=tmp_path)
+        outcome = await mid_rekey(
+            random.Random(1),
+            ledger=ledger,
+            manufacturer=site.actors["manufacturer"],
+            owner=site.actors["owner"],
+            gateway=site.gateway_keys["gw-a"],
+            policy_id=plan.policy_id,
+            work=tmp_path / "rekey",
+            kill_at=kill_at,
+        )
+    assert outcome.held, outcome.detail

@@ -3,7 +3,10 @@ needed: what it would send is checked, not sent)."""
 
 from __future__ import annotations
 
+import pytest
+
 from firmware_sim.device import SimDevice
+from gateway.mqtt import MqttConnectionLost
 from ledger_bridge.enrollment import ProvisionedDevice
 
 
@@ -34,3 +37,24 @@ def test_a_gateway_without_a_session_starts_at_most_one_handshake() -> None:
     clock[0] = 60.0
     assert dev.no_session() and not dev.no_session()
     assert dev._next_hello(60.0) == ("gw-a", 0, 2)  # the handshake the signal started
+
+
+class _BrokenLink:
+    """A client whose link broke under the device (what a kill mid-handshake leaves behind)."""
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+        raise MqttConnectionLost("connection lost")
+
+
+@pytest.mark.asyncio
+async def test_a_link_broken_under_a_handshake_does_not_leave_the_policy_waiting_for_ever() -> None:
+    """Found by the campaign: the HELLO's publish failed, the policy's attempt stayed in flight (the
+    simulator's answer timeout is the caller's), and the device never started a handshake again."""
+    clock = [0.0]
+    dev = _device(clock)
+    dev.client = _BrokenLink()  # type: ignore[assignment]
+    with pytest.raises(MqttConnectionLost):
+        await dev.authenticate(timeout=1.0)
+    assert dev.policy.attempt is None and not dev.policy.online
+    clock[0] = 1.0
+    assert dev._next_hello(1.0) == ("gw-a", 0, 2)  # at once, once connected again
