@@ -372,3 +372,107 @@ async def test_the_broker_gives_the_rekey_topics_to_the_device_and_its_gateway_o
             c.disconnect()
             c.loop_stop()
             c._reset_sockets()
+
+
+NOT_AUTHORIZED = 135
+NO_SUBSCRIBERS = 16  # accepted, nobody listening
+
+
+@pytest.mark.parametrize("rights", ["patterns", "per_device"])
+async def test_in_the_rekey_window_the_device_reaches_its_rekey_topics_with_one_gateway_only(rights: str) -> None:
+    """The REKEYING account (EnrollRekey) on the real Mosquitto: a login with P from S reaches the device's
+    two re-key topics with the gateway named to carry the re-key, and no handshake, data, command or other
+    gateway's re-key topic; it cannot be granted data; the ordinary enrolment replaces it."""
+    require(mosquitto_binary() is not None, "mosquitto")
+    from gateway.broker import CutOff, EnrollRekey, Grant, UnknownDevice
+    from tests.broker.clients import Probe
+
+    async with running_enforced_broker(rights=rights) as eb:
+        d = "00000000000000d7"
+        window, later = BrokerSecret.generate(), BrokerSecret.generate()
+        other = "gw-other"
+        await eb.enforcer.apply(
+            [
+                AuthorizeGateway(gateway_id=other, secret=BrokerSecret.generate()),
+                EnrollRekey(device_id=d, gateway_id=GW, secret=window),
+            ]
+        )
+        assert eb.enforcer.state_of(d) == "rekeying"
+        gateway = Probe(eb.broker, f"gateway-{GW}", eb.gateway_secret.reveal())
+        assert gateway.connect() == 0
+        gateway.subscribe(topics.rekey_up(GW, d), topics.handshake_up(GW, d), topics.data(GW, d, "temp"))
+        device = Probe(eb.broker, d, window.reveal())
+        assert device.connect() == 0
+        device.subscribe(
+            topics.rekey_down(GW, d), topics.handshake_down(GW, d), topics.command(GW, d, "reboot"),
+            topics.rekey_down(other, d),
+        )
+        # its re-key topics with GW, both ways
+        assert device.publish(topics.rekey_up(GW, d), b"reply") == 0
+        assert gateway.publish(topics.rekey_down(GW, d), b"init") == 0
+        # nothing else: handshakes, data, commands, verified, another gateway's re-key topics
+        for topic in (
+            topics.handshake_up(GW, d),
+            topics.data(GW, d, "temp"),
+            topics.verified(GW, d, "temp"),
+            topics.rekey_up(other, d),
+            topics.handshake_up(other, d),
+        ):
+            assert device.publish(topic, b"x").value == NOT_AUTHORIZED, topic
+        gateway.publish(topics.handshake_down(GW, d), b"challenge")
+        gateway.publish(topics.command(GW, d, "reboot"), b"c")
+        assert [(m.topic, m.payload) for m in device.drain(0.5)] == [(topics.rekey_down(GW, d), b"init")]
+        assert [(m.topic, m.payload) for m in gateway.drain(0.3)] == [(topics.rekey_up(GW, d), b"reply")]
+        # no data rights while re-keying
+        with pytest.raises(UnknownDevice):
+            await eb.enforcer.apply([Grant(device_id=d, streams=frozenset({"temp"}))])
+
+        # confirmed and authorized: the ordinary account (a new password) replaces the re-key one
+        await eb.enforcer.apply([CutOff(device_id=d), Enroll(device_id=d, secret=later)])
+        assert device.disconnected.wait(5), "the re-key login is dropped"
+        device.close()
+        assert not mqtt_login(eb.broker.port, d, window.reveal())
+        device = Probe(eb.broker, d, later.reveal())
+        assert device.connect() == 0
+        assert device.publish(topics.handshake_up(GW, d), b"hello") == 0
+        assert [(m.topic, m.payload) for m in gateway.drain(0.5)] == [(topics.handshake_up(GW, d), b"hello")]
+        for probe in (device, gateway):
+            probe.close()
+
+
+async def test_the_http_rights_give_a_rekeying_device_its_rekey_topics_with_one_gateway_only() -> None:
+    """The same account on the HTTP endpoint (RabbitMQ, EMQX): the decisions of ``AccessRules``."""
+    from gateway.broker import AccessRules, EnrollRekey, Grant, HttpEnforcer, UnknownDevice
+
+    d = "00000000000000d8"
+    enforcer = HttpEnforcer(gateway_id=GW, closer=None)
+    window = BrokerSecret.generate()
+    enforcer.stage([EnrollRekey(device_id=d, gateway_id=GW, secret=window)])
+    rules: AccessRules = enforcer.rules
+    assert enforcer.state_of(d) == "rekeying"
+    assert rules.user(d, window.reveal(), d).allow
+    assert not rules.user(d, BrokerSecret.generate().reveal(), d).allow
+
+    def key(topic: str) -> str:
+        return topic.replace("/", ".")
+
+    assert rules.topic(d, key(topics.rekey_up(GW, d)), "write").allow
+    assert rules.topic(d, key(topics.rekey_down(GW, d)), "read").allow
+    assert not rules.topic(d, key(topics.rekey_up(GW, d)), "read").allow
+    for topic, permission in (
+        (topics.handshake_up(GW, d), "write"),
+        (topics.handshake_down(GW, d), "read"),
+        (topics.data(GW, d, "temp"), "write"),
+        (topics.command(GW, d, "reboot"), "read"),
+        (topics.rekey_up("gw-other", d), "write"),
+        (topics.rekey_down("gw-other", d), "read"),
+    ):
+        verdict = rules.topic(d, key(topic), permission)
+        assert not verdict.allow and verdict.reason == "rekey_only", topic
+    with pytest.raises(UnknownDevice):
+        enforcer.stage([Grant(device_id=d, streams=frozenset({"temp"}))])
+    # the ordinary enrolment replaces it, and its live connection is closed (the broker cached topics)
+    later = BrokerSecret.generate()
+    assert enforcer.stage([Enroll(device_id=d, secret=later)]) == [d]
+    assert rules.topic(d, key(topics.handshake_up(GW, d)), "write").allow
+    assert not rules.user(d, window.reveal(), d).allow
