@@ -19,6 +19,7 @@ the owner's next grant brings the ordinary account, with the password from S'.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 from collections.abc import Iterable
@@ -152,7 +153,10 @@ class DeviceTable:
             if was is not None and was.epoch == view.rekey.epoch and was.sealed == view.rekey.sealed_password:
                 return False, False
             if self._load_rekey(view):
-                return False, True
+                now = self.rekeying[did].broker_secret.reveal()
+                # named again with the same password (a new box): the live login stays as it is
+                same = was is not None and hmac.compare_digest(was.broker_secret.reveal(), now)
+                return False, not same
             return was is not None, False
         if was is not None:
             del self.rekeying[did]
