@@ -62,9 +62,11 @@ class RekeyTimeout(Exception):
     """The device did not answer in time (not connected, no device key, or it refused INIT)."""
 
 
-def window_password(secret: bytes, device_id: bytes) -> bytes:
-    """The broker password the device logs in with during the re-key window: the one it holds until
-    CONFIRM, derived from S (the device's own derivation, ``keys.broker_password``), as 16 bytes."""
+def window_password(secret: bytes, device_id: bytes, epoch: int) -> bytes:
+    """The broker password the device logs in with during the re-key window, as 16 bytes: derived from S
+    (it holds only S until CONFIRM) by the device's own derivation, ``keys.broker_password``, for the
+    chain's epoch at ``startRekey`` (the epoch the box is sealed for). The one place the owner computes it."""
+    del epoch  # P does not depend on the epoch in this version of keys.broker_password
     return bytes.fromhex(keys.broker_password(secret, device_id))
 
 
@@ -78,7 +80,7 @@ async def start_rekey(
         raise ValueError(f"gateway {gateway_id.decode(errors='replace')} was removed")
     _, epoch = await ledger.device_state(device_id)
     sealed = seal_rekey_password(
-        window_password(secret, device_id), record.x25519_public_key, device_id, gateway_id, epoch
+        window_password(secret, device_id, epoch), record.x25519_public_key, device_id, gateway_id, epoch
     )
     return await owner.start_rekey(device_id, onchain_gateway_id(gateway_id), sealed)
 

@@ -177,7 +177,8 @@ async def test_start_rekey_gives_the_named_gateway_a_rekey_only_account_until_co
     [account] = enroll
     assert isinstance(account, EnrollRekey)
     assert (account.device_id, account.gateway_id) == (did.hex(), "gw-a")
-    assert account.secret.reveal() == expected_password == window_password(secret, did).hex()
+    _, epoch = await ch.ledger.device_state(did)
+    assert account.secret.reveal() == expected_password == window_password(secret, did, epoch).hex()
     assert did not in tables[b"gw-a"].entries  # no protocol entry: it cannot authenticate here
     # a restart loads it again from the index
     again = DeviceTable(
