@@ -127,6 +127,12 @@ def seal_rekey_password(
     if len(broker_password) != BROKER_PASSWORD_LEN or len(gateway_public) != 32:
         raise ValueError("the broker password must be 16 bytes, the gateway public key 32")
     eph = X25519PrivateKey.generate()
+    return _seal_rekey_with(eph, broker_password, gateway_public, device_id, gateway_id, epoch)
+
+
+def _seal_rekey_with(eph: X25519PrivateKey, broker_password: bytes, gateway_public: bytes, device_id: bytes,
+                     gateway_id: bytes, epoch: int) -> bytes:
+    """``seal_rekey_password`` with a given ephemeral key (tests/vectors/sealing.json's ``rekey_cases``)."""
     eph_pub = public_bytes(eph.public_key())
     try:
         shared = eph.exchange(X25519PublicKey.from_public_bytes(gateway_public))
