@@ -212,3 +212,37 @@ async def test_start_rekey_gives_the_named_gateway_a_rekey_only_account_until_co
     with pytest.raises(LedgerRevert) as done:  # and it cannot be named again
         await start_rekey(ch.ledger, ch.new_owner, did, b"gw-a", secret=secret)
     assert done.value.error == "NoRekeyPending"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", ["anvil"], indirect=True)  # reorgs made with evm_snapshot / evm_revert
+async def test_an_orphaned_start_rekey_is_rolled_back_by_the_index(channel: Actors, tmp_path: Path) -> None:
+    ch = channel
+    w3 = ch.ledger.w3
+    [did, other, another] = await _registered(ch, 3, 0xB5)
+    await ch.manufacturer.register_device_key(did, os.urandom(32))
+    key = X25519PrivateKey.generate()
+    await ch.operator.register_gateway(
+        onchain_gateway_id(b"gw-a"),
+        x25519_public_key=public_bytes(key.public_key()),
+        account=ch.gateway.address,
+    )
+    await ch.owner.claim(did, claim_code(did))
+    await ch.owner.transfer(did, ch.new_owner.address)
+    await ch.new_owner.accept_transfer(did)
+    start = ch.ledger.channel.deployed_block
+    index = IdentityIndex(tmp_path / "i.sqlite", gateway_id=b"gw-a", start_block=start)
+    source = LedgerSource(ch.ledger)
+    await index.sync(source)
+    snap = w3.provider.make_request("evm_snapshot", [])["result"]
+    await start_rekey(ch.ledger, ch.new_owner, did, b"gw-a", secret=os.urandom(32))
+    await index.sync(source)
+    view = index.device(did)
+    assert view is not None and view.rekeying_here and index.rekey_ids() == [did]
+    assert w3.provider.make_request("evm_revert", [snap])["result"] is True
+    await ch.owner.claim(other, claim_code(other))  # the new branch is longer
+    await ch.owner.claim(another, claim_code(another))
+    report = await index.sync(source)
+    assert report.reorg_depth >= 1
+    view = index.device(did)
+    assert view is not None and view.rekey is None and not view.rekeying_here and index.rekey_ids() == []
