@@ -17,9 +17,10 @@ they share nothing with the gateway but the broker):
   would measure the generator. Its CPU share and its send rate are reported, so the figure says what
   flood the gateway stood.
 
-Defences at work (all default): DATA rate limit 50/s per device before the MAC, the session ended after
-1,000 refused messages, then the pre-authentication bound (``defence.preauth_*``) cuts the device off at
-the broker for a minute (``flood_preauth_bans``). Figures besides the p99: ``..._p50_...``,
+Defences at work (all default): DATA rate limit 50/s per device before the MAC; after 1,000 refused
+messages the session is ended and the broker cuts the device off for a minute (``flood_bans``); a device
+that floods without a session meets the pre-authentication bound (``defence.preauth_*``,
+``flood_preauth_bans``). Figures besides the p99: ``..._p50_...``,
 ``victim_handshake_p99_ms_no_flood`` (the same load without the flooder), ``flood_data_sent`` and
 ``flood_data_per_s``, ``flood_generator_cpu_pct`` (% of one core), ``flood_data_verified`` (each cost a
 MAC; the rest a dict look-up), ``flood_gateway_cpu_pct`` (the bench process, gateway included, during
@@ -217,6 +218,7 @@ async def _run(tmp: Path) -> dict[str, float]:
             "flood_generator_cpu_pct": round(100 * flood["cpu"] / max(flood["wall"], 1e-9), 1),
             "flood_data_verified": float(verified),
             "flood_preauth_bans": float(gw.metrics.get("preauth_bans")),
+            "flood_bans": float(gw.metrics.get("flood_bans")),
             "flood_gateway_cpu_pct": round(100 * gateway_cpu, 1),
             "flood_victims_cpu_pct": round(got["victims"]["cpu_pct"], 1),
         }

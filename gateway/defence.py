@@ -207,6 +207,15 @@ class PreAuthBan:
         self._banned_until[device_id] = now + self.ban_seconds
         return True
 
+    def ban(self, device_id: bytes, now: float) -> bool:
+        """Ban this device now, whatever its allowance (it flooded data in a session) -> True when it
+        was not banned already."""
+        if self.banned(device_id, now):
+            return False
+        self._buckets.pop(device_id, None)
+        self._banned_until[device_id] = now + self.ban_seconds
+        return True
+
     def banned(self, device_id: bytes, now: float) -> bool:
         until = self._banned_until.get(device_id)
         if until is None:

@@ -130,8 +130,10 @@ class Traffic:
 
     def subscriptions(self) -> list[tuple[str, int]]:
         g = self.gateway_id
-        return [(topics.topic_filter(topics.HANDSHAKE, g, topics.ANY, topics.UP), 1),
-                (topics.topic_filter(topics.DATA, g), 1)]
+        return [
+            (topics.topic_filter(topics.HANDSHAKE, g, topics.ANY, topics.UP), 1),
+            (topics.topic_filter(topics.DATA, g), 1),
+        ]
 
     # ---- dispatch ----
     def on_message(self, topic: bytes, payload: bytes) -> None:
@@ -303,10 +305,23 @@ class Traffic:
         if limited:
             self.metrics.inc("data_dropped", "rate_limited")
             if limited == "flooding":
+                # ``data_flood_after`` messages past its rate in one session: no honest device does that.
+                # Ending the session alone would leave it flooding until its pre-authentication
+                # allowance ran out (thousands more messages, seconds of everyone's handshakes): the
+                # broker cuts it off now, for ``defence.preauth_ban`` seconds.
                 self.drop_session(did, "flood")
                 self.data_limiter.reset(did)
-                self._audit("data_flood", device=did.hex())
-                log.warning("device %s sent data far past its rate: session ended", did.hex())
+                banned = self.preauth.ban(did, now)
+                ban = self.preauth.ban_seconds if banned else 0
+                self._audit("data_flood", device=did.hex(), ban_seconds=ban)
+                log.warning(
+                    "device %s sent data far past its rate: session ended, cut off at the broker for %.0f s",
+                    did.hex(),
+                    self.preauth.ban_seconds,
+                )
+                if banned:
+                    self.metrics.inc("flood_bans")
+                    self.bans.put_nowait(did)
             return
         data, reason = session.open(stream, payload, now)
         if reason is not None:
@@ -332,8 +347,11 @@ class Traffic:
             return
         self.metrics.inc("preauth_bans")
         self._audit("preauth_flood", device=did.hex(), ban_seconds=self.preauth.ban_seconds)
-        log.warning("device %s kept sending refused messages before authenticating: cut off at the broker "
-                    "for %.0f s", did.hex(), self.preauth.ban_seconds)
+        log.warning(
+            "device %s kept sending refused messages before authenticating: cut off at the broker for %.0f s",
+            did.hex(),
+            self.preauth.ban_seconds,
+        )
         self.bans.put_nowait(did)
 
     def _no_session(self, did: bytes) -> None:

@@ -1,15 +1,18 @@
 """Per-device rate limits on data, checked before the MAC: one authenticated device flooding valid
-DATA gets a bounded share, loses its session when it keeps on, and another device's handshake still
-goes through. (Latency under the flood is a figure: bench/bench_flood.py.)"""
+DATA gets a bounded share; when it keeps on it loses its session and is cut off at the broker for a
+while, and another device's handshake still goes through. (Latency under the flood is a figure:
+bench/bench_flood.py.)"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from device_agent.core import events
-from gateway.defence import DataLimiter
+from gateway.defence import DataLimiter, PreAuthBan
+from gateway.mqtt import MqttConnectError
 from gateway.settings import DefenceSettings
 from tests.gateway.helpers import eventually
 from tests.gateway.stack import site
@@ -31,8 +34,16 @@ async def test_the_data_bucket_refuses_past_its_rate_then_calls_a_flood() -> Non
     assert len(limiter._buckets) == 2
 
 
-async def test_a_device_flooding_valid_data_is_bounded_and_loses_its_session(tmp_path) -> None:
-    defence = DefenceSettings(data_rate=20.0, data_burst=50, data_flood_after=300)
+async def test_a_flooding_device_is_banned_at_once_and_only_once() -> None:
+    ban = PreAuthBan(rate=10.0, burst=5, ban_seconds=2.0, max_tracked=2, now=0.0)
+    d = b"\x01" * 8
+    assert ban.ban(d, 0.0) is True and ban.banned(d, 1.0)
+    assert ban.ban(d, 1.0) is False and ban.refused(d, 1.0) is False  # one ban, one cut-off
+    assert not ban.banned(d, 2.1) and ban.refused(d, 2.1) is False  # then a fresh allowance
+
+
+async def test_a_device_flooding_valid_data_is_bounded_loses_its_session_and_is_cut_off(tmp_path) -> None:
+    defence = DefenceSettings(data_rate=20.0, data_burst=50, data_flood_after=300, preauth_ban=3.0)
     async with site(tmp_path, n_devices=2, gateway_settings={"defence": defence}) as s:
         gw = s.gateways["gw-a"]
         flooder, victim = s.sim(0), s.sim(1)
@@ -41,21 +52,34 @@ async def test_a_device_flooding_valid_data_is_bounded_and_loses_its_session(tmp
         assert isinstance(await flooder.authenticate(), events.Authenticated)
         for i in range(2_000):  # valid, sealed under the session: each would cost the gateway a MAC
             flooder.send_data("telemetry", b"%d" % i)
-        assert isinstance(await victim.authenticate(), events.Authenticated)
         m = gw.metrics
-        assert await eventually(
-            lambda: m.get("data_dropped", "rate_limited") + m.get("data_dropped", "no_session")
-            + m.get("data_verified") >= 2_000, 15
-        ), dict(m.counters)
-        verified = gw.metrics.get("data_verified")
+        assert await eventually(lambda: m.get("flood_bans") == 1, 15), dict(m.counters)
+        banned_at = time.monotonic()
+        verified = m.get("data_verified")
         assert 50 <= verified < 400, verified  # the burst, plus the rate over the seconds it took
-        assert gw.metrics.get("data_dropped", "rate_limited") >= 300
-        assert gw.metrics.get("sessions_ended", "flood") == 1 and flooder.device_id not in gw.traffic.sessions
-        assert victim.device_id in gw.traffic.sessions
-        # the flooder can authenticate again (at the handshake rate) and send at its data rate
+        assert m.get("data_dropped", "rate_limited") >= 300
+        assert m.get("sessions_ended", "flood") == 1 and flooder.device_id not in gw.traffic.sessions
+        # the session's end is not the end of the flood: the broker closes the connection at once,
+        # not after the pre-authentication allowance (thousands more messages) has run out
+        assert await eventually(lambda: flooder.client.closed.done(), 5), "the broker closed its connection"
+        assert m.get("preauth_bans") == 0
+        audit = (gw.settings.state_dir / "audit.log").read_text()
+        assert '"event":"data_flood"' in audit and '"ban_seconds":3.0' in audit
+        with pytest.raises(MqttConnectError):
+            await flooder.connect(timeout=3)
+        assert isinstance(await victim.authenticate(), events.Authenticated)
+        # after the ban, enrolled again: it authenticates (at the handshake rate) and sends at its data rate
+        for _ in range(100):
+            try:
+                await flooder.connect(timeout=3)
+                break
+            except MqttConnectError:
+                await asyncio.sleep(0.2)
+        assert time.monotonic() - banned_at >= 2.5
         assert isinstance(await flooder.authenticate(), events.Authenticated)
         flooder.send_data("telemetry", b"calm")
         assert await eventually(lambda: gw.metrics.get("data_verified") == verified + 1, 5)
+        assert m.get("flood_bans") == 1
         for d in (flooder, victim):
             await d.close()
         await asyncio.sleep(0)
