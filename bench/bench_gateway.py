@@ -419,7 +419,7 @@ async def _run() -> dict[str, float]:
         stops.append(fl_stop)
         garbage = site.devices[LEGIT : LEGIT + FLOOD_GARBAGE_DEVICES]
         accounts = [(u, site.secrets["flood"], "hello") for u in site.unknown_ids[:FLOOD_HELLO_ACCOUNTS]]
-        accounts += [(d.device_id.hex(), d.broker_password(), "garbage") for d in garbage]
+        accounts += [(d.device_id.hex(), d.broker_password(0), "garbage") for d in garbage]
         procs.append(
             _process(ctx, run_flooder, site.port, GATEWAY_ID, accounts, FLOOD_RATE, fl_ready, fl_stop, sent)
         )

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from device_agent.core import events, policy, topics, wire
 from device_agent.core.device import DeviceRole
 from device_agent.core.keys import gateway_key
-from gateway.mqtt import MqttClient
+from gateway.mqtt import MqttClient, MqttLoginRefused
 from ledger_bridge.enrollment import ProvisionedDevice
 
 
@@ -110,17 +110,26 @@ class SimDevice:
         return str(topics.handshake_down(self.gateway_id, self.hex))
 
     async def connect(self, *, timeout: float = 10.0) -> None:
-        self.client = await MqttClient.connect(
-            self.host,
-            self.port,
-            client_id=self.hex,
-            username=self.hex,
-            password=self.identity.broker_password(),
-            on_message=self._on_message,
-            keepalive=120,
-            timeout=timeout,
-            tls=self.tls,
-        )
+        """Log in with P of the policy's login epoch; a refused login tries the next epochs at once
+        while the policy's probe lasts (PROTOCOL.md 3.4), then raises ``MqttLoginRefused``."""
+        while True:
+            try:
+                self.client = await MqttClient.connect(
+                    self.host,
+                    self.port,
+                    client_id=self.hex,
+                    username=self.hex,
+                    password=self.identity.broker_password(int(self.policy.login_epoch)),
+                    on_message=self._on_message,
+                    keepalive=120,
+                    timeout=timeout,
+                    tls=self.tls,
+                )
+                break
+            except MqttLoginRefused:
+                actions = self.policy.login_refused(self._clock())
+                if not any(a[0] == policy.CONNECT for a in actions):
+                    raise
         commands = topics.topic_filter(topics.COMMAND, self.gateway_id, self.hex)
         await self.client.subscribe([(self.down, 1), (commands, 1)])
 

@@ -4,10 +4,13 @@ sd_notify and watchdog live in ``device_agent.systemd``, shared with the agent).
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -83,6 +86,47 @@ def parse_counters(text: str) -> dict[tuple[str, str], int]:
     return out
 
 
+class MalformedRequestLog(logging.Logger):
+    """aiohttp's server logger for the ops port. A request aiohttp cannot parse (any ``HttpProcessingError``:
+    bad URL, method, header, version; TLS on the plain port) is counted (``http_malformed_requests``) and
+    told in one warning line at most every ``interval`` seconds, without a traceback or the request's
+    bytes, so an unauthenticated client cannot flood the log. Any other error keeps aiohttp's message and
+    traceback, at ERROR: those are bugs."""
+
+    def __init__(self, metrics: Metrics, *, interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__("diams.gateway.ops.http")
+        self.parent = log  # what aiohttp logs otherwise reaches the gateway's handlers
+        self.metrics = metrics
+        self.interval = interval
+        self._clock = clock
+        self._quiet_until = float("-inf")
+        self._unsaid = 0
+
+    def _malformed(self, args: tuple[Any, ...], exc_info: Any) -> bool:
+        if not isinstance(exc_info, HttpProcessingError):
+            return False
+        self.metrics.inc("http_malformed_requests")
+        self._unsaid += 1
+        now = self._clock()
+        if now >= self._quiet_until:
+            remote = args[1] if len(args) > 1 else "?"
+            log.warning("ops HTTP port: malformed request from %s (%s, answered 400); %d since the last "
+                        "such line (metric diams_http_malformed_requests_total)", remote,
+                        type(exc_info).__name__, self._unsaid)
+            self._unsaid = 0
+            self._quiet_until = now + self.interval
+        return True
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        if not self._malformed((msg, *args), exc_info):
+            log.error(msg, *args, exc_info=exc_info, **kw)
+
+    def debug(self, msg: object, *args: object, **kw: Any) -> None:
+        if not self._malformed((msg, *args), kw.get("exc_info")):
+            log.debug(msg, *args, **kw)
+
+
 class HealthServer:
     """/healthz: the loop answers. /readyz: ``ready()`` returns (True, why) . /metrics: Prometheus."""
 
@@ -97,7 +141,7 @@ class HealthServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, logger=MalformedRequestLog(self.metrics))
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()

@@ -454,12 +454,17 @@ class Gateway:
         if self._enforcer is not None:
             await self._enforcer.apply(changes)
 
-    def cut_off(self, device_ids: list[bytes]) -> None:
-        """Cut devices off at the broker now (in the background)."""
+    def cut_off(self, device_ids: list[bytes], cause: str) -> None:
+        """Cut devices off at the broker now (in the background); ``cause`` labels the confirmation."""
         if self._enforcer is not None and self._tasks is not None and device_ids:
-            self._tasks.create_task(self._apply_changes(device_ids, []))
+            self._tasks.create_task(self._apply_changes(device_ids, [], cause))
 
-    async def _apply_changes(self, cut: list[bytes], enroll: list[Any]) -> None:
+    async def _apply_changes(self, cut: list[bytes], enroll: list[Any], cause: str = "ledger") -> None:
+        """``cause`` of the cut-offs: ``ledger`` (the device may no longer connect: revoked, suspended,
+        no current grant, a new epoch), ``clone`` (quarantine) or ``ban`` (pre-authentication or data flood,
+        lifted later).
+        Their confirmations are counted apart (``cut_off_confirmed{reason}``): only ``ledger`` pairs with
+        the ``cut_off`` counter."""
         from .broker import CutOff
 
         assert self._enforcer is not None
@@ -468,8 +473,8 @@ class Gateway:
             if cut and getattr(self._enforcer, "connection_log", None) is not None:
                 for did in cut:  # seen gone in the broker's log (a failure was alerted instead)
                     if did.hex() not in self._cut_failed:
-                        self.metrics.inc("cut_off_confirmed")
-                        self.audit.append("cut_off_confirmed", device=did.hex())
+                        self.metrics.inc("cut_off_confirmed", cause)
+                        self.audit.append("cut_off_confirmed", device=did.hex(), reason=cause)
         except (BrokerError, OSError):
             log.exception("broker enforcement failed; retried at the next ledger change")
             self.metrics.inc("enforcement_errors")
@@ -577,7 +582,7 @@ class Gateway:
         while self._serving():
             alarm = await self.traffic.clones.get()
             if self.settings.defence.clone_quarantine:
-                self.cut_off([alarm.device_id])
+                self.cut_off([alarm.device_id], "clone")
             await self.report_clone(alarm.device_id, alarm.counter)
 
     async def _ban_loop(self) -> None:
@@ -586,7 +591,7 @@ class Gateway:
         while self._serving():
             did = await self.traffic.bans.get()
             self.traffic.drop_session(did, "preauth_flood")
-            self.cut_off([did])
+            self.cut_off([did], "ban")
             if self._tasks is not None:
                 self._tasks.create_task(self._lift_ban(did, self.traffic.preauth.ban_seconds))
 

@@ -103,7 +103,8 @@ class EnforcementSettings:
     # and a device still connected is reported and kicked (gateway.broker._connections)
     broker_log: Path | None = None
     # read-only broker accounts for applications, "name=/path/to/0600-password-file,...": account
-    # app-<name> may only receive the verified topics (mode = "mosquitto")
+    # app-<name> may only receive the verified topics (mode = "mosquitto" or "http"; with "http", every
+    # gateway of a cluster lists the same applications: each endpoint answers for its own list)
     applications: str = ""
     # mode = "http": the endpoint the broker asks, the other gateways' endpoints ("gw-b=http://h:p/auth,
     # ..."), and the broker's management API (comma-separated node URLs) to close connections
@@ -126,8 +127,8 @@ class EnforcementSettings:
             if not 0 <= getattr(self, name) < 65536:
                 raise SettingsError(f"enforcement.{name} must be 0..65535, got {getattr(self, name)}")
         self.peers()  # checked now
-        if self.application_files() and self.mode != "mosquitto":
-            raise SettingsError("enforcement.applications needs enforcement.mode = 'mosquitto'")
+        if self.application_files() and self.mode == "none":
+            raise SettingsError("enforcement.applications needs enforcement.mode = 'mosquitto' or 'http'")
         if self.mode == "http" and self.management_urls and (
             not self.management_user or self.management_password_file is None
         ):

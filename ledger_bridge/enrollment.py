@@ -79,11 +79,12 @@ class ProvisionedDevice:
         did = self.device_id
         return GatewayKeys(
             k_dg=keys.gateway_key(self.current_secret, did, gateway_id, epoch, self.firmware_hash),
-            broker_password=bytes.fromhex(keys.broker_password(self.current_secret, did)),
+            broker_password=bytes.fromhex(keys.broker_password(self.current_secret, did, epoch)),
         )
 
-    def broker_password(self) -> str:
-        return str(keys.broker_password(self.current_secret, self.device_id))
+    def broker_password(self, epoch: int) -> str:
+        """P_e: the device's broker password at identity epoch ``epoch`` (PROTOCOL.md 3.4)."""
+        return str(keys.broker_password(self.current_secret, self.device_id, epoch))
 
 
 @dataclass(frozen=True, kw_only=True)

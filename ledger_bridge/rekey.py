@@ -66,8 +66,7 @@ def window_password(secret: bytes, device_id: bytes, epoch: int) -> bytes:
     """The broker password the device logs in with during the re-key window, as 16 bytes: derived from S
     (it holds only S until CONFIRM) by the device's own derivation, ``keys.broker_password``, for the
     chain's epoch at ``startRekey`` (the epoch the box is sealed for). The one place the owner computes it."""
-    del epoch  # P does not depend on the epoch in this version of keys.broker_password
-    return bytes.fromhex(keys.broker_password(secret, device_id))
+    return bytes.fromhex(keys.broker_password(secret, device_id, epoch))
 
 
 async def start_rekey(

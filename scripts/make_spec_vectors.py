@@ -47,7 +47,9 @@ def main() -> None:
     data = H(t["data_telemetry"])
     body = data[:-8]
     tag_input = keys.lp(stream) + body
-    p_raw = crypto.hmac_sha256(s, b"diams/v1/broker-password" + did)[:16]
+    p_label = "diams/v1/broker-password-epoch"
+    p_raw = crypto.hmac_sha256(s, p_label.encode() + did + i["epoch"].to_bytes(4, "big"))[:16]
+    p_next = crypto.hmac_sha256(s, p_label.encode() + did + (i["epoch"] + 1).to_bytes(4, "big"))[:16]
     text_code = "3f9a0c5e1b7d2a648e0f5c3b9a1d7e26"  # as provision() makes them: 32 hex characters
     g, d = i["gateway_id"], t["device_id"]
     names = {
@@ -93,9 +95,13 @@ def main() -> None:
             "tag": data[-8:].hex(),
         },
         "broker_password": {
+            "label": p_label,
+            "epoch": i["epoch"],
             "p_raw_16": p_raw.hex(),
             "mqtt_password_ascii": p_raw.hex(),
             "sealed_plaintext": (k_dg + p_raw).hex(),
+            "next_epoch": i["epoch"] + 1,
+            "next_epoch_mqtt_password_ascii": p_next.hex(),
         },
         "claim_code": {
             "bytes_form": i["claim_code"],

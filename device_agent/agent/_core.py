@@ -25,8 +25,8 @@ def gateway_key(secret: bytes, device_id: bytes, gateway_id: bytes, epoch: int,
     return bytes(_K.gateway_key(secret, device_id, gateway_id, epoch, firmware_hash))
 
 
-def broker_password(secret: bytes, device_id: bytes) -> str:
-    return str(_K.broker_password(secret, device_id))
+def broker_password(secret: bytes, device_id: bytes, epoch: int) -> str:
+    return str(_K.broker_password(secret, device_id, epoch))
 
 
 def derive_device_id(secret: bytes, model: str, serial: str, mac: bytes) -> bytes:

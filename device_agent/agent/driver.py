@@ -80,6 +80,7 @@ class AgentDriver:
         self.session: Any = None
         self.session_gateway: str | None = None
         self.connect_due = False  # the policy says: dial the broker now
+        self.login_epoch = epoch  # ... logging in with P of this epoch (PROTOCOL.md 3.4)
         self._role: Any = None
         self._role_gateway: str | None = None
         self.last_refusal: tuple[str, str, float] | None = None  # (gateway, reason, clock): for `status`
@@ -104,6 +105,10 @@ class AgentDriver:
     def epoch(self) -> int:
         return int(self.policy.epoch)
 
+    def broker_password(self) -> str:
+        """P of the login the policy asked for last (the secret is S', once re-keyed)."""
+        return _core.broker_password(self._secret.reveal(), self.device_id, self.login_epoch)
+
     def next_deadline(self) -> float | None:
         t = self.policy.wake_at()
         return None if t is None else float(t)
@@ -125,7 +130,8 @@ class AgentDriver:
         return self._do(self.policy.disconnected(now), now)
 
     def login_refused(self, now: float) -> list[Publish]:
-        """The broker refused the CONNECT: the policy waits longer before dialling again."""
+        """The broker refused the CONNECT: the policy dials under the next epoch at once while its probe
+        lasts (``connect_due`` then), else waits longer before dialling again."""
         self._role = None
         return self._do(self.policy.login_refused(now), now)
 
@@ -179,6 +185,7 @@ class AgentDriver:
                 self.session_gateway = None
             elif kind == _P.CONNECT:
                 self.connect_due = True
+                self.login_epoch = int(action[1])
         return out
 
     def _hello(self, gateway: str, epoch: int, counter: int) -> Publish:

@@ -27,7 +27,6 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from . import _core
 from .config import AgentConfig
 from .counters import CounterFile
 from .driver import AgentDriver, Publish
@@ -93,10 +92,9 @@ class MqttAgent:
         self._stop = threading.Event()
         self._connected = False
         self.connects = 0
-        password = _core.broker_password(secret.reveal(), config.device_id_bytes)
+        self._refused_link = False  # the link is being closed after a refused CONNACK
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=config.device_id,
                                    protocol=paho.MQTTv311)
-        self._client.username_pw_set(config.device_id, password)
         if config.broker_tls_ca is not None:  # verifies the broker's certificate and host name
             self._client.tls_set_context(ssl.create_default_context(cafile=str(config.broker_tls_ca)))
         self._client.on_socket_open = self._on_socket_open
@@ -105,9 +103,8 @@ class MqttAgent:
         self._client.on_message = self._on_message
 
     def _rekeyed(self, secret: DeviceSecret) -> None:
-        """S' is committed: the next logins use the broker password derived from it (3.4)."""
-        self._client.username_pw_set(self.config.device_id,
-                                     _core.broker_password(secret.reveal(), self.config.device_id_bytes))
+        """S' is committed: the next logins use the broker password derived from it (3.4); the driver
+        holds S' now and ``_dial`` derives P from it."""
 
     def __repr__(self) -> str:
         return f"MqttAgent({self.config.device_id} @ {self.config.broker_host}:{self.config.broker_port})"
@@ -170,6 +167,8 @@ class MqttAgent:
             self._client.publish(p.topic, p.payload, qos=1)
 
     def _dial(self) -> bool:
+        with self._lock:
+            self._client.username_pw_set(self.config.device_id, self.driver.broker_password())
         try:
             self._client.connect(self.config.broker_host, self.config.broker_port,
                                  keepalive=self.config.keepalive_s)
@@ -186,6 +185,16 @@ class MqttAgent:
         now = self._clock()
         if kind == "connect":
             if not value[0]:
+                self._refused_link = True
+                with self._lock:
+                    tried = self.driver.login_epoch
+                    self.driver.login_refused(now)
+                    probe = self.driver.connect_due
+                if probe:  # P of a later epoch is tried at once (the device may have missed a bump)
+                    log.info("broker %s:%d refused the login under epoch %d (%s): trying epoch %d",
+                             self.config.broker_host, self.config.broker_port, tried, value[1],
+                             self.driver.login_epoch)
+                    return
                 delay = refusal_delay(self.config.backoff_cap_s, self.refusals)
                 self.refusals += 1
                 self._refused_until = now + delay
@@ -195,8 +204,6 @@ class MqttAgent:
                           "the ledger, or not enrolled at the broker yet (the gateway removes a device's "
                           "account when it may no longer connect); next try in %.0f s (long backoff while "
                           "refused)", self.config.broker_host, self.config.broker_port, value[1], delay)
-                with self._lock:
-                    self.driver.login_refused(now)
                 return
             self.broker_refused = False
             self._refused_until = 0.0
@@ -298,12 +305,14 @@ class MqttAgent:
                     with self._lock:
                         was_connected = self._connected
                         self._connected = False
-                        self.driver.disconnected(now)
+                        refused, self._refused_link = self._refused_link, False
+                        if not refused:  # a refused login was told to the policy already
+                            self.driver.disconnected(now)
                         deadline = self.driver.next_deadline()
                     linked = False
                     if self._stop.is_set():
                         break
-                    if not self.broker_refused:
+                    if not refused and not self.broker_refused:
                         wait = 0.0 if deadline is None else max(0.0, deadline - now)
                         self._say_lost(rc, was_connected, wait)
                     self._status()

@@ -8,6 +8,7 @@
 #   K_dg        = HKDF(S, salt=device_id, info="diams/v1/gateway-key" | gateway_id | epoch | fw_hash)
 #   K_otp/K_mac = HKDF-Expand(K_dg, "diams/v1/otp" / "diams/v1/mac")
 #   K_up/K_down = HKDF-Expand(K_mac, "diams/v1/up" / "diams/v1/down" | transcript)
+#   P_e         = HMAC(S, "diams/v1/broker-password-epoch" | device_id | epoch)[:16]
 #
 # A gateway holds only its own K_dg (sealed to its X25519 key on the ledger), so a compromised
 # gateway exposes no other gateway's key, and bumping the identity epoch or the firmware hash
@@ -56,6 +57,9 @@ def session_keys(k_mac, t):
     return hkdf_expand(k_mac, b"diams/v1/up" + t), hkdf_expand(k_mac, b"diams/v1/down" + t)
 
 
-def broker_password(secret, device_id):
-    """The device's MQTT password (username = device id hex): 32 hex chars, one-way from S."""
-    return hmac_sha256(secret, b"diams/v1/broker-password" + device_id)[:16].hex()
+def broker_password(secret, device_id, epoch):
+    """P_e, the device's MQTT password at identity epoch ``epoch`` (username = device id hex): 32 hex
+    chars, one-way from S. A gateway is sealed P_e only for the epochs it is granted, so an epoch bump
+    (a deauthorization among them) leaves a dropped gateway with a password the broker no longer takes."""
+    label = b"diams/v1/broker-password-epoch"
+    return hmac_sha256(secret, label + device_id + epoch.to_bytes(4, "big"))[:16].hex()

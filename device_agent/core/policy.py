@@ -9,7 +9,7 @@
 #   (SAVE, text)                      write the counter file durably BEFORE the next action
 #   (HELLO, gateway, epoch, counter)  start a handshake: a fresh DeviceRole, send its HELLO
 #   (END_SESSION, reason)             forget the session ("expired", "no_session")
-#   (CONNECT,)                        dial the broker
+#   (CONNECT, epoch)                  dial the broker, logging in with P_epoch (PROTOCOL.md 3.4)
 # wake_at() says when tick() next has work; `attempt` is the handshake in flight (or None).
 #
 # * Counters (PROTOCOL.md section 4): a counter is durable before the HELLO that uses it leaves, or a
@@ -39,6 +39,14 @@
 #   data until the new handshake completes.
 # * Broker connection: a lost link or a refused login waits a full-jitter backoff (reconnect_base),
 #   growing until a connection is accepted, so a fleet does not reconnect in waves.
+# * Login epoch (PROTOCOL.md 3.4): the broker password P_e depends on the epoch, so a device that was
+#   offline over an epoch bump is refused at the broker before any gateway can hint the new epoch. A
+#   refused login under epoch L < committed + `epoch_probe` dials again at once under L + 1; past that
+#   the round is over: back to the committed epoch, after the reconnect backoff. An accepted login
+#   under L above the committed epoch is only a trial, like a hint: HELLOs go under L (the broker took
+#   P_L, so some gateway holds a grant at L), and L is committed (one SAVE) only when a handshake under
+#   it succeeds. A lying broker (without TLS, anyone on the path) can make the device try up to
+#   `epoch_probe` epochs; it costs no write. Reconnects keep the last accepted login epoch.
 #
 # The counter file, one format for every agent (text, small enough to write on a board):
 #   line 1: the committed epoch; then one line per gateway and epoch: "<gateway> <epoch> <highest reserved>"
@@ -88,10 +96,13 @@ def _earliest(x, y):
 
 class AgentPolicy:
     def __init__(self, gateways, random, state=None, epoch=0, answer_timeout=5.0, reauth_margin=60.0,
-                 backoff_base=0.5, backoff_cap=60.0, reconnect_base=5.0, block=16, min_reauth=10.0):
+                 backoff_base=0.5, backoff_cap=60.0, reconnect_base=5.0, block=16, min_reauth=10.0,
+                 epoch_probe=4):
         if not gateways:
             raise ValueError("at least one gateway is needed")
-        if block < 1 or backoff_base <= 0 or backoff_cap < backoff_base or reconnect_base <= 0:
+        if block < 1 or epoch_probe < 0:
+            raise ValueError("policy needs block >= 1 and epoch_probe >= 0")
+        if backoff_base <= 0 or backoff_cap < backoff_base or reconnect_base <= 0:
             raise ValueError("policy needs block >= 1 and 0 < base <= cap")
         self.gateways = tuple(gateways)
         self._random = random
@@ -102,7 +113,9 @@ class AgentPolicy:
         self.reconnect_base = reconnect_base
         self.block = block
         self.min_reauth = min_reauth
+        self.epoch_probe = epoch_probe
         self.epoch = epoch
+        self.login_epoch = epoch  # the epoch of the next (or the accepted) broker login
         self.reserved = {}
         self.next = {}
         if state:
@@ -170,7 +183,14 @@ class AgentPolicy:
         return self._offline(now, "disconnects")
 
     def login_refused(self, now):
-        """The broker refused the CONNECT (bad credentials or not authorized): retry later, slower."""
+        """The broker refused the CONNECT (bad credentials or not authorized): dial at once under the
+        next epoch while the probe lasts (see the header), then from the committed epoch, slower."""
+        if self.login_epoch < self.epoch + self.epoch_probe:
+            self.login_epoch += 1
+            self._count("login_epoch_probes")
+            self._connect_at = now
+        else:
+            self.login_epoch = self.epoch
         return self._offline(now, "login_refused")
 
     def authenticated(self, gateway, expires, now):
@@ -255,7 +275,7 @@ class AgentPolicy:
         if not self.online:
             if self._connect_at is not None and now >= self._connect_at:
                 self._connect_at = None
-                out.append((CONNECT,))
+                out.append((CONNECT, self.login_epoch))
             return out
         if self.attempt is None and self._start_at is not None and now >= self._start_at:
             self._start_at = None
@@ -285,6 +305,8 @@ class AgentPolicy:
     def _adopt(self, epoch):
         """``epoch`` becomes the committed one; counters of older epochs carry over (see the header)."""
         self.epoch = epoch
+        if self.login_epoch < epoch:
+            self.login_epoch = epoch
         for table in (self.reserved, self.next):
             for key in list(table):
                 if key[1] < epoch:
@@ -295,6 +317,8 @@ class AgentPolicy:
     def _hello(self, now):
         gateway = self.gateways[self._index]
         epoch = self.epoch if self._trial is None else self._trial
+        if self.login_epoch > epoch:  # logged in with P of a later epoch: a trial, as a hint is
+            epoch = self.login_epoch
         key = (gateway, self.epoch)  # a trial epoch draws on the committed epoch's durable counters
         top = self.reserved.get(key, -1)
         counter = self.next.get(key, top + 1)

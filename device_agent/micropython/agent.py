@@ -122,14 +122,14 @@ class Agent:
         self._tls = bool(tls_params)
         if tls_params:
             tls_params["server_hostname"] = server
-        self.client = MQTTClient(self.dhex, server, port, user=self.dhex,
-                                 password=keys.broker_password(secret, device_id), keepalive=keepalive,
-                                 ssl=tls, ssl_params=tls_params)
+        self.client = MQTTClient(self.dhex, server, port, user=self.dhex, password=None, keepalive=keepalive,
+                                 ssl=tls, ssl_params=tls_params)  # P_e is set at each dial
         self.client.set_callback(self._queue)
         self._inbox = []
         self._poller = None
         self._role = None
         self._dial = False
+        self._refused = False  # the link closes after a refused login the policy was told of
         self.session = None
         self.gateway = None
         self.last_refusal = None  # the last REJECT reason (printed when it happens)
@@ -143,15 +143,28 @@ class Agent:
         self._inbox.append((topic, msg))
 
     def connect(self):
-        try:
-            self.client.connect()
-        except OSError:
-            raise
-        except Exception as exc:  # umqtt raises MQTTException(rc) when the broker refuses the login
-            if self._tls and isinstance(exc, ValueError):  # mbedTLS: the certificate did not verify
-                raise OSError("TLS: %s" % (str(exc).strip(),)) from None
-            self._do(self.policy.login_refused(_now()))
-            raise OSError("broker refused the login: %r" % (exc,)) from None
+        """Dial and log in with P of the policy's login epoch; a refused login tries the next epochs
+        at once while the policy's probe lasts (PROTOCOL.md 3.4), then raises OSError."""
+        while True:
+            self.client.pswd = keys.broker_password(self._secret, self.device_id, self.policy.login_epoch)
+            try:
+                self.client.connect()
+                break
+            except OSError:
+                raise
+            except Exception as exc:  # umqtt raises MQTTException(rc) when the broker refuses the login
+                if self._tls and isinstance(exc, ValueError):  # mbedTLS: the certificate did not verify
+                    raise OSError("TLS: %s" % (str(exc).strip(),)) from None
+                try:
+                    self.client.sock.close()
+                except (OSError, AttributeError):
+                    pass
+                self._dial = False
+                self._do(self.policy.login_refused(_now()))
+                if not self._dial:  # the probe is over: the policy dials again after a backoff
+                    self._refused = True
+                    raise OSError("broker refused the login: %r" % (exc,)) from None
+                self._dial = False
         try:  # Nagle + delayed ACK would add ~40 ms to every handshake step
             self.client.sock.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY (same numbers on lwIP)
         except (OSError, AttributeError, TypeError):
@@ -177,7 +190,10 @@ class Agent:
             self.client.sock.close()
         except (OSError, AttributeError) as exc:  # already gone
             print("diams: close:", exc)
-        self._do(self.policy.disconnected(_now()))
+        if self._refused:
+            self._refused = False
+        else:
+            self._do(self.policy.disconnected(_now()))
 
     # -- the policy's actions -----------------------------------------------------------------------
 
@@ -260,8 +276,7 @@ class Agent:
         if reply is not None:
             self.client.publish(topics.rekey_up(gw, self.dhex), reply)
         if new_secret is not None:
-            self._secret = new_secret
-            self.client.pswd = keys.broker_password(new_secret, self.device_id)  # the next logins
+            self._secret = new_secret  # the next logins' P_e derive from S' (connect)
             self.stats["rekeyed"] = self.stats.get("rekeyed", 0) + 1
             print("diams: re-keyed via", gw, "- the new owner authorizes gateways next")
             self._do(self.policy.reauth(_now()))

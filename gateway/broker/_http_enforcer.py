@@ -37,7 +37,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from ._errors import BrokerError, ReloadFailed, UnknownDevice
+from ._errors import ReloadFailed, UnknownDevice
 from ._http_rights import (
     AccessRules,
     AccountPermissions,
@@ -59,9 +59,10 @@ from ._interface import (
     RemoveApplication,
     RemoveGateway,
 )
-from ._names import gateway_username
+from ._names import application_username, gateway_username
 
 log = logging.getLogger("diams.gateway.broker.http")
+_OTHER_CHANGES = Demote | Grant | AuthorizeGateway | RemoveGateway | AuthorizeApplication | RemoveApplication
 
 
 class ConnectionCloser(abc.ABC):
@@ -228,11 +229,9 @@ class HttpEnforcer(BrokerEnforcer):
                 raise UnknownDevice(
                     f"cannot grant rights to device {change.device_id}: it is not enrolled for handshakes"
                 )
-            elif isinstance(change, AuthorizeApplication | RemoveApplication):
-                raise BrokerError("read-only application accounts are enforced by mosquitto only, not http")
-            elif not isinstance(change, Demote | AuthorizeGateway | RemoveGateway | Grant | EnrollRekey):
+            elif not isinstance(change, _OTHER_CHANGES):
                 raise TypeError(f"not a broker change: {type(change).__name__}")
-        devices, gateways = self.rules.devices, self.rules.gateways
+        devices, gateways, applications = self.rules.devices, self.rules.gateways, self.rules.applications
         close: dict[str, None] = {}
         for change in batch:
             if isinstance(change, Enroll):
@@ -271,6 +270,14 @@ class HttpEnforcer(BrokerEnforcer):
                 if old_gw is not None:
                     gid = change.gateway_id
                     close.update((gateway_username(gid, n), None) for n in range(old_gw.connections))
+            elif isinstance(change, AuthorizeApplication):
+                password = change.secret.reveal().encode()
+                if applications.get(change.name, password) != password:
+                    close[application_username(change.name)] = None
+                applications[change.name] = password
+            elif isinstance(change, RemoveApplication):
+                if applications.pop(change.name, None) is not None:
+                    close[application_username(change.name)] = None
         return list(close)
 
     async def apply(self, changes: Iterable[Change]) -> None:

@@ -29,6 +29,11 @@ topic shapes are ``device_agent.core.topics``'):
   (``gateway_account_permissions``: the same table as regular expressions), so that the broker decides
   its topics itself: a gateway publishes on one ``down`` topic per device, and RabbitMQ 3.10 remembers
   only 12 allowed topics per connection, so otherwise nearly every gateway reply asks this endpoint.
+- an application account (``app-<name>``, ``enforcement.applications``, as on Mosquitto) is read-only:
+  it subscribes to verified topics (``verified/#`` or narrower) and publishes nothing, so it can forge
+  no verified data, no REJECT, no command. Its client id is its username (Mosquitto forces the same).
+  Each gateway's endpoint knows the application accounts of its own settings: on a cluster every
+  gateway lists the same applications (nothing is forwarded for them).
 Questions only another gateway can answer (its account's password, a session it holds) come back as
 ``Verdict.forward_to`` that gateway; the server asks that gateway's endpoint, or refuses.
 
@@ -51,6 +56,7 @@ _DEVICE = re.compile(r"[0-9a-f]{16}")
 _GATEWAY = re.compile(r"[a-z0-9-]{1,32}")
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _GATEWAY_USER = re.compile(r"gateway-([a-z0-9-]{1,32})(?:\.([1-9][0-9]?))?")
+_APPLICATION_USER = re.compile(r"app-([a-z0-9-]{1,32})")
 MQTT_EXCHANGE = "amq.topic"
 VHOST = "/"
 
@@ -95,6 +101,7 @@ class AccessRules:
         self.exchange = exchange
         self.devices: dict[str, DeviceRights] = {}
         self.gateways: dict[str, GatewayAccount] = {}
+        self.applications: dict[str, bytes] = {}  # application name -> its password (read-only accounts)
 
     def __repr__(self) -> str:
         return f"AccessRules({self.gateway_id}, devices={len(self.devices)}, gateways={len(self.gateways)})"
@@ -114,7 +121,7 @@ class AccessRules:
             return ALLOW
         m = _GATEWAY_USER.fullmatch(username)
         if m is None:
-            return _deny("unknown_user")
+            return self._application_user(username, password, client_id)
         gid = m.group(1)
         if gid != self.gateway_id:
             return Verdict(False, "other_gateway", forward_to=gid)
@@ -125,6 +132,19 @@ class AccessRules:
             return _deny("bad_password")
         if int(m.group(2) or 0) >= account.connections:
             return _deny("unknown_user")
+        if client_id is not None and client_id != username:
+            return _deny("client_id")
+        return ALLOW
+
+    def _application_user(self, username: str, password: str, client_id: str | None) -> Verdict:
+        m = _APPLICATION_USER.fullmatch(username)
+        if m is None:
+            return _deny("unknown_user")
+        secret = self.applications.get(m.group(1))
+        if secret is None:
+            return _deny("unknown_application")
+        if not hmac.compare_digest(secret, password.encode()):
+            return _deny("bad_password")
         if client_id is not None and client_id != username:
             return _deny("client_id")
         return ALLOW
@@ -160,9 +180,17 @@ class AccessRules:
                 return _deny("client_id")
             return self._device_topic(username, rest, permission)
         m = _GATEWAY_USER.fullmatch(username)
-        if m is None:
+        if m is not None:
+            return _gateway_topic(m.group(1), rest, permission)
+        m = _APPLICATION_USER.fullmatch(username)
+        if m is None or m.group(1) not in self.applications:
             return _deny("unknown_user")
-        return _gateway_topic(m.group(1), rest, permission)
+        if client_id is not None and client_id != username:
+            return _deny("client_id")
+        if permission != "read":
+            return _deny("read_only")
+        ok = all(level in ("*", "#") or _NAME.fullmatch(level) for level in rest)
+        return ALLOW if ok and _within(rest, (VERIFIED, "#")) else _deny("application_rights")
 
     def _device_topic(self, did: str, rest: list[str], permission: str) -> Verdict:
         # every shape a device may use has 4 levels: kind / gateway / own id / leaf
@@ -194,7 +222,7 @@ class AccessRules:
 
 
 def _known_shape(username: str) -> bool:
-    return _DEVICE.fullmatch(username) is not None or _GATEWAY_USER.fullmatch(username) is not None
+    return any(p.fullmatch(username) is not None for p in (_DEVICE, _GATEWAY_USER, _APPLICATION_USER))
 
 
 # A gateway's rights, as (permission, topic filter levels after the prefix); "+" one level, "#" the rest.

@@ -1,6 +1,13 @@
 """A lean MQTT 3.1.1 client for asyncio (the gateway's hot path and the fleet simulator)."""
 
-from .client import MqttClient, MqttConnectError, MqttConnectionLost, MqttError, MqttTimeout
+from .client import (
+    MqttClient,
+    MqttConnectError,
+    MqttConnectionLost,
+    MqttError,
+    MqttLoginRefused,
+    MqttTimeout,
+)
 from .codec import MqttProtocolError
 
 __all__ = [
@@ -8,6 +15,7 @@ __all__ = [
     "MqttConnectError",
     "MqttConnectionLost",
     "MqttError",
+    "MqttLoginRefused",
     "MqttProtocolError",
     "MqttTimeout",
 ]

@@ -35,6 +35,10 @@ class MqttConnectError(MqttError):
     """The broker refused the connection, or it could not be opened."""
 
 
+class MqttLoginRefused(MqttConnectError):
+    """The broker answered the CONNECT with a refusal (bad credentials, not authorized)."""
+
+
 class MqttConnectionLost(MqttError):
     """The connection closed while something waited on it."""
 
@@ -125,7 +129,7 @@ class MqttClient(asyncio.Protocol):
             ) from None
         if rc:
             proto.abort()
-            raise MqttConnectError(f"broker refused {client_id!r}: {codec.CONNACK_REASONS.get(rc, rc)}")
+            raise MqttLoginRefused(f"broker refused {client_id!r}: {codec.CONNACK_REASONS.get(rc, rc)}")
         proto._arm_ping()
         return proto
 

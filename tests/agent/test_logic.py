@@ -242,10 +242,16 @@ def test_a_refused_login_schedules_the_next_dial_with_backoff(tmp_path):
     driver.start(0.0)
     assert driver.connect_due
     driver.connect_due = False
-    driver.login_refused(0.1)
+    password = driver.broker_password()
+    for probe in range(1, 5):  # P of the next epochs at once (the device may have missed bumps) ...
+        driver.login_refused(0.1)
+        assert driver.connect_due and driver.login_epoch == probe and driver.broker_password() != password
+        driver.connect_due = False
+    driver.login_refused(0.1)  # ... then from the committed epoch again, after a backoff
     assert not driver.connect_due and driver.next_deadline() is not None
     driver.tick(driver.next_deadline() or 0.0)
-    assert driver.connect_due and driver.all_stats()["login_refused"] == 1
+    assert driver.connect_due and driver.login_epoch == 0 and driver.broker_password() == password
+    assert driver.all_stats()["login_refused"] == 5
 
 
 def test_the_gateways_no_session_signal_on_the_wire_starts_one_handshake_and_never_ends_one(tmp_path):

@@ -67,7 +67,7 @@ async def test_fleet_on_three_nodes_is_enforced_exactly_and_revocation_cuts_off_
                 s.port_of(0),
                 client_id=s.devices[4].device_id.hex(),
                 username=s.devices[3].device_id.hex(),
-                password=s.devices[3].broker_password(),
+                password=s.devices[3].broker_password(0),
                 on_message=lambda t, p: None,
                 timeout=5,
             )

@@ -40,7 +40,7 @@ def run(policy: AgentPolicy, table: list[tuple[str, tuple[Any, ...], list[tuple[
 
 def test_startup_connect_hello_and_session() -> None:
     run(make(), [
-        ("start", (0.0,), [(CONNECT,)]),
+        ("start", (0.0,), [(CONNECT, 0)]),
         ("connected", (0.1,), [(SAVE,), (HELLO, "gw-a", 0, 0)]),  # counters 0-3 reserved first
         ("authenticated", ("gw-a", 100.0, 0.2), []),
         ("tick", (50.0,), []),
@@ -215,9 +215,9 @@ def test_a_clock_stepped_back_does_not_make_a_restarted_gateways_signal_look_for
 def test_disconnect_abandons_the_attempt_and_reconnects_with_backoff() -> None:
     pol = make(gateways=("gw-a",), random=ZERO)
     run(pol, [
-        ("start", (0.0,), [(CONNECT,)]),
+        ("start", (0.0,), [(CONNECT, 0)]),
         ("connected", (0.0,), [(SAVE,), (HELLO, "gw-a", 0, 0)]),
-        ("disconnected", (1.0,), [(CONNECT,)]),  # U(0, 2) with a zero draw: at once
+        ("disconnected", (1.0,), [(CONNECT, 0)]),  # U(0, 2) with a zero draw: at once
         ("tick", (1.5,), []),
         ("connected", (2.0,), [(HELLO, "gw-a", 0, 1)]),  # the abandoned attempt restarts at once
     ])
@@ -225,7 +225,7 @@ def test_disconnect_abandons_the_attempt_and_reconnects_with_backoff() -> None:
 
 
 def test_refused_logins_back_off_exponentially_until_one_is_accepted() -> None:
-    pol = make(random=MAX, reconnect_base=2.0, backoff_cap=60.0)
+    pol = make(random=MAX, reconnect_base=2.0, backoff_cap=60.0, epoch_probe=0)
     pol.start(0.0)
     waits = []
     now = 0.0
@@ -233,18 +233,59 @@ def test_refused_logins_back_off_exponentially_until_one_is_accepted() -> None:
         pol.login_refused(now)
         waits.append(round(pol.wake_at() - now, 3))
         now = pol.wake_at()
-        assert kinds(pol.tick(now)) == [(CONNECT,)]
+        assert kinds(pol.tick(now)) == [(CONNECT, 0)]
     assert waits == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0]
     pol.connected(now)
     pol.login_refused(now + 1)
     assert pol.wake_at() == pytest.approx(now + 3.0)  # reset by the accepted connection
 
 
+def test_a_refused_login_probes_the_next_epochs_at_once_then_backs_off_from_the_committed_one() -> None:
+    pol = make(gateways=("gw-a",), random=MAX, epoch=3, epoch_probe=2, reconnect_base=2.0)
+    run(pol, [
+        ("start", (0.0,), [(CONNECT, 3)]),
+        ("login_refused", (0.1,), [(CONNECT, 4)]),  # P_3 refused: P_4 at once
+        ("login_refused", (0.2,), [(CONNECT, 5)]),
+        ("login_refused", (0.3,), []),  # the probe is bounded: back to 3 after the backoff
+        ("tick", (2.3,), [(CONNECT, 3)]),
+        ("login_refused", (2.4,), [(CONNECT, 4)]),
+    ])
+    assert pol.stats["login_epoch_probes"] == 3 and pol.epoch == 3
+
+
+def test_an_accepted_probe_login_is_a_trial_committed_only_by_a_handshake_under_it() -> None:
+    pol = make(gateways=("gw-a",), random=ZERO, epoch=3, epoch_probe=4)
+    pol.start(0.0)
+    pol.login_refused(0.1)
+    pol.login_refused(0.2)  # the device was offline over two bumps: P_5 is the broker's
+    run(pol, [
+        ("connected", (0.3,), [(SAVE,), (HELLO, "gw-a", 5, 0)]),  # counters from epoch 3's sequence
+    ])
+    assert pol.epoch == 3 and "5" not in pol.state().split("\n")[0]  # nothing of epoch 5 written
+    run(pol, [
+        ("rejected", ("gw-a", "timeout", None, 1.0), [(HELLO, "gw-a", 5, 1)]),  # a failure commits nothing
+        ("disconnected", (1.5,), [(CONNECT, 5)]),  # a reconnect keeps the accepted login's epoch
+        ("connected", (1.6,), [(HELLO, "gw-a", 5, 2)]),
+        ("authenticated", ("gw-a", 100.0, 1.7), [(SAVE,)]),  # adopted: one write
+    ])
+    assert pol.epoch == 5 and pol.state().split("\n")[0] == "5"
+    assert pol.disconnected(2.0) == [(CONNECT, 5)]
+
+
+def test_a_restart_forgets_an_unconfirmed_login_epoch() -> None:
+    pol = make(gateways=("gw-a",), random=ZERO, epoch=3)
+    pol.start(0.0)
+    pol.login_refused(0.1)
+    pol.connected(0.2)
+    again = make(gateways=("gw-a",), random=ZERO, state=pol.state())
+    assert again.start(5.0) == [(CONNECT, 3)]
+
+
 def test_session_survives_a_reconnect() -> None:
     pol = make(random=ZERO)
     pol.connected(0.0)
     pol.authenticated("gw-a", 100.0, 0.1)
-    assert kinds(pol.disconnected(10.0)) == [(CONNECT,)]  # a zero draw: at once
+    assert kinds(pol.disconnected(10.0)) == [(CONNECT, 0)]  # a zero draw: at once
     assert pol.connected(10.5) == [] and pol.has_session(10.5)
 
 

@@ -172,7 +172,7 @@ def test_after_the_rekey_s_opens_nothing(tmp_path: Path) -> None:
     assert authenticated(ev)
     assert keys.pair_keys(k_old) != keys.pair_keys(k_new)
     # and the broker password moves with S' too
-    assert keys.broker_password(s2, dev.device_id) != keys.broker_password(dev.secret, dev.device_id)
+    assert keys.broker_password(s2, dev.device_id, 1) != keys.broker_password(dev.secret, dev.device_id, 1)
 
 
 def test_garbage_and_low_order_points_are_refused() -> None:

@@ -81,9 +81,19 @@ def test_the_data_tag_covers_lp_stream_header_byte_seq_and_payload() -> None:
     assert crypto.hmac_sha256(k_up, H(v["tag_input"]))[:8].hex() == v["tag"] == msg[-8:].hex()
 
 
+def test_p_rotates_with_the_epoch() -> None:
+    v = V["broker_password"]
+    assert v["next_epoch"] == v["epoch"] + 1
+    assert keys.broker_password(S, DID, v["next_epoch"]) == v["next_epoch_mqtt_password_ascii"]
+    assert v["next_epoch_mqtt_password_ascii"] != v["mqtt_password_ascii"]
+
+
 def test_p_is_16_raw_bytes_in_the_sealed_box_and_32_hex_characters_as_the_mqtt_password() -> None:
     v = V["broker_password"]
-    assert keys.broker_password(S, DID) == v["mqtt_password_ascii"] == H(v["p_raw_16"]).hex()
+    assert v["epoch"] == IN["epoch"]
+    assert keys.broker_password(S, DID, v["epoch"]) == v["mqtt_password_ascii"] == H(v["p_raw_16"]).hex()
+    assert H(v["p_raw_16"]) == crypto.hmac_sha256(
+        S, v["label"].encode() + DID + v["epoch"].to_bytes(4, "big"))[:16]
     assert len(H(v["p_raw_16"])) == 16
     assert H(v["sealed_plaintext"]) == K_DG + H(v["p_raw_16"])
     private = X25519PrivateKey.generate()

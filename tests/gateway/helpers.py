@@ -35,5 +35,5 @@ async def raw_device_client(port: int, device: ProvisionedDevice, **kw: Any) -> 
     """A bare MQTT connection under an enrolled device's broker account (an attacker holding it)."""
     hex_id = device.device_id.hex()
     return await MqttClient.connect(
-        "127.0.0.1", port, client_id=hex_id, username=hex_id, password=device.broker_password(), **kw
+        "127.0.0.1", port, client_id=hex_id, username=hex_id, password=device.broker_password(0), **kw
     )

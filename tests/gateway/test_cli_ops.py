@@ -386,7 +386,7 @@ async def test_no_secret_reaches_the_logs_of_a_full_run(tmp_path, caplog):
         }
         for name, d in (("dev", dev), ("other", other)):
             secrets[f"{name} secret"] = d.identity.secret.hex()
-            secrets[f"{name} broker password"] = d.identity.broker_password()
+            secrets[f"{name} broker password"] = d.identity.broker_password(0)
             secrets[f"{name} gateway key"] = d._key().hex()
         audit = (gw.settings.state_dir / "audit.log").read_text()
     logged = "\n".join(

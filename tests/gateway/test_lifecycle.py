@@ -72,14 +72,17 @@ async def test_deauthorizing_a_gateway_bumps_the_epoch_for_every_gateway(tmp_pat
         assert await eventually(lambda: did in a.devices.entries)
         assert a.devices.entries[did].epoch == 1 and did not in b.devices.entries
         await enrolled_at_broker(s.enforcer, dev.hex)
+        # the device still holds epoch 0: P_0 is refused at the broker, P_1 (probed at once) is taken,
+        # and its HELLO goes under epoch 1; epoch 1 is committed by that handshake only
         await dev.connect(timeout=3)
-        stale = await dev.authenticate()  # the device still holds epoch 0: refused with the hint
-        assert isinstance(stale, events.Rejected) and stale.reason == "stale_epoch", stale
+        assert dev.epoch == 0 and dev.policy.login_epoch == 1
+        assert isinstance(await dev.authenticate(), events.Authenticated)
+        assert dev.epoch == 1 and dev.hellos[-1][0] == 1
         await dev.close()
         renewed = s.sim(0, epoch=1, counter=dev.counter)
         await renewed.connect()
         assert isinstance(await renewed.authenticate(), events.Authenticated)
-        assert a.counters.floor(did, 1) == renewed.counter  # counters start afresh per epoch
+        assert a.counters.floor(did, 1) == renewed.counter
         old_gw = s.sim(0, gateway_id="gw-b", epoch=1, counter=5)
         await renewed.close()
         await old_gw.connect()

@@ -22,7 +22,7 @@ async def test_per_device_rights_follow_the_session(tmp_path) -> None:
         hex_id = ident.device_id.hex()
         data_topic = str(topics.data("gw-a", hex_id, "telemetry"))
         # before authenticating: the broker refuses the device's data (an attacker holding only P)
-        raw = Probe(s.broker, hex_id, ident.broker_password())
+        raw = Probe(s.broker, hex_id, ident.broker_password(0))
         assert raw.connect() == 0
         assert raw.publish(data_topic, b"early").value == NOT_AUTHORIZED
         raw.close()
@@ -41,7 +41,7 @@ async def test_per_device_rights_follow_the_session(tmp_path) -> None:
         assert await eventually(lambda: gw.metrics.get("demotes") == 1, 5)
         assert gw._enforcer.state_of(hex_id) == "enrolled"
         await dev.close()
-        raw = Probe(s.broker, hex_id, ident.broker_password())
+        raw = Probe(s.broker, hex_id, ident.broker_password(0))
         assert raw.connect() == 0
         assert raw.publish(data_topic, b"late").value == NOT_AUTHORIZED
         raw.close()

@@ -49,6 +49,9 @@ async def test_a_device_flooding_before_it_authenticates_is_cut_off_for_a_while(
         banned_at = time.monotonic()
         assert await eventually(lambda: flooder.client.closed.done(), 5), "the broker closed its connection"
         assert '"event":"preauth_flood"' in (gw.settings.state_dir / "audit.log").read_text()
+        # the ban's cut-off is confirmed in the broker's log, counted apart from the ledger's cut-offs
+        assert await eventually(lambda: gw.metrics.get("cut_off_confirmed", "ban") == 1, 5)
+        assert gw.metrics.get("cut_off_confirmed", "ledger") == 0 == gw.metrics.get("cut_off")
         with pytest.raises(MqttConnectError):
             await flooder.connect(timeout=3)
         assert isinstance(await victim.authenticate(), events.Authenticated)

@@ -54,7 +54,9 @@ async def test_broker_restart_gateway_resubscribes_and_devices_reauthenticate(tm
         await s.actors["owner"].revoke(devs[1].device_id)
         await asyncio.wait_for(asyncio.shield(devs[1].client.closed), 5)
         # and the gateway saw it gone in the broker's log (not just trusted the reload)
-        assert await eventually(lambda: gw.metrics.get("cut_off_confirmed") == 1), dict(gw.metrics.counters)
+        assert await eventually(lambda: gw.metrics.get("cut_off_confirmed", "ledger") == 1), (
+            dict(gw.metrics.counters)
+        )
         assert gw.metrics.get("cut_off_unconfirmed") == 0
         assert devs[0].client.is_open
         await listener.close()

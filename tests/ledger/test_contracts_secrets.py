@@ -66,7 +66,7 @@ async def test_no_secret_reaches_the_chain(anvil_url: str) -> None:
             secrets[f"mac {n}"] = mac
             secrets[f"salt {n}"] = salt
             secrets[f"claim code {n}"] = code
-            secrets[f"broker password {n}"] = bytes.fromhex(broker_password(secret, dev))
+            secrets[f"broker password {n}"] = bytes.fromhex(broker_password(secret, dev, 0))
         await a["manufacturer"].register_many(
             [
                 DeviceRegistration(
@@ -98,7 +98,8 @@ async def test_no_secret_reaches_the_chain(anvil_url: str) -> None:
         async def publish(dev: bytes, secret: bytes, epoch: int, fw: bytes, owner: str, n: int) -> None:
             k_dg = gateway_key(secret, dev, gw_id, epoch, fw)
             secrets[f"K_dg {n} epoch {epoch}"] = k_dg
-            keys = GatewayKeys(k_dg=k_dg, broker_password=bytes.fromhex(broker_password(secret, dev)))
+            keys = GatewayKeys(k_dg=k_dg, broker_password=bytes.fromhex(broker_password(secret, dev, epoch)))
+            secrets[f"broker password {n} epoch {epoch}"] = keys.broker_password
             sealed = seal(keys, gw_public, dev, gw_id, epoch)
             published.append(sealed)
             await a[owner].authorize_gateway(

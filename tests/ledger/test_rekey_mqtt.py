@@ -207,7 +207,7 @@ async def test_rekey_over_mqtt_with_a_running_gateway_and_the_previous_owner_is_
                 _, epoch_at_transfer = await ledger.device_state(did)
 
                 # that login gives the previous owner (it knows S, so P) nothing: no handshake, no data
-                spy = Probe(s.broker, did_hex, keys.broker_password(old_secret, did))
+                spy = Probe(s.broker, did_hex, keys.broker_password(old_secret, did, epoch_at_transfer))
                 assert spy.connect() == 0
                 for topic in (topics.handshake_up(gw, did_hex), topics.data(gw, did_hex, "telemetry")):
                     assert spy.publish(topic, b"x").value == NOT_AUTHORIZED, topic
@@ -245,7 +245,7 @@ async def test_rekey_over_mqtt_with_a_running_gateway_and_the_previous_owner_is_
                     lambda: s.enforcer is not None and s.enforcer.state_of(did_hex) == "absent", 20
                 )
                 await s.enforcer.flush()  # live at the broker
-                assert not mqtt_login(port, did_hex, keys.broker_password(old_secret, did))
+                assert not old_logins(port, did_hex, old_secret, epoch)
 
                 # the new owner authorizes the gateway from the bundle (keys from S'): the gateway
                 # enrols the device with P from S' and serves it under the new epoch
@@ -258,7 +258,7 @@ async def test_rekey_over_mqtt_with_a_running_gateway_and_the_previous_owner_is_
                 ), agent.snapshot().stats
 
                 # the previous owner, with S: its broker password is refused ...
-                assert not mqtt_login(port, did_hex, keys.broker_password(old_secret, did))
+                assert not old_logins(port, did_hex, old_secret, epoch)
                 assert mqtt_login(port, f"gateway-{gw}.1", s.secrets[gw])  # (logins do work)
                 # ... and were it on the path with a login, its HELLO under K_dg from S is refused by
                 # the gateway's role (handed to it directly: no login of its own reaches the topic)
@@ -276,6 +276,13 @@ async def test_rekey_over_mqtt_with_a_running_gateway_and_the_previous_owner_is_
                 assert previous.replies == []
                 previous.close()
                 assert load_secret(config.key_file).reveal() == new_secret
+
+
+def old_logins(port: int, device_hex: str, old_secret: bytes, epoch: int) -> bool:
+    """Does the broker take P_e from S (the previous owner's) at any epoch up to the next one?"""
+    did = bytes.fromhex(device_hex)
+    passwords = [keys.broker_password(old_secret, did, e) for e in range(epoch + 2)]
+    return any(mqtt_login(port, device_hex, p) for p in passwords)
 
 
 async def refused_init(agent: MqttAgent, sender: PreviousOwnerInit, epoch: int) -> bool:

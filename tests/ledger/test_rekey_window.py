@@ -170,7 +170,6 @@ async def test_start_rekey_gives_the_named_gateway_a_rekey_only_account_until_co
 
     await start_rekey(ch.ledger, ch.new_owner, did, b"gw-a", secret=secret)
     changes = await sync()
-    expected_password = keys.broker_password(secret, did)
     assert changes[b"gw-b"] == ([], [])  # not named: nothing
     cut, enroll = changes[b"gw-a"]
     assert cut == [] and [type(e) for e in enroll] == [EnrollRekey]
@@ -178,6 +177,7 @@ async def test_start_rekey_gives_the_named_gateway_a_rekey_only_account_until_co
     assert isinstance(account, EnrollRekey)
     assert (account.device_id, account.gateway_id) == (did.hex(), "gw-a")
     _, epoch = await ch.ledger.device_state(did)
+    expected_password = keys.broker_password(secret, did, epoch)  # P_e from S at the epoch of startRekey
     assert account.secret.reveal() == expected_password == window_password(secret, did, epoch).hex()
     assert did not in tables[b"gw-a"].entries  # no protocol entry: it cannot authenticate here
     # a restart loads it again from the index

@@ -22,4 +22,5 @@ def test_spec_v1_1_vectors_under_micropython():
     assert got["stream_lp"] == v["encodings"]["stream_lp"]
     assert got["tag"] == v["data_tag"]["tag"]
     assert got["password"] == v["broker_password"]["mqtt_password_ascii"]
+    assert got["password_next"] == v["broker_password"]["next_epoch_mqtt_password_ascii"]
     assert got["reject"] == [v["reject"]["bad_otp_no_hint"], v["reject"]["stale_epoch_hint_3"]]

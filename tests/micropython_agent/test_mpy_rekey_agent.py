@@ -120,6 +120,6 @@ def test_the_micropython_agent_rekeys_over_mqtt(broker, tmp_path: Path) -> None:
             proc.communicate()
     assert proc.returncode == 0, err
     result = json.loads(out.strip().splitlines()[-1])
-    assert result == {"rekeyed": 1, "refused": ["rekey_refused_bad_init"],
-                      "password": keys.broker_password(new_secret, did)}
+    assert result == {"rekeyed": 1, "refused": ["rekey_refused_bad_init"], "login_epoch": 0,
+                      "password": keys.broker_password(new_secret, did, 0)}
     assert new_secret is not None and bytes.fromhex(key.read_text().strip()) == new_secret != secret

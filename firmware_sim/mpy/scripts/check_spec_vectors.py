@@ -30,7 +30,8 @@ out = {
                           otp.hotp_value(k_otp, 0, "sha256", nd).to_bytes(4, "big")).hex(),
     "stream_lp": keys.lp("telemetry").hex(),
     "tag": crypto.hmac_sha256(k_up, H(v["data_tag"]["tag_input"]))[:8].hex(),
-    "password": keys.broker_password(s, did),
+    "password": keys.broker_password(s, did, i["epoch"]),
+    "password_next": keys.broker_password(s, did, i["epoch"] + 1),
     "reject": [wire.encode(wire.REJECT, 5, 0).hex(), wire.encode(wire.REJECT, 4, 3).hex()],
 }
 print(json.dumps(out))
