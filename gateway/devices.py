@@ -7,10 +7,19 @@ checked against the ledger's key commitment; its counter floor comes from the du
 enrolments (new devices, and devices whose epoch moved: their live connection is replaced).
 A device quarantined after a clone alert stays quarantined across restarts (recorded with the
 counters) until the ledger stops it being servable (the owner suspends or revokes it) or moves its epoch.
+
+The re-key window (docs/PROTOCOL.md 2.3): after a transfer no gateway may be authorized until the new
+owner re-keys the device, so no gateway serves it; but the owner may name this gateway to carry the
+exchange (``startRekey``, with the device's broker password from S sealed to this gateway). While the
+index says so (``DeviceView.rekeying_here``), the device gets a broker account for its re-key topics with
+this gateway only (``EnrollRekey``), and no protocol entry: it cannot authenticate or send data here.
+When the window ends (``confirmRekey`` moved the epoch, or anything else did) that account is cut off;
+the owner's next grant brings the ordinary account, with the password from S'.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 from collections.abc import Iterable
@@ -20,9 +29,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from device_agent.core.gateway import DeviceEntry, GatewayRole
 from ledger_bridge.index import DeviceView, IdentityIndex
-from ledger_bridge.sealing import SealError, unseal
+from ledger_bridge.sealing import SealError, unseal, unseal_rekey_password
 
-from .broker import BrokerSecret, Enroll
+from .broker import BrokerSecret, Enroll, EnrollRekey
 from .counters import CounterStore
 from .settings import ProtocolSettings
 
@@ -58,6 +67,15 @@ class Served:
     publish: frozenset[str]
 
 
+@dataclass(frozen=True, kw_only=True)
+class RekeyAccount:
+    """A device in its re-key window here: the epoch it was named at, and its broker password."""
+
+    epoch: int
+    sealed: bytes
+    broker_secret: BrokerSecret
+
+
 class DeviceTable:
     def __init__(
         self,
@@ -77,6 +95,7 @@ class DeviceTable:
         self.served: dict[bytes, Served] = {}
         self.unseal_errors = 0
         self.without_policy: set[bytes] = set()  # served, but every DATA message would be dropped
+        self.rekeying: dict[bytes, RekeyAccount] = {}  # re-key window: a broker account, no entry
         self._quarantined = counters.quarantined()
         self.role = GatewayRole(
             gateway_id,
@@ -98,6 +117,51 @@ class DeviceTable:
             view = self.index.device(did)
             if view is not None:
                 self._load(view)
+        for did in self.index.rekey_ids():
+            view = self.index.device(did)
+            if view is not None and view.rekeying_here:
+                self._load_rekey(view)
+
+    def _load_rekey(self, view: DeviceView) -> bool:
+        rekey = view.rekey
+        assert rekey is not None
+        did = view.device_id
+        try:
+            password = unseal_rekey_password(
+                rekey.sealed_password, self._key, did, self.gateway_id, rekey.epoch
+            )
+        except SealError as exc:
+            self.unseal_errors += 1
+            log.error("device %s: %s; its re-key is not carried here", did.hex(), exc)
+            self.rekeying.pop(did, None)
+            return False
+        self.rekeying[did] = RekeyAccount(
+            epoch=rekey.epoch, sealed=rekey.sealed_password, broker_secret=BrokerSecret(password.hex())
+        )
+        return True
+
+    def _enroll_rekey(self, did: bytes) -> EnrollRekey:
+        return EnrollRekey(
+            device_id=did.hex(), gateway_id=self.gateway_id.decode(), secret=self.rekeying[did].broker_secret
+        )
+
+    def _refresh_rekey(self, did: bytes, view: DeviceView | None) -> tuple[bool, bool]:
+        """The re-key window of one changed device -> (cut its re-key account, enrol it anew)."""
+        was = self.rekeying.get(did)
+        if view is not None and view.rekeying_here:
+            assert view.rekey is not None
+            if was is not None and was.epoch == view.rekey.epoch and was.sealed == view.rekey.sealed_password:
+                return False, False
+            if self._load_rekey(view):
+                now = self.rekeying[did].broker_secret.reveal()
+                # named again with the same password (a new box): the live login stays as it is
+                same = was is not None and hmac.compare_digest(was.broker_secret.reveal(), now)
+                return False, not same
+            return was is not None, False
+        if was is not None:
+            del self.rekeying[did]
+            return True, False
+        return False, False
 
     def _load(self, view: DeviceView) -> bool:
         grant = view.grant
@@ -142,12 +206,13 @@ class DeviceTable:
         self.entries.pop(did, None)
         self.served.pop(did, None)
 
-    def enrollments(self) -> list[Enroll]:
-        return [
+    def enrollments(self) -> list[Enroll | EnrollRekey]:
+        served: list[Enroll | EnrollRekey] = [
             Enroll(device_id=d.hex(), secret=s.broker_secret)
             for d, s in self.served.items()
             if self.entries[d].active
         ]
+        return served + [self._enroll_rekey(d) for d in self.rekeying]
 
     def quarantine(self, did: bytes) -> None:
         """Stop serving a device locally (clone detected) until the ledger says otherwise."""
@@ -167,16 +232,22 @@ class DeviceTable:
 
     def refresh(
         self, changed: Iterable[bytes], since_block: int | None = None
-    ) -> tuple[list[bytes], list[Enroll]]:
+    ) -> tuple[list[bytes], list[Enroll | EnrollRekey]]:
         """Apply the index's changes (of blocks ``since_block`` on) -> (devices to cut off, enrolments).
+        The broker applies the cut-offs first, then the enrolments.
 
         A clone quarantine is lifted when the owner acted on the ledger: the device left the servable
         states, or (suspend and activate in one batch) an owner action is among these blocks."""
         cut: list[bytes] = []
-        enroll: list[Enroll] = []
+        enroll: list[Enroll | EnrollRekey] = []
         for did in changed:
             old = self.served.get(did)
             view = self.index.device(did)
+            rekey_cut, rekey_enroll = self._refresh_rekey(did, view)
+            if rekey_cut:
+                cut.append(did)
+            if rekey_enroll:
+                enroll.append(self._enroll_rekey(did))
             if (
                 view is not None
                 and view.servable
@@ -190,7 +261,8 @@ class DeviceTable:
             if view is None or not view.servable:
                 if old is not None:
                     self._forget(did)
-                    cut.append(did)
+                    if did not in cut:
+                        cut.append(did)
                 self._lift_quarantine(did)  # the owner acted on the ledger
                 continue
             assert view.grant is not None
@@ -208,7 +280,7 @@ class DeviceTable:
                 self._check_policy(did, view)
                 continue
             if self._load(view):
-                if old is not None:
+                if old is not None and did not in cut:
                     cut.append(did)  # new epoch or key: end the session, the device re-authenticates
                 if self.entries[did].active:
                     enroll.append(Enroll(device_id=did.hex(), secret=self.served[did].broker_secret))

@@ -54,6 +54,20 @@ class ActorHandle:
         """Manufacturer: the device's static X25519 public key (made on the device), before any claim."""
         return await self._tx("registerDeviceKey", check_device_id(device_id), _b32(x25519_public_key))
 
+    async def register_device_key_many(
+        self, device_ids: Sequence[bytes], x25519_public_keys: Sequence[bytes]
+    ) -> list[TxOutcome]:
+        """Manufacturer: many devices' keys, in as few transactions as fit (``registerDeviceKeyMany``). A
+        refused batch raises `LedgerRevert` naming the device, and changes nothing; earlier batches stay."""
+
+        if len(device_ids) != len(x25519_public_keys):
+            raise ValueError("device_ids and device keys differ in length")
+        return await self._batched(
+            "registerDeviceKeyMany",
+            device_ids,
+            lambda ids, part: (ids, [_b32(k) for k in x25519_public_keys[part]]),
+        )
+
     async def batch_limit(self, operation: str = "registerMany") -> int:
         """How many items one batch transaction of `operation` may carry on this chain (at most MAX_BATCH)."""
 
@@ -113,6 +127,13 @@ class ActorHandle:
     async def confirm_rekey(self, device_id: bytes, key_commitment: bytes) -> TxOutcome:
         """Owner: the device was re-keyed (key confirmation passed); bumps the epoch."""
         return await self._tx("confirmRekey", check_device_id(device_id), _b32(key_commitment))
+
+    async def start_rekey(self, device_id: bytes, gateway_id: bytes, sealed_password: bytes) -> TxOutcome:
+        """Owner, while a re-key is pending: name the gateway that carries the exchange, with the device's
+        broker password sealed to it (``sealing.seal_rekey_password``)."""
+        return await self._tx(
+            "startRekey", check_device_id(device_id), _b32(gateway_id), bytes(sealed_password)
+        )
 
     async def suspend(self, device_id: bytes) -> TxOutcome:
         return await self._tx("suspend", check_device_id(device_id))

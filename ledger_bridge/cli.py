@@ -700,7 +700,10 @@ def _add_rekey_command(sub: Any) -> None:
     rk.add_argument("--bundle", required=True,
                     help="the device's owner bundle (<id>.owner.json): S is read from it, S' written into it")
     rk.add_argument("--broker", required=True, metavar="HOST:PORT", help="the site's MQTT broker")
-    rk.add_argument("--gateway", required=True, help="the gateway whose broker account is used (e.g. gw-1)")
+    rk.add_argument("--gateway", required=True,
+                    help="the gateway whose broker account is used (e.g. gw-1); while the re-key is pending "
+                    "it is named on chain (startRekey) and gives the device a login for its re-key topics "
+                    "only")
     rk.add_argument("--broker-password-file", required=True, metavar="FILE",
                     help="that account's broker password (0600), or - for standard input; never argv")
     rk.add_argument("--broker-username", required=True,
@@ -739,6 +742,7 @@ async def cmd_rekey(args: argparse.Namespace) -> int:
                     # an earlier exchange may have stopped after S' was kept but before the device
                     # committed it: the device then still holds S
                     earlier=(bundle.secret,) if bundle.rekeyed_secret is not None else (),
+                    carrier=args.gateway.encode(),
                 )
             except core_rekey.RekeyError as exc:
                 raise ValueError(

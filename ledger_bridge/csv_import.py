@@ -147,20 +147,37 @@ async def register_rows(
             report.registered += len(pending)
             report.transactions += len(outcomes)
             done += len(pending)
-            for line, r in pending:
-                if r.device_key is None:
-                    continue
-                try:  # one transaction a device (registerMany carries no keys)
-                    await actor.register_device_key(r.device_id, r.device_key)
-                    report.transactions += 1
-                except LedgerRevert as exc:
-                    report.errors.append(
-                        RowError(line=line, device_id=r.device_id.hex(), reason=f"device key: {exc}")
-                    )
+            keyed = [(line, r) for line, r in pending if r.device_key is not None]
+            await _register_keys(actor, keyed, report)
             pending = []
         if progress is not None:
             progress(done, len(rows))
     return report
+
+
+async def _register_keys(
+    actor: ActorHandle, keyed: list[tuple[int, DeviceRegistration]], report: ImportReport
+) -> None:
+    """The batch's device keys in one ``registerDeviceKeyMany`` transaction (all or none): a refused row
+    (the revert names its device) is reported and the others are sent again without it."""
+    while keyed:
+        try:
+            outcomes = await actor.register_device_key_many(
+                [r.device_id for _, r in keyed], [r.device_key or b"" for _, r in keyed]
+            )
+        except LedgerRevert as exc:
+            culprit = exc.args_by_name.get("id")
+            index = next((i for i, (_, r) in enumerate(keyed) if r.device_id == culprit), None)
+            failed = keyed if index is None else [keyed.pop(index)]
+            report.errors.extend(
+                RowError(line=line, device_id=r.device_id.hex(), reason=f"device key: {exc}")
+                for line, r in failed
+            )
+            if index is None:
+                return
+            continue
+        report.transactions += len(outcomes)
+        return
 
 
 def _batches(

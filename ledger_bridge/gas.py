@@ -39,6 +39,7 @@ GAS_BUDGETS: Mapping[str, int] = {
     "removeGateway": 80_000,
     "registerDeviceKey": 80_000,
     "confirmRekey": 80_000,
+    "startRekey": 80_000,
     "anchor": 200_000,
     "cloneAlert": 100_000,
 }
@@ -47,6 +48,7 @@ BATCH_GAS: Mapping[str, tuple[int, int]] = {
     "authorizeGatewayMany": (60_000, 150_000),
     "onboardMany": (60_000, 110_000),
     "recordFirmwareMany": (60_000, 30_000),
+    "registerDeviceKeyMany": (60_000, 40_000),
 }
 #: Gas of a view call: generous for every view here, small enough that an in-process EVM (which checks
 #: that the caller could pay for it) accepts a modestly funded caller.

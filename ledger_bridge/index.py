@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS gateways (id BLOB PRIMARY KEY, x25519 BLOB NOT NULL, 
     operator TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS policies (id BLOB PRIMARY KEY, publish TEXT NOT NULL, subscribe TEXT NOT NULL,
     author TEXT NOT NULL, name BLOB) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rekeys (device BLOB PRIMARY KEY, gateway BLOB NOT NULL, epoch INTEGER NOT NULL,
+    sealed BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS clone_alerts (device BLOB NOT NULL, epoch INTEGER NOT NULL,
     PRIMARY KEY (device, epoch)) WITHOUT ROWID;
 """
@@ -133,6 +135,17 @@ class Grant:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RekeyHost:
+    """This gateway was named (startRekey) to carry the device's re-key at ``epoch``."""
+
+    epoch: int
+    sealed_password: bytes
+
+    def __repr__(self) -> str:
+        return f"RekeyHost(epoch={self.epoch})"
+
+
+@dataclass(frozen=True, kw_only=True)
 class DeviceView:
     """One device as the index sees it, with this gateway's grant if any."""
 
@@ -144,11 +157,24 @@ class DeviceView:
     subscribe: tuple[str, ...]
     grant: Grant | None
     clone_alert: bool = False  # a gateway reported a clone at this epoch; no owner action since
+    rekey: RekeyHost | None = None  # this gateway carries the device's pending re-key (any epoch)
 
     @property
     def servable(self) -> bool:
         """Active, and this gateway holds a key for the current epoch."""
         return self.state is DeviceState.ACTIVE and self.grant is not None and self.grant.epoch == self.epoch
+
+    @property
+    def rekeying_here(self) -> bool:
+        """The device's re-key is pending and its owner named this gateway at the current epoch (the
+        contract's startRekey); claimed or active, not suspended. A confirmed re-key, a new transfer,
+        revocation or any other epoch bump ends it."""
+        return (
+            self.rekey is not None
+            and self.rekey.epoch == self.epoch
+            and self.state in (DeviceState.CLAIMED, DeviceState.ACTIVE)
+            and not self.servable
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -239,6 +265,10 @@ class IdentityIndex:
             return None
         state, epoch, fw, pub, sub, g_epoch, commit, sealed = row
         grant = None if g_epoch is None else Grant(epoch=g_epoch, key_commitment=commit, sealed_key=sealed)
+        rk = self._db.execute(
+            "SELECT epoch, sealed FROM rekeys WHERE device = ? AND gateway = ?",
+            (device_id, self.gateway_id or b""),
+        ).fetchone()
         alert = self._db.execute(
             "SELECT 1 FROM clone_alerts WHERE device = ? AND epoch = ?", (device_id, epoch)
         ).fetchone()
@@ -251,6 +281,7 @@ class IdentityIndex:
             publish=split_streams(pub or ""),
             subscribe=split_streams(sub or ""),
             grant=grant,
+            rekey=None if rk is None else RekeyHost(epoch=rk[0], sealed_password=bytes(rk[1])),
         )
 
     def device_ids(self) -> list[bytes]:
@@ -266,6 +297,15 @@ class IdentityIndex:
                 (self.gateway_id or b"", int(DeviceState.ACTIVE)),
             )
         ]
+
+    def rekey_ids(self) -> list[bytes]:
+        """Devices whose pending re-key this gateway carries now (``DeviceView.rekeying_here``)."""
+        rows = self._db.execute(
+            "SELECT d.id FROM devices d JOIN rekeys r ON r.device = d.id AND r.gateway = ?"
+            " WHERE r.epoch = d.epoch AND d.state IN (?, ?)",
+            (self.gateway_id or b"", int(DeviceState.CLAIMED), int(DeviceState.ACTIVE)),
+        )
+        return [bytes(r[0]) for r in rows]
 
     def gateway(self, gateway_id: bytes) -> tuple[bytes, str, str] | None:
         row = self._db.execute(
@@ -472,6 +512,7 @@ class IdentityIndex:
                 db.execute("DELETE FROM devices WHERE id = ?", (d,))
                 db.execute("DELETE FROM grants WHERE device = ?", (d,))
                 db.execute("DELETE FROM clone_alerts WHERE device = ?", (d,))
+                db.execute("DELETE FROM rekeys WHERE device = ?", (d,))
             for g in gateways:
                 db.execute("DELETE FROM gateways WHERE id = ?", (g,))
             for p in policies:
@@ -606,6 +647,12 @@ def _apply(db: sqlite3.Connection, name: str, a: Mapping[str, Any], block: int) 
         )
     elif name == "DeviceRekeyed":  # a new device secret: every grant of the old epoch is void
         db.execute("UPDATE devices SET epoch=?, block=? WHERE id=?", (a["epoch"], block, d))
+        db.execute("DELETE FROM rekeys WHERE device = ?", (d,))
+    elif name == "RekeyStarted":  # the gateway named to carry the re-key (the latest naming counts)
+        db.execute(
+            "INSERT OR REPLACE INTO rekeys VALUES (?, ?, ?, ?)",
+            (d, a["gatewayId"], a["epoch"], a["sealedPassword"]),
+        )
     elif name == "FirmwareRecorded":
         db.execute(
             "UPDATE devices SET firmware=?, epoch=?, block=? WHERE id=?",

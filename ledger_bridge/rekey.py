@@ -9,6 +9,11 @@ authorizing gateways). A substituted key fails the device's confirmation tag: ``
 recorded, S unchanged. Keep S until the device has authenticated under S' (if CONFIRM is lost, the
 device still holds S and the exchange can be run again with it).
 
+The device reaches its re-key topics during the window only through the gateway the new owner names
+(``start_rekey``: ``startRekey`` on chain, with the device's broker password from S sealed to that
+gateway): no gateway may be authorized before the re-key, so nothing else gives the device a broker
+account. ``rekey_device(..., carrier=G)`` names G first when the chain says the re-key is pending.
+
 ``MqttRekeyChannel`` is the channel to a running agent: INIT and CONFIRM on the device's re-key
 ``down`` topic under gateway G, REPLY from its ``up`` topic (``device_agent.core.topics``), through the
 site's broker with gateway G's account, the one account besides the device's own that the broker's ACL
@@ -27,13 +32,23 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from device_agent.agent.x25519 import x25519
-from device_agent.core import rekey
+from device_agent.core import keys, rekey
 from device_agent.core import topics as _topics
 
 from .actor import ActorHandle
+from .index import onchain_gateway_id
 from .ledger import Ledger
+from .model import TxOutcome
+from .sealing import seal_rekey_password
 
-__all__ = ["MqttRekeyChannel", "RekeyChannel", "RekeyTimeout", "rekey_device"]
+__all__ = [
+    "MqttRekeyChannel",
+    "RekeyChannel",
+    "RekeyTimeout",
+    "rekey_device",
+    "start_rekey",
+    "window_password",
+]
 
 _T: Any = _topics
 
@@ -47,6 +62,28 @@ class RekeyTimeout(Exception):
     """The device did not answer in time (not connected, no device key, or it refused INIT)."""
 
 
+def window_password(secret: bytes, device_id: bytes, epoch: int) -> bytes:
+    """The broker password the device logs in with during the re-key window, as 16 bytes: derived from S
+    (it holds only S until CONFIRM) by the device's own derivation, ``keys.broker_password``, for the
+    chain's epoch at ``startRekey`` (the epoch the box is sealed for). The one place the owner computes it."""
+    return bytes.fromhex(keys.broker_password(secret, device_id, epoch))
+
+
+async def start_rekey(
+    ledger: Ledger, owner: ActorHandle, device_id: bytes, gateway_id: bytes, *, secret: bytes
+) -> TxOutcome:
+    """Name gateway ``gateway_id`` (protocol form, e.g. b"gw-1") to carry the re-key: the device's broker
+    password from S, sealed to that gateway's registered key for the current epoch, goes on chain."""
+    record = await ledger.gateway(onchain_gateway_id(gateway_id))
+    if record.removed:
+        raise ValueError(f"gateway {gateway_id.decode(errors='replace')} was removed")
+    _, epoch = await ledger.device_state(device_id)
+    sealed = seal_rekey_password(
+        window_password(secret, device_id, epoch), record.x25519_public_key, device_id, gateway_id, epoch
+    )
+    return await owner.start_rekey(device_id, onchain_gateway_id(gateway_id), sealed)
+
+
 async def rekey_device(
     ledger: Ledger,
     owner: ActorHandle,
@@ -56,6 +93,7 @@ async def rekey_device(
     channel: RekeyChannel,
     keep: Callable[[bytes], None] | None = None,
     earlier: Sequence[bytes] = (),
+    carrier: bytes | None = None,
 ) -> bytes:
     """-> S' (32 bytes), after the device proved it holds the registered key and the chain recorded it.
 
@@ -63,13 +101,18 @@ async def rekey_device(
     ``earlier``: secrets the device may still hold, tried in turn (each with its own INIT) when it does
     not answer the one before. An exchange interrupted after ``keep`` (the device killed before it
     committed, or CONFIRM lost, even once the chain recorded it) leaves the device with S while the owner
-    holds S': the retry needs S, or the device is locked out (found by the campaign's mid-re-key kill)."""
-    public, _ = await ledger.device_key(device_id)
+    holds S': the retry needs S, or the device is locked out (found by the campaign's mid-re-key kill).
+    ``carrier``: the gateway (protocol form) whose broker account ``channel`` uses; while the re-key is
+    pending it is named on chain first (``start_rekey``) with the login of the secret being tried, so that
+    it gives the device its re-key login."""
+    public, pending = await ledger.device_key(device_id)
     if public == bytes(32):
         raise ValueError("the device has no registered device key: it cannot be re-keyed")
     _, epoch = await ledger.device_state(device_id)
     candidates = [secret, *(s for s in earlier if s != secret)]
     for n, candidate in enumerate(candidates):
+        if pending and carrier is not None:  # the device logs in with the password of the secret it holds
+            await start_rekey(ledger, owner, device_id, carrier, secret=candidate)
         role = rekey.OwnerRekey(device_id, epoch, candidate, public, x25519, os.urandom)
         try:
             answer = await channel.request(role.start())
@@ -90,7 +133,10 @@ async def rekey_device(
 class MqttRekeyChannel:
     """The exchange over the broker, with gateway ``gateway_id``'s account (paho, its own loop thread).
 
-    Use as ``with MqttRekeyChannel(...) as ch:``; ``request`` waits ``timeout`` seconds for the REPLY.
+    Use as ``with MqttRekeyChannel(...) as ch:``; ``request`` waits ``timeout`` seconds for the REPLY,
+    sending the same INIT again every ``resend`` seconds meanwhile: the device may log in only once the
+    gateway has seen ``startRekey`` and given it its re-key account, and the agents answer a repeated
+    INIT with the same REPLY.
     Messages are QoS 1, retain 0 (PROTOCOL.md 6); an answer of the wrong shape is skipped, not trusted
     (the exchange's tags decide)."""
 
@@ -105,13 +151,14 @@ class MqttRekeyChannel:
         password: str,
         tls_ca: Path | None = None,
         timeout: float = 30.0,
+        resend: float = 1.0,
     ) -> None:
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
         self._down = str(_T.rekey_down(gateway_id, device_id.hex()))
         self._up = str(_T.rekey_up(gateway_id, device_id.hex()))
-        self._host, self._port, self._timeout = host, port, timeout
+        self._host, self._port, self._timeout, self._resend = host, port, timeout, resend
         self._replies: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self._ready: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=username, protocol=paho.MQTTv311)
@@ -169,14 +216,19 @@ class MqttRekeyChannel:
         self._client.loop_stop()
 
     async def request(self, message: bytes) -> bytes:
-        self._client.publish(self._down, message, qos=1).wait_for_publish(self._timeout)
-        try:
-            return await asyncio.to_thread(self._replies.get, True, self._timeout)
-        except queue.Empty:
-            raise RekeyTimeout(
-                f"no REPLY within {self._timeout:.0f} s: is the agent connected to this broker, with its "
-                "device key, and does it still hold the secret given?"
-            ) from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        while (left := deadline - loop.time()) > 0:
+            info = self._client.publish(self._down, message, qos=1)
+            await asyncio.to_thread(info.wait_for_publish, left)
+            try:
+                return await asyncio.to_thread(self._replies.get, True, min(self._resend, left))
+            except queue.Empty:
+                continue
+        raise RekeyTimeout(
+            f"no REPLY within {self._timeout:.0f} s: is the agent connected to this broker, with its "
+            "device key, and does it still hold the secret given?"
+        )
 
     async def send(self, message: bytes) -> None:
         info = self._client.publish(self._down, message, qos=1)

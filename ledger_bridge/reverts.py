@@ -69,6 +69,9 @@ _TEMPLATES: Mapping[str, _Fmt] = {
     "NotManufacturer": lambda a: f"{a['account']} is not the manufacturer of {_dev(a)}",
     "DeviceKeyExists": lambda a: f"{_dev(a)} already has a registered device key",
     "NoDeviceKey": lambda a: f"{_dev(a)} has no registered device key, so it cannot be re-keyed",
+    "NoRekeyPending": lambda a: (
+        f"{_dev(a)} has no re-key pending (it is not waiting for a new owner's re-key)"
+    ),
     "RekeyPending": lambda a: (
         f"{_dev(a)} changed owner: re-key it and record the confirmation (confirm-rekey) before "
         "authorizing gateways"

@@ -112,6 +112,56 @@ def unseal(sealed: bytes, gateway_private: X25519PrivateKey, device_id: bytes, g
     return keys
 
 
+# ---- the re-key window's box: the device's broker password from S, for the gateway that carries it ----
+REKEY_SEALED_LEN = 64  # ephemeral public (32) | ciphertext of the broker password (16) | tag (16)
+_REKEY_LABEL = b"diams/v1/seal-rekey"
+
+
+def seal_rekey_password(
+    broker_password: bytes, gateway_public: bytes, device_id: bytes, gateway_id: bytes, epoch: int
+) -> bytes:
+    """Seal the device's broker password (16 bytes) for the gateway named to carry its re-key (startRekey).
+
+    Another label than a grant's box, so neither opens as the other: a gateway never takes a re-key box
+    for a grant (the box holds no K_dg and gives the device only its re-key topics)."""
+    if len(broker_password) != BROKER_PASSWORD_LEN or len(gateway_public) != 32:
+        raise ValueError("the broker password must be 16 bytes, the gateway public key 32")
+    eph = X25519PrivateKey.generate()
+    return _seal_rekey_with(eph, broker_password, gateway_public, device_id, gateway_id, epoch)
+
+
+def _seal_rekey_with(eph: X25519PrivateKey, broker_password: bytes, gateway_public: bytes, device_id: bytes,
+                     gateway_id: bytes, epoch: int) -> bytes:
+    """``seal_rekey_password`` with a given ephemeral key (tests/vectors/sealing.json's ``rekey_cases``)."""
+    eph_pub = public_bytes(eph.public_key())
+    try:
+        shared = eph.exchange(X25519PublicKey.from_public_bytes(gateway_public))
+    except ValueError as exc:
+        raise SealError("gateway public key is not usable for X25519") from exc
+    context = _context(device_id, gateway_id, epoch)
+    key = HKDF(hashes.SHA256(), 32, eph_pub + gateway_public, _REKEY_LABEL + context).derive(shared)
+    return eph_pub + ChaCha20Poly1305(key).encrypt(bytes(12), broker_password, context)
+
+
+def unseal_rekey_password(
+    sealed: bytes, gateway_private: X25519PrivateKey, device_id: bytes, gateway_id: bytes, epoch: int
+) -> bytes:
+    """Open a re-key box with the gateway's private key; -> the 16-byte broker password, or SealError."""
+    if len(sealed) != REKEY_SEALED_LEN:
+        raise SealError(f"sealed re-key password must be {REKEY_SEALED_LEN} bytes, got {len(sealed)}")
+    eph_pub, ciphertext = sealed[:32], sealed[32:]
+    gw_pub = public_bytes(gateway_private.public_key())
+    context = _context(device_id, gateway_id, epoch)
+    try:
+        shared = gateway_private.exchange(X25519PublicKey.from_public_bytes(eph_pub))
+        key = HKDF(hashes.SHA256(), 32, eph_pub + gw_pub, _REKEY_LABEL + context).derive(shared)
+        return ChaCha20Poly1305(key).decrypt(bytes(12), ciphertext, context)
+    except (InvalidTag, ValueError):
+        raise SealError(
+            f"sealed re-key password for device {device_id.hex()} does not open with this key"
+        ) from None
+
+
 def generate_gateway_key(path: Path) -> bytes:
     """Create the gateway's X25519 private key in a new 0600 file; -> the public key to register."""
     key = X25519PrivateKey.generate()

@@ -14,7 +14,7 @@ import os
 
 from device_agent.core.identity import claim_hash
 from ledger_bridge import DeviceRegistration, EthereumTesterBackend, Ledger, Role, Signer
-from ledger_bridge.sealing import SEALED_LEN
+from ledger_bridge.sealing import REKEY_SEALED_LEN, SEALED_LEN
 
 
 def _reg(n: int) -> DeviceRegistration:
@@ -97,7 +97,21 @@ async def main() -> None:
         await a["owner"].claim(r2.device_id, b"code-" + r2.device_id.hex().encode())
         await a["owner"].transfer(r2.device_id, s["new"].address)
         note("acceptTransfer (device key: re-key pending)", await a["new"].accept_transfer(r2.device_id))
+        gid2 = hashlib.sha256(b"gw2").digest()
+        await a["op"].register_gateway(gid2, x25519_public_key=os.urandom(32), account=s["gw2"].address)
+        note(
+            "startRekey (64-byte sealed password)",
+            await a["new"].start_rekey(r2.device_id, gid2, os.urandom(REKEY_SEALED_LEN)),
+        )
         note("confirmRekey", await a["new"].confirm_rekey(r2.device_id, os.urandom(32)))
+        for n in (1, 100):  # registerDeviceKeyMany: per device = the receipt's gas / n
+            regs = [_reg(1000 * n + i) for i in range(n)]
+            await a["maker"].register_many(regs)
+            [outcome] = await a["maker"].register_device_key_many(
+                [r.device_id for r in regs], [os.urandom(32) for _ in regs]
+            )
+            gas[f"registerDeviceKeyMany, {n} device(s): whole transaction"] = outcome.gas_used
+            gas[f"registerDeviceKeyMany, per device ({n} per transaction)"] = outcome.gas_used // n
     for name, used in gas.items():
         print(f"| {name} | {used:,} |")
 

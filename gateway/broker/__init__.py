@@ -1,7 +1,7 @@
 """Access control at the MQTT broker: who may connect, publish and subscribe where.
 
-The gateway drives a ``BrokerEnforcer`` with small change values (``Enroll``, ``Grant``, ``Demote``,
-``CutOff``, ``AuthorizeGateway``, ``RemoveGateway``, and read-only application accounts with
+The gateway drives a ``BrokerEnforcer`` with small change values (``Enroll``, ``EnrollRekey``, ``Grant``,
+``Demote``, ``CutOff``, ``AuthorizeGateway``, ``RemoveGateway``, and read-only application accounts with
 ``AuthorizeApplication``, ``RemoveApplication``); ``MosquittoEnforcer`` implements it with
 mosquitto's password and ACL files and batched SIGHUP reloads; ``HttpEnforcer`` answers a clustered
 broker's HTTP authorization requests (``AuthzServer``) from memory and closes connections through the
@@ -25,6 +25,7 @@ from ._interface import (
     CutOff,
     Demote,
     Enroll,
+    EnrollRekey,
     Grant,
     RemoveApplication,
     RemoveGateway,
@@ -80,6 +81,7 @@ __all__ = [
     "CutOff",
     "Demote",
     "Enroll",
+    "EnrollRekey",
     "Grant",
     "HttpEnforcer",
     "InvalidIdentifier",

@@ -54,6 +54,7 @@ from ._interface import (
     CutOff,
     Demote,
     Enroll,
+    EnrollRekey,
     Grant,
     RemoveApplication,
     RemoveGateway,
@@ -203,19 +204,31 @@ class HttpEnforcer(BrokerEnforcer):
 
     def state_of(self, device_id: str) -> str:
         record = self.rules.devices.get(device_id)
-        return "absent" if record is None else "enrolled" if record.streams is None else "granted"
+        if record is None:
+            return "absent"
+        if record.rekey_gateway is not None:
+            return "rekeying"
+        return "enrolled" if record.streams is None else "granted"
 
     def stage(self, changes: Iterable[Change]) -> list[str]:
         """Apply ``changes`` to the table at once (all or nothing) -> usernames whose connections to close."""
         batch = list(changes)
         enrolled = set(self.rules.devices)
+        rekeying = {d for d, r in self.rules.devices.items() if r.rekey_gateway is not None}
         for change in batch:
             if isinstance(change, Enroll):
                 enrolled.add(change.device_id)
+                rekeying.discard(change.device_id)
+            elif isinstance(change, EnrollRekey):
+                enrolled.add(change.device_id)
+                rekeying.add(change.device_id)
             elif isinstance(change, CutOff):
                 enrolled.discard(change.device_id)
-            elif isinstance(change, Grant) and change.device_id not in enrolled:
-                raise UnknownDevice(f"cannot grant rights to device {change.device_id}: it is not enrolled")
+                rekeying.discard(change.device_id)
+            elif isinstance(change, Grant) and change.device_id not in enrolled - rekeying:
+                raise UnknownDevice(
+                    f"cannot grant rights to device {change.device_id}: it is not enrolled for handshakes"
+                )
             elif not isinstance(change, _OTHER_CHANGES):
                 raise TypeError(f"not a broker change: {type(change).__name__}")
         devices, gateways, applications = self.rules.devices, self.rules.gateways, self.rules.applications
@@ -227,6 +240,14 @@ class HttpEnforcer(BrokerEnforcer):
                 if old is not None and old.password != password:
                     close[change.device_id] = None
                 devices[change.device_id] = DeviceRights(password=password)
+                if old is not None and old.rekey_gateway is not None:
+                    close[change.device_id] = None  # the broker may have cached its re-key topics
+            elif isinstance(change, EnrollRekey):
+                password = change.secret.reveal().encode()
+                old = devices.get(change.device_id)
+                if old is not None:  # whatever it had (a session's data topics) ends with the window
+                    close[change.device_id] = None
+                devices[change.device_id] = DeviceRights(password=password, rekey_gateway=change.gateway_id)
             elif isinstance(change, Grant):
                 devices[change.device_id].streams = change.streams
             elif isinstance(change, Demote):

@@ -18,6 +18,8 @@ topic shapes are ``device_agent.core.topics``'):
   closes a connection whose subscription is refused), a broker checks a subscription only once (so
   gating it on a session would be illusory), and commands are sealed under the session key and sent
   by the gateway only to a live session.
+- a device in the re-key window (REKEYING, ``EnrollRekey``) reaches its two re-key topics with the one
+  gateway named to carry the re-key, and nothing else (no handshake, data or command topic).
 - a gateway account (``gateway-<gw>`` or ``gateway-<gw>.<n>``) has the Mosquitto ACL's rights: read
   its handshake ``up`` and data topics and all verified data, write its handshake ``down``, verified
   data and command topics under its own id, and the re-key topics under its id (read ``up``, write
@@ -81,6 +83,7 @@ def _deny(reason: str) -> Verdict:
 class DeviceRights:
     password: bytes = field(repr=False)  # the broker password, compared in constant time
     streams: frozenset[str] | None = None  # GRANTED by this gateway (a live session): its streams
+    rekey_gateway: str | None = None  # REKEYING: its re-key topics with this gateway, nothing else
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +200,11 @@ class AccessRules:
         record = self.devices.get(did)
         if record is None:
             return _deny("unknown_device")
+        if record.rekey_gateway is not None:  # the re-key window: its re-key topics with that gateway only
+            if kind != REKEY or gid != record.rekey_gateway:
+                return _deny("rekey_only")
+            wanted = "write" if leaf == UP else "read" if leaf == DOWN else None
+            return ALLOW if permission == wanted else _deny("not_own_topic")
         if kind == HANDSHAKE or kind == REKEY:  # re-key: docs/PROTOCOL.md 2.3, the same directions
             wanted = "write" if leaf == UP else "read" if leaf == DOWN else None
             return ALLOW if permission == wanted else _deny("not_own_topic")

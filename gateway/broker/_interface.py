@@ -1,16 +1,21 @@
 """What the gateway asks of a broker: the changes, and the ``BrokerEnforcer`` interface.
 
-A device's rights at the broker go through three states (only these transitions exist)::
+A device's rights at the broker go through these states (only these transitions exist)::
 
     (absent) --Enroll--> ENROLLED --Grant--> GRANTED
                  ^          ^  |               |
                  |          |  +<--Demote------+
                  +--CutOff--+------CutOff------+--> (absent)
 
+    (absent) --EnrollRekey--> REKEYING --Enroll--> ENROLLED      REKEYING --CutOff--> (absent)
+
 - ENROLLED: it may connect with its broker credential and reach only its own handshake topics
   (publish "up", receive "down", with any gateway; topic layout in ``device_agent.core.topics``).
 - GRANTED: additionally publish data topics for the streams of its policy, and receive command
   topics, with any gateway. A new Grant replaces the stream set.
+- REKEYING: the re-key window after a transfer (docs/PROTOCOL.md 2.3): it may connect with its
+  broker credential and reach only its own re-key topics with one gateway (publish "up", receive
+  "down"): no handshake, data or command topic. Grant is refused; Demote leaves it as it is.
 - CutOff removes the credential: a connected device is dropped and refused on reconnect.
   Enroll of an enrolled device replaces its credential, which also drops a live connection.
 
@@ -50,6 +55,22 @@ class Enroll:
         check_device_id(self.device_id)
         if not isinstance(self.secret, BrokerSecret):
             raise TypeError("Enroll.secret must be a BrokerSecret")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EnrollRekey:
+    """Let the device connect with ``secret`` for its re-key topics with ``gateway_id`` only (REKEYING).
+    Replaces an earlier credential (and its rights) of that device."""
+
+    device_id: str
+    gateway_id: str
+    secret: BrokerSecret = field(repr=False)
+
+    def __post_init__(self) -> None:
+        check_device_id(self.device_id)
+        check_gateway_id(self.gateway_id)
+        if not isinstance(self.secret, BrokerSecret):
+            raise TypeError("EnrollRekey.secret must be a BrokerSecret")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -133,7 +154,7 @@ class RemoveApplication:
 
 
 Change = (
-    Enroll | Grant | Demote | CutOff | AuthorizeGateway | RemoveGateway | AuthorizeApplication
+    Enroll | EnrollRekey | Grant | Demote | CutOff | AuthorizeGateway | RemoveGateway | AuthorizeApplication
     | RemoveApplication
 )
 

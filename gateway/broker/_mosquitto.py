@@ -68,6 +68,7 @@ from ._interface import (
     CutOff,
     Demote,
     Enroll,
+    EnrollRekey,
     Grant,
     RemoveApplication,
     RemoveGateway,
@@ -240,13 +241,21 @@ class MosquittoEnforcer(BrokerEnforcer):
         """
         batch = list(changes)
         enrolled = set(self._devices)
+        rekeying = {d for d, r in self._devices.items() if r.rekey_gateway is not None}
         for change in batch:  # validate against the state the batch will build, before mutating
             if isinstance(change, Enroll):
                 enrolled.add(change.device_id)
+                rekeying.discard(change.device_id)
+            elif isinstance(change, EnrollRekey):
+                enrolled.add(change.device_id)
+                rekeying.add(change.device_id)
             elif isinstance(change, CutOff):
                 enrolled.discard(change.device_id)
-            elif isinstance(change, Grant) and change.device_id not in enrolled:
-                raise UnknownDevice(f"cannot grant rights to device {change.device_id}: it is not enrolled")
+                rekeying.discard(change.device_id)
+            elif isinstance(change, Grant) and change.device_id not in enrolled - rekeying:
+                raise UnknownDevice(
+                    f"cannot grant rights to device {change.device_id}: it is not enrolled for handshakes"
+                )
             elif not isinstance(
                 change,
                 Demote | AuthorizeGateway | RemoveGateway | Grant | AuthorizeApplication | RemoveApplication,
@@ -260,6 +269,13 @@ class MosquittoEnforcer(BrokerEnforcer):
                 self._removed.discard(change.device_id)
                 self._devices[change.device_id] = DeviceRecord(mosquitto_sha512_hash(change.secret), None)
                 dirty = True
+            elif isinstance(change, EnrollRekey):
+                urgent |= change.device_id in self._devices  # its old credential and rights end now
+                self._removed.discard(change.device_id)
+                self._devices[change.device_id] = DeviceRecord(
+                    mosquitto_sha512_hash(change.secret), None, change.gateway_id
+                )
+                dirty = True
             elif isinstance(change, Grant):
                 old = self._devices[change.device_id]
                 streams = tuple(sorted(change.streams))
@@ -267,7 +283,7 @@ class MosquittoEnforcer(BrokerEnforcer):
                 dirty |= per_device and old.streams != streams
             elif isinstance(change, Demote):
                 old_or_none = self._devices.get(change.device_id)
-                if old_or_none is not None:
+                if old_or_none is not None and old_or_none.rekey_gateway is None:
                     self._devices[change.device_id] = DeviceRecord(old_or_none.password_hash, None)
                     dirty |= per_device and old_or_none.streams is not None
             elif isinstance(change, CutOff):
@@ -300,9 +316,14 @@ class MosquittoEnforcer(BrokerEnforcer):
         return dirty
 
     def state_of(self, device_id: str) -> str:
-        """``"absent"``, ``"enrolled"`` or ``"granted"`` (what the table says, live or pending)."""
+        """``"absent"``, ``"rekeying"``, ``"enrolled"`` or ``"granted"`` (what the table says, live or
+        pending)."""
         record = self._devices.get(device_id)
-        return "absent" if record is None else "enrolled" if record.streams is None else "granted"
+        if record is None:
+            return "absent"
+        if record.rekey_gateway is not None:
+            return "rekeying"
+        return "enrolled" if record.streams is None else "granted"
 
     def streams_of(self, device_id: str) -> frozenset[str]:
         """The streams granted to a device (empty unless GRANTED): the gateway checks data against it."""

@@ -68,6 +68,27 @@ def data_patterns(gateway_id: str) -> tuple[str, str]:
 class DeviceRecord:
     password_hash: str
     streams: tuple[str, ...] | None  # None: ENROLLED only; a tuple: GRANTED with these streams
+    rekey_gateway: str | None = None  # REKEYING: its re-key topics with this gateway, nothing else
+
+
+def rekey_only_block(device_id: str, rekey_gateway: str, gateway_ids: Iterable[str]) -> list[str]:
+    """A REKEYING device's ``user`` block: the denials come first (mosquitto checks them before anything
+    else, and before the ``pattern`` lines, which apply to every user): no handshake, data, command or
+    verified topic, no re-key topic of another gateway; then its two re-key topics with ``rekey_gateway``."""
+    lines = [f"user {device_id}"]
+    lines.extend(f"topic deny {every(kind)}" for kind in (HANDSHAKE, DATA, COMMAND, VERIFIED))
+    lines.extend(
+        f"topic deny {topic_filter(REKEY, gid, device_id, leaf)}"
+        for gid in gateway_ids
+        if gid != rekey_gateway
+        for leaf in (UP, DOWN)
+    )
+    lines += [
+        f"topic write {topic_filter(REKEY, rekey_gateway, device_id, UP)}",
+        f"topic read {topic_filter(REKEY, rekey_gateway, device_id, DOWN)}",
+        "",
+    ]
+    return lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +142,9 @@ def render_acl_file(
                 "",
             ]
     for device_id, record in devices:
+        if record.rekey_gateway is not None:
+            lines.extend(rekey_only_block(device_id, record.rekey_gateway, (gid for gid, _ in gateways)))
+            continue
         if not per_device or record.streams is None:
             continue
         lines.append(f"user {device_id}")

@@ -129,6 +129,7 @@ contract DeviceRegistry is AccessControl {
     error NotManufacturer(bytes8 id, address account);
     error NoDeviceKey(bytes8 id);
     error RekeyPending(bytes8 id);
+    error NoRekeyPending(bytes8 id);
     error StreamsTooLong(uint256 length);
 
     // ---- events (one per state change) ----
@@ -157,6 +158,9 @@ contract DeviceRegistry is AccessControl {
     event PolicyShared(bytes32 indexed policyId, address indexed author);
     event DeviceKeyRegistered(bytes8 indexed id, bytes32 x25519PublicKey);
     event DeviceRekeyed(bytes8 indexed id, address indexed owner, bytes32 keyCommitment, uint32 epoch);
+    /// The new owner names the gateway that carries the re-key exchange, with the device's broker password
+    /// from S sealed to it: that gateway lets the device log in for its re-key topics only (PROTOCOL 2.3).
+    event RekeyStarted(bytes8 indexed id, bytes32 indexed gatewayId, uint32 epoch, bytes sealedPassword);
     event GatewayKeyRotated(bytes32 indexed gatewayId, bytes32 x25519PublicKey, uint32 generation);
     event GatewayAccountChanged(bytes32 indexed gatewayId, address indexed account);
     event GatewayRemoved(bytes32 indexed gatewayId, uint32 generation);
@@ -191,6 +195,17 @@ contract DeviceRegistry is AccessControl {
 
     /// The manufacturer registers the device's static X25519 public key, once, before anyone claims it.
     function registerDeviceKey(bytes8 id, bytes32 x25519PublicKey) external {
+        _registerDeviceKey(id, x25519PublicKey);
+    }
+
+    /// Many devices' keys in one transaction: each as by registerDeviceKey, all or none (a refusal names
+    /// the device).
+    function registerDeviceKeyMany(bytes8[] calldata ids, bytes32[] calldata x25519PublicKeys) external {
+        if (x25519PublicKeys.length != ids.length) revert LengthMismatch(ids.length, x25519PublicKeys.length);
+        for (uint256 i = 0; i < ids.length; ++i) _registerDeviceKey(ids[i], x25519PublicKeys[i]);
+    }
+
+    function _registerDeviceKey(bytes8 id, bytes32 x25519PublicKey) private {
         Device storage d = _transition(id, _M);
         if (msg.sender != d.manufacturer) revert NotManufacturer(id, msg.sender);
         if (x25519PublicKey == bytes32(0)) revert EmptyValue("x25519PublicKey");
@@ -210,6 +225,21 @@ contract DeviceRegistry is AccessControl {
         _rekeyPending[id] = false;
         uint32 epoch = ++d.epoch;
         emit DeviceRekeyed(id, msg.sender, keyCommitment, epoch);
+    }
+
+    /// While a re-key is pending, the owner names the gateway that carries the exchange and gives it the
+    /// device's broker password from S (which the device logs in with until CONFIRM), sealed to that
+    /// gateway's key for this epoch. That gateway gives the device a broker account for its re-key
+    /// topics with it, nothing else, until confirmRekey bumps the epoch. Naming again replaces it.
+    function startRekey(bytes8 id, bytes32 gatewayId, bytes calldata sealedPassword) external {
+        Device storage d = _transition(id, _LIVE);
+        _onlyOwner(id, d);
+        if (!_rekeyPending[id]) revert NoRekeyPending(id);
+        if (_gateways[gatewayId].account == address(0)) revert UnknownGateway(gatewayId);
+        if (sealedPassword.length == 0 || sealedPassword.length > MAX_SEALED_KEY) {
+            revert BadSealedKey(sealedPassword.length);
+        }
+        emit RekeyStarted(id, gatewayId, d.epoch, sealedPassword);
     }
 
     // ---- lifecycle ----

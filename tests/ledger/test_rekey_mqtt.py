@@ -1,23 +1,23 @@
 """Re-keying at transfer over MQTT, end to end (issue 10, item 1; docs/PROTOCOL.md 2.3): a real
-Mosquitto enforced by the gateway's broker enforcer (its ACL gives the re-key topics to the device and
-to the gateway's account only), the durable embedded chain driven by `diams-ledger` commands, the real
-paho agent, and a gateway role on the broker.
+Mosquitto enforced by a real gateway daemon (firmware_sim.inproc, its ledger an anvil node that the
+`diams-ledger` commands reach too), the real paho agent, and no step by hand at the broker.
 
-The manufacturer's `register --csv` registers the device key that `diams-agent provision` made; after
-transfer the new owner's one command, `diams-ledger rekey`, runs the exchange with the running agent
-through the broker; the previous owner, who still holds S, is then refused by the broker and by the
-gateway, and cannot start another re-key."""
+The manufacturer's import registers the device key that `diams-agent provision` made (one
+registerDeviceKeyMany per batch); after transfer the agent has no broker login (no gateway serves a
+device whose re-key is pending), until the new owner names the gateway that carries the exchange
+(startRekey, part of `diams-ledger rekey`): the gateway then gives the device a login for its re-key
+topics only, with the password it already has (from S). The previous owner, who holds S too, gets
+nothing from that login; after the re-key the gateway serves the device under S' only, and the previous
+owner is refused by the broker, by the gateway and by the device."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import shutil
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -29,23 +29,26 @@ from device_agent.agent.mqtt import MqttAgent
 from device_agent.agent.provision import provision
 from device_agent.agent.x25519 import x25519
 from device_agent.core import device, keys, rekey, topics
-from device_agent.core.gateway import DeviceEntry
 from firmware_sim.agents import running
 from firmware_sim.broker import mosquitto_binary
-from firmware_sim.responder import Responder
 from gateway.broker import AuthorizeGateway, BrokerSecret, Enroll
-from ledger_bridge import Ledger, cli
-from ledger_bridge.embedded import EmbeddedBackend
-from ledger_bridge.model import Channel
-from ledger_bridge.sealing import generate_gateway_key, load_gateway_key, unseal
+from ledger_bridge import RpcBackend, Signer, cli
+from ledger_bridge.anvil import AnvilNode, anvil_binary
+from ledger_bridge.csv_import import read_rows, register_rows
+from ledger_bridge.enrollment import sealed_grants
+from ledger_bridge.firmware import device_from_owner_bundle
+from ledger_bridge.index import onchain_gateway_id
+from ledger_bridge.keystore import load_signer
+from ledger_bridge.rekey import start_rekey
+from tests.broker.clients import Probe
 from tests.broker.conftest import running_enforced_broker
 from tests.conftest import require
+from tests.gateway.stack import site
 from tests.waiting import eventually
-
-from .test_cli_workflow import world  # noqa: F401 - the fixture: a channel and each actor's keystore
 
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio]
 GW = "gw-test"  # tests.broker.conftest's gateway
+PASS = "correct horse battery staple"
 
 
 async def ledger_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -81,7 +84,9 @@ def mqtt_login(port: int, username: str, password: str) -> bool:
 class PreviousOwnerInit:
     """The previous owner (knows S) sends its own INIT on the device's re-key topic, via a gateway login."""
 
-    def __init__(self, port: int, username: str, password: str, device_id: bytes, secret: bytes) -> None:
+    def __init__(
+        self, port: int, username: str, password: str, device_id: bytes, secret: bytes, gateway: str = GW
+    ) -> None:
         self.role = rekey.OwnerRekey(device_id, 0, secret, os.urandom(32), x25519, os.urandom)
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=username, protocol=paho.MQTTv311)
         self.client.username_pw_set(username, password)
@@ -91,14 +96,15 @@ class PreviousOwnerInit:
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        self.client.subscribe(topics.rekey_up(GW, device_id.hex()), qos=1)
+        self.gateway = gateway
+        self.client.subscribe(topics.rekey_up(gateway, device_id.hex()), qos=1)
         assert self.subscribed.wait(5)
         self.device_hex = device_id.hex()
 
     def send_init(self, epoch: int) -> None:
         self.role.epoch = epoch
         self.client.publish(
-            topics.rekey_down(GW, self.device_hex), self.role.start(), qos=1
+            topics.rekey_down(self.gateway, self.device_hex), self.role.start(), qos=1
         ).wait_for_publish(5)
 
     def close(self) -> None:
@@ -107,228 +113,191 @@ class PreviousOwnerInit:
         self.client._reset_sockets()
 
 
-async def test_rekey_over_mqtt_and_the_previous_owner_is_out(
-    tmp_path: Path,
-    world: dict[str, Any],  # noqa: F811 - the fixture imported above
-    capsys: pytest.CaptureFixture[str],
+NOT_AUTHORIZED = 135
+
+
+@pytest.mark.timeout(600)
+async def test_rekey_over_mqtt_with_a_running_gateway_and_the_previous_owner_is_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    require(mosquitto_binary() is not None, "mosquitto")
-    ch: tuple[str, ...] = world["ch"]
-    k: dict[str, tuple[str, str]] = world["keys"]
-    # the new owner's own keystore
-    new_owner_key = tmp_path / "new_owner.json"
-    code, new_owner_address, _ = await ledger_cli(
-        capsys, "keys", "create", "--out", str(new_owner_key), "--scrypt-n", "1024"
-    )
-    new_owner_address = new_owner_address.strip()
-    assert (await ledger_cli(capsys, *ch[:2], "fund", new_owner_address))[0] == 0
-
-    async with running_enforced_broker() as eb:
-        port = eb.broker.port
-        # a spare account of the gateway for the owner's tool (its live connection keeps gateway-gw-test)
-        await eb.enforcer.apply([AuthorizeGateway(gateway_id=GW, secret=eb.gateway_secret, connections=2)])
-        await eb.enforcer.flush()
-        gw_password = private_file(tmp_path / "gw.password", eb.gateway_secret.reveal() + "\n")
-
-        # manufacture: provisioning makes S and the device key; `register --csv` registers both
-        fw = tmp_path / "fw.bin"
-        fw.write_bytes(b"firmware 1")
-        done = provision(
-            model="pi-sensor",
-            serial="SN-1",
-            mac="02:00:00:00:00:01",
-            firmware=fw,
-            out=tmp_path / "factory",
-            gateways=(GW,),
-            broker_port=port,
-        )
-        did_hex = done.record.device_id
-        did = bytes.fromhex(did_hex)
-        assert (Path(str(done.key_file) + ".x25519").stat().st_mode & 0o777) == 0o600
-        code, out, err = await ledger_cli(
-            capsys, *ch, "--keystore", k["manufacturer"][0], "register", "--csv", str(done.csv_file)
-        )
-        assert code == 0, err
-        owner_bundle = json.loads(done.owner_file.read_text())
-        old_secret = bytes.fromhex(owner_bundle["secret"])
-
-        channel = Channel(**json.loads(world["channel"].read_text()))
-
-        async def chain(fn: Any) -> Any:
-            async with Ledger(backend=EmbeddedBackend(world["chain"]), channel=channel) as ledger:
-                return await fn(ledger)
-
-        assert await chain(lambda led: led.device_key(did)) == (
-            bytes.fromhex(done.record.device_key[2:]),
-            False,
-        )
-
-        # the previous owner claims and uses the device, then transfers it; the new owner accepts
-        code_file = private_file(tmp_path / "claim.code", owner_bundle["claim_code"] + "\n")
-        for argv in (
-            ("claim", did_hex, "--code-file", code_file),
-            ("activate", did_hex),
-            ("transfer", did_hex, new_owner_address),
-        ):
-            code, _, err = await ledger_cli(capsys, *ch, "--keystore", k["owner"][0], *argv)
-            assert code == 0, err
-        code, _, err = await ledger_cli(
-            capsys, *ch, "--keystore", str(new_owner_key), "accept-transfer", did_hex
-        )
-        assert code == 0, err
-        gw_pub = generate_gateway_key(tmp_path / "gw.key")
-        code, _, err = await ledger_cli(
-            capsys,
-            *ch,
-            "--keystore",
-            k["operator"][0],
-            "register-gateway",
-            GW,
-            "--x25519",
-            gw_pub.hex(),
-            "--account",
-            k["gateway"][1],
-        )
-        assert code == 0, err
-        new_bundle = tmp_path / "new_owner" / done.owner_file.name
-        new_bundle.parent.mkdir()
-        shutil.copy(done.owner_file, new_bundle)  # handed over with the device (S and the claim code)
-        new_bundle.chmod(0o600)
-        # no gateway before the re-key
-        code, _, err = await ledger_cli(
-            capsys,
-            *ch,
-            "--keystore",
-            str(new_owner_key),
-            "authorize-gateway",
-            did_hex,
-            GW,
-            "--bundle",
-            str(new_bundle),
-        )
-        assert code == 1 and "RekeyPending" in err
-
-        config = replace(
-            load_config(done.config_file),
-            answer_timeout_s=0.5,
-            backoff_base_s=0.2,
-            backoff_cap_s=0.5,
-            reconnect_base_s=0.2,
-        )
-        agent = MqttAgent(config, load_secret(config.key_file))
-        # the device is on the site's broker (enrolled with its password P from S at the epoch it holds,
-        # as before the transfer)
-        before = agent.driver.login_epoch
-        await eb.enforcer.apply(
-            [Enroll(device_id=did_hex, secret=BrokerSecret(keys.broker_password(old_secret, did, before)))]
-        )
-        await eb.enforcer.flush()
-        with running(agent):
-            assert await eventually(lambda: agent.snapshot().connected, 10), "the agent did not connect"
-            _, epoch_at_transfer = await chain(lambda led: led.device_state(did))
-
-            # a stranger's INIT (without S) through the gateway's account: refused, nothing changes
-            stranger = PreviousOwnerInit(
-                port, f"gateway-{GW}.1", eb.gateway_secret.reveal(), did, os.urandom(32)
-            )
-            stranger.send_init(epoch_at_transfer)
-            assert await eventually(lambda: agent.snapshot().stats.get("rekey_refused_bad_init") == 1, 5)
-            stranger.close()
-
-            # the new owner's one command, over the broker with the gateway's spare account
-            code, out, err = await ledger_cli(
-                capsys,
-                *ch,
-                "--keystore",
-                str(new_owner_key),
-                "rekey",
-                did_hex,
-                "--bundle",
-                str(new_bundle),
-                "--broker",
-                f"127.0.0.1:{port}",
-                "--gateway",
-                GW,
-                "--broker-username",
-                f"gateway-{GW}.1",
-                "--broker-password-file",
-                gw_password,
-                "--timeout",
-                "10",
+    require(anvil_binary() is not None, "anvil (npm @foundry-rs/anvil)")
+    monkeypatch.setenv(cli.PASSPHRASE_ENV, PASS)
+    monkeypatch.setattr("ledger_bridge.keystore.MIN_SCRYPT_N", 1024)  # tests only: the floor is 2**18
+    gw = "gw-a"
+    with AnvilNode() as node:
+        async with site(
+            tmp_path, n_devices=0, gateway_ids=(gw,), ledger_backend=RpcBackend(url=node.url, name="anvil")
+        ) as s:
+            port, ledger = s.broker.port, s.ledger
+            gateway = s.gateways[gw]
+            channel = tmp_path / "channel.json"
+            channel.write_text(json.dumps({"registry": ledger.channel.registry,
+                                           "auth_log": ledger.channel.auth_log,
+                                           "deployed_block": ledger.channel.deployed_block}))
+            ch = ("--rpc", node.url, "--channel", str(channel))
+            # the new owner acts from its own keystore, on the command line
+            new_owner_key = tmp_path / "new_owner.json"
+            code, new_owner_address, err = await ledger_cli(
+                capsys, "keys", "create", "--out", str(new_owner_key), "--scrypt-n", "1024"
             )
             assert code == 0, err
-            assert "re-keyed" in out
-            new_secret = bytes.fromhex(json.loads(new_bundle.read_text())["rekeyed_secret"])
-            assert new_secret != old_secret
-            assert new_secret.hex() not in out + err and old_secret.hex() not in out + err
-            assert await eventually(lambda: agent.snapshot().stats.get("rekeyed") == 1, 5)
-            assert load_secret(config.key_file).reveal() == new_secret
-            assert (config.key_file.stat().st_mode & 0o777) == 0o600
-            _, epoch = await chain(lambda led: led.device_state(did))
-            assert epoch == epoch_at_transfer + 1
-            assert (await chain(lambda led: led.device_key(did)))[1] is False  # re-key no longer pending
+            await ledger.fund(new_owner_address.strip(), 10**19)
+            gw_password = private_file(tmp_path / "gw.password", s.secrets[gw] + "\n")
 
-            # the new owner authorizes the gateway from the bundle: the sealed box carries keys from S'
-            code, _, err = await ledger_cli(
-                capsys,
-                *ch,
-                "--keystore",
-                str(new_owner_key),
-                "authorize-gateway",
-                did_hex,
-                GW,
-                "--bundle",
-                str(new_bundle),
+            # manufacture: provisioning makes S and the device key; the import registers both
+            fw = tmp_path / "fw.bin"
+            fw.write_bytes(b"firmware 1")
+            done = provision(
+                model="pi-sensor", serial="SN-1", mac="02:00:00:00:00:01", firmware=fw,
+                out=tmp_path / "factory", gateways=(gw,), broker_port=port,
             )
-            assert code == 0, err
-            grant = await chain(lambda led: led.grant(did, GW.encode().ljust(32, b"\0")))
-            opened = unseal(
-                grant.sealed_key,
-                load_gateway_key(tmp_path / "gw.key"),
-                did,
-                GW.encode(),
-                epoch,
-                grant.key_commitment,
-            )
-            fw_hash = bytes.fromhex(owner_bundle["firmware_hash"])
-            assert opened.k_dg == keys.gateway_key(new_secret, did, GW.encode(), epoch, fw_hash)
-            assert opened.k_dg != keys.gateway_key(old_secret, did, GW.encode(), epoch, fw_hash)
-            # the gateway enrolls the device with the password in the box (from S'): the broker drops
-            # the connection made with P from S, and the agent logs in again with P'
-            await eb.enforcer.apply(
-                [Enroll(device_id=did_hex, secret=BrokerSecret(opened.broker_password.hex()))]
-            )
-            await eb.enforcer.flush()
+            did_hex = done.record.device_id
+            did = bytes.fromhex(did_hex)
+            rows, bad = read_rows(done.csv_file)
+            assert bad == []
+            report = await register_rows(s.actors["manufacturer"], rows)
+            assert report.errors == [] and report.registered == 1
+            assert await ledger.device_key(did) == (bytes.fromhex(done.record.device_key[2:]), False)
+            owner_bundle = json.loads(done.owner_file.read_text())
+            old_secret = bytes.fromhex(owner_bundle["secret"])
 
-            gateway = Responder(
-                "127.0.0.1", port, GW, {did: DeviceEntry(did, opened.k_dg, epoch, lifetime=600)}
+            # the previous owner takes it into service with the gateway: the running agent is served
+            identity = device_from_owner_bundle(owner_bundle)
+            owner = s.actors["owner"]
+            await owner.onboard_many([did], [identity.claim_code], s.policy_id)
+            boxes, commitments = sealed_grants([identity], s.keys[gw], 0)
+            await owner.authorize_gateway_many(
+                onchain_gateway_id(gw.encode()),
+                device_ids=[did],
+                sealed_keys=boxes,
+                key_commitments=commitments,
             )
-            gateway.client.username_pw_set(f"gateway-{GW}", eb.gateway_secret.reveal())
-            with gateway:
-                assert await eventually(lambda: agent.snapshot().gateway == GW, 20), agent.snapshot().stats
-                assert gateway.authentications == 1
+            config = replace(
+                load_config(done.config_file),
+                answer_timeout_s=0.5, backoff_base_s=0.2, backoff_cap_s=0.5, reconnect_base_s=0.2,
+            )
+            agent = MqttAgent(config, load_secret(config.key_file))
+            with running(agent):
+                assert await eventually(lambda: agent.snapshot().gateway == gw, 20), agent.snapshot().stats
+
+                # transfer: the gateway cuts the device off; nobody serves it while its re-key is pending
+                await owner.transfer(did, new_owner_address.strip())
+                code, _, err = await ledger_cli(
+                    capsys, *ch, "--keystore", str(new_owner_key), "accept-transfer", did_hex
+                )
+                assert code == 0, err
+                assert await eventually(lambda: not agent.snapshot().connected, 20), "still connected"
+                assert s.enforcer is not None and s.enforcer.state_of(did_hex) == "absent"
+                new_bundle = tmp_path / "new_owner" / done.owner_file.name
+                new_bundle.parent.mkdir()
+                new_bundle.write_bytes(done.owner_file.read_bytes())  # handed over with the device
+                new_bundle.chmod(0o600)
+                code, _, err = await ledger_cli(
+                    capsys, *ch, "--keystore", str(new_owner_key),
+                    "authorize-gateway", did_hex, gw, "--bundle", str(new_bundle),
+                )
+                assert code == 1 and "RekeyPending" in err  # no gateway before the re-key
+
+                # the new owner names the gateway that carries the re-key (the first thing `rekey` does,
+                # here on its own to look at the window): the gateway gives the device a re-key login
+                new_owner = ledger.actor(_signer(new_owner_key))
+                await start_rekey(ledger, new_owner, did, gw.encode(), secret=old_secret)
+                assert await eventually(lambda: agent.snapshot().connected, 20), "no re-key login"
+                assert s.enforcer.state_of(did_hex) == "rekeying"
+                _, epoch_at_transfer = await ledger.device_state(did)
+
+                # that login gives the previous owner (it knows S, so P) nothing: no handshake, no data
+                spy = Probe(s.broker, did_hex, keys.broker_password(old_secret, did, epoch_at_transfer))
+                assert spy.connect() == 0
+                for topic in (topics.handshake_up(gw, did_hex), topics.data(gw, did_hex, "telemetry")):
+                    assert spy.publish(topic, b"x").value == NOT_AUTHORIZED, topic
+                spy.close()
+                assert gateway.devices.entries.get(did) is None  # and no protocol entry to answer it
+
+                # a stranger's INIT (without S) through the gateway's account: refused, nothing changes
+                assert await eventually(lambda: agent.snapshot().connected, 20)
+                stranger = PreviousOwnerInit(
+                    port, f"gateway-{gw}.1", s.secrets[gw], did, os.urandom(32), gateway=gw
+                )
+                assert await refused_init(agent, stranger, epoch_at_transfer)
+                stranger.close()
+
+                # the new owner's one command, over the broker with the gateway's spare account
+                code, out, err = await ledger_cli(
+                    capsys, *ch, "--keystore", str(new_owner_key),
+                    "rekey", did_hex, "--bundle", str(new_bundle), "--broker", f"127.0.0.1:{port}",
+                    "--gateway", gw, "--broker-username", f"gateway-{gw}.1",
+                    "--broker-password-file", gw_password, "--timeout", "30",
+                )
+                assert code == 0, err
+                assert "re-keyed" in out
+                new_secret = bytes.fromhex(json.loads(new_bundle.read_text())["rekeyed_secret"])
+                assert new_secret != old_secret
+                assert new_secret.hex() not in out + err and old_secret.hex() not in out + err
+                assert await eventually(lambda: agent.snapshot().stats.get("rekeyed") == 1, 10)
+                assert load_secret(config.key_file).reveal() == new_secret
+                assert (config.key_file.stat().st_mode & 0o777) == 0o600
+                _, epoch = await ledger.device_state(did)
+                assert epoch == epoch_at_transfer + 1
+                assert (await ledger.device_key(did))[1] is False  # re-key no longer pending
+                # the window is closed: the re-key login is gone, and P from S opens nothing
+                assert await eventually(
+                    lambda: s.enforcer is not None and s.enforcer.state_of(did_hex) == "absent", 20
+                )
+                await s.enforcer.flush()  # live at the broker
+                assert not old_logins(port, did_hex, old_secret, epoch)
+
+                # the new owner authorizes the gateway from the bundle (keys from S'): the gateway
+                # enrols the device with P from S' and serves it under the new epoch
+                for argv in (("authorize-gateway", did_hex, gw, "--bundle", str(new_bundle)),
+                             ("activate", did_hex)):
+                    code, _, err = await ledger_cli(capsys, *ch, "--keystore", str(new_owner_key), *argv)
+                    assert code == 0, err
+                assert await eventually(
+                    lambda: agent.snapshot().gateway == gw and agent.snapshot().epoch == epoch, 30
+                ), agent.snapshot().stats
 
                 # the previous owner, with S: its broker password is refused ...
-                assert not mqtt_login(port, did_hex, keys.broker_password(old_secret, did, epoch))
-                assert not mqtt_login(port, did_hex, keys.broker_password(old_secret, did, before))
-                assert agent.driver.login_epoch == epoch > before  # P' of the new epoch, found by probing
-                assert mqtt_login(port, f"gateway-{GW}.1", eb.gateway_secret.reveal())  # (logins do work)
+                assert not old_logins(port, did_hex, old_secret, epoch)
+                assert mqtt_login(port, f"gateway-{gw}.1", s.secrets[gw])  # (logins do work)
                 # ... and were it on the path with a login, its HELLO under K_dg from S is refused by
                 # the gateway's role (handed to it directly: no login of its own reaches the topic)
-                old_k_dg = keys.gateway_key(old_secret, did, GW.encode(), epoch, fw_hash)
-                hello = device.DeviceRole(did, GW.encode(), old_k_dg, epoch).hello(10**6, os.urandom(8))
-                with gateway._lock:
-                    _, events = gateway.role.receive(did, hello, 0.0)
+                fw_hash = bytes.fromhex(owner_bundle["firmware_hash"])
+                old_k_dg = keys.gateway_key(old_secret, did, gw.encode(), epoch, fw_hash)
+                hello = device.DeviceRole(did, gw.encode(), old_k_dg, epoch).hello(10**6, os.urandom(8))
+                _, events = gateway.devices.role.receive(did, hello, 0.0)
                 assert [(type(e).__name__, e.reason) for e in events] == [("Rejected", "bad_otp")]
-                assert gateway.authentications == 1
 
-            # and it cannot start another re-key: its INIT is keyed by S, the device holds S'
-            previous = PreviousOwnerInit(port, f"gateway-{GW}.1", eb.gateway_secret.reveal(), did, old_secret)
-            previous.send_init(epoch)
-            assert await eventually(lambda: agent.snapshot().stats.get("rekey_refused_bad_init") == 2, 5)
-            assert previous.replies == []
-            previous.close()
-            assert load_secret(config.key_file).reveal() == new_secret
+                # and it cannot start another re-key: its INIT is keyed by S, the device holds S'
+                previous = PreviousOwnerInit(
+                    port, f"gateway-{gw}.1", s.secrets[gw], did, old_secret, gateway=gw
+                )
+                assert await refused_init(agent, previous, epoch)
+                assert previous.replies == []
+                previous.close()
+                assert load_secret(config.key_file).reveal() == new_secret
+
+
+def old_logins(port: int, device_hex: str, old_secret: bytes, epoch: int) -> bool:
+    """Does the broker take P_e from S (the previous owner's) at any epoch up to the next one?"""
+    did = bytes.fromhex(device_hex)
+    passwords = [keys.broker_password(old_secret, did, e) for e in range(epoch + 2)]
+    return any(mqtt_login(port, device_hex, p) for p in passwords)
+
+
+async def refused_init(agent: MqttAgent, sender: PreviousOwnerInit, epoch: int) -> bool:
+    """Send INITs until the agent refuses one (the device may be between connections, e.g. after a login
+    with its username elsewhere, when the first arrives)."""
+    before = agent.snapshot().stats.get("rekey_refused_bad_init", 0)
+    for _ in range(15):
+        sender.send_init(epoch)
+        if await eventually(lambda: agent.snapshot().stats.get("rekey_refused_bad_init", 0) > before, 1.0):
+            return True
+    return False
+
+
+def _signer(path: Path) -> Signer:
+    return load_signer(path, PASS)
 
 
 async def test_the_broker_gives_the_rekey_topics_to_the_device_and_its_gateway_only(tmp_path: Path) -> None:
@@ -376,3 +345,109 @@ async def test_the_broker_gives_the_rekey_topics_to_the_device_and_its_gateway_o
             c.disconnect()
             c.loop_stop()
             c._reset_sockets()
+
+
+NOT_AUTHORIZED = 135
+NO_SUBSCRIBERS = 16  # accepted, nobody listening
+
+
+@pytest.mark.parametrize("rights", ["patterns", "per_device"])
+async def test_in_the_rekey_window_the_device_reaches_its_rekey_topics_with_one_gateway_only(
+    rights: str,
+) -> None:
+    """The REKEYING account (EnrollRekey) on the real Mosquitto: a login with P from S reaches the device's
+    two re-key topics with the gateway named to carry the re-key, and no handshake, data, command or other
+    gateway's re-key topic; it cannot be granted data; the ordinary enrolment replaces it."""
+    require(mosquitto_binary() is not None, "mosquitto")
+    from gateway.broker import CutOff, EnrollRekey, Grant, UnknownDevice
+    from tests.broker.clients import Probe
+
+    async with running_enforced_broker(rights=rights) as eb:
+        d = "00000000000000d7"
+        window, later = BrokerSecret.generate(), BrokerSecret.generate()
+        other = "gw-other"
+        await eb.enforcer.apply(
+            [
+                AuthorizeGateway(gateway_id=other, secret=BrokerSecret.generate()),
+                EnrollRekey(device_id=d, gateway_id=GW, secret=window),
+            ]
+        )
+        assert eb.enforcer.state_of(d) == "rekeying"
+        gateway = Probe(eb.broker, f"gateway-{GW}", eb.gateway_secret.reveal())
+        assert gateway.connect() == 0
+        gateway.subscribe(topics.rekey_up(GW, d), topics.handshake_up(GW, d), topics.data(GW, d, "temp"))
+        device = Probe(eb.broker, d, window.reveal())
+        assert device.connect() == 0
+        device.subscribe(
+            topics.rekey_down(GW, d), topics.handshake_down(GW, d), topics.command(GW, d, "reboot"),
+            topics.rekey_down(other, d),
+        )
+        # its re-key topics with GW, both ways
+        assert device.publish(topics.rekey_up(GW, d), b"reply") == 0
+        assert gateway.publish(topics.rekey_down(GW, d), b"init") == 0
+        # nothing else: handshakes, data, commands, verified, another gateway's re-key topics
+        for topic in (
+            topics.handshake_up(GW, d),
+            topics.data(GW, d, "temp"),
+            topics.verified(GW, d, "temp"),
+            topics.rekey_up(other, d),
+            topics.handshake_up(other, d),
+        ):
+            assert device.publish(topic, b"x").value == NOT_AUTHORIZED, topic
+        gateway.publish(topics.handshake_down(GW, d), b"challenge")
+        gateway.publish(topics.command(GW, d, "reboot"), b"c")
+        assert [(m.topic, m.payload) for m in device.drain(0.5)] == [(topics.rekey_down(GW, d), b"init")]
+        assert [(m.topic, m.payload) for m in gateway.drain(0.3)] == [(topics.rekey_up(GW, d), b"reply")]
+        # no data rights while re-keying
+        with pytest.raises(UnknownDevice):
+            await eb.enforcer.apply([Grant(device_id=d, streams=frozenset({"temp"}))])
+
+        # confirmed and authorized: the ordinary account (a new password) replaces the re-key one
+        await eb.enforcer.apply([CutOff(device_id=d), Enroll(device_id=d, secret=later)])
+        assert device.disconnected.wait(5), "the re-key login is dropped"
+        device.close()
+        assert not mqtt_login(eb.broker.port, d, window.reveal())
+        device = Probe(eb.broker, d, later.reveal())
+        assert device.connect() == 0
+        assert device.publish(topics.handshake_up(GW, d), b"hello") == 0
+        assert [(m.topic, m.payload) for m in gateway.drain(0.5)] == [(topics.handshake_up(GW, d), b"hello")]
+        for probe in (device, gateway):
+            probe.close()
+
+
+async def test_the_http_rights_give_a_rekeying_device_its_rekey_topics_with_one_gateway_only() -> None:
+    """The same account on the HTTP endpoint (RabbitMQ, EMQX): the decisions of ``AccessRules``."""
+    from gateway.broker import AccessRules, EnrollRekey, Grant, HttpEnforcer, UnknownDevice
+
+    d = "00000000000000d8"
+    enforcer = HttpEnforcer(gateway_id=GW, closer=None)
+    window = BrokerSecret.generate()
+    enforcer.stage([EnrollRekey(device_id=d, gateway_id=GW, secret=window)])
+    rules: AccessRules = enforcer.rules
+    assert enforcer.state_of(d) == "rekeying"
+    assert rules.user(d, window.reveal(), d).allow
+    assert not rules.user(d, BrokerSecret.generate().reveal(), d).allow
+
+    def key(topic: str) -> str:
+        return topic.replace("/", ".")
+
+    assert rules.topic(d, key(topics.rekey_up(GW, d)), "write").allow
+    assert rules.topic(d, key(topics.rekey_down(GW, d)), "read").allow
+    assert not rules.topic(d, key(topics.rekey_up(GW, d)), "read").allow
+    for topic, permission in (
+        (topics.handshake_up(GW, d), "write"),
+        (topics.handshake_down(GW, d), "read"),
+        (topics.data(GW, d, "temp"), "write"),
+        (topics.command(GW, d, "reboot"), "read"),
+        (topics.rekey_up("gw-other", d), "write"),
+        (topics.rekey_down("gw-other", d), "read"),
+    ):
+        verdict = rules.topic(d, key(topic), permission)
+        assert not verdict.allow and verdict.reason == "rekey_only", topic
+    with pytest.raises(UnknownDevice):
+        enforcer.stage([Grant(device_id=d, streams=frozenset({"temp"}))])
+    # the ordinary enrolment replaces it, and its live connection is closed (the broker cached topics)
+    later = BrokerSecret.generate()
+    assert enforcer.stage([Enroll(device_id=d, secret=later)]) == [d]
+    assert rules.topic(d, key(topics.handshake_up(GW, d)), "write").allow
+    assert not rules.user(d, window.reveal(), d).allow

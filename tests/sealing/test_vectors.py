@@ -12,7 +12,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ledger_bridge.sealing import GatewayKeys, SealError, _seal_with, unseal
+from ledger_bridge.sealing import (
+    GatewayKeys,
+    SealError,
+    _seal_rekey_with,
+    _seal_with,
+    unseal,
+    unseal_rekey_password,
+)
 
 CASES = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "sealing.json").read_text())["cases"]
 
@@ -53,3 +60,31 @@ def test_the_vector_opens_with_the_gateway_key_and_only_in_its_context(case):
     for other in ((did, gid, epoch + 1), (did, b"gw-b", epoch), (bytes(8), gid, epoch)):
         with pytest.raises(SealError):
             unseal(sealed, gw, *other)
+
+
+REKEY_CASES = json.loads(
+    (Path(__file__).resolve().parents[1] / "vectors" / "sealing.json").read_text()
+)["rekey_cases"]
+
+
+@pytest.mark.parametrize("case", REKEY_CASES)
+def test_the_rekey_vector_is_what_the_spec_says_and_opens_only_in_its_context(case):
+    """The re-key window's box (docs/PROTOCOL.md 3.5): P alone, under the label "diams/v1/seal-rekey"."""
+    eph = X25519PrivateKey.from_private_bytes(bytes.fromhex(case["ephemeral_private"]))
+    eph_pub = eph.public_key().public_bytes_raw()
+    gw_pub = bytes.fromhex(case["gateway_public"])
+    did, gid, epoch = bytes.fromhex(case["device_id"]), case["gateway_id"].encode(), case["epoch"]
+    context = did + bytes([len(gid)]) + gid + epoch.to_bytes(4, "big")
+    shared = eph.exchange(X25519PublicKey.from_public_bytes(gw_pub))
+    info = b"diams/v1/seal-rekey" + context
+    key = HKDF(hashes.SHA256(), 32, salt=eph_pub + gw_pub, info=info).derive(shared)
+    password = bytes.fromhex(case["broker_password"])
+    sealed = bytes.fromhex(case["sealed"])
+    assert len(sealed) == 64
+    assert eph_pub + ChaCha20Poly1305(key).encrypt(bytes(12), password, context) == sealed
+    assert _seal_rekey_with(eph, password, gw_pub, did, gid, epoch) == sealed
+    gw = X25519PrivateKey.from_private_bytes(bytes.fromhex(case["gateway_private"]))
+    assert unseal_rekey_password(sealed, gw, did, gid, epoch) == password
+    for other in ((did, gid, epoch + 1), (did, b"gw-b", epoch), (bytes(8), gid, epoch)):
+        with pytest.raises(SealError):
+            unseal_rekey_password(sealed, gw, *other)
