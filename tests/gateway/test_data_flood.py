@@ -14,7 +14,7 @@ from device_agent.core import events
 from gateway.defence import DataLimiter, PreAuthBan
 from gateway.mqtt import MqttConnectError
 from gateway.settings import DefenceSettings
-from tests.gateway.helpers import eventually
+from tests.gateway.helpers import eventually, reconnect_after_ban
 from tests.gateway.stack import site
 
 pytestmark = pytest.mark.asyncio
@@ -69,12 +69,7 @@ async def test_a_device_flooding_valid_data_is_bounded_loses_its_session_and_is_
             await flooder.connect(timeout=3)
         assert isinstance(await victim.authenticate(), events.Authenticated)
         # after the ban, enrolled again: it authenticates (at the handshake rate) and sends at its data rate
-        for _ in range(100):
-            try:
-                await flooder.connect(timeout=3)
-                break
-            except MqttConnectError:
-                await asyncio.sleep(0.2)
+        await reconnect_after_ban(flooder)
         assert time.monotonic() - banned_at >= 2.5
         assert isinstance(await flooder.authenticate(), events.Authenticated)
         flooder.send_data("telemetry", b"calm")

@@ -13,7 +13,7 @@ from device_agent.core import events, topics
 from gateway.defence import PreAuthBan
 from gateway.mqtt import MqttConnectError
 from gateway.settings import DefenceSettings
-from tests.gateway.helpers import eventually
+from tests.gateway.helpers import eventually, reconnect_after_ban
 from tests.gateway.stack import site
 
 pytestmark = pytest.mark.asyncio
@@ -56,12 +56,7 @@ async def test_a_device_flooding_before_it_authenticates_is_cut_off_for_a_while(
             await flooder.connect(timeout=3)
         assert isinstance(await victim.authenticate(), events.Authenticated)
         # the ban ends by itself: enrolled again, it may authenticate
-        for _ in range(100):
-            try:
-                await flooder.connect(timeout=3)
-                break
-            except MqttConnectError:
-                await asyncio.sleep(0.2)
+        await reconnect_after_ban(flooder)
         assert time.monotonic() - banned_at >= 2.5
         assert isinstance(await flooder.authenticate(), events.Authenticated)
         assert gw.metrics.get("preauth_bans") == 1
