@@ -234,8 +234,9 @@ class AgentPolicy:
         # a clock stepped back (an RTC corrected) makes the elapsed time negative: not "recent", or the
         # device would ignore a restarted gateway until its clock caught up (found by the campaign)
         t = self._authenticated_at
-        if (gateway != self.session_gateway and self.session_gateway is not None) or self.attempt is not None \
-                or self._start_at is not None or (t is not None and 0 <= now - t < self.min_reauth):
+        g = self.session_gateway
+        if (g is not None and gateway != g) or self.attempt is not None or self._start_at is not None \
+                or (t is not None and 0 <= now - t < self.min_reauth):
             self._count("no_session_ignored")
             return self.tick(now)
         self._count("no_session")
@@ -332,6 +333,7 @@ class AgentPolicy:
         self._start_at = now
         if self._failed_in_round >= len(self.gateways):
             self._failed_in_round = 0
-            self._start_at += backoff_delay(self.backoff_base, self.backoff_cap, self._backoff_n, self._random)
+            self._start_at += backoff_delay(self.backoff_base, self.backoff_cap, self._backoff_n,
+                                            self._random)
             self._backoff_n += 1
         return self.tick(now) if tick else []
