@@ -141,9 +141,9 @@ class AgentPolicy:
         """When tick() next has work (handshakes only while online, dialling only while offline)."""
         a = self.attempt
         if self.online:
-            times = (self._start_at, self._reauth_at, self.expires, None if a is None else a[3])
+            times = [self._start_at, self._reauth_at, self.expires, None if a is None else a[3]]
         else:
-            times = (self._connect_at, self.expires)
+            times = [self._connect_at, self.expires]
         t = None
         for x in times:
             if x is not None and (t is None or x < t):
