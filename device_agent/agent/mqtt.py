@@ -211,7 +211,8 @@ class MqttAgent:
         elif kind == "disconnect":
             with self._lock:
                 self._connected = False
-                self.driver.disconnected(now)
+                if not self._refused_link:  # the refused login was told to the policy already: one
+                    self.driver.disconnected(now)  # event, or it would count as one more failed dial
         elif kind == "message":
             topic, payload = value
             with self._lock:

@@ -62,7 +62,6 @@ class Agent:
         for k in ("hellos", "authenticated", "commands_ok", "commands_dropped", "no_session_signals"):
             self.stats[k] = 0
         self.on_command = on_command
-        self.writes = 0
         self._up = {}
         self._down = {}  # the down topic as umqtt delivers it (bytes) -> gateway: no parse per message
         # re-keying at transfer (PROTOCOL.md 2.3): with rekey_files = (key_path, static_key_path), the
@@ -80,7 +79,6 @@ class Agent:
             from device_agent.micropython.tls import for_umqtt
 
             tls, tls_params = for_umqtt(tls_ca, server)
-        self._tls = tls_ca is not None
         self.client = MQTTClient(self.dhex, server, port, user=self.dhex, password=None, keepalive=keepalive,
                                  ssl=tls, ssl_params=tls_params)  # P_e is set at each dial
         self.client.set_callback(self._queue)
@@ -92,9 +90,6 @@ class Agent:
         self.session = None
         self.gateway = None
         self.last_refusal = None  # the last REJECT reason (printed when it happens)
-
-    def __repr__(self):
-        return "Agent(%s, gateway=%s)" % (self.dhex, self.gateway)
 
     # -- MQTT ---------------------------------------------------------------------------------------
 
@@ -112,7 +107,7 @@ class Agent:
             except OSError:
                 raise
             except Exception as exc:  # umqtt raises MQTTException(rc) when the broker refuses the login
-                if self._tls and isinstance(exc, ValueError):  # mbedTLS: the certificate did not verify
+                if self.client.ssl and isinstance(exc, ValueError):  # mbedTLS: the certificate did not verify
                     raise OSError("TLS: %s" % (str(exc).strip(),)) from None
                 try:
                     self.client.sock.close()
@@ -159,7 +154,6 @@ class Agent:
                 with open(tmp, "w") as f:
                     f.write(a[1])
                 os.rename(tmp, self.state_path)
-                self.writes += 1
             elif kind == policy.HELLO:
                 gw, epoch = a[1], a[2]
                 gwb = gw.encode()
