@@ -132,18 +132,6 @@ class Agent:
         self._poller.register(self.client.sock, select.POLLIN)
         self._do(self.policy.connected(_now()))
 
-    def _close(self):
-        self._poller = None
-        self._role = None
-        try:
-            self.client.sock.close()
-        except (OSError, AttributeError) as exc:  # already gone
-            print("diams: close:", exc)
-        if self._refused:
-            self._refused = False
-        else:
-            self._do(self.policy.disconnected(_now()))
-
     # -- the policy's actions -----------------------------------------------------------------------
 
     def _do(self, actions):
@@ -198,7 +186,7 @@ class Agent:
     def _handshake(self, gw, msg):
         if wire.no_session_signal(msg):  # the gateway lost our session: at most one handshake follows
             self.stats["no_session_signals"] += 1
-            self.no_session(gw)
+            self._do(self.policy.no_session(gw, _now()))
             return
         a = self.policy.attempt
         if self._role is None or a is None or a[0] != gw:
@@ -243,10 +231,6 @@ class Agent:
             self.poll(min(max(ms, 0), 1000))
         return True
 
-    def no_session(self, gateway):
-        """A gateway says it holds no session for this device: re-authenticate (at most once)."""
-        self._do(self.policy.no_session(gateway, _now()))
-
     def publish(self, stream, payload):
         """Authenticated DATA on ``stream`` -> False when there is no live session."""
         s = self.session
@@ -288,6 +272,15 @@ class Agent:
                     self._do(p.tick(_now()))
                 else:
                     self.poll(ms)
-            except OSError as exc:
+            except OSError as exc:  # the link is lost, or a dial failed: close, tell the policy
                 print("diams: connection:", exc)
-                self._close()
+                self._poller = None
+                self._role = None
+                try:
+                    self.client.sock.close()
+                except (OSError, AttributeError):  # already gone
+                    pass
+                if self._refused:  # the policy was told of the refused login already
+                    self._refused = False
+                else:
+                    self._do(p.disconnected(_now()))
