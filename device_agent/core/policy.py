@@ -92,6 +92,10 @@ def backoff_delay(base, cap, n, random):
     return min(cap, base * (1 << min(n, 30))) * (int.from_bytes(random(4), "big") / 4294967296.0)
 
 
+def _earliest(x, y):  # (no tuple to min() over: wake_at runs in the agent's loop, allocation-free)
+    return y if x is None or (y is not None and y < x) else x
+
+
 class AgentPolicy:
     def __init__(self, gateways, random, state=None, epoch=0, answer_timeout=5.0, reauth_margin=60.0,
                  backoff_base=0.5, backoff_cap=60.0, reconnect_base=5.0, block=16, min_reauth=10.0,
@@ -139,16 +143,11 @@ class AgentPolicy:
 
     def wake_at(self):
         """When tick() next has work (handshakes only while online, dialling only while offline)."""
+        if not self.online:
+            return _earliest(self._connect_at, self.expires)
         a = self.attempt
-        if self.online:
-            times = [self._start_at, self._reauth_at, self.expires, None if a is None else a[3]]
-        else:
-            times = [self._connect_at, self.expires]
-        t = None
-        for x in times:
-            if x is not None and (t is None or x < t):
-                t = x
-        return t
+        return _earliest(_earliest(self._start_at, self._reauth_at),
+                         _earliest(self.expires, None if a is None else a[3]))
 
     def state(self):
         """The counter file's text (what the last SAVE wrote)."""
