@@ -200,7 +200,8 @@ async def test_a_gateway_booting_while_the_ledger_node_is_down_serves_then_catch
                         wall_clock=lambda: now)
         stale._build_ledger = _NodeDown(s.ledger)  # type: ignore[method-assign]
         now += 60
-        with pytest.raises(GatewayError, match=r"ledger is unreachable .* 6\d s old, beyond offline.max_staleness"):
+        beyond = r"ledger is unreachable .* 6\d s old, beyond offline.max_staleness"
+        with pytest.raises(GatewayError, match=beyond):
             await stale.__aenter__()
         await kept.close()
 
