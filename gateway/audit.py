@@ -32,15 +32,18 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from ledger_bridge.audit_trail import AuditError as AuditError
 from ledger_bridge.audit_trail import anchor_records as anchor_records
 from ledger_bridge.audit_trail import records as records
 from ledger_bridge.merkle import leaf_hash, merkle_root
+
+if TYPE_CHECKING:
+    from ledger_bridge.model import AnchorRecord
 
 log = logging.getLogger("diams.gateway.audit")
 
@@ -260,7 +263,7 @@ def batch_root(path: Path, first_seq: int, last_seq: int) -> tuple[int, bytes]:
 
 
 class _AnchorReader(Protocol):
-    async def anchors(self, gateway_id: bytes) -> Any: ...
+    async def anchors(self, gateway_id: bytes) -> Sequence[AnchorRecord]: ...
     async def next_anchor_seq(self, gateway_id: bytes) -> int: ...
 
 

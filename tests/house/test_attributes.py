@@ -74,3 +74,11 @@ def test_the_check_fails_on_an_attribute_first_assigned_in_aenter() -> None:
     )
     assert late_attributes(source) == ["Gateway.__aenter__: counters", "Gateway.__aenter__: index",
                                      "Gateway.__aenter__: rest"]
+
+
+@pytest.mark.parametrize("path", ["gateway/service.py", "gateway/preflight.py", "gateway/ledger_link.py"])
+def test_the_gateway_s_ledger_seams_are_typed(path: str) -> None:
+    """The ledger, its actor, the signer and the broker changes are named types here, never ``Any``."""
+    tree = ast.parse((ROOT / path).read_text())
+    uses = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "Any"]
+    assert uses == [], f"{path}: Any at lines {uses}"
