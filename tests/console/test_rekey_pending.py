@@ -111,12 +111,16 @@ async def test_show_device_and_the_console_say_re_key_pending_carried_by_the_nam
             await page.wait_for_url(base + "/")
             await page.goto(f"{base}/devices/{hex_id}")
             assert (await page.inner_text("#rekey")).strip() == "pending, carried by gw-1"
+            # the chain refuses a gateway authorization until the re-key is confirmed: no button for it
+            assert await page.query_selector("a.button:text-is('authorize gateway')") is None
+            assert "once the re-key is confirmed" in await page.inner_text("#rekey-first")
             await page.screenshot(path=str(SHOTS / "12-device-rekey-pending.png"), full_page=True)
 
             # confirmRekey: the re-key is done, and no longer shown anywhere
             await new_owner.confirm_rekey(did, os.urandom(32))
             await page.goto(f"{base}/devices/{hex_id}")
             assert await page.query_selector("#rekey") is None
+            assert await page.query_selector("a.button:text-is('authorize gateway')") is not None
             assert "(you)" in await page.inner_text("dl.kv")
             await browser.close()
         assert rekey_lines(await show_device(ledger, hex_id, capsys, monkeypatch)) == []
