@@ -93,6 +93,42 @@ async def test_another_owners_policy_is_refused_unless_shared_and_then_frozen(ch
     assert (await ch.ledger.policy(theirs)).publish_streams == ("telemetry",)
 
 
+async def test_set_policy_never_takes_another_authors_policy_so_its_author_cannot_steer_the_device(
+    channel: Actors,
+) -> None:
+    """Finding (a), the attack itself: the owner names a policy another account defined. The previous
+    contract's setPolicy took any defined id, and the author could then rewrite the device's streams."""
+    ch = channel
+    dev = await _active(ch, 9)
+    await ch.stranger.define_policy(DEFAULT, publish=["telemetry"], subscribe=[])
+    with pytest.raises(LedgerRevert) as refused:  # setPolicy looks only in the owner's own namespace
+        await ch.owner.set_policy(dev, DEFAULT)
+    assert refused.value.error == "UnknownPolicy"
+    with pytest.raises(LedgerRevert) as by_id:  # and by the full id only when shared (then frozen)
+        await ch.owner.use_shared_policy(dev, policy_key(ch.stranger.address, DEFAULT))
+    assert by_id.value.error == "PolicyNotShared"
+    await ch.stranger.define_policy(DEFAULT, publish=["everything"], subscribe=["commands"])
+    assert (await ch.ledger.device(dev)).policy_id == bytes(32)
+
+
+async def test_a_previous_owners_private_policy_is_dropped_at_transfer(channel: Actors) -> None:
+    """Finding (a) across a transfer: the previous owner stays the author of the device's private policy;
+    on the previous contract the policy followed the device, so that author could widen the new owner's
+    device's streams whenever it liked."""
+    ch = channel
+    dev = await _active(ch, 10)
+    await ch.owner.define_policy(DEFAULT, publish=["telemetry"], subscribe=[])
+    await ch.owner.set_policy(dev, DEFAULT)
+    await ch.owner.transfer(dev, ch.new_owner.address)
+    await ch.new_owner.accept_transfer(dev)
+    await ch.owner.define_policy(DEFAULT, publish=["everything"], subscribe=["commands"])
+    record = await ch.ledger.device(dev)
+    assert record.policy_id == bytes(32), "the policy its previous owner just rewrote governs the device"
+    assert ("PolicySet", bytes(32)) in [
+        (e.name, e.args.get("policyId")) for e in await ch.ledger.history(dev)
+    ]
+
+
 async def test_a_shared_policy_survives_a_transfer_a_private_one_does_not(channel: Actors) -> None:
     ch = channel
     dev = await _active(ch, 3)
@@ -190,6 +226,26 @@ async def test_a_removed_gateway_loses_its_account_its_grants_and_its_id(channel
         await ch.operator.register_gateway(GW32, x25519_public_key=os.urandom(32), account=ch.gateway.address)
     with pytest.raises(LedgerRevert, match="UnknownGateway"):
         await ch.operator.rotate_gateway_key(GW32, x25519_public_key=os.urandom(32))
+
+
+async def test_a_removed_gateways_devices_can_have_their_epoch_bumped(channel: Actors) -> None:
+    """Finding (d), the epoch consequence of a removal: the removed gateway still holds this epoch's sealed
+    K_dg and P_e, so the owner must be able to move the device's epoch though the grant no longer counts
+    (PROTOCOL.md 3.4); once moved, the removed gateway has nothing current and cannot be sealed again."""
+    ch = channel
+    dev = await _served(ch, 11)
+    (_, epoch) = await ch.ledger.device_state(dev)
+    await ch.operator.remove_gateway(GW32)
+    assert not await ch.ledger.is_authorized(dev, GW32)
+    await ch.owner.deauthorize_gateway(dev, GW32)  # accepted for the voided grant of this epoch
+    assert await ch.ledger.device_state(dev) == (DeviceState.ACTIVE, epoch + 1)
+    with pytest.raises(LedgerRevert) as gone:
+        await ch.owner.deauthorize_gateway(dev, GW32)
+    assert gone.value.error == "GatewayNotAuthorized"
+    sealed = sealed_key()
+    with pytest.raises(LedgerRevert) as unknown:
+        await ch.owner.authorize_gateway(dev, GW32, sealed_key=sealed, key_commitment=commitment(sealed))
+    assert unknown.value.error == "UnknownGateway"
 
 
 async def test_the_index_follows_rotation_and_removal(channel: Actors, tmp_path) -> None:
