@@ -53,7 +53,10 @@ FINDINGS: dict[str, tuple[str, list[str]]] = {
     ),
     "c: anchors keyed by root alone": (
         "contracts",
-        [S + "test_anchors_are_keyed_by_gateway_and_root_so_nobody_front_runs_a_root"],
+        [
+            S + "test_anchors_are_keyed_by_gateway_and_root_so_nobody_front_runs_a_root",
+            S + "test_a_front_run_root_keeps_the_consoles_inclusion_proof",
+        ],
     ),
     "d: gateway keys and accounts fixed for ever": (
         "contracts",

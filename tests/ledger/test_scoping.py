@@ -177,6 +177,43 @@ async def test_anchors_are_keyed_by_gateway_and_root_so_nobody_front_runs_a_root
     assert dup.value.error == "AnchorExists"
 
 
+async def test_a_front_run_root_keeps_the_consoles_inclusion_proof(channel: Actors, tmp_path) -> None:
+    """Finding (c) where an auditor meets it: the console proves a record's inclusion under the root its
+    gateway anchored, and names that gateway, though others anchored the root first (over another range,
+    and over the same range)."""
+    from gateway.audit import AuditLog
+    from ledger_bridge.console.service import ConsoleService
+    from ledger_bridge.operations import id_text
+
+    ch = channel
+    victim, attacker = onchain_gateway_id(b"gw-victim"), onchain_gateway_id(b"gw-attacker")
+    await ch.operator.register_gateway(victim, x25519_public_key=os.urandom(32), account=ch.gateway.address)
+    await ch.operator.register_gateway(
+        attacker, x25519_public_key=os.urandom(32), account=ch.stranger.address
+    )
+    log = AuditLog(tmp_path / "audit.log")
+    for n in range(3):
+        log.append("auth_ok", device=f"d{n}")
+    batch = log.next_anchor()
+    assert batch is not None
+    copier = onchain_gateway_id(b"gw-copier")
+    await ch.operator.register_gateway(copier, x25519_public_key=os.urandom(32), account=ch.new_owner.address)
+    await ch.stranger.anchor(attacker, merkle_root=batch.root, count=1, first_seq=1, last_seq=1)
+    await ch.new_owner.anchor(
+        copier, merkle_root=batch.root, count=batch.count, first_seq=batch.first_seq, last_seq=batch.last_seq
+    )
+    tx = await ch.gateway.anchor(
+        victim, merkle_root=batch.root, count=batch.count, first_seq=batch.first_seq, last_seq=batch.last_seq
+    )
+    log.mark_anchored(batch, tx.transaction_hash)
+    log.close()
+    index = IdentityIndex(tmp_path / "index.sqlite", gateway_id=GW, start_block=0)
+    console = ConsoleService(ledger=ch.ledger, index=index, audit_logs=[tmp_path / "audit.log"])
+    proof = await console.check_inclusion("audit.log", 2)
+    index.close()
+    assert (proof["included"], proof["problem"], proof["gateway"]) == (True, "", id_text(victim))
+
+
 async def test_rotating_a_gateway_key_voids_its_grants_until_the_epoch_moves(channel: Actors) -> None:
     ch = channel
     dev = await _served(ch, 6)
