@@ -111,7 +111,7 @@ async def test_set_policy_never_takes_another_authors_policy_so_its_author_canno
     assert (await ch.ledger.device(dev)).policy_id == bytes(32)
 
 
-async def test_a_previous_owners_private_policy_is_dropped_at_transfer(channel: Actors) -> None:
+async def test_a_previous_owners_private_policy_is_dropped_at_transfer(channel: Actors, tmp_path) -> None:
     """Finding (a) across a transfer: the previous owner stays the author of the device's private policy;
     on the previous contract the policy followed the device, so that author could widen the new owner's
     device's streams whenever it liked."""
@@ -124,6 +124,12 @@ async def test_a_previous_owners_private_policy_is_dropped_at_transfer(channel: 
     await ch.owner.define_policy(DEFAULT, publish=["everything"], subscribe=["commands"])
     record = await ch.ledger.device(dev)
     assert record.policy_id == bytes(32), "the policy its previous owner just rewrote governs the device"
+    # and so a gateway grants the device none of those streams
+    index = IdentityIndex(tmp_path / "index.sqlite", gateway_id=GW, start_block=0)
+    await index.sync(LedgerSource(ch.ledger))
+    view = index.device(dev)
+    index.close()
+    assert view is not None and (view.publish, view.subscribe) == ((), ())
     assert ("PolicySet", bytes(32)) in [
         (e.name, e.args.get("policyId")) for e in await ch.ledger.history(dev)
     ]
