@@ -66,6 +66,7 @@ FINDINGS: dict[str, tuple[str, list[str]]] = {
             S + "test_a_removed_gateway_loses_its_account_its_grants_and_its_id",
             S + "test_a_removed_gateways_devices_can_have_their_epoch_bumped",
             S + "test_the_index_follows_rotation_and_removal",
+            "tests/ledger/test_cli.py::test_cli_rotates_changes_and_removes_a_gateway",
             ROLES + "[eth-tester-rotateGatewayKey is the gateway operator's]",
             ROLES + "[eth-tester-changeGatewayAccount is the gateway operator's]",
             ROLES + "[eth-tester-removeGateway is the gateway operator's (or an admin's)]",
