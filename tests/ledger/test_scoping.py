@@ -197,26 +197,27 @@ async def test_a_front_run_root_keeps_the_consoles_inclusion_proof(channel: Acto
     await ch.operator.register_gateway(
         attacker, x25519_public_key=os.urandom(32), account=ch.stranger.address
     )
-    log = AuditLog(tmp_path / "audit.log")
-    for n in range(3):
-        log.append("auth_ok", device=f"d{n}")
-    batch = log.next_anchor()
-    assert batch is not None
     copier = onchain_gateway_id(b"gw-copier")
     await ch.operator.register_gateway(copier, x25519_public_key=os.urandom(32), account=ch.new_owner.address)
-    await ch.stranger.anchor(attacker, merkle_root=batch.root, count=1, first_seq=1, last_seq=1)
-    await ch.new_owner.anchor(
-        copier, merkle_root=batch.root, count=batch.count, first_seq=batch.first_seq, last_seq=batch.last_seq
-    )
-    tx = await ch.gateway.anchor(
-        victim, merkle_root=batch.root, count=batch.count, first_seq=batch.first_seq, last_seq=batch.last_seq
-    )
-    log.mark_anchored(batch, tx.transaction_hash)
-    log.close()
+    log = AuditLog(tmp_path / "audit.log")
+    try:
+        for n in range(3):
+            log.append("auth_ok", device=f"d{n}")
+        batch = log.next_anchor()
+        assert batch is not None
+        span = {"count": batch.count, "first_seq": batch.first_seq, "last_seq": batch.last_seq}
+        await ch.stranger.anchor(attacker, merkle_root=batch.root, count=1, first_seq=1, last_seq=1)
+        await ch.new_owner.anchor(copier, merkle_root=batch.root, **span)
+        tx = await ch.gateway.anchor(victim, merkle_root=batch.root, **span)
+        log.mark_anchored(batch, tx.transaction_hash)
+    finally:
+        log.close()
     index = IdentityIndex(tmp_path / "index.sqlite", gateway_id=GW, start_block=0)
     console = ConsoleService(ledger=ch.ledger, index=index, audit_logs=[tmp_path / "audit.log"])
-    proof = await console.check_inclusion("audit.log", 2)
-    index.close()
+    try:
+        proof = await console.check_inclusion("audit.log", 2)
+    finally:
+        index.close()
     assert (proof["included"], proof["problem"], proof["gateway"]) == (True, "", id_text(victim))
 
 
