@@ -104,6 +104,9 @@ async def test_show_device_and_the_console_say_re_key_pending_carried_by_the_nam
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            # a device page reads the chain a dozen times (eth-tester, one worker thread): on a machine
+            # shared by four test runs that can pass Playwright's 30 s default
+            page.set_default_timeout(120_000)
             await page.goto(base + "/login")
             await page.set_input_files("#keystore", str(w.keystores["operator"]))
             await page.fill("#passphrase", PASSPHRASES["operator"])
