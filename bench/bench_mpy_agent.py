@@ -10,6 +10,9 @@ the topic module and the agent policy became shared core modules, 64 KB before) 
 the core, the agent and umqtt.simple loaded from .mpy files (bytecode in RAM; frozen into flash on a
 board build it would not be). mpy_agent_import_heap_bytes: what importing them keeps allocated
 (core, umqtt.simple, agent; from .mpy). mpy_agent_adapter_mpy_bytes: agent.py compiled by mpy-cross.
+DIAMS's modules are compiled with ``mpy-cross -O3`` (no line-number tables, no asserts), as the board
+build freezes them (device_agent/micropython/manifest.py, ``opt=3``) and mip installs them
+(scripts/mip_index.py); umqtt.simple with mpy-cross's default (firmware_sim/mpy/runner.py compile_one).
 """
 
 from __future__ import annotations

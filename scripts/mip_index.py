@@ -60,10 +60,12 @@ def _store(out: Path, data: bytes) -> str:
     return digest
 
 
-def _compile(mpy_cross: str, source: Path) -> bytes:
+def _compile(mpy_cross: str, source: Path, *, ours: bool = True) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / (source.stem + ".mpy")
-        subprocess.run([mpy_cross, "-o", str(target), str(source)],  # noqa: S603 - our own sources
+        # ours: -O3, as the frozen build (manifest.py opt=3): no line-number tables, no asserts
+        opt = ["-O3"] if ours else []
+        subprocess.run([mpy_cross, *opt, "-o", str(target), str(source)],  # noqa: S603 - our own sources
                        check=True, capture_output=True, timeout=60)
         return target.read_bytes()
 
@@ -98,7 +100,7 @@ def build(out: Path, *, mpy_cross: str | None, vendor: Path = VENDOR) -> dict[st
             if flavour == "py" or not target.endswith(".py"):
                 return target, src.read_bytes()
             assert mpy_cross is not None
-            return target[:-3] + ".mpy", _compile(mpy_cross, src)
+            return target[:-3] + ".mpy", _compile(mpy_cross, src, ours=target != "umqtt/simple.py")
 
         agent = [content(t, s) for t, s in files if t != "umqtt/simple.py"]
         _write_package(out, flavour, NAME, version, agent, deps)

