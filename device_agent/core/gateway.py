@@ -26,6 +26,25 @@ from .keys import pair_keys, proof_tag, session_keys, transcript
 from .otp import hotp_value
 from .session import Session
 
+# The gateway role's transitions, per device: at most one pending handshake. (The device role's
+# table is in states.py; both go through states.advance.)
+#
+#   NONE --hello (fresh counter, or used counter + valid OTP = clone probe)--> AWAIT_PROOF
+#   AWAIT_PROOF --hello (fresh counter)--> AWAIT_PROOF (newer handshake replaces it)
+#   AWAIT_PROOF --bad_proof--> AWAIT_PROOF (a forged PROOF must not cancel the real handshake)
+#   AWAIT_PROOF --proof / timeout--> NONE (authenticated, clone detected, or rejected)
+#   A PROOF in NONE has no transition: it is ignored (remote). GatewayRole._advance applies this table.
+NONE = "none"
+AWAIT_PROOF = "await_proof"
+
+TABLE = {
+    (NONE, "hello"): AWAIT_PROOF,
+    (AWAIT_PROOF, "hello"): AWAIT_PROOF,
+    (AWAIT_PROOF, "bad_proof"): AWAIT_PROOF,
+    (AWAIT_PROOF, "proof"): NONE,
+    (AWAIT_PROOF, "timeout"): NONE,
+}
+
 
 class CounterAccepted:
     """Gateway: the adapter must make this counter and nonce durable BEFORE it sends the reply."""
@@ -106,15 +125,15 @@ class GatewayRole:
         return len(self._pending)
 
     def state_of(self, device_id):
-        return states.AWAIT_PROOF if device_id in self._pending else states.NONE
+        return AWAIT_PROOF if device_id in self._pending else NONE
 
     def _advance(self, device_id, event, pending=None):
-        # The only place a device's handshake state changes: by the states.GATEWAY table.
+        # The only place a device's handshake state changes: by TABLE (above).
         state = self.state_of(device_id)
-        nxt = states.advance(states.GATEWAY, state, event)
+        nxt = states.advance(TABLE, state, event)
         if nxt is None:
             raise LocalProtocolError("gateway role: no %s transition from %s" % (event, state))
-        if nxt == states.NONE:
+        if nxt == NONE:
             del self._pending[device_id]
         elif pending is not None:
             self._pending.pop(device_id, None)  # re-insert at the end: keeps deadline order
@@ -172,7 +191,7 @@ class GatewayRole:
 
     def _on_proof(self, device_id, payload, now):
         tag = wire.decode(payload, wire.PROOF)[0]
-        if states.advance(states.GATEWAY, self.state_of(device_id), "proof") is None:
+        if states.advance(TABLE, self.state_of(device_id), "proof") is None:
             return None, [Rejected(device_id, "unexpected")]
         p = self._pending[device_id]
         if now > p.deadline:

@@ -200,7 +200,7 @@ def test_proof_from_another_gateways_session_fails():
     proof_b, _ = dev_b.receive(ch_b, 0.0)
     reply, ev = f.gateways[b"gw-a"].receive(did, proof_b, 0.0)
     assert reply is None and [e.reason for e in ev] == ["bad_proof"]
-    assert f.gateways[b"gw-a"].state_of(did) == states.AWAIT_PROOF
+    assert f.gateways[b"gw-a"].state_of(did) == gateway.AWAIT_PROOF
     assert authenticated(f.gateways[b"gw-b"].receive(did, proof_b, 0.0)[1][0])
 
 

@@ -1,4 +1,4 @@
-"""The gateway role moves only through ``states.GATEWAY``: the table is the one truth, and the code
+"""The gateway role moves only through ``gateway.TABLE``: the table is the one truth, and the code
 consults it (taking a transition out of the table changes what the role does)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from device_agent.core import events, states
+from device_agent.core import events, gateway
 from device_agent.core.errors import LocalProtocolError
 from firmware_sim.pair import Fleet, authenticated, handshake
 
@@ -17,14 +17,14 @@ def test_a_handshake_walks_the_table():
     (did,) = fleet.device_ids
     gw = fleet.gateways[b"gw-a"]
     dev = fleet.device(did, b"gw-a")
-    assert gw.state_of(did) == states.NONE
+    assert gw.state_of(did) == gateway.NONE
     reply, _ = gw.receive(did, dev.hello(1, os.urandom(8)), 0.0)
-    assert reply is not None and gw.state_of(did) == states.AWAIT_PROOF
+    assert reply is not None and gw.state_of(did) == gateway.AWAIT_PROOF
     proof, _ = dev.receive(reply, 0.0)
     forged = bytes(proof[:-1]) + bytes([proof[-1] ^ 1])
-    assert gw.receive(did, forged, 0.0)[0] is None and gw.state_of(did) == states.AWAIT_PROOF  # bad_proof
+    assert gw.receive(did, forged, 0.0)[0] is None and gw.state_of(did) == gateway.AWAIT_PROOF  # bad_proof
     _, evs = gw.receive(did, proof, 0.0)
-    assert any(isinstance(e, events.Authenticated) for e in evs) and gw.state_of(did) == states.NONE
+    assert any(isinstance(e, events.Authenticated) for e in evs) and gw.state_of(did) == gateway.NONE
     reply, evs = gw.receive(did, proof, 0.0)  # a PROOF in NONE: no transition, ignored
     assert reply is None and [e.reason for e in evs] == ["unexpected"]
 
@@ -33,9 +33,9 @@ def test_the_role_consults_the_table(monkeypatch):
     fleet = Fleet()
     (did,) = fleet.device_ids
     gw = fleet.gateways[b"gw-a"]
-    table = dict(states.GATEWAY)
-    del table[(states.NONE, "hello")]
-    monkeypatch.setattr(states, "GATEWAY", table)
+    table = dict(gateway.TABLE)
+    del table[(gateway.NONE, "hello")]
+    monkeypatch.setattr(gateway, "TABLE", table)
     with pytest.raises(LocalProtocolError, match="no hello transition from none"):
         handshake(fleet.device(did, b"gw-a"), gw, 1)
 
@@ -45,9 +45,9 @@ def test_without_the_bad_proof_row_a_forged_proof_is_a_local_error(monkeypatch):
     (did,) = fleet.device_ids
     gw = fleet.gateways[b"gw-a"]
     dev = fleet.device(did, b"gw-a")
-    table = dict(states.GATEWAY)
-    del table[(states.AWAIT_PROOF, "bad_proof")]
-    monkeypatch.setattr(states, "GATEWAY", table)
+    table = dict(gateway.TABLE)
+    del table[(gateway.AWAIT_PROOF, "bad_proof")]
+    monkeypatch.setattr(gateway, "TABLE", table)
     reply, _ = gw.receive(did, dev.hello(1, os.urandom(8)), 0.0)
     proof, _ = dev.receive(reply, 0.0)
     with pytest.raises(LocalProtocolError):

@@ -17,11 +17,11 @@ def test_full_handshake_then_data_both_ways():
     hello = dev.hello(1, os.urandom(8))
     challenge, ev = gw.receive(did, hello, 0.0)
     assert [type(e) for e in ev] == [gateway.CounterAccepted] and ev[0].counter == 1
-    assert gw.state_of(did) == states.AWAIT_PROOF and dev.state == states.HELLO_SENT
+    assert gw.state_of(did) == gateway.AWAIT_PROOF and dev.state == states.HELLO_SENT
     proof, _ = dev.receive(challenge, 0.0)
     assert dev.state == states.PROOF_SENT
     result, ev = gw.receive(did, proof, 0.0)
-    assert isinstance(ev[0], events.Authenticated) and gw.state_of(did) == states.NONE
+    assert isinstance(ev[0], events.Authenticated) and gw.state_of(did) == gateway.NONE
     _, done = dev.receive(result, 0.0)
     assert authenticated(done) and dev.state == states.AUTHENTICATED
     sizes = [len(hello), len(challenge), len(proof), len(result)]
