@@ -30,8 +30,6 @@ from device_agent.core import keys, policy, topics, wire
 from device_agent.core.device import DeviceRole
 from device_agent.core.events import Authenticated, Rejected
 
-_now = time.time
-
 
 class Agent:
     """One device: ``connect()``, ``authenticate()``, then ``publish()`` and ``poll()``; or ``run()``."""
@@ -89,7 +87,6 @@ class Agent:
         self._refused = False  # the link closes after a refused login the policy was told of
         self.session = None
         self.gateway = None
-        self.last_refusal = None  # the last REJECT reason (printed when it happens)
 
     # -- MQTT ---------------------------------------------------------------------------------------
 
@@ -114,7 +111,7 @@ class Agent:
                 except (OSError, AttributeError):
                     pass
                 self._dial = False
-                self._do(self.policy.login_refused(_now()))
+                self._do(self.policy.login_refused(time.time()))
                 if not self._dial:  # the probe is over: the policy dials again after a backoff
                     self._refused = True
                     raise OSError("broker refused the login: %r" % (exc,)) from None
@@ -130,7 +127,7 @@ class Agent:
         self.client.subscribe(topics.topic_filter(topics.COMMAND, topics.ANY, self.dhex), 1)
         self._poller = select.poll()
         self._poller.register(self.client.sock, select.POLLIN)
-        self._do(self.policy.connected(_now()))
+        self._do(self.policy.connected(time.time()))
 
     # -- the policy's actions -----------------------------------------------------------------------
 
@@ -158,9 +155,29 @@ class Agent:
         """Feed queued messages to the role (handshakes) or the session (commands)."""
         while self._inbox:
             topic, msg = self._inbox.pop(0)
+            now = time.time()
             gw = self._down.get(topic)
-            if gw is not None:
-                self._handshake(gw, msg)
+            if gw is not None:  # a handshake message
+                if wire.no_session_signal(msg):  # the gateway lost our session: at most one handshake follows
+                    self.stats["no_session_signals"] += 1
+                    self._do(self.policy.no_session(gw, now))
+                    continue
+                a = self.policy.attempt
+                if self._role is None or a is None or a[0] != gw:
+                    continue
+                reply, ev = self._role.receive(msg, now)
+                if reply is not None:
+                    self.client.publish(self._up[gw], reply)
+                if isinstance(ev, Authenticated):
+                    self._role = None
+                    self.session = ev.session
+                    self.gateway = gw
+                    self._do(self.policy.authenticated(gw, ev.session.expires, now))
+                elif isinstance(ev, Rejected):
+                    self._role = None
+                    if not (ev.reason == "stale_epoch" and ev.epoch > a[1]):  # a hint is retried at once
+                        print("diams: refused by", gw, "at epoch", a[1], ":", ev.reason)
+                    self._do(self.policy.rejected(gw, ev.reason, ev.epoch, now))
                 continue
             gw = self._rk.get(topic)
             if gw is not None:
@@ -173,39 +190,15 @@ class Agent:
             if s is None or t is None or t[0] != topics.COMMAND or t[1] != self.gateway or t[2] != self.dhex:
                 continue
             name = t[3]
-            payload, _ = s.open(name.encode(), msg, _now())
+            payload, _ = s.open(name.encode(), msg, now)
             if payload is None:
                 self.stats["commands_dropped"] += 1
                 continue
             self.stats["commands_ok"] += 1
             if name == "reauth":
-                self._do(self.policy.reauth(_now()))
+                self._do(self.policy.reauth(now))
             elif self.on_command:
                 self.on_command(name, payload)
-
-    def _handshake(self, gw, msg):
-        if wire.no_session_signal(msg):  # the gateway lost our session: at most one handshake follows
-            self.stats["no_session_signals"] += 1
-            self._do(self.policy.no_session(gw, _now()))
-            return
-        a = self.policy.attempt
-        if self._role is None or a is None or a[0] != gw:
-            return
-        now = _now()
-        reply, ev = self._role.receive(msg, now)
-        if reply is not None:
-            self.client.publish(self._up[gw], reply)
-        if isinstance(ev, Authenticated):
-            self._role = None
-            self.session = ev.session
-            self.gateway = gw
-            self._do(self.policy.authenticated(gw, ev.session.expires, now))
-        elif isinstance(ev, Rejected):
-            self._role = None
-            if not (ev.reason == "stale_epoch" and ev.epoch > a[1]):  # a hint is retried at once: no refusal
-                self.last_refusal = ev.reason
-                print("diams: refused by", gw, "at epoch", a[1], ":", ev.reason)
-            self._do(self.policy.rejected(gw, ev.reason, ev.epoch, now))
 
     def _failures(self):
         n = 0
@@ -222,19 +215,19 @@ class Agent:
         done = self.stats["authenticated"]
         failed = self._failures()
         if p.attempt is None:
-            self._do(p.reauth(_now()))
+            self._do(p.reauth(time.time()))
         while self.stats["authenticated"] == done:
             if self._failures() - failed >= rounds * len(p.gateways):
                 return False
             wake = p.wake_at()
-            ms = 1000 if wake is None else int((wake - _now()) * 1000) + 1
+            ms = 1000 if wake is None else int((wake - time.time()) * 1000) + 1
             self.poll(min(max(ms, 0), 1000))
         return True
 
     def publish(self, stream, payload):
         """Authenticated DATA on ``stream`` -> False when there is no live session."""
         s = self.session
-        if s is None or _now() >= s.expires:
+        if s is None or time.time() >= s.expires:
             return False
         self.client.publish(topics.data(self.gateway, self.dhex, stream), s.seal(stream.encode(), payload))
         return True
@@ -245,31 +238,31 @@ class Agent:
         if self._poller.poll(ms):
             self.client.wait_msg()
         self._handle()
-        self._do(self.policy.tick(_now()))
+        self._do(self.policy.tick(time.time()))
 
     # -- the whole loop -------------------------------------------------------------------------------
 
     def run(self, read, stream="telemetry", interval_s=30):
         """Forever: (re)connect, authenticate, publish ``read()`` every ``interval_s`` seconds."""
         p = self.policy
-        self._do(p.start(_now()))
-        due = _now()
+        self._do(p.start(time.time()))
+        due = time.time()
         while True:
             try:
                 if self._dial:
                     self._dial = False
                     self.connect()
-                now = _now()
+                now = time.time()
                 if self.session is not None and now >= due:
                     self.publish(stream, read())
                     due = now + interval_s
                 nxt = p.wake_at()
                 if self.session is not None and (nxt is None or due < nxt):
                     nxt = due
-                ms = 1000 if nxt is None else min(1000, max(0, int((nxt - _now()) * 1000) + 1))
+                ms = 1000 if nxt is None else min(1000, max(0, int((nxt - time.time()) * 1000) + 1))
                 if self._poller is None:
                     time.sleep_ms(ms)
-                    self._do(p.tick(_now()))
+                    self._do(p.tick(time.time()))
                 else:
                     self.poll(ms)
             except OSError as exc:  # the link is lost, or a dial failed: close, tell the policy
@@ -283,4 +276,4 @@ class Agent:
                 if self._refused:  # the policy was told of the refused login already
                     self._refused = False
                 else:
-                    self._do(p.disconnected(_now()))
+                    self._do(p.disconnected(time.time()))
