@@ -138,9 +138,6 @@ class AgentPolicy:
 
     # -- queries --------------------------------------------------------------------------------
 
-    def has_session(self, now):
-        return self.expires is not None and now < self.expires
-
     def wake_at(self):
         """When tick() next has work (handshakes only while online, dialling only while offline)."""
         if not self.online:

@@ -182,7 +182,7 @@ def test_reauth_command_starts_a_handshake_and_keeps_the_session() -> None:
     pol.connected(0.0)
     pol.authenticated("gw-a", 100.0, 0.1)
     assert kinds(pol.reauth(20.0)) == [(HELLO, "gw-a", 0, 1)]
-    assert pol.has_session(20.0) and pol.reauth(21.0) == []  # one in flight: nothing more
+    assert pol.expires == 100.0 and pol.reauth(21.0) == []  # one in flight: nothing more
 
 
 def test_no_session_signal_can_at_most_start_one_handshake() -> None:
@@ -192,7 +192,7 @@ def test_no_session_signal_can_at_most_start_one_handshake() -> None:
     assert pol.no_session("gw-a", 5.0) == []  # just authenticated: a forged signal is ignored
     assert pol.no_session("gw-b", 50.0) == []  # not the session's gateway
     assert kinds(pol.no_session("gw-a", 50.0)) == [(END_SESSION, "no_session"), (HELLO, "gw-a", 0, 1)]
-    assert not pol.has_session(50.0)
+    assert pol.expires is None
     for t in (50.1, 50.2, 51.0):
         assert pol.no_session("gw-a", t) == []  # a flood while the handshake runs: nothing
     assert pol.stats["no_session"] == 1 and pol.stats["no_session_ignored"] == 5
@@ -304,7 +304,7 @@ def test_session_survives_a_reconnect() -> None:
     pol.connected(0.0)
     pol.authenticated("gw-a", 100.0, 0.1)
     assert kinds(pol.disconnected(10.0)) == [(CONNECT, 0)]  # a zero draw: at once
-    assert pol.connected(10.5) == [] and pol.has_session(10.5)
+    assert pol.connected(10.5) == [] and pol.expires == 100.0
 
 
 # -- counters ------------------------------------------------------------------------------------
