@@ -40,8 +40,8 @@ class Session:
             return None, "expired"
         try:
             seq, payload, tag = wire.decode_sealed(message, self._recv_type)
-        except wire.RemoteProtocolError:
-            return None, "bad_message"
+        except wire.RemoteProtocolError as exc:
+            return None, exc.reason
         n = len(message) - wire.TAG_LEN
         if not ct_equal(hmac_sha256(self._recv_key, lp(stream) + bytes(message[:n]))[:wire.TAG_LEN], tag):
             return None, "forged"

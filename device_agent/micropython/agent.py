@@ -175,8 +175,8 @@ class Agent:
                     self._do(self.policy.authenticated(gw, ev.session.expires, now))
                 elif isinstance(ev, Rejected):
                     self._role = None
-                    if not (ev.reason == "stale_epoch" and ev.epoch > a[1]):  # a hint is retried at once
-                        print("diams: refused by", gw, "at epoch", a[1], ":", ev.reason)
+                    # (a stale_epoch hint too: the policy retries it at once, under the hinted epoch)
+                    print("diams: refused by", gw, "at epoch", a[1], ":", ev.reason)
                     self._do(self.policy.rejected(gw, ev.reason, ev.epoch, now))
                 continue
             gw = self._rk.get(topic)
