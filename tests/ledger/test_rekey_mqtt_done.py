@@ -59,9 +59,10 @@ def private_file(path: Path, text: str) -> str:
 
 
 class Crashing:
-    """The agent's re-key handler, dying at ``point`` when CONFIRM arrives: "before_commit" (S is left
-    on disk) or "after_commit" (the real commit of S' ran; DONE never leaves). The agent is stopped there
-    and answers nothing more, like a process killed at that instant."""
+    """The agent's re-key handler, dying at ``point`` when CONFIRM arrives: "before_confirm" (before it
+    is even read), "before_commit" (CONFIRM verified, S' in memory, S still on disk) or "after_commit"
+    (the real commit of S' ran; DONE never leaves). The agent is stopped there and answers nothing more,
+    like a process killed at that instant."""
 
     def __init__(self, real: RekeyResponder, agent: MqttAgent, point: str) -> None:
         self.real, self.agent, self.point = real, agent, point
@@ -71,6 +72,10 @@ class Crashing:
         if self.dead:
             return None, None
         if payload[:1] == bytes((rekey.CONFIRM,)):
+            if self.point == "before_commit":  # CONFIRM verified, S' in memory only
+                role = self.real._role
+                assert role is not None
+                role.confirm(payload)
             if self.point == "after_commit":
                 done, new_secret = self.real.message(secret, payload)
                 assert done is not None and new_secret is not None  # committed to the key file
@@ -227,14 +232,15 @@ async def served_after_authorization(
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("point", ["before_commit", "after_commit"])
+@pytest.mark.parametrize("point", ["before_confirm", "before_commit", "after_commit"])
 async def test_a_device_killed_after_confirm_over_mqtt_is_not_locked_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, point: str
 ) -> None:
-    """Killed between CONFIRM and its commit (it keeps S), or after its commit but before DONE (it holds
-    S'): no DONE, so the owner's tool records nothing; the re-key window stays open, the restarted device
-    logs in again, and the owner's retry (S' first, then S, each with its own startRekey login) ends with
-    the device on the owner's new secret, confirmed on chain, and served by the gateway."""
+    """Killed before CONFIRM is read or between CONFIRM and its commit (it keeps S), or after its commit
+    but before DONE (it holds S'): no DONE, so the owner's tool records nothing; the re-key window stays
+    open, the restarted device logs in again, and the owner's retry (S' first, then S, each with its own
+    startRekey login) ends with the device on the owner's new secret, confirmed on chain, and served by
+    the gateway."""
     async with transferred(tmp_path, capsys, monkeypatch) as t:
         agent = t.agent()
         crash = Crashing(agent.driver._rekey, agent, point)  # type: ignore[arg-type]
@@ -245,10 +251,10 @@ async def test_a_device_killed_after_confirm_over_mqtt_is_not_locked_out(
         assert code == 1 and "no DONE" in err, (out, err)
         assert await t.pending(), "confirmRekey recorded without the device's proof of commit"
         kept = t.bundle_secret()  # S', stored before CONFIRM left
-        assert t.held() == (t.old_secret if point == "before_commit" else kept)
+        assert t.held() == (kept if point == "after_commit" else t.old_secret)
         _, epoch_before = await t.ledger.device_state(t.did)
 
-        agent = t.agent()  # the device restarts, holding S (before_commit) or S' (after_commit)
+        agent = t.agent()  # the device restarts, holding S, or S' (after_commit)
         with running(agent):
             code, out, err = await ledger_cli(capsys, *t.rekey_argv)  # the owner's retry
             assert code == 0, err
