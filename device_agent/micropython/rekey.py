@@ -96,8 +96,9 @@ class Responder:
 
 def on_message(agent, gateway, payload):
     """What agent.py hands over from its re-key down topic of ``gateway`` (given ``rekey_files``): the
-    exchange runs in a Responder kept on the agent; after the CONFIRM the agent logs in, and
-    authenticates, with S' (the new owner authorizes gateways next)."""
+    exchange runs in a Responder kept on the agent; its answers (REPLY, then DONE once S' is stored)
+    go out on the re-key up topic; after the commit the agent logs in, and authenticates, with S' (the
+    new owner authorizes gateways next)."""
     from device_agent.core import topics
 
     if agent._rekeyer is None:
