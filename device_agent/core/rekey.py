@@ -121,7 +121,6 @@ class OwnerRekey:
         self.new_secret = s2
         return bytes((CONFIRM,)) + hmac_sha256(k_conf, bytes((CONFIRM,)) + t)[:_TAG]
 
-
     def done(self, msg):
         """Raises RekeyError unless ``msg`` is this exchange's DONE: the device has stored S'."""
         if self._t is None:
@@ -187,4 +186,3 @@ class DeviceRekey:
         if self._done is None:
             raise RekeyError("not_started")
         return self._done
-
