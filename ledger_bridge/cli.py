@@ -490,6 +490,25 @@ async def cmd_register_gateway(args: argparse.Namespace) -> int:
     )
 
 
+def _x25519(text: str) -> bytes:
+    return parse_bytes32(text if text.startswith("0x") else "0x" + text, name="x25519")
+
+
+async def cmd_rotate_gateway_key(args: argparse.Namespace) -> int:
+    gw, pub = ops.name_id(args.gateway, what="gateway"), _x25519(args.x25519)
+    return await _with_actor(args, lambda a, _: a.rotate_gateway_key(gw, x25519_public_key=pub))
+
+
+async def cmd_change_gateway_account(args: argparse.Namespace) -> int:
+    gw = ops.name_id(args.gateway, what="gateway")
+    return await _with_actor(args, lambda a, _: a.change_gateway_account(gw, args.account))
+
+
+async def cmd_remove_gateway(args: argparse.Namespace) -> int:
+    gw = ops.name_id(args.gateway, what="gateway")
+    return await _with_actor(args, lambda a, _: a.remove_gateway(gw))
+
+
 async def cmd_grant_role(args: argparse.Namespace) -> int:
     role = Role[args.role.upper()]
     return await _with_actor(args, lambda a, _: a.grant_role(role, args.account))
@@ -640,6 +659,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rgw.add_argument("--account", required=True, help="the gateway's own account (anchors, clone alerts)")
     rgw.set_defaults(handler=cmd_register_gateway)
+    gateway_help = "the gateway's name, as registered (e.g. gw-1)"
+    rot = command(
+        sub,
+        "rotate-gateway-key",
+        "gateway operator or admin: a new X25519 key; the gateway's grants stop counting at once, and each "
+        "owner deauthorizes it (epoch bump) before sealing for the new key",
+    )
+    rot.add_argument("gateway", help=gateway_help)
+    rot.add_argument("--x25519", required=True, help="the new X25519 public key, 64 hex")
+    rot.set_defaults(handler=cmd_rotate_gateway_key)
+    chg = command(
+        sub, "change-gateway-account", "gateway operator or admin: a new account for anchors and clone alerts"
+    )
+    chg.add_argument("gateway", help=gateway_help)
+    chg.add_argument("--account", required=True, help="the new account, 0x + 40 hex")
+    chg.set_defaults(handler=cmd_change_gateway_account)
+    rmg = command(
+        sub,
+        "remove-gateway",
+        "gateway operator or admin: retire a gateway for good (its account, grants and id); each owner "
+        "then deauthorizes it for the devices it served (epoch bump)",
+    )
+    rmg.add_argument("gateway", help=gateway_help)
+    rmg.set_defaults(handler=cmd_remove_gateway)
 
     show = command(sub, "show", "read records").add_subparsers(
         dest="show_command", required=True, metavar="WHAT"

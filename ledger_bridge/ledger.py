@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -381,7 +382,8 @@ class Ledger:
             if ev is None:
                 continue
             args: dict[str, Any] = dict(ev.args)
-            found.append(await self.anchor(merkle_root, gateway_id=bytes(args["gatewayId"])))
+            record = await self.anchor(merkle_root, gateway_id=bytes(args["gatewayId"]))
+            found.append(dataclasses.replace(record, transaction_hash=ev.transaction_hash))
         return found
 
     async def next_anchor_seq(self, gateway_id: bytes) -> int:

@@ -277,7 +277,16 @@ class ConsoleService:
             anchored = await self.ledger.anchors_of_root(root)  # keyed by (gateway, root): any gateway's
             if not anchored:
                 raise LedgerError("no gateway anchored this root")
-            on_chain = anchored[0]
+            # another gateway may have copied the root first: take this log's own anchor (its sidecar's
+            # transaction), else one over this batch's range, so a front-runner spoils no proof
+            span = (len(batch), first, last)
+            on_chain = min(
+                anchored,
+                key=lambda a: (
+                    a.transaction_hash.lower() != str(anchor.get("tx", "")).lower(),
+                    (a.count, a.first_seq, a.last_seq) != span,
+                ),
+            )
         except LedgerError as exc:
             result.update(on_chain=False, included=False, problem=f"root not anchored on chain ({exc})")
             return result

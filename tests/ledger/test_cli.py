@@ -253,3 +253,43 @@ def test_cli_wrong_passphrase_and_missing_backend(
     pass_file.chmod(0o600)
     code, _, err = run(capsys, *argv, "--out", str(tmp_path / "channel.json"))
     assert code == 0, err
+
+
+def test_cli_rotates_changes_and_removes_a_gateway(
+    tmp_path: Path,
+    rpc: tuple[str, str],
+    actors: dict[str, tuple[Path, str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 10 finding (d) from the operator's side: a gateway's key and account move, and it retires,
+    with `diams-ledger`; only its operator (or an admin) may."""
+    channel = tmp_path / "channel.json"
+    admin, operator, owner, gateway = actors["admin"], actors["operator"], actors["owner"], actors["gateway"]
+    assert run(capsys, *rpc, "--keystore", str(admin[0]), "deploy", "--out", str(channel))[0] == 0
+    ch = (*rpc, "--channel", str(channel))
+    assert run(capsys, *ch, "--keystore", str(admin[0]), "grant-role", "operator", operator[1])[0] == 0
+    old_key, new_key = os.urandom(32).hex(), os.urandom(32).hex()
+    as_operator = (*ch, "--keystore", str(operator[0]))
+    register = ("register-gateway", "gw-1", "--x25519", old_key, "--account", gateway[1])
+    code, _, err = run(capsys, *as_operator, *register)
+    assert code == 0, err
+
+    rotate = ("rotate-gateway-key", "gw-1", "--x25519", new_key)
+    code, _, err = run(capsys, *ch, "--keystore", str(owner[0]), *rotate)
+    assert code == 1 and "NotGatewayOperator: " in err and "is neither the operator of gateway" in err
+    code, out, err = run(capsys, *as_operator, *rotate)
+    assert code == 0 and out.startswith("ok: tx 0x"), err
+    code, out, err = run(capsys, *as_operator, "change-gateway-account", "gw-1", "--account", owner[1])
+    assert code == 0, err
+    code, out, _ = run(capsys, *ch, "show", "gateway", "gw-1", "--json")
+    shown = json.loads(out)
+    assert (shown["x25519_public_key"], shown["account"]) == ("0x" + new_key, owner[1])
+
+    code, _, err = run(capsys, *as_operator, "remove-gateway", "gw-1")
+    assert code == 0, err
+    code, _, err = run(capsys, *ch, "show", "gateway", "gw-1")
+    assert code == 1 and "is not registered" in err
+    code, _, err = run(capsys, *as_operator, *register)
+    assert code == 1 and "GatewayExists: " in err
+    code, _, err = run(capsys, *as_operator, "remove-gateway", "gw-1")
+    assert code == 1 and "UnknownGateway: " in err

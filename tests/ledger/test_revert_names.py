@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from eth_abi.abi import encode
+from eth_utils.abi import function_signature_to_4byte_selector
 
 from ledger_bridge import Ledger, LedgerBackend, LedgerRevert, Role, RpcBackend, Signer
 from ledger_bridge.artifacts import CONTRACT_NAMES, load_artifact
-from ledger_bridge.reverts import _TEMPLATES
+from ledger_bridge.reverts import _TEMPLATES, revert_from_data
 
 from .conftest import ETH, Actors
 from .helpers import claim_code, device_id, gateway_id, registration
@@ -34,6 +36,33 @@ def test_every_custom_error_has_words() -> None:
     missing = sorted(n for n in names if n not in _TEMPLATES and n != "LengthMismatch")
     assert not missing, f"custom errors without words in reverts._TEMPLATES: {missing}"
     assert not set(_TEMPLATES) - names, "templates for errors no contract has"
+
+
+def _sample(kind: str) -> object:
+    if kind == "address":
+        return "0x" + "11" * 20
+    if kind.startswith("bytes"):
+        return bytes(range(1, int(kind[5:]) + 1))
+    assert kind.startswith("uint"), kind
+    return 1
+
+
+def test_every_custom_error_decodes_from_its_revert_data() -> None:
+    """Every error of both ABIs, from the bytes a node returns, comes back by name with its words: a
+    template reading a field the error no longer has would crash the decoding instead."""
+    for contract in CONTRACT_NAMES:
+        for item in load_artifact(contract).abi:
+            if item.get("type") != "error":
+                continue
+            types = [i["type"] for i in item["inputs"]]
+            data = function_signature_to_4byte_selector(f"{item['name']}({','.join(types)})") + encode(
+                types, [_sample(t) for t in types]
+            )
+            got = revert_from_data(data, context="op")
+            assert got.error == item["name"], str(got)
+            assert str(got).startswith(f"op: {item['name']}: "), str(got)
+            if item["name"] in _TEMPLATES:
+                assert str(got) == f"op: {item['name']}: {_TEMPLATES[item['name']](got.args_by_name)}"
 
 
 async def _refusals(ch: Actors) -> dict[str, LedgerRevert]:

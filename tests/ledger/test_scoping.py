@@ -93,6 +93,48 @@ async def test_another_owners_policy_is_refused_unless_shared_and_then_frozen(ch
     assert (await ch.ledger.policy(theirs)).publish_streams == ("telemetry",)
 
 
+async def test_set_policy_never_takes_another_authors_policy_so_its_author_cannot_steer_the_device(
+    channel: Actors,
+) -> None:
+    """Finding (a), the attack itself: the owner names a policy another account defined. The previous
+    contract's setPolicy took any defined id, and the author could then rewrite the device's streams."""
+    ch = channel
+    dev = await _active(ch, 9)
+    await ch.stranger.define_policy(DEFAULT, publish=["telemetry"], subscribe=[])
+    with pytest.raises(LedgerRevert) as refused:  # setPolicy looks only in the owner's own namespace
+        await ch.owner.set_policy(dev, DEFAULT)
+    assert refused.value.error == "UnknownPolicy"
+    with pytest.raises(LedgerRevert) as by_id:  # and by the full id only when shared (then frozen)
+        await ch.owner.use_shared_policy(dev, policy_key(ch.stranger.address, DEFAULT))
+    assert by_id.value.error == "PolicyNotShared"
+    await ch.stranger.define_policy(DEFAULT, publish=["everything"], subscribe=["commands"])
+    assert (await ch.ledger.device(dev)).policy_id == bytes(32)
+
+
+async def test_a_previous_owners_private_policy_is_dropped_at_transfer(channel: Actors, tmp_path) -> None:
+    """Finding (a) across a transfer: the previous owner stays the author of the device's private policy;
+    on the previous contract the policy followed the device, so that author could widen the new owner's
+    device's streams whenever it liked."""
+    ch = channel
+    dev = await _active(ch, 10)
+    await ch.owner.define_policy(DEFAULT, publish=["telemetry"], subscribe=[])
+    await ch.owner.set_policy(dev, DEFAULT)
+    await ch.owner.transfer(dev, ch.new_owner.address)
+    await ch.new_owner.accept_transfer(dev)
+    await ch.owner.define_policy(DEFAULT, publish=["everything"], subscribe=["commands"])
+    record = await ch.ledger.device(dev)
+    assert record.policy_id == bytes(32), "the policy its previous owner just rewrote governs the device"
+    # and so a gateway grants the device none of those streams
+    index = IdentityIndex(tmp_path / "index.sqlite", gateway_id=GW, start_block=0)
+    await index.sync(LedgerSource(ch.ledger))
+    view = index.device(dev)
+    index.close()
+    assert view is not None and (view.publish, view.subscribe) == ((), ())
+    assert ("PolicySet", bytes(32)) in [
+        (e.name, e.args.get("policyId")) for e in await ch.ledger.history(dev)
+    ]
+
+
 async def test_a_shared_policy_survives_a_transfer_a_private_one_does_not(channel: Actors) -> None:
     ch = channel
     dev = await _active(ch, 3)
@@ -139,6 +181,44 @@ async def test_anchors_are_keyed_by_gateway_and_root_so_nobody_front_runs_a_root
     with pytest.raises(LedgerRevert) as dup:
         await ch.gateway.anchor(victim, merkle_root=root, count=1, first_seq=8, last_seq=8)
     assert dup.value.error == "AnchorExists"
+
+
+async def test_a_front_run_root_keeps_the_consoles_inclusion_proof(channel: Actors, tmp_path) -> None:
+    """Finding (c) where an auditor meets it: the console proves a record's inclusion under the root its
+    gateway anchored, and names that gateway, though others anchored the root first (over another range,
+    and over the same range)."""
+    from gateway.audit import AuditLog
+    from ledger_bridge.console.service import ConsoleService
+    from ledger_bridge.operations import id_text
+
+    ch = channel
+    victim, attacker = onchain_gateway_id(b"gw-victim"), onchain_gateway_id(b"gw-attacker")
+    await ch.operator.register_gateway(victim, x25519_public_key=os.urandom(32), account=ch.gateway.address)
+    await ch.operator.register_gateway(
+        attacker, x25519_public_key=os.urandom(32), account=ch.stranger.address
+    )
+    copier = onchain_gateway_id(b"gw-copier")
+    await ch.operator.register_gateway(copier, x25519_public_key=os.urandom(32), account=ch.new_owner.address)
+    log = AuditLog(tmp_path / "audit.log")
+    try:
+        for n in range(3):
+            log.append("auth_ok", device=f"d{n}")
+        batch = log.next_anchor()
+        assert batch is not None
+        span = {"count": batch.count, "first_seq": batch.first_seq, "last_seq": batch.last_seq}
+        await ch.stranger.anchor(attacker, merkle_root=batch.root, count=1, first_seq=1, last_seq=1)
+        await ch.new_owner.anchor(copier, merkle_root=batch.root, **span)
+        tx = await ch.gateway.anchor(victim, merkle_root=batch.root, **span)
+        log.mark_anchored(batch, tx.transaction_hash)
+    finally:
+        log.close()
+    index = IdentityIndex(tmp_path / "index.sqlite", gateway_id=GW, start_block=0)
+    console = ConsoleService(ledger=ch.ledger, index=index, audit_logs=[tmp_path / "audit.log"])
+    try:
+        proof = await console.check_inclusion("audit.log", 2)
+    finally:
+        index.close()
+    assert (proof["included"], proof["problem"], proof["gateway"]) == (True, "", id_text(victim))
 
 
 async def test_rotating_a_gateway_key_voids_its_grants_until_the_epoch_moves(channel: Actors) -> None:
@@ -190,6 +270,26 @@ async def test_a_removed_gateway_loses_its_account_its_grants_and_its_id(channel
         await ch.operator.register_gateway(GW32, x25519_public_key=os.urandom(32), account=ch.gateway.address)
     with pytest.raises(LedgerRevert, match="UnknownGateway"):
         await ch.operator.rotate_gateway_key(GW32, x25519_public_key=os.urandom(32))
+
+
+async def test_a_removed_gateways_devices_can_have_their_epoch_bumped(channel: Actors) -> None:
+    """Finding (d), the epoch consequence of a removal: the removed gateway still holds this epoch's sealed
+    K_dg and P_e, so the owner must be able to move the device's epoch though the grant no longer counts
+    (PROTOCOL.md 3.4); once moved, the removed gateway has nothing current and cannot be sealed again."""
+    ch = channel
+    dev = await _served(ch, 11)
+    (_, epoch) = await ch.ledger.device_state(dev)
+    await ch.operator.remove_gateway(GW32)
+    assert not await ch.ledger.is_authorized(dev, GW32)
+    await ch.owner.deauthorize_gateway(dev, GW32)  # accepted for the voided grant of this epoch
+    assert await ch.ledger.device_state(dev) == (DeviceState.ACTIVE, epoch + 1)
+    with pytest.raises(LedgerRevert) as gone:
+        await ch.owner.deauthorize_gateway(dev, GW32)
+    assert gone.value.error == "GatewayNotAuthorized"
+    sealed = sealed_key()
+    with pytest.raises(LedgerRevert) as unknown:
+        await ch.owner.authorize_gateway(dev, GW32, sealed_key=sealed, key_commitment=commitment(sealed))
+    assert unknown.value.error == "UnknownGateway"
 
 
 async def test_the_index_follows_rotation_and_removal(channel: Actors, tmp_path) -> None:
