@@ -32,14 +32,18 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from ledger_bridge.audit_trail import AuditError as AuditError
 from ledger_bridge.audit_trail import anchor_records as anchor_records
 from ledger_bridge.audit_trail import records as records
 from ledger_bridge.merkle import leaf_hash, merkle_root
+
+if TYPE_CHECKING:
+    from ledger_bridge.model import AnchorRecord
 
 log = logging.getLogger("diams.gateway.audit")
 
@@ -67,7 +71,16 @@ class Anchor:
 
 
 class AuditLog:
-    def __init__(self, path: Path, *, fsync_interval: float = 0.2, clock: Any = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        fsync_interval: float = 0.2,
+        clock: Callable[[], float] = time.time,
+        defer_open: bool = False,
+    ) -> None:
+        """Opens the log at once (recovering a torn last record), unless ``defer_open``: then
+        ``open()`` does (the gateway builds its parts touching no disk, and opens them when it starts)."""
         self.path = path
         self.fsync_interval = fsync_interval
         self.deferred_sync = False  # True: the owner calls sync() every fsync_interval (off the event loop)
@@ -78,13 +91,28 @@ class AuditLog:
         self._since: list[bytes] = []  # hashes of the records after anchored_seq
         self._unsynced = 0
         self._last_sync = time.monotonic()
+        self._file: BinaryIO | None = None
+        if not defer_open:
+            self.open()
+
+    def open(self) -> None:
+        """Read the anchors sidecar, recover the log, and open it for appending; a no-op once open."""
+        if self._file is not None:
+            return
+        path = self.path
         if self.anchors_path.exists():
             for raw in self.anchors_path.read_text().splitlines():
                 if raw.strip():
                     self.anchored_seq = max(self.anchored_seq, json.loads(raw)["last_seq"])
         if path.exists():
             self._recover()
-        self._f = open(path, "ab", buffering=0)
+        self._file = open(path, "ab", buffering=0)
+
+    @property
+    def _f(self) -> BinaryIO:
+        if self._file is None:
+            raise AuditUnavailable(f"audit log {self.path} is not open")
+        return self._file
 
     def __repr__(self) -> str:
         return f"AuditLog({self.path}, seq={self.seq})"
@@ -190,8 +218,10 @@ class AuditLog:
         self.anchored_seq = last_seq
 
     def close(self) -> None:
-        self.sync()
-        self._f.close()
+        if self._file is not None:
+            self.sync()
+            self._file.close()
+            self._file = None
 
 
 def _append_durably(path: Path, data: bytes) -> None:
@@ -233,7 +263,7 @@ def batch_root(path: Path, first_seq: int, last_seq: int) -> tuple[int, bytes]:
 
 
 class _AnchorReader(Protocol):
-    async def anchors(self, gateway_id: bytes) -> Any: ...
+    async def anchors(self, gateway_id: bytes) -> Sequence[AnchorRecord]: ...
     async def next_anchor_seq(self, gateway_id: bytes) -> int: ...
 
 

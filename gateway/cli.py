@@ -19,7 +19,7 @@ import secrets
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from device_agent.agent.observe import JsonFormatter  # one JSON log format for the agent and the gateway
 from device_agent.private import KeystoreError, check_private, write_private
@@ -27,6 +27,9 @@ from device_agent.private import KeystoreError, check_private, write_private
 from .broker import UnsafeBroker
 from .preflight import ConfigurationError
 from .settings import GatewaySettings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from .audit import AnchorCheck
 
 log = logging.getLogger("diams.gateway")
 
@@ -100,7 +103,7 @@ def _audit_verify(path: Path, anchors: bool, config: Path | None) -> int:
     return 1 if bad else 0
 
 
-async def _check_anchors(path: Path, config: Path | None) -> list[Any]:
+async def _check_anchors(path: Path, config: Path | None) -> list[AnchorCheck]:
     from .audit import check_anchors
 
     if config is None:

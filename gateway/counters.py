@@ -25,20 +25,11 @@ class CounterStoreError(Exception):
 
 
 class CounterStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, defer_open: bool = False) -> None:
+        """Opens the database at once, unless ``defer_open``: then ``open()`` does (the gateway builds
+        its parts touching no disk, and opens them when it starts)."""
         self.path = path
-        try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS counters (device BLOB NOT NULL, epoch INTEGER NOT NULL,"
-                " counter INTEGER NOT NULL, nonce BLOB, PRIMARY KEY (device, epoch)) WITHOUT ROWID")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS quarantine (device BLOB NOT NULL, epoch INTEGER NOT NULL,"
-                " PRIMARY KEY (device, epoch)) WITHOUT ROWID")
-        except sqlite3.Error as exc:
-            raise CounterStoreError(f"cannot open counter store {path}: {exc}") from None
+        self._conn: sqlite3.Connection | None = None
         self._batch: dict[tuple[bytes, int], tuple[int, bytes | None]] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
@@ -46,6 +37,32 @@ class CounterStore:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._writer: sqlite3.Connection | None = None  # the commit thread's own connection
         self.commits = 0
+        if not defer_open:
+            self.open()
+
+    def open(self) -> None:
+        """Open (and create) the database; a no-op once open."""
+        if self._conn is not None:
+            return
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS counters (device BLOB NOT NULL, epoch INTEGER NOT NULL,"
+                " counter INTEGER NOT NULL, nonce BLOB, PRIMARY KEY (device, epoch)) WITHOUT ROWID")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS quarantine (device BLOB NOT NULL, epoch INTEGER NOT NULL,"
+                " PRIMARY KEY (device, epoch)) WITHOUT ROWID")
+        except sqlite3.Error as exc:
+            raise CounterStoreError(f"cannot open counter store {self.path}: {exc}") from None
+        self._conn = db
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise CounterStoreError(f"counter store {self.path} is not open")
+        return self._conn
 
     def __repr__(self) -> str:
         return f"CounterStore({self.path})"
@@ -152,8 +169,10 @@ class CounterStore:
             self._executor.shutdown(wait=True)  # a batch in flight completes first
         if self._writer is not None:
             self._writer.close()
-        self._flush()
-        self._db.close()
+        if self._conn is not None:
+            self._flush()
+            self._conn.close()
+            self._conn = None
 
 
 def _commit(db: sqlite3.Connection, rows: list[tuple[bytes, int, int, bytes | None]]) -> None:

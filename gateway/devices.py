@@ -96,7 +96,7 @@ class DeviceTable:
         self.unseal_errors = 0
         self.without_policy: set[bytes] = set()  # served, but every DATA message would be dropped
         self.rekeying: dict[bytes, RekeyAccount] = {}  # re-key window: a broker account, no entry
-        self._quarantined = counters.quarantined()
+        self._quarantined: set[tuple[bytes, int]] = set()  # read from the counter store by load_all
         self.role = GatewayRole(
             gateway_id,
             self.entries.get,
@@ -113,6 +113,9 @@ class DeviceTable:
         return len(self.entries)
 
     def load_all(self) -> None:
+        """Load every device the index says this gateway serves (or carries a re-key for), with the
+        quarantines recorded in the counter store. Called once the stores are open."""
+        self._quarantined = self.counters.quarantined()
         for did in self.index.servable_ids():
             view = self.index.device(did)
             if view is not None:
@@ -213,6 +216,17 @@ class DeviceTable:
             if self.entries[d].active
         ]
         return served + [self._enroll_rekey(d) for d in self.rekeying]
+
+    def enrollment(self, did: bytes) -> Enroll | EnrollRekey | None:
+        """The broker account ``did`` is entitled to now: its ordinary one (served and not quarantined),
+        its re-key account (its re-key window is open here, on the chain as the index last saw it), or
+        none. A ban's end asks this: what the chain did during the ban decides what comes back."""
+        served, entry = self.served.get(did), self.entries.get(did)
+        if served is not None and entry is not None and entry.active:
+            return Enroll(device_id=did.hex(), secret=served.broker_secret)
+        if did in self.rekeying:
+            return self._enroll_rekey(did)
+        return None
 
     def quarantine(self, did: bytes) -> None:
         """Stop serving a device locally (clone detected) until the ledger says otherwise."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -22,6 +22,9 @@ from device_agent.private import KeystoreError, check_private
 
 from .broker import BrokerSecret
 from .settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from ledger_bridge.keystore import Signer
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _ZERO_ADDRESS = "0x" + "0" * 40
@@ -91,7 +94,7 @@ def read_broker_password(settings: GatewaySettings) -> str | None:
     return password
 
 
-def load_ledger_signer(settings: GatewaySettings) -> Any:
+def load_ledger_signer(settings: GatewaySettings) -> Signer | None:
     """The gateway account's Signer from ``ledger.keystore``, or None when none is configured."""
     s = settings.ledger
     if s.keystore is None:
@@ -124,7 +127,7 @@ def check_addresses(settings: GatewaySettings) -> None:
             raise ConfigurationError(f"ledger.{key}: {value} has a wrong EIP-55 checksum (a typo?)")
 
 
-def check_static(settings: GatewaySettings) -> tuple[X25519PrivateKey, Any]:
+def check_static(settings: GatewaySettings) -> tuple[X25519PrivateKey, Signer | None]:
     """Everything that needs no network: secret files, key lengths, addresses. -> (key, signer)."""
     key = load_key(settings)
     read_broker_password(settings)
@@ -137,7 +140,7 @@ def check_static(settings: GatewaySettings) -> tuple[X25519PrivateKey, Any]:
     return key, load_ledger_signer(settings)
 
 
-async def check_ledger(settings: GatewaySettings, key: X25519PrivateKey, signer: Any) -> str:
+async def check_ledger(settings: GatewaySettings, key: X25519PrivateKey, signer: Signer | None) -> str:
     """Reach the ledger and confirm this gateway is registered with this key (and account)."""
     from ledger_bridge.errors import ChannelError, LedgerError, LedgerRevert
     from ledger_bridge.index import onchain_gateway_id

@@ -19,8 +19,7 @@ import random
 import shlex
 import subprocess
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from device_agent.systemd import sd_notify, watchdog_interval
 from ledger_bridge import Ledger, Signer
@@ -36,9 +35,10 @@ from .broker import (
     BrokerEnforcer,
     BrokerError,
     BrokerSecret,
+    Change,
     ConnectionLog,
     Demote,
-    Enroll,
+    EnrollRekey,
     Grant,
     HttpEnforcer,
     MosquittoEnforcer,
@@ -100,13 +100,10 @@ def command_reloader(argv: list[str], timeout: float = 10.0) -> Reloader:
 
 
 class Gateway:
-    # Opened by ``__aenter__`` (each opens a file under ``state_dir``, so building a Gateway touches no
-    # disk) and closed by ``__aexit__``: typed here so that every reader sees them, and mypy checks them.
-    counters: CounterStore
-    audit: AuditLog
-    index: IdentityIndex
-    devices: DeviceTable
-    traffic: Traffic
+    """Strategy: every part is built in ``__init__`` (the device table, Traffic, the broker enforcer, and
+    the file-backed stores, which touch no disk until opened); ``__aenter__`` does the work that can fail
+    or wait: it opens the state files, the ledger and the enforcer, syncs the index and enrols the
+    devices at the broker; ``__aexit__`` closes all of it in reverse order."""
 
     def __init__(
         self,
@@ -117,22 +114,27 @@ class Gateway:
         enforcer: BrokerEnforcer | None = None,
         broker_password: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         """``ledger``: an open ``ledger_bridge.Ledger`` (else built from settings); ``actor``: the
-        gateway account's ActorHandle for anchors and clone alerts (else from the keystore)."""
+        gateway account's ActorHandle for anchors and clone alerts (else from the keystore).
+        ``clock``: monotonic seconds for the hot path; ``wall_clock``: seconds since the epoch for what
+        outlives a restart (the index's last sync, hence its staleness; audit timestamps).
+        Reads the configured key, broker password and TLS files; opens nothing under ``state_dir``."""
+        s = settings
         self.settings = settings
         self.metrics = Metrics()
         self._ledger = ledger
         self._actor = actor
         self._anchors_reconciled = False  # the chain's next anchor sequence was read once
-        self._enforcer = enforcer
-        self._broker_password = broker_password
+        self._broker_password = broker_password if broker_password is not None else read_broker_password(s)
         self._clock = clock
         self._random = random_bytes
         self._tls = settings.broker.tls_context()
         self._signer: Signer | None = None
         self._cut_failed: set[str] = set()  # revoked devices the broker still shows connected
+        self._banned: set[bytes] = set()  # cut off at the broker until their ban ends (``_lift_ban``)
         self._source: LedgerSource | None = None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: asyncio.TaskGroup | None = None
@@ -144,6 +146,45 @@ class Gateway:
         self.ledger_ok = False
         self._window = SyncWindow()  # blocks per index sync: shrinks when a sync times out
         self.health: HealthServer | None = None
+        self._enforcer = enforcer if enforcer is not None else self._build_configured_enforcer()
+        if isinstance(self._enforcer, HttpEnforcer):
+            self._enforcer.count_with(self.metrics.inc)
+        if isinstance(self._enforcer, MosquittoEnforcer) and self._enforcer.on_unconfirmed is None:
+            self._enforcer.on_unconfirmed = self.cut_off_unconfirmed
+        # the parts: files under state_dir are opened by __aenter__
+        self.counters = CounterStore(s.state_dir / "counters.sqlite", defer_open=True)
+        self.audit = AuditLog(
+            s.state_dir / "audit.log", fsync_interval=s.audit_fsync_interval, clock=wall_clock,
+            defer_open=True,
+        )
+        self.index = IdentityIndex(
+            s.state_dir / "index.sqlite",
+            gateway_id=s.gateway_id_bytes,
+            confirmations=s.ledger.confirmations,
+            start_block=s.ledger.deployed_block,
+            clock=wall_clock,
+            defer_open=True,
+        )
+        self.devices = DeviceTable(
+            gateway_id=s.gateway_id_bytes,
+            index=self.index,
+            counters=self.counters,
+            private_key=load_key(s),
+            protocol=s.protocol,
+        )
+        self.traffic = Traffic(
+            settings=s,
+            devices=self.devices,
+            counters=self.counters,
+            audit=self.audit,
+            metrics=self.metrics,
+            staleness=self.index.staleness,
+            clock=clock,
+            publish=self.publish,
+            broker_changes=self.apply_broker_changes if self.per_device_rights else None,
+            on_session=self._session_changed,
+        )
+        self.index.subscribe(self._on_ledger_changes)
 
     def __repr__(self) -> str:
         return f"Gateway({self.settings.gateway_id!r})"
@@ -153,55 +194,16 @@ class Gateway:
         s = self.settings
         try:
             s.state_dir.mkdir(parents=True, exist_ok=True)
-            self.counters = CounterStore(s.state_dir / "counters.sqlite")
-            self._stack.callback(self.counters.close)
-            self.audit = AuditLog(s.state_dir / "audit.log", fsync_interval=s.audit_fsync_interval)
-            self._stack.callback(self.audit.close)
-            self.index = IdentityIndex(
-                s.state_dir / "index.sqlite",
-                gateway_id=s.gateway_id_bytes,
-                confirmations=s.ledger.confirmations,
-                start_block=s.ledger.deployed_block,
-            )
-            self._stack.callback(self.index.close)
-            private_key = load_key(s)
+            for part in (self.counters, self.audit, self.index):
+                part.open()
+                self._stack.callback(part.close)
             self._signer = load_ledger_signer(s) if self._actor is None else None
             if self._ledger is None:
                 await self._open_ledger(at_start=True)
             else:
                 self._attach_ledger(self._ledger)
-            if self._enforcer is None and s.enforcement.mode == "mosquitto":
-                self._enforcer = self._build_enforcer()
-            elif self._enforcer is None and s.enforcement.mode == "http":
-                self._enforcer = self._build_http_enforcer()
-            if isinstance(self._enforcer, HttpEnforcer):
-                self._enforcer.count_with(self.metrics.inc)
-            if isinstance(self._enforcer, MosquittoEnforcer) and self._enforcer.on_unconfirmed is None:
-                self._enforcer.on_unconfirmed = self.cut_off_unconfirmed
             if self._enforcer is not None:
                 await self._stack.enter_async_context(self._enforcer)
-            if self._broker_password is None:
-                self._broker_password = read_broker_password(s)
-            self.devices = DeviceTable(
-                gateway_id=s.gateway_id_bytes,
-                index=self.index,
-                counters=self.counters,
-                private_key=private_key,
-                protocol=s.protocol,
-            )
-            self.traffic = Traffic(
-                settings=s,
-                devices=self.devices,
-                counters=self.counters,
-                audit=self.audit,
-                metrics=self.metrics,
-                staleness=self.index.staleness,
-                clock=self._clock,
-                publish=self.publish,
-                broker_changes=self.apply_broker_changes if self.per_device_rights else None,
-                on_session=self._session_changed,
-            )
-            self.index.subscribe(self._on_ledger_changes)
             await self._initial_sync()
             await self._enroll_everyone()
         except BaseException:
@@ -278,6 +280,17 @@ class Gateway:
     # ---- builders ----
     def _build_ledger(self) -> Ledger:
         return build_ledger(self.settings.ledger)
+
+    def _build_configured_enforcer(self) -> BrokerEnforcer | None:
+        """The broker enforcer ``enforcement.mode`` names (none: the broker's accounts are managed
+        elsewhere)."""
+        mode = self.settings.enforcement.mode
+        enforcer: BrokerEnforcer | None = None
+        if mode == "mosquitto":
+            enforcer = self._build_enforcer()
+        elif mode == "http":
+            enforcer = self._build_http_enforcer()
+        return enforcer
 
     def _build_enforcer(self) -> MosquittoEnforcer:
         e = self.settings.enforcement
@@ -388,7 +401,7 @@ class Gateway:
         self._attach_ledger(ledger)
         return True
 
-    def _attach_ledger(self, ledger: Any) -> None:
+    def _attach_ledger(self, ledger: Ledger) -> None:
         self._ledger = ledger
         if self._actor is None and self._signer is not None:
             self._actor = ledger.actor(self._signer)
@@ -418,7 +431,7 @@ class Gateway:
     async def _enroll_everyone(self) -> None:
         if self._enforcer is None:
             return
-        changes: list[Any] = []
+        changes: list[Change] = []
         if self._broker_password is not None:
             changes.append(
                 AuthorizeGateway(
@@ -439,6 +452,9 @@ class Gateway:
 
     def _on_ledger_changes(self, report: SyncReport) -> None:
         cut, enroll = self.devices.refresh(report.changed, since_block=report.from_block)
+        # a banned device stays off the broker until its ban ends, whatever account the ledger now gives
+        # it (a new epoch, a re-key window opened here): ``_lift_ban`` enrols what it is entitled to then
+        enroll = [e for e in enroll if bytes.fromhex(e.device_id) not in self._banned]
         for did in cut:
             self.traffic.drop_session(did, "ledger")
             try:
@@ -455,7 +471,7 @@ class Gateway:
         """The broker enforces authentication state too (Grant at authentication, Demote at its end)."""
         return isinstance(self._enforcer, MosquittoEnforcer) and self._enforcer.rights == "per_device"
 
-    async def apply_broker_changes(self, changes: list[Any]) -> None:
+    async def apply_broker_changes(self, changes: list[Change]) -> None:
         if self._enforcer is not None:
             await self._enforcer.apply(changes)
 
@@ -464,7 +480,9 @@ class Gateway:
         if self._enforcer is not None and self._tasks is not None and device_ids:
             self._tasks.create_task(self._apply_changes(device_ids, [], cause))
 
-    async def _apply_changes(self, cut: list[bytes], enroll: list[Any], cause: str = "ledger") -> None:
+    async def _apply_changes(
+        self, cut: list[bytes], enroll: Sequence[Change], cause: str = "ledger"
+    ) -> None:
         """``cause`` of the cut-offs: ``ledger`` (the device may no longer connect: revoked, suspended,
         no current grant, a new epoch), ``clone`` (quarantine) or ``ban`` (pre-authentication or data flood,
         lifted later).
@@ -474,7 +492,7 @@ class Gateway:
 
         assert self._enforcer is not None
         try:
-            await self._enforcer.apply([CutOff(device_id=d.hex()) for d in cut] + enroll)
+            await self._enforcer.apply([*(CutOff(device_id=d.hex()) for d in cut), *enroll])
             if cut and getattr(self._enforcer, "connection_log", None) is not None:
                 for did in cut:  # seen gone in the broker's log (a failure was alerted instead)
                     if did.hex() not in self._cut_failed:
@@ -595,18 +613,25 @@ class Gateway:
         again once the ban ends (if it is still served: the ledger may have moved on meanwhile)."""
         while self._serving():
             did = await self.traffic.bans.get()
+            self._banned.add(did)
             self.traffic.drop_session(did, "preauth_flood")
             self.cut_off([did], "ban")
             if self._tasks is not None:
                 self._tasks.create_task(self._lift_ban(did, self.traffic.preauth.ban_seconds))
 
     async def _lift_ban(self, did: bytes, after: float) -> None:
+        """End a ban: enrol the account the device is entitled to now (the ledger may have moved on
+        meanwhile: revoked, a new epoch, or a re-key window opened or closed here), if any."""
         await asyncio.sleep(after)
-        served, entry = self.devices.served.get(did), self.devices.entries.get(did)
-        if served is None or entry is None or not entry.active or self._enforcer is None:
-            return
-        await self._apply_changes([], [Enroll(device_id=did.hex(), secret=served.broker_secret)])
-        log.info("device %s: pre-authentication ban over, enrolled at the broker again", did.hex())
+        self._banned.discard(did)
+        account = self.devices.enrollment(did)
+        if account is not None and self._enforcer is not None:
+            await self._apply_changes([], [account])
+            log.info(
+                "device %s: pre-authentication ban over, enrolled at the broker again%s",
+                did.hex(), " (re-key window)" if isinstance(account, EnrollRekey) else "",
+            )
+        self.metrics.inc("bans_lifted")
 
     async def report_clone(self, device_id: bytes, counter: int) -> None:
         if self._actor is None:

@@ -255,6 +255,9 @@ async def cmd_show_device(args: argparse.Namespace) -> int:
                         "policy_id": record.policy_id,
                         "grants": detail.grants,
                         "clone_alerts": detail.clone_alerts,
+                        "rekey": None if detail.rekey is None else {
+                            "pending": True, "carried_by": detail.rekey.carrier_name
+                        },
                         "history": [
                             {
                                 "event": t.event,
@@ -285,6 +288,8 @@ async def cmd_show_device(args: argparse.Namespace) -> int:
     for g in detail.grants:
         status = "current" if g.current else "stale or withdrawn"
         print(f"gateway       {ops.id_text(g.gateway_id)}: sealed key for epoch {g.epoch}, {status}")
+    if detail.rekey is not None:
+        print(f"re-key        {detail.rekey.text()}")
     if detail.clone_alerts:
         print(f"clone alerts  {detail.clone_alerts}: after checking the device, `diams-ledger recover`")
     print("history:")

@@ -220,26 +220,46 @@ class IdentityIndex:
         confirmations: int = 0,
         start_block: int = 0,
         clock: Callable[[], float] = time.time,
+        defer_open: bool = False,
     ) -> None:
+        """``clock``: wall-clock seconds (``last_sync_wall`` outlives a restart). Opens the database at
+        once, unless ``defer_open``: then ``open()`` does (a gateway builds its parts touching no disk)."""
         self.path = path
         self.gateway_id = None if gateway_id is None else onchain_gateway_id(gateway_id)
         self.confirmations = confirmations
+        self._start_block = start_block
         self._clock = clock
         self._subscribers: list[Callable[[SyncReport], Any]] = []
+        self._conn: sqlite3.Connection | None = None
+        self.last_sync_wall = 0.0
+        if not defer_open:
+            self.open()
+
+    def open(self) -> None:
+        """Open (and create) the index database; a no-op once open."""
+        if self._conn is not None:
+            return
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            columns = {r[1] for r in self._db.execute("PRAGMA table_info(policies)")}
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            columns = {r[1] for r in db.execute("PRAGMA table_info(policies)")}
             if "name" not in columns:  # an index written before PolicyDefined carried the name
-                self._db.execute("ALTER TABLE policies ADD COLUMN name BLOB")
+                db.execute("ALTER TABLE policies ADD COLUMN name BLOB")
         except sqlite3.Error as exc:
-            raise IndexError_(f"cannot open identity index {path}: {exc}") from None
+            raise IndexError_(f"cannot open identity index {self.path}: {exc}") from None
+        self._conn = db
         if self._meta("watermark") is None:
-            self._set_meta("watermark", str(start_block - 1))
-            self._set_meta("start_block", str(start_block))
+            self._set_meta("watermark", str(self._start_block - 1))
+            self._set_meta("start_block", str(self._start_block))
         self.last_sync_wall = float(self._meta("last_sync_wall") or 0.0)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise IndexError_(f"identity index {self.path} is not open")
+        return self._conn
 
     def __repr__(self) -> str:
         return f"IdentityIndex({self.path}, watermark={self.watermark})"
@@ -569,7 +589,9 @@ class IdentityIndex:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def close(self) -> None:
-        self._db.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def _b(value: object) -> bytes | None:

@@ -50,6 +50,7 @@ __all__ = [
     "OnboardReport",
     "OnboardRow",
     "OwnerBundle",
+    "RekeyPending",
     "RowError",
     "TimelineEntry",
     "authentications",
@@ -64,6 +65,7 @@ __all__ = [
     "policy_info",
     "read_onboard_csv",
     "recover_after_clone",
+    "rekey_pending",
     "run_action",
 ]
 
@@ -275,12 +277,31 @@ class TimelineEntry:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RekeyPending:
+    """A re-key due since ``acceptTransfer`` and not yet recorded by ``confirmRekey`` (docs/PROTOCOL.md
+    2.3), as the chain says: ``carrier`` is the gateway the owner named at the device's current epoch
+    (the latest ``startRekey``; that gateway gives the device its re-key login), None before it named one."""
+
+    carrier: bytes | None
+
+    @property
+    def carrier_name(self) -> str | None:
+        return None if self.carrier is None else id_text(self.carrier)
+
+    def text(self) -> str:
+        if self.carrier is None:
+            return "pending, no gateway named to carry it yet (`diams-ledger rekey --gateway G`)"
+        return f"pending, carried by {self.carrier_name}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class DeviceDetail:
     record: DeviceRecord
     grants: list[GrantRecord]
     timeline: list[TimelineEntry]
     clone_alerts: int
     policy_label: str = ""  # the policy's name (from PolicyDefined), else its 0x id; "" without a policy
+    rekey: RekeyPending | None = None  # None: no re-key due
 
     @property
     def policy_name(self) -> str:
@@ -324,8 +345,31 @@ async def device_detail(ledger: Ledger, device_id: bytes) -> DeviceDetail:
     alerts = sum(1 for e in history if e.name == "CloneAlert")
     label = labels.get(record.policy_id, "")
     return DeviceDetail(
-        record=record, grants=grants, timeline=timeline, clone_alerts=alerts, policy_label=label
+        record=record,
+        grants=grants,
+        timeline=timeline,
+        clone_alerts=alerts,
+        policy_label=label,
+        rekey=await rekey_pending(ledger, device_id, record.epoch, history),
     )
+
+
+async def rekey_pending(
+    ledger: Ledger, device_id: bytes, epoch: int, history: Sequence[LedgerEvent]
+) -> RekeyPending | None:
+    """The device's pending re-key from the chain (``deviceKey``'s flag), with the gateway named for
+    ``epoch`` in its ``history`` (oldest first: the latest naming counts), or None when none is due."""
+    _, pending = await ledger.device_key(device_id)
+    if not pending:
+        return None
+    named = [
+        bytes(gw)
+        for e in history
+        if e.name == "RekeyStarted"
+        and e.args.get("epoch") == epoch
+        and isinstance(gw := e.args["gatewayId"], bytes)
+    ]
+    return RekeyPending(carrier=named[-1] if named else None)
 
 
 def _timeline_entry(e: LedgerEvent, when: int, policies: Mapping[bytes, str]) -> TimelineEntry:

@@ -4,7 +4,8 @@ Strategy: one thread. ``run()`` calls ``client.loop(timeout)`` itself (never ``l
 paho's callbacks run on this thread and only queue what they saw; the driver is then fed from the
 same thread, with no locks around the protocol state. Reconnection is ours, not paho's: after a
 drop or a refused login the core's agent policy schedules the next dial after a full-jitter
-backoff, so a fleet does not reconnect in waves after a broker restart. TCP_NODELAY is set on every
+backoff (a long one after a refused login), so a fleet does not reconnect in waves after a broker
+restart. TCP_NODELAY is set on every
 socket paho opens (paho never does; without it a request/response over QoS 1 costs ~44 ms to Nagle
 + delayed ACK).
 Other threads talk to the agent through ``publish()``, ``snapshot()`` and ``stop()``, all thread-safe
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import socket
 import ssl
 import threading
@@ -36,7 +36,6 @@ from .rekey import RekeyResponder
 __all__ = ["AgentStatus", "MqttAgent"]
 
 _IDLE_WAKE_S = 1.0
-_jitter = random.SystemRandom()
 
 log = logging.getLogger("diams.agent")
 
@@ -48,11 +47,6 @@ class AgentStatus:
     epoch: int
     connects: int
     stats: dict[str, int]
-
-
-def refusal_delay(base: float, n: int) -> float:
-    """Full jitter U(0, min(15 * base, base * 2^n)) before dialling again after the n-th refused login."""
-    return _jitter.uniform(0.0, min(15 * base, base * (1 << min(n, 8))))
 
 
 class MqttAgent:
@@ -78,11 +72,9 @@ class MqttAgent:
             reconnect_base=config.reconnect_base_s, block=config.counter_block, on_command=on_command,
             rekey=RekeyResponder(config.key_file, config.device_id_bytes), on_rekey=self._rekeyed,
         )
-        # A refused login (revoked, suspended, not enrolled) will not clear in seconds: after one, the
-        # next dial waits this long full-jitter backoff (base = the backoff cap, cap 15x that).
-        # TODO(topics): this belongs in the core's AgentPolicy.login_refused with the other backoffs.
-        self.refusals = 0  # refused logins in a row
-        self._refused_until = 0.0
+        # A refused login (revoked, suspended, not enrolled) will not clear in seconds: once its epoch
+        # probe is over, the core's policy makes the next dial wait its long backoff (login_refused).
+        self.refusals = 0  # refused logins in a row (after the epoch probe)
         self.broker_refused = False
         self.last_refusal: tuple[str, str | None, str, float] | None = None  # (by, gateway, reason, clock)
         self._last_publish: tuple[str, float] | None = None
@@ -195,9 +187,10 @@ class MqttAgent:
                              self.config.broker_host, self.config.broker_port, tried, value[1],
                              self.driver.login_epoch)
                     return
-                delay = refusal_delay(self.config.backoff_cap_s, self.refusals)
+                with self._lock:
+                    deadline = self.driver.next_deadline()
+                delay = 0.0 if deadline is None else max(0.0, deadline - now)
                 self.refusals += 1
-                self._refused_until = now + delay
                 self.broker_refused = True
                 self.last_refusal = ("broker", None, value[1], now)
                 log.error("broker %s:%d refused the login (%s): this device may be revoked or suspended on "
@@ -206,7 +199,6 @@ class MqttAgent:
                           "refused)", self.config.broker_host, self.config.broker_port, value[1], delay)
                 return
             self.broker_refused = False
-            self._refused_until = 0.0
             self.refusals = 0
             with self._lock:
                 self._connected = True
@@ -219,7 +211,8 @@ class MqttAgent:
         elif kind == "disconnect":
             with self._lock:
                 self._connected = False
-                self.driver.disconnected(now)
+                if not self._refused_link:  # the refused login was told to the policy already: one
+                    self.driver.disconnected(now)  # event, or it would count as one more failed dial
         elif kind == "message":
             topic, payload = value
             with self._lock:
@@ -274,13 +267,13 @@ class MqttAgent:
                         due_now, deadline = self.driver.connect_due, self.driver.next_deadline()
                         self.driver.connect_due = False
                     if not due_now:
-                        self._wait(_IDLE_WAKE_S if deadline is None else max(0.0, deadline - now))
+                        wait = _IDLE_WAKE_S if deadline is None else max(0.0, deadline - now)
+                        if self.broker_refused:  # the policy's long backoff after a refused login
+                            self._status()
+                            self._wait_refused(wait)
+                        else:
+                            self._wait(wait)
                         continue
-                    if now < self._refused_until:
-                        self._status()
-                        self._wait_refused(self._refused_until - now)
-                        if self._stop.is_set():
-                            break
                     linked = self._dial()
                     if not linked:
                         with self._lock:

@@ -37,12 +37,14 @@
 #   signal is unauthenticated: it can at most start one handshake (never while one is in flight or
 #   planned, nor within `min_reauth` seconds of the last success), and the old session keeps carrying
 #   data until the new handshake completes.
-# * Broker connection: a lost link or a refused login waits a full-jitter backoff (reconnect_base),
-#   growing until a connection is accepted, so a fleet does not reconnect in waves.
+# * Broker connection: a lost link waits a full-jitter backoff (reconnect_base), growing until a
+#   connection is accepted, so a fleet does not reconnect in waves. A refused login (revoked,
+#   suspended, not enrolled: it does not clear in seconds) waits the long one once the epoch probe
+#   below is over: U(0, min(15 * backoff_cap, backoff_cap * 2^n)), n = failed dials in a row.
 # * Login epoch (PROTOCOL.md 3.4): the broker password P_e depends on the epoch, so a device that was
 #   offline over an epoch bump is refused at the broker before any gateway can hint the new epoch. A
 #   refused login under epoch L < committed + `epoch_probe` dials again at once under L + 1; past that
-#   the round is over: back to the committed epoch, after the reconnect backoff. An accepted login
+#   the round is over: back to the committed epoch, after the long backoff. An accepted login
 #   under L above the committed epoch is only a trial, like a hint: HELLOs go under L (the broker took
 #   P_L, so some gateway holds a grant at L), and L is committed (one SAVE) only when a handshake under
 #   it succeeds. A lying broker (without TLS, anyone on the path) can make the device try up to
@@ -56,7 +58,9 @@ HELLO = "hello"
 END_SESSION = "end_session"
 CONNECT = "connect"
 
-MAX_COUNTER = 0xFFFFFFFF
+# Under MicroPython every function, class, attribute and distinct name costs heap when the module is
+# imported (~100 bytes a function before its bytecode, a qstr per new name): this module is written
+# with few of each (bench: mpy_agent_import_heap_bytes).
 
 
 def parse_counters(text):
@@ -77,20 +81,18 @@ def parse_counters(text):
 
 
 def format_counters(epoch, reserved):
-    out = ["%d" % epoch]
+    out = "%d\n" % epoch
     for key in sorted(reserved):
-        out.append("%s %d %d" % (key[0], key[1], reserved[key]))
-    out.append("")
-    return "\n".join(out)
+        out += "%s %d %d\n" % (key[0], key[1], reserved[key])
+    return out
 
 
 def backoff_delay(base, cap, n, random):
     """Full jitter: U(0, min(cap, base * 2^n)), drawn from ``random(4)`` (bytes)."""
-    ceiling = min(cap, base * (1 << min(n, 30)))
-    return ceiling * (int.from_bytes(random(4), "big") / 4294967296.0)
+    return min(cap, base * (1 << min(n, 30))) * (int.from_bytes(random(4), "big") / 4294967296.0)
 
 
-def _earliest(x, y):
+def _earliest(x, y):  # (no tuple to min() over: wake_at runs in the agent's loop, allocation-free)
     return y if x is None or (y is not None and y < x) else x
 
 
@@ -98,12 +100,9 @@ class AgentPolicy:
     def __init__(self, gateways, random, state=None, epoch=0, answer_timeout=5.0, reauth_margin=60.0,
                  backoff_base=0.5, backoff_cap=60.0, reconnect_base=5.0, block=16, min_reauth=10.0,
                  epoch_probe=4):
-        if not gateways:
-            raise ValueError("at least one gateway is needed")
-        if block < 1 or epoch_probe < 0:
-            raise ValueError("policy needs block >= 1 and epoch_probe >= 0")
-        if backoff_base <= 0 or backoff_cap < backoff_base or reconnect_base <= 0:
-            raise ValueError("policy needs block >= 1 and 0 < base <= cap")
+        if not gateways or block < 1 or epoch_probe < 0 or not 0 < backoff_base <= backoff_cap \
+                or reconnect_base <= 0:
+            raise ValueError("policy needs gateways, block >= 1, epoch_probe >= 0, 0 < base <= cap")
         self.gateways = tuple(gateways)
         self._random = random
         self.answer_timeout = answer_timeout
@@ -128,25 +127,16 @@ class AgentPolicy:
         self.session_gateway = None
         self.expires = None       # the session's end, None without a session
         self._trial = None        # an epoch hinted by a REJECT, tried but not committed
-        self._index = 0
+        self._index = 0           # the gateway the next HELLO goes to
         self._failed_in_round = 0
         self._backoff_n = 0
-        self._reconnect_n = 0
+        self._reconnect_n = 0     # failed dials in a row (lost links and refused logins)
         self._start_at = None     # when to start the next handshake; None: none planned
         self._reauth_at = None
         self._connect_at = None   # when to dial the broker; None: not planned
         self._authenticated_at = None
 
-    def __repr__(self):
-        return "AgentPolicy(gateway=%s, online=%s, attempt=%s)" % (
-            self.session_gateway, self.online, self.attempt is not None)
-
     # -- queries --------------------------------------------------------------------------------
-
-    @property
-    def current(self):
-        """The gateway the next HELLO goes to."""
-        return self.gateways[self._index]
 
     def has_session(self, now):
         return self.expires is not None and now < self.expires
@@ -184,13 +174,17 @@ class AgentPolicy:
 
     def login_refused(self, now):
         """The broker refused the CONNECT (bad credentials or not authorized): dial at once under the
-        next epoch while the probe lasts (see the header), then from the committed epoch, slower."""
+        next epoch while the probe lasts (see the header), then from the committed epoch after the long
+        backoff: U(0, min(15 * backoff_cap, backoff_cap * 2^n)), n = failed dials in a row."""
         if self.login_epoch < self.epoch + self.epoch_probe:
             self.login_epoch += 1
             self._count("login_epoch_probes")
             self._connect_at = now
         else:
             self.login_epoch = self.epoch
+            cap = self.backoff_cap
+            self._connect_at = now + backoff_delay(cap, 15 * cap, self._reconnect_n, self._random)
+            self._reconnect_n += 1
         return self._offline(now, "login_refused")
 
     def authenticated(self, gateway, expires, now):
@@ -206,8 +200,7 @@ class AgentPolicy:
         self._authenticated_at = now
         self._failed_in_round = 0
         self._backoff_n = 0
-        lifetime = expires - now
-        self._reauth_at = expires - min(self.reauth_margin, lifetime / 2)
+        self._reauth_at = expires - min(self.reauth_margin, (expires - now) / 2)
         self._count("authenticated")
         out = []
         if a[1] > self.epoch:
@@ -227,7 +220,7 @@ class AgentPolicy:
             self._start_at = now
             self._count("epoch_hints")
             return self.tick(now)
-        return self._failed(reason, now) + self.tick(now)
+        return self._failed(reason, now)
 
     def reauth(self, now):
         """A verified reauth COMMAND: re-authenticate now (the old session keeps working meanwhile)."""
@@ -237,13 +230,12 @@ class AgentPolicy:
     def no_session(self, gateway, now):
         """A gateway says it holds no session for this device (e.g. it restarted): unauthenticated, so
         it can at most start one handshake."""
-        if gateway != self.session_gateway and self.session_gateway is not None:
-            self._count("no_session_ignored")
-            return self.tick(now)
         # a clock stepped back (an RTC corrected) makes the elapsed time negative: not "recent", or the
         # device would ignore a restarted gateway until its clock caught up (found by the campaign)
-        recent = self._authenticated_at is not None and 0 <= now - self._authenticated_at < self.min_reauth
-        if self.attempt is not None or self._start_at is not None or recent:
+        t = self._authenticated_at
+        g = self.session_gateway
+        if (g is not None and gateway != g) or self.attempt is not None or self._start_at is not None \
+                or (t is not None and 0 <= now - t < self.min_reauth):
             self._count("no_session_ignored")
             return self.tick(now)
         self._count("no_session")
@@ -260,7 +252,7 @@ class AgentPolicy:
         out = []
         a = self.attempt
         if a is not None and now >= a[3]:
-            out += self._failed("timeout", now)
+            self._failed("timeout", now, False)
         if self.expires is not None and now >= self.expires:
             self.expires = None
             self.session_gateway = None
@@ -276,8 +268,7 @@ class AgentPolicy:
             if self._connect_at is not None and now >= self._connect_at:
                 self._connect_at = None
                 out.append((CONNECT, self.login_epoch))
-            return out
-        if self.attempt is None and self._start_at is not None and now >= self._start_at:
+        elif self.attempt is None and self._start_at is not None and now >= self._start_at:
             self._start_at = None
             out += self._hello(now)
         return out
@@ -287,9 +278,6 @@ class AgentPolicy:
     def _count(self, what):
         self.stats[what] = self.stats.get(what, 0) + 1
 
-    def _jitter(self, base, n):
-        return backoff_delay(base, self.backoff_cap, n, self._random)
-
     def _offline(self, now, what):
         self._count(what)
         self.online = False
@@ -298,7 +286,8 @@ class AgentPolicy:
             if self._start_at is None:
                 self._start_at = now  # at once, when back online
         if self._connect_at is None:
-            self._connect_at = now + self._jitter(self.reconnect_base, self._reconnect_n)
+            self._connect_at = now + backoff_delay(self.reconnect_base, self.backoff_cap, self._reconnect_n,
+                                                   self._random)
             self._reconnect_n += 1
         return self.tick(now)
 
@@ -322,27 +311,28 @@ class AgentPolicy:
         key = (gateway, self.epoch)  # a trial epoch draws on the committed epoch's durable counters
         top = self.reserved.get(key, -1)
         counter = self.next.get(key, top + 1)
-        if counter > MAX_COUNTER:
+        if counter > 0xFFFFFFFF:  # the counter is a u32
             raise OverflowError("OTP counters exhausted for this gateway and epoch: the owner must re-key")
-        save = counter > top
-        if save:
-            self.reserved[key] = min(counter + self.block - 1, MAX_COUNTER)
         self.next[key] = counter + 1
         self.attempt = (gateway, epoch, counter, now + self.answer_timeout)
         self._count("hellos")
         hello = (HELLO, gateway, epoch, counter)
-        return [(SAVE, self.state()), hello] if save else [hello]
+        if counter <= top:
+            return [hello]
+        self.reserved[key] = min(counter + self.block - 1, 0xFFFFFFFF)
+        return [(SAVE, self.state()), hello]
 
-    def _failed(self, reason, now):
+    def _failed(self, reason, now, tick=True):
+        """The attempt failed: the next gateway at once, or after a backoff once a whole round failed."""
         self.attempt = None
         self._trial = None
         self._count("failed_" + reason)
         self._index = (self._index + 1) % len(self.gateways)
         self._failed_in_round += 1
-        delay = 0.0
+        self._start_at = now
         if self._failed_in_round >= len(self.gateways):
             self._failed_in_round = 0
-            delay = self._jitter(self.backoff_base, self._backoff_n)
+            self._start_at += backoff_delay(self.backoff_base, self.backoff_cap, self._backoff_n,
+                                            self._random)
             self._backoff_n += 1
-        self._start_at = now + delay
-        return []
+        return self.tick(now) if tick else []

@@ -62,7 +62,6 @@ class Agent:
         for k in ("hellos", "authenticated", "commands_ok", "commands_dropped", "no_session_signals"):
             self.stats[k] = 0
         self.on_command = on_command
-        self.writes = 0
         self._up = {}
         self._down = {}  # the down topic as umqtt delivers it (bytes) -> gateway: no parse per message
         # re-keying at transfer (PROTOCOL.md 2.3): with rekey_files = (key_path, static_key_path), the
@@ -80,7 +79,6 @@ class Agent:
             from device_agent.micropython.tls import for_umqtt
 
             tls, tls_params = for_umqtt(tls_ca, server)
-        self._tls = tls_ca is not None
         self.client = MQTTClient(self.dhex, server, port, user=self.dhex, password=None, keepalive=keepalive,
                                  ssl=tls, ssl_params=tls_params)  # P_e is set at each dial
         self.client.set_callback(self._queue)
@@ -92,9 +90,6 @@ class Agent:
         self.session = None
         self.gateway = None
         self.last_refusal = None  # the last REJECT reason (printed when it happens)
-
-    def __repr__(self):
-        return "Agent(%s, gateway=%s)" % (self.dhex, self.gateway)
 
     # -- MQTT ---------------------------------------------------------------------------------------
 
@@ -112,7 +107,7 @@ class Agent:
             except OSError:
                 raise
             except Exception as exc:  # umqtt raises MQTTException(rc) when the broker refuses the login
-                if self._tls and isinstance(exc, ValueError):  # mbedTLS: the certificate did not verify
+                if self.client.ssl and isinstance(exc, ValueError):  # mbedTLS: the certificate did not verify
                     raise OSError("TLS: %s" % (str(exc).strip(),)) from None
                 try:
                     self.client.sock.close()
@@ -137,18 +132,6 @@ class Agent:
         self._poller.register(self.client.sock, select.POLLIN)
         self._do(self.policy.connected(_now()))
 
-    def _close(self):
-        self._poller = None
-        self._role = None
-        try:
-            self.client.sock.close()
-        except (OSError, AttributeError) as exc:  # already gone
-            print("diams: close:", exc)
-        if self._refused:
-            self._refused = False
-        else:
-            self._do(self.policy.disconnected(_now()))
-
     # -- the policy's actions -----------------------------------------------------------------------
 
     def _do(self, actions):
@@ -159,7 +142,6 @@ class Agent:
                 with open(tmp, "w") as f:
                     f.write(a[1])
                 os.rename(tmp, self.state_path)
-                self.writes += 1
             elif kind == policy.HELLO:
                 gw, epoch = a[1], a[2]
                 gwb = gw.encode()
@@ -204,7 +186,7 @@ class Agent:
     def _handshake(self, gw, msg):
         if wire.no_session_signal(msg):  # the gateway lost our session: at most one handshake follows
             self.stats["no_session_signals"] += 1
-            self.no_session(gw)
+            self._do(self.policy.no_session(gw, _now()))
             return
         a = self.policy.attempt
         if self._role is None or a is None or a[0] != gw:
@@ -249,10 +231,6 @@ class Agent:
             self.poll(min(max(ms, 0), 1000))
         return True
 
-    def no_session(self, gateway):
-        """A gateway says it holds no session for this device: re-authenticate (at most once)."""
-        self._do(self.policy.no_session(gateway, _now()))
-
     def publish(self, stream, payload):
         """Authenticated DATA on ``stream`` -> False when there is no live session."""
         s = self.session
@@ -294,6 +272,15 @@ class Agent:
                     self._do(p.tick(_now()))
                 else:
                     self.poll(ms)
-            except OSError as exc:
+            except OSError as exc:  # the link is lost, or a dial failed: close, tell the policy
                 print("diams: connection:", exc)
-                self._close()
+                self._poller = None
+                self._role = None
+                try:
+                    self.client.sock.close()
+                except (OSError, AttributeError):  # already gone
+                    pass
+                if self._refused:  # the policy was told of the refused login already
+                    self._refused = False
+                else:
+                    self._do(p.disconnected(_now()))

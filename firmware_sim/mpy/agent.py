@@ -43,8 +43,7 @@ def compile_agent(dest: Path) -> int:
                       ("device_agent/micropython/agent", REPO / "device_agent/micropython/agent.py"),
                       ("device_agent/micropython/tls", REPO / "device_agent/micropython/tls.py"),
                       ("umqtt/simple", VENDOR / "umqtt" / "simple.py")):
-        subprocess.run([runner.MPY_CROSS, "-s", f"{name}.py", "-o", str(dest / f"{name}.mpy"), str(src)],
-                       check=True, timeout=60, capture_output=True)
+        runner.compile_one(src, dest / f"{name}.mpy", name)
     (dest / "umqtt" / "__init__.py").write_text("")
     return (dest / "device_agent" / "micropython" / "agent.mpy").stat().st_size
 

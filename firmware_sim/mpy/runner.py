@@ -76,11 +76,19 @@ def compile_modules(dest: Path, modules: tuple[str, ...] = DEVICE_MODULES) -> di
     sources += [(f"device_agent/core/{m}", CORE / f"{m}.py") for m in modules]
     for name, src in sources:
         out = dest / f"{name}.mpy"
-        # -s: embed the package-relative name, as a board build does, not this checkout's path.
-        subprocess.run([MPY_CROSS, "-s", f"{name}.py", "-o", str(out), str(src)], check=True,
-                       capture_output=True, text=True, timeout=60)
+        compile_one(src, out, name)
         sizes[name] = out.stat().st_size
     return sizes
+
+
+def compile_one(src: Path, out: Path, name: str) -> None:
+    """mpy-cross ``src`` into ``out``. ``-s``: the source name tracebacks show is the module's dotted
+    name (``device_agent.core.wire``), not this checkout's path: importing the module interns that
+    name anyway, so it costs the board no extra qstr (a path-like name would be one more per module)."""
+    assert MPY_CROSS, "mpy-cross is not installed"
+    dotted = name.removesuffix("/__init__").replace("/", ".")
+    subprocess.run([MPY_CROSS, "-s", dotted, "-o", str(out), str(src)], check=True, capture_output=True,
+                   text=True, timeout=60)
 
 
 class DeviceProcess:

@@ -510,7 +510,7 @@ ROUTES: list[Route] = [
         method="GET",
         path="/api/devices/{device_id}/history",
         handler=device_history,
-        summary="A device's record, gateways, lifecycle from the chain, and authentications",
+        summary="A device's record, gateways, pending re-key, lifecycle from the chain, and authentications",
         params=[DEVICE_ID],
     ),
     Route(

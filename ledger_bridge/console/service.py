@@ -161,6 +161,8 @@ class ConsoleService:
             "claim_hash": "0x" + r.claim_hash.hex(),
             "policy": detail.policy_name or None,
             "clone_alerts": detail.clone_alerts,
+            # a re-key due after a transfer: the gateway named to carry it (None before one is named)
+            "rekey": None if detail.rekey is None else {"carried_by": detail.rekey.carrier_name},
             "gateways": [
                 {
                     "gateway": ops.id_text(g.gateway_id),

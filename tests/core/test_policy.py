@@ -66,7 +66,7 @@ def test_failover_round_then_jittered_backoff_then_reset() -> None:
     assert pol.wake_at() == pytest.approx(33.0)  # second round: U(0, 2)
     pol.tick(33.0)
     assert kinds(pol.authenticated("a", 1000.0, 33.5)) == []
-    assert pol.current == "a" and pol._backoff_n == 0  # stays with the gateway that answered
+    assert pol.gateways[pol._index] == "a" and pol._backoff_n == 0  # stays with the gateway that answered
 
 
 def test_a_reject_moves_on_like_a_timeout() -> None:
@@ -224,7 +224,10 @@ def test_disconnect_abandons_the_attempt_and_reconnects_with_backoff() -> None:
     assert pol.attempt[:2] == ("gw-a", 0)
 
 
-def test_refused_logins_back_off_exponentially_until_one_is_accepted() -> None:
+def test_refused_logins_wait_the_long_backoff_growing_until_one_is_accepted() -> None:
+    """A refused login does not clear in seconds (revoked, suspended, not enrolled): after the epoch
+    probe the next dial waits U(0, min(15 * backoff_cap, backoff_cap * 2^n)), n = failed dials in a
+    row, not the reconnect backoff of a lost link (it moved here from the paho agent: one rule)."""
     pol = make(random=MAX, reconnect_base=2.0, backoff_cap=60.0, epoch_probe=0)
     pol.start(0.0)
     waits = []
@@ -234,10 +237,25 @@ def test_refused_logins_back_off_exponentially_until_one_is_accepted() -> None:
         waits.append(round(pol.wake_at() - now, 3))
         now = pol.wake_at()
         assert kinds(pol.tick(now)) == [(CONNECT, 0)]
-    assert waits == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0]
+    assert waits == [60.0, 120.0, 240.0, 480.0, 900.0, 900.0]
+    pol.disconnected(now)  # a dial that failed (the broker unreachable) counts as a failed dial too
+    assert pol.wake_at() == pytest.approx(now + 60.0)  # U(0, min(cap, 2 * 2^6))
+    now = pol.wake_at()
+    pol.tick(now)
     pol.connected(now)
     pol.login_refused(now + 1)
-    assert pol.wake_at() == pytest.approx(now + 3.0)  # reset by the accepted connection
+    assert pol.wake_at() == pytest.approx(now + 61.0)  # reset by the accepted connection
+    pol.connected(now + 70)
+    pol.disconnected(now + 71)
+    assert pol.wake_at() == pytest.approx(now + 73.0)  # a lost link: the reconnect backoff
+
+
+def test_a_refused_login_waits_the_long_backoff_only_after_the_epoch_probe() -> None:
+    pol = make(gateways=("gw-a",), random=MAX, epoch_probe=2, reconnect_base=2.0, backoff_cap=8.0)
+    pol.start(0.0)
+    assert pol.login_refused(0.1) == [(CONNECT, 1)] and pol.login_refused(0.2) == [(CONNECT, 2)]
+    assert pol.login_refused(0.3) == [] and pol.wake_at() == pytest.approx(8.3)  # U(0, cap): long
+    assert pol.tick(8.2) == [] and pol.tick(8.3) == [(CONNECT, 0)]
 
 
 def test_a_refused_login_probes_the_next_epochs_at_once_then_backs_off_from_the_committed_one() -> None:
@@ -246,9 +264,9 @@ def test_a_refused_login_probes_the_next_epochs_at_once_then_backs_off_from_the_
         ("start", (0.0,), [(CONNECT, 3)]),
         ("login_refused", (0.1,), [(CONNECT, 4)]),  # P_3 refused: P_4 at once
         ("login_refused", (0.2,), [(CONNECT, 5)]),
-        ("login_refused", (0.3,), []),  # the probe is bounded: back to 3 after the backoff
-        ("tick", (2.3,), [(CONNECT, 3)]),
-        ("login_refused", (2.4,), [(CONNECT, 4)]),
+        ("login_refused", (0.3,), []),  # the probe is bounded: back to 3 after the long backoff
+        ("tick", (8.3,), [(CONNECT, 3)]),  # U(0, backoff_cap = 8)
+        ("login_refused", (8.4,), [(CONNECT, 4)]),
     ])
     assert pol.stats["login_epoch_probes"] == 3 and pol.epoch == 3
 
@@ -342,7 +360,7 @@ def test_counter_file_format() -> None:
 
 
 def test_counters_exhausted_is_an_error_not_a_wrap() -> None:
-    pol = make(gateways=("g",), state=p.format_counters(0, {("g", 0): p.MAX_COUNTER}))
+    pol = make(gateways=("g",), state=p.format_counters(0, {("g", 0): 0xFFFFFFFF}))
     with pytest.raises(OverflowError):
         pol.connected(0.0)
 
@@ -357,7 +375,7 @@ def test_backoff_full_jitter_within_capped_exponential_ceiling(
     cap = max(cap, base)
     pol = make(gateways=("g",), random=rnd.randbytes, backoff_base=base, backoff_cap=cap)
     for n in range(40):
-        d = pol._jitter(base, n)
+        d = p.backoff_delay(base, cap, n, pol._random)
         assert 0 <= d <= min(cap, base * 2**n)
 
 

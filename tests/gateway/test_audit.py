@@ -135,13 +135,13 @@ def test_a_full_disk_appends_nothing_and_the_chain_goes_on_when_it_frees(tmp_pat
     p = tmp_path / "audit.log"
     a = AuditLog(p)
     a.append("authenticated", device="%016x" % 1, counter=1)
-    a._f = _FullDisk(a._f, room=30)
+    a._file = _FullDisk(a._f, room=30)
     with pytest.raises(AuditUnavailable, match="record 2 not written"):
         a.append("authenticated", device="%016x" % 2, counter=2)
     with pytest.raises(AuditUnavailable):
         a.append("rejected", device="%016x" % 3, reason="bad_otp")
     assert a.seq == 1 and verify_file(p)[0] == 1  # the partial line was cut off again
-    a._f = a._f._f  # the disk has room again
+    a._file = a._f._f  # the disk has room again
     a.append("authenticated", device="%016x" % 2, counter=2)
     a.close()
     assert verify_file(p)[0] == 2

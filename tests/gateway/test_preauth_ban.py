@@ -8,6 +8,7 @@ import asyncio
 import time
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from device_agent.core import events, topics
 from gateway.defence import PreAuthBan
@@ -15,6 +16,7 @@ from gateway.mqtt import MqttConnectError
 from gateway.settings import DefenceSettings
 from tests.gateway.helpers import eventually, reconnect_after_ban
 from tests.gateway.stack import site
+from tests.waiting import enrolled_at_broker
 
 pytestmark = pytest.mark.asyncio
 
@@ -78,3 +80,77 @@ async def test_an_honest_device_streaming_after_a_gateway_restart_is_never_banne
         assert await eventually(lambda: gw.metrics.get("data_dropped", "no_session") == 60, 5)
         assert gw.metrics.get("preauth_bans") == 0 and not dev.client.closed.done()
         await dev.close()
+
+
+async def test_a_ban_holds_over_a_re_key_window_and_its_end_brings_the_window_account_back(tmp_path) -> None:
+    """Issue 10: two devices are banned at the broker; during their bans each is transferred and its new
+    owner names this gateway to carry its re-key (``startRekey``). No account reaches them during the
+    ban; when it ends, the device whose window is still open on the chain gets its re-key account back
+    (it logs in with P from S), and the one whose owner suspended it meanwhile gets nothing."""
+    from firmware_sim.campaign_attacks import onboard_one
+    from gateway.mqtt import MqttClient
+    from ledger_bridge.enrollment import ProvisionedDevice
+    from ledger_bridge.keystore import Signer
+    from ledger_bridge.rekey import start_rekey, window_password
+
+    defence = DefenceSettings(preauth_rate=10.0, preauth_burst=300, preauth_ban=8.0)
+    async with site(tmp_path, n_devices=1, gateway_settings={"defence": defence}) as s:
+        gw, enforcer = s.gateways["gw-a"], s.enforcer
+        owner, ledger = s.actors["owner"], s.ledger
+        pair = []
+        for n in range(2):  # devices with a device key: a transfer leaves their re-key pending
+            identity = ProvisionedDevice.generate(
+                model="ban-rk", serial=f"BAN-RK-{n}", firmware_hash=s.devices[0].firmware_hash
+            )
+            await onboard_one(s.actors["manufacturer"], owner, identity, s.keys["gw-a"], s.policy_id,
+                              X25519PrivateKey.generate().public_key().public_bytes_raw())
+            s.devices.append(identity)
+            pair.append((identity, s.sim(len(s.devices) - 1)))
+        kept, suspended = (identity.device_id for identity, _ in pair)
+        assert await eventually(lambda: {kept, suspended} <= gw.devices.entries.keys(), 10)
+        for identity, dev in pair:
+            await enrolled_at_broker(enforcer, dev.hex)
+            await dev.connect()
+            topic = str(topics.data("gw-a", dev.hex, "telemetry"))
+            for i in range(1_000):  # no session: refused against its allowance, then banned
+                dev.replay(topic, b"junk %d" % i)
+        assert await eventually(lambda: gw.metrics.get("preauth_bans") == 2, 15), dict(gw.metrics.counters)
+
+        signer = Signer.generate(label="new-owner")
+        await ledger.fund(signer.address, 10**18)
+        new_owner = ledger.actor(signer)
+        for identity, _ in pair:
+            did = identity.device_id
+            await owner.transfer(did, signer.address)
+            await new_owner.accept_transfer(did)
+            await new_owner.activate(did)
+            await start_rekey(ledger, new_owner, did, b"gw-a", secret=identity.secret)
+        await new_owner.suspend(suspended)  # its window closes during its ban
+
+        async def window_login(identity: ProvisionedDevice) -> MqttClient:
+            _, epoch = await ledger.device_state(identity.device_id)
+            hex_id = identity.device_id.hex()
+            password = window_password(identity.secret, identity.device_id, epoch).hex()
+            return await MqttClient.connect("127.0.0.1", s.broker.port, client_id=hex_id, username=hex_id,
+                                            password=password, on_message=lambda t, p: None, timeout=3)
+
+        # the index saw the window open for `kept`: during the ban, no account for it all the same
+        assert await eventually(lambda: kept in gw.devices.rekeying, 10)
+        for _ in range(3):
+            await asyncio.sleep(0)  # the background enrolment, were there one, is staged by now
+        assert gw.metrics.get("bans_lifted") == 0, "the test outlived the ban: make preauth_ban longer"
+        assert enforcer.state_of(kept.hex()) == "absent"
+        with pytest.raises(MqttConnectError):
+            await window_login(pair[0][0])
+
+        # the bans end: the window account comes back where the window is still open, nowhere else
+        assert await eventually(lambda: gw.metrics.get("bans_lifted") == 2, 20)
+        assert enforcer.state_of(kept.hex()) == "rekeying"
+        assert enforcer.state_of(suspended.hex()) == "absent"
+        await enforcer.flush()
+        client = await window_login(pair[0][0])
+        await client.close()
+        with pytest.raises(MqttConnectError):
+            await window_login(pair[1][0])
+        for _, dev in pair:
+            await dev.close()

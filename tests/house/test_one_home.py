@@ -1,6 +1,6 @@
 """Helpers that every side needs live once: systemd's notify protocol in ``device_agent.systemd``; a free
 port for the runners (anvil, Mosquitto) in ``ledger_bridge.anvil``; the verified-data listener of tests
-in ``firmware_sim.inproc`` (``Site.listener``)."""
+in ``firmware_sim.inproc`` (``Site.listener``); the agents' backoffs in ``device_agent.core.policy``."""
 
 from __future__ import annotations
 
@@ -35,3 +35,16 @@ def test_the_verified_listener_is_the_site_s() -> None:
                    if p.resolve() != here and "verified_listener(" in p.read_text())
     assert tests == []
     assert "async def listener(" in (ROOT / "firmware_sim" / "inproc.py").read_text()
+
+
+def test_the_agents_backoffs_are_the_core_policy_s() -> None:
+    """Every wait before a dial or a handshake (the reconnect backoff, the long one after a refused login,
+    the failover rounds) is drawn by ``AgentPolicy``: no agent adapter draws its own delay."""
+    assert _sources_mentioning("def backoff_delay") == ["device_agent/core/policy.py"]
+    agents = ROOT / "device_agent"
+    adapters = [*(agents / "agent").glob("*.py"), *(agents / "micropython").glob("*.py"),
+                ROOT / "firmware_sim" / "device.py"]
+    for path in adapters:
+        text = path.read_text()
+        for drawn in ("SystemRandom", ".uniform(", "random.random(", "backoff_delay("):
+            assert drawn not in text, f"{path.relative_to(ROOT)} draws a delay of its own ({drawn})"

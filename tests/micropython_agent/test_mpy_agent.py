@@ -133,3 +133,24 @@ def test_no_session_signal_makes_the_agent_reauthenticate_under_micropython(brok
     lost = int(after[0][1:]) - 2  # readings sent under the forgotten session, before the new one
     print(f"MicroPython agent: data verified again from {after[0]!r}; {lost} readings lost meanwhile")
     assert after == [after[0], b"r%d" % (int(after[0][1:]) + 1), b"r%d" % (int(after[0][1:]) + 2)]
+
+
+def test_a_refused_login_probes_the_next_epochs_then_waits_the_long_backoff_under_micropython(tmp_path):
+    """The rule is the core policy's (AgentPolicy.login_refused), so the MicroPython agent follows it
+    like the paho agent: P of the next epochs at once, then U(0, backoff_cap) before the next dial,
+    not the (here 1 ms) reconnect backoff. The policy's random source is pinned to the window's top."""
+    from firmware_sim.broker import MosquittoBroker
+    from firmware_sim.mpy import runner
+
+    dev = Device(tmp_path, serial="MPY-REFUSED")
+    broker = MosquittoBroker()
+    passwords = broker.write_file("passwords", "")  # nobody may log in
+    broker.extra_config += ["allow_anonymous false", f"password_file {passwords}"]
+    with broker:
+        proc = runner.run("refused_login.py", broker.host, str(broker.port), dev.device_hex, dev.secret.hex(),
+                          dev.fw.hex(), str(tmp_path / "mpy.state"), heap=mpyagent.HEAP,
+                          path=[mpyagent.compiled(), runner.REPO, mpyagent.VENDOR], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    got = runner.json_lines(proc.stdout)
+    assert got["refused"] and got["login_refused"] == 5 and got["probes"] == 4 and got["login_epoch"] == 0
+    assert 590 <= got["next_dial_in"] <= 600  # U(0, min(15 * 600, 600 * 2^0)) at the top of the window
