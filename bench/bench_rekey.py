@@ -2,10 +2,11 @@
 
 rekey_ms_pi: CPU time (time.process_time) of one whole exchange on CPython with `cryptography`'s X25519,
 as the Raspberry Pi agent and the new owner's tool run it: INIT, the device's REPLY, the owner's check
-and CONFIRM, the device's commit (both sides in this process; mean over 50 exchanges). On this x86
+and CONFIRM, the device's commit and DONE, the owner's check of DONE (both sides in this process; mean
+over 50 exchanges). On this x86
 machine, not a Pi: the figure's name follows the issue.
 
-rekey_ms_micropython: wall time of the device side (INIT -> REPLY, CONFIRM -> S') under the MicroPython
+rekey_ms_micropython: wall time of the device side (INIT -> REPLY, CONFIRM -> S', DONE) under the MicroPython
 unix port with the pure-Python X25519 (three X25519 operations), modules loaded from .mpy; mean of 3.
 
 rekey_mpy_bytes: the .mpy a board adds to re-key (rekey.py + x25519.py; crypto.py it already has).
@@ -39,6 +40,7 @@ def _cpython_ms(n: int = 50) -> float:
         owner = rekey.OwnerRekey(did, 1, secret, public, x, os.urandom)
         device = rekey.DeviceRekey(did, secret, static, x, os.urandom)
         device.confirm(owner.reply(device.init(owner.start())))
+        owner.done(device.done())
     return (time.process_time() - t0) / n * 1000
 
 

@@ -405,13 +405,14 @@ async def previous_owner(
 
 # ---- a device killed in the middle of a re-key -------------------------------------------------------
 
-REKEY_KILL_POINTS = ("after_init", "after_reply", "after_confirm")
+REKEY_KILL_POINTS = ("after_init", "after_reply", "after_confirm", "done_lost")
 
 
 class DeviceConsole:
     """The device's side of a re-key as its console runs it: ``diams-agent rekey --config`` (hex lines
     over stdin/stdout; the real agent code reading and replacing its key file), a channel for the owner's
-    ``ledger_bridge.rekey.rekey_device``. ``kill_at`` kills it (SIGKILL) at that point of the exchange."""
+    ``ledger_bridge.rekey.rekey_device``. ``kill_at`` kills it (SIGKILL) at that point of the exchange;
+    ``done_lost`` lets it commit S' and answer DONE, which is then lost on the way."""
 
     def __init__(self, config: Path, *, kill_at: str | None = None, timeout: float = 15.0) -> None:
         if kill_at is not None and kill_at not in REKEY_KILL_POINTS:
@@ -457,29 +458,32 @@ class DeviceConsole:
             raise RekeyTimeout("the device's console is gone") from None
 
     async def request(self, message: bytes) -> bytes:
+        from device_agent.core.rekey import CONFIRM
         from ledger_bridge.rekey import RekeyTimeout
 
-        if self.proc is not None and self.proc.returncode is not None and not self.killed:
+        confirm = message[:1] == bytes((CONFIRM,))
+        if self.proc is not None and self.proc.returncode is not None and not self.killed and not confirm:
             await self.__aenter__()  # it refused an INIT and exited: the console prompts again
         assert self.proc is not None and self.proc.stdout is not None
         await self._write(message)
-        if self.kill_at == "after_init":
+        if self.kill_at == "after_init" and not confirm:
             await self._kill()
+        if self.kill_at == "after_confirm" and confirm:  # the device may or may not have committed
+            await self._kill()
+        what = "DONE" if confirm else "REPLY"
         try:
             line = await asyncio.wait_for(self.proc.stdout.readline(), self.timeout)
         except TimeoutError:
-            raise RekeyTimeout("no REPLY in time") from None
+            raise RekeyTimeout(f"no {what} in time") from None
         if not line.strip():
             await self.proc.wait()
-            raise RekeyTimeout("the device closed the exchange without a REPLY")
-        if self.kill_at == "after_reply":  # the device waits for CONFIRM, holding S' in memory only
+            raise RekeyTimeout(f"the device closed the exchange without a {what}")
+        if self.kill_at == "after_reply" and not confirm:  # it waits for CONFIRM, S' in memory only
             await self._kill()
+        if self.kill_at == "done_lost" and confirm:  # committed and answered; the answer never arrives
+            await self._kill()
+            raise RekeyTimeout("DONE lost")
         return bytes.fromhex(line.decode().strip())
-
-    async def send(self, message: bytes) -> None:
-        await self._write(message)
-        if self.kill_at == "after_confirm":  # CONFIRM handed over: the device may or may not have committed
-            await self._kill()
 
 
 async def mid_rekey(
@@ -532,17 +536,16 @@ async def mid_rekey(
     bundle = work / f"device-{n}" / "new-owner.json"
     write_private(bundle, made.owner_file.read_bytes())  # handed over with the device
 
-    def keep(s: bytes) -> None:
-        OwnerBundle.record_rekey(bundle, s)
+    def keep(s: bytes, held: bytes) -> None:
+        OwnerBundle.record_rekey(bundle, s, held)
 
     async def exchange(kill: str | None) -> tuple[str, DeviceConsole]:
-        held = OwnerBundle.load(bundle)  # what `diams-ledger rekey` uses: S' once kept, then S
-        earlier = (held.secret,) if held.rekeyed_secret is not None else ()
+        # what `diams-ledger rekey` uses: S' once kept, the secret the device answered that under, S
+        first, *earlier = OwnerBundle.load(bundle).rekey_candidates()
         async with DeviceConsole(made.config_file, kill_at=kill) as console:
             try:
                 await rekey_device(
-                    ledger, new_owner, did, secret=held.device().current_secret, channel=console, keep=keep,
-                    earlier=earlier,
+                    ledger, new_owner, did, secret=first, channel=console, keep=keep, earlier=earlier,
                 )  # fmt: skip
             except (RekeyTimeout, core_rekey.RekeyError) as exc:
                 return f"{type(exc).__name__}: {exc}", console

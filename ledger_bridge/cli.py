@@ -784,15 +784,21 @@ async def cmd_rekey(args: argparse.Namespace) -> int:
                               username=username, password=password, tls_ca=args.tls_ca,
                               timeout=args.timeout) as channel:
             try:
+                first, *earlier = bundle.rekey_candidates()
                 await rekey_device(
-                    ledger, ledger.actor(signer), dev, secret=bundle.device().current_secret, channel=channel,
-                    keep=lambda s: ops.OwnerBundle.record_rekey(bundle_path, s),
-                    # an earlier exchange may have stopped after S' was kept but before the device
-                    # committed it: the device then still holds S
-                    earlier=(bundle.secret,) if bundle.rekeyed_secret is not None else (),
+                    ledger, ledger.actor(signer), dev, secret=first, channel=channel,
+                    keep=lambda s, held: ops.OwnerBundle.record_rekey(bundle_path, s, held),
+                    # an earlier exchange may have stopped after S' was kept but before the device's
+                    # DONE: the device then holds S' or the secret it answered that exchange under
+                    earlier=earlier,
                     carrier=args.gateway.encode(),
                 )
             except core_rekey.RekeyError as exc:
+                if exc.reason == "bad_done":
+                    raise ValueError(
+                        "re-key refused (bad_done): the proof that the device stored the new secret does not "
+                        "verify (forged or from another exchange); nothing recorded, run the command again"
+                    ) from None
                 raise ValueError(
                     f"re-key refused ({exc.reason}): not the registered device's answer (an impostor or a "
                     "substituted key); nothing recorded, the device keeps its secret"

@@ -122,6 +122,9 @@ class OwnerBundle:
     claim_code: bytes = field(repr=False)
     #: S' once the owner re-keyed the device (``diams-ledger rekey`` writes it into the bundle)
     rekeyed_secret: bytes | None = field(default=None, repr=False)
+    #: the secret (not ``secret``) the device answered the last re-key under: until that exchange's DONE
+    #: the device holds it or ``rekeyed_secret`` (PROTOCOL.md 2.3), so a retry tries both
+    rekey_previous: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, path: Path) -> OwnerBundle:
@@ -147,6 +150,9 @@ class OwnerBundle:
                 rekeyed_secret=(
                     bytes.fromhex(str(raw["rekeyed_secret"])) if raw.get("rekeyed_secret") else None
                 ),
+                rekey_previous=(
+                    bytes.fromhex(str(raw["rekey_previous"])) if raw.get("rekey_previous") else None
+                ),
             )
         except (KeyError, ValueError, TypeError) as exc:
             # the message names the field, never its value (the bundle holds secrets)
@@ -168,13 +174,24 @@ class OwnerBundle:
             rekeyed_secret=self.rekeyed_secret,
         )
 
+    def rekey_candidates(self) -> tuple[bytes, ...]:
+        """The secrets the device may hold, in the order a re-key retry tries them: S' (once kept), the
+        one it answered the interrupted exchange under, then the first S."""
+        held = (self.rekeyed_secret, self.rekey_previous, self.secret)
+        return tuple(dict.fromkeys(s for s in held if s is not None))
+
     @staticmethod
-    def record_rekey(path: Path, new_secret: bytes) -> None:
-        """Write S' into the bundle at ``path`` (0600, atomically): keys are sealed from it from now on."""
+    def record_rekey(path: Path, new_secret: bytes, held: bytes | None = None) -> None:
+        """Write S' into the bundle at ``path`` (0600, atomically): keys are sealed from it from now on.
+        ``held``: the secret the device answered this exchange under (it holds that or S' until DONE)."""
         from device_agent.agent.keystore import write_private
 
         raw = json.loads(path.read_text("utf-8"))
         raw["rekeyed_secret"] = new_secret.hex()
+        if held is not None and held.hex() != raw.get("secret"):
+            raw["rekey_previous"] = held.hex()
+        else:
+            raw.pop("rekey_previous", None)
         write_private(path, (json.dumps(raw, indent=2) + "\n").encode())
 
 

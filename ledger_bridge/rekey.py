@@ -3,11 +3,15 @@
     new_secret = await rekey_device(ledger, owner, device_id, secret=S, channel=...)
 
 Reads the device's static X25519 public key and epoch from the chain, runs the exchange of
-``device_agent.core.rekey`` through ``channel`` (``request(INIT) -> REPLY``, then ``send(CONFIRM)``),
-and records the key confirmation on chain (``confirmRekey``: bumps the epoch, lifts the block on
-authorizing gateways). A substituted key fails the device's confirmation tag: ``RekeyError``, nothing
-recorded, S unchanged. Keep S until the device has authenticated under S' (if CONFIRM is lost, the
-device still holds S and the exchange can be run again with it).
+``device_agent.core.rekey`` through ``channel`` (``request(INIT) -> REPLY``, then
+``request(CONFIRM) -> DONE``), and records the key confirmation on chain (``confirmRekey``: bumps the
+epoch, ends the re-key window, lifts the block on authorizing gateways) only once DONE verifies: DONE
+is the device's proof that it has stored S'. A substituted key fails the device's confirmation tag
+(``RekeyError``, nothing recorded, S unchanged); a DONE that does not verify (forged from S, or another
+run's) is ``RekeyError("bad_done")``, nothing recorded. Whatever stops the exchange before DONE
+(the device killed before or after its commit, a lost CONFIRM or DONE), the chain still says the re-key
+is pending, the window stays open, and the retry reaches the device under the secret it holds: S' first,
+then the one it answered the interrupted exchange under (``keep`` records both).
 
 The device reaches its re-key topics during the window only through the gateway the new owner names
 (``start_rekey``: ``startRekey`` on chain, with the device's broker password from S sealed to that
@@ -15,9 +19,9 @@ gateway): no gateway may be authorized before the re-key, so nothing else gives 
 account. ``rekey_device(..., carrier=G)`` names G first when the chain says the re-key is pending.
 
 ``MqttRekeyChannel`` is the channel to a running agent: INIT and CONFIRM on the device's re-key
-``down`` topic under gateway G, REPLY from its ``up`` topic (``device_agent.core.topics``), through the
-site's broker with gateway G's account, the one account besides the device's own that the broker's ACL
-lets use them (gateway/broker). ``diams-ledger rekey`` is the owner's one command for all of it.
+``down`` topic under gateway G, REPLY and DONE from its ``up`` topic (``device_agent.core.topics``),
+through the site's broker with gateway G's account, the one account besides the device's own that the
+broker's ACL lets use them (gateway/broker). ``diams-ledger rekey`` is the owner's one command for all of it.
 """
 
 from __future__ import annotations
@@ -54,12 +58,15 @@ _T: Any = _topics
 
 
 class RekeyChannel(Protocol):
+    """``request(message) -> the device's answer``: REPLY to INIT, DONE to CONFIRM; ``RekeyTimeout``
+    when none comes."""
+
     async def request(self, message: bytes) -> bytes: ...
-    async def send(self, message: bytes) -> None: ...
 
 
 class RekeyTimeout(Exception):
-    """The device did not answer in time (not connected, no device key, or it refused INIT)."""
+    """The device did not answer in time (not connected, no device key, it refused INIT, or it did not
+    prove its commit of S')."""
 
 
 def window_password(secret: bytes, device_id: bytes, epoch: int) -> bytes:
@@ -91,17 +98,19 @@ async def rekey_device(
     *,
     secret: bytes,
     channel: RekeyChannel,
-    keep: Callable[[bytes], None] | None = None,
+    keep: Callable[[bytes, bytes], None] | None = None,
     earlier: Sequence[bytes] = (),
     carrier: bytes | None = None,
 ) -> bytes:
-    """-> S' (32 bytes), after the device proved it holds the registered key and the chain recorded it.
+    """-> S' (32 bytes), after the device proved it holds the registered key and has stored S' (DONE),
+    and the chain recorded it.
 
-    ``keep(S')`` runs before CONFIRM leaves, so S' is stored before the device can switch to it.
+    ``keep(S', held)`` runs before CONFIRM leaves, so S' is stored before the device can switch to it;
+    ``held`` is the secret the device answered INIT under: until DONE the device holds S' or ``held``.
     ``earlier``: secrets the device may still hold, tried in turn (each with its own INIT) when it does
-    not answer the one before. An exchange interrupted after ``keep`` (the device killed before it
-    committed, or CONFIRM lost, even once the chain recorded it) leaves the device with S while the owner
-    holds S': the retry needs S, or the device is locked out (found by the campaign's mid-re-key kill).
+    not answer the one before. An exchange interrupted before DONE verified (the device killed before or
+    after its commit, CONFIRM or DONE lost) records nothing: the re-key window stays open and the retry,
+    given S' and ``held``, reaches the device whichever it holds. ``RekeyTimeout`` when no DONE comes.
     ``carrier``: the gateway (protocol form) whose broker account ``channel`` uses; while the re-key is
     pending it is named on chain first (``start_rekey``) with the login of the secret being tried, so that
     it gives the device its re-key login."""
@@ -124,8 +133,8 @@ async def rekey_device(
     new_secret: bytes | None = role.new_secret
     assert new_secret is not None
     if keep is not None:
-        keep(new_secret)
-    await channel.send(confirm)
+        keep(new_secret, candidate)
+    role.done(await channel.request(confirm))  # the device has stored S': only now end the window
     await owner.confirm_rekey(device_id, rekey.key_commitment(new_secret))
     return new_secret
 
@@ -133,10 +142,10 @@ async def rekey_device(
 class MqttRekeyChannel:
     """The exchange over the broker, with gateway ``gateway_id``'s account (paho, its own loop thread).
 
-    Use as ``with MqttRekeyChannel(...) as ch:``; ``request`` waits ``timeout`` seconds for the REPLY,
-    sending the same INIT again every ``resend`` seconds meanwhile: the device may log in only once the
-    gateway has seen ``startRekey`` and given it its re-key account, and the agents answer a repeated
-    INIT with the same REPLY.
+    Use as ``with MqttRekeyChannel(...) as ch:``; ``request`` waits ``timeout`` seconds for the REPLY to
+    INIT (the DONE to CONFIRM), sending the same message again every ``resend`` seconds meanwhile: the
+    device may log in only once the gateway has seen ``startRekey`` and given it its re-key account, and
+    the agents answer a repeated INIT with the same REPLY, a repeated CONFIRM with the same DONE.
     Messages are QoS 1, retain 0 (PROTOCOL.md 6); an answer of the wrong shape is skipped, not trusted
     (the exchange's tags decide)."""
 
@@ -159,7 +168,7 @@ class MqttRekeyChannel:
         self._down = str(_T.rekey_down(gateway_id, device_id.hex()))
         self._up = str(_T.rekey_up(gateway_id, device_id.hex()))
         self._host, self._port, self._timeout, self._resend = host, port, timeout, resend
-        self._replies: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._answers: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self._ready: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=username, protocol=paho.MQTTv311)
         self._client.username_pw_set(username, password)
@@ -192,8 +201,8 @@ class MqttRekeyChannel:
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         payload = bytes(msg.payload)
-        if msg.topic == self._up and len(payload) == rekey.REPLY_LEN and payload[0] == rekey.REPLY:
-            self._replies.put(payload)
+        if msg.topic == self._up and (len(payload), payload[:1]) in _ANSWERS.values():
+            self._answers.put(payload)
 
     def __enter__(self) -> MqttRekeyChannel:
         try:
@@ -216,20 +225,36 @@ class MqttRekeyChannel:
         self._client.loop_stop()
 
     async def request(self, message: bytes) -> bytes:
+        shape = _ANSWERS.get(message[:1])
+        if shape is None:
+            raise ValueError("only INIT and CONFIRM are requests")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         while (left := deadline - loop.time()) > 0:
             info = self._client.publish(self._down, message, qos=1)
             await asyncio.to_thread(info.wait_for_publish, left)
-            try:
-                return await asyncio.to_thread(self._replies.get, True, min(self._resend, left))
-            except queue.Empty:
-                continue
+            resend = loop.time() + min(self._resend, left)
+            while (wait := resend - loop.time()) > 0:
+                try:
+                    answer = await asyncio.to_thread(self._answers.get, True, wait)
+                except queue.Empty:
+                    break
+                if (len(answer), answer[:1]) == shape:
+                    return answer  # (a late repeat of the other kind is skipped)
+        if message[0] == rekey.INIT:
+            raise RekeyTimeout(
+                f"no REPLY within {self._timeout:.0f} s: is the agent connected to this broker, with its "
+                "device key, and does it still hold the secret given?"
+            )
         raise RekeyTimeout(
-            f"no REPLY within {self._timeout:.0f} s: is the agent connected to this broker, with its "
-            "device key, and does it still hold the secret given?"
+            f"no DONE within {self._timeout:.0f} s: the device did not prove that it stored the new secret "
+            "(killed, or its answer lost); nothing was recorded on chain and the re-key window stays "
+            "open: run the same command again (it tries the new secret, then the one before)"
         )
 
-    async def send(self, message: bytes) -> None:
-        info = self._client.publish(self._down, message, qos=1)
-        await asyncio.to_thread(info.wait_for_publish, self._timeout)
+
+# what the device answers each request with: (length, type byte)
+_ANSWERS = {
+    bytes((rekey.INIT,)): (rekey.REPLY_LEN, bytes((rekey.REPLY,))),
+    bytes((rekey.CONFIRM,)): (rekey.DONE_LEN, bytes((rekey.DONE,))),
+}

@@ -44,6 +44,8 @@ def main() -> None:
     confirm = owner.reply(reply)
     new_secret = device.confirm(confirm)
     assert new_secret == owner.new_secret
+    done = device.done()
+    owner.done(done)
     out = {
         "about": "device_agent/core/rekey.py, docs/PROTOCOL.md section 2.3; hex unless a number",
         "inputs": {k: (v.hex() if isinstance(v, bytes) else v) for k, v in inputs.items()},
@@ -52,6 +54,9 @@ def main() -> None:
         "reply": reply.hex(),
         "confirm": confirm.hex(),
         "new_secret": new_secret.hex(),
+        "done": done.hex(),
+        # the same construction keyed from S instead of S' (what a previous owner can make): refused
+        "done_from_s": (bytes((rekey.DONE,)) + rekey._done_tag(i["secret"], owner._t)).hex(),
         "rekey_commitment": rekey.key_commitment(new_secret).hex(),
     }
     path = Path(__file__).resolve().parents[1] / "tests" / "vectors" / "rekey_transcript.json"

@@ -210,4 +210,53 @@ def test_the_pinned_exchange_byte_for_byte() -> None:
         assert d.init(bytes.fromhex(v["init"])).hex() == v["reply"]
         assert owner.reply(bytes.fromhex(v["reply"])).hex() == v["confirm"]
         assert d.confirm(bytes.fromhex(v["confirm"])).hex() == v["new_secret"] == owner.new_secret.hex()
+        assert d.done().hex() == v["done"]
+        owner.done(bytes.fromhex(v["done"]))  # verifies
+        with pytest.raises(rekey.RekeyError, match="bad_done"):
+            owner.done(bytes.fromhex(v["done_from_s"]))
         assert rekey.key_commitment(owner.new_secret).hex() == v["rekey_commitment"]
+
+
+def test_done_proves_the_commit_and_a_previous_owner_cannot_forge_or_replay_it() -> None:
+    """DONE (sent by the device only after it stored S') is keyed by S' under its own label and bound to
+    the transcript: the previous owner (knows S, saw every message of this run and of an earlier one)
+    cannot make one the owner accepts: not from S, not with K_conf's construction, not by replaying
+    another run's DONE, not by echoing CONFIRM. Only the device's DONE verifies."""
+    dev = Device()
+    earlier = rekey.OwnerRekey(dev.device_id, 1, dev.secret, dev.public, X, os.urandom)
+    d0 = dev.role()
+    d0.confirm(earlier.reply(d0.init(earlier.start())))
+    replayed = d0.done()  # another run's DONE, captured on the path
+
+    owner = rekey.OwnerRekey(dev.device_id, 1, dev.secret, dev.public, X, os.urandom)
+    d = dev.role()
+    init = owner.start()
+    reply = d.init(init)
+    with pytest.raises(rekey.RekeyError, match="not_started"):
+        owner.done(replayed)  # no CONFIRM yet: nothing to prove
+    with pytest.raises(rekey.RekeyError, match="not_started"):
+        d.done()  # nothing committed: the device has no DONE to give
+    confirm = owner.reply(reply)
+    t = rekey._transcript(
+        dev.device_id, 1, dev.public, init[5:37], reply[1:33], init[37:53], reply[33:49]
+    )  # all public
+    forged = [
+        replayed,
+        b"\x24" + rekey._done_tag(dev.secret, t),  # the same construction from S
+        b"\x24" + keys.hmac_sha256(keys.hkdf(dev.secret, dev.device_id, b"diams/v1/rekey-done"),
+                                   b"\x24" + t)[:16],
+        b"\x24" + confirm[1:],  # CONFIRM's tag echoed
+        b"\x24" + os.urandom(16),
+    ]
+    for bad in forged:
+        with pytest.raises(rekey.RekeyError, match="bad_done"):
+            owner.done(bad)
+    for bad in (confirm, b"", b"\x24" + bytes(15)):
+        with pytest.raises(rekey.RekeyError, match="bad_message"):
+            owner.done(bad)
+    s2 = d.confirm(confirm)
+    done = d.done()
+    assert len(done) == rekey.DONE_LEN and done[0] == rekey.DONE and done != replayed
+    owner.done(done)  # the genuine DONE verifies
+    assert owner.new_secret == s2
+    assert s2.hex() not in repr(d) + repr(owner)

@@ -48,11 +48,6 @@ class AgentChannel:
         self.proc.stdin.flush()
         return bytes.fromhex(await asyncio.to_thread(self.proc.stdout.readline))
 
-    async def send(self, message: bytes) -> None:
-        assert self.proc.stdin
-        self.proc.stdin.write(message.hex() + "\n")
-        self.proc.stdin.flush()
-
     def finish(self) -> tuple[int, str]:
         _, err = self.proc.communicate(timeout=60)
         return self.proc.returncode, err
@@ -65,10 +60,8 @@ class ImpostorChannel:
         self.role = rekey.DeviceRekey(device_id, secret, os.urandom(32), x25519, os.urandom)
 
     async def request(self, message: bytes) -> bytes:
+        assert message[0] == rekey.INIT, "the owner must not confirm an impostor"
         return self.role.init(message)
-
-    async def send(self, message: bytes) -> None:
-        raise AssertionError("the owner must not confirm an impostor")
 
 
 def _provisioned(tmp_path: Path) -> tuple[Path, bytes, bytes, bytes, str]:
@@ -166,3 +159,59 @@ async def test_transfer_rekey_and_the_previous_owner_is_out(channel: Actors, tmp
     code_, err = agent.finish()
     assert code_ == 1 and "bad_init" in err
     assert bytes.fromhex(key_file.read_text().strip()) == s2
+
+
+@pytest.mark.parametrize("backend", ["eth-tester"], indirect=True)
+async def test_two_interrupted_exchanges_in_a_row_never_lock_the_device_out(
+    channel: Actors, tmp_path: Path
+) -> None:
+    """The device commits S' but its DONE is lost; the retry (under S') is interrupted after REPLY, so
+    the owner keeps S'' while the device still holds S'. The next retry must try S': the bundle keeps
+    the secret the device answered the unfinished exchange under (``rekey_previous``), else its
+    candidates would be S'' and S only, both refused: locked out. Real device console, real chain."""
+    from firmware_sim.campaign_attacks import DeviceConsole
+    from ledger_bridge.operations import OwnerBundle
+    from ledger_bridge.rekey import RekeyTimeout
+
+    ch = channel
+    config, did, secret, public, code = _provisioned(tmp_path)
+    record = json.loads(next((tmp_path / "dev").glob("*[0-9a-f].json")).read_text())
+    await ch.manufacturer.register_device(
+        DeviceRegistration(
+            device_id=did,
+            model=b"sensor".ljust(32, b"\0"),
+            firmware_hash=bytes.fromhex(record["firmware_hash"][2:]),
+            characteristics=bytes.fromhex(record["characteristics"][2:]),
+            claim_hash=bytes.fromhex(record["claim_hash"][2:]),
+        )
+    )
+    await ch.manufacturer.register_device_key(did, public)
+    await ch.owner.claim(did, code.encode())
+    await ch.owner.transfer(did, ch.new_owner.address)
+    await ch.new_owner.accept_transfer(did)
+    bundle = next((tmp_path / "dev").glob("*.owner.json"))
+    key_file = next((tmp_path / "dev").glob("*.key"))
+
+    def held() -> bytes:
+        return bytes.fromhex(key_file.read_text().strip())
+
+    async def exchange(kill: str | None) -> None:
+        first, *earlier = OwnerBundle.load(bundle).rekey_candidates()  # as `diams-ledger rekey`
+        async with DeviceConsole(config, kill_at=kill, timeout=5.0) as console:
+            await rekey_device(
+                ch.ledger, ch.new_owner, did, secret=first, channel=console, earlier=earlier,
+                keep=lambda s, base: OwnerBundle.record_rekey(bundle, s, base),
+            )  # fmt: skip
+
+    with pytest.raises(RekeyTimeout, match="DONE lost"):
+        await exchange("done_lost")
+    s1 = OwnerBundle.load(bundle).rekeyed_secret
+    assert held() == s1 and await ch.ledger.device_key(did) == (public, True)  # nothing recorded
+    with pytest.raises(RekeyTimeout):
+        await exchange("after_reply")
+    after = OwnerBundle.load(bundle)
+    assert held() == s1 != after.rekeyed_secret and after.rekey_previous == s1
+    await exchange(None)
+    final = OwnerBundle.load(bundle).rekeyed_secret
+    assert held() == final and final not in (secret, s1)
+    assert await ch.ledger.device_key(did) == (public, False)

@@ -1,5 +1,6 @@
 """The device side of re-keying under real MicroPython (pure X25519, modules loaded from .mpy): the
-pinned exchange byte for byte, and enough with 16 KB of free heap. Figures: bench/bench_rekey.py."""
+pinned exchange byte for byte (DONE included), and enough with 16 KB of free heap. Figures:
+bench/bench_rekey.py."""
 
 import json
 
@@ -27,7 +28,7 @@ def test_the_pinned_exchange_under_micropython(mpy_dir):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.splitlines()[-1])
     v = json.loads((runner.VECTORS / "rekey_transcript.json").read_text())
-    assert (out["reply"], out["new_secret"]) == (v["reply"], v["new_secret"])
+    assert (out["reply"], out["new_secret"], out["done"]) == (v["reply"], v["new_secret"], v["done"])
 
 
 def test_rekey_succeeds_with_16k_of_free_heap_and_the_cap_is_real(mpy_dir):

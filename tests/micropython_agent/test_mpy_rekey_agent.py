@@ -1,6 +1,7 @@
 """The MicroPython agent re-keys at transfer (device_agent/micropython/rekey.py under the real unix
 port, pure X25519): the new owner's exchange replaces S by S' in the key file; the previous owner's
-INIT (keyed by S) is refused afterwards; a substituted CONFIRM leaves S unchanged."""
+INIT (keyed by S) is refused afterwards; a substituted CONFIRM leaves S unchanged; the device proves
+its commit with DONE, over its console and over MQTT."""
 
 from __future__ import annotations
 
@@ -59,7 +60,9 @@ def _exchange(did, secret, public, key, static, *, confirm_override=None):
 def test_micropython_agent_rekeys_and_the_previous_owner_is_out(tmp_path):
     did, secret, key, static, public = _device(tmp_path)
     owner, out, code = _exchange(did, secret, public, key, static)
-    assert code == 0 and out == "committed"
+    done, last = out.splitlines()
+    assert code == 0 and last == "committed"
+    owner.done(bytes.fromhex(done))  # the proof of the commit, made after it: it verifies
     s2 = bytes.fromhex(key.read_text().strip())
     assert s2 == owner.new_secret != secret
     # the previous owner, who knows only S, is refused from now on; S' stays
@@ -79,8 +82,9 @@ def test_a_forged_confirm_leaves_the_secret_unchanged(tmp_path):
 @pytest.mark.broker
 def test_the_micropython_agent_rekeys_over_mqtt(broker, tmp_path: Path) -> None:
     """The running MicroPython agent answers the new owner's tool on its re-key topics (the same
-    MqttRekeyChannel that `diams-ledger rekey` uses): S' replaces S in its key file and its next broker
-    login uses P from S'; an INIT from a stranger is refused first and changes nothing."""
+    MqttRekeyChannel that `diams-ledger rekey` uses): S' replaces S in its key file, then its DONE proves
+    it, and its next broker login uses P from S'; an INIT from a stranger is refused first and changes
+    nothing."""
     import asyncio
     import json
 
@@ -108,7 +112,8 @@ def test_the_micropython_agent_rekeys_over_mqtt(broker, tmp_path: Path) -> None:
                     confirm = role.reply(await ch.request(role.start()))
                 except RekeyTimeout:  # the stranger's INIT gets no REPLY
                     return None
-                await ch.send(confirm)
+                role.done(await ch.request(confirm))  # DONE verifies ...
+                assert bytes.fromhex(key.read_text().strip()) == role.new_secret  # ... S' already stored
             return role.new_secret
 
         assert asyncio.run(owner(os.urandom(32))) is None  # not keyed by S: no answer

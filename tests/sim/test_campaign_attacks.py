@@ -142,7 +142,7 @@ async def test_the_counters_a_device_sent_are_those_the_gateway_audited_also_aft
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("kill_at", ["after_init", "after_reply", "after_confirm"])
+@pytest.mark.parametrize("kill_at", ["after_init", "after_reply", "after_confirm", "done_lost"])
 async def test_a_device_killed_mid_rekey_is_never_locked_out_and_the_previous_owner_gets_nothing(
     tmp_path, kill_at
 ) -> None:

@@ -2,7 +2,7 @@
 # the pure X25519), from the pinned vector's inputs.
 #
 # argv: device_id secret static_private ed_private device_nonce init confirm [mode] (hex).
-# Prints one JSON line: the REPLY and S' (to compare with the vector), the time of one exchange in ms
+# Prints one JSON line: the REPLY, S' and DONE (to compare with the vector), the time of one exchange in ms
 # (ticks_ms, mean of 3) and resident (what importing the re-keying modules keeps allocated).
 # mode "cap N": run one exchange with only about N bytes of heap free (the rest ballast) -> ok; the
 # smallest such N is the exchange's peak heap as the allocator sees it (the X25519 ladder allocates
@@ -31,7 +31,8 @@ def exchange():
     values = [ED, ND]
     role = rekey.DeviceRekey(DID, S, DS, x25519, lambda n: values.pop(0))
     reply = role.init(INIT)
-    return reply, role.confirm(CONFIRM)
+    s2 = role.confirm(CONFIRM)
+    return reply, s2, role.done()
 
 
 def with_free(target):
@@ -62,10 +63,11 @@ if len(A) > 9 and A[8] == "cap":
     ok, free = with_free(int(A[9]))
     print(json.dumps({"ok": ok, "free": free}))
 else:
-    reply, s2 = exchange()
+    reply, s2, done = exchange()
     runs = 3
     t0 = time.ticks_ms()
     for _ in range(runs):
         exchange()
     ms = time.ticks_diff(time.ticks_ms(), t0) / runs
-    print(json.dumps({"reply": reply.hex(), "new_secret": s2.hex(), "ms": ms, "resident": RESIDENT}))
+    print(json.dumps({"reply": reply.hex(), "new_secret": s2.hex(), "done": done.hex(), "ms": ms,
+                      "resident": RESIDENT}))
