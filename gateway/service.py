@@ -676,6 +676,11 @@ class Gateway:
                 await asyncio.sleep(delay)
                 continue
             attempt = 0
+            if not self._serving():
+                # stopped or cancelled while connecting: on 3.11 the connect's wait_for can swallow the
+                # CancelledError (see _serving), and waiting on a healthy connection would never end
+                await client.close()
+                break
             self.mqtt = client
             self.mqtt_connected.set()
             self.metrics.inc("mqtt_connects")

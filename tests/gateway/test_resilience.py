@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from device_agent.core import events, topics
 from device_agent.core.device import DeviceRole
 from device_agent.core.keys import gateway_key
-from gateway.mqtt import MqttConnectError
+from gateway.mqtt import MqttClient, MqttConnectError
 from gateway.settings import DefenceSettings
 from tests.gateway.helpers import eventually, raw_device_client
 from tests.gateway.stack import site, start_gateway, stop_gateway
@@ -247,3 +249,36 @@ async def test_the_gateway_redials_the_broker_within_two_seconds_however_long_it
     assert max(worst) <= 2.0
     assert worst[0] < worst[2]  # it still grows from a short first delay
     assert reconnect_delay(5, lambda lo, hi: lo) == 0.0  # and is drawn from [0, bound]
+
+
+
+@pytest.mark.asyncio
+async def test_a_cancellation_swallowed_while_connecting_still_ends_the_mqtt_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On 3.11 a wait_for inside MqttClient.connect can swallow the CancelledError that stop() (or a
+    crash) sends when its future completes at the same moment; the loop then held a healthy connection
+    and waited on it forever, so stopping the gateway hung (found under load, test_peer_gateways)."""
+    async with site(tmp_path, n_devices=1) as s:
+        gw = s.gateways["gw-a"]
+        await stop_gateway(s, "gw-a")  # its own loop gone: nobody takes the connection over
+        gw._stopping.clear()
+        real = MqttClient.connect.__func__  # type: ignore[attr-defined]
+
+        async def connect_swallowing(cls: type[MqttClient], *args: Any, **kwargs: Any) -> MqttClient:
+            client: MqttClient = await real(cls, *args, **kwargs)
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            try:  # what 3.11's wait_for does when the connect completes as the cancellation arrives
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                pass
+            return client
+
+        monkeypatch.setattr(MqttClient, "connect", classmethod(connect_swallowing))
+        loop = asyncio.create_task(gw._mqtt_loop(None))
+        done, _ = await asyncio.wait({loop}, timeout=10)
+        if not done:
+            loop.cancel()
+        assert done, "the MQTT loop kept a connection after its task was cancelled"
