@@ -19,6 +19,15 @@ import concurrent.futures
 import sqlite3
 from pathlib import Path
 
+from ledger_bridge.state_db import open_state_db
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS counters (device BLOB NOT NULL, epoch INTEGER NOT NULL, counter INTEGER NOT NULL,
+    nonce BLOB, PRIMARY KEY (device, epoch)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantine (device BLOB NOT NULL, epoch INTEGER NOT NULL,
+    PRIMARY KEY (device, epoch)) WITHOUT ROWID;
+"""
+
 
 class CounterStoreError(Exception):
     """The counter database could not be read or written."""
@@ -42,21 +51,9 @@ class CounterStore:
 
     def open(self) -> None:
         """Open (and create) the database; a no-op once open."""
-        if self._conn is not None:
-            return
-        try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS counters (device BLOB NOT NULL, epoch INTEGER NOT NULL,"
-                " counter INTEGER NOT NULL, nonce BLOB, PRIMARY KEY (device, epoch)) WITHOUT ROWID")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS quarantine (device BLOB NOT NULL, epoch INTEGER NOT NULL,"
-                " PRIMARY KEY (device, epoch)) WITHOUT ROWID")
-        except sqlite3.Error as exc:
-            raise CounterStoreError(f"cannot open counter store {self.path}: {exc}") from None
-        self._conn = db
+        if self._conn is None:
+            self._conn = open_state_db(self.path, synchronous="FULL", schema=_SCHEMA,
+                                       error=CounterStoreError, what="counter store")
 
     @property
     def _db(self) -> sqlite3.Connection:
