@@ -78,3 +78,22 @@ def test_the_state_files_open_alike_and_their_failures_keep_their_package_error(
     with pytest.raises(error, match=r"cannot open .*not-a-db: file is not a database") as caught:
         make(tmp_path / "not-a-db")
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_bans_are_kept_until_they_end_and_the_record_stays_bounded(tmp_path):
+    """The gateway's ban records (wall-clock ends): they outlive a reopening, an ended one is dropped, at
+    most ``keep`` are kept (those ending soonest go first), and lifting one ban never lifts a later one."""
+    path = tmp_path / "c.db"
+    store = CounterStore(path)
+    for i in range(5):
+        store.set_ban(b"dev%d" % i, 1_000.0 + i, now=900.0, keep=3)
+    assert store.bans(900.0) == {b"dev2": 1_002.0, b"dev3": 1_003.0, b"dev4": 1_004.0}
+    store.close()
+    store = CounterStore(path)  # a restart
+    assert store.bans(1_002.0) == {b"dev3": 1_003.0, b"dev4": 1_004.0}  # dev2's ended: dropped
+    assert store._db.execute("SELECT COUNT(*) FROM bans").fetchone()[0] == 2
+    store.set_ban(b"dev3", 1_500.0, now=1_002.5, keep=3)  # banned again: the later end replaces it
+    store.lift_ban(b"dev3", 1_003.0)  # the earlier ban's end lifts nothing
+    store.lift_ban(b"dev4", 1_004.0)
+    assert store.bans(1_003.5) == {b"dev3": 1_500.0}
+    store.close()
