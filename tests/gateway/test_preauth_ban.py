@@ -201,3 +201,32 @@ async def test_a_ban_survives_a_gateway_restart_and_ends_when_it_was_due(tmp_pat
         assert gw.counters.bans(time.time() + shift) == {}, "an ended ban is no longer recorded"
         for d in (flooder, victim):
             await d.close()
+
+
+async def test_a_ban_that_cannot_be_recorded_still_holds_and_the_gateway_goes_on(tmp_path, monkeypatch):
+    """The state disk refuses the ban's record (full, failing): counted and logged, the device is cut off
+    all the same, and the gateway keeps serving (the error does not end its task group)."""
+    from gateway.counters import CounterStoreError
+
+    defence = DefenceSettings(preauth_rate=10.0, preauth_burst=300, preauth_ban=600.0)
+    async with site(tmp_path, n_devices=2, gateway_settings={"defence": defence}) as s:
+        gw = s.gateways["gw-a"]
+
+        def disk_full(*args: object, **kw: object) -> None:
+            raise CounterStoreError("ban update failed: database or disk is full")
+
+        monkeypatch.setattr(gw.counters, "set_ban", disk_full)
+        flooder, victim = s.sim(0), s.sim(1)
+        await flooder.connect()
+        topic = str(topics.data("gw-a", flooder.hex, "telemetry"))
+        for i in range(3_000):
+            flooder.replay(topic, b"junk %d" % i)
+        assert await eventually(
+            lambda: gw.metrics.get("ban_store_errors") == 1, 15
+        ), dict(gw.metrics.counters)
+        assert await eventually(lambda: flooder.client.closed.done(), 5), "the broker closed its connection"
+        with pytest.raises(MqttConnectError):
+            await flooder.connect(timeout=3)
+        await victim.connect()
+        assert isinstance(await victim.authenticate(), events.Authenticated)
+        await victim.close()
