@@ -16,8 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import sqlite3
 from pathlib import Path
+
+from ledger_bridge.state_db import open_state_db
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS counters (device BLOB NOT NULL, epoch INTEGER NOT NULL, counter INTEGER NOT NULL,
+    nonce BLOB, PRIMARY KEY (device, epoch)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantine (device BLOB NOT NULL, epoch INTEGER NOT NULL,
+    PRIMARY KEY (device, epoch)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bans (device BLOB PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID;
+"""
 
 
 class CounterStoreError(Exception):
@@ -42,21 +53,9 @@ class CounterStore:
 
     def open(self) -> None:
         """Open (and create) the database; a no-op once open."""
-        if self._conn is not None:
-            return
-        try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS counters (device BLOB NOT NULL, epoch INTEGER NOT NULL,"
-                " counter INTEGER NOT NULL, nonce BLOB, PRIMARY KEY (device, epoch)) WITHOUT ROWID")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS quarantine (device BLOB NOT NULL, epoch INTEGER NOT NULL,"
-                " PRIMARY KEY (device, epoch)) WITHOUT ROWID")
-        except sqlite3.Error as exc:
-            raise CounterStoreError(f"cannot open counter store {self.path}: {exc}") from None
-        self._conn = db
+        if self._conn is None:
+            self._conn = open_state_db(self.path, synchronous="FULL", schema=_SCHEMA,
+                                       error=CounterStoreError, what="counter store")
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -153,16 +152,45 @@ class CounterStore:
         return {(bytes(d), e) for d, e in self._db.execute("SELECT device, epoch FROM quarantine")}
 
     def set_quarantine(self, device_id: bytes, epoch: int) -> None:
-        self._write("INSERT OR IGNORE INTO quarantine VALUES (?, ?)", (device_id, epoch))
+        self._write("quarantine", [("INSERT OR IGNORE INTO quarantine VALUES (?, ?)", (device_id, epoch))])
 
     def lift_quarantine(self, device_id: bytes) -> None:
-        self._write("DELETE FROM quarantine WHERE device = ?", (device_id,))
+        self._write("quarantine", [("DELETE FROM quarantine WHERE device = ?", (device_id,))])
 
-    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+    # ---- bans: devices cut off at the broker until a wall-clock time (PreAuthBan), kept across restarts ----
+    def bans(self, now: float) -> dict[bytes, float]:
+        """The bans in force at ``now`` (seconds since the epoch) -> {device: when it ends}; the bans that
+        have ended are dropped."""
+        self._write("ban", [("DELETE FROM bans WHERE until <= ?", (now,))])
+        return {bytes(d): float(u) for d, u in self._db.execute("SELECT device, until FROM bans")}
+
+    def set_ban(self, device_id: bytes, until: float, *, now: float, keep: int) -> None:
+        """Record a ban of ``device_id`` ending at ``until`` (it replaces an earlier one). Bounded: the
+        bans that have ended at ``now`` are dropped, and past ``keep`` those ending soonest."""
+        self._write("ban", [
+            ("DELETE FROM bans WHERE until <= ?", (now,)),
+            ("INSERT OR REPLACE INTO bans VALUES (?, ?)", (device_id, until)),
+            ("DELETE FROM bans WHERE device IN"
+             " (SELECT device FROM bans ORDER BY until DESC LIMIT -1 OFFSET ?)", (keep,)),
+        ])
+
+    def lift_ban(self, device_id: bytes, until: float) -> None:
+        """Forget the ban of ``device_id`` that ends at ``until`` (not a later one)."""
+        self._write("ban", [("DELETE FROM bans WHERE device = ? AND until = ?", (device_id, until))])
+
+    def _write(self, what: str, statements: list[tuple[str, tuple[object, ...]]]) -> None:
+        """Run ``statements`` in one transaction (a failure leaves the table as it was)."""
+        db = self._db
         try:
-            self._db.execute(sql, args)
+            db.execute("BEGIN IMMEDIATE")
+            for sql, args in statements:
+                db.execute(sql, args)
+            db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise CounterStoreError(f"quarantine update failed: {exc}") from None
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise CounterStoreError(f"{what} update failed: {exc}") from None
 
     def close(self) -> None:
         if self._executor is not None:

@@ -175,7 +175,8 @@ class PreAuthBan:
     delay everyone's handshakes. Each refused pre-authentication message takes a token from the
     device's bucket (``rate`` per second, ``burst``); a device that empties it is *banned*: the gateway
     cuts it off at the broker (its connection is closed, a reconnect refused) for ``ban_seconds``, then
-    enrols it again. Honest devices never come near it: they retry at the handshake rate, and after a
+    enrols it again (the gateway keeps each ban's end in its state, so a restart does not end it).
+    Honest devices never come near it: they retry at the handshake rate, and after a
     gateway restart send data at their own pace until told (once a second) to re-authenticate.
     ``refused`` -> True exactly once per ban; bounded state, like ``Defence``."""
 
@@ -207,13 +208,14 @@ class PreAuthBan:
         self._banned_until[device_id] = now + self.ban_seconds
         return True
 
-    def ban(self, device_id: bytes, now: float) -> bool:
-        """Ban this device now, whatever its allowance (it flooded data in a session) -> True when it
+    def ban(self, device_id: bytes, now: float, seconds: float | None = None) -> bool:
+        """Ban this device now, whatever its allowance (it flooded data in a session), for ``seconds``
+        (``ban_seconds`` unless told: what is left of a ban recorded before a restart) -> True when it
         was not banned already."""
         if self.banned(device_id, now):
             return False
         self._buckets.pop(device_id, None)
-        self._banned_until[device_id] = now + self.ban_seconds
+        self._banned_until[device_id] = now + (self.ban_seconds if seconds is None else seconds)
         return True
 
     def banned(self, device_id: bytes, now: float) -> bool:

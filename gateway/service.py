@@ -37,6 +37,7 @@ from .broker import (
     BrokerSecret,
     Change,
     ConnectionLog,
+    CutOff,
     Demote,
     EnrollRekey,
     Grant,
@@ -48,7 +49,7 @@ from .broker import (
     gateway_username,
     sighup_reloader,
 )
-from .counters import CounterStore
+from .counters import CounterStore, CounterStoreError
 from .devices import DeviceTable
 from .ledger_link import build_ledger
 from .mqtt import MqttClient, MqttError
@@ -130,11 +131,14 @@ class Gateway:
         self._anchors_reconciled = False  # the chain's next anchor sequence was read once
         self._broker_password = broker_password if broker_password is not None else read_broker_password(s)
         self._clock = clock
+        self._wall_clock = wall_clock
         self._random = random_bytes
         self._tls = settings.broker.tls_context()
         self._signer: Signer | None = None
         self._cut_failed: set[str] = set()  # revoked devices the broker still shows connected
-        self._banned: set[bytes] = set()  # cut off at the broker until their ban ends (``_lift_ban``)
+        # cut off at the broker until their ban ends (``_lift_ban``): device -> its end, wall-clock seconds
+        # as recorded in the counter store (a restart keeps the ban: ``_restore_bans``)
+        self._banned: dict[bytes, float] = {}
         self._source: LedgerSource | None = None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: asyncio.TaskGroup | None = None
@@ -197,6 +201,7 @@ class Gateway:
             for part in (self.counters, self.audit, self.index):
                 part.open()
                 self._stack.callback(part.close)
+            self._restore_bans()
             self._signer = load_ledger_signer(s) if self._actor is None else None
             if self._ledger is None:
                 await self._open_ledger(at_start=True)
@@ -447,7 +452,10 @@ class Gateway:
             changes.append(
                 AuthorizeGateway(gateway_id=gid, secret=secret, connections=self.settings.broker.accounts)
             )
-        changes += self.devices.enrollments()
+        # a device banned before a restart stays off the broker (cut off, should the enforcer still have
+        # it) until its ban ends: ``_ban_loop`` enrols it then
+        changes += [CutOff(device_id=did.hex()) for did in self._banned]
+        changes += [e for e in self.devices.enrollments() if bytes.fromhex(e.device_id) not in self._banned]
         await self._enforcer.apply(changes)
 
     def _on_ledger_changes(self, report: SyncReport) -> None:
@@ -488,8 +496,6 @@ class Gateway:
         lifted later).
         Their confirmations are counted apart (``cut_off_confirmed{reason}``): only ``ledger`` pairs with
         the ``cut_off`` counter."""
-        from .broker import CutOff
-
         assert self._enforcer is not None
         try:
             await self._enforcer.apply([*(CutOff(device_id=d.hex()) for d in cut), *enroll])
@@ -608,22 +614,58 @@ class Gateway:
                 self.cut_off([alarm.device_id], "clone")
             await self.report_clone(alarm.device_id, alarm.counter)
 
+    def _restore_bans(self) -> None:
+        """The bans recorded before a restart that have not ended: the device stays off the broker (see
+        ``_enroll_everyone``) and its refused messages do not ban it again; ``_ban_loop`` lifts each
+        when it ends. Those that have ended meanwhile are dropped: the device is enrolled as anyone."""
+        preauth = self.traffic.preauth
+        for did, until in self.counters.bans(self._wall_clock()).items():
+            self._banned[did] = until
+            preauth.ban(did, self._clock(), self._ban_left(until))
+        if self._banned:
+            log.info("%d pre-authentication ban(s) still in force after the restart", len(self._banned))
+
+    def _ban_left(self, until: float) -> float:
+        """Seconds until a ban ends; never more than ``defence.preauth_ban`` (a wall clock set back while
+        the gateway was down does not lengthen a ban)."""
+        return max(0.0, min(until - self._wall_clock(), self.traffic.preauth.ban_seconds))
+
     async def _ban_loop(self) -> None:
-        """Answer Traffic's pre-authentication bans: cut the device off at the broker now, and enrol it
-        again once the ban ends (if it is still served: the ledger may have moved on meanwhile)."""
+        """Answer Traffic's pre-authentication bans: record the ban's end in the counter store (a restart
+        keeps it), cut the device off at the broker now, and enrol it again once the ban ends (if it is
+        still served: the ledger may have moved on meanwhile). The bans restored at start end likewise."""
+        for did, until in list(self._banned.items()):
+            self._lift_later(did, until)
         while self._serving():
             did = await self.traffic.bans.get()
-            self._banned.add(did)
+            now = self._wall_clock()
+            until = self._banned[did] = now + self.traffic.preauth.ban_seconds
+            try:
+                self.counters.set_ban(did, until, now=now, keep=self.traffic.preauth.max_tracked)
+            except CounterStoreError as exc:  # the ban holds all the same, until a restart
+                self.metrics.inc("ban_store_errors")
+                log.error("device %s: ban not recorded (%s); a restart would end it", did.hex(), exc)
             self.traffic.drop_session(did, "preauth_flood")
             self.cut_off([did], "ban")
-            if self._tasks is not None:
-                self._tasks.create_task(self._lift_ban(did, self.traffic.preauth.ban_seconds))
+            self._lift_later(did, until)
 
-    async def _lift_ban(self, did: bytes, after: float) -> None:
-        """End a ban: enrol the account the device is entitled to now (the ledger may have moved on
-        meanwhile: revoked, a new epoch, or a re-key window opened or closed here), if any."""
-        await asyncio.sleep(after)
-        self._banned.discard(did)
+    def _lift_later(self, did: bytes, until: float) -> None:
+        if self._tasks is not None:
+            self._tasks.create_task(self._lift_ban(did, until))
+
+    async def _lift_ban(self, did: bytes, until: float) -> None:
+        """End a ban at ``until`` (wall clock): enrol the account the device is entitled to now (the
+        ledger may have moved on meanwhile: revoked, a new epoch, or a re-key window opened or closed
+        here), if any, and forget the ban's record."""
+        await asyncio.sleep(self._ban_left(until))
+        if self._banned.get(did) != until:
+            return  # banned again since: that ban's own end lifts it
+        del self._banned[did]
+        try:
+            self.counters.lift_ban(did, until)
+        except CounterStoreError as exc:  # an ended ban's record is dropped at the next start anyway
+            self.metrics.inc("ban_store_errors")
+            log.error("device %s: the ended ban's record not removed: %s", did.hex(), exc)
         account = self.devices.enrollment(did)
         if account is not None and self._enforcer is not None:
             await self._apply_changes([], [account])

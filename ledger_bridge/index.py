@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .model import DeviceState, LedgerEvent, split_streams
+from .state_db import open_state_db
 
 log = logging.getLogger("diams.ledger.index")
 
@@ -55,6 +56,13 @@ CREATE TABLE IF NOT EXISTS rekeys (device BLOB PRIMARY KEY, gateway BLOB NOT NUL
 CREATE TABLE IF NOT EXISTS clone_alerts (device BLOB NOT NULL, epoch INTEGER NOT NULL,
     PRIMARY KEY (device, epoch)) WITHOUT ROWID;
 """
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    columns = {r[1] for r in db.execute("PRAGMA table_info(policies)")}
+    if "name" not in columns:  # an index written before PolicyDefined carried the name
+        db.execute("ALTER TABLE policies ADD COLUMN name BLOB")
+
 
 # Events after which a device may have lost rights: pushed to subscribers before the others.
 _LOSSES = frozenset(
@@ -239,16 +247,8 @@ class IdentityIndex:
         """Open (and create) the index database; a no-op once open."""
         if self._conn is not None:
             return
-        try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            columns = {r[1] for r in db.execute("PRAGMA table_info(policies)")}
-            if "name" not in columns:  # an index written before PolicyDefined carried the name
-                db.execute("ALTER TABLE policies ADD COLUMN name BLOB")
-        except sqlite3.Error as exc:
-            raise IndexError_(f"cannot open identity index {self.path}: {exc}") from None
+        db = open_state_db(self.path, synchronous="NORMAL", schema=_SCHEMA, upgrade=_upgrade,
+                           error=IndexError_, what="identity index")
         self._conn = db
         if self._meta("watermark") is None:
             self._set_meta("watermark", str(self._start_block - 1))

@@ -55,3 +55,45 @@ def test_the_nonce_of_the_floor_is_kept_with_it(tmp_path):
     store.close()
     assert CounterStore(tmp_path / "c.db").floor_and_nonce(b"dev00001", 0) == (4, b"n" * 8)
     assert CounterStore(tmp_path / "c.db").floor_and_nonce(b"dev00002", 0) == (-1, None)
+
+
+@pytest.mark.parametrize("kind", ["counters", "index"])
+def test_the_state_files_open_alike_and_their_failures_keep_their_package_error(tmp_path, kind):
+    """Both state databases come from ``ledger_bridge.state_db.open_state_db``: WAL, the durability each
+    needs (an accepted counter: FULL; the index, which the ledger can rebuild: NORMAL), and a file that
+    cannot be opened fails with the package's own error, naming the file, never sqlite3's."""
+    from gateway.counters import CounterStoreError
+    from ledger_bridge.index import IdentityIndex, IndexError_
+
+    make, error, sync = {
+        "counters": (CounterStore, CounterStoreError, 2),
+        "index": (IdentityIndex, IndexError_, 1),
+    }[kind]
+    store = make(tmp_path / "state.sqlite")
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == sync
+    assert store._db.isolation_level is None  # autocommit: each writer says BEGIN itself
+    store.close()
+    (tmp_path / "not-a-db").write_bytes(b"this is not a database file at all" * 100)
+    with pytest.raises(error, match=r"cannot open .*not-a-db: file is not a database") as caught:
+        make(tmp_path / "not-a-db")
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_bans_are_kept_until_they_end_and_the_record_stays_bounded(tmp_path):
+    """The gateway's ban records (wall-clock ends): they outlive a reopening, an ended one is dropped, at
+    most ``keep`` are kept (those ending soonest go first), and lifting one ban never lifts a later one."""
+    path = tmp_path / "c.db"
+    store = CounterStore(path)
+    for i in range(5):
+        store.set_ban(b"dev%d" % i, 1_000.0 + i, now=900.0, keep=3)
+    assert store.bans(900.0) == {b"dev2": 1_002.0, b"dev3": 1_003.0, b"dev4": 1_004.0}
+    store.close()
+    store = CounterStore(path)  # a restart
+    assert store.bans(1_002.0) == {b"dev3": 1_003.0, b"dev4": 1_004.0}  # dev2's ended: dropped
+    assert store._db.execute("SELECT COUNT(*) FROM bans").fetchone()[0] == 2
+    store.set_ban(b"dev3", 1_500.0, now=1_002.5, keep=3)  # banned again: the later end replaces it
+    store.lift_ban(b"dev3", 1_003.0)  # the earlier ban's end lifts nothing
+    store.lift_ban(b"dev4", 1_004.0)
+    assert store.bans(1_003.5) == {b"dev3": 1_500.0}
+    store.close()

@@ -154,3 +154,79 @@ async def test_a_ban_holds_over_a_re_key_window_and_its_end_brings_the_window_ac
             await window_login(pair[1][0])
         for _, dev in pair:
             await dev.close()
+
+
+async def test_a_ban_survives_a_gateway_restart_and_ends_when_it_was_due(tmp_path) -> None:
+    """A flooder cannot get back in by waiting for (or provoking) a gateway restart: the ban is kept in
+    the gateway's state (counters.sqlite, wall-clock end), so the restarted gateway enrols everyone but
+    the banned device, and enrols it when the ban is due to end, as the ban's end does without a restart.
+    The restarted gateway's wall clock is injected to stand a few seconds before that end."""
+    from tests.gateway.stack import start_gateway, stop_gateway
+
+    defence = DefenceSettings(preauth_rate=10.0, preauth_burst=300, preauth_ban=600.0)
+    async with site(tmp_path, n_devices=2, gateway_settings={"defence": defence}) as s:
+        gw, enforcer = s.gateways["gw-a"], s.enforcer
+        flooder, victim = s.sim(0), s.sim(1)
+        await flooder.connect()
+        topic = str(topics.data("gw-a", flooder.hex, "telemetry"))
+        for i in range(3_000):  # no session: each is dropped, and refused against its allowance
+            flooder.replay(topic, b"junk %d" % i)
+        assert await eventually(lambda: gw.metrics.get("preauth_bans") == 1, 15), dict(gw.metrics.counters)
+        assert await eventually(lambda: flooder.client.closed.done(), 5), "the broker closed its connection"
+
+        # a restart during the ban: everyone else is enrolled again, the flooder is not
+        await stop_gateway(s, "gw-a")
+        gw = await start_gateway(s, "gw-a", tmp_path, enforcer=enforcer, defence=defence)
+        await enforcer.flush()
+        assert enforcer.state_of(victim.hex) == "enrolled"
+        assert enforcer.state_of(flooder.hex) == "absent"
+        with pytest.raises(MqttConnectError):
+            await flooder.connect(timeout=3)
+        await victim.connect()
+        assert isinstance(await victim.authenticate(), events.Authenticated)
+        assert gw.metrics.get("bans_lifted") == 0
+
+        # another restart, its wall clock 4 s before the recorded end: the ban ends then, by itself, and
+        # the device gets the account it is entitled to then (``_lift_ban``, as without a restart)
+        ((banned, until),) = gw.counters.bans(time.time()).items()
+        assert banned == flooder.device_id and until > time.time() + 500
+        await stop_gateway(s, "gw-a")
+        shift = until - 4.0 - time.time()
+        gw = await start_gateway(s, "gw-a", tmp_path, enforcer=enforcer, defence=defence,
+                                 wall_clock=lambda: time.time() + shift)
+        assert await eventually(lambda: gw.metrics.get("bans_lifted") == 1, 20)
+        await enrolled_at_broker(enforcer, flooder.hex)
+        await flooder.connect(timeout=3)
+        assert isinstance(await flooder.authenticate(), events.Authenticated)
+        assert gw.counters.bans(time.time() + shift) == {}, "an ended ban is no longer recorded"
+        for d in (flooder, victim):
+            await d.close()
+
+
+async def test_a_ban_that_cannot_be_recorded_still_holds_and_the_gateway_goes_on(tmp_path, monkeypatch):
+    """The state disk refuses the ban's record (full, failing): counted and logged, the device is cut off
+    all the same, and the gateway keeps serving (the error does not end its task group)."""
+    from gateway.counters import CounterStoreError
+
+    defence = DefenceSettings(preauth_rate=10.0, preauth_burst=300, preauth_ban=600.0)
+    async with site(tmp_path, n_devices=2, gateway_settings={"defence": defence}) as s:
+        gw = s.gateways["gw-a"]
+
+        def disk_full(*args: object, **kw: object) -> None:
+            raise CounterStoreError("ban update failed: database or disk is full")
+
+        monkeypatch.setattr(gw.counters, "set_ban", disk_full)
+        flooder, victim = s.sim(0), s.sim(1)
+        await flooder.connect()
+        topic = str(topics.data("gw-a", flooder.hex, "telemetry"))
+        for i in range(3_000):
+            flooder.replay(topic, b"junk %d" % i)
+        assert await eventually(
+            lambda: gw.metrics.get("ban_store_errors") == 1, 15
+        ), dict(gw.metrics.counters)
+        assert await eventually(lambda: flooder.client.closed.done(), 5), "the broker closed its connection"
+        with pytest.raises(MqttConnectError):
+            await flooder.connect(timeout=3)
+        await victim.connect()
+        assert isinstance(await victim.authenticate(), events.Authenticated)
+        await victim.close()
