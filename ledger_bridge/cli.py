@@ -315,7 +315,7 @@ def _short(value: object) -> str:
 async def cmd_show_gateway(args: argparse.Namespace) -> int:
     async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
         info = await ops.gateway_info(ledger, args.gateway)
-    _emit(args, info, info.text())
+    _emit(args, {**ops.jsonable(info), "consequences": info.consequences}, info.text())
     return 0
 
 
@@ -431,11 +431,10 @@ async def cmd_authorize(args: argparse.Namespace) -> int:
         return await _with_actor(args, lambda a, led: ops.authorize_from_bundle(led, a, bundle, args.gateway))
     if not (args.sealed_key and args.commitment):
         raise ValueError("give --bundle (the device's owner bundle), or both --sealed-key and --commitment")
-    gw = ops.name_id(args.gateway, what="gateway")
     sealed = bytes.fromhex(args.sealed_key.removeprefix("0x"))
     commitment = parse_bytes32(args.commitment, name="commitment")
-    return await _with_actor(
-        args, lambda a, _: a.authorize_gateway(dev, gw, sealed_key=sealed, key_commitment=commitment)
+    return await _on_live_gateway(
+        args, lambda a, gw: a.authorize_gateway(dev, gw, sealed_key=sealed, key_commitment=commitment)
     )
 
 
@@ -488,10 +487,10 @@ async def cmd_onboard(args: argparse.Namespace) -> int:
 
 
 async def cmd_register_gateway(args: argparse.Namespace) -> int:
-    gw = ops.name_id(args.gateway, what="gateway")
     pub = parse_bytes32(args.x25519 if args.x25519.startswith("0x") else "0x" + args.x25519, name="x25519")
+    name, account = args.gateway, args.account
     return await _with_actor(
-        args, lambda a, _: a.register_gateway(gw, x25519_public_key=pub, account=args.account)
+        args, lambda a, led: ops.register_gateway(led, a, name, x25519_public_key=pub, account=account)
     )
 
 
@@ -499,19 +498,30 @@ def _x25519(text: str) -> bytes:
     return parse_bytes32(text if text.startswith("0x") else "0x" + text, name="x25519")
 
 
+async def _on_live_gateway(
+    args: argparse.Namespace, action: Callable[[ActorHandle, bytes], Awaitable[TxOutcome]]
+) -> int:
+    """One transaction on gateway ``args.gateway``, refused in words before anything is sent when the
+    name was never registered or the gateway was removed (when, by whom), where the chain would only
+    revert with UnknownGateway ("not registered", even for a removed one)."""
+
+    async def checked(actor: ActorHandle, ledger: Ledger) -> TxOutcome:
+        return await action(actor, (await ops.live_gateway(ledger, args.gateway)).gateway_id)
+
+    return await _with_actor(args, checked)
+
+
 async def cmd_rotate_gateway_key(args: argparse.Namespace) -> int:
-    gw, pub = ops.name_id(args.gateway, what="gateway"), _x25519(args.x25519)
-    return await _with_actor(args, lambda a, _: a.rotate_gateway_key(gw, x25519_public_key=pub))
+    pub = _x25519(args.x25519)
+    return await _on_live_gateway(args, lambda a, gw: a.rotate_gateway_key(gw, x25519_public_key=pub))
 
 
 async def cmd_change_gateway_account(args: argparse.Namespace) -> int:
-    gw = ops.name_id(args.gateway, what="gateway")
-    return await _with_actor(args, lambda a, _: a.change_gateway_account(gw, args.account))
+    return await _on_live_gateway(args, lambda a, gw: a.change_gateway_account(gw, args.account))
 
 
 async def cmd_remove_gateway(args: argparse.Namespace) -> int:
-    gw = ops.name_id(args.gateway, what="gateway")
-    return await _with_actor(args, lambda a, _: a.remove_gateway(gw))
+    return await _on_live_gateway(args, lambda a, gw: a.remove_gateway(gw))
 
 
 async def cmd_grant_role(args: argparse.Namespace) -> int:
@@ -780,6 +790,7 @@ async def cmd_rekey(args: argparse.Namespace) -> int:
     username = args.broker_username
     signer = _signer(args)
     async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
+        await ops.live_gateway(ledger, args.gateway)  # a removed carrier is refused before any connection
         with MqttRekeyChannel(host=host, port=int(port), gateway_id=args.gateway, device_id=dev,
                               username=username, password=password, tls_ca=args.tls_ca,
                               timeout=args.timeout) as channel:

@@ -355,7 +355,9 @@ async def gateways(request: web.Request) -> web.Response:
 async def gateway(request: web.Request) -> web.Response:
     _require(request)
     info = await ops.gateway_info(request.app[SERVICE].ledger, request.match_info["name"])
-    return web.json_response({**ops.jsonable(info), "gateway_id": "0x" + info.gateway_id.hex()})
+    return web.json_response(
+        {**ops.jsonable(info), "gateway_id": "0x" + info.gateway_id.hex(), "consequences": info.consequences}
+    )
 
 
 async def register_gateway(request: web.Request) -> web.Response:
@@ -364,8 +366,10 @@ async def register_gateway(request: web.Request) -> web.Response:
     pub = _str(body, "x25519")
     return await _tx(
         request,
-        await _actor(request, session).register_gateway(
-            ops.name_id(_str(body, "gateway"), what="gateway"),
+        await ops.register_gateway(
+            request.app[SERVICE].ledger,
+            _actor(request, session),
+            _str(body, "gateway"),
             x25519_public_key=parse_bytes32(pub if pub.startswith("0x") else "0x" + pub, name="x25519"),
             account=_account(_str(body, "account")),
         ),
@@ -596,7 +600,7 @@ ROUTES: list[Route] = [
         method="GET",
         path="/api/gateways/{name}",
         handler=gateway,
-        summary="A gateway's key and accounts",
+        summary="A gateway's key and accounts; a removed one says when, by whom and what the removal means",
         params=[{"name": "name", "in": "path", "required": True, "schema": S}],
     ),
     Route(
