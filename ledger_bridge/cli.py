@@ -834,7 +834,8 @@ def _add_reseal_command(sub: Any) -> None:
     rs.add_argument("bundles", nargs="+", metavar="OWNER_JSON",
                     help="<id>.owner.json from diams-agent provision")
     rs.add_argument("--gateway", action="append", metavar="ID",
-                    help="only these gateways (default: every gateway ever authorized on the channel)")
+                    help="only these gateways (default: every gateway ever authorized on the channel but "
+                    "the removed ones)")
     rs.set_defaults(handler=cmd_reseal)
     rf = sub.add_parser(
         "record-firmware-many",
@@ -857,11 +858,11 @@ async def cmd_reseal(args: argparse.Namespace) -> int:
             devices.append(device_from_owner_bundle(json.loads(Path(path).read_text("utf-8"))))
         except (ValueError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: {exc}") from None
-    gateways = None
-    if args.gateway:
-        gateways = [parse_bytes32(g, name="gateway_id", allow_text=True) for g in args.gateway]
     signer = _signer(args)
     async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
+        # a named gateway that was removed (or never registered) is refused in words
+        named = [(await ops.live_gateway(ledger, g)).gateway_id for g in args.gateway or ()]
+        gateways = named or None
         report = await reseal(ledger, ledger.actor(signer), devices, gateways=gateways)
     print(report.summary())
     return 0
