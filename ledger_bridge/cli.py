@@ -254,6 +254,7 @@ async def cmd_show_device(args: argparse.Namespace) -> int:
                         "policy": detail.policy_name,
                         "policy_id": record.policy_id,
                         "grants": detail.grants,
+                        "removed_gateways": sorted(ops.id_text(g) for g in detail.removed_gateways),
                         "clone_alerts": detail.clone_alerts,
                         "rekey": None if detail.rekey is None else {
                             "pending": True, "carried_by": detail.rekey.carrier_name
@@ -286,7 +287,7 @@ async def cmd_show_device(args: argparse.Namespace) -> int:
     print(f"commitment    0x{record.characteristics.hex()}")
     print(f"policy        {detail.policy_name or '(none: the gateway drops all its data)'}")
     for g in detail.grants:
-        status = "current" if g.current else "stale or withdrawn"
+        status = detail.grant_text(g)
         print(f"gateway       {ops.id_text(g.gateway_id)}: sealed key for epoch {g.epoch}, {status}")
     if detail.rekey is not None:
         print(f"re-key        {detail.rekey.text()}")

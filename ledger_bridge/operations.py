@@ -429,6 +429,14 @@ class DeviceDetail:
     clone_alerts: int
     policy_label: str = ""  # the policy's name (from PolicyDefined), else its 0x id; "" without a policy
     rekey: RekeyPending | None = None  # None: no re-key due
+    removed_gateways: frozenset[bytes] = frozenset()  # gateways of ``grants`` removed since (removeGateway)
+
+    def grant_text(self, grant: GrantRecord) -> str:
+        """One grant's status: current, stale or withdrawn, or its gateway removed (it never counts again)."""
+        if grant.gateway_id in self.removed_gateways:
+            name = id_text(grant.gateway_id)
+            return f"gateway removed, it no longer counts (`diams-ledger show gateway {name}`)"
+        return "current" if grant.current else "stale or withdrawn"
 
     @property
     def policy_name(self) -> str:
@@ -460,6 +468,7 @@ async def device_detail(ledger: Ledger, device_id: bytes) -> DeviceDetail:
         if e.name == "GatewayAuthorized" and isinstance(gw := e.args["gatewayId"], bytes)
     )
     grants = [await ledger.grant(device_id, gw) for gw in gateway_ids]
+    removed = frozenset([gw for gw in gateway_ids if (await ledger.gateway(gw)).removed])
     times: dict[int, int] = {}
     for e in history:
         if e.block_number not in times:
@@ -478,6 +487,7 @@ async def device_detail(ledger: Ledger, device_id: bytes) -> DeviceDetail:
         clone_alerts=alerts,
         policy_label=label,
         rekey=await rekey_pending(ledger, device_id, record.epoch, history),
+        removed_gateways=removed,
     )
 
 

@@ -168,6 +168,7 @@ class ConsoleService:
                     "gateway": ops.id_text(g.gateway_id),
                     "epoch": g.epoch,
                     "current": g.current,
+                    "removed": g.gateway_id in detail.removed_gateways,  # removeGateway: never counts again
                     "key_commitment": "0x" + g.key_commitment.hex(),
                 }
                 for g in detail.grants

@@ -6,6 +6,7 @@ the chain's UnknownGateway or GatewayExists. On eth-tester, with the console's o
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -15,12 +16,15 @@ import pytest
 from ledger_bridge.keystore import load_signer
 from tests.conftest import require
 from tests.console.test_browser import ARGS, CHROMIUM, SHOTS
+from tests.console.test_rekey_pending import show_device
 from tests.console.world import PASSPHRASES, world
 
 pytestmark = pytest.mark.asyncio
 
 
-async def test_a_removed_gateway_is_shown_as_removed_with_when_and_by_whom(tmp_path: Path) -> None:
+async def test_a_removed_gateway_is_shown_as_removed_with_when_and_by_whom(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     require(shutil.which(CHROMIUM) is not None or os.path.exists(CHROMIUM), "chromium (apt chromium)")
     from playwright.async_api import async_playwright
 
@@ -48,8 +52,21 @@ async def test_a_removed_gateway_is_shown_as_removed_with_when_and_by_whom(tmp_p
         assert never.status == 409
         assert (await never.json())["error"] == "gateway gw-never was never registered on this channel"
 
-        # authorizing a device for it, or registering its name again, is refused in words
+        # the device it served: its grant is shown as the removed gateway's, in the API and `show device`
         device = w.devices[0]
+        history = await w.client.get(f"/api/devices/{device.device_id.hex()}/history", headers=owner_api)
+        assert [(g["gateway"], g["current"], g["removed"]) for g in (await history.json())["gateways"]] == [
+            ("gw-1", False, True)
+        ]
+        out = await show_device(w.ledger, device.device_id.hex(), capsys, monkeypatch)
+        assert [line for line in out.splitlines() if line.startswith("gateway")] == [
+            "gateway       gw-1: sealed key for epoch 0, gateway removed, it no longer counts "
+            "(`diams-ledger show gateway gw-1`)"
+        ]
+        out = await show_device(w.ledger, device.device_id.hex(), capsys, monkeypatch, "--json")
+        assert json.loads(out)["removed_gateways"] == ["gw-1"]
+
+        # authorizing a device for it, or registering its name again, is refused in words
         bundle = {
             "device_id": device.device_id.hex(), "model": device.model, "serial": device.serial,
             "mac": device.mac.hex(), "firmware_hash": device.firmware_hash.hex(),
@@ -96,7 +113,14 @@ async def test_a_removed_gateway_is_shown_as_removed_with_when_and_by_whom(tmp_p
             assert any("diams-ledger deauthorize-gateway <device> gw-1" in c for c in consequences)
             await page.screenshot(path=str(SHOTS / "13-gateway-removed.png"), full_page=True)
 
+            # the device page says its grant is the removed gateway's, and links to the removal
+            await page.goto(f"{base}/devices/{device.device_id.hex()}")
+            status = page.locator("table td a[href='/gateways#removed-gw-1']")
+            assert (await status.inner_text()).strip() == "gateway removed"
+            await page.screenshot(path=str(SHOTS / "14-device-gateway-removed.png"), full_page=True)
+
             # the page's own register form says the same for the removed name
+            await page.goto(base + "/gateways")
             await page.fill("#gname", "gw-1")
             await page.fill("#x25519", os.urandom(32).hex())
             await page.fill("#account", w.addresses["gateway"])

@@ -295,6 +295,10 @@ def test_cli_rotates_changes_and_removes_a_gateway(
     # every command that names it says it was removed, in words, before sending anything
     removed = f"gateway gw-1 was removed in block {removal_block} ("
     sealed, commit = "0x" + os.urandom(80).hex(), "0x" + os.urandom(32).hex()
+    bundle, password = rekey_files(tmp_path)
+    rekey = ("rekey", bundle.name.split(".")[0], "--bundle", str(bundle), "--broker", "127.0.0.1:9",
+             "--gateway", "gw-1", "--broker-username", "gateway-gw-1.1",
+             "--broker-password-file", str(password))  # fmt: skip
     for who, argv in [
         (as_operator, register),
         (as_operator, ("remove-gateway", "gw-1")),
@@ -302,6 +306,8 @@ def test_cli_rotates_changes_and_removes_a_gateway(
         (as_operator, ("change-gateway-account", "gw-1", "--account", owner[1])),
         ((*ch, "--keystore", str(owner[0])),
          ("authorize-gateway", "d1" * 8, "gw-1", "--sealed-key", sealed, "--commitment", commit)),
+        ((*ch, "--keystore", str(owner[0])), rekey),  # refused before it dials the broker
+        ((*ch, "--keystore", str(owner[0])), ("reseal", str(bundle), "--gateway", "gw-1")),
     ]:
         code, _, err = run(capsys, *who, *argv)
         assert code == 1 and removed in err and "Unknown" not in err and "Exists" not in err, (argv, err)
@@ -320,6 +326,24 @@ def test_cli_rotates_changes_and_removes_a_gateway(
     code, out, err = run(capsys, *ch, "show", "gateway", "gw-2", "--json")
     removal = json.loads(out)["removal"]
     assert (removal["by"].lower(), removal["by_role"]) == (admin[1].lower(), "a channel admin")
+
+
+def rekey_files(tmp_path: Path) -> tuple[Path, Path]:
+    """An owner bundle (0600) of a device made here, and a broker password file (0600)."""
+    from ledger_bridge.enrollment import ProvisionedDevice
+
+    d = ProvisionedDevice.generate(model="sensor", serial="RM-1", firmware_hash=bytes(32))
+    bundle = tmp_path / f"{d.device_id.hex()}.owner.json"
+    bundle.write_text(json.dumps({
+        "device_id": d.device_id.hex(), "model": d.model, "serial": d.serial, "mac": d.mac.hex(),
+        "firmware_hash": d.firmware_hash.hex(), "secret": d.secret.hex(), "salt": d.salt.hex(),
+        "claim_code": "not used",
+    }))  # fmt: skip
+    password = tmp_path / "broker.password"
+    password.write_text("not used\n")
+    for path in (bundle, password):
+        path.chmod(0o600)
+    return bundle, password
 
 
 def show_removed_gateway(
