@@ -287,17 +287,18 @@ def utc(seconds: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
-async def gateway_info(ledger: Ledger, name: str) -> GatewayInfo:
+async def gateway_info(ledger: Ledger, name: str, *, history: bool = True) -> GatewayInfo:
     """A gateway by name, registered or removed (``removed``: when, by whom, what it means); LedgerError
     for a name never registered on this channel. Callers that seal to it use `live_gateway`."""
-    info = await find_gateway(ledger, name)
+    info = await find_gateway(ledger, name, history=history)
     if info is None:
         raise LedgerError(f"gateway {name} was never registered on this channel")
     return info
 
 
-async def find_gateway(ledger: Ledger, name: str) -> GatewayInfo | None:
-    """`gateway_info`, or None for a name never registered on this channel."""
+async def find_gateway(ledger: Ledger, name: str, *, history: bool = True) -> GatewayInfo | None:
+    """`gateway_info`, or None for a name never registered on this channel. ``history=False``: the
+    record alone (one view call) for a live gateway; a removed one always comes with its removal."""
     gid = name_id(name, what="gateway")
     try:
         record = await ledger.gateway(gid)
@@ -305,6 +306,11 @@ async def find_gateway(ledger: Ledger, name: str) -> GatewayInfo | None:
         if exc.error != "UnknownGateway":
             raise
         return None
+    if not history and not record.removed:
+        return GatewayInfo(
+            name=id_text(gid), gateway_id=gid, x25519_public_key=record.x25519_public_key,
+            account=record.account, operator=record.operator, generation=record.generation,
+        )  # fmt: skip
     events = [
         e
         for e in await ledger.events(device_topic="0x" + gid.hex())
@@ -337,7 +343,7 @@ async def register_gateway(
 ) -> TxOutcome:
     """Register gateway ``name``; a removed gateway's name is refused in words (the chain keeps removed
     records so that no id is ever reused, and would only say GatewayExists, "already registered")."""
-    known = await find_gateway(ledger, name)
+    known = await find_gateway(ledger, name, history=False)
     if known is not None and known.removed:
         raise LedgerError(
             f"gateway {known.name} was {known.removal_text()}: a removed gateway's name can never be "
@@ -351,7 +357,7 @@ async def register_gateway(
 async def live_gateway(ledger: Ledger, name: str) -> GatewayInfo:
     """A gateway that may still be sealed to (authorize, onboard, re-seal): LedgerError, in words, for one
     never registered or removed (the chain would refuse it with UnknownGateway)."""
-    info = await gateway_info(ledger, name)
+    info = await gateway_info(ledger, name, history=False)
     if info.removed:
         raise LedgerError(
             f"gateway {info.name} was {info.removal_text()}: no device can be authorized for it any more "
