@@ -712,7 +712,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sdev.add_argument("--limit", type=int, default=20, help="authentications shown (default 20)")
     sdev.set_defaults(handler=cmd_show_device)
-    sgw = command(show, "gateway", "a gateway: its id, X25519 public key, account and operator")
+    sgw = command(
+        show, "gateway",
+        "a gateway: its id, X25519 public key, account, operator and history; a removed one: when, by whom "
+        "and what the removal means",
+    )  # fmt: skip
     sgw.add_argument("gateway", help="the gateway's name (e.g. gw-1) or 0x + 64 hex")
     sgw.set_defaults(handler=cmd_show_gateway)
     spol = command(show, "policy", "a policy: the streams it allows")
