@@ -351,8 +351,11 @@ async def cmd_list_devices(args: argparse.Namespace) -> int:
     index = IdentityIndex(
         Path(args.index) if args.index else Path(":memory:"), start_block=channel.deployed_block
     )
+    gateway = None
     try:
         async with Ledger(backend=_backend(args), channel=channel) as ledger:
+            if args.gateway:  # a name never registered is an error; a removed gateway serves nobody
+                gateway = await ops.gateway_info(ledger, args.gateway, history=False)
             while True:  # catch up with the chain (an --index file only reads what is new)
                 report = await index.sync(LedgerSource(ledger))
                 if report.to_block >= await ledger.block_number():
@@ -376,7 +379,12 @@ async def cmd_list_devices(args: argparse.Namespace) -> int:
         ),
         f"{len(rows)} shown of {total} matching (offset {args.offset})",
     ]
-    _emit(args, {"total": total, "offset": args.offset, "devices": rows}, "\n".join(lines))
+    value: dict[str, Any] = {"total": total, "offset": args.offset, "devices": rows}
+    if gateway is not None and gateway.removed:
+        value["gateway_removed"] = f"gateway {gateway.name} was {gateway.removal_text()}"
+        see = f"`diams-ledger show gateway {gateway.name}`"
+        lines.append(f"{value['gateway_removed']}: it may authenticate no device ({see})")
+    _emit(args, value, "\n".join(lines))
     return 0
 
 

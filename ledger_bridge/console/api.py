@@ -349,7 +349,8 @@ async def job_status(request: web.Request) -> web.Response:
 
 async def gateways(request: web.Request) -> web.Response:
     _require(request)
-    return web.json_response({"gateways": request.app[SERVICE].gateways()})
+    svc = request.app[SERVICE]
+    return web.json_response({"gateways": svc.gateways(), "removed": await svc.removed_gateways()})
 
 
 async def gateway(request: web.Request) -> web.Response:
@@ -587,7 +588,12 @@ ROUTES: list[Route] = [
         params=[{"name": "job_id", "in": "path", "required": True, "schema": S}],
         response=JOB,
     ),
-    Route(method="GET", path="/api/gateways", handler=gateways, summary="Registered gateways"),
+    Route(
+        method="GET",
+        path="/api/gateways",
+        handler=gateways,
+        summary="Registered gateways, and the removed ones (when, by whom, what it means)",
+    ),
     Route(
         method="POST",
         path="/api/gateways",

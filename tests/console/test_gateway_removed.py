@@ -48,6 +48,11 @@ async def test_a_removed_gateway_is_shown_as_removed_with_when_and_by_whom(
         )
         assert shown["removal"]["by"].lower() == by.lower()
         assert any("can never be registered again" in c for c in shown["consequences"])
+        listed = await (await w.client.get("/api/gateways", headers=owner_api)).json()
+        assert listed["gateways"] == [] and [g["gateway"] for g in listed["removed"]] == ["gw-1"]
+        assert (listed["removed"][0]["block"], listed["removed"][0]["tx"]) == (
+            removal.block_number, removal.transaction_hash
+        )
         never = await w.client.get("/api/gateways/gw-never", headers=owner_api)
         assert never.status == 409
         assert (await never.json())["error"] == "gateway gw-never was never registered on this channel"

@@ -291,6 +291,11 @@ def test_cli_rotates_changes_and_removes_a_gateway(
     show_removed_gateway(capsys, ch, "gw-1", removal_block, removal_tx, operator[1])
     code, _, err = run(capsys, *ch, "show", "gateway", "gw-never")
     assert (code, err) == (1, "error: gateway gw-never was never registered on this channel\n")
+    code, out, err = run(capsys, *ch, "list", "devices", "--gateway", "gw-1")
+    assert code == 0 and f"gateway gw-1 was removed in block {removal_block} (" in out.splitlines()[-1], err
+    assert out.splitlines()[-1].endswith(": it may authenticate no device (`diams-ledger show gateway gw-1`)")
+    code, _, err = run(capsys, *ch, "list", "devices", "--gateway", "gw-never")
+    assert (code, err) == (1, "error: gateway gw-never was never registered on this channel\n")
 
     # every command that names it says it was removed, in words, before sending anything
     removed = f"gateway gw-1 was removed in block {removal_block} ("
