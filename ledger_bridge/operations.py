@@ -220,15 +220,15 @@ class GatewayRemoval:
 def removal_consequences(name: str) -> list[str]:
     """What a removal means, as the contracts and the gateways' identity indexes make it (LEDGER.md)."""
     return [
-        "no grant sealed to it counts any more: no device authenticates with it, and a gateway still running "
-        f"as {name} drops every device it served (its identity index follows GatewayRemoved)",
+        "no grant sealed to it counts any more on chain, and a gateway still running as "
+        f"{name} drops every device it served (its identity index follows GatewayRemoved)",
         "its account was zeroed: it can no longer anchor audit roots or raise clone alerts",
         "nobody can authorize a device for it, rotate its key, change its account or name it to carry a "
         "re-key",
         f"the name {name} can never be registered again on this channel: register a replacement under a "
         "new name",
-        "the removal moved no device's epoch: it still holds this epoch's sealed keys and broker password "
-        "of each device it served, until that device's owner runs "
+        "the removal moved no device's epoch: whoever holds its X25519 key can still open this epoch's "
+        "sealed K_dg and broker password of each device it served, until that device's owner runs "
         f"`diams-ledger deauthorize-gateway <device> {name}` (the epoch moves), then `diams-ledger reseal` "
         "for the device's other gateways",
     ]
