@@ -5,10 +5,14 @@
 class Authenticated:
     """Both sides proved knowledge of K_dg in this run; ``session`` protects the data after it."""
 
+    counter = None  # gateway side: the HELLO's counter and epoch (for the audit); class defaults, so
+    epoch = None    # the device's event holds one attribute (heap per handshake on a board)
+
     def __init__(self, session, counter=None, epoch=None):
         self.session = session
-        self.counter = counter  # gateway side: the HELLO's counter and epoch (for the audit)
-        self.epoch = epoch
+        if counter is not None:
+            self.counter = counter
+            self.epoch = epoch
 
     def __repr__(self):
         return "Authenticated(%r)" % (self.session,)

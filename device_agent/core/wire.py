@@ -89,8 +89,10 @@ NO_SESSION = REASONS.index("no_session")
 
 
 def no_session_signal(payload):
-    """Whether ``payload`` is the gateway's "no session for you" REJECT (never for a role to handle)."""
+    """Whether ``payload`` is the gateway's "no session for you" REJECT (never for a role to handle).
+    Asked of every handshake message the device receives, so it reads the bytes in place rather than
+    letting decode() raise for the others (an exception is heap on a board, at every handshake step)."""
     try:
-        return decode(payload, REJECT)[0] == NO_SESSION
-    except RemoteProtocolError:
+        return len(payload) == REJECT_LEN and payload[0] == header(REJECT) and payload[1] == NO_SESSION
+    except TypeError:  # not bytes-like
         return False
