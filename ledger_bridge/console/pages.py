@@ -164,11 +164,15 @@ async def devices(request: web.Request) -> web.Response:
         return "/devices?" + urlencode({**keep, "offset": offset})
 
     limit, offset = filters["limit"], filters["offset"]
+    gateway = filters["gateway"]
+    removed = None if gateway is None else request.app[SERVICE].removal_block(gateway)
     return render(
         request,
         "devices.html",
         {
             "result": result,
+            # a removed gateway serves nobody: the empty list says why
+            "removed": None if removed is None else {"gateway": ops.id_text(gateway), "block": removed},
             "q": q,
             "limit": limit,
             "offset": offset,

@@ -193,6 +193,13 @@ class ConsoleService:
             for gid, pub, account, operator in self.index.gateways()
         ]
 
+    def removal_block(self, gateway_id: bytes) -> int | None:
+        """The block of the gateway's ``GatewayRemoved`` in the index, None while it is not removed."""
+        for e in self.index.journal(names=["GatewayRemoved"], limit=1000):
+            if e["gateway"] == gateway_id:
+                return int(e["block"])
+        return None
+
     async def removed_gateways(self, *, limit: int = 50) -> list[dict[str, Any]]:
         """Gateways removed on this channel, latest first: the index keeps their ``GatewayRemoved`` (it
         drops the gateway itself), the chain says when, by whom, and what the removal means."""

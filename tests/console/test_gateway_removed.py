@@ -124,6 +124,13 @@ async def test_a_removed_gateway_is_shown_as_removed_with_when_and_by_whom(
             assert (await status.inner_text()).strip() == "gateway removed"
             await page.screenshot(path=str(SHOTS / "14-device-gateway-removed.png"), full_page=True)
 
+            # the devices it served: none now, and the page says why
+            await page.goto(f"{base}/devices?gateway=gw-1")
+            assert (await page.inner_text("#gateway-removed")).strip() == (
+                f"Gateway gw-1 was removed in block {removal.block_number}: it may authenticate no device."
+            )
+            assert "No device matches." in await page.inner_text("table")
+
             # the page's own register form says the same for the removed name
             await page.goto(base + "/gateways")
             await page.fill("#gname", "gw-1")
