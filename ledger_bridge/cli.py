@@ -254,6 +254,7 @@ async def cmd_show_device(args: argparse.Namespace) -> int:
                         "policy": detail.policy_name,
                         "policy_id": record.policy_id,
                         "grants": detail.grants,
+                        "removed_gateways": sorted(ops.id_text(g) for g in detail.removed_gateways),
                         "clone_alerts": detail.clone_alerts,
                         "rekey": None if detail.rekey is None else {
                             "pending": True, "carried_by": detail.rekey.carrier_name
@@ -286,7 +287,7 @@ async def cmd_show_device(args: argparse.Namespace) -> int:
     print(f"commitment    0x{record.characteristics.hex()}")
     print(f"policy        {detail.policy_name or '(none: the gateway drops all its data)'}")
     for g in detail.grants:
-        status = "current" if g.current else "stale or withdrawn"
+        status = detail.grant_text(g)
         print(f"gateway       {ops.id_text(g.gateway_id)}: sealed key for epoch {g.epoch}, {status}")
     if detail.rekey is not None:
         print(f"re-key        {detail.rekey.text()}")
@@ -315,7 +316,7 @@ def _short(value: object) -> str:
 async def cmd_show_gateway(args: argparse.Namespace) -> int:
     async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
         info = await ops.gateway_info(ledger, args.gateway)
-    _emit(args, info, info.text())
+    _emit(args, {**ops.jsonable(info), "consequences": info.consequences}, info.text())
     return 0
 
 
@@ -350,8 +351,11 @@ async def cmd_list_devices(args: argparse.Namespace) -> int:
     index = IdentityIndex(
         Path(args.index) if args.index else Path(":memory:"), start_block=channel.deployed_block
     )
+    gateway = None
     try:
         async with Ledger(backend=_backend(args), channel=channel) as ledger:
+            if args.gateway:  # a name never registered is an error; a removed gateway serves nobody
+                gateway = await ops.gateway_info(ledger, args.gateway, history=False)
             while True:  # catch up with the chain (an --index file only reads what is new)
                 report = await index.sync(LedgerSource(ledger))
                 if report.to_block >= await ledger.block_number():
@@ -375,7 +379,12 @@ async def cmd_list_devices(args: argparse.Namespace) -> int:
         ),
         f"{len(rows)} shown of {total} matching (offset {args.offset})",
     ]
-    _emit(args, {"total": total, "offset": args.offset, "devices": rows}, "\n".join(lines))
+    value: dict[str, Any] = {"total": total, "offset": args.offset, "devices": rows}
+    if gateway is not None and gateway.removed:
+        value["gateway_removed"] = f"gateway {gateway.name} was {gateway.removal_text()}"
+        see = f"`diams-ledger show gateway {gateway.name}`"
+        lines.append(f"{value['gateway_removed']}: it may authenticate no device ({see})")
+    _emit(args, value, "\n".join(lines))
     return 0
 
 
@@ -431,11 +440,10 @@ async def cmd_authorize(args: argparse.Namespace) -> int:
         return await _with_actor(args, lambda a, led: ops.authorize_from_bundle(led, a, bundle, args.gateway))
     if not (args.sealed_key and args.commitment):
         raise ValueError("give --bundle (the device's owner bundle), or both --sealed-key and --commitment")
-    gw = ops.name_id(args.gateway, what="gateway")
     sealed = bytes.fromhex(args.sealed_key.removeprefix("0x"))
     commitment = parse_bytes32(args.commitment, name="commitment")
-    return await _with_actor(
-        args, lambda a, _: a.authorize_gateway(dev, gw, sealed_key=sealed, key_commitment=commitment)
+    return await _on_live_gateway(
+        args, lambda a, gw: a.authorize_gateway(dev, gw, sealed_key=sealed, key_commitment=commitment)
     )
 
 
@@ -488,10 +496,10 @@ async def cmd_onboard(args: argparse.Namespace) -> int:
 
 
 async def cmd_register_gateway(args: argparse.Namespace) -> int:
-    gw = ops.name_id(args.gateway, what="gateway")
     pub = parse_bytes32(args.x25519 if args.x25519.startswith("0x") else "0x" + args.x25519, name="x25519")
+    name, account = args.gateway, args.account
     return await _with_actor(
-        args, lambda a, _: a.register_gateway(gw, x25519_public_key=pub, account=args.account)
+        args, lambda a, led: ops.register_gateway(led, a, name, x25519_public_key=pub, account=account)
     )
 
 
@@ -499,19 +507,30 @@ def _x25519(text: str) -> bytes:
     return parse_bytes32(text if text.startswith("0x") else "0x" + text, name="x25519")
 
 
+async def _on_live_gateway(
+    args: argparse.Namespace, action: Callable[[ActorHandle, bytes], Awaitable[TxOutcome]]
+) -> int:
+    """One transaction on gateway ``args.gateway``, refused in words before anything is sent when the
+    name was never registered or the gateway was removed (when, by whom), where the chain would only
+    revert with UnknownGateway ("not registered", even for a removed one)."""
+
+    async def checked(actor: ActorHandle, ledger: Ledger) -> TxOutcome:
+        return await action(actor, (await ops.live_gateway(ledger, args.gateway)).gateway_id)
+
+    return await _with_actor(args, checked)
+
+
 async def cmd_rotate_gateway_key(args: argparse.Namespace) -> int:
-    gw, pub = ops.name_id(args.gateway, what="gateway"), _x25519(args.x25519)
-    return await _with_actor(args, lambda a, _: a.rotate_gateway_key(gw, x25519_public_key=pub))
+    pub = _x25519(args.x25519)
+    return await _on_live_gateway(args, lambda a, gw: a.rotate_gateway_key(gw, x25519_public_key=pub))
 
 
 async def cmd_change_gateway_account(args: argparse.Namespace) -> int:
-    gw = ops.name_id(args.gateway, what="gateway")
-    return await _with_actor(args, lambda a, _: a.change_gateway_account(gw, args.account))
+    return await _on_live_gateway(args, lambda a, gw: a.change_gateway_account(gw, args.account))
 
 
 async def cmd_remove_gateway(args: argparse.Namespace) -> int:
-    gw = ops.name_id(args.gateway, what="gateway")
-    return await _with_actor(args, lambda a, _: a.remove_gateway(gw))
+    return await _on_live_gateway(args, lambda a, gw: a.remove_gateway(gw))
 
 
 async def cmd_grant_role(args: argparse.Namespace) -> int:
@@ -701,7 +720,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sdev.add_argument("--limit", type=int, default=20, help="authentications shown (default 20)")
     sdev.set_defaults(handler=cmd_show_device)
-    sgw = command(show, "gateway", "a gateway: its id, X25519 public key, account and operator")
+    sgw = command(
+        show, "gateway",
+        "a gateway: its id, X25519 public key, account, operator and history; a removed one: when, by whom "
+        "and what the removal means",
+    )  # fmt: skip
     sgw.add_argument("gateway", help="the gateway's name (e.g. gw-1) or 0x + 64 hex")
     sgw.set_defaults(handler=cmd_show_gateway)
     spol = command(show, "policy", "a policy: the streams it allows")
@@ -780,6 +803,7 @@ async def cmd_rekey(args: argparse.Namespace) -> int:
     username = args.broker_username
     signer = _signer(args)
     async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
+        await ops.live_gateway(ledger, args.gateway)  # a removed carrier is refused before any connection
         with MqttRekeyChannel(host=host, port=int(port), gateway_id=args.gateway, device_id=dev,
                               username=username, password=password, tls_ca=args.tls_ca,
                               timeout=args.timeout) as channel:
@@ -823,7 +847,8 @@ def _add_reseal_command(sub: Any) -> None:
     rs.add_argument("bundles", nargs="+", metavar="OWNER_JSON",
                     help="<id>.owner.json from diams-agent provision")
     rs.add_argument("--gateway", action="append", metavar="ID",
-                    help="only these gateways (default: every gateway ever authorized on the channel)")
+                    help="only these gateways (default: every gateway ever authorized on the channel but "
+                    "the removed ones)")
     rs.set_defaults(handler=cmd_reseal)
     rf = sub.add_parser(
         "record-firmware-many",
@@ -846,11 +871,11 @@ async def cmd_reseal(args: argparse.Namespace) -> int:
             devices.append(device_from_owner_bundle(json.loads(Path(path).read_text("utf-8"))))
         except (ValueError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: {exc}") from None
-    gateways = None
-    if args.gateway:
-        gateways = [parse_bytes32(g, name="gateway_id", allow_text=True) for g in args.gateway]
     signer = _signer(args)
     async with Ledger(backend=_backend(args), channel=_channel(args)) as ledger:
+        # a named gateway that was removed (or never registered) is refused in words
+        named = [(await ops.live_gateway(ledger, g)).gateway_id for g in args.gateway or ()]
+        gateways = named or None
         report = await reseal(ledger, ledger.actor(signer), devices, gateways=gateways)
     print(report.summary())
     return 0

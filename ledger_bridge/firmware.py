@@ -13,7 +13,9 @@ it again after a partial failure finishes the job and does nothing more. The sam
 gateway is deauthorized (that too moves the epoch).
 
 Candidate gateways: the ones given, else every gateway named in the channel's ``GatewayAuthorized``
-events (one log query: on a node with a long history, pass them explicitly).
+events (one log query: on a node with a long history, pass them explicitly). A removed gateway is never
+sealed to (the chain refuses it): it is skipped and named in the report, so that the stale grant a removed
+gateway keeps after the device's epoch moved does not stop the others' re-sealing.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class ResealReport:
     transactions: int
     gateways: tuple[bytes, ...]  # on-chain ids of the gateways that got new keys
     not_live: tuple[bytes, ...] = ()  # devices skipped: suspended, revoked, decommissioned, ...
+    removed: tuple[bytes, ...] = ()  # candidate gateways skipped: removed (removeGateway)
     epochs: Mapping[bytes, int] = dataclasses.field(default_factory=dict, repr=False)  # device -> epoch now
 
     def summary(self) -> str:
@@ -54,6 +57,9 @@ class ResealReport:
                 f"transactions (gateways: {names}); {self.current} already current")
         if self.not_live:
             text += f"; {len(self.not_live)} devices not active, skipped"
+        if self.removed:
+            removed = ", ".join(g.rstrip(b"\0").decode("ascii", "replace") for g in self.removed)
+            text += f"; removed gateways, skipped: {removed}"
         return text
 
 
@@ -79,7 +85,9 @@ async def reseal(
     """Publish current keys for every (device, gateway) whose grant went stale.
 
     ``gateways``: on-chain ids of the candidates (default: ``authorized_gateways``)."""
-    candidates = list(gateways) if gateways is not None else await authorized_gateways(ledger)
+    named = list(gateways) if gateways is not None else await authorized_gateways(ledger)
+    records = {g: await ledger.gateway(g) for g in named}
+    candidates = [g for g in named if not records[g].removed]
     todo: dict[bytes, list[ProvisionedDevice]] = {g: [] for g in candidates}
     epochs: dict[bytes, int] = {}
     current = 0
@@ -107,7 +115,7 @@ async def reseal(
     for g, devs in todo.items():
         if not devs:
             continue
-        gw = await ledger.gateway(g)
+        gw = records[g]
         pub = GatewayPublicKey(gateway_id=g.rstrip(b"\0"), x25519_public_key=gw.x25519_public_key)
         by_epoch: dict[int, list[ProvisionedDevice]] = {}
         for d in devs:
@@ -123,7 +131,8 @@ async def reseal(
         if progress:
             progress(f"re-sealed {pub.gateway_id.decode('ascii', 'replace')}", len(devs))
     return ResealReport(devices=len(devices), resealed=resealed, current=current, transactions=transactions,
-                        gateways=tuple(done), not_live=tuple(not_live), epochs=epochs)
+                        gateways=tuple(done), not_live=tuple(not_live), epochs=epochs,
+                        removed=tuple(g for g in named if records[g].removed))
 
 
 async def update_firmware(

@@ -404,6 +404,10 @@ class Ledger:
         """The timestamp (seconds since the epoch) of block ``number``."""
         return await self._run(lambda: int(self.w3.eth.get_block(number)["timestamp"]))
 
+    async def transaction_sender(self, tx_hash: str) -> str:
+        """The account that sent transaction ``tx_hash`` (who did what a history shows)."""
+        return await self._run(lambda: str(self.w3.eth.get_transaction(tx_hash)["from"]))  # type: ignore[arg-type]
+
     async def block_hash(self, number: int) -> bytes | None:
         """The hash of block ``number`` on the chain as it is now, or None past the head (reorg checks)."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import string
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ __all__ = [
     "Action",
     "DeviceDetail",
     "GatewayInfo",
+    "GatewayRemoval",
     "OnboardReport",
     "OnboardRow",
     "OwnerBundle",
@@ -57,14 +59,17 @@ __all__ = [
     "authorize_from_bundle",
     "define_policy",
     "device_detail",
+    "find_gateway",
     "gateway_info",
     "id_text",
     "jsonable",
+    "live_gateway",
     "name_id",
     "onboard_rows",
     "policy_info",
     "read_onboard_csv",
     "recover_after_clone",
+    "register_gateway",
     "rekey_pending",
     "run_action",
 ]
@@ -196,41 +201,169 @@ class OwnerBundle:
 
 
 # ---- reads ----
+#: The chain's own events about one gateway (``Anchored`` shares its indexed id but is the audit's).
+_GATEWAY_EVENTS = ("GatewayRegistered", "GatewayKeyRotated", "GatewayAccountChanged", "GatewayRemoved")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayRemoval:
+    """A gateway's ``removeGateway`` as the chain recorded it: its block, that block's time, the
+    transaction and the account that sent it (the gateway's operator or a channel admin)."""
+
+    block: int
+    time: int  # block timestamp, seconds since the epoch
+    tx: str
+    by: str
+    by_role: str  # "its operator" or "a channel admin": the only accounts removeGateway accepts
+
+
+def removal_consequences(name: str) -> list[str]:
+    """What a removal means, as the contracts and the gateways' identity indexes make it (LEDGER.md)."""
+    return [
+        "no grant sealed to it counts any more on chain, and a gateway still running as "
+        f"{name} drops every device it served (its identity index follows GatewayRemoved)",
+        "its account was zeroed: it can no longer anchor audit roots or raise clone alerts",
+        "nobody can authorize a device for it, rotate its key, change its account or name it to carry a "
+        "re-key",
+        f"the name {name} can never be registered again on this channel: register a replacement under a "
+        "new name",
+        "the removal moved no device's epoch: whoever holds its X25519 key can still open this epoch's "
+        "sealed K_dg and broker password of each device it served, until that device's owner runs "
+        f"`diams-ledger deauthorize-gateway <device> {name}` (the epoch moves), then `diams-ledger reseal` "
+        "for the device's other gateways",
+    ]
+
+
 @dataclass(frozen=True, kw_only=True)
 class GatewayInfo:
+    """A gateway's record on chain, removed ones included (``removed``; ``removal`` says when and by whom
+    when the channel's log of it is readable), and its own events (registration, key, account, removal)."""
+
     name: str
     gateway_id: bytes
     x25519_public_key: bytes
     account: str
     operator: str
+    generation: int = 0
+    removed: bool = False
+    removal: GatewayRemoval | None = None
+    history: list[TimelineEntry] = field(default_factory=list)
+
+    @property
+    def consequences(self) -> list[str]:
+        return removal_consequences(self.name) if self.removed else []
+
+    def removal_text(self) -> str:
+        """``removed in block N (time UTC) by 0x.., tx 0x..``."""
+        r = self.removal
+        if r is None:
+            return "removed (its GatewayRemoved event is not in this channel's log)"
+        return f"removed in block {r.block} ({utc(r.time)}) by {r.by} ({r.by_role}), tx {r.tx}"
 
     def text(self) -> str:
-        return (
-            f"gateway     {self.name}\n"
-            f"id          0x{self.gateway_id.hex()}\n"
-            f"x25519      0x{self.x25519_public_key.hex()}\n"
-            f"account     {self.account}\n"
-            f"operator    {self.operator}"
-        )
+        lines = [f"gateway     {self.name}", f"id          0x{self.gateway_id.hex()}"]
+        if self.removed:
+            lines.append(f"status      {self.removal_text()}")
+            key = f"0x{self.x25519_public_key.hex()} (its last key, generation {self.generation})"
+            lines.append(f"x25519      {key}")
+            lines.append("account     none (zeroed by the removal)")
+        else:
+            lines.append("status      registered")
+            lines.append(f"x25519      0x{self.x25519_public_key.hex()}")
+            lines.append(f"account     {self.account}")
+        lines.append(f"operator    {self.operator}")
+        if self.removed:
+            lines.append("removed means:")
+            lines += [f"  - {c}" for c in self.consequences]
+        if self.history:
+            lines.append("history:")
+            for t in self.history:
+                details = ", ".join(f"{k}={v}" for k, v in t.details.items() if k != "gatewayId")
+                lines.append(f"  block {t.block:>6}  {utc(t.time)}  {t.event:<22} {details}  tx {t.tx}")
+        return "\n".join(lines)
 
 
-async def gateway_info(ledger: Ledger, name: str) -> GatewayInfo:
+def utc(seconds: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+async def gateway_info(ledger: Ledger, name: str, *, history: bool = True) -> GatewayInfo:
+    """A gateway by name, registered or removed (``removed``: when, by whom, what it means); LedgerError
+    for a name never registered on this channel. Callers that seal to it use `live_gateway`."""
+    info = await find_gateway(ledger, name, history=history)
+    if info is None:
+        raise LedgerError(f"gateway {name} was never registered on this channel")
+    return info
+
+
+async def find_gateway(ledger: Ledger, name: str, *, history: bool = True) -> GatewayInfo | None:
+    """`gateway_info`, or None for a name never registered on this channel. ``history=False``: the
+    record alone (one view call) for a live gateway; a removed one always comes with its removal."""
     gid = name_id(name, what="gateway")
     try:
         record = await ledger.gateway(gid)
     except LedgerRevert as exc:
         if exc.error != "UnknownGateway":
             raise
-        raise LedgerError(f"gateway {name} is not registered on this channel") from None
-    if record.account == ZERO_ADDRESS:
-        raise LedgerError(f"gateway {name} is not registered on this channel")
+        return None
+    if not history and not record.removed:
+        return GatewayInfo(
+            name=id_text(gid), gateway_id=gid, x25519_public_key=record.x25519_public_key,
+            account=record.account, operator=record.operator, generation=record.generation,
+        )  # fmt: skip
+    events = [
+        e
+        for e in await ledger.events(device_topic="0x" + gid.hex())
+        if e.name in _GATEWAY_EVENTS and e.args.get("gatewayId") == gid
+    ]
+    times = {n: await ledger.block_timestamp(n) for n in dict.fromkeys(e.block_number for e in events)}
+    removal = None
+    for e in events:
+        if e.name == "GatewayRemoved":
+            by = await ledger.transaction_sender(e.transaction_hash)
+            role = "its operator" if by.lower() == record.operator.lower() else "a channel admin"
+            removal = GatewayRemoval(
+                block=e.block_number, time=times[e.block_number], tx=e.transaction_hash, by=by, by_role=role
+            )
     return GatewayInfo(
         name=id_text(gid),
         gateway_id=gid,
         x25519_public_key=record.x25519_public_key,
         account=record.account,
         operator=record.operator,
+        generation=record.generation,
+        removed=record.removed,
+        removal=removal,
+        history=[_timeline_entry(e, times[e.block_number], {}) for e in events],
     )
+
+
+async def register_gateway(
+    ledger: Ledger, operator: ActorHandle, name: str, *, x25519_public_key: bytes, account: str
+) -> TxOutcome:
+    """Register gateway ``name``; a removed gateway's name is refused in words (the chain keeps removed
+    records so that no id is ever reused, and would only say GatewayExists, "already registered")."""
+    known = await find_gateway(ledger, name, history=False)
+    if known is not None and known.removed:
+        raise LedgerError(
+            f"gateway {known.name} was {known.removal_text()}: a removed gateway's name can never be "
+            "registered again on this channel; register the replacement under a new name"
+        )
+    return await operator.register_gateway(
+        name_id(name, what="gateway"), x25519_public_key=x25519_public_key, account=account
+    )
+
+
+async def live_gateway(ledger: Ledger, name: str) -> GatewayInfo:
+    """A gateway that may still be sealed to (authorize, onboard, re-seal): LedgerError, in words, for one
+    never registered or removed (the chain would refuse it with UnknownGateway)."""
+    info = await gateway_info(ledger, name, history=False)
+    if info.removed:
+        raise LedgerError(
+            f"gateway {info.name} was {info.removal_text()}: no device can be authorized for it any more "
+            f"(`diams-ledger show gateway {info.name}` says what the removal means)"
+        )
+    return info
 
 
 async def policy_info(ledger: Ledger, name: str, *, author: str | None = None) -> PolicyRecord:
@@ -302,6 +435,14 @@ class DeviceDetail:
     clone_alerts: int
     policy_label: str = ""  # the policy's name (from PolicyDefined), else its 0x id; "" without a policy
     rekey: RekeyPending | None = None  # None: no re-key due
+    removed_gateways: frozenset[bytes] = frozenset()  # gateways of ``grants`` removed since (removeGateway)
+
+    def grant_text(self, grant: GrantRecord) -> str:
+        """One grant's status: current, stale or withdrawn, or its gateway removed (it never counts again)."""
+        if grant.gateway_id in self.removed_gateways:
+            name = id_text(grant.gateway_id)
+            return f"gateway removed, it no longer counts (`diams-ledger show gateway {name}`)"
+        return "current" if grant.current else "stale or withdrawn"
 
     @property
     def policy_name(self) -> str:
@@ -333,6 +474,7 @@ async def device_detail(ledger: Ledger, device_id: bytes) -> DeviceDetail:
         if e.name == "GatewayAuthorized" and isinstance(gw := e.args["gatewayId"], bytes)
     )
     grants = [await ledger.grant(device_id, gw) for gw in gateway_ids]
+    removed = frozenset([gw for gw in gateway_ids if (await ledger.gateway(gw)).removed])
     times: dict[int, int] = {}
     for e in history:
         if e.block_number not in times:
@@ -351,6 +493,7 @@ async def device_detail(ledger: Ledger, device_id: bytes) -> DeviceDetail:
         clone_alerts=alerts,
         policy_label=label,
         rekey=await rekey_pending(ledger, device_id, record.epoch, history),
+        removed_gateways=removed,
     )
 
 
@@ -419,7 +562,7 @@ async def authorize_from_bundle(
 ) -> TxOutcome:
     """Seal the device's keys for the gateway's registered X25519 key at the device's current epoch and
     firmware (both read from the chain), and publish them with the key commitment."""
-    info = await gateway_info(ledger, gateway)
+    info = await live_gateway(ledger, gateway)
     record = await ledger.device(bundle.device_id)
     if record.state is DeviceState.UNREGISTERED:
         raise LedgerError(f"device 0x{bundle.device_id.hex()} is not registered on this channel")
@@ -677,7 +820,7 @@ async def onboard_rows(
     report = OnboardReport()
     pid = name_id(policy, what="policy")
     await policy_info(ledger, policy, author=owner.address)  # refuse an undefined policy before any tx
-    infos = [await gateway_info(ledger, g) for g in gateways]
+    infos = [await live_gateway(ledger, g) for g in gateways]
     ready: list[OnboardRow] = []
     for i, row in enumerate(rows, 1):
         try:

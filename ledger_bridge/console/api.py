@@ -349,13 +349,16 @@ async def job_status(request: web.Request) -> web.Response:
 
 async def gateways(request: web.Request) -> web.Response:
     _require(request)
-    return web.json_response({"gateways": request.app[SERVICE].gateways()})
+    svc = request.app[SERVICE]
+    return web.json_response({"gateways": svc.gateways(), "removed": await svc.removed_gateways()})
 
 
 async def gateway(request: web.Request) -> web.Response:
     _require(request)
     info = await ops.gateway_info(request.app[SERVICE].ledger, request.match_info["name"])
-    return web.json_response({**ops.jsonable(info), "gateway_id": "0x" + info.gateway_id.hex()})
+    return web.json_response(
+        {**ops.jsonable(info), "gateway_id": "0x" + info.gateway_id.hex(), "consequences": info.consequences}
+    )
 
 
 async def register_gateway(request: web.Request) -> web.Response:
@@ -364,8 +367,10 @@ async def register_gateway(request: web.Request) -> web.Response:
     pub = _str(body, "x25519")
     return await _tx(
         request,
-        await _actor(request, session).register_gateway(
-            ops.name_id(_str(body, "gateway"), what="gateway"),
+        await ops.register_gateway(
+            request.app[SERVICE].ledger,
+            _actor(request, session),
+            _str(body, "gateway"),
             x25519_public_key=parse_bytes32(pub if pub.startswith("0x") else "0x" + pub, name="x25519"),
             account=_account(_str(body, "account")),
         ),
@@ -583,7 +588,12 @@ ROUTES: list[Route] = [
         params=[{"name": "job_id", "in": "path", "required": True, "schema": S}],
         response=JOB,
     ),
-    Route(method="GET", path="/api/gateways", handler=gateways, summary="Registered gateways"),
+    Route(
+        method="GET",
+        path="/api/gateways",
+        handler=gateways,
+        summary="Registered gateways, and the removed ones (when, by whom, what it means)",
+    ),
     Route(
         method="POST",
         path="/api/gateways",
@@ -596,7 +606,7 @@ ROUTES: list[Route] = [
         method="GET",
         path="/api/gateways/{name}",
         handler=gateway,
-        summary="A gateway's key and accounts",
+        summary="A gateway's key and accounts; a removed one says when, by whom and what the removal means",
         params=[{"name": "name", "in": "path", "required": True, "schema": S}],
     ),
     Route(

@@ -164,11 +164,15 @@ async def devices(request: web.Request) -> web.Response:
         return "/devices?" + urlencode({**keep, "offset": offset})
 
     limit, offset = filters["limit"], filters["offset"]
+    gateway = filters["gateway"]
+    removed = None if gateway is None else request.app[SERVICE].removal_block(gateway)
     return render(
         request,
         "devices.html",
         {
             "result": result,
+            # a removed gateway serves nobody: the empty list says why
+            "removed": None if removed is None else {"gateway": ops.id_text(gateway), "block": removed},
             "q": q,
             "limit": limit,
             "offset": offset,
@@ -427,7 +431,11 @@ async def gateways(request: web.Request) -> web.Response:
     return render(
         request,
         "gateways.html",
-        {"gateways": request.app[SERVICE].gateways(), "done": request.query.get("done", "")},
+        {
+            "gateways": request.app[SERVICE].gateways(),
+            "removed": await request.app[SERVICE].removed_gateways(),
+            "done": request.query.get("done", ""),
+        },
     )
 
 
@@ -437,14 +445,13 @@ async def register_gateway(request: web.Request) -> web.StreamResponse:
     from ..csv_import import parse_bytes32
 
     pub = str(form.get("x25519", "")).strip()
-    outcome = (
-        await request.app[SERVICE]
-        .ledger.actor(session.signer)
-        .register_gateway(
-            ops.name_id(str(form.get("gateway", "")), what="gateway"),
-            x25519_public_key=parse_bytes32(pub if pub.startswith("0x") else "0x" + pub, name="x25519"),
-            account=api._account(str(form.get("account", ""))),
-        )
+    svc = request.app[SERVICE]
+    outcome = await ops.register_gateway(
+        svc.ledger,
+        svc.ledger.actor(session.signer),
+        str(form.get("gateway", "")),
+        x25519_public_key=parse_bytes32(pub if pub.startswith("0x") else "0x" + pub, name="x25519"),
+        account=api._account(str(form.get("account", ""))),
     )
     await request.app[SERVICE].sync()
     raise web.HTTPSeeOther("/gateways?" + urlencode({"done": f"registered: tx {outcome.transaction_hash}"}))

@@ -168,6 +168,7 @@ class ConsoleService:
                     "gateway": ops.id_text(g.gateway_id),
                     "epoch": g.epoch,
                     "current": g.current,
+                    "removed": g.gateway_id in detail.removed_gateways,  # removeGateway: never counts again
                     "key_commitment": "0x" + g.key_commitment.hex(),
                 }
                 for g in detail.grants
@@ -191,6 +192,34 @@ class ConsoleService:
             }
             for gid, pub, account, operator in self.index.gateways()
         ]
+
+    def removal_block(self, gateway_id: bytes) -> int | None:
+        """The block of the gateway's ``GatewayRemoved`` in the index, None while it is not removed."""
+        for e in self.index.journal(names=["GatewayRemoved"], limit=1000):
+            if e["gateway"] == gateway_id:
+                return int(e["block"])
+        return None
+
+    async def removed_gateways(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        """Gateways removed on this channel, latest first: the index keeps their ``GatewayRemoved`` (it
+        drops the gateway itself), the chain says when, by whom, and what the removal means."""
+        removed = []
+        for e in self.index.journal(names=["GatewayRemoved"], limit=limit):
+            info = await ops.gateway_info(self.ledger, "0x" + bytes(e["gateway"]).hex())
+            r = info.removal
+            removed.append(
+                {
+                    "gateway": info.name,
+                    "gateway_id": "0x" + info.gateway_id.hex(),
+                    "operator": info.operator,
+                    "block": e["block"] if r is None else r.block,
+                    "time": None if r is None else ops.utc(r.time),
+                    "by": None if r is None else f"{r.by} ({r.by_role})",
+                    "tx": None if r is None else r.tx,
+                    "consequences": info.consequences,
+                }
+            )
+        return removed
 
     def _audit_records(self, path: Path) -> list[dict[str, Any]]:
         try:
@@ -397,7 +426,7 @@ class ConsoleService:
             if not devices:
                 job.summary = "nothing re-sealed: no valid owner bundle"
                 return
-            ids = [(await ops.gateway_info(self.ledger, g)).gateway_id for g in gateways] or None
+            ids = [(await ops.live_gateway(self.ledger, g)).gateway_id for g in gateways] or None
             job.step, job.total = "reading", len(devices)
 
             def progress(step: str, done: int) -> None:

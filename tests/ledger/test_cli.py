@@ -285,11 +285,92 @@ def test_cli_rotates_changes_and_removes_a_gateway(
     shown = json.loads(out)
     assert (shown["x25519_public_key"], shown["account"]) == ("0x" + new_key, owner[1])
 
-    code, _, err = run(capsys, *as_operator, "remove-gateway", "gw-1")
+    code, out, err = run(capsys, *as_operator, "remove-gateway", "gw-1")
     assert code == 0, err
-    code, _, err = run(capsys, *ch, "show", "gateway", "gw-1")
-    assert code == 1 and "is not registered" in err
+    removal_tx, removal_block = out.split()[2], int(out.split()[5].rstrip(","))
+    show_removed_gateway(capsys, ch, "gw-1", removal_block, removal_tx, operator[1])
+    code, _, err = run(capsys, *ch, "show", "gateway", "gw-never")
+    assert (code, err) == (1, "error: gateway gw-never was never registered on this channel\n")
+    code, out, err = run(capsys, *ch, "list", "devices", "--gateway", "gw-1")
+    assert code == 0 and f"gateway gw-1 was removed in block {removal_block} (" in out.splitlines()[-1], err
+    assert out.splitlines()[-1].endswith(": it may authenticate no device (`diams-ledger show gateway gw-1`)")
+    code, _, err = run(capsys, *ch, "list", "devices", "--gateway", "gw-never")
+    assert (code, err) == (1, "error: gateway gw-never was never registered on this channel\n")
+
+    # every command that names it says it was removed, in words, before sending anything
+    removed = f"gateway gw-1 was removed in block {removal_block} ("
+    sealed, commit = "0x" + os.urandom(80).hex(), "0x" + os.urandom(32).hex()
+    bundle, password = rekey_files(tmp_path)
+    rekey = ("rekey", bundle.name.split(".")[0], "--bundle", str(bundle), "--broker", "127.0.0.1:9",
+             "--gateway", "gw-1", "--broker-username", "gateway-gw-1.1",
+             "--broker-password-file", str(password))  # fmt: skip
+    for who, argv in [
+        (as_operator, register),
+        (as_operator, ("remove-gateway", "gw-1")),
+        (as_operator, rotate),
+        (as_operator, ("change-gateway-account", "gw-1", "--account", owner[1])),
+        ((*ch, "--keystore", str(owner[0])),
+         ("authorize-gateway", "d1" * 8, "gw-1", "--sealed-key", sealed, "--commitment", commit)),
+        ((*ch, "--keystore", str(owner[0])), rekey),  # refused before it dials the broker
+        ((*ch, "--keystore", str(owner[0])), ("reseal", str(bundle), "--gateway", "gw-1")),
+    ]:
+        code, _, err = run(capsys, *who, *argv)
+        assert code == 1 and removed in err and "Unknown" not in err and "Exists" not in err, (argv, err)
     code, _, err = run(capsys, *as_operator, *register)
-    assert code == 1 and "GatewayExists: " in err
-    code, _, err = run(capsys, *as_operator, "remove-gateway", "gw-1")
-    assert code == 1 and "UnknownGateway: " in err
+    assert "can never be registered again" in err and "under a new name" in err
+    code, _, err = run(capsys, *as_operator, "remove-gateway", "gw-never")
+    assert (code, err) == (1, "error: gateway gw-never was never registered on this channel\n")
+    show_removed_gateway(capsys, ch, "gw-1", removal_block, removal_tx, operator[1])  # nothing was sent
+
+    # a channel admin may remove it too, and is named as such
+    register_2 = ("register-gateway", "gw-2", "--x25519", old_key, "--account", gateway[1])
+    code, _, err = run(capsys, *as_operator, *register_2)
+    assert code == 0, err
+    code, out, err = run(capsys, *ch, "--keystore", str(admin[0]), "remove-gateway", "gw-2")
+    assert code == 0, err
+    code, out, err = run(capsys, *ch, "show", "gateway", "gw-2", "--json")
+    removal = json.loads(out)["removal"]
+    assert (removal["by"].lower(), removal["by_role"]) == (admin[1].lower(), "a channel admin")
+
+
+def rekey_files(tmp_path: Path) -> tuple[Path, Path]:
+    """An owner bundle (0600) of a device made here, and a broker password file (0600)."""
+    from ledger_bridge.enrollment import ProvisionedDevice
+
+    d = ProvisionedDevice.generate(model="sensor", serial="RM-1", firmware_hash=bytes(32))
+    bundle = tmp_path / f"{d.device_id.hex()}.owner.json"
+    bundle.write_text(json.dumps({
+        "device_id": d.device_id.hex(), "model": d.model, "serial": d.serial, "mac": d.mac.hex(),
+        "firmware_hash": d.firmware_hash.hex(), "secret": d.secret.hex(), "salt": d.salt.hex(),
+        "claim_code": "not used",
+    }))  # fmt: skip
+    password = tmp_path / "broker.password"
+    password.write_text("not used\n")
+    for path in (bundle, password):
+        path.chmod(0o600)
+    return bundle, password
+
+
+def show_removed_gateway(
+    capsys: pytest.CaptureFixture[str], ch: tuple[str, ...], name: str, block: int, tx: str, by: str
+) -> None:
+    """`show gateway` of a removed gateway: when (block and time), by whom, the transaction, and what it
+    means, in text and JSON; its history ends with the removal."""
+    code, out, err = run(capsys, *ch, "show", "gateway", name)
+    assert code == 0, err
+    lines = out.splitlines()
+    status = next(line for line in lines if line.startswith("status"))
+    assert status.startswith(f"status      removed in block {block} (20") and " UTC) by " in status
+    assert status.lower().endswith(f"by {by} (its operator), tx {tx}".lower())
+    assert "account     none (zeroed by the removal)" in lines
+    assert "removed means:" in lines
+    assert any("can never be registered again" in line for line in lines)
+    assert any(f"diams-ledger deauthorize-gateway <device> {name}" in line for line in lines)
+    history = lines[lines.index("history:") + 1 :]
+    assert "GatewayRegistered" in history[0] and "GatewayRemoved" in history[-1] and tx in history[-1]
+    code, out, err = run(capsys, *ch, "show", "gateway", name, "--json")
+    shown = json.loads(out)
+    assert (shown["removed"], shown["account"], shown["removal"]["block"]) == (True, "0x" + "0" * 40, block)
+    assert (shown["removal"]["tx"], shown["removal"]["by"].lower()) == (tx, by.lower())
+    assert shown["removal"]["by_role"] == "its operator"
+    assert shown["history"][-1]["event"] == "GatewayRemoved" and shown["consequences"]

@@ -96,7 +96,7 @@ def test_owner_workflow_end_to_end(
     code, out, _ = run(capsys, *ch, "show", "gateway", "gw-1", "--json")
     assert json.loads(out)["x25519_public_key"] == "0x" + pub.hex()
     code, _, err = run(capsys, *ch, "show", "gateway", "gw-nope")
-    assert code == 1 and err == "error: gateway gw-nope is not registered on this channel\n"
+    assert code == 1 and err == "error: gateway gw-nope was never registered on this channel\n"
 
     # the owner defines a policy by name and reads it back
     code, out, err = run(

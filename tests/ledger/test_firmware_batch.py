@@ -151,3 +151,33 @@ def test_reseal_seals_from_the_rekeyed_secret_when_the_bundle_has_one() -> None:
         ValueError, match=r"owner bundle is not a device owner bundle \(missing field 'salt'\)"
     ):
         device_from_owner_bundle({k: v for k, v in bundle.items() if k != "salt"})
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", ["eth-tester"], indirect=True)
+async def test_reseal_skips_a_removed_gateway_and_reseals_the_others(channel: Actors) -> None:
+    """A gateway is removed, then the device's epoch moves for another reason (here its owner withdraws
+    another gateway): the removed gateway's grant is stale like the others', but the chain refuses to seal
+    to it (UnknownGateway). `reseal` re-seals the live gateways, skips the removed one and names it."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from ledger_bridge.firmware import reseal
+    from ledger_bridge.index import onchain_gateway_id
+
+    ch = channel
+    d = ProvisionedDevice.generate(model="sensor", serial="RM1", firmware_hash=FW2)
+    await ch.manufacturer.register_many([d.registration()])
+    await ch.owner.claim(d.device_id, d.claim_code)
+    await ch.owner.activate(d.device_id)
+    removed, kept, withdrawn = (onchain_gateway_id(n) for n in (b"gw-removed", b"gw-kept", b"gw-withdrawn"))
+    for g in (removed, kept, withdrawn):
+        pub = X25519PrivateKey.generate().public_key().public_bytes_raw()
+        await ch.operator.register_gateway(g, x25519_public_key=pub, account=ch.gateway.address)
+        sealed = sealed_key()
+        await ch.owner.authorize_gateway(d.device_id, g, sealed_key=sealed, key_commitment=commitment(sealed))
+    await ch.operator.remove_gateway(removed)
+    await ch.owner.deauthorize_gateway(d.device_id, withdrawn)  # epoch + 1: the other two grants are stale
+    report = await reseal(ch.ledger, ch.owner, [d])
+    assert (report.gateways, report.removed, report.resealed) == ((kept,), (removed,), 1)
+    assert (await ch.ledger.grant(d.device_id, kept)).current
+    assert report.summary().endswith("; removed gateways, skipped: gw-removed")

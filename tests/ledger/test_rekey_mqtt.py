@@ -13,54 +13,32 @@ owner is refused by the broker, by the gateway and by the device."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from device_agent.agent.config import load_config
-from device_agent.agent.keystore import load_secret
 from device_agent.agent.mqtt import MqttAgent
-from device_agent.agent.provision import provision
 from device_agent.agent.x25519 import x25519
 from device_agent.core import device, keys, rekey, topics
 from firmware_sim.agents import running
 from firmware_sim.broker import mosquitto_binary
 from gateway.broker import AuthorizeGateway, BrokerSecret, Enroll
-from ledger_bridge import RpcBackend, Signer, cli
-from ledger_bridge.anvil import AnvilNode, anvil_binary
-from ledger_bridge.csv_import import read_rows, register_rows
-from ledger_bridge.enrollment import sealed_grants
-from ledger_bridge.firmware import device_from_owner_bundle
-from ledger_bridge.index import onchain_gateway_id
+from ledger_bridge import Signer
 from ledger_bridge.keystore import load_signer
 from ledger_bridge.rekey import start_rekey
 from tests.broker.clients import Probe
 from tests.broker.conftest import running_enforced_broker
 from tests.conftest import require
-from tests.gateway.stack import site
 from tests.waiting import eventually
+
+from .rekey_site import PASS, device_in_service, ledger_cli, served_after_authorization
 
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio]
 GW = "gw-test"  # tests.broker.conftest's gateway
-PASS = "correct horse battery staple"
-
-
-async def ledger_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = await asyncio.to_thread(cli.main, list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def private_file(path: Path, text: str) -> str:
-    path.write_text(text)
-    path.chmod(0o600)
-    return str(path)
 
 
 def mqtt_login(port: int, username: str, password: str) -> bool:
@@ -120,162 +98,91 @@ NOT_AUTHORIZED = 135
 async def test_rekey_over_mqtt_with_a_running_gateway_and_the_previous_owner_is_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    require(anvil_binary() is not None, "anvil (npm @foundry-rs/anvil)")
-    monkeypatch.setenv(cli.PASSPHRASE_ENV, PASS)
-    monkeypatch.setattr("ledger_bridge.keystore.MIN_SCRYPT_N", 1024)  # tests only: the floor is 2**18
     gw = "gw-a"
-    with AnvilNode() as node:
-        async with site(
-            tmp_path, n_devices=0, gateway_ids=(gw,), ledger_backend=RpcBackend(url=node.url, name="anvil")
-        ) as s:
-            port, ledger = s.broker.port, s.ledger
-            gateway = s.gateways[gw]
-            channel = tmp_path / "channel.json"
-            channel.write_text(json.dumps({"registry": ledger.channel.registry,
-                                           "auth_log": ledger.channel.auth_log,
-                                           "deployed_block": ledger.channel.deployed_block}))
-            ch = ("--rpc", node.url, "--channel", str(channel))
-            # the new owner acts from its own keystore, on the command line
-            new_owner_key = tmp_path / "new_owner.json"
-            code, new_owner_address, err = await ledger_cli(
-                capsys, "keys", "create", "--out", str(new_owner_key), "--scrypt-n", "1024"
+    async with device_in_service(tmp_path, capsys, monkeypatch, gw) as t:
+        s, ledger, port, did, did_hex = t.s, t.ledger, t.port, t.did, t.did.hex()
+        gateway = s.gateways[gw]
+        old_secret, ch, new_owner_key = t.old_secret, t.ch, t.new_owner_key
+        # the previous owner took it into service with the gateway: the running agent is served
+        agent = t.agent()
+        with running(agent):
+            assert await eventually(lambda: agent.snapshot().gateway == gw, 20), agent.snapshot().stats
+
+            # transfer: the gateway cuts the device off; nobody serves it while its re-key is pending
+            await t.transfer(capsys)
+            assert await eventually(lambda: not agent.snapshot().connected, 20), "still connected"
+            assert s.enforcer is not None and s.enforcer.state_of(did_hex) == "absent"
+            code, _, err = await ledger_cli(
+                capsys, *ch, "--keystore", str(new_owner_key),
+                "authorize-gateway", did_hex, gw, "--bundle", str(t.bundle),
             )
+            assert code == 1 and "RekeyPending" in err  # no gateway before the re-key
+
+            # the new owner names the gateway that carries the re-key (the first thing `rekey` does,
+            # here on its own to look at the window): the gateway gives the device a re-key login
+            new_owner = ledger.actor(_signer(new_owner_key))
+            await start_rekey(ledger, new_owner, did, gw.encode(), secret=old_secret)
+            assert await eventually(lambda: agent.snapshot().connected, 20), "no re-key login"
+            assert s.enforcer.state_of(did_hex) == "rekeying"
+            _, epoch_at_transfer = await ledger.device_state(did)
+
+            # that login gives the previous owner (it knows S, so P) nothing: no handshake, no data
+            spy = Probe(s.broker, did_hex, keys.broker_password(old_secret, did, epoch_at_transfer))
+            assert spy.connect() == 0
+            for topic in (topics.handshake_up(gw, did_hex), topics.data(gw, did_hex, "telemetry")):
+                assert spy.publish(topic, b"x").value == NOT_AUTHORIZED, topic
+            spy.close()
+            assert gateway.devices.entries.get(did) is None  # and no protocol entry to answer it
+
+            # a stranger's INIT (without S) through the gateway's account: refused, nothing changes
+            assert await eventually(lambda: agent.snapshot().connected, 20)
+            stranger = PreviousOwnerInit(
+                port, f"gateway-{gw}.1", s.secrets[gw], did, os.urandom(32), gateway=gw
+            )
+            assert await refused_init(agent, stranger, epoch_at_transfer)
+            stranger.close()
+
+            # the new owner's one command, over the broker with the gateway's spare account
+            code, out, err = await ledger_cli(capsys, *t.rekey_argv(timeout="30"))
             assert code == 0, err
-            await ledger.fund(new_owner_address.strip(), 10**19)
-            gw_password = private_file(tmp_path / "gw.password", s.secrets[gw] + "\n")
-
-            # manufacture: provisioning makes S and the device key; the import registers both
-            fw = tmp_path / "fw.bin"
-            fw.write_bytes(b"firmware 1")
-            done = provision(
-                model="pi-sensor", serial="SN-1", mac="02:00:00:00:00:01", firmware=fw,
-                out=tmp_path / "factory", gateways=(gw,), broker_port=port,
+            assert "re-keyed" in out
+            new_secret = t.bundle_secret()
+            assert new_secret != old_secret
+            assert new_secret.hex() not in out + err and old_secret.hex() not in out + err
+            assert await eventually(lambda: agent.snapshot().stats.get("rekeyed") == 1, 10)
+            assert t.held() == new_secret
+            assert (t.config.key_file.stat().st_mode & 0o777) == 0o600
+            _, epoch = await ledger.device_state(did)
+            assert epoch == epoch_at_transfer + 1
+            assert (await ledger.device_key(did))[1] is False  # re-key no longer pending
+            # the window is closed: the re-key login is gone, and P from S opens nothing
+            assert await eventually(
+                lambda: s.enforcer is not None and s.enforcer.state_of(did_hex) == "absent", 20
             )
-            did_hex = done.record.device_id
-            did = bytes.fromhex(did_hex)
-            rows, bad = read_rows(done.csv_file)
-            assert bad == []
-            report = await register_rows(s.actors["manufacturer"], rows)
-            assert report.errors == [] and report.registered == 1
-            assert await ledger.device_key(did) == (bytes.fromhex(done.record.device_key[2:]), False)
-            owner_bundle = json.loads(done.owner_file.read_text())
-            old_secret = bytes.fromhex(owner_bundle["secret"])
+            await s.enforcer.flush()  # live at the broker
+            assert not old_logins(port, did_hex, old_secret, epoch)
 
-            # the previous owner takes it into service with the gateway: the running agent is served
-            identity = device_from_owner_bundle(owner_bundle)
-            owner = s.actors["owner"]
-            await owner.onboard_many([did], [identity.claim_code], s.policy_id)
-            boxes, commitments = sealed_grants([identity], s.keys[gw], 0)
-            await owner.authorize_gateway_many(
-                onchain_gateway_id(gw.encode()),
-                device_ids=[did],
-                sealed_keys=boxes,
-                key_commitments=commitments,
-            )
-            config = replace(
-                load_config(done.config_file),
-                answer_timeout_s=0.5, backoff_base_s=0.2, backoff_cap_s=0.5, reconnect_base_s=0.2,
-            )
-            agent = MqttAgent(config, load_secret(config.key_file))
-            with running(agent):
-                assert await eventually(lambda: agent.snapshot().gateway == gw, 20), agent.snapshot().stats
+            # the new owner authorizes the gateway from the bundle (keys from S'): the gateway
+            # enrols the device with P from S' and serves it under the new epoch
+            await served_after_authorization(t, capsys, agent)
 
-                # transfer: the gateway cuts the device off; nobody serves it while its re-key is pending
-                await owner.transfer(did, new_owner_address.strip())
-                code, _, err = await ledger_cli(
-                    capsys, *ch, "--keystore", str(new_owner_key), "accept-transfer", did_hex
-                )
-                assert code == 0, err
-                assert await eventually(lambda: not agent.snapshot().connected, 20), "still connected"
-                assert s.enforcer is not None and s.enforcer.state_of(did_hex) == "absent"
-                new_bundle = tmp_path / "new_owner" / done.owner_file.name
-                new_bundle.parent.mkdir()
-                new_bundle.write_bytes(done.owner_file.read_bytes())  # handed over with the device
-                new_bundle.chmod(0o600)
-                code, _, err = await ledger_cli(
-                    capsys, *ch, "--keystore", str(new_owner_key),
-                    "authorize-gateway", did_hex, gw, "--bundle", str(new_bundle),
-                )
-                assert code == 1 and "RekeyPending" in err  # no gateway before the re-key
+            # the previous owner, with S: its broker password is refused ...
+            assert not old_logins(port, did_hex, old_secret, epoch)
+            assert mqtt_login(port, f"gateway-{gw}.1", s.secrets[gw])  # (logins do work)
+            # ... and were it on the path with a login, its HELLO under K_dg from S is refused by
+            # the gateway's role (handed to it directly: no login of its own reaches the topic)
+            fw_hash = bytes.fromhex(t.first_bundle["firmware_hash"])
+            old_k_dg = keys.gateway_key(old_secret, did, gw.encode(), epoch, fw_hash)
+            hello = device.DeviceRole(did, gw.encode(), old_k_dg, epoch).hello(10**6, os.urandom(8))
+            _, events = gateway.devices.role.receive(did, hello, 0.0)
+            assert [(type(e).__name__, e.reason) for e in events] == [("Rejected", "bad_otp")]
 
-                # the new owner names the gateway that carries the re-key (the first thing `rekey` does,
-                # here on its own to look at the window): the gateway gives the device a re-key login
-                new_owner = ledger.actor(_signer(new_owner_key))
-                await start_rekey(ledger, new_owner, did, gw.encode(), secret=old_secret)
-                assert await eventually(lambda: agent.snapshot().connected, 20), "no re-key login"
-                assert s.enforcer.state_of(did_hex) == "rekeying"
-                _, epoch_at_transfer = await ledger.device_state(did)
-
-                # that login gives the previous owner (it knows S, so P) nothing: no handshake, no data
-                spy = Probe(s.broker, did_hex, keys.broker_password(old_secret, did, epoch_at_transfer))
-                assert spy.connect() == 0
-                for topic in (topics.handshake_up(gw, did_hex), topics.data(gw, did_hex, "telemetry")):
-                    assert spy.publish(topic, b"x").value == NOT_AUTHORIZED, topic
-                spy.close()
-                assert gateway.devices.entries.get(did) is None  # and no protocol entry to answer it
-
-                # a stranger's INIT (without S) through the gateway's account: refused, nothing changes
-                assert await eventually(lambda: agent.snapshot().connected, 20)
-                stranger = PreviousOwnerInit(
-                    port, f"gateway-{gw}.1", s.secrets[gw], did, os.urandom(32), gateway=gw
-                )
-                assert await refused_init(agent, stranger, epoch_at_transfer)
-                stranger.close()
-
-                # the new owner's one command, over the broker with the gateway's spare account
-                code, out, err = await ledger_cli(
-                    capsys, *ch, "--keystore", str(new_owner_key),
-                    "rekey", did_hex, "--bundle", str(new_bundle), "--broker", f"127.0.0.1:{port}",
-                    "--gateway", gw, "--broker-username", f"gateway-{gw}.1",
-                    "--broker-password-file", gw_password, "--timeout", "30",
-                )
-                assert code == 0, err
-                assert "re-keyed" in out
-                new_secret = bytes.fromhex(json.loads(new_bundle.read_text())["rekeyed_secret"])
-                assert new_secret != old_secret
-                assert new_secret.hex() not in out + err and old_secret.hex() not in out + err
-                assert await eventually(lambda: agent.snapshot().stats.get("rekeyed") == 1, 10)
-                assert load_secret(config.key_file).reveal() == new_secret
-                assert (config.key_file.stat().st_mode & 0o777) == 0o600
-                _, epoch = await ledger.device_state(did)
-                assert epoch == epoch_at_transfer + 1
-                assert (await ledger.device_key(did))[1] is False  # re-key no longer pending
-                # the window is closed: the re-key login is gone, and P from S opens nothing
-                assert await eventually(
-                    lambda: s.enforcer is not None and s.enforcer.state_of(did_hex) == "absent", 20
-                )
-                await s.enforcer.flush()  # live at the broker
-                assert not old_logins(port, did_hex, old_secret, epoch)
-
-                # the new owner authorizes the gateway from the bundle (keys from S'): the gateway
-                # enrols the device with P from S' and serves it under the new epoch
-                for argv in (("authorize-gateway", did_hex, gw, "--bundle", str(new_bundle)),
-                             ("activate", did_hex)):
-                    code, _, err = await ledger_cli(capsys, *ch, "--keystore", str(new_owner_key), *argv)
-                    assert code == 0, err
-                assert await eventually(
-                    lambda: agent.snapshot().gateway == gw and agent.snapshot().epoch == epoch, 30
-                ), agent.snapshot().stats
-
-                # the previous owner, with S: its broker password is refused ...
-                assert not old_logins(port, did_hex, old_secret, epoch)
-                assert mqtt_login(port, f"gateway-{gw}.1", s.secrets[gw])  # (logins do work)
-                # ... and were it on the path with a login, its HELLO under K_dg from S is refused by
-                # the gateway's role (handed to it directly: no login of its own reaches the topic)
-                fw_hash = bytes.fromhex(owner_bundle["firmware_hash"])
-                old_k_dg = keys.gateway_key(old_secret, did, gw.encode(), epoch, fw_hash)
-                hello = device.DeviceRole(did, gw.encode(), old_k_dg, epoch).hello(10**6, os.urandom(8))
-                _, events = gateway.devices.role.receive(did, hello, 0.0)
-                assert [(type(e).__name__, e.reason) for e in events] == [("Rejected", "bad_otp")]
-
-                # and it cannot start another re-key: its INIT is keyed by S, the device holds S'
-                previous = PreviousOwnerInit(
-                    port, f"gateway-{gw}.1", s.secrets[gw], did, old_secret, gateway=gw
-                )
-                assert await refused_init(agent, previous, epoch)
-                assert previous.replies == []
-                previous.close()
-                assert load_secret(config.key_file).reveal() == new_secret
+            # and it cannot start another re-key: its INIT is keyed by S, the device holds S'
+            previous = PreviousOwnerInit(port, f"gateway-{gw}.1", s.secrets[gw], did, old_secret, gateway=gw)
+            assert await refused_init(agent, previous, epoch)
+            assert previous.replies == []
+            previous.close()
+            assert t.held() == new_secret
 
 
 def old_logins(port: int, device_hex: str, old_secret: bytes, epoch: int) -> bool:

@@ -12,50 +12,20 @@ broker login left for the owner's retry: locked out."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from device_agent.agent.config import AgentConfig, load_config
-from device_agent.agent.keystore import load_secret
 from device_agent.agent.mqtt import MqttAgent
-from device_agent.agent.provision import provision
 from device_agent.agent.rekey import RekeyResponder
 from device_agent.core import rekey
 from firmware_sim.agents import running
-from ledger_bridge import RpcBackend, cli
-from ledger_bridge.anvil import AnvilNode, anvil_binary
-from ledger_bridge.csv_import import read_rows, register_rows
-from ledger_bridge.enrollment import sealed_grants
-from ledger_bridge.firmware import device_from_owner_bundle
-from ledger_bridge.index import onchain_gateway_id
-from ledger_bridge.ledger import Ledger
-from tests.conftest import require
-from tests.gateway.stack import site
 from tests.waiting import eventually
 
+from .rekey_site import ledger_cli, served_after_authorization, transferred
+
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio]
-PASS = "correct horse battery staple"
 GW = "gw-a"
-TIMEOUT = "12"  # seconds `rekey` waits for each answer (a wrong candidate secret costs one)
-
-
-async def ledger_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = await asyncio.to_thread(cli.main, list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def private_file(path: Path, text: str) -> str:
-    path.write_text(text)
-    path.chmod(0o600)
-    return str(path)
 
 
 class Crashing:
@@ -117,120 +87,6 @@ class Forging:
         return answer, new_secret
 
 
-@dataclass
-class Transferred:
-    """A device taken into service by its first owner, transferred, accepted by the new owner (re-key
-    pending), its bundle handed over; the agent's config; ``rekey`` runs the new owner's command."""
-
-    s: Any
-    ledger: Ledger
-    config: AgentConfig
-    did: bytes
-    bundle: Path
-    old_secret: bytes
-    public: bytes
-    ch: tuple[str, ...]
-    rekey_argv: tuple[str, ...]
-
-    def agent(self) -> MqttAgent:
-        """The device, (re)started from its files."""
-        return MqttAgent(self.config, load_secret(self.config.key_file))
-
-    def held(self) -> bytes:
-        return load_secret(self.config.key_file).reveal()
-
-    def bundle_secret(self) -> bytes:
-        return bytes.fromhex(json.loads(self.bundle.read_text())["rekeyed_secret"])
-
-    async def pending(self) -> bool:
-        return (await self.ledger.device_key(self.did))[1]
-
-
-@asynccontextmanager
-async def transferred(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Transferred]:
-    require(anvil_binary() is not None, "anvil (npm @foundry-rs/anvil)")
-    monkeypatch.setenv(cli.PASSPHRASE_ENV, PASS)
-    monkeypatch.setattr("ledger_bridge.keystore.MIN_SCRYPT_N", 1024)  # tests only: the floor is 2**18
-    with AnvilNode() as node:
-        async with site(
-            tmp_path, n_devices=0, gateway_ids=(GW,), ledger_backend=RpcBackend(url=node.url, name="anvil")
-        ) as s:
-            port, ledger = s.broker.port, s.ledger
-            channel = tmp_path / "channel.json"
-            channel.write_text(json.dumps({"registry": ledger.channel.registry,
-                                           "auth_log": ledger.channel.auth_log,
-                                           "deployed_block": ledger.channel.deployed_block}))
-            ch = ("--rpc", node.url, "--channel", str(channel))
-            new_owner_key = tmp_path / "new_owner.json"
-            code, new_owner_address, err = await ledger_cli(
-                capsys, "keys", "create", "--out", str(new_owner_key), "--scrypt-n", "1024"
-            )
-            assert code == 0, err
-            await ledger.fund(new_owner_address.strip(), 10**19)
-            gw_password = private_file(tmp_path / "gw.password", s.secrets[GW] + "\n")
-            fw = tmp_path / "fw.bin"
-            fw.write_bytes(b"firmware 1")
-            done = provision(
-                model="pi-sensor", serial="SN-1", mac="02:00:00:00:00:01", firmware=fw,
-                out=tmp_path / "factory", gateways=(GW,), broker_port=port,
-            )
-            did = bytes.fromhex(done.record.device_id)
-            rows, bad = read_rows(done.csv_file)
-            assert bad == []
-            report = await register_rows(s.actors["manufacturer"], rows)
-            assert report.errors == [] and report.registered == 1
-            owner_bundle = json.loads(done.owner_file.read_text())
-            identity = device_from_owner_bundle(owner_bundle)
-            owner = s.actors["owner"]
-            await owner.onboard_many([did], [identity.claim_code], s.policy_id)
-            boxes, commitments = sealed_grants([identity], s.keys[GW], 0)
-            await owner.authorize_gateway_many(
-                onchain_gateway_id(GW.encode()), device_ids=[did], sealed_keys=boxes,
-                key_commitments=commitments,
-            )  # fmt: skip
-            config = replace(
-                load_config(done.config_file),
-                answer_timeout_s=0.5, backoff_base_s=0.2, backoff_cap_s=0.5, reconnect_base_s=0.2,
-            )
-            await owner.transfer(did, new_owner_address.strip())
-            code, _, err = await ledger_cli(
-                capsys, *ch, "--keystore", str(new_owner_key), "accept-transfer", did.hex()
-            )
-            assert code == 0, err
-            bundle = tmp_path / "new_owner" / done.owner_file.name
-            bundle.parent.mkdir()
-            bundle.write_bytes(done.owner_file.read_bytes())  # handed over with the device
-            bundle.chmod(0o600)
-            public, pending = await ledger.device_key(did)
-            assert pending
-            yield Transferred(
-                s=s, ledger=ledger, config=config, did=did, bundle=bundle,
-                old_secret=bytes.fromhex(owner_bundle["secret"]), public=public, ch=ch,
-                rekey_argv=(
-                    *ch, "--keystore", str(new_owner_key), "rekey", did.hex(), "--bundle", str(bundle),
-                    "--broker", f"127.0.0.1:{port}", "--gateway", GW, "--broker-username", f"gateway-{GW}.1",
-                    "--broker-password-file", gw_password, "--timeout", TIMEOUT,
-                ),
-            )  # fmt: skip
-
-
-async def served_after_authorization(
-    t: Transferred, capsys: pytest.CaptureFixture[str], agent: MqttAgent
-) -> None:
-    """The new owner authorizes the gateway from the bundle (keys from S'): the agent is served."""
-    keystore = t.rekey_argv[t.rekey_argv.index("--keystore") + 1]
-    authorize = ("authorize-gateway", t.did.hex(), GW, "--bundle", str(t.bundle))
-    for argv in (authorize, ("activate", t.did.hex())):
-        code, _, err = await ledger_cli(capsys, *t.ch, "--keystore", keystore, *argv)
-        assert code == 0, err
-    _, epoch = await t.ledger.device_state(t.did)
-    assert await eventually(
-        lambda: agent.snapshot().gateway == GW and agent.snapshot().epoch == epoch, 30
-    ), agent.snapshot().stats
-
-
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("point", ["before_confirm", "before_commit", "after_commit"])
 async def test_a_device_killed_after_confirm_over_mqtt_is_not_locked_out(
@@ -241,12 +97,12 @@ async def test_a_device_killed_after_confirm_over_mqtt_is_not_locked_out(
     open, the restarted device logs in again, and the owner's retry (S' first, then S, each with its own
     startRekey login) ends with the device on the owner's new secret, confirmed on chain, and served by
     the gateway."""
-    async with transferred(tmp_path, capsys, monkeypatch) as t:
+    async with transferred(tmp_path, capsys, monkeypatch, GW) as t:
         agent = t.agent()
         crash = Crashing(agent.driver._rekey, agent, point)  # type: ignore[arg-type]
         agent.driver._rekey = crash  # type: ignore[assignment]
         with running(agent):
-            code, out, err = await ledger_cli(capsys, *t.rekey_argv)
+            code, out, err = await ledger_cli(capsys, *t.rekey_argv())
         assert crash.dead, "CONFIRM never reached the device"
         assert code == 1 and "no DONE" in err, (out, err)
         assert await t.pending(), "confirmRekey recorded without the device's proof of commit"
@@ -256,7 +112,7 @@ async def test_a_device_killed_after_confirm_over_mqtt_is_not_locked_out(
 
         agent = t.agent()  # the device restarts, holding S, or S' (after_commit)
         with running(agent):
-            code, out, err = await ledger_cli(capsys, *t.rekey_argv)  # the owner's retry
+            code, out, err = await ledger_cli(capsys, *t.rekey_argv())  # the owner's retry
             assert code == 0, err
             assert "re-keyed" in out
             final = t.bundle_secret()
@@ -274,21 +130,21 @@ async def test_a_forged_or_replayed_done_is_refused_and_nothing_is_recorded(
 ) -> None:
     """DONE made from S over the (public) transcript, then a genuine DONE of an earlier run replayed:
     each is refused (bad_done) and confirmRekey is not recorded; the next honest run completes."""
-    async with transferred(tmp_path, capsys, monkeypatch) as t:
+    async with transferred(tmp_path, capsys, monkeypatch, GW) as t:
         agent = t.agent()
         forging = Forging(agent.driver._rekey, t.did, t.public)  # type: ignore[arg-type]
         agent.driver._rekey = forging  # type: ignore[assignment]
         with running(agent):
             for mode in ("from_s", "replay"):
                 forging.mode = mode
-                code, out, err = await ledger_cli(capsys, *t.rekey_argv)
+                code, out, err = await ledger_cli(capsys, *t.rekey_argv())
                 assert code == 1 and "bad_done" in err, (mode, out, err)
                 assert await t.pending(), f"confirmRekey recorded on a {mode} DONE"
                 assert t.held() == t.bundle_secret()  # the device did commit; only DONE was forged
             assert len(forging.genuine) == 2 and forging.forged[1] == forging.genuine[0] != forging.genuine[1]
             assert forging.forged[0] not in forging.genuine
             forging.mode = "honest"
-            code, out, err = await ledger_cli(capsys, *t.rekey_argv)
+            code, out, err = await ledger_cli(capsys, *t.rekey_argv())
             assert code == 0, err
             assert not await t.pending()
             assert t.held() == t.bundle_secret() != t.old_secret

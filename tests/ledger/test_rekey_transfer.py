@@ -86,9 +86,8 @@ def _provisioned(tmp_path: Path) -> tuple[Path, bytes, bytes, bytes, str]:
     )
 
 
-@pytest.mark.parametrize("backend", ["eth-tester"], indirect=True)
-async def test_transfer_rekey_and_the_previous_owner_is_out(channel: Actors, tmp_path: Path) -> None:
-    ch = channel
+async def _registered(ch: Actors, tmp_path: Path) -> tuple[Path, bytes, bytes, bytes, str, dict[str, str]]:
+    """`_provisioned`, and the manufacturer registers the device from its record (not its key yet)."""
     config, did, secret, public, code = _provisioned(tmp_path)
     record = json.loads(next((tmp_path / "dev").glob("*[0-9a-f].json")).read_text())
     await ch.manufacturer.register_device(
@@ -100,6 +99,13 @@ async def test_transfer_rekey_and_the_previous_owner_is_out(channel: Actors, tmp
             claim_hash=bytes.fromhex(record["claim_hash"][2:]),
         )
     )
+    return config, did, secret, public, code, record
+
+
+@pytest.mark.parametrize("backend", ["eth-tester"], indirect=True)
+async def test_transfer_rekey_and_the_previous_owner_is_out(channel: Actors, tmp_path: Path) -> None:
+    ch = channel
+    config, did, secret, public, code, record = await _registered(ch, tmp_path)
     with pytest.raises(LedgerRevert, match="NotManufacturer"):
         await ch.stranger.register_device_key(did, os.urandom(32))
     await ch.manufacturer.register_device_key(did, public)
@@ -174,17 +180,7 @@ async def test_two_interrupted_exchanges_in_a_row_never_lock_the_device_out(
     from ledger_bridge.rekey import RekeyTimeout
 
     ch = channel
-    config, did, secret, public, code = _provisioned(tmp_path)
-    record = json.loads(next((tmp_path / "dev").glob("*[0-9a-f].json")).read_text())
-    await ch.manufacturer.register_device(
-        DeviceRegistration(
-            device_id=did,
-            model=b"sensor".ljust(32, b"\0"),
-            firmware_hash=bytes.fromhex(record["firmware_hash"][2:]),
-            characteristics=bytes.fromhex(record["characteristics"][2:]),
-            claim_hash=bytes.fromhex(record["claim_hash"][2:]),
-        )
-    )
+    config, did, secret, public, code, _ = await _registered(ch, tmp_path)
     await ch.manufacturer.register_device_key(did, public)
     await ch.owner.claim(did, code.encode())
     await ch.owner.transfer(did, ch.new_owner.address)
