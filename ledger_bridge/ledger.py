@@ -568,7 +568,11 @@ class Ledger:
             self._executor, functools.partial(_translated, work, context)
         )
         try:
-            return await asyncio.wait_for(future, self._timeout_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result when the call
+            # completes as the caller is cancelled, so a cancelled loop went on (a console that never
+            # stopped); tests/ledger/test_honest_errors.py checks the cancellation always ends the task
+            async with asyncio.timeout(self._timeout_s):
+                return await future
         except TimeoutError:
             raise LedgerUnavailable(
                 f"the {self._backend.name} backend did not answer in {self._timeout_s}s"

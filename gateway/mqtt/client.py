@@ -264,7 +264,8 @@ class MqttClient(asyncio.Protocol):
 
     async def _wait(self, fut: asyncio.Future[Any], timeout: float, what: str) -> Any:
         try:
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: 3.11's swallows a cancel (ledger._run)
+                return await fut
         except TimeoutError:
             raise MqttTimeout(f"{self.client_id}: no {what} within {timeout}s") from None
 

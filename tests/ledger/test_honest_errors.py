@@ -51,3 +51,35 @@ async def test_a_bug_inside_a_ledger_call_is_not_called_unavailable():
         with pytest.raises(ZeroDivisionError):
             await ledger._run(lambda: 1 / 0, context="bug")
         assert await ledger._run(lambda: 2, context="fine") == 2
+
+
+async def test_a_cancellation_is_never_swallowed_by_a_ledger_call():
+    """A task cancelled while its ledger call completes ends cancelled. Python 3.11's ``wait_for`` returns
+    the call's result instead when both happen at once, so a loop cancelled in its ledger call went on
+    forever (the console's index sync: stopping the console hung, seen in CI under load)."""
+    import asyncio
+    import threading
+
+    async with Ledger(backend=EthereumTesterBackend()) as ledger:
+        swallowed, cancelled = [], 0
+        for spins in [s for s in range(6) for _ in range(40)]:
+            returned = threading.Event()
+
+            def work(returned=returned):
+                returned.set()
+                return 42
+
+            task = asyncio.create_task(ledger._run(work, context="race"))
+            while not returned.is_set():  # the call completes on the ledger's thread ...
+                await asyncio.sleep(0)
+            for _ in range(spins):  # ... and the cancel lands at each point of its way back
+                await asyncio.sleep(0)
+            if not task.cancel():  # it had already returned: nothing to swallow
+                await task
+                continue
+            cancelled += 1
+            try:
+                swallowed.append(await task)
+            except asyncio.CancelledError:
+                pass
+        assert cancelled > 0 and swallowed == []

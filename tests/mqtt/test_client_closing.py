@@ -58,3 +58,27 @@ async def test_a_connack_timeout_leaves_no_unretrieved_exception():
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_a_cancellation_is_never_swallowed_while_waiting_for_an_ack():
+    """A task cancelled as its SUBACK/PUBACK arrives ends cancelled (3.11's wait_for returned the ack
+    instead, so a gateway loop being stopped could go on, as in tests/ledger/test_honest_errors.py)."""
+    client = MqttClient(client_id="gateway-race", on_message=None, keepalive=30, max_packet=1024)
+    swallowed, cancelled = [], 0
+    for spins in [s for s in range(4) for _ in range(40)]:
+        fut = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(client._wait(fut, 10, "SUBACK"))
+        await asyncio.sleep(0)
+        fut.set_result("ack")  # the ack arrives ...
+        for _ in range(spins):  # ... and the cancel lands at each point of its way to the waiter
+            await asyncio.sleep(0)
+        if not task.cancel():
+            await task
+            continue
+        cancelled += 1
+        try:
+            swallowed.append(await task)
+        except asyncio.CancelledError:
+            pass
+    assert cancelled > 0 and swallowed == []
