@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["enrolled_at_broker", "eventually", "wait_until"]
+__all__ = ["enrolled_at_broker", "eventually", "swallowed_cancels", "wait_until"]
 
 
 async def eventually(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.02) -> bool:
@@ -42,3 +42,27 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+async def swallowed_cancels(
+    completed: Callable[[], Awaitable[asyncio.Task[Any]]], spins: int = 6, rounds: int = 40
+) -> tuple[int, list[Any]]:
+    """Cancel tasks whose awaited call has just completed (``completed()`` starts one and returns it
+    then), the cancel landing 0..``spins``-1 loop steps later, ``rounds`` times each -> (how many
+    cancels reached a running task, the results of those that returned anyway: swallowed cancels).
+    Python 3.11's ``asyncio.wait_for`` swallows some; ``asyncio.timeout`` none."""
+    swallowed: list[Any] = []
+    cancelled = 0
+    for n in [s for s in range(spins) for _ in range(rounds)]:
+        task = await completed()
+        for _ in range(n):
+            await asyncio.sleep(0)
+        if not task.cancel():  # it had already returned: nothing to swallow
+            await task
+            continue
+        cancelled += 1
+        try:
+            swallowed.append(await task)
+        except asyncio.CancelledError:
+            pass
+    return cancelled, swallowed

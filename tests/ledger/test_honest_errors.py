@@ -60,26 +60,21 @@ async def test_a_cancellation_is_never_swallowed_by_a_ledger_call():
     import asyncio
     import threading
 
+    from tests.waiting import swallowed_cancels
+
     async with Ledger(backend=EthereumTesterBackend()) as ledger:
-        swallowed, cancelled = [], 0
-        for spins in [s for s in range(6) for _ in range(40)]:
+
+        async def completed() -> asyncio.Task[int]:
             returned = threading.Event()
 
-            def work(returned=returned):
+            def work() -> int:
                 returned.set()
                 return 42
 
             task = asyncio.create_task(ledger._run(work, context="race"))
-            while not returned.is_set():  # the call completes on the ledger's thread ...
+            while not returned.is_set():  # the call completes on the ledger's thread
                 await asyncio.sleep(0)
-            for _ in range(spins):  # ... and the cancel lands at each point of its way back
-                await asyncio.sleep(0)
-            if not task.cancel():  # it had already returned: nothing to swallow
-                await task
-                continue
-            cancelled += 1
-            try:
-                swallowed.append(await task)
-            except asyncio.CancelledError:
-                pass
+            return task
+
+        cancelled, swallowed = await swallowed_cancels(completed)
         assert cancelled > 0 and swallowed == []

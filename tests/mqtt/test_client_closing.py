@@ -10,6 +10,7 @@ import pytest
 from firmware_sim.broker import MosquittoBroker, mosquitto_binary
 from gateway.mqtt import MqttClient, MqttTimeout
 from tests.conftest import require
+from tests.waiting import swallowed_cancels
 
 
 def _capture_loop_errors() -> list[dict]:
@@ -65,20 +66,13 @@ async def test_a_cancellation_is_never_swallowed_while_waiting_for_an_ack():
     """A task cancelled as its SUBACK/PUBACK arrives ends cancelled (3.11's wait_for returned the ack
     instead, so a gateway loop being stopped could go on, as in tests/ledger/test_honest_errors.py)."""
     client = MqttClient(client_id="gateway-race", on_message=None, keepalive=30, max_packet=1024)
-    swallowed, cancelled = [], 0
-    for spins in [s for s in range(4) for _ in range(40)]:
+
+    async def completed() -> asyncio.Task:
         fut = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(client._wait(fut, 10, "SUBACK"))
         await asyncio.sleep(0)
-        fut.set_result("ack")  # the ack arrives ...
-        for _ in range(spins):  # ... and the cancel lands at each point of its way to the waiter
-            await asyncio.sleep(0)
-        if not task.cancel():
-            await task
-            continue
-        cancelled += 1
-        try:
-            swallowed.append(await task)
-        except asyncio.CancelledError:
-            pass
+        fut.set_result("ack")  # the ack arrives
+        return task
+
+    cancelled, swallowed = await swallowed_cancels(completed, spins=4)
     assert cancelled > 0 and swallowed == []
